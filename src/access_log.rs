@@ -1,0 +1,160 @@
+//! One line per request (CONTRACT §6): method, route, status, duration, request id,
+//! partial flag and each backend's outcome.
+//!
+//! Lines are written whole to a sink (a non-blocking stdout writer in the binary, a
+//! buffer in tests), never through the tracing formatter, so `backends` stays a JSON
+//! object rather than an escaped string.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderValue, Method};
+use serde::Serialize;
+use serde::ser::SerializeMap;
+
+use crate::config::LogFormat;
+use crate::fanout::Report;
+
+/// Where whole log lines go. Each call gets exactly one line, newline included.
+pub type LogSink = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+pub struct AccessRecord {
+    pub method: Method,
+    pub path: String,
+    pub route: Option<Arc<str>>,
+    pub status: u16,
+    pub duration: Duration,
+    pub request_id: HeaderValue,
+    pub partial: bool,
+    pub backends: Vec<(Arc<str>, Report)>,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    timestamp: String,
+    level: &'static str,
+    target: &'static str,
+    message: &'static str,
+    method: &'a str,
+    path: &'a str,
+    route: &'a str,
+    status: u16,
+    duration_ms: f64,
+    request_id: &'a str,
+    partial: bool,
+    backends: Backends<'a>,
+}
+
+struct Backends<'a>(&'a [(Arc<str>, Report)]);
+
+#[derive(Serialize)]
+struct BackendLine {
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<u16>,
+    duration_ms: f64,
+}
+
+impl Serialize for Backends<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (name, r) in self.0 {
+            map.serialize_entry(
+                &**name,
+                &BackendLine {
+                    outcome: r.outcome,
+                    status: r.status,
+                    duration_ms: ms(r.elapsed),
+                },
+            )?;
+        }
+        map.end()
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// RFC 3339 UTC timestamp with milliseconds, without pulling in a date crate.
+pub fn timestamp(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+pub fn write(sink: &LogSink, format: LogFormat, r: &AccessRecord) {
+    let route = r.route.as_deref().unwrap_or("unmatched");
+    let mut buf = match format {
+        LogFormat::Json => {
+            let line = Line {
+                timestamp: timestamp(SystemTime::now()),
+                level: "INFO",
+                target: "manifold::access",
+                message: "request",
+                method: r.method.as_str(),
+                path: &r.path,
+                route,
+                status: r.status,
+                duration_ms: ms(r.duration),
+                request_id: r.request_id.to_str().unwrap_or(""),
+                partial: r.partial,
+                backends: Backends(&r.backends),
+            };
+            match serde_json::to_vec(&line) {
+                Ok(v) => v,
+                Err(_) => return,
+            }
+        }
+        LogFormat::Pretty => {
+            let backends: Vec<String> = r
+                .backends
+                .iter()
+                .map(|(n, b)| format!("{n}={}", b.outcome))
+                .collect();
+            format!(
+                "{} access {} {} route={route:?} status={} {:.1}ms id={} partial={} backends=[{}]",
+                timestamp(SystemTime::now()),
+                r.method,
+                r.path,
+                r.status,
+                r.duration.as_secs_f64() * 1e3,
+                r.request_id.to_str().unwrap_or(""),
+                r.partial,
+                backends.join(" ")
+            )
+            .into_bytes()
+        }
+    };
+    buf.push(b'\n');
+    sink(&buf);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
+        assert_eq!(timestamp(t), "2026-11-18T11:06:40.123Z");
+        assert_eq!(timestamp(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,100 @@
+//! The admin listener: `/health`, `/ready`, `/routes`. Never on the public port.
+
+use std::sync::atomic::Ordering;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde_json::{Map, Value, json};
+
+use crate::body::Body;
+use crate::gateway::Gateway;
+use crate::proxy::plain;
+use crate::server::Shared;
+
+pub fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    match req.uri().path() {
+        "/health" => plain(StatusCode::OK, r#"{"status":"ok"}"#),
+        "/ready" if shared.ready.load(Ordering::SeqCst) => plain(StatusCode::OK, r#"{"status":"ready"}"#),
+        "/ready" => plain(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not_ready"}"#),
+        "/routes" => json_response(&routes(&shared.gateway.load())),
+        _ => plain(StatusCode::NOT_FOUND, r#"{"error":{"code":"ROUTE_NOT_FOUND","message":"admin endpoints: /health /ready /routes"}}"#),
+    }
+}
+
+fn json_response(v: &Value) -> Response<Body> {
+    let mut r = Response::new(Body::from(serde_json::to_vec_pretty(v).unwrap_or_default()));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// The compiled route table and upstream state, as `/routes` shows it.
+pub fn routes(gw: &Gateway) -> Value {
+    let routes: Vec<Value> = gw
+        .config
+        .routes
+        .iter()
+        .zip(&gw.routes)
+        .map(|(rc, r)| {
+            json!({
+                "name": &*r.name,
+                "method": r.method.as_str(),
+                "path": r.path,
+                "timeout_ms": r.deadline.as_millis() as u64,
+                "passthrough": r.passthrough,
+                "cache": rc.cache.as_ref().map(|c| json!({"ttl_ms": c.ttl.as_millis() as u64})),
+                "backends": rc.backends.iter().map(|b| json!({
+                    "name": b.name,
+                    "upstream": b.upstream,
+                    "method": b.method.as_ref().unwrap_or(&r.method).as_str(),
+                    "path": b.path,
+                    "optional": b.optional,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let mut upstreams = Map::new();
+    for u in &gw.upstreams {
+        upstreams.insert(
+            u.name.to_string(),
+            json!({
+                "urls": u.settings.urls.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
+                "timeout_ms": u.settings.timeout.map(|t| t.as_millis() as u64),
+                "breaker": "closed",
+            }),
+        );
+    }
+    json!({ "routes": routes, "upstreams": upstreams })
+}
+
+/// `manifold routes`: the compiled route table, one block per route.
+pub fn route_table(config: &crate::config::Config) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for r in &config.routes {
+        let deadline = config.route_deadline(r);
+        let _ = write!(out, "{:<7} {}  [{}]  deadline {}", r.method.as_str(), r.path, r.name, humantime::format_duration(deadline));
+        if r.passthrough {
+            out.push_str("  passthrough");
+        }
+        if let Some(c) = &r.cache {
+            let _ = write!(out, "  cache {}", humantime::format_duration(c.ttl));
+        }
+        if let Some(l) = &r.rate_limit {
+            let _ = write!(out, "  limit {}/s burst {}", l.rate.per_second, l.rate.burst);
+        }
+        out.push('\n');
+        for b in &r.backends {
+            let method = b.method.as_ref().unwrap_or(&r.method);
+            let _ = write!(out, "  ├─ {:<16} {} {}{}", b.name, method.as_str(), b.upstream, b.path);
+            if let Some(g) = &b.group {
+                let _ = write!(out, "  → {g}");
+            }
+            if b.optional {
+                out.push_str("  (optional)");
+            }
+            out.push('\n');
+        }
+    }
+    out
+}

@@ -1,0 +1,131 @@
+//! Config diagnostics: every problem in a file, each with its place, rendered like rustc.
+
+use std::ops::Range;
+
+use codespan_reporting::diagnostic::{Diagnostic as CsDiagnostic, Label};
+use codespan_reporting::files::SimpleFile;
+use codespan_reporting::term::{self, termcolor::NoColor};
+
+/// Byte range into the config source.
+pub type Span = Range<usize>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub message: String,
+    pub span: Span,
+    /// Short text printed under the offending snippet.
+    pub label: String,
+    /// Extra lines: "first defined here", hints, the accepted values.
+    pub notes: Vec<String>,
+    /// A second place worth pointing at (e.g. the first definition of a duplicate).
+    pub secondary: Option<(Span, String)>,
+}
+
+impl Diagnostic {
+    pub fn new(span: Span, message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            span,
+            label: String::new(),
+            notes: Vec::new(),
+            secondary: None,
+        }
+    }
+
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = label.into();
+        self
+    }
+
+    pub fn note(mut self, note: impl Into<String>) -> Self {
+        self.notes.push(note.into());
+        self
+    }
+
+    pub fn also(mut self, span: Span, label: impl Into<String>) -> Self {
+        self.secondary = Some((span, label.into()));
+        self
+    }
+}
+
+/// All problems found in one config file, with the source needed to show them.
+#[derive(Debug, Clone)]
+pub struct Diagnostics {
+    pub file: String,
+    pub source: String,
+    pub items: Vec<Diagnostic>,
+}
+
+impl Diagnostics {
+    /// A problem with no place in a file (unreadable file, and the like).
+    pub fn whole_file(file: &str, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_string(),
+            source: String::new(),
+            items: vec![Diagnostic::new(0..0, message)],
+        }
+    }
+
+    /// `file:line:col` of a byte offset, 1-based like editors and rustc.
+    pub fn location(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.source.len());
+        let before = &self.source[..offset];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+        (line, col)
+    }
+
+    /// Renders every problem, rustc style, without colour (stable for logs and snapshots).
+    pub fn render(&self) -> String {
+        let mut out = NoColor::new(Vec::new());
+        let files = SimpleFile::new(self.file.as_str(), self.source.as_str());
+        let config = term::Config::default();
+        for d in &self.items {
+            let mut labels = Vec::new();
+            if !self.source.is_empty() {
+                labels.push(Label::primary((), d.span.clone()).with_message(d.label.clone()));
+                if let Some((span, msg)) = &d.secondary {
+                    labels.push(Label::secondary((), span.clone()).with_message(msg.clone()));
+                }
+            }
+            let cs = CsDiagnostic::error()
+                .with_message(d.message.clone())
+                .with_labels(labels)
+                .with_notes(d.notes.clone());
+            if term::emit(&mut out, &config, &files, &cs).is_err() {
+                // Rendering only fails on a span outside the file; still say what is wrong.
+                let (line, col) = self.location(d.span.start);
+                let text = format!("error: {}\n  --> {}:{line}:{col}\n", d.message, self.file);
+                out.get_mut().extend_from_slice(text.as_bytes());
+            }
+        }
+        let n = self.items.len();
+        let summary = format!(
+            "{}: {n} error{} found\n",
+            self.file,
+            if n == 1 { "" } else { "s" }
+        );
+        let mut text = String::from_utf8_lossy(&out.into_inner()).into_owned();
+        text.push_str(&summary);
+        text
+    }
+
+    /// One line per problem: `file:line:col: message` (for JSON logs on reload).
+    pub fn one_line_each(&self) -> Vec<String> {
+        self.items
+            .iter()
+            .map(|d| {
+                let (line, col) = self.location(d.span.start);
+                format!("{}:{line}:{col}: {}", self.file, d.message)
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.render())
+    }
+}
+
+impl std::error::Error for Diagnostics {}

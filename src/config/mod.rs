@@ -1,0 +1,655 @@
+//! `routes.toml`: the types, loading, and the cross-field checks.
+//!
+//! Loading never stops at the first problem: [`parse`] returns every diagnostic it can
+//! find (syntax, unknown keys, wrong types, bad durations, unknown upstreams, bad
+//! placeholders, cycles, duplicates, missing `${ENV}` variables) so an operator fixes the
+//! file in one pass. See `docs/configuration.md` for every key.
+
+pub mod diag;
+pub mod reader;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Method;
+use ipnet::IpNet;
+use reqwest::Url;
+
+pub use diag::{Diagnostic, Diagnostics, Span};
+use reader::{Errors, Table};
+
+use crate::template::{Placeholder, Template};
+
+/// A whole, validated config file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub telemetry: TelemetryConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub default_timeout: Duration,
+    pub max_request_body: u64,
+    pub trusted_proxies: Vec<IpNet>,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    pub service_name: String,
+    pub log_format: LogFormat,
+    pub access_log: bool,
+    pub otlp_endpoint: Option<String>,
+    pub sample_ratio: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub name_span: Span,
+    pub settings: UpstreamSettings,
+}
+
+/// Everything that defines an upstream's client state. Reload keeps an upstream's
+/// breaker, pool and limiter when these compare equal (spans excluded on purpose).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamSettings {
+    pub urls: Vec<Url>,
+    /// Per attempt; `None` leaves only the route deadline.
+    pub timeout: Option<Duration>,
+    pub max_concurrency: Option<u32>,
+    pub circuit_breaker: Option<BreakerConfig>,
+    pub retry: Option<RetryConfig>,
+    pub rate_limit: Option<RateConfig>,
+    pub ca_file: Option<PathBuf>,
+    pub max_response_body: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    pub consecutive_failures: u32,
+    pub open_for: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    pub attempts: u32,
+    pub backoff: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateConfig {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum LimitKey {
+    ClientIp,
+    Header(http::HeaderName),
+    Global,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteRateLimit {
+    pub rate: RateConfig,
+    pub key: LimitKey,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    pub ttl: Duration,
+    pub stale_if_error: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub method: Method,
+    pub path: String,
+    pub path_span: Span,
+    pub span: Span,
+    pub timeout: Option<Duration>,
+    pub forward_headers: Vec<String>,
+    pub forward_query: Vec<String>,
+    pub cache: Option<CacheConfig>,
+    pub rate_limit: Option<RouteRateLimit>,
+    pub passthrough: bool,
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub name: String,
+    pub name_span: Span,
+    pub upstream: String,
+    pub upstream_span: Span,
+    pub method: Option<Method>,
+    pub path: String,
+    pub path_span: Span,
+    pub template: Template<Placeholder>,
+    pub group: Option<String>,
+    pub target: Option<String>,
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    pub rename: Vec<(String, String)>,
+    pub optional: bool,
+    pub default: Option<serde_json::Value>,
+    pub cache_ttl: Option<Duration>,
+    pub passthrough: bool,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_MAX_REQUEST_BODY: u64 = 1 << 20;
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_RESPONSE_BODY: u64 = 16 << 20;
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, Diagnostics> {
+        let display = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Diagnostics::whole_file(&display, format!("cannot read {display}: {e}")))?;
+        parse(&display, &text)
+    }
+
+    pub fn route_deadline(&self, route: &RouteConfig) -> Duration {
+        route.timeout.unwrap_or(self.server.default_timeout)
+    }
+}
+
+/// Parses and validates config text; `file` is only used to name it in diagnostics.
+pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
+    let mut errs: Errors = Vec::new();
+    let (doc, syntax) = toml::de::DeTable::parse_recoverable(text);
+    for e in syntax {
+        errs.push(Diagnostic::new(e.span().unwrap_or(0..0), e.message().trim().to_string()).label("here"));
+    }
+    let config = if errs.is_empty() {
+        let mut root = Table::new(doc.get_ref(), doc.span(), "");
+        let config = read_config(&mut root, &mut errs);
+        root.finish(&mut errs);
+        if let Some(config) = &config {
+            validate::check(config, text, &mut errs);
+        }
+        config
+    } else {
+        None
+    };
+    match config {
+        Some(c) if errs.is_empty() => Ok(c),
+        _ => {
+            errs.sort_by_key(|d| d.span.start);
+            Err(Diagnostics {
+                file: file.to_string(),
+                source: text.to_string(),
+                items: errs,
+            })
+        }
+    }
+}
+
+fn socket_addr(errs: &mut Errors, value: Option<(String, Span)>, key: &str) -> Option<Option<SocketAddr>> {
+    let Some((s, span)) = value else { return Some(None) };
+    match s.parse::<SocketAddr>() {
+        Ok(a) => Some(Some(a)),
+        Err(_) => {
+            errs.push(
+                Diagnostic::new(span, format!("`{key}` must be an address like \"127.0.0.1:8080\" or \"[::]:8080\""))
+                    .label("not an ip:port"),
+            );
+            None
+        }
+    }
+}
+
+fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Config> {
+    let before = errs.len();
+    let server = match root.table(errs, "server") {
+        Some(mut t) => {
+            let s = read_server(&mut t, errs);
+            t.finish(errs);
+            s
+        }
+        None => read_server(&mut Table::empty("[server]"), errs),
+    };
+    let telemetry = match root.table(errs, "telemetry") {
+        Some(mut t) => {
+            let s = read_telemetry(&mut t, errs);
+            t.finish(errs);
+            s
+        }
+        None => read_telemetry(&mut Table::empty("[telemetry]"), errs),
+    };
+    let mut upstreams = Vec::new();
+    for (name, name_span, mut t) in root.named_tables(errs, "upstreams") {
+        if let Some(settings) = read_upstream(&mut t, errs) {
+            upstreams.push(UpstreamConfig {
+                name,
+                name_span,
+                settings,
+            });
+        }
+        t.finish(errs);
+    }
+    let mut routes = Vec::new();
+    for mut t in root.table_array(errs, "routes") {
+        if let Some(r) = read_route(&mut t, errs) {
+            routes.push(r);
+        }
+        t.finish(errs);
+    }
+    if errs.len() > before {
+        return None;
+    }
+    Some(Config {
+        server: server?,
+        telemetry: telemetry?,
+        upstreams,
+        routes,
+    })
+}
+
+fn read_server(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<ServerConfig> {
+    let listen = t.string(errs, "listen");
+    let listen = socket_addr(errs, listen, "listen");
+    let admin = t.string(errs, "admin_listen");
+    let admin = socket_addr(errs, admin, "admin_listen");
+    let default_timeout = positive_duration(t, errs, "default_timeout");
+    let max_request_body = t.size(errs, "max_request_body").map(|(n, _)| n);
+    let shutdown_grace = t.duration(errs, "shutdown_grace").map(|(d, _)| d);
+    let mut trusted = Vec::new();
+    for (s, span) in t.string_list(errs, "trusted_proxies").unwrap_or_default() {
+        let parsed = s
+            .parse::<IpNet>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => trusted.push(net),
+            Err(_) => errs.push(
+                Diagnostic::new(span, format!("`{s}` is not an IP address or CIDR range"))
+                    .label("expected e.g. \"10.0.0.0/8\" or \"192.0.2.7\""),
+            ),
+        }
+    }
+    let default_listen = DEFAULT_LISTEN.parse().ok()?;
+    let default_admin = DEFAULT_ADMIN_LISTEN.parse().ok()?;
+    Some(ServerConfig {
+        listen: listen?.unwrap_or(default_listen),
+        admin_listen: Some(admin?.unwrap_or(default_admin)),
+        default_timeout: default_timeout?.unwrap_or(DEFAULT_TIMEOUT),
+        max_request_body: max_request_body.unwrap_or(DEFAULT_MAX_REQUEST_BODY),
+        trusted_proxies: trusted,
+        shutdown_grace: shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+    })
+}
+
+/// `Some(None)` when absent, `None` when present but bad.
+fn positive_duration(t: &mut Table<'_, '_>, errs: &mut Errors, key: &'static str) -> Option<Option<Duration>> {
+    let present = t.get(key).is_some();
+    match t.duration(errs, key) {
+        Some((d, span)) if d.is_zero() => {
+            errs.push(Diagnostic::new(span, format!("`{key}` must be longer than zero")).label("zero"));
+            None
+        }
+        Some((d, _)) => Some(Some(d)),
+        None if present => None,
+        None => Some(None),
+    }
+}
+
+fn read_telemetry(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<TelemetryConfig> {
+    let service_name = t.string(errs, "service_name").map(|(s, _)| s);
+    let log_format = match t.string(errs, "log_format") {
+        None => LogFormat::Json,
+        Some((s, _)) if s == "json" => LogFormat::Json,
+        Some((s, _)) if s == "pretty" => LogFormat::Pretty,
+        Some((s, span)) => {
+            errs.push(Diagnostic::new(span, format!("unknown log_format `{s}`")).label("expected \"json\" or \"pretty\""));
+            LogFormat::Json
+        }
+    };
+    let access_log = t.bool(errs, "access_log").unwrap_or(true);
+    let otlp_endpoint = match t.string(errs, "otlp_endpoint") {
+        Some((s, span)) => match Url::parse(&s) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => Some(s.trim_end_matches('/').to_string()),
+            _ => {
+                errs.push(Diagnostic::new(span, format!("otlp_endpoint `{s}` is not an http(s) URL")).label("bad URL"));
+                None
+            }
+        },
+        None => None,
+    };
+    let sample_ratio = match t.number(errs, "sample_ratio") {
+        Some((r, span)) if !(0.0..=1.0).contains(&r) => {
+            errs.push(Diagnostic::new(span, "sample_ratio must be between 0.0 and 1.0").label("out of range"));
+            1.0
+        }
+        Some((r, _)) => r,
+        None => 1.0,
+    };
+    Some(TelemetryConfig {
+        service_name: service_name.unwrap_or_else(|| "manifold".to_string()),
+        log_format,
+        access_log,
+        otlp_endpoint,
+        sample_ratio,
+    })
+}
+
+fn read_upstream(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<UpstreamSettings> {
+    let before = errs.len();
+    let mut urls = Vec::new();
+    match t.string_list(errs, "urls") {
+        Some(list) if list.is_empty() => {
+            errs.push(Diagnostic::new(t.span(), format!("{} needs at least one url", t.name)).label("empty `urls`"))
+        }
+        Some(list) => {
+            for (s, span) in list {
+                match Url::parse(&s) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                        if u.query().is_some() || u.fragment().is_some() {
+                            errs.push(
+                                Diagnostic::new(span, format!("upstream url `{s}` must not have a query or fragment"))
+                                    .label("remove the part after `?` or `#`"),
+                            );
+                        } else {
+                            urls.push(u);
+                        }
+                    }
+                    _ => errs.push(
+                        Diagnostic::new(span, format!("`{s}` is not an http:// or https:// URL"))
+                            .label("expected e.g. \"http://127.0.0.1:7001\""),
+                    ),
+                }
+            }
+        }
+        None if t.get("urls").is_none() => t.missing(errs, "urls"),
+        None => {}
+    }
+    let timeout = positive_duration(t, errs, "timeout").flatten();
+    let max_concurrency = match t.count(errs, "max_concurrency") {
+        Some((0, span)) => {
+            errs.push(Diagnostic::new(span, "max_concurrency must be at least 1").label("zero"));
+            None
+        }
+        Some((n, _)) => Some(n.min(u32::MAX as u64) as u32),
+        None => None,
+    };
+    let circuit_breaker = t.table(errs, "circuit_breaker").and_then(|mut b| {
+        let failures = b.count(errs, "consecutive_failures");
+        let open_for = b.duration(errs, "open_for");
+        let out = match (failures, open_for) {
+            (Some((n, span)), _) if n == 0 => {
+                errs.push(Diagnostic::new(span, "consecutive_failures must be at least 1").label("zero"));
+                None
+            }
+            (Some((n, _)), Some((d, _))) => Some(BreakerConfig {
+                consecutive_failures: n.min(u32::MAX as u64) as u32,
+                open_for: d,
+            }),
+            (f, o) => {
+                if f.is_none() && b.get("consecutive_failures").is_none() {
+                    b.missing(errs, "consecutive_failures");
+                }
+                if o.is_none() && b.get("open_for").is_none() {
+                    b.missing(errs, "open_for");
+                }
+                None
+            }
+        };
+        b.finish(errs);
+        out
+    });
+    let retry = t.table(errs, "retry").and_then(|mut r| {
+        let attempts = r.count(errs, "attempts");
+        let backoff = r.duration(errs, "backoff").map(|(d, _)| d);
+        let out = match attempts {
+            Some((0, span)) => {
+                errs.push(Diagnostic::new(span, "retry attempts counts every try and must be at least 1").label("zero"));
+                None
+            }
+            Some((n, _)) => Some(RetryConfig {
+                attempts: n.min(16) as u32,
+                backoff: backoff.unwrap_or(Duration::ZERO),
+            }),
+            None => {
+                if r.get("attempts").is_none() {
+                    r.missing(errs, "attempts");
+                }
+                None
+            }
+        };
+        r.finish(errs);
+        out
+    });
+    let rate_limit = t.table(errs, "rate_limit").and_then(|mut r| {
+        let rate = read_rate(&mut r, errs);
+        r.finish(errs);
+        rate
+    });
+    let ca_file = t.string(errs, "ca_file").and_then(|(s, span)| match std::fs::read_to_string(&s) {
+        Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(PathBuf::from(s)),
+        Ok(_) => {
+            errs.push(Diagnostic::new(span, format!("ca_file `{s}` holds no PEM certificate")).label("not a PEM file"));
+            None
+        }
+        Err(e) => {
+            errs.push(Diagnostic::new(span, format!("cannot read ca_file `{s}`: {e}")).label("unreadable"));
+            None
+        }
+    });
+    let max_response_body = t.size(errs, "max_response_body").map(|(n, _)| n);
+    if errs.len() > before {
+        return None;
+    }
+    Some(UpstreamSettings {
+        urls,
+        timeout,
+        max_concurrency,
+        circuit_breaker,
+        retry,
+        rate_limit,
+        ca_file,
+        max_response_body: max_response_body.unwrap_or(DEFAULT_MAX_RESPONSE_BODY),
+    })
+}
+
+fn read_rate(r: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RateConfig> {
+    let per_second = r.number(errs, "per_second");
+    let burst = r.count(errs, "burst");
+    match per_second {
+        Some((n, span)) if n <= 0.0 => {
+            errs.push(Diagnostic::new(span, "per_second must be above zero").label("not positive"));
+            None
+        }
+        Some((n, _)) => Some(RateConfig {
+            per_second: n,
+            burst: burst.map_or((n.ceil() as u32).max(1), |(b, _)| b.clamp(1, u32::MAX as u64) as u32),
+        }),
+        None => {
+            if r.get("per_second").is_none() {
+                r.missing(errs, "per_second");
+            }
+            None
+        }
+    }
+}
+
+fn method_of(errs: &mut Errors, value: Option<(String, Span)>) -> Option<Option<Method>> {
+    let Some((s, span)) = value else { return Some(None) };
+    let upper = s.to_ascii_uppercase();
+    match Method::from_bytes(upper.as_bytes()) {
+        Ok(m) => Some(Some(m)),
+        Err(_) => {
+            errs.push(Diagnostic::new(span, format!("`{s}` is not an HTTP method")).label("expected e.g. \"GET\" or \"POST\""));
+            None
+        }
+    }
+}
+
+fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
+    let before = errs.len();
+    let name = t.string(errs, "name");
+    let method = t.string(errs, "method");
+    let method = method_of(errs, method);
+    let path = t.required_string(errs, "path");
+    if let Some((p, span)) = &path {
+        if !p.starts_with('/') {
+            errs.push(Diagnostic::new(span.clone(), "route path must start with `/`").label("add a leading `/`"));
+        }
+    }
+    let timeout = positive_duration(t, errs, "timeout");
+    let forward_headers = t.string_list(errs, "forward_headers").unwrap_or_default();
+    for (h, span) in &forward_headers {
+        if h != "*" && http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            errs.push(Diagnostic::new(span.clone(), format!("`{h}` is not a header name")).label("bad header name"));
+        }
+    }
+    let forward_query = t.string_list(errs, "forward_query").unwrap_or_default();
+    let cache = t.table(errs, "cache").and_then(|mut c| {
+        let ttl = c.duration(errs, "ttl");
+        let stale = c.duration(errs, "stale_if_error").map(|(d, _)| d);
+        if ttl.is_none() && c.get("ttl").is_none() {
+            c.missing(errs, "ttl");
+        }
+        c.finish(errs);
+        ttl.map(|(ttl, _)| CacheConfig {
+            ttl,
+            stale_if_error: stale,
+        })
+    });
+    let rate_limit = t.table(errs, "rate_limit").and_then(|mut r| {
+        let rate = read_rate(&mut r, errs);
+        let key = match r.string(errs, "key") {
+            None => Some(LimitKey::ClientIp),
+            Some((k, _)) if k == "client_ip" => Some(LimitKey::ClientIp),
+            Some((k, _)) if k == "global" => Some(LimitKey::Global),
+            Some((k, span)) => match k.strip_prefix("header:").map(|h| http::HeaderName::from_bytes(h.trim().as_bytes())) {
+                Some(Ok(h)) => Some(LimitKey::Header(h)),
+                _ => {
+                    errs.push(
+                        Diagnostic::new(span, format!("unknown rate limit key `{k}`"))
+                            .label("expected \"client_ip\", \"global\" or \"header:NAME\""),
+                    );
+                    None
+                }
+            },
+        };
+        r.finish(errs);
+        Some(RouteRateLimit { rate: rate?, key: key? })
+    });
+    let passthrough = t.bool(errs, "passthrough").unwrap_or(false);
+    let route_method = method.clone().flatten().unwrap_or(Method::GET);
+    let mut backends = Vec::new();
+    let tables = t.table_array(errs, "backends");
+    if tables.is_empty() && t.get("backends").is_none() {
+        errs.push(
+            Diagnostic::new(t.span(), format!("{} has no backends", t.name))
+                .label("add at least one [[routes.backends]]"),
+        );
+    }
+    for mut b in tables {
+        if let Some(backend) = read_backend(&mut b, errs) {
+            backends.push(backend);
+        }
+        b.finish(errs);
+    }
+    if errs.len() > before {
+        return None;
+    }
+    let (path, path_span) = path?;
+    let passthrough = passthrough || backends.iter().any(|b| b.passthrough);
+    Some(RouteConfig {
+        name: name.map(|(n, _)| n).unwrap_or_else(|| format!("{route_method} {path}")),
+        method: route_method,
+        path,
+        path_span,
+        span: t.span(),
+        timeout: timeout?,
+        forward_headers: forward_headers.into_iter().map(|(h, _)| h.to_ascii_lowercase()).collect(),
+        forward_query: forward_query.into_iter().map(|(q, _)| q).collect(),
+        cache,
+        rate_limit,
+        passthrough,
+        backends,
+    })
+}
+
+fn read_backend(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<BackendConfig> {
+    let before = errs.len();
+    let name = t.string(errs, "name");
+    let upstream = t.required_string(errs, "upstream");
+    let method = t.string(errs, "method");
+    let method = method_of(errs, method);
+    let path = t.required_string(errs, "path");
+    let template = path.as_ref().and_then(|(p, span)| {
+        if !p.starts_with('/') {
+            errs.push(Diagnostic::new(span.clone(), "backend path must start with `/`").label("add a leading `/`"));
+            return None;
+        }
+        match Template::parse(p) {
+            Ok(t) => Some(t),
+            Err((offset, msg)) => {
+                errs.push(Diagnostic::new(validate::inner_span(span, offset, 1), msg).label("bad placeholder"));
+                None
+            }
+        }
+    });
+    let group = t.string(errs, "group").map(|(s, _)| s);
+    let target = t.string(errs, "target").map(|(s, _)| s);
+    let allow = t.string_list(errs, "allow");
+    let deny = t.string_list(errs, "deny");
+    if let (Some(_), Some(d)) = (&allow, &deny) {
+        let span = d.first().map(|(_, s)| s.clone()).unwrap_or(t.span());
+        errs.push(Diagnostic::new(span, "a backend takes `allow` or `deny`, not both").label("remove one of them"));
+    }
+    let rename = t.string_map(errs, "rename").unwrap_or_default();
+    let optional = t.bool(errs, "optional").unwrap_or(false);
+    let default = t.get("default").map(|v| reader::to_json(v.get_ref()));
+    let cache_ttl = t.duration(errs, "cache_ttl").map(|(d, _)| d);
+    let passthrough = t.bool(errs, "passthrough").unwrap_or(false);
+    if errs.len() > before {
+        return None;
+    }
+    let (upstream, upstream_span) = upstream?;
+    let (path, path_span) = path?;
+    let (name, name_span) = match name {
+        Some(n) => n,
+        None => (group.clone().unwrap_or_else(|| upstream.clone()), t.span()),
+    };
+    Some(BackendConfig {
+        name,
+        name_span,
+        upstream,
+        upstream_span,
+        method: method?,
+        path,
+        path_span,
+        template: template?,
+        group,
+        target,
+        allow: allow.unwrap_or_default().into_iter().map(|(s, _)| s).collect(),
+        deny: deny.unwrap_or_default().into_iter().map(|(s, _)| s).collect(),
+        rename,
+        optional: optional || default.is_some(),
+        default,
+        cache_ttl,
+        passthrough,
+    })
+}
+

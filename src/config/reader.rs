@@ -1,0 +1,455 @@
+//! A typed reader over a spanned TOML document that keeps going after a problem.
+//!
+//! serde stops at the first error; operators want every problem in one pass. So the
+//! loader walks the parsed document itself: each getter records a diagnostic and returns
+//! `None` on a bad value, and `finish` reports the keys nobody asked for as unknown.
+
+use std::time::Duration;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::diag::{Diagnostic, Span};
+
+pub type Errors = Vec<Diagnostic>;
+
+/// One TOML table being read; remembers which keys were asked for.
+pub struct Table<'a, 'i> {
+    table: &'a DeTable<'i>,
+    span: Span,
+    /// How messages name this table, e.g. `[upstreams.users]`.
+    pub name: String,
+    used: Vec<&'static str>,
+}
+
+impl<'a, 'i> Table<'a, 'i> {
+    pub fn new(table: &'a DeTable<'i>, span: Span, name: impl Into<String>) -> Self {
+        Self {
+            table,
+            span,
+            name: name.into(),
+            used: Vec::new(),
+        }
+    }
+
+    /// A table with no keys, so absent sections read as all-defaults.
+    pub fn empty(name: &str) -> Table<'static, 'static> {
+        static EMPTY: std::sync::LazyLock<DeTable<'static>> = std::sync::LazyLock::new(DeTable::default);
+        Table::new(&EMPTY, 0..0, name)
+    }
+
+    pub fn span(&self) -> Span {
+        self.span.clone()
+    }
+
+    /// The raw value of `key`, marking it as known.
+    pub fn get(&mut self, key: &'static str) -> Option<&'a Spanned<DeValue<'i>>> {
+        self.used.push(key);
+        self.table
+            .iter()
+            .find(|(k, _)| k.get_ref().as_ref() == key)
+            .map(|(_, v)| v)
+    }
+
+    fn wrong_type(&self, errs: &mut Errors, key: &str, v: &Spanned<DeValue<'_>>, want: &str) {
+        errs.push(
+            Diagnostic::new(
+                v.span(),
+                format!(
+                    "`{key}` in {} must be {want}, found {}",
+                    self.name,
+                    v.get_ref().type_str()
+                ),
+            )
+            .label(format!("expected {want}")),
+        );
+    }
+
+    pub fn missing(&self, errs: &mut Errors, key: &str) {
+        errs.push(
+            Diagnostic::new(
+                self.span.clone(),
+                format!("{} is missing required key `{key}`", self.name),
+            )
+            .label(format!("add `{key} = ...` here")),
+        );
+    }
+
+    /// A string with `${ENV}` filled in.
+    pub fn string(&mut self, errs: &mut Errors, key: &'static str) -> Option<(String, Span)> {
+        let v = self.get(key)?;
+        match v.get_ref() {
+            DeValue::String(s) => expand_env(s, v.span(), errs).map(|s| (s, v.span())),
+            _ => {
+                self.wrong_type(errs, key, v, "a string");
+                None
+            }
+        }
+    }
+
+    pub fn required_string(
+        &mut self,
+        errs: &mut Errors,
+        key: &'static str,
+    ) -> Option<(String, Span)> {
+        let present = self.table.iter().any(|(k, _)| k.get_ref().as_ref() == key);
+        if !present {
+            self.used.push(key);
+            self.missing(errs, key);
+            return None;
+        }
+        self.string(errs, key)
+    }
+
+    pub fn bool(&mut self, errs: &mut Errors, key: &'static str) -> Option<bool> {
+        let v = self.get(key)?;
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            _ => {
+                self.wrong_type(errs, key, v, "true or false");
+                None
+            }
+        }
+    }
+
+    /// A non-negative integer.
+    pub fn count(&mut self, errs: &mut Errors, key: &'static str) -> Option<(u64, Span)> {
+        let v = self.get(key)?;
+        match v.get_ref() {
+            DeValue::Integer(i) => match u64::from_str_radix(&i.as_str().replace('_', ""), i.radix()) {
+                Ok(n) => Some((n, v.span())),
+                Err(_) => {
+                    errs.push(
+                        Diagnostic::new(v.span(), format!("`{key}` in {} must be a whole number ≥ 0", self.name))
+                            .label("not a non-negative integer"),
+                    );
+                    None
+                }
+            },
+            _ => {
+                self.wrong_type(errs, key, v, "a whole number");
+                None
+            }
+        }
+    }
+
+    /// A number (integer or float).
+    pub fn number(&mut self, errs: &mut Errors, key: &'static str) -> Option<(f64, Span)> {
+        let v = self.get(key)?;
+        let parsed = match v.get_ref() {
+            DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
+                .ok()
+                .map(|n| n as f64),
+            DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
+            _ => {
+                self.wrong_type(errs, key, v, "a number");
+                return None;
+            }
+        };
+        match parsed {
+            Some(n) if n.is_finite() => Some((n, v.span())),
+            _ => {
+                errs.push(Diagnostic::new(v.span(), format!("`{key}` in {} must be a finite number", self.name)));
+                None
+            }
+        }
+    }
+
+    /// A duration string such as `"250ms"`, `"2s"`, `"1m"`.
+    pub fn duration(&mut self, errs: &mut Errors, key: &'static str) -> Option<(Duration, Span)> {
+        let v = self.get(key)?;
+        let DeValue::String(s) = v.get_ref() else {
+            self.wrong_type(errs, key, v, "a duration string like \"250ms\"");
+            return None;
+        };
+        let s = expand_env(s, v.span(), errs)?;
+        match humantime::parse_duration(s.trim()) {
+            Ok(d) => Some((d, v.span())),
+            Err(e) => {
+                errs.push(
+                    Diagnostic::new(v.span(), format!("bad duration `{s}` for `{key}` in {}: {e}", self.name))
+                        .label("not a duration")
+                        .note("durations look like \"250ms\", \"2s\", \"1m\", \"1h 30m\""),
+                );
+                None
+            }
+        }
+    }
+
+    /// A size: bytes as an integer, or a string such as `"1MiB"`, `"512KiB"`, `"10MB"`.
+    pub fn size(&mut self, errs: &mut Errors, key: &'static str) -> Option<(u64, Span)> {
+        let v = self.get(key)?;
+        let parsed = match v.get_ref() {
+            DeValue::Integer(i) => u64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok(),
+            DeValue::String(s) => {
+                let s = expand_env(s, v.span(), errs)?;
+                parse_size(&s)
+            }
+            _ => {
+                self.wrong_type(errs, key, v, "a size (\"1MiB\" or a number of bytes)");
+                return None;
+            }
+        };
+        match parsed {
+            Some(n) => Some((n, v.span())),
+            None => {
+                errs.push(
+                    Diagnostic::new(v.span(), format!("bad size for `{key}` in {}", self.name))
+                        .label("not a size")
+                        .note("sizes look like \"512KiB\", \"1MiB\", \"10MB\" or a number of bytes"),
+                );
+                None
+            }
+        }
+    }
+
+    /// An array of strings.
+    pub fn string_list(&mut self, errs: &mut Errors, key: &'static str) -> Option<Vec<(String, Span)>> {
+        let v = self.get(key)?;
+        let DeValue::Array(items) = v.get_ref() else {
+            self.wrong_type(errs, key, v, "an array of strings");
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for item in items.iter() {
+            match item.get_ref() {
+                DeValue::String(s) => match expand_env(s, item.span(), errs) {
+                    Some(s) => out.push((s, item.span())),
+                    None => ok = false,
+                },
+                other => {
+                    errs.push(
+                        Diagnostic::new(
+                            item.span(),
+                            format!("`{key}` in {} must hold only strings, found {}", self.name, other.type_str()),
+                        )
+                        .label("expected a string"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// A table whose keys are the user's own (e.g. `rename = { a = "b" }`), string values.
+    pub fn string_map(&mut self, errs: &mut Errors, key: &'static str) -> Option<Vec<(String, String)>> {
+        let v = self.get(key)?;
+        let DeValue::Table(t) = v.get_ref() else {
+            self.wrong_type(errs, key, v, "a table of strings");
+            return None;
+        };
+        let mut out = Vec::new();
+        for (k, item) in t.iter() {
+            match item.get_ref() {
+                DeValue::String(s) => out.push((k.get_ref().to_string(), s.to_string())),
+                other => errs.push(
+                    Diagnostic::new(item.span(), format!("`{key}.{}` must be a string, found {}", k.get_ref(), other.type_str()))
+                        .label("expected a string"),
+                ),
+            }
+        }
+        Some(out)
+    }
+
+    /// A sub-table (`[a.b]` or inline `{ ... }`).
+    pub fn table(&mut self, errs: &mut Errors, key: &'static str) -> Option<Table<'a, 'i>> {
+        let name = format!("`{key}` of {}", self.name);
+        let v = self.get(key)?;
+        match v.get_ref() {
+            DeValue::Table(t) => Some(Table::new(t, v.span(), name)),
+            _ => {
+                self.wrong_type(errs, key, v, "a table");
+                None
+            }
+        }
+    }
+
+    /// The entries of a table of tables (`[upstreams.NAME]`), in file order.
+    pub fn named_tables(&mut self, errs: &mut Errors, key: &'static str) -> Vec<(String, Span, Table<'a, 'i>)> {
+        let Some(v) = self.get(key) else { return Vec::new() };
+        let DeValue::Table(t) = v.get_ref() else {
+            self.wrong_type(errs, key, v, "a table of named tables");
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (k, item) in t.iter() {
+            let name = k.get_ref().to_string();
+            match item.get_ref() {
+                DeValue::Table(inner) => {
+                    out.push((name.clone(), k.span(), Table::new(inner, item.span(), format!("[{key}.{name}]"))))
+                }
+                other => errs.push(
+                    Diagnostic::new(
+                        item.span(),
+                        format!("`{key}.{name}` must be a table, found {}", other.type_str()),
+                    )
+                    .label("expected a table"),
+                ),
+            }
+        }
+        out
+    }
+
+    /// An array of tables (`[[routes]]`), in file order.
+    pub fn table_array(&mut self, errs: &mut Errors, key: &'static str) -> Vec<Table<'a, 'i>> {
+        let parent = self.name.clone();
+        let Some(v) = self.get(key) else { return Vec::new() };
+        let DeValue::Array(items) = v.get_ref() else {
+            self.wrong_type(errs, key, v, "an array of tables ([[...]])");
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item.get_ref() {
+                DeValue::Table(t) => {
+                    let name = if parent.is_empty() {
+                        format!("[[{key}]] #{}", i + 1)
+                    } else {
+                        format!("{key} #{} of {parent}", i + 1)
+                    };
+                    out.push(Table::new(t, item.span(), name))
+                }
+                other => errs.push(
+                    Diagnostic::new(item.span(), format!("`{key}` must hold tables, found {}", other.type_str()))
+                        .label("expected a table"),
+                ),
+            }
+        }
+        out
+    }
+
+    /// Reports every key of this table that no getter asked for.
+    pub fn finish(self, errs: &mut Errors) {
+        for (k, _) in self.table.iter() {
+            let key = k.get_ref().as_ref();
+            if self.used.contains(&key) {
+                continue;
+            }
+            let mut d = Diagnostic::new(k.span(), format!("unknown key `{key}` in {}", self.name)).label("unknown key");
+            let best = self
+                .used
+                .iter()
+                .map(|cand| (strsim::jaro_winkler(key, cand), *cand))
+                .filter(|(score, _)| *score > 0.8)
+                .max_by(|a, b| a.0.total_cmp(&b.0));
+            if let Some((_, cand)) = best {
+                d.label = format!("did you mean `{cand}`?");
+            }
+            let mut known: Vec<&str> = self.used.clone();
+            known.sort_unstable();
+            known.dedup();
+            d.notes.push(format!("known keys here: {}", known.join(", ")));
+            errs.push(d);
+        }
+    }
+}
+
+/// Converts a TOML value to JSON (for `default = ...`). Datetimes become strings.
+pub fn to_json(v: &DeValue<'_>) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        DeValue::String(s) => Value::String(s.to_string()),
+        DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
+            .map(Value::from)
+            .unwrap_or(Value::Null),
+        DeValue::Float(f) => f
+            .as_str()
+            .replace('_', "")
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map_or(Value::Null, Value::Number),
+        DeValue::Boolean(b) => Value::Bool(*b),
+        DeValue::Datetime(d) => Value::String(d.to_string()),
+        DeValue::Array(items) => Value::Array(items.iter().map(|i| to_json(i.get_ref())).collect()),
+        DeValue::Table(t) => Value::Object(
+            t.iter()
+                .map(|(k, v)| (k.get_ref().to_string(), to_json(v.get_ref())))
+                .collect(),
+        ),
+    }
+}
+
+/// Fills `${NAME}` from the environment; a missing variable is an error at the string.
+pub fn expand_env(s: &str, span: Span, errs: &mut Errors) -> Option<String> {
+    if !s.contains("${") {
+        return Some(s.to_string());
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    let mut ok = true;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            errs.push(Diagnostic::new(span.clone(), "unclosed `${` in string").label("missing `}`"));
+            return None;
+        };
+        let name = &after[..end];
+        match std::env::var(name) {
+            Ok(val) => out.push_str(&val),
+            Err(_) => {
+                errs.push(
+                    Diagnostic::new(span.clone(), format!("environment variable `{name}` is not set"))
+                        .label(format!("needs ${{{name}}}"))
+                        .note("every ${NAME} in routes.toml must be set when the config is loaded"),
+                );
+                ok = false;
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    ok.then_some(out)
+}
+
+/// Parses `"1MiB"`, `"512 KiB"`, `"10MB"`, `"1024"`.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "kib" | "k" => 1 << 10,
+        "mb" => 1_000_000,
+        "mib" | "m" => 1 << 20,
+        "gb" => 1_000_000_000,
+        "gib" | "g" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1MiB"), Some(1 << 20));
+        assert_eq!(parse_size("512 KiB"), Some(512 << 10));
+        assert_eq!(parse_size("10MB"), Some(10_000_000));
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("1 parsec"), None);
+        assert_eq!(parse_size(""), None);
+    }
+
+    #[test]
+    fn env_expansion() {
+        let mut errs = Vec::new();
+        // SAFETY: single-threaded unit test setting a variable nobody else reads.
+        unsafe { std::env::set_var("MANIFOLD_TEST_HOST", "svc.internal") };
+        assert_eq!(
+            expand_env("http://${MANIFOLD_TEST_HOST}:80", 0..1, &mut errs).as_deref(),
+            Some("http://svc.internal:80")
+        );
+        assert!(errs.is_empty());
+        assert_eq!(expand_env("${MANIFOLD_SURELY_UNSET_VAR}", 0..1, &mut errs), None);
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].message.contains("MANIFOLD_SURELY_UNSET_VAR"));
+    }
+}

@@ -1,0 +1,232 @@
+//! Checks that need the whole file: names that refer to each other, duplicates,
+//! dependency cycles, and route paths that cannot live in one router.
+
+use std::collections::HashMap;
+
+use super::diag::{Diagnostic, Span};
+use super::reader::Errors;
+use super::{BackendConfig, Config, RouteConfig};
+use crate::template::route_params;
+
+/// The span of `len` bytes at `offset` inside a string value whose span (quotes
+/// included) is `span`. Falls back to the whole value when the source text differs
+/// from the value (escapes, `${ENV}`), so the caret is never misplaced.
+pub fn inner_span(span: &Span, offset: usize, len: usize) -> Span {
+    let start = span.start + 1 + offset;
+    if start + len < span.end {
+        start..start + len
+    } else {
+        span.clone()
+    }
+}
+
+pub fn check(config: &Config, text: &str, errs: &mut Errors) {
+    let upstreams: HashMap<&str, &Span> = {
+        let mut seen: HashMap<&str, &Span> = HashMap::new();
+        for u in &config.upstreams {
+            // TOML itself rejects duplicate table keys; this stays as a guard for merged configs.
+            if let Some(first) = seen.insert(u.name.as_str(), &u.name_span) {
+                errs.push(
+                    Diagnostic::new(u.name_span.clone(), format!("duplicate upstream `{}`", u.name))
+                        .also(first.clone(), "first defined here"),
+                );
+            }
+        }
+        seen
+    };
+
+    check_routes_table(config, errs);
+
+    for route in &config.routes {
+        check_route(route, &upstreams, text, errs);
+    }
+}
+
+/// Duplicate (method, path) pairs, duplicate names, and paths the router cannot hold
+/// together (`/a/{x}` beside `/a/{y}`).
+fn check_routes_table(config: &Config, errs: &mut Errors) {
+    let mut by_key: HashMap<(String, &str), &RouteConfig> = HashMap::new();
+    let mut by_name: HashMap<&str, &RouteConfig> = HashMap::new();
+    let mut router = matchit::Router::new();
+    let mut paths: HashMap<&str, ()> = HashMap::new();
+    for route in &config.routes {
+        if let Some(first) = by_key.insert((route.method.to_string(), route.path.as_str()), route) {
+            errs.push(
+                Diagnostic::new(route.path_span.clone(), format!("duplicate route {} {}", route.method, route.path))
+                    .label("same method and path as an earlier route")
+                    .also(first.path_span.clone(), "first defined here"),
+            );
+            continue;
+        }
+        if let Some(first) = by_name.insert(route.name.as_str(), route) {
+            errs.push(
+                Diagnostic::new(route.span.clone(), format!("duplicate route name `{}`", route.name))
+                    .label("route names must be unique (they label metrics and logs)")
+                    .also(first.span.clone(), "first used here"),
+            );
+        }
+        if paths.insert(route.path.as_str(), ()).is_none() {
+            if let Err(e) = router.insert(route.path.as_str(), ()) {
+                errs.push(
+                    Diagnostic::new(route.path_span.clone(), format!("route path `{}` cannot be routed: {e}", route.path))
+                        .label("conflicts with an earlier route")
+                        .note("paths that differ only in a parameter's name, like /a/{x} and /a/{y}, are the same path"),
+                );
+            }
+        }
+    }
+}
+
+fn check_route(route: &RouteConfig, upstreams: &HashMap<&str, &Span>, text: &str, errs: &mut Errors) {
+    let params = route_params(&route.path);
+    let mut names: HashMap<&str, &BackendConfig> = HashMap::new();
+    for b in &route.backends {
+        if let Some(first) = names.insert(b.name.as_str(), b) {
+            errs.push(
+                Diagnostic::new(b.name_span.clone(), format!("duplicate backend name `{}` in route {}", b.name, route.name))
+                    .label("backend names must be unique within a route")
+                    .also(first.name_span.clone(), "first used here")
+                    .note("a backend's name defaults to its group, else its upstream; set `name` to tell them apart"),
+            );
+        }
+        if !upstreams.contains_key(b.upstream.as_str()) {
+            let mut d = Diagnostic::new(b.upstream_span.clone(), format!("unknown upstream `{}`", b.upstream))
+                .label("no [upstreams.*] table has this name");
+            let mut known: Vec<&str> = upstreams.keys().copied().collect();
+            known.sort_unstable();
+            d = d.note(if known.is_empty() {
+                "no upstreams are defined".to_string()
+            } else {
+                format!("defined upstreams: {}", known.join(", "))
+            });
+            errs.push(d);
+        }
+    }
+
+    if route.passthrough {
+        if route.backends.len() > 1 {
+            errs.push(
+                Diagnostic::new(route.path_span.clone(), format!("passthrough route {} has {} backends", route.name, route.backends.len()))
+                    .label("a passthrough route streams one upstream's answer")
+                    .note("remove `passthrough = true` to merge several backends"),
+            );
+        }
+        for b in &route.backends {
+            let shaping = [
+                ("target", b.target.is_some()),
+                ("group", b.group.is_some()),
+                ("allow", !b.allow.is_empty()),
+                ("deny", !b.deny.is_empty()),
+                ("rename", !b.rename.is_empty()),
+                ("default", b.default.is_some()),
+            ];
+            for (key, set) in shaping {
+                if set {
+                    errs.push(
+                        Diagnostic::new(b.path_span.clone(), format!("`{key}` has no effect on passthrough route {}", route.name))
+                            .label("passthrough answers are streamed unchanged"),
+                    );
+                }
+            }
+        }
+    }
+
+    // Placeholders: a route param, or `backend.field` of another backend in this route.
+    let mut deps: Vec<Vec<usize>> = vec![Vec::new(); route.backends.len()];
+    for (i, b) in route.backends.iter().enumerate() {
+        for ph in b.template.placeholders() {
+            let span = placeholder_span(text, &b.path_span, &b.path, ph.offset, ph.text.len() + 2);
+            match ph.text.split_once('.') {
+                None if params.iter().any(|p| p == &ph.text) => {}
+                None => errs.push(
+                    Diagnostic::new(span, format!("`{{{}}}` names no path parameter of route {}", ph.text, route.name))
+                        .label("unknown parameter")
+                        .note(if params.is_empty() {
+                            format!("the route path `{}` has no parameters; use {{backend.field}} to read another backend's answer", route.path)
+                        } else {
+                            format!("path parameters: {}; or use {{backend.field}}", params.join(", "))
+                        }),
+                ),
+                Some((dep, _)) if dep == b.name => errs.push(
+                    Diagnostic::new(span, format!("backend `{}` cannot read its own answer", b.name)).label("self-reference"),
+                ),
+                Some((dep, _)) => match route.backends.iter().position(|o| o.name == dep) {
+                    Some(j) => deps[i].push(j),
+                    None => {
+                        let mut known: Vec<&str> = route.backends.iter().map(|o| o.name.as_str()).filter(|n| *n != b.name).collect();
+                        known.sort_unstable();
+                        errs.push(
+                            Diagnostic::new(span, format!("`{{{}}}` names neither a path parameter nor a backend of route {}", ph.text, route.name))
+                                .label(format!("no backend `{dep}`"))
+                                .note(format!(
+                                    "path parameters: {}; other backends: {}",
+                                    if params.is_empty() { "none".into() } else { params.join(", ") },
+                                    if known.is_empty() { "none".into() } else { known.join(", ") }
+                                )),
+                        )
+                    }
+                },
+            }
+        }
+    }
+    if let Some(cycle) = find_cycle(&deps) {
+        let first = &route.backends[cycle[0]];
+        let names: Vec<&str> = cycle.iter().chain(cycle.first()).map(|&i| route.backends[i].name.as_str()).collect();
+        errs.push(
+            Diagnostic::new(first.path_span.clone(), format!("dependency cycle in route {}: {}", route.name, names.join(" → ")))
+                .label("this backend waits for itself through the cycle")
+                .note("a backend may read {other.field} only when `other` does not (even indirectly) read it back"),
+        );
+    }
+}
+
+fn placeholder_span(text: &str, span: &Span, raw: &str, offset: usize, len: usize) -> Span {
+    let quoted = text.get(span.clone()).is_some_and(|s| s.len() == raw.len() + 2 && &s[1..s.len() - 1] == raw);
+    if quoted { inner_span(span, offset, len) } else { span.clone() }
+}
+
+/// One cycle of the dependency graph, as backend indices, if any.
+fn find_cycle(deps: &[Vec<usize>]) -> Option<Vec<usize>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Active,
+        Done,
+    }
+    fn visit(n: usize, deps: &[Vec<usize>], marks: &mut [Mark], stack: &mut Vec<usize>) -> Option<Vec<usize>> {
+        marks[n] = Mark::Active;
+        stack.push(n);
+        for &d in &deps[n] {
+            match marks[d] {
+                Mark::Active => {
+                    let at = stack.iter().position(|&s| s == d).unwrap_or(0);
+                    return Some(stack[at..].to_vec());
+                }
+                Mark::New => {
+                    if let Some(c) = visit(d, deps, marks, stack) {
+                        return Some(c);
+                    }
+                }
+                Mark::Done => {}
+            }
+        }
+        stack.pop();
+        marks[n] = Mark::Done;
+        None
+    }
+    let mut marks = vec![Mark::New; deps.len()];
+    let mut stack = Vec::new();
+    (0..deps.len()).find_map(|n| if marks[n] == Mark::New { visit(n, deps, &mut marks, &mut stack) } else { None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_cycle;
+
+    #[test]
+    fn cycles() {
+        assert_eq!(find_cycle(&[vec![], vec![0], vec![1]]), None);
+        assert_eq!(find_cycle(&[vec![1], vec![0]]), Some(vec![0, 1]));
+        assert_eq!(find_cycle(&[vec![], vec![2], vec![3], vec![1]]), Some(vec![1, 2, 3]));
+    }
+}

@@ -1,0 +1,249 @@
+//! The one place a failure becomes a status code and a JSON error body (CONTRACT §4).
+//!
+//! Messages name the backend and upstream, never an address, a stack or a secret:
+//! upstream URLs and transport errors go to the logs, not to the client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Response, StatusCode, header};
+use serde::Serialize;
+
+use crate::body::Body;
+
+/// Why one backend call failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// The attempt's timeout or the route deadline passed.
+    Timeout,
+    CircuitOpen { retry_after: Duration },
+    /// The upstream is at `max_concurrency` or over its own rate limit.
+    Overloaded,
+    /// Could not connect, or the connection broke.
+    Connect,
+    /// The upstream answered 5xx.
+    ServerError(StatusCode),
+    /// Not JSON, a redirect, or too large.
+    BadResponse(&'static str),
+    /// The upstream answered 4xx.
+    Rejected(StatusCode),
+    /// `{dep.field}` could not be filled: the dependency failed or lacks the field.
+    Dependency { dep: Arc<str>, cause: Box<Failure> },
+    MissingField { dep: Arc<str>, field: Arc<str> },
+}
+
+impl Failure {
+    /// The label used in access logs and metrics (`outcome`).
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Failure::Timeout => "timeout",
+            Failure::CircuitOpen { .. } => "circuit_open",
+            Failure::Overloaded => "overloaded",
+            Failure::Connect | Failure::ServerError(_) | Failure::BadResponse(_) => "error",
+            Failure::Rejected(_) => "rejected",
+            Failure::Dependency { .. } | Failure::MissingField { .. } => "dependency_failed",
+        }
+    }
+
+    /// Failures the circuit breaker counts (connect error, timeout, 5xx).
+    pub fn is_upstream_fault(&self) -> bool {
+        matches!(self, Failure::Timeout | Failure::Connect | Failure::ServerError(_))
+    }
+}
+
+/// A backend's failure, with who is to blame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendError {
+    pub backend: Arc<str>,
+    pub upstream: Arc<str>,
+    pub failure: Failure,
+}
+
+/// Everything that can fail a client request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GatewayError {
+    RouteNotFound,
+    MethodNotAllowed { allow: HeaderValue },
+    PayloadTooLarge { limit: u64 },
+    BadParameter { name: String, reason: &'static str },
+    RateLimited { retry_after: Duration },
+    Backend(BackendError),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorFields<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorFields<'a> {
+    code: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backend: Option<&'a str>,
+    request_id: &'a str,
+}
+
+/// Whole seconds, at least 1, for `retry-after`.
+fn retry_after_secs(d: Duration) -> u64 {
+    (d.as_millis().div_ceil(1000) as u64).max(1)
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::RouteNotFound => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::BadParameter { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::Backend(e) => failure_status(&e.failure),
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::RouteNotFound => "ROUTE_NOT_FOUND",
+            GatewayError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
+            GatewayError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            GatewayError::BadParameter { .. } => "BAD_PARAMETER",
+            GatewayError::RateLimited { .. } => "RATE_LIMITED",
+            GatewayError::Backend(e) => failure_code(&e.failure),
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            GatewayError::RouteNotFound => "no route matches this path".into(),
+            GatewayError::MethodNotAllowed { allow } => {
+                format!("method not allowed here; allowed: {}", allow.to_str().unwrap_or(""))
+            }
+            GatewayError::PayloadTooLarge { limit } => format!("request body is larger than {limit} bytes"),
+            GatewayError::BadParameter { name, reason } => format!("path parameter `{name}` {reason}"),
+            GatewayError::RateLimited { retry_after } => {
+                format!("rate limit exceeded; retry in {} s", retry_after_secs(*retry_after))
+            }
+            GatewayError::Backend(e) => backend_message(e),
+        }
+    }
+
+    /// The client response: status, JSON error body, and the headers the contract names.
+    pub fn into_response(self, request_id: &HeaderValue) -> Response<Body> {
+        let id = request_id.to_str().unwrap_or("");
+        let backend = match &self {
+            GatewayError::Backend(e) => Some(blamed(e)),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: ErrorFields {
+                code: self.code(),
+                message: self.message(),
+                backend,
+                request_id: id,
+            },
+        };
+        let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
+        let mut resp = Response::new(Body::from(bytes));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(crate::forward::X_REQUEST_ID, request_id.clone());
+        let retry = match &self {
+            GatewayError::RateLimited { retry_after } => Some(*retry_after),
+            GatewayError::Backend(BackendError {
+                failure: Failure::CircuitOpen { retry_after },
+                ..
+            }) => Some(*retry_after),
+            _ => None,
+        };
+        if let Some(d) = retry {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(d)));
+        }
+        if let GatewayError::MethodNotAllowed { allow } = self {
+            h.insert(header::ALLOW, allow);
+        }
+        resp
+    }
+}
+
+/// The backend to blame: for a failed dependency, the dependency's own backend.
+fn blamed(e: &BackendError) -> &str {
+    let mut f = &e.failure;
+    let mut who: &str = &e.backend;
+    while let Failure::Dependency { dep, cause } = f {
+        who = dep;
+        f = cause;
+    }
+    who
+}
+
+fn root_cause(f: &Failure) -> &Failure {
+    match f {
+        Failure::Dependency { cause, .. } => root_cause(cause),
+        other => other,
+    }
+}
+
+fn failure_status(f: &Failure) -> StatusCode {
+    match root_cause(f) {
+        Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        Failure::CircuitOpen { .. } | Failure::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        Failure::Connect | Failure::ServerError(_) => StatusCode::BAD_GATEWAY,
+        Failure::BadResponse(_) | Failure::MissingField { .. } => StatusCode::BAD_GATEWAY,
+        Failure::Rejected(s) => *s,
+        Failure::Dependency { .. } => StatusCode::BAD_GATEWAY,
+    }
+}
+
+fn failure_code(f: &Failure) -> &'static str {
+    match root_cause(f) {
+        Failure::Timeout => "UPSTREAM_TIMEOUT",
+        Failure::CircuitOpen { .. } => "CIRCUIT_OPEN",
+        Failure::Overloaded => "OVERLOADED",
+        Failure::Connect | Failure::ServerError(_) | Failure::Dependency { .. } => "UPSTREAM_ERROR",
+        Failure::BadResponse(_) | Failure::MissingField { .. } => "UPSTREAM_BAD_RESPONSE",
+        Failure::Rejected(_) => "UPSTREAM_REJECTED",
+    }
+}
+
+fn backend_message(e: &BackendError) -> String {
+    let who = format!("backend `{}` (upstream `{}`)", e.backend, e.upstream);
+    match &e.failure {
+        Failure::Timeout => format!("{who} did not answer in time"),
+        Failure::CircuitOpen { .. } => format!("{who} is failing; its circuit breaker is open"),
+        Failure::Overloaded => format!("{who} is at its concurrency or rate limit"),
+        Failure::Connect => format!("{who} could not be reached"),
+        Failure::ServerError(s) => format!("{who} answered {}", s.as_u16()),
+        Failure::BadResponse(why) => format!("{who} sent a bad response: {why}"),
+        Failure::Rejected(s) => format!("{who} rejected the request with {}", s.as_u16()),
+        Failure::Dependency { dep, cause } => format!(
+            "{who} could not run: backend `{dep}`, which it depends on, failed ({})",
+            root_cause(cause).outcome().replace('_', " ")
+        ),
+        Failure::MissingField { dep, field } => {
+            format!("{who} could not run: the answer of backend `{dep}` has no usable field `{field}`")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_and_is_at_least_one() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);
+    }
+
+    #[test]
+    fn dependency_failure_maps_to_root_cause() {
+        let f = Failure::Dependency {
+            dep: Arc::from("user"),
+            cause: Box::new(Failure::Timeout),
+        };
+        assert_eq!(failure_status(&f), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(failure_code(&f), "UPSTREAM_TIMEOUT");
+    }
+}

@@ -1,0 +1,203 @@
+//! Runs a route's backends as a dependency graph under the route deadline.
+//!
+//! Every backend starts as soon as the backends it reads from have answered; the rest
+//! run concurrently from the start. A required backend's failure ends the request at
+//! once (the calls still running are dropped, which cancels them).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use http::{HeaderMap, HeaderValue};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::error::{BackendError, Failure};
+use crate::gateway::{Backend, Route, carries_body};
+use crate::merge::lookup;
+use crate::template::{Part, push_encoded};
+
+/// What a request brings to its backend calls.
+pub struct Call<'a> {
+    /// Headers every upstream call carries (already filtered).
+    pub headers: &'a HeaderMap,
+    /// The forwarded part of the client's query string.
+    pub query: Option<&'a str>,
+    /// The client's body and content-type, for backends whose method carries one.
+    pub body: Option<(Bytes, HeaderValue)>,
+    /// Decoded path parameters, in the route's order.
+    pub params: &'a [String],
+    pub deadline: Instant,
+}
+
+/// How one backend went, for the access log and, later, metrics.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub outcome: &'static str,
+    pub status: Option<u16>,
+    pub elapsed: Duration,
+}
+
+pub type Slot = Option<Result<Value, Failure>>;
+
+pub struct Fanout {
+    /// One per backend: `None` when it never ran (the request ended first).
+    pub results: Vec<Slot>,
+    pub reports: Vec<Option<Report>>,
+    /// The first required backend to fail, which decides the request's error.
+    pub required_failure: Option<BackendError>,
+}
+
+pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
+    let n = route.backends.len();
+    let mut out = Fanout {
+        results: vec![None; n],
+        reports: vec![None; n],
+        required_failure: None,
+    };
+    let mut started = vec![false; n];
+    let mut running = FuturesUnordered::new();
+    loop {
+        // Start (or fail, when a dependency failed) every backend whose inputs are in.
+        let mut progressed = true;
+        while progressed {
+            progressed = false;
+            for (i, b) in route.backends.iter().enumerate() {
+                if started[i] || !b.deps.iter().all(|&d| out.results[d].is_some()) {
+                    continue;
+                }
+                started[i] = true;
+                progressed = true;
+                match render(route, b, call, &out.results) {
+                    Ok(path) => running.push(call_backend(i, b, path, call)),
+                    Err(failure) => {
+                        out.reports[i] = Some(Report {
+                            outcome: failure.outcome(),
+                            status: None,
+                            elapsed: Duration::ZERO,
+                        });
+                        if settle(route, &mut out, i, Err(failure)) {
+                            return out;
+                        }
+                    }
+                }
+            }
+        }
+        if running.is_empty() {
+            return out;
+        }
+        match tokio::time::timeout_at(call.deadline, running.next()).await {
+            Ok(Some((i, result, report))) => {
+                out.reports[i] = Some(report);
+                if settle(route, &mut out, i, result) {
+                    return out;
+                }
+            }
+            Ok(None) => return out,
+            Err(_) => {
+                // The deadline passed: everything not yet answered timed out.
+                for i in 0..n {
+                    if out.results[i].is_none() {
+                        if out.reports[i].is_none() && started[i] {
+                            out.reports[i] = Some(Report {
+                                outcome: "timeout",
+                                status: None,
+                                elapsed: Duration::ZERO,
+                            });
+                        }
+                        if settle(route, &mut out, i, Err(Failure::Timeout)) {
+                            return out;
+                        }
+                    }
+                }
+                return out;
+            }
+        }
+    }
+}
+
+/// Records a result; true when a required backend failed and the request is over.
+fn settle(route: &Route, out: &mut Fanout, i: usize, result: Result<Value, Failure>) -> bool {
+    let b = &route.backends[i];
+    if let Err(failure) = &result {
+        if !b.optional && out.required_failure.is_none() {
+            out.required_failure = Some(BackendError {
+                backend: b.name.clone(),
+                upstream: b.upstream.name.clone(),
+                failure: failure.clone(),
+            });
+            out.results[i] = Some(result);
+            return true;
+        }
+    }
+    out.results[i] = Some(result);
+    false
+}
+
+/// The backend's path and query with parameters and fields filled in, or why not.
+pub fn render(route: &Route, b: &Backend, call: &Call<'_>, results: &[Slot]) -> Result<String, Failure> {
+    let mut s = String::with_capacity(64);
+    for part in &b.template.parts {
+        match part {
+            Part::Lit(l) => s.push_str(l),
+            Part::Param(i) => push_encoded(&mut s, call.params.get(*i).map_or("", String::as_str)),
+            Part::Field { backend, path } => {
+                let dep = &results[*backend];
+                let value = match dep {
+                    Some(Ok(v)) => v,
+                    Some(Err(cause)) => {
+                        return Err(Failure::Dependency {
+                            dep: route.backends[*backend].name.clone(),
+                            cause: Box::new(cause.clone()),
+                        });
+                    }
+                    None => return Err(Failure::Timeout),
+                };
+                match lookup(value, path) {
+                    Some(Value::String(v)) => push_encoded(&mut s, v),
+                    Some(Value::Number(n)) => s.push_str(&n.to_string()),
+                    Some(Value::Bool(v)) => s.push_str(if *v { "true" } else { "false" }),
+                    _ => {
+                        return Err(Failure::MissingField {
+                            dep: route.backends[*backend].name.clone(),
+                            field: path.join(".").into(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    if let Some(q) = call.query {
+        s.push(if s.contains('?') { '&' } else { '?' });
+        s.push_str(q);
+    }
+    Ok(s)
+}
+
+async fn call_backend(i: usize, b: &Backend, path: String, call: &Call<'_>) -> (usize, Result<Value, Failure>, Report) {
+    let started = Instant::now();
+    let url = b.upstream.url(&path);
+    let body = if carries_body(&b.method) { call.body.clone() } else { None };
+    let deadline = b.upstream.attempt_deadline(call.deadline);
+    let result = b
+        .upstream
+        .call_json(b.method.clone(), &url, call.headers.clone(), body, deadline)
+        .await;
+    let (status, result) = match result {
+        Ok((status, v)) => (Some(status.as_u16()), Ok(v)),
+        Err(f) => {
+            let status = match &f {
+                Failure::ServerError(s) | Failure::Rejected(s) => Some(s.as_u16()),
+                _ => None,
+            };
+            (status, Err(f))
+        }
+    };
+    let report = Report {
+        outcome: result.as_ref().map_or_else(Failure::outcome, |_| "ok"),
+        status,
+        elapsed: started.elapsed(),
+    };
+    (i, result, report)
+}

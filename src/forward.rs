@@ -1,0 +1,165 @@
+//! What reaches an upstream (CONTRACT §3): only the listed headers and query params.
+//!
+//! The header set is built once per client request and shared by its backend calls.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_MANIFOLD_COMPLETED: HeaderName = HeaderName::from_static("x-manifold-completed");
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// Which client headers or query params a route forwards.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Forward<T> {
+    All,
+    Only(Vec<T>),
+}
+
+impl<T> Forward<T> {
+    pub fn from_list(items: Vec<T>, is_star: impl Fn(&T) -> bool) -> Self {
+        if items.iter().any(is_star) { Forward::All } else { Forward::Only(items) }
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus those the gateway always sets itself.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Headers `forward_headers = ["*"]` still does not pass on: the gateway owns these.
+fn is_gateway_owned(name: &HeaderName) -> bool {
+    is_hop_by_hop(name)
+        || name == header::HOST
+        || name == header::CONTENT_LENGTH
+        || name == X_REQUEST_ID
+        || name == X_FORWARDED_FOR
+        || name == X_FORWARDED_PROTO
+}
+
+/// The client's `x-request-id` when it is sane (1–128 visible ASCII chars), else a new one.
+pub fn request_id(client: &HeaderMap) -> HeaderValue {
+    if let Some(v) = client.get(X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    new_request_id()
+}
+
+fn new_request_id() -> HeaderValue {
+    let n: u128 = rand::random();
+    let s = format!("{n:032x}");
+    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// The headers every upstream call of this request carries (content-type excepted:
+/// it is added per call, only where a body goes along).
+pub fn upstream_headers(
+    client: &HeaderMap,
+    forward: &Forward<HeaderName>,
+    request_id: &HeaderValue,
+    client_addr: IpAddr,
+) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(8);
+    for name in [&TRACEPARENT, &TRACESTATE, &header::ACCEPT] {
+        if let Some(v) = client.get(name) {
+            out.insert(name.clone(), v.clone());
+        }
+    }
+    out.insert(X_REQUEST_ID, request_id.clone());
+    out.insert(X_FORWARDED_FOR, forwarded_for(client, client_addr));
+    out.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    match forward {
+        Forward::All => {
+            for (name, value) in client {
+                if !is_gateway_owned(name) && name != header::CONTENT_TYPE && !out.contains_key(name) {
+                    out.append(name.clone(), value.clone());
+                }
+            }
+        }
+        Forward::Only(names) => {
+            for name in names {
+                for v in client.get_all(name) {
+                    out.append(name.clone(), v.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The client's `x-forwarded-for` chain with the peer address appended.
+fn forwarded_for(client: &HeaderMap, peer: IpAddr) -> HeaderValue {
+    let chain: Vec<&str> = client
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let value = if chain.is_empty() {
+        peer.to_string()
+    } else {
+        format!("{}, {peer}", chain.join(", "))
+    };
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// The part of the client's query string a route forwards, still percent-encoded.
+pub fn forwarded_query<'q>(query: Option<&'q str>, forward: &Forward<String>) -> Option<std::borrow::Cow<'q, str>> {
+    let query = query.filter(|q| !q.is_empty())?;
+    match forward {
+        Forward::All => Some(query.into()),
+        Forward::Only(names) if names.is_empty() => None,
+        Forward::Only(names) => {
+            let kept: Vec<&str> = query
+                .split('&')
+                .filter(|pair| {
+                    let key = pair.split('=').next().unwrap_or("");
+                    let key = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
+                    names.iter().any(|n| *n == key)
+                })
+                .collect();
+            (!kept.is_empty()).then(|| kept.join("&").into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_filter_keeps_listed_params_only() {
+        let only = Forward::Only(vec!["lang".to_string()]);
+        assert_eq!(forwarded_query(Some("lang=de&secret=1&lang=fr"), &only).as_deref(), Some("lang=de&lang=fr"));
+        assert_eq!(forwarded_query(Some("secret=1"), &only), None);
+        assert_eq!(forwarded_query(Some("a=1"), &Forward::All).as_deref(), Some("a=1"));
+        assert_eq!(forwarded_query(Some("a=1"), &Forward::Only(vec![])), None);
+    }
+
+    #[test]
+    fn request_id_kept_when_sane() {
+        let mut h = HeaderMap::new();
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&h), "has space");
+        assert_eq!(request_id(&HeaderMap::new()).len(), 32);
+    }
+}

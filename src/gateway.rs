@@ -1,0 +1,180 @@
+//! A config compiled once into an immutable value: router, routes, per-upstream clients.
+//!
+//! The server holds the current `Gateway` behind an atomic pointer; a reload builds a
+//! new one (reusing the `Upstream`s whose settings did not change, so their pools and,
+//! later, breakers and caches survive) and swaps it in without a lock on the request path.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use serde_json::Value;
+
+use crate::config::{BackendConfig, Config, RouteConfig};
+use crate::forward::Forward;
+use crate::merge::Shape;
+use crate::router::Router;
+use crate::template::{Part, Template, route_params};
+use crate::upstream::Upstream;
+
+pub struct Gateway {
+    pub config: Config,
+    pub router: Router,
+    pub routes: Vec<Route>,
+    pub upstreams: Vec<Arc<Upstream>>,
+}
+
+pub struct Route {
+    pub name: Arc<str>,
+    pub method: Method,
+    pub path: String,
+    pub deadline: Duration,
+    /// Names of the path parameters, in path order (matchit yields values in this order).
+    pub params: Vec<String>,
+    pub forward_headers: Forward<HeaderName>,
+    pub forward_query: Forward<String>,
+    pub passthrough: bool,
+    pub max_request_body: u64,
+    /// Some backend calls with a method that carries the client's body.
+    pub wants_body: bool,
+    pub backends: Vec<Backend>,
+}
+
+pub struct Backend {
+    pub name: Arc<str>,
+    pub upstream: Arc<Upstream>,
+    pub method: Method,
+    pub template: Template<usize>,
+    /// Indices of the backends whose answers this one's path reads.
+    pub deps: Vec<usize>,
+    pub shape: Shape,
+    pub group: Option<String>,
+    pub optional: bool,
+    pub default: Option<Value>,
+}
+
+/// POST, PUT and PATCH carry the client's body to a backend (CONTRACT §3).
+pub fn carries_body(m: &Method) -> bool {
+    matches!(*m, Method::POST | Method::PUT | Method::PATCH)
+}
+
+impl Gateway {
+    /// Compiles a validated config. `previous` lends its upstreams where unchanged.
+    pub fn build(config: Config, previous: Option<&Gateway>) -> Result<Gateway, String> {
+        let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
+        let mut ordered = Vec::with_capacity(config.upstreams.len());
+        for u in &config.upstreams {
+            let kept = previous.and_then(|p| {
+                p.upstreams
+                    .iter()
+                    .find(|old| &*old.name == u.name && old.settings == u.settings)
+                    .cloned()
+            });
+            let up = match kept {
+                Some(up) => up,
+                None => Arc::new(Upstream::build(&u.name, &u.settings)?),
+            };
+            upstreams.insert(u.name.as_str(), up.clone());
+            ordered.push(up);
+        }
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| compile_route(&config, r, &upstreams))
+            .collect::<Result<Vec<_>, String>>()?;
+        let router = Router::new(routes.iter().enumerate().map(|(i, r)| (&r.method, r.path.as_str(), i)))?;
+        Ok(Gateway {
+            router,
+            routes,
+            upstreams: ordered,
+            config,
+        })
+    }
+}
+
+fn compile_route(config: &Config, r: &RouteConfig, upstreams: &HashMap<&str, Arc<Upstream>>) -> Result<Route, String> {
+    let params = route_params(&r.path);
+    let backends = r
+        .backends
+        .iter()
+        .map(|b| compile_backend(r, b, &params, upstreams))
+        .collect::<Result<Vec<_>, String>>()?;
+    let forward_headers = Forward::from_list(
+        r.forward_headers
+            .iter()
+            .filter_map(|h| if h == "*" { Some(None) } else { HeaderName::from_bytes(h.as_bytes()).ok().map(Some) })
+            .collect::<Vec<_>>(),
+        Option::is_none,
+    );
+    let forward_headers = match forward_headers {
+        Forward::All => Forward::All,
+        Forward::Only(list) => Forward::Only(list.into_iter().flatten().collect()),
+    };
+    Ok(Route {
+        name: Arc::from(r.name.as_str()),
+        method: r.method.clone(),
+        path: r.path.clone(),
+        deadline: config.route_deadline(r),
+        params,
+        forward_headers,
+        forward_query: Forward::from_list(r.forward_query.clone(), |q| q == "*"),
+        passthrough: r.passthrough,
+        max_request_body: config.server.max_request_body,
+        wants_body: backends.iter().any(|b| carries_body(&b.method)),
+        backends,
+    })
+}
+
+fn compile_backend(
+    r: &RouteConfig,
+    b: &BackendConfig,
+    params: &[String],
+    upstreams: &HashMap<&str, Arc<Upstream>>,
+) -> Result<Backend, String> {
+    let upstream = upstreams
+        .get(b.upstream.as_str())
+        .cloned()
+        .ok_or_else(|| format!("route {}: unknown upstream {}", r.name, b.upstream))?;
+    let mut deps = Vec::new();
+    let mut parts = Vec::with_capacity(b.template.parts.len());
+    for part in &b.template.parts {
+        parts.push(match part {
+            Part::Lit(s) => Part::Lit(s.clone()),
+            Part::Param(ph) => match ph.text.split_once('.') {
+                None => Part::Param(
+                    params
+                        .iter()
+                        .position(|p| *p == ph.text)
+                        .ok_or_else(|| format!("route {}: unknown parameter {}", r.name, ph.text))?,
+                ),
+                Some((dep, field)) => {
+                    let idx = r
+                        .backends
+                        .iter()
+                        .position(|o| o.name == dep)
+                        .ok_or_else(|| format!("route {}: unknown backend {dep}", r.name))?;
+                    if !deps.contains(&idx) {
+                        deps.push(idx);
+                    }
+                    Part::Field {
+                        backend: idx,
+                        path: field.split('.').map(str::to_string).collect(),
+                    }
+                }
+            },
+            Part::Field { .. } => return Err("template parsed twice".into()),
+        });
+    }
+    Ok(Backend {
+        name: Arc::from(b.name.as_str()),
+        upstream,
+        method: b.method.clone().unwrap_or_else(|| r.method.clone()),
+        template: Template { parts },
+        deps,
+        shape: Shape::new(b.target.as_deref(), &b.allow, &b.deny, &b.rename),
+        group: b.group.clone(),
+        optional: b.optional,
+        default: b.default.clone(),
+    })
+}

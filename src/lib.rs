@@ -1,0 +1,25 @@
+//! manifold: a config-driven API gateway and backend-for-frontend aggregator.
+//!
+//! A request's path through the crate, in order: [`server`] accepts it, [`proxy`]
+//! matches it with [`router`] and runs the route: [`fanout`] calls the backends through
+//! their [`upstream`] clients and [`merge`] shapes and joins the answers, or
+//! [`passthrough`] streams one. [`error`] is the one place a failure becomes a status.
+//! [`gateway`] holds a config compiled for serving; [`config`] loads and checks it.
+
+pub mod access_log;
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod fanout;
+pub mod forward;
+pub mod gateway;
+pub mod merge;
+pub mod passthrough;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod telemetry;
+pub mod template;
+pub mod upstream;

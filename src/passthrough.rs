@@ -1,0 +1,153 @@
+//! `passthrough = true`: one upstream, bodies streamed both ways, never buffered.
+//!
+//! The request body is handed to the upstream as it arrives (capped at
+//! `max_request_body`); the upstream's body is handed to the client the same way. The
+//! route deadline bounds the wait for the response head; after that, the upstream's
+//! `timeout` bounds each idle read, so a stalled upstream cannot pin a connection.
+
+use http::{HeaderMap, HeaderName, HeaderValue, Response, header, request::Parts};
+use http_body_util::Limited;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::access_log::AccessRecord;
+use crate::body::Body;
+use crate::error::{BackendError, Failure, GatewayError};
+use crate::fanout::{self, Call, Report};
+use crate::forward::{X_REQUEST_ID, is_hop_by_hop};
+use crate::gateway::Route;
+use crate::proxy::content_length;
+
+#[allow(clippy::too_many_arguments)]
+pub async fn forward(
+    route: &Route,
+    parts: &Parts,
+    body: Incoming,
+    mut headers: HeaderMap,
+    query: Option<&str>,
+    params: &[String],
+    deadline: Instant,
+    record: &mut AccessRecord,
+) -> Result<Response<Body>, GatewayError> {
+    let backend = &route.backends[0];
+    let upstream = &backend.upstream;
+    let fail = |failure| {
+        GatewayError::Backend(BackendError {
+            backend: backend.name.clone(),
+            upstream: upstream.name.clone(),
+            failure,
+        })
+    };
+    let call = Call {
+        headers: &headers,
+        query,
+        body: None,
+        params,
+        deadline,
+    };
+    let path = fanout::render(route, backend, &call, &[]).map_err(fail)?;
+    let url = upstream.url(&path);
+    let mut req = upstream.request(backend.method.clone(), &url).map_err(fail)?;
+
+    let has_body = !http_body::Body::is_end_stream(&body);
+    if has_body {
+        if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+            headers.insert(header::CONTENT_TYPE, ct.clone());
+        }
+        if let Some(len) = content_length(&parts.headers) {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        let limit = usize::try_from(route.max_request_body).unwrap_or(usize::MAX);
+        *req.body_mut() = Some(reqwest::Body::wrap(Limited::new(body, limit)));
+    }
+    *req.headers_mut() = headers;
+
+    let started = Instant::now();
+    let result = upstream.execute(req, upstream.attempt_deadline(deadline)).await;
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(Some(e)) if is_body_limit(&e) => {
+            return Err(GatewayError::PayloadTooLarge {
+                limit: route.max_request_body,
+            });
+        }
+        Err(e) => {
+            let failure = e.as_ref().map_or(Failure::Timeout, crate::upstream::classify);
+            record.backends.push((
+                backend.name.clone(),
+                Report {
+                    outcome: failure.outcome(),
+                    status: None,
+                    elapsed: started.elapsed(),
+                },
+            ));
+            return Err(fail(failure));
+        }
+    };
+    let status = resp.status();
+    record.backends.push((
+        backend.name.clone(),
+        Report {
+            outcome: if status.is_server_error() {
+                "error"
+            } else if status.is_client_error() {
+                "rejected"
+            } else {
+                "ok"
+            },
+            status: Some(status.as_u16()),
+            elapsed: started.elapsed(),
+        },
+    ));
+    let mut out: Response<reqwest::Body> = resp.into();
+    strip_hop_by_hop(out.headers_mut());
+    out.headers_mut().insert(X_REQUEST_ID, record.request_id.clone());
+    Ok(out.map(Body::Stream))
+}
+
+/// Removes hop-by-hop headers, including any the `connection` header names.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    let hop: Vec<HeaderName> = h.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
+    for n in hop {
+        h.remove(n);
+    }
+}
+
+/// Whether a failed upstream send was caused by the client's body passing the limit.
+fn is_body_limit(e: &reqwest::Error) -> bool {
+    let mut cur = std::error::Error::source(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::CONTENT_TYPE));
+    }
+}

@@ -1,0 +1,170 @@
+//! One client request through a route: match, check, fan out (or stream), merge, answer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::access_log::{self, AccessRecord};
+use crate::body::Body;
+use crate::error::GatewayError;
+use crate::fanout::{self, Call};
+use crate::forward::{self, X_MANIFOLD_COMPLETED, X_REQUEST_ID};
+use crate::gateway::{Gateway, Route};
+use crate::router::Match;
+use crate::server::Shared;
+use crate::{merge, passthrough};
+
+/// Serves one request on the public listener. Never fails: errors become responses.
+pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let started = Instant::now();
+    let gateway = shared.gateway.load_full();
+    let request_id = forward::request_id(req.headers());
+    let mut record = AccessRecord {
+        method: req.method().clone(),
+        path: req.uri().path().to_string(),
+        route: None,
+        status: 0,
+        duration: Default::default(),
+        request_id: request_id.clone(),
+        partial: false,
+        backends: Vec::new(),
+    };
+    let response = match serve(&gateway, req, peer, &request_id, &mut record).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(&request_id),
+    };
+    let telemetry = &gateway.config.telemetry;
+    if telemetry.access_log {
+        record.status = response.status().as_u16();
+        record.duration = started.elapsed();
+        access_log::write(&shared.log_sink, telemetry.log_format, &record);
+    }
+    response
+}
+
+async fn serve(
+    gateway: &Gateway,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    request_id: &HeaderValue,
+    record: &mut AccessRecord,
+) -> Result<Response<Body>, GatewayError> {
+    let (parts, body) = req.into_parts();
+    let (route, raw_params) = match gateway.router.find(&parts.method, parts.uri.path()) {
+        Match::Found { route, params } => (&gateway.routes[route], params),
+        Match::NotFound => return Err(GatewayError::RouteNotFound),
+        Match::MethodNotAllowed(allow) => return Err(GatewayError::MethodNotAllowed { allow }),
+    };
+    record.route = Some(route.name.clone());
+    let params = decode_params(raw_params.iter().map(|(k, v)| (k, v)))?;
+    let declared = content_length(&parts.headers);
+    if declared.is_some_and(|n| n > route.max_request_body) {
+        return Err(GatewayError::PayloadTooLarge {
+            limit: route.max_request_body,
+        });
+    }
+    let headers = forward::upstream_headers(&parts.headers, &route.forward_headers, request_id, peer.ip());
+    let query = forward::forwarded_query(parts.uri.query(), &route.forward_query);
+    let deadline = Instant::now() + route.deadline;
+
+    if route.passthrough {
+        return passthrough::forward(route, &parts, body, headers, query.as_deref(), &params, deadline, record).await;
+    }
+
+    let client_body = if route.wants_body {
+        read_body(&parts.headers, body, route.max_request_body).await?
+    } else {
+        None
+    };
+    let call = Call {
+        headers: &headers,
+        query: query.as_deref(),
+        body: client_body,
+        params: &params,
+        deadline,
+    };
+    let fan = fanout::run(route, &call).await;
+    record.backends = reports(route, fan.reports);
+    if let Some(e) = fan.required_failure {
+        return Err(GatewayError::Backend(e));
+    }
+    let (value, completed) = merge::assemble(route, fan.results).map_err(GatewayError::Backend)?;
+    record.partial = !completed;
+    let bytes = serde_json::to_vec(&value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = Response::new(Body::from(bytes));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(X_REQUEST_ID, request_id.clone());
+    h.insert(
+        X_MANIFOLD_COMPLETED,
+        HeaderValue::from_static(if completed { "true" } else { "false" }),
+    );
+    Ok(resp)
+}
+
+fn reports(route: &Route, reports: Vec<Option<fanout::Report>>) -> Vec<(Arc<str>, fanout::Report)> {
+    route
+        .backends
+        .iter()
+        .zip(reports)
+        .filter_map(|(b, r)| r.map(|r| (b.name.clone(), r)))
+        .collect()
+}
+
+/// Percent-decodes path parameters and refuses `.`, `..`, control characters and bad UTF-8.
+pub fn decode_params<'a>(raw: impl Iterator<Item = (&'a str, &'a str)>) -> Result<Vec<String>, GatewayError> {
+    let mut out = Vec::new();
+    for (name, value) in raw {
+        let bad = |reason| GatewayError::BadParameter {
+            name: name.to_string(),
+            reason,
+        };
+        let decoded = percent_encoding::percent_decode_str(value)
+            .decode_utf8()
+            .map_err(|_| bad("is not valid UTF-8"))?;
+        if decoded == "." || decoded == ".." {
+            return Err(bad("may not be `.` or `..`"));
+        }
+        if decoded.chars().any(char::is_control) {
+            return Err(bad("holds a control character"));
+        }
+        out.push(decoded.into_owned());
+    }
+    Ok(out)
+}
+
+pub fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// The client's body, with its content-type, for backends that carry it; 413 past the limit.
+async fn read_body(h: &HeaderMap, body: Incoming, limit: u64) -> Result<Option<(Bytes, HeaderValue)>, GatewayError> {
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+    let collected = Limited::new(body, limit_usize)
+        .collect()
+        .await
+        .map_err(|_| GatewayError::PayloadTooLarge { limit })?
+        .to_bytes();
+    if collected.is_empty() {
+        return Ok(None);
+    }
+    let content_type = h
+        .get(header::CONTENT_TYPE)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    Ok(Some((collected, content_type)))
+}
+
+/// A bare status response (used by the admin listener).
+pub fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}

@@ -1,0 +1,162 @@
+//! Listeners, connections and the drain: HTTP/1.1 and h2c on one port, graceful shutdown.
+//!
+//! The current [`Gateway`] sits behind an `ArcSwap`: each request takes a snapshot at
+//! its start and finishes on it, so a reload never changes a request midway.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::access_log::LogSink;
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::{admin, proxy};
+
+/// State shared by every connection of both listeners.
+pub struct Shared {
+    pub gateway: ArcSwap<Gateway>,
+    /// `/ready`: true once a config is loaded, false again while draining.
+    pub ready: AtomicBool,
+    pub log_sink: LogSink,
+}
+
+/// A running gateway: its bound addresses and the means to stop it.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    public: JoinHandle<bool>,
+    admin: Option<JoinHandle<bool>>,
+}
+
+/// A slow client may take this long to send its request head before it is dropped.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Server {
+    /// Compiles the config, binds both listeners and starts serving.
+    pub async fn start(config: Config, log_sink: LogSink) -> Result<Server, String> {
+        let listen = config.server.listen;
+        let admin_listen = config.server.admin_listen;
+        let grace = config.server.shutdown_grace;
+        let gateway = Gateway::build(config, None)?;
+        let shared = Arc::new(Shared {
+            gateway: ArcSwap::from_pointee(gateway),
+            ready: AtomicBool::new(false),
+            log_sink,
+        });
+        let public_listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let addr = public_listener.local_addr().map_err(|e| e.to_string())?;
+        let (stop, stopped) = watch::channel(false);
+        let admin = match admin_listen {
+            Some(a) => {
+                let l = TcpListener::bind(a)
+                    .await
+                    .map_err(|e| format!("cannot listen on {a} (admin): {e}"))?;
+                let admin_addr = l.local_addr().map_err(|e| e.to_string())?;
+                let s = shared.clone();
+                let task = tokio::spawn(accept_loop(l, stopped.clone(), grace, move |req, _peer| {
+                    let s = s.clone();
+                    async move { admin::handle(&s, req) }
+                }));
+                Some((admin_addr, task))
+            }
+            None => None,
+        };
+        let s = shared.clone();
+        let public = tokio::spawn(accept_loop(public_listener, stopped, grace, move |req, peer| {
+            proxy::handle(s.clone(), req, peer)
+        }));
+        shared.ready.store(true, Ordering::SeqCst);
+        tracing::info!(%addr, admin = ?admin.as_ref().map(|a| a.0), "manifold is serving");
+        Ok(Server {
+            addr,
+            admin_addr: admin.as_ref().map(|a| a.0),
+            shared,
+            stop,
+            public,
+            admin: admin.map(|a| a.1),
+        })
+    }
+
+    /// Starts the drain: `/ready` turns 503, listeners stop accepting.
+    pub fn shutdown(&self) {
+        self.shared.ready.store(false, Ordering::SeqCst);
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits for the drain to end. True when every in-flight request finished in time.
+    pub async fn wait(self) -> bool {
+        let public = self.public.await.unwrap_or(false);
+        let admin = match self.admin {
+            Some(a) => a.await.unwrap_or(false),
+            None => true,
+        };
+        public && admin
+    }
+}
+
+async fn accept_loop<F, Fut>(listener: TcpListener, mut stop: watch::Receiver<bool>, grace: Duration, handler: F) -> bool
+where
+    F: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<crate::body::Body>> + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let handler = handler.clone();
+                let service = service_fn(move |req| {
+                    let fut = handler(req, peer);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => true,
+        _ = tokio::time::sleep(grace) => {
+            tracing::warn!(grace = ?grace, "shutdown grace ran out; cutting remaining connections");
+            false
+        }
+    }
+}

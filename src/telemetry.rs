@@ -1,0 +1,29 @@
+//! Logging set-up: JSON (default) or pretty lines on stdout, written off the request path.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
+use tracing_subscriber::EnvFilter;
+
+use crate::access_log::LogSink;
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. Keep the guard alive until exit: dropping it flushes.
+pub fn init(format: LogFormat) -> (LogSink, WorkerGuard) {
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    let filter = EnvFilter::try_from_env("MANIFOLD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer.clone());
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+    (sink(writer), guard)
+}
+
+fn sink(writer: NonBlocking) -> LogSink {
+    Arc::new(move |line: &[u8]| {
+        let mut w = writer.clone();
+        let _ = w.write_all(line);
+    })
+}
