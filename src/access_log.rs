@@ -155,6 +155,9 @@ mod tests {
     fn timestamps_are_rfc3339() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
         assert_eq!(timestamp(t), "2026-11-18T11:06:40.123Z");
-        assert_eq!(timestamp(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            timestamp(SystemTime::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000Z"
+        );
     }
 }

@@ -14,17 +14,24 @@ use crate::server::Shared;
 pub fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         "/health" => plain(StatusCode::OK, r#"{"status":"ok"}"#),
-        "/ready" if shared.ready.load(Ordering::SeqCst) => plain(StatusCode::OK, r#"{"status":"ready"}"#),
+        "/ready" if shared.ready.load(Ordering::SeqCst) => {
+            plain(StatusCode::OK, r#"{"status":"ready"}"#)
+        }
         "/ready" => plain(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not_ready"}"#),
         "/routes" => json_response(&routes(&shared.gateway.load())),
-        _ => plain(StatusCode::NOT_FOUND, r#"{"error":{"code":"ROUTE_NOT_FOUND","message":"admin endpoints: /health /ready /routes"}}"#),
+        _ => plain(
+            StatusCode::NOT_FOUND,
+            r#"{"error":{"code":"ROUTE_NOT_FOUND","message":"admin endpoints: /health /ready /routes"}}"#,
+        ),
     }
 }
 
 fn json_response(v: &Value) -> Response<Body> {
     let mut r = Response::new(Body::from(serde_json::to_vec_pretty(v).unwrap_or_default()));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -73,7 +80,14 @@ pub fn route_table(config: &crate::config::Config) -> String {
     let mut out = String::new();
     for r in &config.routes {
         let deadline = config.route_deadline(r);
-        let _ = write!(out, "{:<7} {}  [{}]  deadline {}", r.method.as_str(), r.path, r.name, humantime::format_duration(deadline));
+        let _ = write!(
+            out,
+            "{:<7} {}  [{}]  deadline {}",
+            r.method.as_str(),
+            r.path,
+            r.name,
+            humantime::format_duration(deadline)
+        );
         if r.passthrough {
             out.push_str("  passthrough");
         }
@@ -81,12 +95,23 @@ pub fn route_table(config: &crate::config::Config) -> String {
             let _ = write!(out, "  cache {}", humantime::format_duration(c.ttl));
         }
         if let Some(l) = &r.rate_limit {
-            let _ = write!(out, "  limit {}/s burst {}", l.rate.per_second, l.rate.burst);
+            let _ = write!(
+                out,
+                "  limit {}/s burst {}",
+                l.rate.per_second, l.rate.burst
+            );
         }
         out.push('\n');
         for b in &r.backends {
             let method = b.method.as_ref().unwrap_or(&r.method);
-            let _ = write!(out, "  ├─ {:<16} {} {}{}", b.name, method.as_str(), b.upstream, b.path);
+            let _ = write!(
+                out,
+                "  ├─ {:<16} {} {}{}",
+                b.name,
+                method.as_str(),
+                b.upstream,
+                b.path
+            );
             if let Some(g) = &b.group {
                 let _ = write!(out, "  → {g}");
             }

@@ -43,7 +43,10 @@ impl http_body::Body for Body {
     type Data = Bytes;
     type Error = reqwest::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             Body::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Body::Stream(body) => Pin::new(body).poll_frame(cx),

@@ -50,7 +50,9 @@ pub async fn start(config: &Config) -> Result<Vec<SocketAddr>, String> {
 
 async fn serve(listener: TcpListener, name: &'static str, delay: Duration) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         tokio::spawn(async move {
             let service = service_fn(move |req| async move {
                 if !delay.is_zero() {
@@ -72,10 +74,16 @@ fn answer(service: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         query
             .split('&')
             .find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-            .map(|v| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
+            .map(|v| {
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
     };
     let body = match (service, path.rsplit_once('/')) {
-        ("users", Some(("/users", id))) if id == "404" => return json_response(StatusCode::NOT_FOUND, json!({"error": "no such user"})),
+        ("users", Some(("/users", "404"))) => {
+            return json_response(StatusCode::NOT_FOUND, json!({"error": "no such user"}));
+        }
         ("users", Some(("/users", id))) => json!({
             "id": id,
             "name": format!("Demo User {id}"),
@@ -87,7 +95,10 @@ fn answer(service: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }),
         ("orders", Some(("", "orders"))) => {
             let customer = param("customer").unwrap_or_default();
-            let limit: usize = param("limit").and_then(|l| l.parse().ok()).unwrap_or(10).min(20);
+            let limit: usize = param("limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(10)
+                .min(20);
             let items: Vec<Value> = (0..limit)
                 .map(|i| json!({"id": format!("o-{i}"), "customer": customer, "sku": format!("SKU-{}", 1000 + i), "qty": 1 + i % 3, "price_cents": 1999 + 10 * i}))
                 .collect();
@@ -106,8 +117,10 @@ fn answer(service: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 fn json_response(status: StatusCode, v: Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 

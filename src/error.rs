@@ -16,7 +16,9 @@ use crate::body::Body;
 pub enum Failure {
     /// The attempt's timeout or the route deadline passed.
     Timeout,
-    CircuitOpen { retry_after: Duration },
+    CircuitOpen {
+        retry_after: Duration,
+    },
     /// The upstream is at `max_concurrency` or over its own rate limit.
     Overloaded,
     /// Could not connect, or the connection broke.
@@ -28,8 +30,14 @@ pub enum Failure {
     /// The upstream answered 4xx.
     Rejected(StatusCode),
     /// `{dep.field}` could not be filled: the dependency failed or lacks the field.
-    Dependency { dep: Arc<str>, cause: Box<Failure> },
-    MissingField { dep: Arc<str>, field: Arc<str> },
+    Dependency {
+        dep: Arc<str>,
+        cause: Box<Failure>,
+    },
+    MissingField {
+        dep: Arc<str>,
+        field: Arc<str>,
+    },
 }
 
 impl Failure {
@@ -47,7 +55,10 @@ impl Failure {
 
     /// Failures the circuit breaker counts (connect error, timeout, 5xx).
     pub fn is_upstream_fault(&self) -> bool {
-        matches!(self, Failure::Timeout | Failure::Connect | Failure::ServerError(_))
+        matches!(
+            self,
+            Failure::Timeout | Failure::Connect | Failure::ServerError(_)
+        )
     }
 }
 
@@ -116,12 +127,22 @@ impl GatewayError {
         match self {
             GatewayError::RouteNotFound => "no route matches this path".into(),
             GatewayError::MethodNotAllowed { allow } => {
-                format!("method not allowed here; allowed: {}", allow.to_str().unwrap_or(""))
+                format!(
+                    "method not allowed here; allowed: {}",
+                    allow.to_str().unwrap_or("")
+                )
             }
-            GatewayError::PayloadTooLarge { limit } => format!("request body is larger than {limit} bytes"),
-            GatewayError::BadParameter { name, reason } => format!("path parameter `{name}` {reason}"),
+            GatewayError::PayloadTooLarge { limit } => {
+                format!("request body is larger than {limit} bytes")
+            }
+            GatewayError::BadParameter { name, reason } => {
+                format!("path parameter `{name}` {reason}")
+            }
             GatewayError::RateLimited { retry_after } => {
-                format!("rate limit exceeded; retry in {} s", retry_after_secs(*retry_after))
+                format!(
+                    "rate limit exceeded; retry in {} s",
+                    retry_after_secs(*retry_after)
+                )
             }
             GatewayError::Backend(e) => backend_message(e),
         }
@@ -146,7 +167,10 @@ impl GatewayError {
         let mut resp = Response::new(Body::from(bytes));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         h.insert(crate::forward::X_REQUEST_ID, request_id.clone());
         let retry = match &self {
             GatewayError::RateLimited { retry_after } => Some(*retry_after),
@@ -221,7 +245,9 @@ fn backend_message(e: &BackendError) -> String {
             root_cause(cause).outcome().replace('_', " ")
         ),
         Failure::MissingField { dep, field } => {
-            format!("{who} could not run: the answer of backend `{dep}` has no usable field `{field}`")
+            format!(
+                "{who} could not run: the answer of backend `{dep}` has no usable field `{field}`"
+            )
         }
     }
 }

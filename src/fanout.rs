@@ -56,7 +56,8 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
         reports: vec![None; n],
         required_failure: None,
     };
-    let mut started = vec![false; n];
+    // When each backend's call began (`None`: not started yet).
+    let mut started: Vec<Option<Instant>> = vec![None; n];
     let mut running = FuturesUnordered::new();
     loop {
         // Start (or fail, when a dependency failed) every backend whose inputs are in.
@@ -64,10 +65,10 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
         while progressed {
             progressed = false;
             for (i, b) in route.backends.iter().enumerate() {
-                if started[i] || !b.deps.iter().all(|&d| out.results[d].is_some()) {
+                if started[i].is_some() || !b.deps.iter().all(|&d| out.results[d].is_some()) {
                     continue;
                 }
-                started[i] = true;
+                started[i] = Some(Instant::now());
                 progressed = true;
                 match render(route, b, call, &out.results) {
                     Ok(path) => running.push(call_backend(i, b, path, call)),
@@ -97,18 +98,20 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
             Ok(None) => return out,
             Err(_) => {
                 // The deadline passed: everything not yet answered timed out.
-                for i in 0..n {
-                    if out.results[i].is_none() {
-                        if out.reports[i].is_none() && started[i] {
-                            out.reports[i] = Some(Report {
-                                outcome: "timeout",
-                                status: None,
-                                elapsed: Duration::ZERO,
-                            });
-                        }
-                        if settle(route, &mut out, i, Err(Failure::Timeout)) {
-                            return out;
-                        }
+                let now = Instant::now();
+                for (i, began) in started.iter().enumerate() {
+                    if out.results[i].is_some() {
+                        continue;
+                    }
+                    if let (Some(began), None) = (began, &out.reports[i]) {
+                        out.reports[i] = Some(Report {
+                            outcome: "timeout",
+                            status: None,
+                            elapsed: now - *began,
+                        });
+                    }
+                    if settle(route, &mut out, i, Err(Failure::Timeout)) {
+                        return out;
                     }
                 }
                 return out;
@@ -120,23 +123,29 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
 /// Records a result; true when a required backend failed and the request is over.
 fn settle(route: &Route, out: &mut Fanout, i: usize, result: Result<Value, Failure>) -> bool {
     let b = &route.backends[i];
-    if let Err(failure) = &result {
-        if !b.optional && out.required_failure.is_none() {
-            out.required_failure = Some(BackendError {
-                backend: b.name.clone(),
-                upstream: b.upstream.name.clone(),
-                failure: failure.clone(),
-            });
-            out.results[i] = Some(result);
-            return true;
-        }
+    if let Err(failure) = &result
+        && !b.optional
+        && out.required_failure.is_none()
+    {
+        out.required_failure = Some(BackendError {
+            backend: b.name.clone(),
+            upstream: b.upstream.name.clone(),
+            failure: failure.clone(),
+        });
+        out.results[i] = Some(result);
+        return true;
     }
     out.results[i] = Some(result);
     false
 }
 
 /// The backend's path and query with parameters and fields filled in, or why not.
-pub fn render(route: &Route, b: &Backend, call: &Call<'_>, results: &[Slot]) -> Result<String, Failure> {
+pub fn render(
+    route: &Route,
+    b: &Backend,
+    call: &Call<'_>,
+    results: &[Slot],
+) -> Result<String, Failure> {
     let mut s = String::with_capacity(64);
     for part in &b.template.parts {
         match part {
@@ -175,10 +184,19 @@ pub fn render(route: &Route, b: &Backend, call: &Call<'_>, results: &[Slot]) -> 
     Ok(s)
 }
 
-async fn call_backend(i: usize, b: &Backend, path: String, call: &Call<'_>) -> (usize, Result<Value, Failure>, Report) {
+async fn call_backend(
+    i: usize,
+    b: &Backend,
+    path: String,
+    call: &Call<'_>,
+) -> (usize, Result<Value, Failure>, Report) {
     let started = Instant::now();
     let url = b.upstream.url(&path);
-    let body = if carries_body(&b.method) { call.body.clone() } else { None };
+    let body = if carries_body(&b.method) {
+        call.body.clone()
+    } else {
+        None
+    };
     let deadline = b.upstream.attempt_deadline(call.deadline);
     let result = b
         .upstream

@@ -22,7 +22,11 @@ pub enum Forward<T> {
 
 impl<T> Forward<T> {
     pub fn from_list(items: Vec<T>, is_star: impl Fn(&T) -> bool) -> Self {
-        if items.iter().any(is_star) { Forward::All } else { Forward::Only(items) }
+        if items.iter().any(is_star) {
+            Forward::All
+        } else {
+            Forward::Only(items)
+        }
     }
 }
 
@@ -89,7 +93,10 @@ pub fn upstream_headers(
     match forward {
         Forward::All => {
             for (name, value) in client {
-                if !is_gateway_owned(name) && name != header::CONTENT_TYPE && !out.contains_key(name) {
+                if !is_gateway_owned(name)
+                    && name != header::CONTENT_TYPE
+                    && !out.contains_key(name)
+                {
                     out.append(name.clone(), value.clone());
                 }
             }
@@ -121,7 +128,10 @@ fn forwarded_for(client: &HeaderMap, peer: IpAddr) -> HeaderValue {
 }
 
 /// The part of the client's query string a route forwards, still percent-encoded.
-pub fn forwarded_query<'q>(query: Option<&'q str>, forward: &Forward<String>) -> Option<std::borrow::Cow<'q, str>> {
+pub fn forwarded_query<'q>(
+    query: Option<&'q str>,
+    forward: &Forward<String>,
+) -> Option<std::borrow::Cow<'q, str>> {
     let query = query.filter(|q| !q.is_empty())?;
     match forward {
         Forward::All => Some(query.into()),
@@ -147,9 +157,15 @@ mod tests {
     #[test]
     fn query_filter_keeps_listed_params_only() {
         let only = Forward::Only(vec!["lang".to_string()]);
-        assert_eq!(forwarded_query(Some("lang=de&secret=1&lang=fr"), &only).as_deref(), Some("lang=de&lang=fr"));
+        assert_eq!(
+            forwarded_query(Some("lang=de&secret=1&lang=fr"), &only).as_deref(),
+            Some("lang=de&lang=fr")
+        );
         assert_eq!(forwarded_query(Some("secret=1"), &only), None);
-        assert_eq!(forwarded_query(Some("a=1"), &Forward::All).as_deref(), Some("a=1"));
+        assert_eq!(
+            forwarded_query(Some("a=1"), &Forward::All).as_deref(),
+            Some("a=1")
+        );
         assert_eq!(forwarded_query(Some("a=1"), &Forward::Only(vec![])), None);
     }
 

@@ -68,7 +68,7 @@ impl Gateway {
             let kept = previous.and_then(|p| {
                 p.upstreams
                     .iter()
-                    .find(|old| &*old.name == u.name && old.settings == u.settings)
+                    .find(|old| *old.name == u.name && old.settings == u.settings)
                     .cloned()
             });
             let up = match kept {
@@ -83,7 +83,12 @@ impl Gateway {
             .iter()
             .map(|r| compile_route(&config, r, &upstreams))
             .collect::<Result<Vec<_>, String>>()?;
-        let router = Router::new(routes.iter().enumerate().map(|(i, r)| (&r.method, r.path.as_str(), i)))?;
+        let router = Router::new(
+            routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (&r.method, r.path.as_str(), i)),
+        )?;
         Ok(Gateway {
             router,
             routes,
@@ -93,7 +98,11 @@ impl Gateway {
     }
 }
 
-fn compile_route(config: &Config, r: &RouteConfig, upstreams: &HashMap<&str, Arc<Upstream>>) -> Result<Route, String> {
+fn compile_route(
+    config: &Config,
+    r: &RouteConfig,
+    upstreams: &HashMap<&str, Arc<Upstream>>,
+) -> Result<Route, String> {
     let params = route_params(&r.path);
     let backends = r
         .backends
@@ -103,7 +112,13 @@ fn compile_route(config: &Config, r: &RouteConfig, upstreams: &HashMap<&str, Arc
     let forward_headers = Forward::from_list(
         r.forward_headers
             .iter()
-            .filter_map(|h| if h == "*" { Some(None) } else { HeaderName::from_bytes(h.as_bytes()).ok().map(Some) })
+            .filter_map(|h| {
+                if h == "*" {
+                    Some(None)
+                } else {
+                    HeaderName::from_bytes(h.as_bytes()).ok().map(Some)
+                }
+            })
             .collect::<Vec<_>>(),
         Option::is_none,
     );
@@ -142,12 +157,11 @@ fn compile_backend(
         parts.push(match part {
             Part::Lit(s) => Part::Lit(s.clone()),
             Part::Param(ph) => match ph.text.split_once('.') {
-                None => Part::Param(
-                    params
-                        .iter()
-                        .position(|p| *p == ph.text)
-                        .ok_or_else(|| format!("route {}: unknown parameter {}", r.name, ph.text))?,
-                ),
+                None => {
+                    Part::Param(params.iter().position(|p| *p == ph.text).ok_or_else(|| {
+                        format!("route {}: unknown parameter {}", r.name, ph.text)
+                    })?)
+                }
                 Some((dep, field)) => {
                     let idx = r
                         .backends

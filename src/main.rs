@@ -8,12 +8,21 @@ use manifold::config::{Config, LogFormat};
 use manifold::server::Server;
 
 #[derive(Parser)]
-#[command(name = "manifold", version, about = "Config-driven API gateway and BFF aggregator")]
+#[command(
+    name = "manifold",
+    version,
+    about = "Config-driven API gateway and BFF aggregator"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// Config file for `serve` (the default command).
-    #[arg(long, global = true, env = "MANIFOLD_CONFIG", default_value = "routes.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "MANIFOLD_CONFIG",
+        default_value = "routes.toml"
+    )]
     config: PathBuf,
 }
 
@@ -42,7 +51,8 @@ fn main() -> ExitCode {
             let config = if cli.config.exists() {
                 load(&cli.config)
             } else {
-                manifold::config::parse("routes.toml (bundled)", BUNDLED_ROUTES).map_err(|d| d.render())
+                manifold::config::parse("routes.toml (bundled)", BUNDLED_ROUTES)
+                    .map_err(|d| d.render())
             };
             run(config, true)
         }
@@ -91,7 +101,10 @@ fn run(config: Result<Config, String>, demo: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

@@ -57,7 +57,12 @@ impl Fields {
 }
 
 impl Shape {
-    pub fn new(target: Option<&str>, allow: &[String], deny: &[String], rename: &[(String, String)]) -> Self {
+    pub fn new(
+        target: Option<&str>,
+        allow: &[String],
+        deny: &[String],
+        rename: &[(String, String)],
+    ) -> Self {
         let filter = if !allow.is_empty() {
             Some(Filter::Allow(Fields::from_paths(allow)))
         } else if !deny.is_empty() {
@@ -108,10 +113,10 @@ fn allow(value: &mut Value, f: &Fields) {
         Value::Object(m) => {
             m.retain(|k, _| f.get(k).is_some());
             for (k, sub) in &f.children {
-                if !sub.whole {
-                    if let Some(v) = m.get_mut(k.as_str()) {
-                        allow(v, sub);
-                    }
+                if !sub.whole
+                    && let Some(v) = m.get_mut(k.as_str())
+                {
+                    allow(v, sub);
                 }
             }
         }
@@ -125,10 +130,10 @@ fn deny(value: &mut Value, f: &Fields) {
         Value::Object(m) => {
             m.retain(|k, _| !f.get(k).is_some_and(|sub| sub.whole));
             for (k, sub) in &f.children {
-                if !sub.whole {
-                    if let Some(v) = m.get_mut(k.as_str()) {
-                        deny(v, sub);
-                    }
+                if !sub.whole
+                    && let Some(v) = m.get_mut(k.as_str())
+                {
+                    deny(v, sub);
                 }
             }
         }
@@ -139,18 +144,20 @@ fn deny(value: &mut Value, f: &Fields) {
 
 fn rename(value: &mut Value, renames: &[(String, String)]) {
     match value {
-        Value::Object(m) => {
-            if renames.iter().any(|(from, _)| m.contains_key(from.as_str())) {
-                // Rebuilt rather than remove+insert so a renamed key keeps its position.
-                let old = std::mem::take(m);
-                *m = old
-                    .into_iter()
-                    .map(|(k, v)| match renames.iter().find(|(from, _)| *from == k) {
-                        Some((_, to)) => (to.clone(), v),
-                        None => (k, v),
-                    })
-                    .collect();
-            }
+        Value::Object(m)
+            if renames
+                .iter()
+                .any(|(from, _)| m.contains_key(from.as_str())) =>
+        {
+            // Rebuilt rather than remove+insert so a renamed key keeps its position.
+            let old = std::mem::take(m);
+            *m = old
+                .into_iter()
+                .map(|(k, v)| match renames.iter().find(|(from, _)| *from == k) {
+                    Some((_, to)) => (to.clone(), v),
+                    None => (k, v),
+                })
+                .collect();
         }
         Value::Array(items) => items.iter_mut().for_each(|v| rename(v, renames)),
         _ => {}
@@ -249,11 +256,20 @@ mod tests {
     fn filters_go_through_arrays() {
         let allow_shape = Shape::new(None, &s(&["items.sku"]), &[], &[]);
         let v = json!({"items": [{"sku": "a", "price": 1}, {"sku": "b", "price": 2}], "total": 2});
-        assert_eq!(allow_shape.apply(v.clone()), json!({"items": [{"sku": "a"}, {"sku": "b"}]}));
+        assert_eq!(
+            allow_shape.apply(v.clone()),
+            json!({"items": [{"sku": "a"}, {"sku": "b"}]})
+        );
         let deny_shape = Shape::new(None, &[], &s(&["items.price", "total"]), &[]);
-        assert_eq!(deny_shape.apply(v), json!({"items": [{"sku": "a"}, {"sku": "b"}]}));
+        assert_eq!(
+            deny_shape.apply(v),
+            json!({"items": [{"sku": "a"}, {"sku": "b"}]})
+        );
         let top_array = Shape::new(None, &s(&["sku"]), &[], &[("sku".into(), "id".into())]);
-        assert_eq!(top_array.apply(json!([{"sku": "a", "x": 1}])), json!([{"id": "a"}]));
+        assert_eq!(
+            top_array.apply(json!([{"sku": "a", "x": 1}])),
+            json!([{"id": "a"}])
+        );
     }
 
     #[test]
@@ -266,7 +282,10 @@ mod tests {
 
     #[test]
     fn missing_target_is_null() {
-        assert_eq!(Shape::new(Some("nope"), &[], &[], &[]).apply(json!({"a": 1})), Value::Null);
+        assert_eq!(
+            Shape::new(Some("nope"), &[], &[], &[]).apply(json!({"a": 1})),
+            Value::Null
+        );
     }
 
     #[test]

@@ -47,7 +47,9 @@ pub async fn forward(
     };
     let path = fanout::render(route, backend, &call, &[]).map_err(fail)?;
     let url = upstream.url(&path);
-    let mut req = upstream.request(backend.method.clone(), &url).map_err(fail)?;
+    let mut req = upstream
+        .request(backend.method.clone(), &url)
+        .map_err(fail)?;
 
     let has_body = !http_body::Body::is_end_stream(&body);
     if has_body {
@@ -63,7 +65,9 @@ pub async fn forward(
     *req.headers_mut() = headers;
 
     let started = Instant::now();
-    let result = upstream.execute(req, upstream.attempt_deadline(deadline)).await;
+    let result = upstream
+        .execute(req, upstream.attempt_deadline(deadline))
+        .await;
     let resp = match result {
         Ok(resp) => resp,
         Err(Some(e)) if is_body_limit(&e) => {
@@ -72,7 +76,9 @@ pub async fn forward(
             });
         }
         Err(e) => {
-            let failure = e.as_ref().map_or(Failure::Timeout, crate::upstream::classify);
+            let failure = e
+                .as_ref()
+                .map_or(Failure::Timeout, crate::upstream::classify);
             record.backends.push((
                 backend.name.clone(),
                 Report {
@@ -101,7 +107,8 @@ pub async fn forward(
     ));
     let mut out: Response<reqwest::Body> = resp.into();
     strip_hop_by_hop(out.headers_mut());
-    out.headers_mut().insert(X_REQUEST_ID, record.request_id.clone());
+    out.headers_mut()
+        .insert(X_REQUEST_ID, record.request_id.clone());
     Ok(out.map(Body::Stream))
 }
 
@@ -142,9 +149,15 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_connection_named() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret-hop"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);

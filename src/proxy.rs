@@ -20,7 +20,11 @@ use crate::server::Shared;
 use crate::{merge, passthrough};
 
 /// Serves one request on the public listener. Never fails: errors become responses.
-pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
     let started = Instant::now();
     let gateway = shared.gateway.load_full();
     let request_id = forward::request_id(req.headers());
@@ -61,19 +65,34 @@ async fn serve(
         Match::MethodNotAllowed(allow) => return Err(GatewayError::MethodNotAllowed { allow }),
     };
     record.route = Some(route.name.clone());
-    let params = decode_params(raw_params.iter().map(|(k, v)| (k, v)))?;
+    let params = decode_params(raw_params.iter())?;
     let declared = content_length(&parts.headers);
     if declared.is_some_and(|n| n > route.max_request_body) {
         return Err(GatewayError::PayloadTooLarge {
             limit: route.max_request_body,
         });
     }
-    let headers = forward::upstream_headers(&parts.headers, &route.forward_headers, request_id, peer.ip());
+    let headers = forward::upstream_headers(
+        &parts.headers,
+        &route.forward_headers,
+        request_id,
+        peer.ip(),
+    );
     let query = forward::forwarded_query(parts.uri.query(), &route.forward_query);
     let deadline = Instant::now() + route.deadline;
 
     if route.passthrough {
-        return passthrough::forward(route, &parts, body, headers, query.as_deref(), &params, deadline, record).await;
+        return passthrough::forward(
+            route,
+            &parts,
+            body,
+            headers,
+            query.as_deref(),
+            &params,
+            deadline,
+            record,
+        )
+        .await;
     }
 
     let client_body = if route.wants_body {
@@ -98,7 +117,10 @@ async fn serve(
     let bytes = serde_json::to_vec(&value).unwrap_or_else(|_| b"{}".to_vec());
     let mut resp = Response::new(Body::from(bytes));
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(X_REQUEST_ID, request_id.clone());
     h.insert(
         X_MANIFOLD_COMPLETED,
@@ -117,7 +139,9 @@ fn reports(route: &Route, reports: Vec<Option<fanout::Report>>) -> Vec<(Arc<str>
 }
 
 /// Percent-decodes path parameters and refuses `.`, `..`, control characters and bad UTF-8.
-pub fn decode_params<'a>(raw: impl Iterator<Item = (&'a str, &'a str)>) -> Result<Vec<String>, GatewayError> {
+pub fn decode_params<'a>(
+    raw: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Result<Vec<String>, GatewayError> {
     let mut out = Vec::new();
     for (name, value) in raw {
         let bad = |reason| GatewayError::BadParameter {
@@ -143,7 +167,11 @@ pub fn content_length(h: &HeaderMap) -> Option<u64> {
 }
 
 /// The client's body, with its content-type, for backends that carry it; 413 past the limit.
-async fn read_body(h: &HeaderMap, body: Incoming, limit: u64) -> Result<Option<(Bytes, HeaderValue)>, GatewayError> {
+async fn read_body(
+    h: &HeaderMap,
+    body: Incoming,
+    limit: u64,
+) -> Result<Option<(Bytes, HeaderValue)>, GatewayError> {
     let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
     let collected = Limited::new(body, limit_usize)
         .collect()
@@ -164,7 +192,9 @@ async fn read_body(h: &HeaderMap, body: Incoming, limit: u64) -> Result<Option<(
 pub fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut r = Response::new(Body::from(body));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }

@@ -24,7 +24,9 @@ pub enum Match<'p> {
 
 impl Router {
     /// Builds from (method, path, route index). Paths were checked at load.
-    pub fn new<'a>(routes: impl IntoIterator<Item = (&'a Method, &'a str, usize)>) -> Result<Self, String> {
+    pub fn new<'a>(
+        routes: impl IntoIterator<Item = (&'a Method, &'a str, usize)>,
+    ) -> Result<Self, String> {
         let mut paths = matchit::Router::new();
         let mut entries: Vec<PathEntry> = Vec::new();
         let mut by_path: Vec<(&str, usize)> = Vec::new();
@@ -32,7 +34,9 @@ impl Router {
             let entry = match by_path.iter().find(|(p, _)| *p == path) {
                 Some(&(_, e)) => e,
                 None => {
-                    paths.insert(path, entries.len()).map_err(|e| format!("route path {path}: {e}"))?;
+                    paths
+                        .insert(path, entries.len())
+                        .map_err(|e| format!("route path {path}: {e}"))?;
                     by_path.push((path, entries.len()));
                     entries.push(PathEntry {
                         methods: Vec::new(),
@@ -51,10 +55,15 @@ impl Router {
     }
 
     pub fn find<'p>(&'p self, method: &Method, path: &'p str) -> Match<'p> {
-        let Ok(m) = self.paths.at(path) else { return Match::NotFound };
+        let Ok(m) = self.paths.at(path) else {
+            return Match::NotFound;
+        };
         let entry = &self.entries[*m.value];
         match entry.methods.iter().find(|(rm, _)| rm == method) {
-            Some(&(_, route)) => Match::Found { route, params: m.params },
+            Some(&(_, route)) => Match::Found {
+                route,
+                params: m.params,
+            },
             None => Match::MethodNotAllowed(entry.allow.clone()),
         }
     }
@@ -68,7 +77,8 @@ mod tests {
     fn matches_methods_and_params() {
         let get = Method::GET;
         let post = Method::POST;
-        let r = Router::new([(&get, "/u/{id}", 0), (&post, "/u/{id}", 1), (&get, "/x", 2)]).unwrap();
+        let r =
+            Router::new([(&get, "/u/{id}", 0), (&post, "/u/{id}", 1), (&get, "/x", 2)]).unwrap();
         match r.find(&Method::POST, "/u/7") {
             Match::Found { route, params } => {
                 assert_eq!(route, 1);

@@ -37,6 +37,8 @@ pub struct Server {
     pub admin_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     stop: watch::Sender<bool>,
+    /// The admin listener outlives the public drain so `/ready` can say 503 meanwhile.
+    stop_admin: watch::Sender<bool>,
     public: JoinHandle<bool>,
     admin: Option<JoinHandle<bool>>,
 }
@@ -61,6 +63,7 @@ impl Server {
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         let addr = public_listener.local_addr().map_err(|e| e.to_string())?;
         let (stop, stopped) = watch::channel(false);
+        let (stop_admin, admin_stopped) = watch::channel(false);
         let admin = match admin_listen {
             Some(a) => {
                 let l = TcpListener::bind(a)
@@ -68,7 +71,7 @@ impl Server {
                     .map_err(|e| format!("cannot listen on {a} (admin): {e}"))?;
                 let admin_addr = l.local_addr().map_err(|e| e.to_string())?;
                 let s = shared.clone();
-                let task = tokio::spawn(accept_loop(l, stopped.clone(), grace, move |req, _peer| {
+                let task = tokio::spawn(accept_loop(l, admin_stopped, grace, move |req, _peer| {
                     let s = s.clone();
                     async move { admin::handle(&s, req) }
                 }));
@@ -77,9 +80,12 @@ impl Server {
             None => None,
         };
         let s = shared.clone();
-        let public = tokio::spawn(accept_loop(public_listener, stopped, grace, move |req, peer| {
-            proxy::handle(s.clone(), req, peer)
-        }));
+        let public = tokio::spawn(accept_loop(
+            public_listener,
+            stopped,
+            grace,
+            move |req, peer| proxy::handle(s.clone(), req, peer),
+        ));
         shared.ready.store(true, Ordering::SeqCst);
         tracing::info!(%addr, admin = ?admin.as_ref().map(|a| a.0), "manifold is serving");
         Ok(Server {
@@ -87,6 +93,7 @@ impl Server {
             admin_addr: admin.as_ref().map(|a| a.0),
             shared,
             stop,
+            stop_admin,
             public,
             admin: admin.map(|a| a.1),
         })
@@ -101,6 +108,7 @@ impl Server {
     /// Waits for the drain to end. True when every in-flight request finished in time.
     pub async fn wait(self) -> bool {
         let public = self.public.await.unwrap_or(false);
+        let _ = self.stop_admin.send(true);
         let admin = match self.admin {
             Some(a) => a.await.unwrap_or(false),
             None => true,
@@ -109,7 +117,12 @@ impl Server {
     }
 }
 
-async fn accept_loop<F, Fut>(listener: TcpListener, mut stop: watch::Receiver<bool>, grace: Duration, handler: F) -> bool
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+    handler: F,
+) -> bool
 where
     F: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = http::Response<crate::body::Body>> + Send + 'static,

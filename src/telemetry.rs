@@ -13,9 +13,15 @@ use crate::config::LogFormat;
 pub fn init(format: LogFormat) -> (LogSink, WorkerGuard) {
     let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
     let filter = EnvFilter::try_from_env("MANIFOLD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer.clone());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer.clone());
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
     (sink(writer), guard)

@@ -8,7 +8,11 @@
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 /// Everything except `A-Z a-z 0-9 - . _ ~`.
-pub const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+pub const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Part<R> {
@@ -16,7 +20,10 @@ pub enum Part<R> {
     /// A path parameter of the route, by its index in the route's parameter list.
     Param(R),
     /// A field of another backend's answer.
-    Field { backend: R, path: Vec<String> },
+    Field {
+        backend: R,
+        path: Vec<String>,
+    },
 }
 
 /// A parsed template; `R` is a name while loading and an index once compiled.
@@ -51,13 +58,18 @@ impl Template<Placeholder> {
             };
             let text = &after[..close];
             let valid = !text.is_empty()
-                && text
-                    .split('.')
-                    .all(|seg| !seg.is_empty() && seg.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-'));
+                && text.split('.').all(|seg| {
+                    !seg.is_empty()
+                        && seg
+                            .chars()
+                            .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+                });
             if !valid {
                 return Err((
                     base + open,
-                    format!("`{{{text}}}` is not a placeholder: use {{param}} or {{backend.field}}"),
+                    format!(
+                        "`{{{text}}}` is not a placeholder: use {{param}} or {{backend.field}}"
+                    ),
                 ));
             }
             parts.push(Part::Param(Placeholder {
@@ -112,8 +124,11 @@ mod tests {
     #[test]
     fn parses_params_and_fields() {
         let t = Template::parse("/orders?customer={user.customer_id}&id={id}").unwrap();
-        let names: Vec<_> = t.placeholders().map(|p| (p.text.as_str(), p.offset)).collect();
-        assert_eq!(names, vec![("user.customer_id", 17), ("id", 38)]);
+        let names: Vec<_> = t
+            .placeholders()
+            .map(|p| (p.text.as_str(), p.offset))
+            .collect();
+        assert_eq!(names, vec![("user.customer_id", 17), ("id", 39)]);
         assert_eq!(t.parts.len(), 4);
     }
 
@@ -134,6 +149,9 @@ mod tests {
 
     #[test]
     fn route_param_names() {
-        assert_eq!(route_params("/api/{user_id}/x/{*rest}"), vec!["user_id", "rest"]);
+        assert_eq!(
+            route_params("/api/{user_id}/x/{*rest}"),
+            vec!["user_id", "rest"]
+        );
     }
 }

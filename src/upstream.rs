@@ -36,10 +36,21 @@ impl Upstream {
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1024)
-            .connect_timeout(settings.timeout.unwrap_or(Duration::from_secs(5)).min(Duration::from_secs(5)))
-            .read_timeout(settings.timeout.unwrap_or(DEFAULT_READ_TIMEOUT).max(Duration::from_secs(1)));
+            .connect_timeout(
+                settings
+                    .timeout
+                    .unwrap_or(Duration::from_secs(5))
+                    .min(Duration::from_secs(5)),
+            )
+            .read_timeout(
+                settings
+                    .timeout
+                    .unwrap_or(DEFAULT_READ_TIMEOUT)
+                    .max(Duration::from_secs(1)),
+            );
         if let Some(path) = &settings.ca_file {
-            let pem = std::fs::read(path).map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| format!("ca_file {} is not a PEM bundle: {e}", path.display()))?;
             for cert in certs {
@@ -85,13 +96,18 @@ impl Upstream {
     }
 
     pub fn request(&self, method: Method, url: &str) -> Result<reqwest::Request, Failure> {
-        let url = reqwest::Url::parse(url).map_err(|_| Failure::BadResponse("invalid upstream URL"))?;
+        let url =
+            reqwest::Url::parse(url).map_err(|_| Failure::BadResponse("invalid upstream URL"))?;
         Ok(reqwest::Request::new(method, url))
     }
 
     /// Sends a request and waits for the response head, bounded by `deadline`.
     /// `Err(None)` is a timeout; the transport error is kept for the caller to inspect.
-    pub async fn execute(&self, req: reqwest::Request, deadline: Instant) -> Result<reqwest::Response, Option<reqwest::Error>> {
+    pub async fn execute(
+        &self,
+        req: reqwest::Request,
+        deadline: Instant,
+    ) -> Result<reqwest::Response, Option<reqwest::Error>> {
         match tokio::time::timeout_at(deadline, self.client.execute(req)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(Some(e)),
@@ -138,7 +154,9 @@ impl Upstream {
                 .map(|v| (status, v))
                 .map_err(|_| Failure::BadResponse("the body is not JSON"))
         };
-        tokio::time::timeout_at(deadline, work).await.unwrap_or(Err(Failure::Timeout))
+        tokio::time::timeout_at(deadline, work)
+            .await
+            .unwrap_or(Err(Failure::Timeout))
     }
 }
 
@@ -163,5 +181,9 @@ async fn read_limited(mut resp: reqwest::Response, limit: u64) -> Result<Bytes, 
 
 /// Transport errors: a timeout, or (connect, reset, broken body) an upstream error.
 pub fn classify(e: &reqwest::Error) -> Failure {
-    if e.is_timeout() { Failure::Timeout } else { Failure::Connect }
+    if e.is_timeout() {
+        Failure::Timeout
+    } else {
+        Failure::Connect
+    }
 }

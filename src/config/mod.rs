@@ -163,8 +163,9 @@ impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, Diagnostics> {
         let display = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Diagnostics::whole_file(&display, format!("cannot read {display}: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Diagnostics::whole_file(&display, format!("cannot read {display}: {e}"))
+        })?;
         parse(&display, &text)
     }
 
@@ -177,8 +178,16 @@ impl Config {
 pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
     let mut errs: Errors = Vec::new();
     let (doc, syntax) = toml::de::DeTable::parse_recoverable(text);
+    // The parser recovers and goes on, but the errors after the first on a line are
+    // almost always echoes of it; one per line reads like what the operator must fix.
+    let mut last_line = None;
     for e in syntax {
-        errs.push(Diagnostic::new(e.span().unwrap_or(0..0), e.message().trim().to_string()).label("here"));
+        let span = e.span().unwrap_or(0..0);
+        let line = text[..span.start.min(text.len())].matches('\n').count();
+        if last_line != Some(line) {
+            last_line = Some(line);
+            errs.push(Diagnostic::new(span, e.message().trim().to_string()).label("here"));
+        }
     }
     let config = if errs.is_empty() {
         let mut root = Table::new(doc.get_ref(), doc.span(), "");
@@ -204,22 +213,32 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
     }
 }
 
-fn socket_addr(errs: &mut Errors, value: Option<(String, Span)>, key: &str) -> Option<Option<SocketAddr>> {
-    let Some((s, span)) = value else { return Some(None) };
+fn socket_addr(
+    errs: &mut Errors,
+    value: Option<(String, Span)>,
+    key: &str,
+) -> Option<Option<SocketAddr>> {
+    let Some((s, span)) = value else {
+        return Some(None);
+    };
     match s.parse::<SocketAddr>() {
         Ok(a) => Some(Some(a)),
         Err(_) => {
             errs.push(
-                Diagnostic::new(span, format!("`{key}` must be an address like \"127.0.0.1:8080\" or \"[::]:8080\""))
-                    .label("not an ip:port"),
+                Diagnostic::new(
+                    span,
+                    format!("`{key}` must be an address like \"127.0.0.1:8080\" or \"[::]:8080\""),
+                )
+                .label("not an ip:port"),
             );
             None
         }
     }
 }
 
+/// Reads best-effort values: a bad field records a diagnostic and falls back to its
+/// default, so the cross-field checks still run and report their problems too.
 fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Config> {
-    let before = errs.len();
     let server = match root.table(errs, "server") {
         Some(mut t) => {
             let s = read_server(&mut t, errs);
@@ -254,9 +273,6 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Config> {
         }
         t.finish(errs);
     }
-    if errs.len() > before {
-        return None;
-    }
     Some(Config {
         server: server?,
         telemetry: telemetry?,
@@ -289,9 +305,9 @@ fn read_server(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<ServerConfig>
     let default_listen = DEFAULT_LISTEN.parse().ok()?;
     let default_admin = DEFAULT_ADMIN_LISTEN.parse().ok()?;
     Some(ServerConfig {
-        listen: listen?.unwrap_or(default_listen),
-        admin_listen: Some(admin?.unwrap_or(default_admin)),
-        default_timeout: default_timeout?.unwrap_or(DEFAULT_TIMEOUT),
+        listen: listen.flatten().unwrap_or(default_listen),
+        admin_listen: Some(admin.flatten().unwrap_or(default_admin)),
+        default_timeout: default_timeout.flatten().unwrap_or(DEFAULT_TIMEOUT),
         max_request_body: max_request_body.unwrap_or(DEFAULT_MAX_REQUEST_BODY),
         trusted_proxies: trusted,
         shutdown_grace: shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
@@ -299,11 +315,17 @@ fn read_server(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<ServerConfig>
 }
 
 /// `Some(None)` when absent, `None` when present but bad.
-fn positive_duration(t: &mut Table<'_, '_>, errs: &mut Errors, key: &'static str) -> Option<Option<Duration>> {
+fn positive_duration(
+    t: &mut Table<'_, '_>,
+    errs: &mut Errors,
+    key: &'static str,
+) -> Option<Option<Duration>> {
     let present = t.get(key).is_some();
     match t.duration(errs, key) {
         Some((d, span)) if d.is_zero() => {
-            errs.push(Diagnostic::new(span, format!("`{key}` must be longer than zero")).label("zero"));
+            errs.push(
+                Diagnostic::new(span, format!("`{key}` must be longer than zero")).label("zero"),
+            );
             None
         }
         Some((d, _)) => Some(Some(d)),
@@ -319,16 +341,24 @@ fn read_telemetry(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<TelemetryC
         Some((s, _)) if s == "json" => LogFormat::Json,
         Some((s, _)) if s == "pretty" => LogFormat::Pretty,
         Some((s, span)) => {
-            errs.push(Diagnostic::new(span, format!("unknown log_format `{s}`")).label("expected \"json\" or \"pretty\""));
+            errs.push(
+                Diagnostic::new(span, format!("unknown log_format `{s}`"))
+                    .label("expected \"json\" or \"pretty\""),
+            );
             LogFormat::Json
         }
     };
     let access_log = t.bool(errs, "access_log").unwrap_or(true);
     let otlp_endpoint = match t.string(errs, "otlp_endpoint") {
         Some((s, span)) => match Url::parse(&s) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => Some(s.trim_end_matches('/').to_string()),
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {
+                Some(s.trim_end_matches('/').to_string())
+            }
             _ => {
-                errs.push(Diagnostic::new(span, format!("otlp_endpoint `{s}` is not an http(s) URL")).label("bad URL"));
+                errs.push(
+                    Diagnostic::new(span, format!("otlp_endpoint `{s}` is not an http(s) URL"))
+                        .label("bad URL"),
+                );
                 None
             }
         },
@@ -336,7 +366,10 @@ fn read_telemetry(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<TelemetryC
     };
     let sample_ratio = match t.number(errs, "sample_ratio") {
         Some((r, span)) if !(0.0..=1.0).contains(&r) => {
-            errs.push(Diagnostic::new(span, "sample_ratio must be between 0.0 and 1.0").label("out of range"));
+            errs.push(
+                Diagnostic::new(span, "sample_ratio must be between 0.0 and 1.0")
+                    .label("out of range"),
+            );
             1.0
         }
         Some((r, _)) => r,
@@ -352,20 +385,23 @@ fn read_telemetry(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<TelemetryC
 }
 
 fn read_upstream(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<UpstreamSettings> {
-    let before = errs.len();
     let mut urls = Vec::new();
     match t.string_list(errs, "urls") {
-        Some(list) if list.is_empty() => {
-            errs.push(Diagnostic::new(t.span(), format!("{} needs at least one url", t.name)).label("empty `urls`"))
-        }
+        Some(list) if list.is_empty() => errs.push(
+            Diagnostic::new(t.span(), format!("{} needs at least one url", t.name))
+                .label("empty `urls`"),
+        ),
         Some(list) => {
             for (s, span) in list {
                 match Url::parse(&s) {
                     Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
                         if u.query().is_some() || u.fragment().is_some() {
                             errs.push(
-                                Diagnostic::new(span, format!("upstream url `{s}` must not have a query or fragment"))
-                                    .label("remove the part after `?` or `#`"),
+                                Diagnostic::new(
+                                    span,
+                                    format!("upstream url `{s}` must not have a query or fragment"),
+                                )
+                                .label("remove the part after `?` or `#`"),
                             );
                         } else {
                             urls.push(u);
@@ -394,8 +430,10 @@ fn read_upstream(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<UpstreamSet
         let failures = b.count(errs, "consecutive_failures");
         let open_for = b.duration(errs, "open_for");
         let out = match (failures, open_for) {
-            (Some((n, span)), _) if n == 0 => {
-                errs.push(Diagnostic::new(span, "consecutive_failures must be at least 1").label("zero"));
+            (Some((0, span)), _) => {
+                errs.push(
+                    Diagnostic::new(span, "consecutive_failures must be at least 1").label("zero"),
+                );
                 None
             }
             (Some((n, _)), Some((d, _))) => Some(BreakerConfig {
@@ -420,7 +458,13 @@ fn read_upstream(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<UpstreamSet
         let backoff = r.duration(errs, "backoff").map(|(d, _)| d);
         let out = match attempts {
             Some((0, span)) => {
-                errs.push(Diagnostic::new(span, "retry attempts counts every try and must be at least 1").label("zero"));
+                errs.push(
+                    Diagnostic::new(
+                        span,
+                        "retry attempts counts every try and must be at least 1",
+                    )
+                    .label("zero"),
+                );
                 None
             }
             Some((n, _)) => Some(RetryConfig {
@@ -442,21 +486,26 @@ fn read_upstream(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<UpstreamSet
         r.finish(errs);
         rate
     });
-    let ca_file = t.string(errs, "ca_file").and_then(|(s, span)| match std::fs::read_to_string(&s) {
-        Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(PathBuf::from(s)),
-        Ok(_) => {
-            errs.push(Diagnostic::new(span, format!("ca_file `{s}` holds no PEM certificate")).label("not a PEM file"));
-            None
-        }
-        Err(e) => {
-            errs.push(Diagnostic::new(span, format!("cannot read ca_file `{s}`: {e}")).label("unreadable"));
-            None
-        }
-    });
+    let ca_file =
+        t.string(errs, "ca_file")
+            .and_then(|(s, span)| match std::fs::read_to_string(&s) {
+                Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(PathBuf::from(s)),
+                Ok(_) => {
+                    errs.push(
+                        Diagnostic::new(span, format!("ca_file `{s}` holds no PEM certificate"))
+                            .label("not a PEM file"),
+                    );
+                    None
+                }
+                Err(e) => {
+                    errs.push(
+                        Diagnostic::new(span, format!("cannot read ca_file `{s}`: {e}"))
+                            .label("unreadable"),
+                    );
+                    None
+                }
+            });
     let max_response_body = t.size(errs, "max_response_body").map(|(n, _)| n);
-    if errs.len() > before {
-        return None;
-    }
     Some(UpstreamSettings {
         urls,
         timeout,
@@ -479,7 +528,9 @@ fn read_rate(r: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RateConfig> {
         }
         Some((n, _)) => Some(RateConfig {
             per_second: n,
-            burst: burst.map_or((n.ceil() as u32).max(1), |(b, _)| b.clamp(1, u32::MAX as u64) as u32),
+            burst: burst.map_or((n.ceil() as u32).max(1), |(b, _)| {
+                b.clamp(1, u32::MAX as u64) as u32
+            }),
         }),
         None => {
             if r.get("per_second").is_none() {
@@ -491,33 +542,43 @@ fn read_rate(r: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RateConfig> {
 }
 
 fn method_of(errs: &mut Errors, value: Option<(String, Span)>) -> Option<Option<Method>> {
-    let Some((s, span)) = value else { return Some(None) };
+    let Some((s, span)) = value else {
+        return Some(None);
+    };
     let upper = s.to_ascii_uppercase();
     match Method::from_bytes(upper.as_bytes()) {
         Ok(m) => Some(Some(m)),
         Err(_) => {
-            errs.push(Diagnostic::new(span, format!("`{s}` is not an HTTP method")).label("expected e.g. \"GET\" or \"POST\""));
+            errs.push(
+                Diagnostic::new(span, format!("`{s}` is not an HTTP method"))
+                    .label("expected e.g. \"GET\" or \"POST\""),
+            );
             None
         }
     }
 }
 
 fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
-    let before = errs.len();
     let name = t.string(errs, "name");
     let method = t.string(errs, "method");
     let method = method_of(errs, method);
     let path = t.required_string(errs, "path");
-    if let Some((p, span)) = &path {
-        if !p.starts_with('/') {
-            errs.push(Diagnostic::new(span.clone(), "route path must start with `/`").label("add a leading `/`"));
-        }
+    if let Some((p, span)) = &path
+        && !p.starts_with('/')
+    {
+        errs.push(
+            Diagnostic::new(span.clone(), "route path must start with `/`")
+                .label("add a leading `/`"),
+        );
     }
     let timeout = positive_duration(t, errs, "timeout");
     let forward_headers = t.string_list(errs, "forward_headers").unwrap_or_default();
     for (h, span) in &forward_headers {
         if h != "*" && http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-            errs.push(Diagnostic::new(span.clone(), format!("`{h}` is not a header name")).label("bad header name"));
+            errs.push(
+                Diagnostic::new(span.clone(), format!("`{h}` is not a header name"))
+                    .label("bad header name"),
+            );
         }
     }
     let forward_query = t.string_list(errs, "forward_query").unwrap_or_default();
@@ -539,7 +600,10 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
             None => Some(LimitKey::ClientIp),
             Some((k, _)) if k == "client_ip" => Some(LimitKey::ClientIp),
             Some((k, _)) if k == "global" => Some(LimitKey::Global),
-            Some((k, span)) => match k.strip_prefix("header:").map(|h| http::HeaderName::from_bytes(h.trim().as_bytes())) {
+            Some((k, span)) => match k
+                .strip_prefix("header:")
+                .map(|h| http::HeaderName::from_bytes(h.trim().as_bytes()))
+            {
                 Some(Ok(h)) => Some(LimitKey::Header(h)),
                 _ => {
                     errs.push(
@@ -551,7 +615,10 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
             },
         };
         r.finish(errs);
-        Some(RouteRateLimit { rate: rate?, key: key? })
+        Some(RouteRateLimit {
+            rate: rate?,
+            key: key?,
+        })
     });
     let passthrough = t.bool(errs, "passthrough").unwrap_or(false);
     let route_method = method.clone().flatten().unwrap_or(Method::GET);
@@ -569,19 +636,21 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
         }
         b.finish(errs);
     }
-    if errs.len() > before {
-        return None;
-    }
     let (path, path_span) = path?;
     let passthrough = passthrough || backends.iter().any(|b| b.passthrough);
     Some(RouteConfig {
-        name: name.map(|(n, _)| n).unwrap_or_else(|| format!("{route_method} {path}")),
+        name: name
+            .map(|(n, _)| n)
+            .unwrap_or_else(|| format!("{route_method} {path}")),
         method: route_method,
         path,
         path_span,
         span: t.span(),
-        timeout: timeout?,
-        forward_headers: forward_headers.into_iter().map(|(h, _)| h.to_ascii_lowercase()).collect(),
+        timeout: timeout.flatten(),
+        forward_headers: forward_headers
+            .into_iter()
+            .map(|(h, _)| h.to_ascii_lowercase())
+            .collect(),
         forward_query: forward_query.into_iter().map(|(q, _)| q).collect(),
         cache,
         rate_limit,
@@ -591,7 +660,6 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
 }
 
 fn read_backend(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<BackendConfig> {
-    let before = errs.len();
     let name = t.string(errs, "name");
     let upstream = t.required_string(errs, "upstream");
     let method = t.string(errs, "method");
@@ -599,13 +667,19 @@ fn read_backend(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<BackendConfi
     let path = t.required_string(errs, "path");
     let template = path.as_ref().and_then(|(p, span)| {
         if !p.starts_with('/') {
-            errs.push(Diagnostic::new(span.clone(), "backend path must start with `/`").label("add a leading `/`"));
+            errs.push(
+                Diagnostic::new(span.clone(), "backend path must start with `/`")
+                    .label("add a leading `/`"),
+            );
             return None;
         }
         match Template::parse(p) {
             Ok(t) => Some(t),
             Err((offset, msg)) => {
-                errs.push(Diagnostic::new(validate::inner_span(span, offset, 1), msg).label("bad placeholder"));
+                errs.push(
+                    Diagnostic::new(validate::inner_span(span, offset, 1), msg)
+                        .label("bad placeholder"),
+                );
                 None
             }
         }
@@ -616,16 +690,16 @@ fn read_backend(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<BackendConfi
     let deny = t.string_list(errs, "deny");
     if let (Some(_), Some(d)) = (&allow, &deny) {
         let span = d.first().map(|(_, s)| s.clone()).unwrap_or(t.span());
-        errs.push(Diagnostic::new(span, "a backend takes `allow` or `deny`, not both").label("remove one of them"));
+        errs.push(
+            Diagnostic::new(span, "a backend takes `allow` or `deny`, not both")
+                .label("remove one of them"),
+        );
     }
     let rename = t.string_map(errs, "rename").unwrap_or_default();
     let optional = t.bool(errs, "optional").unwrap_or(false);
     let default = t.get("default").map(|v| reader::to_json(v.get_ref()));
     let cache_ttl = t.duration(errs, "cache_ttl").map(|(d, _)| d);
     let passthrough = t.bool(errs, "passthrough").unwrap_or(false);
-    if errs.len() > before {
-        return None;
-    }
     let (upstream, upstream_span) = upstream?;
     let (path, path_span) = path?;
     let (name, name_span) = match name {
@@ -637,14 +711,22 @@ fn read_backend(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<BackendConfi
         name_span,
         upstream,
         upstream_span,
-        method: method?,
+        method: method.flatten(),
         path,
         path_span,
-        template: template?,
+        template: template.unwrap_or(Template { parts: Vec::new() }),
         group,
         target,
-        allow: allow.unwrap_or_default().into_iter().map(|(s, _)| s).collect(),
-        deny: deny.unwrap_or_default().into_iter().map(|(s, _)| s).collect(),
+        allow: allow
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect(),
+        deny: deny
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect(),
         rename,
         optional: optional || default.is_some(),
         default,
@@ -652,4 +734,3 @@ fn read_backend(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<BackendConfi
         passthrough,
     })
 }
-

@@ -34,7 +34,8 @@ impl<'a, 'i> Table<'a, 'i> {
 
     /// A table with no keys, so absent sections read as all-defaults.
     pub fn empty(name: &str) -> Table<'static, 'static> {
-        static EMPTY: std::sync::LazyLock<DeTable<'static>> = std::sync::LazyLock::new(DeTable::default);
+        static EMPTY: std::sync::LazyLock<DeTable<'static>> =
+            std::sync::LazyLock::new(DeTable::default);
         Table::new(&EMPTY, 0..0, name)
     }
 
@@ -116,16 +117,21 @@ impl<'a, 'i> Table<'a, 'i> {
     pub fn count(&mut self, errs: &mut Errors, key: &'static str) -> Option<(u64, Span)> {
         let v = self.get(key)?;
         match v.get_ref() {
-            DeValue::Integer(i) => match u64::from_str_radix(&i.as_str().replace('_', ""), i.radix()) {
-                Ok(n) => Some((n, v.span())),
-                Err(_) => {
-                    errs.push(
-                        Diagnostic::new(v.span(), format!("`{key}` in {} must be a whole number ≥ 0", self.name))
+            DeValue::Integer(i) => {
+                match u64::from_str_radix(&i.as_str().replace('_', ""), i.radix()) {
+                    Ok(n) => Some((n, v.span())),
+                    Err(_) => {
+                        errs.push(
+                            Diagnostic::new(
+                                v.span(),
+                                format!("`{key}` in {} must be a whole number ≥ 0", self.name),
+                            )
                             .label("not a non-negative integer"),
-                    );
-                    None
+                        );
+                        None
+                    }
                 }
-            },
+            }
             _ => {
                 self.wrong_type(errs, key, v, "a whole number");
                 None
@@ -149,7 +155,10 @@ impl<'a, 'i> Table<'a, 'i> {
         match parsed {
             Some(n) if n.is_finite() => Some((n, v.span())),
             _ => {
-                errs.push(Diagnostic::new(v.span(), format!("`{key}` in {} must be a finite number", self.name)));
+                errs.push(Diagnostic::new(
+                    v.span(),
+                    format!("`{key}` in {} must be a finite number", self.name),
+                ));
                 None
             }
         }
@@ -167,9 +176,12 @@ impl<'a, 'i> Table<'a, 'i> {
             Ok(d) => Some((d, v.span())),
             Err(e) => {
                 errs.push(
-                    Diagnostic::new(v.span(), format!("bad duration `{s}` for `{key}` in {}: {e}", self.name))
-                        .label("not a duration")
-                        .note("durations look like \"250ms\", \"2s\", \"1m\", \"1h 30m\""),
+                    Diagnostic::new(
+                        v.span(),
+                        format!("bad duration `{s}` for `{key}` in {}: {e}", self.name),
+                    )
+                    .label("not a duration")
+                    .note("durations look like \"250ms\", \"2s\", \"1m\", \"1h 30m\""),
                 );
                 None
             }
@@ -180,7 +192,9 @@ impl<'a, 'i> Table<'a, 'i> {
     pub fn size(&mut self, errs: &mut Errors, key: &'static str) -> Option<(u64, Span)> {
         let v = self.get(key)?;
         let parsed = match v.get_ref() {
-            DeValue::Integer(i) => u64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok(),
+            DeValue::Integer(i) => {
+                u64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok()
+            }
             DeValue::String(s) => {
                 let s = expand_env(s, v.span(), errs)?;
                 parse_size(&s)
@@ -196,7 +210,9 @@ impl<'a, 'i> Table<'a, 'i> {
                 errs.push(
                     Diagnostic::new(v.span(), format!("bad size for `{key}` in {}", self.name))
                         .label("not a size")
-                        .note("sizes look like \"512KiB\", \"1MiB\", \"10MB\" or a number of bytes"),
+                        .note(
+                            "sizes look like \"512KiB\", \"1MiB\", \"10MB\" or a number of bytes",
+                        ),
                 );
                 None
             }
@@ -204,7 +220,11 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// An array of strings.
-    pub fn string_list(&mut self, errs: &mut Errors, key: &'static str) -> Option<Vec<(String, Span)>> {
+    pub fn string_list(
+        &mut self,
+        errs: &mut Errors,
+        key: &'static str,
+    ) -> Option<Vec<(String, Span)>> {
         let v = self.get(key)?;
         let DeValue::Array(items) = v.get_ref() else {
             self.wrong_type(errs, key, v, "an array of strings");
@@ -222,7 +242,11 @@ impl<'a, 'i> Table<'a, 'i> {
                     errs.push(
                         Diagnostic::new(
                             item.span(),
-                            format!("`{key}` in {} must hold only strings, found {}", self.name, other.type_str()),
+                            format!(
+                                "`{key}` in {} must hold only strings, found {}",
+                                self.name,
+                                other.type_str()
+                            ),
                         )
                         .label("expected a string"),
                     );
@@ -234,7 +258,11 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// A table whose keys are the user's own (e.g. `rename = { a = "b" }`), string values.
-    pub fn string_map(&mut self, errs: &mut Errors, key: &'static str) -> Option<Vec<(String, String)>> {
+    pub fn string_map(
+        &mut self,
+        errs: &mut Errors,
+        key: &'static str,
+    ) -> Option<Vec<(String, String)>> {
         let v = self.get(key)?;
         let DeValue::Table(t) = v.get_ref() else {
             self.wrong_type(errs, key, v, "a table of strings");
@@ -245,8 +273,15 @@ impl<'a, 'i> Table<'a, 'i> {
             match item.get_ref() {
                 DeValue::String(s) => out.push((k.get_ref().to_string(), s.to_string())),
                 other => errs.push(
-                    Diagnostic::new(item.span(), format!("`{key}.{}` must be a string, found {}", k.get_ref(), other.type_str()))
-                        .label("expected a string"),
+                    Diagnostic::new(
+                        item.span(),
+                        format!(
+                            "`{key}.{}` must be a string, found {}",
+                            k.get_ref(),
+                            other.type_str()
+                        ),
+                    )
+                    .label("expected a string"),
                 ),
             }
         }
@@ -255,7 +290,11 @@ impl<'a, 'i> Table<'a, 'i> {
 
     /// A sub-table (`[a.b]` or inline `{ ... }`).
     pub fn table(&mut self, errs: &mut Errors, key: &'static str) -> Option<Table<'a, 'i>> {
-        let name = format!("`{key}` of {}", self.name);
+        let name = if self.name.is_empty() {
+            format!("[{key}]")
+        } else {
+            format!("`{key}` of {}", self.name)
+        };
         let v = self.get(key)?;
         match v.get_ref() {
             DeValue::Table(t) => Some(Table::new(t, v.span(), name)),
@@ -267,8 +306,14 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// The entries of a table of tables (`[upstreams.NAME]`), in file order.
-    pub fn named_tables(&mut self, errs: &mut Errors, key: &'static str) -> Vec<(String, Span, Table<'a, 'i>)> {
-        let Some(v) = self.get(key) else { return Vec::new() };
+    pub fn named_tables(
+        &mut self,
+        errs: &mut Errors,
+        key: &'static str,
+    ) -> Vec<(String, Span, Table<'a, 'i>)> {
+        let Some(v) = self.get(key) else {
+            return Vec::new();
+        };
         let DeValue::Table(t) = v.get_ref() else {
             self.wrong_type(errs, key, v, "a table of named tables");
             return Vec::new();
@@ -277,9 +322,11 @@ impl<'a, 'i> Table<'a, 'i> {
         for (k, item) in t.iter() {
             let name = k.get_ref().to_string();
             match item.get_ref() {
-                DeValue::Table(inner) => {
-                    out.push((name.clone(), k.span(), Table::new(inner, item.span(), format!("[{key}.{name}]"))))
-                }
+                DeValue::Table(inner) => out.push((
+                    name.clone(),
+                    k.span(),
+                    Table::new(inner, item.span(), format!("[{key}.{name}]")),
+                )),
                 other => errs.push(
                     Diagnostic::new(
                         item.span(),
@@ -295,7 +342,9 @@ impl<'a, 'i> Table<'a, 'i> {
     /// An array of tables (`[[routes]]`), in file order.
     pub fn table_array(&mut self, errs: &mut Errors, key: &'static str) -> Vec<Table<'a, 'i>> {
         let parent = self.name.clone();
-        let Some(v) = self.get(key) else { return Vec::new() };
+        let Some(v) = self.get(key) else {
+            return Vec::new();
+        };
         let DeValue::Array(items) = v.get_ref() else {
             self.wrong_type(errs, key, v, "an array of tables ([[...]])");
             return Vec::new();
@@ -312,8 +361,11 @@ impl<'a, 'i> Table<'a, 'i> {
                     out.push(Table::new(t, item.span(), name))
                 }
                 other => errs.push(
-                    Diagnostic::new(item.span(), format!("`{key}` must hold tables, found {}", other.type_str()))
-                        .label("expected a table"),
+                    Diagnostic::new(
+                        item.span(),
+                        format!("`{key}` must hold tables, found {}", other.type_str()),
+                    )
+                    .label("expected a table"),
                 ),
             }
         }
@@ -327,7 +379,8 @@ impl<'a, 'i> Table<'a, 'i> {
             if self.used.contains(&key) {
                 continue;
             }
-            let mut d = Diagnostic::new(k.span(), format!("unknown key `{key}` in {}", self.name)).label("unknown key");
+            let mut d = Diagnostic::new(k.span(), format!("unknown key `{key}` in {}", self.name))
+                .label("unknown key");
             let best = self
                 .used
                 .iter()
@@ -340,7 +393,8 @@ impl<'a, 'i> Table<'a, 'i> {
             let mut known: Vec<&str> = self.used.clone();
             known.sort_unstable();
             known.dedup();
-            d.notes.push(format!("known keys here: {}", known.join(", ")));
+            d.notes
+                .push(format!("known keys here: {}", known.join(", ")));
             errs.push(d);
         }
     }
@@ -384,7 +438,9 @@ pub fn expand_env(s: &str, span: Span, errs: &mut Errors) -> Option<String> {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let Some(end) = after.find('}') else {
-            errs.push(Diagnostic::new(span.clone(), "unclosed `${` in string").label("missing `}`"));
+            errs.push(
+                Diagnostic::new(span.clone(), "unclosed `${` in string").label("missing `}`"),
+            );
             return None;
         };
         let name = &after[..end];
@@ -392,9 +448,12 @@ pub fn expand_env(s: &str, span: Span, errs: &mut Errors) -> Option<String> {
             Ok(val) => out.push_str(&val),
             Err(_) => {
                 errs.push(
-                    Diagnostic::new(span.clone(), format!("environment variable `{name}` is not set"))
-                        .label(format!("needs ${{{name}}}"))
-                        .note("every ${NAME} in routes.toml must be set when the config is loaded"),
+                    Diagnostic::new(
+                        span.clone(),
+                        format!("environment variable `{name}` is not set"),
+                    )
+                    .label(format!("needs ${{{name}}}"))
+                    .note("every ${NAME} in routes.toml must be set when the config is loaded"),
                 );
                 ok = false;
             }
@@ -448,7 +507,10 @@ mod tests {
             Some("http://svc.internal:80")
         );
         assert!(errs.is_empty());
-        assert_eq!(expand_env("${MANIFOLD_SURELY_UNSET_VAR}", 0..1, &mut errs), None);
+        assert_eq!(
+            expand_env("${MANIFOLD_SURELY_UNSET_VAR}", 0..1, &mut errs),
+            None
+        );
         assert_eq!(errs.len(), 1);
         assert!(errs[0].message.contains("MANIFOLD_SURELY_UNSET_VAR"));
     }

@@ -27,8 +27,11 @@ pub fn check(config: &Config, text: &str, errs: &mut Errors) {
             // TOML itself rejects duplicate table keys; this stays as a guard for merged configs.
             if let Some(first) = seen.insert(u.name.as_str(), &u.name_span) {
                 errs.push(
-                    Diagnostic::new(u.name_span.clone(), format!("duplicate upstream `{}`", u.name))
-                        .also(first.clone(), "first defined here"),
+                    Diagnostic::new(
+                        u.name_span.clone(),
+                        format!("duplicate upstream `{}`", u.name),
+                    )
+                    .also(first.clone(), "first defined here"),
                 );
             }
         }
@@ -52,32 +55,43 @@ fn check_routes_table(config: &Config, errs: &mut Errors) {
     for route in &config.routes {
         if let Some(first) = by_key.insert((route.method.to_string(), route.path.as_str()), route) {
             errs.push(
-                Diagnostic::new(route.path_span.clone(), format!("duplicate route {} {}", route.method, route.path))
-                    .label("same method and path as an earlier route")
-                    .also(first.path_span.clone(), "first defined here"),
+                Diagnostic::new(
+                    route.path_span.clone(),
+                    format!("duplicate route {} {}", route.method, route.path),
+                )
+                .label("same method and path as an earlier route")
+                .also(first.path_span.clone(), "first defined here"),
             );
             continue;
         }
         if let Some(first) = by_name.insert(route.name.as_str(), route) {
             errs.push(
-                Diagnostic::new(route.span.clone(), format!("duplicate route name `{}`", route.name))
-                    .label("route names must be unique (they label metrics and logs)")
-                    .also(first.span.clone(), "first used here"),
+                Diagnostic::new(
+                    route.span.clone(),
+                    format!("duplicate route name `{}`", route.name),
+                )
+                .label("route names must be unique (they label metrics and logs)")
+                .also(first.span.clone(), "first used here"),
             );
         }
-        if paths.insert(route.path.as_str(), ()).is_none() {
-            if let Err(e) = router.insert(route.path.as_str(), ()) {
-                errs.push(
+        if paths.insert(route.path.as_str(), ()).is_none()
+            && let Err(e) = router.insert(route.path.as_str(), ())
+        {
+            errs.push(
                     Diagnostic::new(route.path_span.clone(), format!("route path `{}` cannot be routed: {e}", route.path))
                         .label("conflicts with an earlier route")
                         .note("paths that differ only in a parameter's name, like /a/{x} and /a/{y}, are the same path"),
                 );
-            }
         }
     }
 }
 
-fn check_route(route: &RouteConfig, upstreams: &HashMap<&str, &Span>, text: &str, errs: &mut Errors) {
+fn check_route(
+    route: &RouteConfig,
+    upstreams: &HashMap<&str, &Span>,
+    text: &str,
+    errs: &mut Errors,
+) {
     let params = route_params(&route.path);
     let mut names: HashMap<&str, &BackendConfig> = HashMap::new();
     for b in &route.backends {
@@ -90,8 +104,11 @@ fn check_route(route: &RouteConfig, upstreams: &HashMap<&str, &Span>, text: &str
             );
         }
         if !upstreams.contains_key(b.upstream.as_str()) {
-            let mut d = Diagnostic::new(b.upstream_span.clone(), format!("unknown upstream `{}`", b.upstream))
-                .label("no [upstreams.*] table has this name");
+            let mut d = Diagnostic::new(
+                b.upstream_span.clone(),
+                format!("unknown upstream `{}`", b.upstream),
+            )
+            .label("no [upstreams.*] table has this name");
             let mut known: Vec<&str> = upstreams.keys().copied().collect();
             known.sort_unstable();
             d = d.note(if known.is_empty() {
@@ -106,9 +123,16 @@ fn check_route(route: &RouteConfig, upstreams: &HashMap<&str, &Span>, text: &str
     if route.passthrough {
         if route.backends.len() > 1 {
             errs.push(
-                Diagnostic::new(route.path_span.clone(), format!("passthrough route {} has {} backends", route.name, route.backends.len()))
-                    .label("a passthrough route streams one upstream's answer")
-                    .note("remove `passthrough = true` to merge several backends"),
+                Diagnostic::new(
+                    route.path_span.clone(),
+                    format!(
+                        "passthrough route {} has {} backends",
+                        route.name,
+                        route.backends.len()
+                    ),
+                )
+                .label("a passthrough route streams one upstream's answer")
+                .note("remove `passthrough = true` to merge several backends"),
             );
         }
         for b in &route.backends {
@@ -123,8 +147,11 @@ fn check_route(route: &RouteConfig, upstreams: &HashMap<&str, &Span>, text: &str
             for (key, set) in shaping {
                 if set {
                     errs.push(
-                        Diagnostic::new(b.path_span.clone(), format!("`{key}` has no effect on passthrough route {}", route.name))
-                            .label("passthrough answers are streamed unchanged"),
+                        Diagnostic::new(
+                            b.path_span.clone(),
+                            format!("`{key}` has no effect on passthrough route {}", route.name),
+                        )
+                        .label("passthrough answers are streamed unchanged"),
                     );
                 }
             }
@@ -155,6 +182,7 @@ fn check_route(route: &RouteConfig, upstreams: &HashMap<&str, &Span>, text: &str
                     None => {
                         let mut known: Vec<&str> = route.backends.iter().map(|o| o.name.as_str()).filter(|n| *n != b.name).collect();
                         known.sort_unstable();
+                        known.dedup();
                         errs.push(
                             Diagnostic::new(span, format!("`{{{}}}` names neither a path parameter nor a backend of route {}", ph.text, route.name))
                                 .label(format!("no backend `{dep}`"))
@@ -171,7 +199,11 @@ fn check_route(route: &RouteConfig, upstreams: &HashMap<&str, &Span>, text: &str
     }
     if let Some(cycle) = find_cycle(&deps) {
         let first = &route.backends[cycle[0]];
-        let names: Vec<&str> = cycle.iter().chain(cycle.first()).map(|&i| route.backends[i].name.as_str()).collect();
+        let names: Vec<&str> = cycle
+            .iter()
+            .chain(cycle.first())
+            .map(|&i| route.backends[i].name.as_str())
+            .collect();
         errs.push(
             Diagnostic::new(first.path_span.clone(), format!("dependency cycle in route {}: {}", route.name, names.join(" → ")))
                 .label("this backend waits for itself through the cycle")
@@ -181,8 +213,14 @@ fn check_route(route: &RouteConfig, upstreams: &HashMap<&str, &Span>, text: &str
 }
 
 fn placeholder_span(text: &str, span: &Span, raw: &str, offset: usize, len: usize) -> Span {
-    let quoted = text.get(span.clone()).is_some_and(|s| s.len() == raw.len() + 2 && &s[1..s.len() - 1] == raw);
-    if quoted { inner_span(span, offset, len) } else { span.clone() }
+    let quoted = text
+        .get(span.clone())
+        .is_some_and(|s| s.len() == raw.len() + 2 && &s[1..s.len() - 1] == raw);
+    if quoted {
+        inner_span(span, offset, len)
+    } else {
+        span.clone()
+    }
 }
 
 /// One cycle of the dependency graph, as backend indices, if any.
@@ -193,7 +231,12 @@ fn find_cycle(deps: &[Vec<usize>]) -> Option<Vec<usize>> {
         Active,
         Done,
     }
-    fn visit(n: usize, deps: &[Vec<usize>], marks: &mut [Mark], stack: &mut Vec<usize>) -> Option<Vec<usize>> {
+    fn visit(
+        n: usize,
+        deps: &[Vec<usize>],
+        marks: &mut [Mark],
+        stack: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
         marks[n] = Mark::Active;
         stack.push(n);
         for &d in &deps[n] {
@@ -216,7 +259,13 @@ fn find_cycle(deps: &[Vec<usize>]) -> Option<Vec<usize>> {
     }
     let mut marks = vec![Mark::New; deps.len()];
     let mut stack = Vec::new();
-    (0..deps.len()).find_map(|n| if marks[n] == Mark::New { visit(n, deps, &mut marks, &mut stack) } else { None })
+    (0..deps.len()).find_map(|n| {
+        if marks[n] == Mark::New {
+            visit(n, deps, &mut marks, &mut stack)
+        } else {
+            None
+        }
+    })
 }
 
 #[cfg(test)]
@@ -227,6 +276,9 @@ mod tests {
     fn cycles() {
         assert_eq!(find_cycle(&[vec![], vec![0], vec![1]]), None);
         assert_eq!(find_cycle(&[vec![1], vec![0]]), Some(vec![0, 1]));
-        assert_eq!(find_cycle(&[vec![], vec![2], vec![3], vec![1]]), Some(vec![1, 2, 3]));
+        assert_eq!(
+            find_cycle(&[vec![], vec![2], vec![3], vec![1]]),
+            Some(vec![1, 2, 3])
+        );
     }
 }

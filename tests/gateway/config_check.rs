@@ -1,0 +1,102 @@
+//! `manifold check` and `manifold routes`: every error at once, with file:line:col.
+
+use std::path::Path;
+use std::process::Command;
+
+fn manifold(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_manifold"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every config shipped in the repository validates.
+#[test]
+fn shipped_configs_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("routes.toml")];
+    for dir in ["tests/configs/good", "deploy"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        files.extend(
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "toml")),
+        );
+    }
+    assert!(
+        files.len() >= 2,
+        "expected example configs, found {files:?}"
+    );
+    for f in files {
+        if let Err(d) = manifold::config::Config::load(&f) {
+            panic!("{} does not validate:\n{}", f.display(), d.render());
+        }
+    }
+}
+
+/// Each bad config's diagnostics, locked by snapshot.
+#[test]
+fn bad_configs_report_every_error() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/configs/bad");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert!(!names.is_empty());
+    for name in names {
+        let text = std::fs::read_to_string(dir.join(&name)).unwrap();
+        let d =
+            manifold::config::parse(&name, &text).expect_err(&format!("{name} should be invalid"));
+        insta::assert_snapshot!(name.trim_end_matches(".toml"), d.render());
+    }
+}
+
+#[test]
+fn check_exits_one_with_locations_and_zero_when_valid() {
+    let (code, _out, err) = manifold(&["check", "tests/configs/bad/many_errors.toml"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("tests/configs/bad/many_errors.toml:"), "{err}");
+    // line:col of the unknown key and the unknown upstream both appear
+    assert!(err.contains("unknown key `timout`"), "{err}");
+    assert!(err.contains("unknown upstream `userz`"), "{err}");
+    let (code, out, _err) = manifold(&["check", "routes.toml"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("ok"));
+    let (code, _out, err) = manifold(&["check", "does/not/exist.toml"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn routes_prints_the_compiled_table() {
+    let (code, out, _err) = manifold(&["routes", "routes.toml"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("GET     /api/dashboard/{user_id}  [dashboard]  deadline 1s"),
+        "{out}"
+    );
+    assert!(out.contains("orders"), "{out}");
+    assert!(out.contains("passthrough"), "{out}");
+}
+
+#[test]
+fn missing_env_variable_is_an_error_and_a_set_one_fills_in() {
+    let text = "[upstreams.u]\nurls = [\"http://${MANIFOLD_TEST_UNSET_HOST}:80\"]\n";
+    let d = manifold::config::parse("env.toml", text).unwrap_err();
+    assert!(
+        d.render()
+            .contains("environment variable `MANIFOLD_TEST_UNSET_HOST` is not set")
+    );
+    assert!(d.render().contains("env.toml:2:9"), "{}", d.render());
+}

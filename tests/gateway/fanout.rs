@@ -1,0 +1,328 @@
+//! Concurrent fan-out, the dependency graph, deadlines, shaping and merge (CONTRACT §3–4).
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{Gateway, Upstream, json, upstream};
+
+#[tokio::test]
+async fn three_slow_backends_run_concurrently() {
+    let a = Upstream::slow(Duration::from_millis(300), json!({"a": 1})).await;
+    let b = Upstream::slow(Duration::from_millis(300), json!({"b": 2})).await;
+    let c = Upstream::slow(Duration::from_millis(300), json!({"c": 3})).await;
+    let gw = Gateway::start(&format!(
+        "{}{}{}
+[[routes]]
+path = \"/x\"
+  [[routes.backends]]
+  upstream = \"a\"
+  path = \"/a\"
+  [[routes.backends]]
+  upstream = \"b\"
+  path = \"/b\"
+  [[routes.backends]]
+  upstream = \"c\"
+  path = \"/c\"
+",
+        upstream("a", &a.url(), ""),
+        upstream("b", &b.url(), ""),
+        upstream("c", &c.url(), "")
+    ))
+    .await;
+    let r = gw.get("/x").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json!({"a": 1, "b": 2, "c": 3}));
+    assert_eq!(r.header("x-manifold-completed"), Some("true"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert!(
+        r.elapsed < Duration::from_millis(500),
+        "three 300 ms backends took {:?}",
+        r.elapsed
+    );
+}
+
+#[tokio::test]
+async fn dependent_backend_waits_only_for_its_input() {
+    let users = Upstream::slow(
+        Duration::from_millis(200),
+        json!({"customer_id": "c 7/x", "name": "Ada"}),
+    )
+    .await;
+    let orders = Upstream::json(json!({"items": [1, 2]})).await;
+    let recs = Upstream::json(json!(["r1"])).await;
+    let gw = Gateway::start(&format!(
+        "{}{}{}
+[[routes]]
+path = \"/d/{{id}}\"
+  [[routes.backends]]
+  name = \"user\"
+  upstream = \"users\"
+  path = \"/users/{{id}}\"
+  allow = [\"name\"]
+  group = \"user\"
+  [[routes.backends]]
+  name = \"orders\"
+  upstream = \"orders\"
+  path = \"/orders?customer={{user.customer_id}}&limit=5\"
+  target = \"items\"
+  group = \"orders\"
+  [[routes.backends]]
+  upstream = \"recs\"
+  path = \"/recs/{{id}}\"
+",
+        upstream("users", &users.url(), ""),
+        upstream("orders", &orders.url(), ""),
+        upstream("recs", &recs.url(), "")
+    ))
+    .await;
+    let r = gw.get("/d/7").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // `customer_id` fed the orders call without reaching the client (allow = ["name"]).
+    assert_eq!(
+        r.json(),
+        json!({"user": {"name": "Ada"}, "orders": [1, 2], "recs": ["r1"]})
+    );
+    assert_eq!(
+        orders.last().uri.to_string(),
+        "/orders?customer=c%207%2Fx&limit=5"
+    );
+    // recs did not wait for users; orders did.
+    let users_at = users.last().at;
+    assert!(
+        recs.last().at < users_at + Duration::from_millis(100),
+        "independent backend started late"
+    );
+    assert!(
+        orders.last().at >= users_at + Duration::from_millis(190),
+        "dependent backend started before its input"
+    );
+}
+
+#[tokio::test]
+async fn shaping_follows_the_contract_order() {
+    let profile = Upstream::json(json!({
+        "data": {"id": 1, "avatar": "a.png", "secret": "s", "address": {"city": "Oslo", "street": "x"},
+                 "tags": [{"k": "a", "internal": true}, {"k": "b", "internal": false}]},
+        "meta": {}
+    }))
+    .await;
+    let flags = Upstream::json(json!({"beta": true, "id": "overridden-by-later"})).await;
+    let count = Upstream::json(json!(42)).await;
+    let list = Upstream::json(json!([{"sku": "a", "cost": 1}, {"sku": "b", "cost": 2}])).await;
+    let gw = Gateway::start(&format!(
+        "{}{}{}{}
+[[routes]]
+path = \"/p\"
+  [[routes.backends]]
+  name = \"flags\"
+  upstream = \"flags\"
+  path = \"/flags\"
+  [[routes.backends]]
+  name = \"profile\"
+  upstream = \"profile\"
+  path = \"/p\"
+  target = \"data\"
+  allow = [\"id\", \"avatar\", \"address.city\", \"tags.k\"]
+  rename = {{ avatar = \"avatar_url\" }}
+  [[routes.backends]]
+  name = \"count\"
+  upstream = \"count\"
+  path = \"/n\"
+  [[routes.backends]]
+  name = \"skus\"
+  upstream = \"list\"
+  path = \"/l\"
+  deny = [\"cost\"]
+  rename = {{ sku = \"id\" }}
+  group = \"products\"
+",
+        upstream("profile", &profile.url(), ""),
+        upstream("flags", &flags.url(), ""),
+        upstream("count", &count.url(), ""),
+        upstream("list", &list.url(), "")
+    ))
+    .await;
+    let r = gw.get("/p").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json(),
+        json!({
+            "beta": true,
+            // the later backend (profile) wins the clash on `id`
+            "id": 1,
+            "avatar_url": "a.png",
+            "address": {"city": "Oslo"},
+            "tags": [{"k": "a"}, {"k": "b"}],
+            // not an object, no group: under the backend's name
+            "count": 42,
+            "products": [{"id": "a"}, {"id": "b"}]
+        })
+    );
+}
+
+#[tokio::test]
+async fn optional_backend_failure_gives_a_partial_answer() {
+    let ok = Upstream::json(json!({"name": "Ada"})).await;
+    let broken = Upstream::start(|_| async { json(500, json!({"oops": true})) }).await;
+    let gw = Gateway::start(&format!(
+        "{}{}
+[[routes]]
+path = \"/a\"
+  [[routes.backends]]
+  upstream = \"ok\"
+  path = \"/\"
+  [[routes.backends]]
+  name = \"recs\"
+  upstream = \"broken\"
+  path = \"/\"
+  group = \"recs\"
+  default = []
+  [[routes.backends]]
+  name = \"extra\"
+  upstream = \"broken\"
+  path = \"/\"
+  optional = true
+
+[[routes]]
+path = \"/b\"
+  [[routes.backends]]
+  upstream = \"ok\"
+  path = \"/\"
+",
+        upstream("ok", &ok.url(), ""),
+        upstream("broken", &broken.url(), "")
+    ))
+    .await;
+    let r = gw.get("/a").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-manifold-completed"), Some("false"));
+    // default in its place; the optional one without a default is left out
+    assert_eq!(r.json(), json!({"name": "Ada", "recs": []}));
+    let r = gw.get("/b").await;
+    assert_eq!(r.header("x-manifold-completed"), Some("true"));
+    let lines = gw.access_lines();
+    let line = lines.iter().find(|l| l["path"] == "/a").unwrap();
+    assert_eq!(line["partial"], true);
+    assert_eq!(line["backends"]["recs"]["outcome"], "error");
+    assert_eq!(line["backends"]["recs"]["status"], 500);
+    assert_eq!(line["backends"]["ok"]["outcome"], "ok");
+}
+
+#[tokio::test]
+async fn the_route_deadline_bounds_the_answer() {
+    let fast = Upstream::json(json!({"fast": true})).await;
+    let slow = Upstream::slow(Duration::from_secs(3), json!({"slow": true})).await;
+    let gw = Gateway::start(&format!(
+        "{}{}
+[[routes]]
+path = \"/required\"
+timeout = \"200ms\"
+  [[routes.backends]]
+  upstream = \"fast\"
+  path = \"/\"
+  [[routes.backends]]
+  upstream = \"slow\"
+  path = \"/\"
+
+[[routes]]
+path = \"/optional\"
+timeout = \"200ms\"
+  [[routes.backends]]
+  upstream = \"fast\"
+  path = \"/\"
+  [[routes.backends]]
+  upstream = \"slow\"
+  path = \"/\"
+  optional = true
+",
+        upstream("fast", &fast.url(), ""),
+        upstream("slow", &slow.url(), "")
+    ))
+    .await;
+    let r = gw.get("/required").await;
+    let e = r.error(504, "UPSTREAM_TIMEOUT");
+    assert_eq!(e["backend"], "slow");
+    assert!(
+        r.elapsed >= Duration::from_millis(195) && r.elapsed < Duration::from_millis(350),
+        "took {:?}",
+        r.elapsed
+    );
+
+    let r = gw.get("/optional").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json!({"fast": true}));
+    assert_eq!(r.header("x-manifold-completed"), Some("false"));
+    assert!(
+        r.elapsed < Duration::from_millis(350),
+        "took {:?}",
+        r.elapsed
+    );
+}
+
+#[tokio::test]
+async fn each_attempt_gets_the_upstream_timeout_when_shorter() {
+    let slow = Upstream::slow(Duration::from_secs(2), json!({})).await;
+    let gw = Gateway::start(&format!(
+        "{}
+[[routes]]
+path = \"/t\"
+timeout = \"2s\"
+  [[routes.backends]]
+  upstream = \"slow\"
+  path = \"/\"
+",
+        upstream("slow", &slow.url(), "timeout = \"100ms\"")
+    ))
+    .await;
+    let r = gw.get("/t").await;
+    r.error(504, "UPSTREAM_TIMEOUT");
+    assert!(
+        r.elapsed < Duration::from_millis(400),
+        "took {:?}",
+        r.elapsed
+    );
+}
+
+#[tokio::test]
+async fn client_body_goes_to_backends_whose_method_carries_one() {
+    let writer = Upstream::start(|s| async move {
+        json(201, json!({"got": String::from_utf8_lossy(&s.body), "ct": s.headers.get("content-type").unwrap().to_str().unwrap()}))
+    })
+    .await;
+    let reader = Upstream::json(json!({"read": true})).await;
+    let gw = Gateway::start(&format!(
+        "{}{}
+[[routes]]
+method = \"POST\"
+path = \"/orders\"
+  [[routes.backends]]
+  upstream = \"writer\"
+  path = \"/w\"
+  group = \"created\"
+  [[routes.backends]]
+  upstream = \"reader\"
+  method = \"GET\"
+  path = \"/r\"
+",
+        upstream("writer", &writer.url(), ""),
+        upstream("reader", &reader.url(), "")
+    ))
+    .await;
+    let r = gw
+        .send(
+            gw.client
+                .post(format!("{}/orders", gw.base))
+                .header("content-type", "application/json")
+                .body(r#"{"sku":"a"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json(),
+        json!({"created": {"got": "{\"sku\":\"a\"}", "ct": "application/json"}, "read": true})
+    );
+    assert_eq!(reader.last().method, http::Method::GET);
+    assert!(reader.last().body.is_empty());
+    assert!(reader.last().headers.get("content-type").is_none());
+}

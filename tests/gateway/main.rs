@@ -1,0 +1,10 @@
+//! End-to-end tests: real upstreams on port 0, the real gateway over TCP.
+
+mod support;
+
+mod config_check;
+mod failures;
+mod fanout;
+mod hygiene;
+mod passthrough;
+mod server;

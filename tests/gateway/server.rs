@@ -1,0 +1,204 @@
+//! The server: h2c, the admin listener, access logs, graceful drain, signals.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{Gateway, Upstream, upstream};
+
+fn simple(url: &str, extra: &str) -> String {
+    format!(
+        "{extra}
+{}
+[[routes]]
+name = \"simple\"
+path = \"/s/{{id}}\"
+  [[routes.backends]]
+  upstream = \"svc\"
+  path = \"/x/{{id}}\"
+",
+        upstream("svc", url, "")
+    )
+}
+
+#[tokio::test]
+async fn serves_h2c_with_prior_knowledge() {
+    let up = Upstream::json(json!({"ok": 1})).await;
+    let gw = Gateway::start(&simple(&up.url(), "")).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2.get(format!("{}/s/1", gw.base)).send().await.unwrap();
+    assert_eq!(r.version(), http::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        json!({"ok": 1})
+    );
+}
+
+#[tokio::test]
+async fn admin_health_ready_and_routes() {
+    let up = Upstream::json(json!({})).await;
+    let gw = Gateway::start(&simple(&up.url(), "")).await;
+    let c = &gw.client;
+    assert_eq!(
+        c.get(format!("{}/health", gw.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(format!("{}/ready", gw.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let routes: serde_json::Value = c
+        .get(format!("{}/routes", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(routes["routes"][0]["name"], "simple");
+    assert_eq!(routes["routes"][0]["method"], "GET");
+    assert_eq!(routes["routes"][0]["path"], "/s/{id}");
+    assert_eq!(routes["routes"][0]["backends"][0]["upstream"], "svc");
+    assert_eq!(routes["upstreams"]["svc"]["breaker"], "closed");
+    // admin endpoints are not on the public port
+    let r = gw.get("/health").await;
+    r.error(404, "ROUTE_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn one_access_line_per_request_unless_turned_off() {
+    let up = Upstream::json(json!({})).await;
+    let gw = Gateway::start(&simple(&up.url(), "")).await;
+    let r = gw.get("/s/1").await;
+    gw.get("/missing").await;
+    let lines = gw.access_lines();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let l = &lines[0];
+    assert_eq!(l["method"], "GET");
+    assert_eq!(l["route"], "simple");
+    assert_eq!(l["status"], 200);
+    assert_eq!(l["partial"], false);
+    assert_eq!(l["request_id"].as_str(), r.header("x-request-id"));
+    assert!(l["duration_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(l["backends"]["svc"]["outcome"], "ok");
+    assert_eq!(lines[1]["route"], "unmatched");
+    assert_eq!(lines[1]["status"], 404);
+
+    let quiet = Gateway::start(&simple(&up.url(), "[telemetry]\naccess_log = false\n")).await;
+    quiet.get("/s/1").await;
+    assert!(quiet.logs.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn drain_finishes_in_flight_requests_and_refuses_new_ones() {
+    let up = Upstream::slow(Duration::from_millis(400), json!({"done": true})).await;
+    let gw = Gateway::start(&simple(&up.url(), "")).await;
+    let in_flight = {
+        let c = gw.client.clone();
+        let url = format!("{}/s/1", gw.base);
+        tokio::spawn(async move { c.get(url).send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gw.server.shutdown();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let ready = gw
+        .client
+        .get(format!("{}/ready", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503, "/ready turns 503 at once");
+    let fresh = reqwest::Client::new();
+    assert!(
+        fresh.get(format!("{}/s/2", gw.base)).send().await.is_err(),
+        "new connections are refused"
+    );
+    let resp = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request finishes");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap(),
+        json!({"done": true})
+    );
+    assert!(gw.server.wait().await, "drained within the grace");
+}
+
+#[tokio::test]
+async fn drain_reports_requests_cut_by_the_grace() {
+    let up = Upstream::slow(Duration::from_secs(5), json!({})).await;
+    let gw = Gateway::start(&simple(
+        &up.url(),
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"200ms\"\ndefault_timeout = \"10s\"\n",
+    ))
+    .await;
+    let c = gw.client.clone();
+    let url = format!("{}/s/1", gw.base);
+    let _in_flight = tokio::spawn(async move { c.get(url).send().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gw.server.shutdown();
+    let started = tokio::time::Instant::now();
+    assert!(!gw.server.wait().await, "a cut request is reported");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+/// The real binary: SIGTERM drains and exits 0.
+#[tokio::test]
+async fn binary_exits_zero_on_sigterm() {
+    let up = Upstream::json(json!({"ok": true})).await;
+    let port = crate::support::dead_addr().await.port();
+    let admin_port = crate::support::dead_addr().await.port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    std::fs::write(
+        &path,
+        simple(&up.url(), &format!("[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n")),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_manifold"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let mut ok = false;
+    for _ in 0..100 {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/s/1"))
+            .send()
+            .await
+        {
+            assert_eq!(r.status(), 200);
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "the binary never served");
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

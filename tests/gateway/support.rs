@@ -1,0 +1,295 @@
+//! Real upstream servers on port 0 and a real gateway in-process, talked to over TCP.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use manifold::access_log::LogSink;
+use manifold::server::Server;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+/// What an upstream saw of one request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+pub type Reply = Response<Full<Bytes>>;
+
+/// An upstream HTTP server on 127.0.0.1:0 that records every request it gets.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    /// Serves `handler` for every request (after reading the whole request body).
+    pub async fn start<F, Fut>(handler: F) -> Upstream
+    where
+        F: Fn(Seen) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Reply> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let handler = Arc::new(handler);
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let handler = handler.clone();
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let handler = handler.clone();
+                        let log = log.clone();
+                        async move {
+                            let at = Instant::now();
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let s = Seen {
+                                method: parts.method,
+                                uri: parts.uri,
+                                headers: parts.headers,
+                                body,
+                                at,
+                            };
+                            log.lock().unwrap().push(s.clone());
+                            Ok::<_, Infallible>(handler(s).await)
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, seen }
+    }
+
+    /// Always answers `body` as JSON with 200.
+    pub async fn json(body: Value) -> Upstream {
+        Self::start(move |_| {
+            let body = body.clone();
+            async move { json(200, body) }
+        })
+        .await
+    }
+
+    /// Answers `body` with 200 after `delay`.
+    pub async fn slow(delay: Duration, body: Value) -> Upstream {
+        Self::start(move |_| {
+            let body = body.clone();
+            async move {
+                tokio::time::sleep(delay).await;
+                json(200, body)
+            }
+        })
+        .await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn hits(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the upstream saw no request")
+    }
+}
+
+pub fn json(status: u16, v: Value) -> Reply {
+    raw(status, "application/json", v.to_string())
+}
+
+pub fn raw(status: u16, content_type: &str, body: impl Into<Bytes>) -> Reply {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap();
+    r.headers_mut()
+        .insert("content-type", content_type.parse().unwrap());
+    r
+}
+
+/// An address nothing listens on (bound, then released).
+pub async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A gateway serving a config, with its access log captured.
+pub struct Gateway {
+    pub server: Server,
+    pub base: String,
+    pub admin: String,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    pub client: reqwest::Client,
+}
+
+/// The `[server]` block tests use: both listeners on ephemeral ports.
+pub const SERVER: &str = "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n";
+
+impl Gateway {
+    /// Starts a gateway on `config` (a `[server]` block on port 0 is prepended unless present).
+    pub async fn start(config: &str) -> Gateway {
+        let text = if config.contains("[server]") {
+            config.to_string()
+        } else {
+            format!("{SERVER}{config}")
+        };
+        let config = match manifold::config::parse("test.toml", &text) {
+            Ok(c) => c,
+            Err(d) => panic!("test config is invalid:\n{}", d.render()),
+        };
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink_logs = logs.clone();
+        let sink: LogSink = Arc::new(move |line: &[u8]| {
+            sink_logs
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(line).trim_end().to_string());
+        });
+        let server = Server::start(config, sink).await.expect("gateway starts");
+        let base = format!("http://{}", server.addr);
+        let admin = format!("http://{}", server.admin_addr.unwrap());
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .unwrap();
+        Gateway {
+            server,
+            base,
+            admin,
+            logs,
+            client,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send(self.client.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Answer {
+        let started = Instant::now();
+        let resp = req.send().await.expect("the gateway answers");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await.unwrap();
+        Answer {
+            status,
+            headers,
+            body,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    pub fn access_lines(&self) -> Vec<Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("access lines are JSON"))
+            .collect()
+    }
+}
+
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Bytes,
+    pub elapsed: Duration,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts the contract's error shape and returns the error object.
+    pub fn error(&self, status: u16, code: &str) -> Value {
+        assert_eq!(
+            self.status,
+            status,
+            "status; body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        let v = self.json();
+        let e = v
+            .get("error")
+            .unwrap_or_else(|| panic!("no error object in {v}"))
+            .clone();
+        assert_eq!(e["code"], code, "{v}");
+        assert!(!e["message"].as_str().unwrap_or("").is_empty(), "{v}");
+        assert_eq!(
+            e["request_id"].as_str(),
+            self.header("x-request-id"),
+            "request_id matches the header: {v}"
+        );
+        e
+    }
+}
+
+/// An `[upstreams.NAME]` block pointing at `url`, with extra lines.
+pub fn upstream(name: &str, url: &str, extra: &str) -> String {
+    format!("[upstreams.{name}]\nurls = [\"{url}\"]\n{extra}\n")
+}
+
+/// A GET sent byte for byte as written (no client-side path normalisation).
+pub async fn raw_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
