@@ -1,18 +1,26 @@
-//! The response body the server sends: a buffered JSON answer, or a streamed upstream body.
+//! Bodies: what the server sends a client, and what the client sends an upstream.
 //!
-//! An enum instead of a boxed trait object keeps the merged-route hot path free of an
-//! allocation per response.
+//! Enums instead of boxed trait objects keep the hot paths free of an allocation per
+//! message; the streamed variants carry passthrough bodies without buffering them.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::Limited;
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
 
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A response body for the client.
 pub enum Body {
     Full(Option<Bytes>),
     /// A passthrough route's upstream body, streamed as it arrives.
-    Stream(reqwest::Body),
+    Upstream(IdleTimeout<Incoming>),
 }
 
 impl Body {
@@ -39,31 +47,124 @@ impl From<&'static str> for Body {
     }
 }
 
-impl http_body::Body for Body {
+impl HttpBody for Body {
     type Data = Bytes;
-    type Error = reqwest::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Body::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Body::Stream(body) => Pin::new(body).poll_frame(cx),
+            Body::Upstream(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Full(data) => data.is_none(),
-            Body::Stream(body) => body.is_end_stream(),
+            Body::Upstream(body) => body.inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            Body::Stream(body) => body.size_hint(),
+            Body::Upstream(body) => body.inner.size_hint(),
+        }
+    }
+}
+
+/// A request body for an upstream.
+pub enum RequestBody {
+    Full(Option<Bytes>),
+    /// A passthrough route's client body, capped at `max_request_body`.
+    Stream(Limited<Incoming>),
+}
+
+impl HttpBody for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            RequestBody::Stream(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Full(data) => data.is_none(),
+            RequestBody::Stream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Full(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            RequestBody::Stream(body) => body.size_hint(),
+        }
+    }
+}
+
+/// Fails a streamed body that stays silent for longer than `idle`, so a stalled
+/// upstream cannot pin a client connection forever.
+pub struct IdleTimeout<B> {
+    inner: B,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+}
+
+#[derive(Debug)]
+pub struct IdleTimedOut;
+
+impl std::fmt::Display for IdleTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("upstream body went idle")
+    }
+}
+
+impl std::error::Error for IdleTimedOut {}
+
+impl<B> IdleTimeout<B> {
+    pub fn new(inner: B, idle: Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+impl<B> HttpBody for IdleTimeout<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.timer.as_mut().reset(Instant::now() + this.idle);
+                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleTimedOut)))),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 }

@@ -191,17 +191,20 @@ async fn call_backend(
     call: &Call<'_>,
 ) -> (usize, Result<Value, Failure>, Report) {
     let started = Instant::now();
-    let url = b.upstream.url(&path);
     let body = if carries_body(&b.method) {
         call.body.clone()
     } else {
         None
     };
     let deadline = b.upstream.attempt_deadline(call.deadline);
-    let result = b
-        .upstream
-        .call_json(b.method.clone(), &url, call.headers.clone(), body, deadline)
-        .await;
+    let result = match b.upstream.uri(&path) {
+        Ok(uri) => {
+            b.upstream
+                .call_json(b.method.clone(), uri, call.headers.clone(), body, deadline)
+                .await
+        }
+        Err(f) => Err(f),
+    };
     let (status, result) = match result {
         Ok((status, v)) => (Some(status.as_u16()), Ok(v)),
         Err(f) => {

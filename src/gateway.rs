@@ -60,8 +60,13 @@ pub fn carries_body(m: &Method) -> bool {
 }
 
 impl Gateway {
-    /// Compiles a validated config. `previous` lends its upstreams where unchanged.
-    pub fn build(config: Config, previous: Option<&Gateway>) -> Result<Gateway, String> {
+    /// Compiles a validated config. `previous` lends its upstreams where unchanged;
+    /// `workers` is the number of event loops (one upstream pool each).
+    pub fn build(
+        config: Config,
+        previous: Option<&Gateway>,
+        workers: usize,
+    ) -> Result<Gateway, String> {
         let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
         let mut ordered = Vec::with_capacity(config.upstreams.len());
         for u in &config.upstreams {
@@ -73,7 +78,7 @@ impl Gateway {
             });
             let up = match kept {
                 Some(up) => up,
-                None => Arc::new(Upstream::build(&u.name, &u.settings)?),
+                None => Arc::new(Upstream::build(&u.name, &u.settings, workers)?),
             };
             upstreams.insert(u.name.as_str(), up.clone());
             ordered.push(up);

@@ -5,13 +5,13 @@
 //! route deadline bounds the wait for the response head; after that, the upstream's
 //! `timeout` bounds each idle read, so a stalled upstream cannot pin a connection.
 
-use http::{HeaderMap, HeaderName, HeaderValue, Response, header, request::Parts};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header, request::Parts};
 use http_body_util::Limited;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::access_log::AccessRecord;
-use crate::body::Body;
+use crate::body::{Body, IdleTimeout, RequestBody};
 use crate::error::{BackendError, Failure, GatewayError};
 use crate::fanout::{self, Call, Report};
 use crate::forward::{X_REQUEST_ID, is_hop_by_hop};
@@ -46,13 +46,12 @@ pub async fn forward(
         deadline,
     };
     let path = fanout::render(route, backend, &call, &[]).map_err(fail)?;
-    let url = upstream.url(&path);
-    let mut req = upstream
-        .request(backend.method.clone(), &url)
-        .map_err(fail)?;
+    let uri = upstream.uri(&path).map_err(fail)?;
 
-    let has_body = !http_body::Body::is_end_stream(&body);
-    if has_body {
+    let mut req = Request::new(RequestBody::Full(None));
+    *req.method_mut() = backend.method.clone();
+    *req.uri_mut() = uri;
+    if !http_body::Body::is_end_stream(&body) {
         if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
             headers.insert(header::CONTENT_TYPE, ct.clone());
         }
@@ -60,15 +59,15 @@ pub async fn forward(
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         }
         let limit = usize::try_from(route.max_request_body).unwrap_or(usize::MAX);
-        *req.body_mut() = Some(reqwest::Body::wrap(Limited::new(body, limit)));
+        *req.body_mut() = RequestBody::Stream(Limited::new(body, limit));
     }
     *req.headers_mut() = headers;
 
     let started = Instant::now();
-    let result = upstream
-        .execute(req, upstream.attempt_deadline(deadline))
-        .await;
-    let resp = match result {
+    let resp = match upstream
+        .send(req, upstream.attempt_deadline(deadline))
+        .await
+    {
         Ok(resp) => resp,
         Err(Some(e)) if is_body_limit(&e) => {
             return Err(GatewayError::PayloadTooLarge {
@@ -76,9 +75,11 @@ pub async fn forward(
             });
         }
         Err(e) => {
-            let failure = e
-                .as_ref()
-                .map_or(Failure::Timeout, crate::upstream::classify);
+            let failure = if e.is_none() {
+                Failure::Timeout
+            } else {
+                Failure::Connect
+            };
             record.backends.push((
                 backend.name.clone(),
                 Report {
@@ -105,11 +106,12 @@ pub async fn forward(
             elapsed: started.elapsed(),
         },
     ));
-    let mut out: Response<reqwest::Body> = resp.into();
+    let idle = upstream.idle_timeout();
+    let mut out = resp.map(|b| Body::Upstream(IdleTimeout::new(b, idle)));
     strip_hop_by_hop(out.headers_mut());
     out.headers_mut()
         .insert(X_REQUEST_ID, record.request_id.clone());
-    Ok(out.map(Body::Stream))
+    Ok(out)
 }
 
 /// Removes hop-by-hop headers, including any the `connection` header names.
@@ -131,7 +133,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 /// Whether a failed upstream send was caused by the client's body passing the limit.
-fn is_body_limit(e: &reqwest::Error) -> bool {
+fn is_body_limit(e: &hyper_util::client::legacy::Error) -> bool {
     let mut cur = std::error::Error::source(e);
     while let Some(err) = cur {
         if err.is::<http_body_util::LengthLimitError>() {

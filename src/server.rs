@@ -2,7 +2,12 @@
 //!
 //! The current [`Gateway`] sits behind an `ArcSwap`: each request takes a snapshot at
 //! its start and finishes on it, so a reload never changes a request midway.
+//!
+//! The binary runs one single-threaded event loop per core ("workers", as in nginx),
+//! each accepting on its own `SO_REUSEPORT` socket and calling upstreams through its own
+//! pools, so a request never hops threads. Tests run everything on their own runtime.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +19,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -39,7 +45,7 @@ pub struct Server {
     stop: watch::Sender<bool>,
     /// The admin listener outlives the public drain so `/ready` can say 503 meanwhile.
     stop_admin: watch::Sender<bool>,
-    public: JoinHandle<bool>,
+    public: Vec<JoinHandle<bool>>,
     admin: Option<JoinHandle<bool>>,
 }
 
@@ -47,23 +53,53 @@ pub struct Server {
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Server {
-    /// Compiles the config, binds both listeners and starts serving.
+    /// Compiles the config, binds both listeners and serves on the current runtime.
     pub async fn start(config: Config, log_sink: LogSink) -> Result<Server, String> {
+        Self::start_on(config, log_sink, &[]).await
+    }
+
+    /// As [`Server::start`], with the public listener served by `workers` (one
+    /// `SO_REUSEPORT` socket each; see [`spawn_workers`]). Empty: the current runtime.
+    pub async fn start_on(
+        config: Config,
+        log_sink: LogSink,
+        workers: &[Handle],
+    ) -> Result<Server, String> {
         let listen = config.server.listen;
         let admin_listen = config.server.admin_listen;
         let grace = config.server.shutdown_grace;
-        let gateway = Gateway::build(config, None)?;
+        let gateway = Gateway::build(config, None, workers.len().max(1))?;
         let shared = Arc::new(Shared {
             gateway: ArcSwap::from_pointee(gateway),
             ready: AtomicBool::new(false),
             log_sink,
         });
-        let public_listener = TcpListener::bind(listen)
-            .await
-            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-        let addr = public_listener.local_addr().map_err(|e| e.to_string())?;
         let (stop, stopped) = watch::channel(false);
         let (stop_admin, admin_stopped) = watch::channel(false);
+
+        let current = [Handle::current()];
+        let loops: &[Handle] = if workers.is_empty() {
+            &current
+        } else {
+            workers
+        };
+        let mut addr = listen;
+        let mut public = Vec::with_capacity(loops.len());
+        for handle in loops {
+            // Registering the socket with a loop's I/O driver needs that loop's context.
+            let _entered = handle.enter();
+            let listener = bind(addr).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            // With port 0, every loop must share the port the first one was given.
+            addr = listener.local_addr().map_err(|e| e.to_string())?;
+            let s = shared.clone();
+            public.push(handle.spawn(accept_loop(
+                listener,
+                stopped.clone(),
+                grace,
+                move |req, peer| proxy::handle(s.clone(), req, peer),
+            )));
+        }
+
         let admin = match admin_listen {
             Some(a) => {
                 let l = TcpListener::bind(a)
@@ -79,15 +115,8 @@ impl Server {
             }
             None => None,
         };
-        let s = shared.clone();
-        let public = tokio::spawn(accept_loop(
-            public_listener,
-            stopped,
-            grace,
-            move |req, peer| proxy::handle(s.clone(), req, peer),
-        ));
         shared.ready.store(true, Ordering::SeqCst);
-        tracing::info!(%addr, admin = ?admin.as_ref().map(|a| a.0), "manifold is serving");
+        tracing::info!(%addr, admin = ?admin.as_ref().map(|a| a.0), workers = loops.len(), "manifold is serving");
         Ok(Server {
             addr,
             admin_addr: admin.as_ref().map(|a| a.0),
@@ -107,7 +136,10 @@ impl Server {
 
     /// Waits for the drain to end. True when every in-flight request finished in time.
     pub async fn wait(self) -> bool {
-        let public = self.public.await.unwrap_or(false);
+        let mut public = true;
+        for task in self.public {
+            public &= task.await.unwrap_or(false);
+        }
         let _ = self.stop_admin.send(true);
         let admin = match self.admin {
             Some(a) => a.await.unwrap_or(false),
@@ -172,4 +204,57 @@ where
             false
         }
     }
+}
+
+/// A listening socket with `SO_REUSEPORT`, so each worker loop can accept on its own.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+thread_local! {
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Which worker loop this thread is (0 outside workers).
+pub fn worker_index() -> usize {
+    WORKER.with(Cell::get)
+}
+
+/// Starts `n` single-threaded event loops on their own threads; they run until exit.
+pub fn spawn_workers(n: usize) -> std::io::Result<Vec<Handle>> {
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("manifold-worker-{i}"))
+            .spawn(move || {
+                WORKER.with(|w| w.set(i));
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => {
+                        let _ = tx.send(Ok(rt.handle().clone()));
+                        rt.block_on(std::future::pending::<()>());
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            })?;
+        let handle = rx
+            .recv()
+            .map_err(|_| std::io::Error::other("a worker thread died while starting"))??;
+        handles.push(handle);
+    }
+    Ok(handles)
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use http::Method;
 use ipnet::IpNet;
-use reqwest::Url;
+use url::Url;
 
 pub use diag::{Diagnostic, Diagnostics, Span};
 use reader::{Errors, Table};
@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub max_request_body: u64,
     pub trusted_proxies: Vec<IpNet>,
     pub shutdown_grace: Duration,
+    /// Event loops (threads), each with its own listener socket and upstream pools.
+    /// `None`: one per CPU.
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,6 +292,16 @@ fn read_server(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<ServerConfig>
     let default_timeout = positive_duration(t, errs, "default_timeout");
     let max_request_body = t.size(errs, "max_request_body").map(|(n, _)| n);
     let shutdown_grace = t.duration(errs, "shutdown_grace").map(|(d, _)| d);
+    let workers = match t.count(errs, "workers") {
+        Some((n, span)) if n == 0 || n > 1024 => {
+            errs.push(
+                Diagnostic::new(span, "workers must be between 1 and 1024").label("out of range"),
+            );
+            None
+        }
+        Some((n, _)) => Some(n as usize),
+        None => None,
+    };
     let mut trusted = Vec::new();
     for (s, span) in t.string_list(errs, "trusted_proxies").unwrap_or_default() {
         let parsed = s
@@ -311,6 +324,7 @@ fn read_server(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<ServerConfig>
         max_request_body: max_request_body.unwrap_or(DEFAULT_MAX_REQUEST_BODY),
         trusted_proxies: trusted,
         shutdown_grace: shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+        workers,
     })
 }
 
