@@ -46,8 +46,8 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-/// Headers `forward_headers = ["*"]` still does not pass on: the gateway owns these.
-fn is_gateway_owned(name: &HeaderName) -> bool {
+/// Headers `forward_headers` never passes on, even with `"*"`: the gateway owns these.
+pub fn is_gateway_owned(name: &HeaderName) -> bool {
     is_hop_by_hop(name)
         || name == header::HOST
         || name == header::CONTENT_LENGTH
@@ -103,6 +103,10 @@ pub fn upstream_headers(
         }
         Forward::Only(names) => {
             for name in names {
+                // `accept` and the trace headers are already in; listing them adds nothing.
+                if out.contains_key(name) {
+                    continue;
+                }
                 for v in client.get_all(name) {
                     out.append(name.clone(), v.clone());
                 }

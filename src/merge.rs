@@ -98,14 +98,18 @@ impl Shape {
     }
 }
 
-fn take_path(mut value: Value, path: &[String]) -> Value {
-    for seg in path {
-        value = match value {
-            Value::Object(mut m) => m.remove(seg.as_str()).unwrap_or(Value::Null),
-            _ => return Value::Null,
-        };
+/// `target`: the value at a dot path; through an array, the value in each element.
+fn take_path(value: Value, path: &[String]) -> Value {
+    let Some((seg, rest)) = path.split_first() else {
+        return value;
+    };
+    match value {
+        Value::Object(mut m) => take_path(m.remove(seg.as_str()).unwrap_or(Value::Null), rest),
+        Value::Array(items) => {
+            Value::Array(items.into_iter().map(|v| take_path(v, path)).collect())
+        }
+        _ => Value::Null,
     }
-    value
 }
 
 fn allow(value: &mut Value, f: &Fields) {
@@ -283,6 +287,15 @@ mod tests {
         assert_eq!(
             swap.apply(json!({"a": 1, "b": 2, "c": 3})),
             json!({"a": 2, "b": 1, "c": 3})
+        );
+    }
+
+    #[test]
+    fn target_applies_to_each_element() {
+        let shape = Shape::new(Some("item.sku"), &[], &[], &[]);
+        assert_eq!(
+            shape.apply(json!([{"item": {"sku": "a"}}, {"item": {"sku": "b"}}])),
+            json!(["a", "b"])
         );
     }
 

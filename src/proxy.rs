@@ -98,6 +98,10 @@ async fn serve(
     let client_body = if route.wants_body {
         read_body(&parts.headers, body, route.max_request_body).await?
     } else {
+        // No backend takes it, but an oversized (chunked) body is still refused.
+        if !http_body::Body::is_end_stream(&body) {
+            read_body(&parts.headers, body, route.max_request_body).await?;
+        }
         None
     };
     let call = Call {

@@ -193,7 +193,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
         }
     }
     let config = if errs.is_empty() {
-        let mut root = Table::new(doc.get_ref(), doc.span(), "");
+        let mut root = Table::new(doc.get_ref(), doc.span(), reader::ROOT);
         let config = read_config(&mut root, &mut errs);
         root.finish(&mut errs);
         if let Some(config) = &config {
@@ -313,6 +313,15 @@ fn read_server(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<ServerConfig>
                 Diagnostic::new(span, format!("`{s}` is not an IP address or CIDR range"))
                     .label("expected e.g. \"10.0.0.0/8\" or \"192.0.2.7\""),
             ),
+        }
+    }
+    if let (Some(Some(l)), Some(Some(a))) = (&listen, &admin) {
+        if l == a && l.port() != 0 {
+            errs.push(
+                Diagnostic::new(t.span(), format!("admin_listen and listen are both {l}"))
+                    .label("the admin listener is never on the public port")
+                    .note("give admin_listen its own port, e.g. \"127.0.0.1:9901\""),
+            );
         }
     }
     let default_listen = DEFAULT_LISTEN.parse().ok()?;
@@ -588,11 +597,20 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
     let timeout = positive_duration(t, errs, "timeout");
     let forward_headers = t.string_list(errs, "forward_headers").unwrap_or_default();
     for (h, span) in &forward_headers {
-        if h != "*" && http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-            errs.push(
+        if h == "*" {
+            continue;
+        }
+        match http::HeaderName::from_bytes(h.as_bytes()) {
+            Err(_) => errs.push(
                 Diagnostic::new(span.clone(), format!("`{h}` is not a header name"))
                     .label("bad header name"),
-            );
+            ),
+            Ok(name) if crate::forward::is_gateway_owned(&name) => errs.push(
+                Diagnostic::new(span.clone(), format!("`{h}` is set by the gateway and cannot be forwarded"))
+                    .label("gateway-owned header")
+                    .note("host, content-length, x-request-id, x-forwarded-for, x-forwarded-proto and hop-by-hop headers are always the gateway's own"),
+            ),
+            Ok(_) => {}
         }
     }
     let forward_query = t.string_list(errs, "forward_query").unwrap_or_default();
@@ -711,7 +729,7 @@ fn read_backend(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<BackendConfi
     }
     let rename = t.string_map(errs, "rename").unwrap_or_default();
     let optional = t.bool(errs, "optional").unwrap_or(false);
-    let default = t.get("default").map(|v| reader::to_json(v.get_ref()));
+    let default = t.get("default").map(|v| reader::to_json(v, errs));
     let cache_ttl = t.duration(errs, "cache_ttl").map(|(d, _)| d);
     let passthrough = t.bool(errs, "passthrough").unwrap_or(false);
     let (upstream, upstream_span) = upstream?;

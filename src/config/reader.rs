@@ -13,6 +13,9 @@ use super::diag::{Diagnostic, Span};
 
 pub type Errors = Vec<Diagnostic>;
 
+/// How messages name the document's root table.
+pub const ROOT: &str = "the top level";
+
 /// One TOML table being read; remembers which keys were asked for.
 pub struct Table<'a, 'i> {
     table: &'a DeTable<'i>,
@@ -271,7 +274,11 @@ impl<'a, 'i> Table<'a, 'i> {
         let mut out = Vec::new();
         for (k, item) in t.iter() {
             match item.get_ref() {
-                DeValue::String(s) => out.push((k.get_ref().to_string(), s.to_string())),
+                DeValue::String(s) => {
+                    if let Some(s) = expand_env(s, item.span(), errs) {
+                        out.push((k.get_ref().to_string(), s));
+                    }
+                }
                 other => errs.push(
                     Diagnostic::new(
                         item.span(),
@@ -290,7 +297,7 @@ impl<'a, 'i> Table<'a, 'i> {
 
     /// A sub-table (`[a.b]` or inline `{ ... }`).
     pub fn table(&mut self, errs: &mut Errors, key: &'static str) -> Option<Table<'a, 'i>> {
-        let name = if self.name.is_empty() {
+        let name = if self.name == ROOT {
             format!("[{key}]")
         } else {
             format!("`{key}` of {}", self.name)
@@ -353,7 +360,7 @@ impl<'a, 'i> Table<'a, 'i> {
         for (i, item) in items.iter().enumerate() {
             match item.get_ref() {
                 DeValue::Table(t) => {
-                    let name = if parent.is_empty() {
+                    let name = if parent == ROOT {
                         format!("[[{key}]] #{}", i + 1)
                     } else {
                         format!("{key} #{} of {parent}", i + 1)
@@ -400,11 +407,12 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 }
 
-/// Converts a TOML value to JSON (for `default = ...`). Datetimes become strings.
-pub fn to_json(v: &DeValue<'_>) -> serde_json::Value {
+/// Converts a TOML value to JSON (for `default = ...`), filling `${ENV}` in strings.
+/// Datetimes become strings.
+pub fn to_json(v: &Spanned<DeValue<'_>>, errs: &mut Errors) -> serde_json::Value {
     use serde_json::Value;
-    match v {
-        DeValue::String(s) => Value::String(s.to_string()),
+    match v.get_ref() {
+        DeValue::String(s) => expand_env(s, v.span(), errs).map_or(Value::Null, Value::String),
         DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
             .map(Value::from)
             .unwrap_or(Value::Null),
@@ -417,10 +425,10 @@ pub fn to_json(v: &DeValue<'_>) -> serde_json::Value {
             .map_or(Value::Null, Value::Number),
         DeValue::Boolean(b) => Value::Bool(*b),
         DeValue::Datetime(d) => Value::String(d.to_string()),
-        DeValue::Array(items) => Value::Array(items.iter().map(|i| to_json(i.get_ref())).collect()),
+        DeValue::Array(items) => Value::Array(items.iter().map(|i| to_json(i, errs)).collect()),
         DeValue::Table(t) => Value::Object(
             t.iter()
-                .map(|(k, v)| (k.get_ref().to_string(), to_json(v.get_ref())))
+                .map(|(k, v)| (k.get_ref().to_string(), to_json(v, errs)))
                 .collect(),
         ),
     }

@@ -278,3 +278,40 @@ timeout = \"150ms\"
     r.error(504, "UPSTREAM_TIMEOUT");
     assert!(r.elapsed < Duration::from_millis(300), "{:?}", r.elapsed);
 }
+
+#[tokio::test]
+async fn an_unread_body_over_the_limit_is_still_413() {
+    let up = Upstream::json(json!({"ok": true})).await;
+    let gw = Gateway::start(&format!(
+        "[server]
+listen = \"127.0.0.1:0\"
+admin_listen = \"127.0.0.1:0\"
+max_request_body = \"1KiB\"
+{}
+[[routes]]
+method = \"DELETE\"
+path = \"/d\"
+  [[routes.backends]]
+  upstream = \"u\"
+  method = \"GET\"
+  path = \"/\"
+",
+        upstream("u", &up.url(), "")
+    ))
+    .await;
+    let url = format!("{}/d", gw.base);
+    let stream =
+        futures_util::stream::iter((0..4).map(|_| Ok::<_, std::io::Error>(vec![b'z'; 512])));
+    gw.send(
+        gw.client
+            .delete(&url)
+            .body(reqwest::Body::wrap_stream(stream)),
+    )
+    .await
+    .error(413, "PAYLOAD_TOO_LARGE");
+    assert_eq!(up.hits(), 0);
+    assert_eq!(
+        gw.send(gw.client.delete(&url).body("small")).await.status,
+        200
+    );
+}
