@@ -315,14 +315,15 @@ fn read_server(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<ServerConfig>
             ),
         }
     }
-    if let (Some(Some(l)), Some(Some(a))) = (&listen, &admin) {
-        if l == a && l.port() != 0 {
-            errs.push(
-                Diagnostic::new(t.span(), format!("admin_listen and listen are both {l}"))
-                    .label("the admin listener is never on the public port")
-                    .note("give admin_listen its own port, e.g. \"127.0.0.1:9901\""),
-            );
-        }
+    if let (Some(Some(l)), Some(Some(a))) = (&listen, &admin)
+        && l == a
+        && l.port() != 0
+    {
+        errs.push(
+            Diagnostic::new(t.span(), format!("admin_listen and listen are both {l}"))
+                .label("the admin listener is never on the public port")
+                .note("give admin_listen its own port, e.g. \"127.0.0.1:9901\""),
+        );
     }
     let default_listen = DEFAULT_LISTEN.parse().ok()?;
     let default_admin = DEFAULT_ADMIN_LISTEN.parse().ok()?;
