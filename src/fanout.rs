@@ -59,6 +59,9 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
     // When each backend's call began (`None`: not started yet).
     let mut started: Vec<Option<Instant>> = vec![None; n];
     let mut running = FuturesUnordered::new();
+    // One timer for the whole route, armed once (not per loop turn).
+    let deadline = tokio::time::sleep_until(call.deadline);
+    tokio::pin!(deadline);
     loop {
         // Start (or fail, when a dependency failed) every backend whose inputs are in.
         let mut progressed = true;
@@ -88,7 +91,12 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
         if running.is_empty() {
             return out;
         }
-        match tokio::time::timeout_at(call.deadline, running.next()).await {
+        let next = tokio::select! {
+            biased;
+            next = running.next() => Ok(next),
+            () = &mut deadline => Err(()),
+        };
+        match next {
             Ok(Some((i, result, report))) => {
                 out.reports[i] = Some(report);
                 if settle(route, &mut out, i, result) {
@@ -200,7 +208,14 @@ async fn call_backend(
     let result = match b.upstream.uri(&path) {
         Ok(uri) => {
             b.upstream
-                .call_json(b.method.clone(), uri, call.headers.clone(), body, deadline)
+                .call_json(
+                    b.method.clone(),
+                    uri,
+                    call.headers.clone(),
+                    body,
+                    deadline,
+                    call.deadline,
+                )
                 .await
         }
         Err(f) => Err(f),

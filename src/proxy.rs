@@ -30,7 +30,12 @@ pub async fn handle(
     let request_id = forward::request_id(req.headers());
     let mut record = AccessRecord {
         method: req.method().clone(),
-        path: req.uri().path().to_string(),
+        // Only paid for when the line is written.
+        path: if gateway.config.telemetry.access_log {
+            req.uri().path().to_string()
+        } else {
+            String::new()
+        },
         route: None,
         status: 0,
         duration: Default::default(),

@@ -111,6 +111,7 @@ impl Upstream {
     }
 
     /// One call whose answer must be JSON: head and body both within `deadline`.
+    /// `route_deadline` is the caller's own bound (it drops this future when it passes).
     pub async fn call_json(
         &self,
         method: Method,
@@ -118,6 +119,7 @@ impl Upstream {
         headers: HeaderMap,
         body: Option<(Bytes, HeaderValue)>,
         deadline: Instant,
+        route_deadline: Instant,
     ) -> Result<(StatusCode, serde_json::Value), Failure> {
         let mut req = Request::new(RequestBody::Full(None));
         *req.method_mut() = method;
@@ -151,10 +153,17 @@ impl Upstream {
             if bytes.is_empty() {
                 return Ok((status, serde_json::Value::Null));
             }
-            serde_json::from_slice(&bytes)
+            // One UTF-8 check of the whole body is cheaper than from_slice's per string.
+            std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|text| serde_json::from_str(text).ok())
                 .map(|v| (status, v))
-                .map_err(|_| Failure::BadResponse("the body is not JSON"))
+                .ok_or(Failure::BadResponse("the body is not JSON"))
         };
+        if deadline >= route_deadline {
+            // The caller's route deadline already bounds this call: no second timer.
+            return work.await;
+        }
         tokio::time::timeout_at(deadline, work)
             .await
             .unwrap_or(Err(Failure::Timeout))
