@@ -49,21 +49,17 @@ fn merge(c: &mut Criterion) {
     let bodies = [USER, ORDERS, RECS];
 
     let mut group = c.benchmark_group("dashboard");
-    group.throughput(criterion::Throughput::Bytes(bodies.iter().map(|b| b.len() as u64).sum()));
-    group.bench_function("parse+shape+merge+serialize", |b| {
+    group.throughput(criterion::Throughput::Bytes(
+        bodies.iter().map(|b| b.len() as u64).sum(),
+    ));
+    group.bench_function("decode+shape+merge+serialize", |b| {
         b.iter(|| {
-            let results = bodies
+            let results = route
+                .backends
                 .iter()
-                .map(|body| Some(serde_json::from_slice(black_box(body)).map_err(|_| manifold::error::Failure::Timeout)))
+                .zip(bodies)
+                .map(|(backend, body)| Some(manifold::merge::decode(backend, black_box(body))))
                 .collect();
-            let (value, completed) = manifold::merge::assemble(route, results).expect("merges");
-            black_box((serde_json::to_vec(&value).expect("serializes"), completed))
-        })
-    });
-    let parsed: Vec<serde_json::Value> = bodies.iter().map(|b| serde_json::from_slice(b).expect("json")).collect();
-    group.bench_function("shape+merge only", |b| {
-        b.iter(|| {
-            let results = parsed.iter().map(|v| Some(Ok(v.clone()))).collect();
             black_box(manifold::merge::assemble(route, results).expect("merges"))
         })
     });

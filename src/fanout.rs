@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::error::{BackendError, Failure};
 use crate::gateway::{Backend, Route, carries_body};
-use crate::merge::lookup;
+use crate::merge::{self, Answer, lookup};
 use crate::template::{Part, push_encoded};
 
 /// What a request brings to its backend calls.
@@ -39,7 +39,7 @@ pub struct Report {
     pub elapsed: Duration,
 }
 
-pub type Slot = Option<Result<Value, Failure>>;
+pub type Slot = Option<Result<Answer, Failure>>;
 
 pub struct Fanout {
     /// One per backend: `None` when it never ran (the request ended first).
@@ -129,7 +129,7 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
 }
 
 /// Records a result; true when a required backend failed and the request is over.
-fn settle(route: &Route, out: &mut Fanout, i: usize, result: Result<Value, Failure>) -> bool {
+fn settle(route: &Route, out: &mut Fanout, i: usize, result: Result<Answer, Failure>) -> bool {
     let b = &route.backends[i];
     if let Err(failure) = &result
         && !b.optional
@@ -162,7 +162,9 @@ pub fn render(
             Part::Field { backend, path } => {
                 let dep = &results[*backend];
                 let value = match dep {
-                    Some(Ok(v)) => v,
+                    Some(Ok(Answer::Value(v))) => v,
+                    // Backends others read from always decode to a value (see gateway.rs).
+                    Some(Ok(Answer::Raw(_))) => &Value::Null,
                     Some(Err(cause)) => {
                         return Err(Failure::Dependency {
                             dep: route.backends[*backend].name.clone(),
@@ -197,7 +199,7 @@ async fn call_backend(
     b: &Backend,
     path: String,
     call: &Call<'_>,
-) -> (usize, Result<Value, Failure>, Report) {
+) -> (usize, Result<Answer, Failure>, Report) {
     let started = Instant::now();
     let body = if carries_body(&b.method) {
         call.body.clone()
@@ -208,7 +210,7 @@ async fn call_backend(
     let result = match b.upstream.uri(&path) {
         Ok(uri) => {
             b.upstream
-                .call_json(
+                .call(
                     b.method.clone(),
                     uri,
                     call.headers.clone(),
@@ -221,7 +223,7 @@ async fn call_backend(
         Err(f) => Err(f),
     };
     let (status, result) = match result {
-        Ok((status, v)) => (Some(status.as_u16()), Ok(v)),
+        Ok((status, body)) => (Some(status.as_u16()), merge::decode(b, &body)),
         Err(f) => {
             let status = match &f {
                 Failure::ServerError(s) | Failure::Rejected(s) => Some(s.as_u16()),

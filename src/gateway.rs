@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::config::{BackendConfig, Config, RouteConfig};
 use crate::forward::Forward;
-use crate::merge::Shape;
+use crate::merge::{Decode, Shape};
 use crate::router::Router;
 use crate::template::{Part, Template, route_params};
 use crate::upstream::Upstream;
@@ -52,6 +52,7 @@ pub struct Backend {
     pub group: Option<String>,
     pub optional: bool,
     pub default: Option<Value>,
+    pub decode: Decode,
 }
 
 /// POST, PUT and PATCH carry the client's body to a backend (CONTRACT §3).
@@ -109,11 +110,22 @@ fn compile_route(
     upstreams: &HashMap<&str, Arc<Upstream>>,
 ) -> Result<Route, String> {
     let params = route_params(&r.path);
-    let backends = r
+    let mut backends = r
         .backends
         .iter()
         .map(|b| compile_backend(r, b, &params, upstreams))
         .collect::<Result<Vec<_>, String>>()?;
+    // An answer another backend reads, or that shaping rewrites, needs a JSON tree;
+    // one only placed under its group can stay text (see merge::Decode).
+    let read_by_others: Vec<usize> = backends
+        .iter()
+        .flat_map(|b| b.deps.iter().copied())
+        .collect();
+    for (i, b) in backends.iter_mut().enumerate() {
+        if b.group.is_some() && b.shape.keeps_text() && !read_by_others.contains(&i) {
+            b.decode = Decode::Raw;
+        }
+    }
     let forward_headers = Forward::from_list(
         r.forward_headers
             .iter()
@@ -195,5 +207,6 @@ fn compile_backend(
         group: b.group.clone(),
         optional: b.optional,
         default: b.default.clone(),
+        decode: Decode::Value,
     })
 }

@@ -2,12 +2,40 @@
 //! (each applied to every element where the value is an array), then `group`.
 //!
 //! Field lists are compiled into trees once at load, so a request only walks them.
+//!
+//! An answer is decoded only as far as its use needs ([`Decode`]): one that is placed
+//! under a `group` unchanged (at most with a `target`) and that no other backend reads
+//! stays JSON text, checked but never built into a tree, and is copied into the
+//! response as is. Merged responses have their keys in sorted order.
 
-use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::error::{BackendError, Failure};
 use crate::fanout::Slot;
-use crate::gateway::Route;
+use crate::gateway::{Backend, Route};
+
+/// A backend's answer, decoded as far as its use needs.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Value(Value),
+    /// JSON text as the upstream sent it (validated; `target` already applied).
+    Raw(Box<RawValue>),
+}
+
+/// How far to decode a backend's answer; decided once at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decode {
+    /// Build a JSON tree: shaping filters or renames it, it is merged into the root,
+    /// or another backend reads a field of it.
+    Value,
+    /// Keep the text: it is placed under its group unchanged, after `target`.
+    Raw,
+}
 
 /// How one backend's answer is shaped before it joins the response.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -79,6 +107,11 @@ impl Shape {
 
     pub fn is_identity(&self) -> bool {
         self.target.is_none() && self.filter.is_none() && self.rename.is_empty()
+    }
+
+    /// Nothing but (at most) a target: the answer can stay text.
+    pub fn keeps_text(&self) -> bool {
+        self.filter.is_none() && self.rename.is_empty()
     }
 
     /// Applies target, allow/deny and rename. A missing target yields `null`.
@@ -168,30 +201,186 @@ fn rename(value: &mut Value, renames: &[(String, String)]) {
     }
 }
 
-/// Puts one backend's shaped value into the response: under `group`, merged into the
-/// root when it is an object, else under the backend's `name`. Later backends win clashes.
-pub fn place(root: &mut Map<String, Value>, name: &str, group: Option<&str>, value: Value) {
-    match (group, value) {
-        (Some(g), v) => {
-            root.insert(g.to_string(), v);
-        }
-        (None, Value::Object(m)) => {
-            for (k, v) in m {
-                root.insert(k, v);
+/// Decodes an upstream's 2xx body as the backend's plan says. An empty body is `null`.
+pub fn decode(b: &Backend, body: &[u8]) -> Result<Answer, Failure> {
+    const NOT_JSON: Failure = Failure::BadResponse("the body is not JSON");
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Answer::Value(Value::Null));
+    }
+    // One UTF-8 check of the whole body is cheaper than serde_json's per string.
+    let text = std::str::from_utf8(body).map_err(|_| NOT_JSON)?;
+    if b.decode == Decode::Raw {
+        match &b.shape.target {
+            None => {
+                return serde_json::from_str::<Box<RawValue>>(text)
+                    .map(Answer::Raw)
+                    .map_err(|_| NOT_JSON);
+            }
+            Some(path) => {
+                let mut de = serde_json::Deserializer::from_str(text);
+                if let Ok(found) = TargetSeed(path).deserialize(&mut de)
+                    && de.end().is_ok()
+                {
+                    return Ok(found.map_or(Answer::Value(Value::Null), Answer::Raw));
+                }
+                // Not JSON, or an array on the way to the target (the target then
+                // applies per element): the general path below decides.
             }
         }
-        (None, v) => {
-            root.insert(name.to_string(), v);
-        }
+    }
+    serde_json::from_str(text)
+        .map(Answer::Value)
+        .map_err(|_| NOT_JSON)
+}
+
+/// Finds `target` inside an object without building anything else of it.
+struct TargetSeed<'p>(&'p [String]);
+
+impl<'de> DeserializeSeed<'de> for TargetSeed<'_> {
+    type Value = Option<Box<RawValue>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
     }
 }
 
-/// Joins a route's backend results into one object, in declaration order.
+impl<'de> Visitor<'de> for TargetSeed<'_> {
+    type Value = Option<Box<RawValue>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let Some((seg, rest)) = self.0.split_first() else {
+            return Err(de::Error::custom("empty target"));
+        };
+        let mut found = None;
+        while let Some(hit) = map.next_key_seed(KeyIs(seg))? {
+            if !hit {
+                map.next_value::<IgnoredAny>()?;
+            } else if rest.is_empty() {
+                found = Some(map.next_value::<Box<RawValue>>()?);
+            } else {
+                found = map.next_value_seed(TargetSeed(rest))?;
+            }
+        }
+        Ok(found)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        Err(de::Error::custom("array on the target path"))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// Compares an object key with `self.0` without allocating it.
+struct KeyIs<'a>(&'a str);
+
+impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<bool, E> {
+        Ok(v == self.0)
+    }
+}
+
+/// The response object being built: sorted keys, values either trees or kept text.
+#[derive(Default)]
+pub struct Root {
+    entries: BTreeMap<String, Part>,
+    raw_len: usize,
+}
+
+enum Part {
+    Value(Value),
+    Raw(Box<RawValue>),
+}
+
+impl Root {
+    /// Puts one backend's shaped value in: under `group`, merged into the root when it
+    /// is an object, else under the backend's `name`. Later backends win clashes.
+    pub fn place(&mut self, name: &str, group: Option<&str>, value: Value) {
+        match (group, value) {
+            (Some(g), v) => {
+                self.entries.insert(g.to_string(), Part::Value(v));
+            }
+            (None, Value::Object(m)) => {
+                for (k, v) in m {
+                    self.entries.insert(k, Part::Value(v));
+                }
+            }
+            (None, v) => {
+                self.entries.insert(name.to_string(), Part::Value(v));
+            }
+        }
+    }
+
+    /// Puts kept text under `key` (a backend's group).
+    pub fn place_raw(&mut self, key: &str, raw: Box<RawValue>) {
+        self.raw_len += raw.get().len();
+        self.entries.insert(key.to_string(), Part::Raw(raw));
+    }
+
+    /// The response body.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.raw_len + 256 * self.entries.len() + 2);
+        out.push(b'{');
+        for (i, (k, v)) in self.entries.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            // Writing into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut out, k);
+            out.push(b':');
+            match v {
+                Part::Value(v) => {
+                    let _ = serde_json::to_writer(&mut out, v);
+                }
+                Part::Raw(r) => out.extend_from_slice(r.get().as_bytes()),
+            }
+        }
+        out.push(b'}');
+        out
+    }
+}
+
+/// Joins a route's backend results into one response body, in declaration order.
 ///
-/// Returns the object and whether every backend answered (`x-manifold-completed`).
+/// Returns the body and whether every backend answered (`x-manifold-completed`).
 /// Failed optional backends are left out, or replaced by their `default`. When every
 /// backend failed, the route fails as if its first backend were required.
-pub fn assemble(route: &Route, results: Vec<Slot>) -> Result<(Value, bool), BackendError> {
+pub fn assemble(route: &Route, results: Vec<Slot>) -> Result<(Vec<u8>, bool), BackendError> {
     let all_failed = results.iter().all(|r| !matches!(r, Some(Ok(_))));
     if all_failed {
         let first = &route.backends[0];
@@ -205,25 +394,27 @@ pub fn assemble(route: &Route, results: Vec<Slot>) -> Result<(Value, bool), Back
             failure,
         });
     }
-    let mut root = Map::new();
+    let mut root = Root::default();
     let mut completed = true;
     for (b, result) in route.backends.iter().zip(results) {
-        let value = match result {
-            Some(Ok(v)) => b.shape.apply(v),
+        match result {
+            Some(Ok(Answer::Value(v))) => root.place(&b.name, b.group.as_deref(), b.shape.apply(v)),
+            Some(Ok(Answer::Raw(raw))) => match &b.group {
+                Some(g) => root.place_raw(g, raw),
+                None => root.place(&b.name, None, Value::Null),
+            },
             _ => {
                 completed = false;
-                match &b.default {
-                    Some(d) => d.clone(),
-                    None => continue,
+                if let Some(d) = &b.default {
+                    root.place(&b.name, b.group.as_deref(), d.clone());
                 }
             }
-        };
-        place(&mut root, &b.name, b.group.as_deref(), value);
+        }
     }
-    Ok((Value::Object(root), completed))
+    Ok((root.to_bytes(), completed))
 }
 
-/// Reads `field.sub` of a raw answer for a `{backend.field}` placeholder.
+/// Reads `field.sub` of an answer for a `{backend.field}` placeholder.
 pub fn lookup<'v>(value: &'v Value, path: &[String]) -> Option<&'v Value> {
     path.iter().try_fold(value, |v, seg| match v {
         Value::Object(m) => m.get(seg.as_str()),
@@ -309,14 +500,41 @@ mod tests {
 
     #[test]
     fn placing_follows_the_rules() {
-        let mut root = Map::new();
-        place(&mut root, "user", Some("user"), json!({"id": 1}));
-        place(&mut root, "flags", None, json!({"beta": true, "x": 1}));
-        place(&mut root, "later", None, json!({"x": 2}));
-        place(&mut root, "recs", None, json!([1, 2]));
+        let mut root = Root::default();
+        root.place("user", Some("user"), json!({"id": 1}));
+        root.place("flags", None, json!({"beta": true, "x": 1}));
+        root.place("later", None, json!({"x": 2}));
+        root.place("recs", None, json!([1, 2]));
+        root.place_raw(
+            "raw",
+            serde_json::from_str(r#"{"kept" : "as sent"}"#).unwrap(),
+        );
+        let out: Value = serde_json::from_slice(&root.to_bytes()).unwrap();
         assert_eq!(
-            Value::Object(root),
-            json!({"user": {"id": 1}, "beta": true, "x": 2, "recs": [1, 2]})
+            out,
+            json!({"user": {"id": 1}, "beta": true, "x": 2, "recs": [1, 2], "raw": {"kept": "as sent"}})
+        );
+        assert!(
+            String::from_utf8(root.to_bytes())
+                .unwrap()
+                .contains(r#"{"kept" : "as sent"}"#)
+        );
+    }
+
+    #[test]
+    fn target_seed_finds_nested_text_and_skips_the_rest() {
+        let path = s(&["data", "items"]);
+        let mut de = serde_json::Deserializer::from_str(
+            r#"{"x": [1, {"items": 0}], "data": {"items": [1, {"a": "b"}], "z": 1}}"#,
+        );
+        let found = TargetSeed(&path).deserialize(&mut de).unwrap().unwrap();
+        assert_eq!(found.get(), r#"[1, {"a": "b"}]"#);
+        let mut de = serde_json::Deserializer::from_str(r#"{"data": 5}"#);
+        assert!(TargetSeed(&path).deserialize(&mut de).unwrap().is_none());
+        let mut de = serde_json::Deserializer::from_str(r#"{"data": [{"items": 1}]}"#);
+        assert!(
+            TargetSeed(&path).deserialize(&mut de).is_err(),
+            "arrays fall back to the general path"
         );
     }
 

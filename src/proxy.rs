@@ -121,9 +121,8 @@ async fn serve(
     if let Some(e) = fan.required_failure {
         return Err(GatewayError::Backend(e));
     }
-    let (value, completed) = merge::assemble(route, fan.results).map_err(GatewayError::Backend)?;
+    let (bytes, completed) = merge::assemble(route, fan.results).map_err(GatewayError::Backend)?;
     record.partial = !completed;
-    let bytes = serde_json::to_vec(&value).unwrap_or_else(|_| b"{}".to_vec());
     let mut resp = Response::new(Body::from(bytes));
     let h = resp.headers_mut();
     h.insert(

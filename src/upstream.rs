@@ -110,9 +110,9 @@ impl Upstream {
         }
     }
 
-    /// One call whose answer must be JSON: head and body both within `deadline`.
+    /// One call whose answer must be a 2xx: head and body both within `deadline`.
     /// `route_deadline` is the caller's own bound (it drops this future when it passes).
-    pub async fn call_json(
+    pub async fn call(
         &self,
         method: Method,
         uri: Uri,
@@ -120,7 +120,7 @@ impl Upstream {
         body: Option<(Bytes, HeaderValue)>,
         deadline: Instant,
         route_deadline: Instant,
-    ) -> Result<(StatusCode, serde_json::Value), Failure> {
+    ) -> Result<(StatusCode, Bytes), Failure> {
         let mut req = Request::new(RequestBody::Full(None));
         *req.method_mut() = method;
         *req.uri_mut() = uri;
@@ -149,16 +149,7 @@ impl Upstream {
             if !status.is_success() {
                 return Err(Failure::BadResponse("an unexpected status"));
             }
-            let bytes = read_limited(resp, limit).await?;
-            if bytes.is_empty() {
-                return Ok((status, serde_json::Value::Null));
-            }
-            // One UTF-8 check of the whole body is cheaper than from_slice's per string.
-            std::str::from_utf8(&bytes)
-                .ok()
-                .and_then(|text| serde_json::from_str(text).ok())
-                .map(|v| (status, v))
-                .ok_or(Failure::BadResponse("the body is not JSON"))
+            Ok((status, read_limited(resp, limit).await?))
         };
         if deadline >= route_deadline {
             // The caller's route deadline already bounds this call: no second timer.

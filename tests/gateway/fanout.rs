@@ -326,3 +326,55 @@ path = \"/orders\"
     assert!(reader.last().body.is_empty());
     assert!(reader.last().headers.get("content-type").is_none());
 }
+
+/// Backends placed under a group unchanged are copied as text: still validated, and
+/// `target` still applies (through arrays too).
+#[tokio::test]
+async fn grouped_answers_kept_as_text_are_still_checked_and_targeted() {
+    let list = Upstream::json(json!([{"item": {"sku": "a"}}, {"item": {"sku": "b"}}])).await;
+    let wrapped =
+        Upstream::json(json!({"data": {"items": [1, 2]}, "noise": {"big": [1, 2, 3]}})).await;
+    let broken = Upstream::start(|_| async {
+        crate::support::raw(200, "application/json", "{\"unterminated\": ")
+    })
+    .await;
+    let gw = Gateway::start(&format!(
+        "{}{}{}
+[[routes]]
+path = \"/ok\"
+  [[routes.backends]]
+  upstream = \"list\"
+  path = \"/\"
+  target = \"item.sku\"
+  group = \"skus\"
+  [[routes.backends]]
+  upstream = \"wrapped\"
+  path = \"/\"
+  target = \"data.items\"
+  group = \"items\"
+  [[routes.backends]]
+  upstream = \"wrapped\"
+  name = \"whole\"
+  path = \"/\"
+  group = \"whole\"
+
+[[routes]]
+path = \"/broken\"
+  [[routes.backends]]
+  upstream = \"broken\"
+  path = \"/\"
+  group = \"b\"
+",
+        upstream("list", &list.url(), ""),
+        upstream("wrapped", &wrapped.url(), ""),
+        upstream("broken", &broken.url(), "")
+    ))
+    .await;
+    let r = gw.get("/ok").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json(),
+        json!({"skus": ["a", "b"], "items": [1, 2], "whole": {"data": {"items": [1, 2]}, "noise": {"big": [1, 2, 3]}}})
+    );
+    gw.get("/broken").await.error(502, "UPSTREAM_BAD_RESPONSE");
+}
