@@ -74,10 +74,21 @@ pub struct BackendError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum GatewayError {
     RouteNotFound,
-    MethodNotAllowed { allow: HeaderValue },
-    PayloadTooLarge { limit: u64 },
-    BadParameter { name: String, reason: &'static str },
-    RateLimited { retry_after: Duration },
+    MethodNotAllowed {
+        allow: HeaderValue,
+    },
+    PayloadTooLarge {
+        limit: u64,
+    },
+    /// The client did not finish sending its body before the route deadline.
+    RequestTimeout,
+    BadParameter {
+        name: String,
+        reason: &'static str,
+    },
+    RateLimited {
+        retry_after: Duration,
+    },
     Backend(BackendError),
 }
 
@@ -106,6 +117,7 @@ impl GatewayError {
             GatewayError::RouteNotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::BadParameter { .. } => StatusCode::BAD_REQUEST,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Backend(e) => failure_status(&e.failure),
@@ -117,6 +129,7 @@ impl GatewayError {
             GatewayError::RouteNotFound => "ROUTE_NOT_FOUND",
             GatewayError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             GatewayError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            GatewayError::RequestTimeout => "REQUEST_TIMEOUT",
             GatewayError::BadParameter { .. } => "BAD_PARAMETER",
             GatewayError::RateLimited { .. } => "RATE_LIMITED",
             GatewayError::Backend(e) => failure_code(&e.failure),
@@ -134,6 +147,9 @@ impl GatewayError {
             }
             GatewayError::PayloadTooLarge { limit } => {
                 format!("request body is larger than {limit} bytes")
+            }
+            GatewayError::RequestTimeout => {
+                "the request body did not arrive before the route deadline".into()
             }
             GatewayError::BadParameter { name, reason } => {
                 format!("path parameter `{name}` {reason}")

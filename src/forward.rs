@@ -93,10 +93,10 @@ pub fn upstream_headers(
     match forward {
         Forward::All => {
             for (name, value) in client {
-                if !is_gateway_owned(name)
-                    && name != header::CONTENT_TYPE
-                    && !out.contains_key(name)
-                {
+                // Every value of a repeated header goes along; the ones copied above
+                // (and content-type, added per call) are not doubled.
+                let copied = name == TRACEPARENT || name == TRACESTATE || name == header::ACCEPT;
+                if !is_gateway_owned(name) && name != header::CONTENT_TYPE && !copied {
                     out.append(name.clone(), value.clone());
                 }
             }

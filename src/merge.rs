@@ -186,7 +186,8 @@ fn rename(value: &mut Value, renames: &[(String, String)]) {
                 .iter()
                 .any(|(from, _)| m.contains_key(from.as_str())) =>
         {
-            // Rebuilt rather than remove+insert so a renamed key keeps its position.
+            // Rebuilt rather than renamed one by one, so renames apply all at once
+            // (`{a = "b", b = "a"}` swaps instead of losing a value).
             let old = std::mem::take(m);
             *m = old
                 .into_iter()

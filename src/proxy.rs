@@ -100,15 +100,22 @@ async fn serve(
         .await;
     }
 
-    let client_body = if route.wants_body {
-        read_body(&parts.headers, body, route.max_request_body).await?
-    } else {
-        // No backend takes it, but an oversized (chunked) body is still refused.
-        if !http_body::Body::is_end_stream(&body) {
-            read_body(&parts.headers, body, route.max_request_body).await?;
+    // A client trickling its body must not hold the answer past the deadline either.
+    let reading = async {
+        if route.wants_body {
+            read_body(&parts.headers, body, route.max_request_body).await
+        } else if !http_body::Body::is_end_stream(&body) {
+            // No backend takes it, but an oversized (chunked) body is still refused.
+            read_body(&parts.headers, body, route.max_request_body)
+                .await
+                .map(|_| None)
+        } else {
+            Ok(None)
         }
-        None
     };
+    let client_body = tokio::time::timeout_at(deadline, reading)
+        .await
+        .map_err(|_| GatewayError::RequestTimeout)??;
     let call = Call {
         headers: &headers,
         query: query.as_deref(),

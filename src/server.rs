@@ -77,6 +77,22 @@ impl Server {
         let (stop, stopped) = watch::channel(false);
         let (stop_admin, admin_stopped) = watch::channel(false);
 
+        // The admin port first: if it is taken, fail before accepting any client.
+        let admin = match admin_listen {
+            Some(a) => {
+                let l = TcpListener::bind(a)
+                    .await
+                    .map_err(|e| format!("cannot listen on {a} (admin): {e}"))?;
+                let admin_addr = l.local_addr().map_err(|e| e.to_string())?;
+                let s = shared.clone();
+                let task = tokio::spawn(accept_loop(l, admin_stopped, grace, move |req, _peer| {
+                    let s = s.clone();
+                    async move { admin::handle(&s, req) }
+                }));
+                Some((admin_addr, task))
+            }
+            None => None,
+        };
         let current = [Handle::current()];
         let loops: &[Handle] = if workers.is_empty() {
             &current
@@ -100,21 +116,6 @@ impl Server {
             )));
         }
 
-        let admin = match admin_listen {
-            Some(a) => {
-                let l = TcpListener::bind(a)
-                    .await
-                    .map_err(|e| format!("cannot listen on {a} (admin): {e}"))?;
-                let admin_addr = l.local_addr().map_err(|e| e.to_string())?;
-                let s = shared.clone();
-                let task = tokio::spawn(accept_loop(l, admin_stopped, grace, move |req, _peer| {
-                    let s = s.clone();
-                    async move { admin::handle(&s, req) }
-                }));
-                Some((admin_addr, task))
-            }
-            None => None,
-        };
         shared.ready.store(true, Ordering::SeqCst);
         tracing::info!(%addr, admin = ?admin.as_ref().map(|a| a.0), workers = loops.len(), "manifold is serving");
         Ok(Server {

@@ -315,3 +315,33 @@ path = \"/d\"
         200
     );
 }
+
+#[tokio::test]
+async fn a_trickling_request_body_is_cut_at_the_deadline() {
+    let up = Upstream::json(json!({})).await;
+    let gw = Gateway::start(&format!(
+        "{}
+[[routes]]
+method = \"POST\"
+path = \"/w\"
+timeout = \"200ms\"
+  [[routes.backends]]
+  upstream = \"u\"
+  path = \"/\"
+",
+        upstream("u", &up.url(), "")
+    ))
+    .await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    tx.send(Ok(b"{\"partial\":".to_vec())).await.unwrap();
+    let mut rx = rx;
+    let body =
+        reqwest::Body::wrap_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+    let r = gw
+        .send(gw.client.post(format!("{}/w", gw.base)).body(body))
+        .await;
+    r.error(408, "REQUEST_TIMEOUT");
+    assert!(r.elapsed < Duration::from_millis(500), "{:?}", r.elapsed);
+    assert_eq!(up.hits(), 0);
+    drop(tx);
+}

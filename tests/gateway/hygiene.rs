@@ -104,6 +104,8 @@ async fn star_forwards_everything_but_hop_by_hop() {
         gw.client
             .get(format!("{}/u/1?a=1&b=2", gw.base))
             .header("x-custom", "yes")
+            .header("x-multi", "one")
+            .header("x-multi", "two")
             .header("cookie", "c=d")
             .header("te", "trailers")
             .header("proxy-authorization", "Basic x"),
@@ -112,6 +114,17 @@ async fn star_forwards_everything_but_hop_by_hop() {
     let seen = up.last();
     assert_eq!(seen.uri.to_string(), "/users/1?fixed=1&a=1&b=2");
     assert_eq!(seen.headers["x-custom"], "yes");
+    let multi: Vec<_> = seen
+        .headers
+        .get_all("x-multi")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(
+        multi,
+        ["one", "two"],
+        "every value of a repeated header is forwarded"
+    );
     assert_eq!(seen.headers["cookie"], "c=d");
     assert!(seen.headers.get("te").is_none());
     assert!(seen.headers.get("proxy-authorization").is_none());
