@@ -2,7 +2,7 @@
 //!
 //! The header set is built once per client request and shared by its backend calls.
 
-use std::net::IpAddr;
+use std::net::SocketAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -68,9 +68,13 @@ pub fn request_id(client: &HeaderMap) -> HeaderValue {
 }
 
 fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let n: u128 = rand::random();
-    let s = format!("{n:032x}");
-    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    let mut buf = [0u8; 32];
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// The headers every upstream call of this request carries (content-type excepted:
@@ -79,7 +83,7 @@ pub fn upstream_headers(
     client: &HeaderMap,
     forward: &Forward<HeaderName>,
     request_id: &HeaderValue,
-    client_addr: IpAddr,
+    peer: &Peer,
 ) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(8);
     for name in [&TRACEPARENT, &TRACESTATE, &header::ACCEPT] {
@@ -88,7 +92,7 @@ pub fn upstream_headers(
         }
     }
     out.insert(X_REQUEST_ID, request_id.clone());
-    out.insert(X_FORWARDED_FOR, forwarded_for(client, client_addr));
+    out.insert(X_FORWARDED_FOR, forwarded_for(client, peer));
     out.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     match forward {
         Forward::All => {
@@ -117,18 +121,33 @@ pub fn upstream_headers(
 }
 
 /// The client's `x-forwarded-for` chain with the peer address appended.
-fn forwarded_for(client: &HeaderMap, peer: IpAddr) -> HeaderValue {
+fn forwarded_for(client: &HeaderMap, peer: &Peer) -> HeaderValue {
     let chain: Vec<&str> = client
         .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
-    let value = if chain.is_empty() {
-        peer.to_string()
-    } else {
-        format!("{}, {peer}", chain.join(", "))
-    };
-    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    if chain.is_empty() {
+        return peer.ip_header.clone();
+    }
+    let value = format!("{}, {}", chain.join(", "), peer.addr.ip());
+    HeaderValue::from_str(&value).unwrap_or_else(|_| peer.ip_header.clone())
+}
+
+/// The client end of a connection, with its address already formatted as a header
+/// value (once per connection, not per request).
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub ip_header: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip_header = HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Peer { addr, ip_header }
+    }
 }
 
 /// The part of the client's query string a route forwards, still percent-encoded.

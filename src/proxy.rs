@@ -1,6 +1,5 @@
 //! One client request through a route: match, check, fan out (or stream), merge, answer.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,18 +12,14 @@ use crate::access_log::{self, AccessRecord};
 use crate::body::Body;
 use crate::error::GatewayError;
 use crate::fanout::{self, Call};
-use crate::forward::{self, X_MANIFOLD_COMPLETED, X_REQUEST_ID};
+use crate::forward::{self, Peer, X_MANIFOLD_COMPLETED, X_REQUEST_ID};
 use crate::gateway::{Gateway, Route};
 use crate::router::Match;
 use crate::server::Shared;
 use crate::{merge, passthrough};
 
 /// Serves one request on the public listener. Never fails: errors become responses.
-pub async fn handle(
-    shared: Arc<Shared>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<Body> {
+pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> Response<Body> {
     let started = Instant::now();
     let gateway = shared.gateway.load_full();
     let request_id = forward::request_id(req.headers());
@@ -59,7 +54,7 @@ pub async fn handle(
 async fn serve(
     gateway: &Gateway,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: Peer,
     request_id: &HeaderValue,
     record: &mut AccessRecord,
 ) -> Result<Response<Body>, GatewayError> {
@@ -77,12 +72,8 @@ async fn serve(
             limit: route.max_request_body,
         });
     }
-    let headers = forward::upstream_headers(
-        &parts.headers,
-        &route.forward_headers,
-        request_id,
-        peer.ip(),
-    );
+    let headers =
+        forward::upstream_headers(&parts.headers, &route.forward_headers, request_id, &peer);
     let query = forward::forwarded_query(parts.uri.query(), &route.forward_query);
     let deadline = Instant::now() + route.deadline;
 

@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::access_log::LogSink;
 use crate::config::Config;
+use crate::forward::Peer;
 use crate::gateway::Gateway;
 use crate::{admin, proxy};
 
@@ -157,7 +158,7 @@ async fn accept_loop<F, Fut>(
     handler: F,
 ) -> bool
 where
-    F: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(http::Request<hyper::body::Incoming>, Peer) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = http::Response<crate::body::Body>> + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -182,8 +183,9 @@ where
                 };
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
+                let client = Peer::new(peer);
                 let service = service_fn(move |req| {
-                    let fut = handler(req, peer);
+                    let fut = handler(req, client.clone());
                     async move { Ok::<_, Infallible>(fut.await) }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
