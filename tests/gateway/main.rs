@@ -3,6 +3,7 @@
 mod support;
 
 mod config_check;
+mod demo;
 mod failures;
 mod fanout;
 mod hygiene;
