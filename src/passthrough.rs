@@ -14,7 +14,7 @@ use crate::access_log::AccessRecord;
 use crate::body::{Body, IdleTimeout, RequestBody};
 use crate::error::{BackendError, Failure, GatewayError};
 use crate::fanout::{self, Call, Report};
-use crate::forward::{X_REQUEST_ID, is_hop_by_hop};
+use crate::forward::X_REQUEST_ID;
 use crate::gateway::Route;
 use crate::proxy::content_length;
 
@@ -116,21 +116,31 @@ pub async fn forward(
 
 /// Removes hop-by-hop headers, including any the `connection` header names.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
+    // Lookups by the standard names (no scan of every header): this runs per response.
+    if let Some(connection) = h.remove(header::CONNECTION)
+        && let Ok(v) = connection.to_str()
+    {
+        for name in v.split(',') {
+            if let Ok(name) = HeaderName::from_bytes(name.trim().as_bytes()) {
+                h.remove(name);
+            }
+        }
     }
-    let hop: Vec<HeaderName> = h.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
-    for n in hop {
-        h.remove(n);
+    for name in HOP_BY_HOP {
+        h.remove(name);
     }
 }
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
 
 /// Whether a failed upstream send was caused by the client's body passing the limit.
 fn is_body_limit(e: &hyper_util::client::legacy::Error) -> bool {
