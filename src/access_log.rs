@@ -53,6 +53,7 @@ struct BackendLine {
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<u16>,
     duration_ms: f64,
+    attempts: u32,
 }
 
 impl Serialize for Backends<'_> {
@@ -65,6 +66,7 @@ impl Serialize for Backends<'_> {
                     outcome: r.outcome,
                     status: r.status,
                     duration_ms: ms(r.elapsed),
+                    attempts: r.attempts,
                 },
             )?;
         }

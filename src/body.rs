@@ -19,8 +19,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A response body for the client.
 pub enum Body {
     Full(Option<Bytes>),
-    /// A passthrough route's upstream body, streamed as it arrives.
-    Upstream(IdleTimeout<Incoming>),
+    /// A passthrough route's upstream body, streamed as it arrives. The call holds its
+    /// place under the upstream's `max_concurrency` until the body ends.
+    Upstream(IdleTimeout<Incoming>, Option<crate::upstream::limit::Slot>),
 }
 
 impl Body {
@@ -57,21 +58,21 @@ impl HttpBody for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Body::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Body::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Body::Upstream(body, _) => Pin::new(body).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Full(data) => data.is_none(),
-            Body::Upstream(body) => body.inner.is_end_stream(),
+            Body::Upstream(body, _) => body.inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            Body::Upstream(body) => body.inner.size_hint(),
+            Body::Upstream(body, _) => body.inner.size_hint(),
         }
     }
 }

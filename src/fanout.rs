@@ -9,12 +9,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderValue, Method};
 use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::error::{BackendError, Failure};
-use crate::gateway::{Backend, Route, carries_body};
+use crate::gateway::{Backend, Route, carries_body, is_idempotent};
 use crate::merge::{self, Answer, lookup};
 use crate::template::{Part, push_encoded};
 
@@ -28,6 +28,8 @@ pub struct Call<'a> {
     pub body: Option<(Bytes, HeaderValue)>,
     /// Decoded path parameters, in the route's order.
     pub params: &'a [String],
+    /// The client sent `idempotency-key`, so its POST may be retried.
+    pub idempotency_key: bool,
     pub deadline: Instant,
 }
 
@@ -37,6 +39,8 @@ pub struct Report {
     pub outcome: &'static str,
     pub status: Option<u16>,
     pub elapsed: Duration,
+    /// Calls made (more than one when retried; 0 when the backend never called out).
+    pub attempts: u32,
 }
 
 pub type Slot = Option<Result<Answer, Failure>>;
@@ -80,6 +84,7 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
                             outcome: failure.outcome(),
                             status: None,
                             elapsed: Duration::ZERO,
+                            attempts: 0,
                         });
                         if settle(route, &mut out, i, Err(failure)) {
                             return out;
@@ -116,6 +121,7 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
                             outcome: "timeout",
                             status: None,
                             elapsed: now - *began,
+                            attempts: 1,
                         });
                     }
                     if settle(route, &mut out, i, Err(Failure::Timeout)) {
@@ -202,26 +208,22 @@ async fn call_backend(
 ) -> (usize, Result<Answer, Failure>, Report) {
     let started = Instant::now();
     let body = if carries_body(&b.method) {
-        call.body.clone()
+        call.body.as_ref()
     } else {
         None
     };
-    let deadline = b.upstream.attempt_deadline(call.deadline);
-    let result = match b.upstream.uri(&path) {
-        Ok(uri) => {
-            b.upstream
-                .call(
-                    b.method.clone(),
-                    uri,
-                    call.headers.clone(),
-                    body,
-                    deadline,
-                    call.deadline,
-                )
-                .await
-        }
-        Err(f) => Err(f),
-    };
+    let retryable = is_idempotent(&b.method) || (b.method == Method::POST && call.idempotency_key);
+    let (result, attempts) = b
+        .upstream
+        .call(
+            &b.method,
+            &path,
+            call.headers,
+            body,
+            call.deadline,
+            retryable,
+        )
+        .await;
     let (status, result) = match result {
         Ok((status, body)) => (Some(status.as_u16()), merge::decode(b, &body)),
         Err(f) => {
@@ -236,6 +238,7 @@ async fn call_backend(
         outcome: result.as_ref().map_or_else(Failure::outcome, |_| "ok"),
         status,
         elapsed: started.elapsed(),
+        attempts,
     };
     (i, result, report)
 }

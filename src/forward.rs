@@ -12,6 +12,8 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_MANIFOLD_COMPLETED: HeaderName = HeaderName::from_static("x-manifold-completed");
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+/// Forwarded always: it is what makes a POST safe to retry (CONTRACT §5).
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// Which client headers or query params a route forwards.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,7 +88,7 @@ pub fn upstream_headers(
     peer: &Peer,
 ) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(8);
-    for name in [&TRACEPARENT, &TRACESTATE, &header::ACCEPT] {
+    for name in [&TRACEPARENT, &TRACESTATE, &header::ACCEPT, &IDEMPOTENCY_KEY] {
         if let Some(v) = client.get(name) {
             out.insert(name.clone(), v.clone());
         }
@@ -99,7 +101,10 @@ pub fn upstream_headers(
             for (name, value) in client {
                 // Every value of a repeated header goes along; the ones copied above
                 // (and content-type, added per call) are not doubled.
-                let copied = name == TRACEPARENT || name == TRACESTATE || name == header::ACCEPT;
+                let copied = name == TRACEPARENT
+                    || name == TRACESTATE
+                    || name == header::ACCEPT
+                    || name == IDEMPOTENCY_KEY;
                 if !is_gateway_owned(name) && name != header::CONTENT_TYPE && !copied {
                     out.append(name.clone(), value.clone());
                 }

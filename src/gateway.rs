@@ -55,6 +55,15 @@ pub struct Backend {
     pub decode: Decode,
 }
 
+/// Methods a retry may repeat (CONTRACT §5); POST too when the client sent
+/// `idempotency-key`.
+pub fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
+    )
+}
+
 /// POST, PUT and PATCH carry the client's body to a backend (CONTRACT §3).
 pub fn carries_body(m: &Method) -> bool {
     matches!(*m, Method::POST | Method::PUT | Method::PATCH)

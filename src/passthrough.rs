@@ -17,6 +17,7 @@ use crate::fanout::{self, Call, Report};
 use crate::forward::X_REQUEST_ID;
 use crate::gateway::Route;
 use crate::proxy::content_length;
+use crate::upstream::SendError;
 
 #[allow(clippy::too_many_arguments)]
 pub async fn forward(
@@ -44,6 +45,7 @@ pub async fn forward(
         body: None,
         params,
         deadline,
+        idempotency_key: false,
     };
     let path = fanout::render(route, backend, &call, &[]).map_err(fail)?;
     let uri = upstream.uri(&path).map_err(fail)?;
@@ -64,28 +66,30 @@ pub async fn forward(
     *req.headers_mut() = headers;
 
     let started = Instant::now();
-    let resp = match upstream
-        .send(req, upstream.attempt_deadline(deadline))
-        .await
-    {
-        Ok(resp) => resp,
-        Err(Some(e)) if is_body_limit(&e) => {
+    let (resp, slot) = match upstream.send(req, deadline).await {
+        Ok(answer) => answer,
+        Err(SendError::Transport(e)) if is_body_limit(&e) => {
             return Err(GatewayError::PayloadTooLarge {
                 limit: route.max_request_body,
             });
         }
         Err(e) => {
-            let failure = if e.is_none() {
-                Failure::Timeout
-            } else {
-                Failure::Connect
+            let failure = match e {
+                SendError::Refused(f) => f,
+                SendError::Timeout => Failure::Timeout,
+                SendError::Transport(_) => Failure::Connect,
             };
+            let attempts = u32::from(!matches!(
+                failure,
+                Failure::CircuitOpen { .. } | Failure::Overloaded
+            ));
             record.backends.push((
                 backend.name.clone(),
                 Report {
                     outcome: failure.outcome(),
                     status: None,
                     elapsed: started.elapsed(),
+                    attempts,
                 },
             ));
             return Err(fail(failure));
@@ -104,10 +108,11 @@ pub async fn forward(
             },
             status: Some(status.as_u16()),
             elapsed: started.elapsed(),
+            attempts: 1,
         },
     ));
     let idle = upstream.idle_timeout();
-    let mut out = resp.map(|b| Body::Upstream(IdleTimeout::new(b, idle)));
+    let mut out = resp.map(|b| Body::Upstream(IdleTimeout::new(b, idle), slot));
     strip_hop_by_hop(out.headers_mut());
     out.headers_mut()
         .insert(X_REQUEST_ID, record.request_id.clone());

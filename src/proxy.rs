@@ -113,6 +113,7 @@ async fn serve(
         body: client_body,
         params: &params,
         deadline,
+        idempotency_key: parts.headers.contains_key(forward::IDEMPOTENCY_KEY),
     };
     let fan = fanout::run(route, &call).await;
     record.backends = reports(route, fan.reports);

@@ -780,15 +780,8 @@ pub fn not_yet_enforced(config: &Config) -> Vec<String> {
     }
     for u in &config.upstreams {
         let s = &u.settings;
-        for (key, set) in [
-            ("circuit_breaker", s.circuit_breaker.is_some()),
-            ("retry", s.retry.is_some()),
-            ("rate_limit", s.rate_limit.is_some()),
-            ("max_concurrency", s.max_concurrency.is_some()),
-        ] {
-            if set {
-                out.push(format!("[upstreams.{}] {key}", u.name));
-            }
+        if s.rate_limit.is_some() {
+            out.push(format!("[upstreams.{}] rate_limit", u.name));
         }
     }
     for r in &config.routes {

@@ -21,9 +21,14 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio::time::Instant;
 
+pub mod breaker;
+pub mod limit;
+
 use crate::body::RequestBody;
 use crate::config::UpstreamSettings;
 use crate::error::Failure;
+use breaker::{Breaker, BreakerState, Permit};
+use limit::{InFlight, Slot};
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
@@ -37,6 +42,25 @@ pub struct Upstream {
     /// Base URLs without a trailing `/`, so a template path appends directly.
     bases: Vec<String>,
     next: AtomicUsize,
+    breaker: Option<Breaker>,
+    inflight: Option<InFlight>,
+}
+
+/// Why a streamed call got no response head.
+pub enum SendError {
+    /// The breaker or the in-flight cap refused it; nothing was sent.
+    Refused(Failure),
+    Timeout,
+    Transport(hyper_util::client::legacy::Error),
+}
+
+/// Failures worth another attempt (CONTRACT §5).
+fn retries_on(f: &Failure) -> bool {
+    match f {
+        Failure::Connect | Failure::Timeout => true,
+        Failure::ServerError(s) => matches!(s.as_u16(), 502..=504),
+        _ => false,
+    }
 }
 
 /// Connect bound when the upstream sets no `timeout` (the route deadline still applies).
@@ -60,6 +84,11 @@ impl Upstream {
                 .map(|u| u.as_str().trim_end_matches('/').to_string())
                 .collect(),
             next: AtomicUsize::new(0),
+            breaker: settings
+                .circuit_breaker
+                .clone()
+                .map(|c| Breaker::new(Arc::from(name), c)),
+            inflight: settings.max_concurrency.map(InFlight::new),
         })
     }
 
@@ -96,38 +125,109 @@ impl Upstream {
         self.settings.timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT)
     }
 
-    /// Sends a request and waits for the response head, bounded by `deadline`.
-    /// `Err(None)` is a timeout; the transport error is kept for the caller to inspect.
+    /// This call's place under `max_concurrency`, then the breaker's leave: the cap
+    /// first, so a call shed for load never uses up a half-open probe.
+    fn guards(&self) -> Result<(Option<Slot>, Option<Permit<'_>>), Failure> {
+        let slot = match &self.inflight {
+            Some(l) => Some(l.try_acquire().ok_or(Failure::Overloaded)?),
+            None => None,
+        };
+        let permit = match &self.breaker {
+            Some(b) => Some(
+                b.admit()
+                    .map_err(|retry_after| Failure::CircuitOpen { retry_after })?,
+            ),
+            None => None,
+        };
+        Ok((slot, permit))
+    }
+
+    pub fn breaker_state(&self) -> Option<BreakerState> {
+        self.breaker.as_ref().map(Breaker::state)
+    }
+
+    /// A streamed (passthrough) call: one attempt, waiting for the response head until
+    /// the attempt deadline. The slot under `max_concurrency` comes back with the
+    /// response, to be held until its body ends.
     pub async fn send(
         &self,
         req: Request<RequestBody>,
-        deadline: Instant,
-    ) -> Result<Response<Incoming>, Option<hyper_util::client::legacy::Error>> {
-        match tokio::time::timeout_at(deadline, self.client().request(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(Some(e)),
-            Err(_) => Err(None),
+        route_deadline: Instant,
+    ) -> Result<(Response<Incoming>, Option<Slot>), SendError> {
+        let (slot, permit) = self.guards().map_err(SendError::Refused)?;
+        let deadline = self.attempt_deadline(route_deadline);
+        let result = tokio::time::timeout_at(deadline, self.client().request(req)).await;
+        let fault = !matches!(&result, Ok(Ok(resp)) if !resp.status().is_server_error());
+        if let Some(p) = permit {
+            p.record(fault);
+        }
+        match result {
+            Ok(Ok(resp)) => Ok((resp, slot)),
+            Ok(Err(e)) => Err(SendError::Transport(e)),
+            Err(_) => Err(SendError::Timeout),
         }
     }
 
-    /// One call whose answer must be a 2xx: head and body both within `deadline`.
-    /// `route_deadline` is the caller's own bound (it drops this future when it passes).
+    /// A call whose answer must be a 2xx, retried as `retry` allows when `retryable`
+    /// (an idempotent method, or POST with `idempotency-key`): only after a connect
+    /// error, a timeout or a 502/503/504, and never past the route deadline. Returns
+    /// the result and the number of attempts made.
     pub async fn call(
         &self,
-        method: Method,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        body: Option<&(Bytes, HeaderValue)>,
+        route_deadline: Instant,
+        retryable: bool,
+    ) -> (Result<(StatusCode, Bytes), Failure>, u32) {
+        let (attempts, backoff) = match (&self.settings.retry, retryable) {
+            (Some(r), true) => (r.attempts.max(1), r.backoff),
+            _ => (1, Duration::ZERO),
+        };
+        let mut n = 0;
+        loop {
+            n += 1;
+            let result = match self.uri(path) {
+                Ok(uri) => {
+                    self.attempt(method, uri, headers, body, route_deadline)
+                        .await
+                }
+                Err(f) => Err(f),
+            };
+            let again = n < attempts
+                && matches!(&result, Err(f) if retries_on(f))
+                && Instant::now() + backoff < route_deadline;
+            if !again {
+                return (result, n);
+            }
+            tracing::debug!(upstream = %self.name, attempt = n, "retrying");
+            if !backoff.is_zero() {
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    }
+
+    /// One attempt: guards, then head and body within the attempt deadline. The timer
+    /// is this attempt's own even when it equals the route deadline, so the breaker
+    /// hears about the timeout before the caller drops the call.
+    async fn attempt(
+        &self,
+        method: &Method,
         uri: Uri,
-        headers: HeaderMap,
-        body: Option<(Bytes, HeaderValue)>,
-        deadline: Instant,
+        headers: &HeaderMap,
+        body: Option<&(Bytes, HeaderValue)>,
         route_deadline: Instant,
     ) -> Result<(StatusCode, Bytes), Failure> {
+        let (_slot, permit) = self.guards()?;
         let mut req = Request::new(RequestBody::Full(None));
-        *req.method_mut() = method;
+        *req.method_mut() = method.clone();
         *req.uri_mut() = uri;
-        *req.headers_mut() = headers;
+        *req.headers_mut() = headers.clone();
         if let Some((bytes, content_type)) = body {
-            req.headers_mut().insert(header::CONTENT_TYPE, content_type);
-            *req.body_mut() = RequestBody::Full(Some(bytes));
+            req.headers_mut()
+                .insert(header::CONTENT_TYPE, content_type.clone());
+            *req.body_mut() = RequestBody::Full(Some(bytes.clone()));
         }
         let limit = self.settings.max_response_body;
         let work = async {
@@ -151,13 +251,13 @@ impl Upstream {
             }
             Ok((status, read_limited(resp, limit).await?))
         };
-        if deadline >= route_deadline {
-            // The caller's route deadline already bounds this call: no second timer.
-            return work.await;
-        }
-        tokio::time::timeout_at(deadline, work)
+        let result = tokio::time::timeout_at(self.attempt_deadline(route_deadline), work)
             .await
-            .unwrap_or(Err(Failure::Timeout))
+            .unwrap_or(Err(Failure::Timeout));
+        if let Some(p) = permit {
+            p.record(matches!(&result, Err(f) if f.is_upstream_fault()));
+        }
+        result
     }
 }
 

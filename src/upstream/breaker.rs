@@ -1,0 +1,238 @@
+//! A circuit breaker per upstream (CONTRACT §5), shared by every route that uses it.
+//!
+//! Closed: calls go through; `consecutive_failures` faults in a row (connect error,
+//! timeout, 5xx) open it. Open: calls fail at once until `open_for` has passed. Then
+//! half-open: exactly one probe goes through; its success closes the breaker, its
+//! failure opens it again. Any answer below 500 (4xx included) is a success.
+//!
+//! Time is tokio's, so tests drive it with a paused clock.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::BreakerConfig;
+
+pub struct Breaker {
+    config: BreakerConfig,
+    upstream: std::sync::Arc<str>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen { probing: bool },
+}
+
+/// What `/routes` and metrics show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl BreakerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// Leave to make one call. Dropped without [`Permit::record`] (the call was cancelled),
+/// a probe hands its slot to the next caller instead of wedging the breaker half-open.
+pub struct Permit<'a> {
+    breaker: &'a Breaker,
+    probe: bool,
+    recorded: bool,
+}
+
+impl Breaker {
+    pub fn new(upstream: std::sync::Arc<str>, config: BreakerConfig) -> Self {
+        Breaker {
+            config,
+            upstream,
+            state: Mutex::new(State::Closed { failures: 0 }),
+        }
+    }
+
+    /// A permit for one call, or how long until the breaker lets a probe through.
+    pub fn admit(&self) -> Result<Permit<'_>, Duration> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        match *state {
+            State::Closed { .. } => Ok(self.permit(false)),
+            State::Open { until } if now >= until => {
+                *state = State::HalfOpen { probing: true };
+                drop(state);
+                tracing::info!(upstream = %self.upstream, "circuit breaker half-open: letting one probe through");
+                Ok(self.permit(true))
+            }
+            State::Open { until } => Err(until - now),
+            State::HalfOpen { probing: false } => {
+                *state = State::HalfOpen { probing: true };
+                Ok(self.permit(true))
+            }
+            // A probe is out; everyone else waits for its verdict.
+            State::HalfOpen { probing: true } => Err(Duration::from_secs(1)),
+        }
+    }
+
+    pub fn state(&self) -> BreakerState {
+        match *self.lock() {
+            State::Closed { .. } => BreakerState::Closed,
+            State::Open { .. } => BreakerState::Open,
+            State::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+
+    fn permit(&self, probe: bool) -> Permit<'_> {
+        Permit {
+            breaker: self,
+            probe,
+            recorded: false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state is a few words always left consistent; a panic elsewhere while
+        // holding the lock cannot leave it half-written, so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn on_result(&self, probe: bool, fault: bool) {
+        let mut state = self.lock();
+        let before = *state;
+        *state = match (before, fault) {
+            (State::Closed { .. }, false) => State::Closed { failures: 0 },
+            (State::Closed { failures }, true)
+                if failures + 1 >= self.config.consecutive_failures =>
+            {
+                State::Open {
+                    until: Instant::now() + self.config.open_for,
+                }
+            }
+            (State::Closed { failures }, true) => State::Closed {
+                failures: failures + 1,
+            },
+            (State::HalfOpen { .. }, false) if probe => State::Closed { failures: 0 },
+            (State::HalfOpen { .. }, true) if probe => State::Open {
+                until: Instant::now() + self.config.open_for,
+            },
+            // A call admitted before the breaker opened: its verdict is stale.
+            (other, _) => other,
+        };
+        let after = *state;
+        drop(state);
+        match (before, after) {
+            (State::Closed { .. }, State::Open { .. }) => tracing::warn!(
+                upstream = %self.upstream,
+                failures = self.config.consecutive_failures,
+                open_for = ?self.config.open_for,
+                "circuit breaker opened"
+            ),
+            (State::HalfOpen { .. }, State::Open { .. }) => {
+                tracing::warn!(upstream = %self.upstream, "circuit breaker probe failed; open again")
+            }
+            (State::HalfOpen { .. }, State::Closed { .. }) => {
+                tracing::info!(upstream = %self.upstream, "circuit breaker probe succeeded; closed")
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Permit<'_> {
+    /// Records the call's verdict: `fault` for connect errors, timeouts and 5xx.
+    pub fn record(mut self, fault: bool) {
+        self.recorded = true;
+        self.breaker.on_result(self.probe, fault);
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.probe && !self.recorded {
+            let mut state = self.breaker.lock();
+            if *state == (State::HalfOpen { probing: true }) {
+                *state = State::HalfOpen { probing: false };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker(n: u32, open_for_ms: u64) -> Breaker {
+        Breaker::new(
+            "svc".into(),
+            BreakerConfig {
+                consecutive_failures: n,
+                open_for: Duration::from_millis(open_for_ms),
+            },
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_consecutive_faults_and_probes_after_open_for() {
+        let b = breaker(3, 5000);
+        for _ in 0..2 {
+            b.admit().unwrap().record(true);
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        b.admit().unwrap().record(true);
+        assert_eq!(b.state(), BreakerState::Open);
+        let wait = b.admit().err().expect("open: fail fast");
+        assert_eq!(wait, Duration::from_secs(5));
+
+        tokio::time::advance(Duration::from_millis(4999)).await;
+        assert!(b.admit().is_err(), "still open just before open_for");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let probe = b.admit().expect("one probe after open_for");
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(b.admit().is_err(), "only one probe at a time");
+        probe.record(false);
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(b.admit().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_reopens_for_a_full_period() {
+        let b = breaker(1, 1000);
+        b.admit().unwrap().record(true);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        b.admit().unwrap().record(true);
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.admit().err(), Some(Duration::from_secs(1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn successes_reset_the_count() {
+        let b = breaker(2, 1000);
+        b.admit().unwrap().record(true);
+        b.admit().unwrap().record(false);
+        b.admit().unwrap().record(true);
+        assert_eq!(
+            b.state(),
+            BreakerState::Closed,
+            "faults must be consecutive"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_probe_frees_the_slot() {
+        let b = breaker(1, 1000);
+        b.admit().unwrap().record(true);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        drop(b.admit().unwrap());
+        assert!(b.admit().is_ok(), "the next caller probes");
+    }
+}
