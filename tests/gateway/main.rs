@@ -8,4 +8,5 @@ mod failures;
 mod fanout;
 mod hygiene;
 mod passthrough;
+mod resilience;
 mod server;
