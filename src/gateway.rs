@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::config::{BackendConfig, Config, RouteConfig};
 use crate::forward::Forward;
 use crate::merge::{Decode, Shape};
+use crate::ratelimit::RouteLimiter;
 use crate::router::Router;
 use crate::template::{Part, Template, route_params};
 use crate::upstream::Upstream;
@@ -38,6 +39,7 @@ pub struct Route {
     pub max_request_body: u64,
     /// Some backend calls with a method that carries the client's body.
     pub wants_body: bool,
+    pub limiter: Option<RouteLimiter>,
     pub backends: Vec<Backend>,
 }
 
@@ -163,6 +165,10 @@ fn compile_route(
         passthrough: r.passthrough,
         max_request_body: config.server.max_request_body,
         wants_body: backends.iter().any(|b| carries_body(&b.method)),
+        limiter: r
+            .rate_limit
+            .as_ref()
+            .map(|l| RouteLimiter::new(&l.rate, l.key.clone())),
         backends,
     })
 }

@@ -18,6 +18,7 @@ pub mod gateway;
 pub mod merge;
 pub mod passthrough;
 pub mod proxy;
+pub mod ratelimit;
 pub mod router;
 pub mod server;
 pub mod telemetry;

@@ -65,6 +65,12 @@ async fn serve(
         Match::MethodNotAllowed(allow) => return Err(GatewayError::MethodNotAllowed { allow }),
     };
     record.route = Some(route.name.clone());
+    if let Some(limiter) = &route.limiter {
+        let trusted = &gateway.config.server.trusted_proxies;
+        limiter
+            .check(&parts.headers, peer.addr.ip(), trusted)
+            .map_err(|retry_after| GatewayError::RateLimited { retry_after })?;
+    }
     let params = decode_params(raw_params.iter())?;
     let declared = content_length(&parts.headers);
     if declared.is_some_and(|n| n > route.max_request_body) {

@@ -772,24 +772,12 @@ fn read_backend(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<BackendConfi
 /// telemetry). They are validated, and the gateway says so rather than pretend.
 pub fn not_yet_enforced(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
-    if !config.server.trusted_proxies.is_empty() {
-        out.push("[server] trusted_proxies".to_string());
-    }
     if config.telemetry.otlp_endpoint.is_some() {
         out.push("[telemetry] otlp_endpoint".to_string());
-    }
-    for u in &config.upstreams {
-        let s = &u.settings;
-        if s.rate_limit.is_some() {
-            out.push(format!("[upstreams.{}] rate_limit", u.name));
-        }
     }
     for r in &config.routes {
         if r.cache.is_some() {
             out.push(format!("route {}: cache", r.name));
-        }
-        if r.rate_limit.is_some() {
-            out.push(format!("route {}: rate_limit", r.name));
         }
         for b in r.backends.iter().filter(|b| b.cache_ttl.is_some()) {
             out.push(format!("route {} backend {}: cache_ttl", r.name, b.name));

@@ -30,6 +30,8 @@ use crate::error::Failure;
 use breaker::{Breaker, BreakerState, Permit};
 use limit::{InFlight, Slot};
 
+use crate::ratelimit::Bucket;
+
 type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
 pub struct Upstream {
@@ -44,6 +46,8 @@ pub struct Upstream {
     next: AtomicUsize,
     breaker: Option<Breaker>,
     inflight: Option<InFlight>,
+    /// The upstream's own `rate_limit`, shared by every route that calls it.
+    rate: Option<Bucket>,
 }
 
 /// Why a streamed call got no response head.
@@ -89,6 +93,7 @@ impl Upstream {
                 .clone()
                 .map(|c| Breaker::new(Arc::from(name), c)),
             inflight: settings.max_concurrency.map(InFlight::new),
+            rate: settings.rate_limit.as_ref().map(Bucket::new),
         })
     }
 
@@ -125,9 +130,13 @@ impl Upstream {
         self.settings.timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT)
     }
 
-    /// This call's place under `max_concurrency`, then the breaker's leave: the cap
-    /// first, so a call shed for load never uses up a half-open probe.
+    /// The upstream's rate limit, its place under `max_concurrency`, then the
+    /// breaker's leave: load checks first, so a call shed for load never uses up a
+    /// half-open probe.
     fn guards(&self) -> Result<(Option<Slot>, Option<Permit<'_>>), Failure> {
+        if let Some(rate) = &self.rate {
+            rate.check().map_err(|_| Failure::Overloaded)?;
+        }
         let slot = match &self.inflight {
             Some(l) => Some(l.try_acquire().ok_or(Failure::Overloaded)?),
             None => None,

@@ -337,3 +337,138 @@ path = \"/r\"
     // Slots come back: the next call goes through.
     assert_eq!(gw.get("/r").await.status, 200);
 }
+
+fn limited_route(url: &str, server_extra: &str, limit: &str) -> String {
+    format!(
+        "[server]
+listen = \"127.0.0.1:0\"
+admin_listen = \"127.0.0.1:0\"
+{server_extra}
+{}
+[[routes]]
+path = \"/r\"
+rate_limit = {limit}
+  [[routes.backends]]
+  upstream = \"svc\"
+  path = \"/\"
+",
+        upstream("svc", url, "")
+    )
+}
+
+#[tokio::test]
+async fn over_the_route_limit_is_429_with_retry_after() {
+    let up = Upstream::json(json!({})).await;
+    let gw = Gateway::start(&limited_route(
+        &up.url(),
+        "",
+        "{ per_second = 0.5, burst = 2 }",
+    ))
+    .await;
+    assert_eq!(gw.get("/r").await.status, 200);
+    assert_eq!(gw.get("/r").await.status, 200);
+    let r = gw.get("/r").await;
+    r.error(429, "RATE_LIMITED");
+    let secs: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&secs), "whole seconds, at least 1: {secs}");
+    assert_eq!(up.hits(), 2, "a limited request never reaches the upstream");
+}
+
+#[tokio::test]
+async fn header_keys_get_their_own_buckets() {
+    let up = Upstream::json(json!({})).await;
+    let gw = Gateway::start(&limited_route(
+        &up.url(),
+        "",
+        "{ per_second = 0.1, burst = 1, key = \"header:x-api-key\" }",
+    ))
+    .await;
+    let get = |key: &'static str| {
+        gw.send(
+            gw.client
+                .get(format!("{}/r", gw.base))
+                .header("x-api-key", key),
+        )
+    };
+    assert_eq!(get("a").await.status, 200);
+    assert_eq!(get("a").await.status, 429);
+    assert_eq!(get("b").await.status, 200, "another key has its own bucket");
+}
+
+#[tokio::test]
+async fn a_spoofed_forwarded_for_does_not_buy_a_fresh_bucket() {
+    let up = Upstream::json(json!({})).await;
+    // The test client is 127.0.0.1; trusting only 10.0.0.0/8 makes it an ordinary client.
+    let gw = Gateway::start(&limited_route(
+        &up.url(),
+        "trusted_proxies = [\"10.0.0.0/8\"]",
+        "{ per_second = 0.1, burst = 1 }",
+    ))
+    .await;
+    let get = |xff: &'static str| {
+        gw.send(
+            gw.client
+                .get(format!("{}/r", gw.base))
+                .header("x-forwarded-for", xff),
+        )
+    };
+    assert_eq!(get("198.51.100.1").await.status, 200);
+    assert_eq!(
+        get("198.51.100.2").await.status,
+        429,
+        "the header is not believed from an untrusted peer"
+    );
+
+    // From a trusted proxy, each forwarded client has its own bucket.
+    let gw = Gateway::start(&limited_route(
+        &up.url(),
+        "trusted_proxies = [\"127.0.0.1\"]",
+        "{ per_second = 0.1, burst = 1 }",
+    ))
+    .await;
+    let get = |xff: &'static str| {
+        gw.send(
+            gw.client
+                .get(format!("{}/r", gw.base))
+                .header("x-forwarded-for", xff),
+        )
+    };
+    assert_eq!(get("198.51.100.1").await.status, 200);
+    assert_eq!(get("198.51.100.1").await.status, 429);
+    assert_eq!(get("198.51.100.2").await.status, 200);
+}
+
+#[tokio::test]
+async fn the_upstream_limit_fails_the_backend_with_overloaded() {
+    let up = Upstream::json(json!({"ok": true})).await;
+    let gw = Gateway::start(&format!(
+        "{}
+[[routes]]
+path = \"/a\"
+  [[routes.backends]]
+  upstream = \"svc\"
+  path = \"/\"
+[[routes]]
+path = \"/b\"
+  [[routes.backends]]
+  upstream = \"svc\"
+  path = \"/\"
+",
+        upstream(
+            "svc",
+            &up.url(),
+            "rate_limit = { per_second = 0.1, burst = 2 }"
+        )
+    ))
+    .await;
+    assert_eq!(gw.get("/a").await.status, 200);
+    assert_eq!(gw.get("/b").await.status, 200);
+    let e = gw.get("/a").await.error(503, "OVERLOADED");
+    assert_eq!(e["backend"], "svc");
+    gw.get("/b").await.error(503, "OVERLOADED");
+    assert_eq!(
+        up.hits(),
+        2,
+        "the limit is shared by every route using the upstream"
+    );
+}
