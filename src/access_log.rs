@@ -26,6 +26,8 @@ pub struct AccessRecord {
     pub duration: Duration,
     pub request_id: HeaderValue,
     pub partial: bool,
+    /// The route cache's verdict (`hit`, `miss`, `stale`) on routes with `cache`.
+    pub cache: Option<&'static str>,
     pub backends: Vec<(Arc<str>, Report)>,
 }
 
@@ -42,6 +44,8 @@ struct Line<'a> {
     duration_ms: f64,
     request_id: &'a str,
     partial: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache: Option<&'static str>,
     backends: Backends<'a>,
 }
 
@@ -54,6 +58,8 @@ struct BackendLine {
     status: Option<u16>,
     duration_ms: f64,
     attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache: Option<&'static str>,
 }
 
 impl Serialize for Backends<'_> {
@@ -67,6 +73,7 @@ impl Serialize for Backends<'_> {
                     status: r.status,
                     duration_ms: ms(r.elapsed),
                     attempts: r.attempts,
+                    cache: r.cache,
                 },
             )?;
         }
@@ -118,6 +125,7 @@ pub fn write(sink: &LogSink, format: LogFormat, r: &AccessRecord) {
                 duration_ms: ms(r.duration),
                 request_id: r.request_id.to_str().unwrap_or(""),
                 partial: r.partial,
+                cache: r.cache,
                 backends: Backends(&r.backends),
             };
             match serde_json::to_vec(&line) {

@@ -13,6 +13,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use serde_json::Value;
 use tokio::time::Instant;
 
+use crate::cache::{Cache, Hints, Lookup};
 use crate::error::{BackendError, Failure};
 use crate::gateway::{Backend, Route, carries_body, is_idempotent};
 use crate::merge::{self, Answer, lookup};
@@ -30,6 +31,9 @@ pub struct Call<'a> {
     pub params: &'a [String],
     /// The client sent `idempotency-key`, so its POST may be retried.
     pub idempotency_key: bool,
+    /// The client-header part of cache and coalescing keys (see `cache::vary`).
+    pub vary: &'a str,
+    pub cache: &'a Cache,
     pub deadline: Instant,
 }
 
@@ -41,6 +45,10 @@ pub struct Report {
     pub elapsed: Duration,
     /// Calls made (more than one when retried; 0 when the backend never called out).
     pub attempts: u32,
+    /// For backends with `cache_ttl`: `hit` or `miss`.
+    pub cache: Option<&'static str>,
+    /// What the upstream's `cache-control` allows (for the route cache).
+    pub hints: Hints,
 }
 
 pub type Slot = Option<Result<Answer, Failure>>;
@@ -77,7 +85,7 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
                 }
                 started[i] = Some(Instant::now());
                 progressed = true;
-                match render(route, b, call, &out.results) {
+                match render(route, b, call.params, call.query, &out.results) {
                     Ok(path) => running.push(call_backend(i, b, path, call)),
                     Err(failure) => {
                         out.reports[i] = Some(Report {
@@ -85,6 +93,8 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
                             status: None,
                             elapsed: Duration::ZERO,
                             attempts: 0,
+                            cache: None,
+                            hints: Hints::default(),
                         });
                         if settle(route, &mut out, i, Err(failure)) {
                             return out;
@@ -122,6 +132,8 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
                             status: None,
                             elapsed: now - *began,
                             attempts: 1,
+                            cache: None,
+                            hints: Hints::default(),
                         });
                     }
                     if settle(route, &mut out, i, Err(Failure::Timeout)) {
@@ -157,14 +169,15 @@ fn settle(route: &Route, out: &mut Fanout, i: usize, result: Result<Answer, Fail
 pub fn render(
     route: &Route,
     b: &Backend,
-    call: &Call<'_>,
+    params: &[String],
+    query: Option<&str>,
     results: &[Slot],
 ) -> Result<String, Failure> {
     let mut s = String::with_capacity(64);
     for part in &b.template.parts {
         match part {
             Part::Lit(l) => s.push_str(l),
-            Part::Param(i) => push_encoded(&mut s, call.params.get(*i).map_or("", String::as_str)),
+            Part::Param(i) => push_encoded(&mut s, params.get(*i).map_or("", String::as_str)),
             Part::Field { backend, path } => {
                 let dep = &results[*backend];
                 let value = match dep {
@@ -193,7 +206,7 @@ pub fn render(
             }
         }
     }
-    if let Some(q) = call.query {
+    if let Some(q) = query {
         s.push(if s.contains('?') { '&' } else { '?' });
         s.push_str(q);
     }
@@ -212,20 +225,47 @@ async fn call_backend(
     } else {
         None
     };
+    // GETs are cached (with `cache_ttl`) and coalesced under one key.
+    let key =
+        (b.method == Method::GET).then(|| format!("b|{}|GET {path}{}", b.upstream.name, call.vary));
+    if let (Some(_), Some(key)) = (b.cache_ttl, &key)
+        && let Lookup::Fresh(entry) = call.cache.lookup(key).await
+    {
+        let result = merge::decode(b, &entry.body);
+        let report = Report {
+            outcome: result.as_ref().map_or_else(Failure::outcome, |_| "ok"),
+            status: None,
+            elapsed: started.elapsed(),
+            attempts: 0,
+            cache: Some("hit"),
+            hints: Hints::default(),
+        };
+        return (i, result, report);
+    }
     let retryable = is_idempotent(&b.method) || (b.method == Method::POST && call.idempotency_key);
-    let (result, attempts) = b
-        .upstream
-        .call(
-            &b.method,
-            &path,
-            call.headers,
-            body,
-            call.deadline,
-            retryable,
-        )
-        .await;
-    let (status, result) = match result {
-        Ok((status, body)) => (Some(status.as_u16()), merge::decode(b, &body)),
+    let upstream_call = b.upstream.call(
+        &b.method,
+        &path,
+        call.headers,
+        body,
+        call.deadline,
+        retryable,
+    );
+    let ((reply, attempts), made_call) = match &key {
+        Some(key) => b.upstream.coalescer.run(key, upstream_call).await,
+        None => (upstream_call.await, true),
+    };
+    let mut hints = Hints::default();
+    let (status, result) = match reply {
+        Ok((status, body, h)) => {
+            hints = h;
+            if let (Some(ttl), Some(key), true) = (b.cache_ttl, key, made_call) {
+                call.cache
+                    .store(key, body.clone(), h.ttl(ttl), Duration::ZERO)
+                    .await;
+            }
+            (Some(status.as_u16()), merge::decode(b, &body))
+        }
         Err(f) => {
             let status = match &f {
                 Failure::ServerError(s) | Failure::Rejected(s) => Some(s.as_u16()),
@@ -238,7 +278,10 @@ async fn call_backend(
         outcome: result.as_ref().map_or_else(Failure::outcome, |_| "ok"),
         status,
         elapsed: started.elapsed(),
-        attempts,
+        // A coalesced caller made no call of its own.
+        attempts: if made_call { attempts } else { 0 },
+        cache: b.cache_ttl.map(|_| "miss"),
+        hints,
     };
     (i, result, report)
 }

@@ -10,6 +10,7 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_MANIFOLD_COMPLETED: HeaderName = HeaderName::from_static("x-manifold-completed");
+pub const X_MANIFOLD_CACHE: HeaderName = HeaderName::from_static("x-manifold-cache");
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// Forwarded always: it is what makes a POST safe to retry (CONTRACT §5).
@@ -46,6 +47,16 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
             | "transfer-encoding"
             | "upgrade"
     )
+}
+
+/// Whether `forward_headers = ["*"]` passes this client header on.
+pub fn is_forwarded_by_star(name: &HeaderName) -> bool {
+    !is_gateway_owned(name)
+        && name != header::CONTENT_TYPE
+        && name != TRACEPARENT
+        && name != TRACESTATE
+        && name != header::ACCEPT
+        && name != IDEMPOTENCY_KEY
 }
 
 /// Headers `forward_headers` never passes on, even with `"*"`: the gateway owns these.
@@ -101,11 +112,7 @@ pub fn upstream_headers(
             for (name, value) in client {
                 // Every value of a repeated header goes along; the ones copied above
                 // (and content-type, added per call) are not doubled.
-                let copied = name == TRACEPARENT
-                    || name == TRACESTATE
-                    || name == header::ACCEPT
-                    || name == IDEMPOTENCY_KEY;
-                if !is_gateway_owned(name) && name != header::CONTENT_TYPE && !copied {
+                if is_forwarded_by_star(name) {
                     out.append(name.clone(), value.clone());
                 }
             }

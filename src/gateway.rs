@@ -11,7 +11,8 @@ use std::time::Duration;
 use http::{HeaderName, Method};
 use serde_json::Value;
 
-use crate::config::{BackendConfig, Config, RouteConfig};
+use crate::cache::Cache;
+use crate::config::{BackendConfig, CacheConfig, Config, RouteConfig};
 use crate::forward::Forward;
 use crate::merge::{Decode, Shape};
 use crate::ratelimit::RouteLimiter;
@@ -24,6 +25,8 @@ pub struct Gateway {
     pub router: Router,
     pub routes: Vec<Route>,
     pub upstreams: Vec<Arc<Upstream>>,
+    /// Route and backend answers; carried over on reload while its size is unchanged.
+    pub cache: Arc<Cache>,
 }
 
 pub struct Route {
@@ -40,6 +43,7 @@ pub struct Route {
     /// Some backend calls with a method that carries the client's body.
     pub wants_body: bool,
     pub limiter: Option<RouteLimiter>,
+    pub cache: Option<CacheConfig>,
     pub backends: Vec<Backend>,
 }
 
@@ -55,6 +59,7 @@ pub struct Backend {
     pub optional: bool,
     pub default: Option<Value>,
     pub decode: Decode,
+    pub cache_ttl: Option<Duration>,
 }
 
 /// Methods a retry may repeat (CONTRACT §5); POST too when the client sent
@@ -106,10 +111,16 @@ impl Gateway {
                 .enumerate()
                 .map(|(i, r)| (&r.method, r.path.as_str(), i)),
         )?;
+        let capacity = config.server.cache_capacity;
+        let cache = match previous {
+            Some(p) if p.config.server.cache_capacity == capacity => p.cache.clone(),
+            _ => Arc::new(Cache::new(capacity)),
+        };
         Ok(Gateway {
             router,
             routes,
             upstreams: ordered,
+            cache,
             config,
         })
     }
@@ -165,6 +176,7 @@ fn compile_route(
         passthrough: r.passthrough,
         max_request_body: config.server.max_request_body,
         wants_body: backends.iter().any(|b| carries_body(&b.method)),
+        cache: r.cache.clone(),
         limiter: r
             .rate_limit
             .as_ref()
@@ -223,5 +235,6 @@ fn compile_backend(
         optional: b.optional,
         default: b.default.clone(),
         decode: Decode::Value,
+        cache_ttl: b.cache_ttl,
     })
 }

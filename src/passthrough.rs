@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::access_log::AccessRecord;
 use crate::body::{Body, IdleTimeout, RequestBody};
 use crate::error::{BackendError, Failure, GatewayError};
-use crate::fanout::{self, Call, Report};
+use crate::fanout::{self, Report};
 use crate::forward::X_REQUEST_ID;
 use crate::gateway::Route;
 use crate::proxy::content_length;
@@ -39,15 +39,7 @@ pub async fn forward(
             failure,
         })
     };
-    let call = Call {
-        headers: &headers,
-        query,
-        body: None,
-        params,
-        deadline,
-        idempotency_key: false,
-    };
-    let path = fanout::render(route, backend, &call, &[]).map_err(fail)?;
+    let path = fanout::render(route, backend, params, query, &[]).map_err(fail)?;
     let uri = upstream.uri(&path).map_err(fail)?;
 
     let mut req = Request::new(RequestBody::Full(None));
@@ -90,6 +82,8 @@ pub async fn forward(
                     status: None,
                     elapsed: started.elapsed(),
                     attempts,
+                    cache: None,
+                    hints: Default::default(),
                 },
             ));
             return Err(fail(failure));
@@ -109,6 +103,8 @@ pub async fn forward(
             status: Some(status.as_u16()),
             elapsed: started.elapsed(),
             attempts: 1,
+            cache: None,
+            hints: Default::default(),
         },
     ));
     let idle = upstream.idle_timeout();

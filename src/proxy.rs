@@ -10,9 +10,10 @@ use tokio::time::Instant;
 
 use crate::access_log::{self, AccessRecord};
 use crate::body::Body;
+use crate::cache::{self, Hints, Lookup};
 use crate::error::GatewayError;
 use crate::fanout::{self, Call};
-use crate::forward::{self, Peer, X_MANIFOLD_COMPLETED, X_REQUEST_ID};
+use crate::forward::{self, Peer, X_MANIFOLD_CACHE, X_MANIFOLD_COMPLETED, X_REQUEST_ID};
 use crate::gateway::{Gateway, Route};
 use crate::router::Match;
 use crate::server::Shared;
@@ -36,6 +37,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> 
         duration: Default::default(),
         request_id: request_id.clone(),
         partial: false,
+        cache: None,
         backends: Vec::new(),
     };
     let response = match serve(&gateway, req, peer, &request_id, &mut record).await {
@@ -113,6 +115,7 @@ async fn serve(
     let client_body = tokio::time::timeout_at(deadline, reading)
         .await
         .map_err(|_| GatewayError::RequestTimeout)??;
+    let vary = cache::vary(&parts.headers, &route.forward_headers);
     let call = Call {
         headers: &headers,
         query: query.as_deref(),
@@ -120,15 +123,90 @@ async fn serve(
         params: &params,
         deadline,
         idempotency_key: parts.headers.contains_key(forward::IDEMPOTENCY_KEY),
+        vary: &vary,
+        cache: &gateway.cache,
     };
-    let fan = fanout::run(route, &call).await;
+    let Some(cache_config) = &route.cache else {
+        let (bytes, completed, _) = merged(route, &call, record).await?;
+        return Ok(json_response(bytes, completed, request_id, None));
+    };
+
+    // The route cache: complete answers only; a stale one stands in when a fresh
+    // attempt fails, within `stale_if_error`.
+    let key = format!(
+        "r|{}|{}?{}{}",
+        route.name,
+        parts.uri.path(),
+        query.as_deref().unwrap_or(""),
+        vary
+    );
+    let stale = match gateway.cache.lookup(&key).await {
+        Lookup::Fresh(entry) => {
+            record.cache = Some("hit");
+            return Ok(json_response(entry.body, true, request_id, Some("hit")));
+        }
+        Lookup::Stale(entry) => Some(entry),
+        Lookup::Miss => None,
+    };
+    match merged(route, &call, record).await {
+        Ok((bytes, completed, hints)) => {
+            if completed {
+                let ttl = hints.ttl(cache_config.ttl);
+                let stale_for = cache_config.stale_if_error.unwrap_or_default();
+                gateway
+                    .cache
+                    .store(key, bytes.clone(), ttl, stale_for)
+                    .await;
+            }
+            record.cache = Some("miss");
+            Ok(json_response(bytes, completed, request_id, Some("miss")))
+        }
+        Err(e) => match stale {
+            Some(entry) => {
+                tracing::warn!(route = %route.name, error = e.code(), "serving a stale answer");
+                record.cache = Some("stale");
+                Ok(json_response(entry.body, true, request_id, Some("stale")))
+            }
+            None => {
+                record.cache = Some("miss");
+                let mut resp = e.into_response(request_id);
+                resp.headers_mut()
+                    .insert(X_MANIFOLD_CACHE, HeaderValue::from_static("miss"));
+                Ok(resp)
+            }
+        },
+    }
+}
+
+/// Fans out and merges: the body, whether it is complete, and what the answers'
+/// `cache-control` allows.
+async fn merged(
+    route: &Route,
+    call: &Call<'_>,
+    record: &mut AccessRecord,
+) -> Result<(Bytes, bool, Hints), GatewayError> {
+    let fan = fanout::run(route, call).await;
+    let hints = fan
+        .reports
+        .iter()
+        .flatten()
+        .fold(Hints::default(), |acc, r| acc.join(r.hints));
     record.backends = reports(route, fan.reports);
     if let Some(e) = fan.required_failure {
         return Err(GatewayError::Backend(e));
     }
     let (bytes, completed) = merge::assemble(route, fan.results).map_err(GatewayError::Backend)?;
     record.partial = !completed;
-    let mut resp = Response::new(Body::from(bytes));
+    Ok((Bytes::from(bytes), completed, hints))
+}
+
+fn json_response(
+    body: Bytes,
+    completed: bool,
+    request_id: &HeaderValue,
+    cache: Option<&'static str>,
+) -> Response<Body> {
+    let mut resp = Response::new(Body::from(body));
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -139,7 +217,10 @@ async fn serve(
         X_MANIFOLD_COMPLETED,
         HeaderValue::from_static(if completed { "true" } else { "false" }),
     );
-    Ok(resp)
+    if let Some(c) = cache {
+        h.insert(X_MANIFOLD_CACHE, HeaderValue::from_static(c));
+    }
+    resp
 }
 
 fn reports(route: &Route, reports: Vec<Option<fanout::Report>>) -> Vec<(Arc<str>, fanout::Report)> {

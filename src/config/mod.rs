@@ -42,6 +42,8 @@ pub struct ServerConfig {
     /// Event loops (threads), each with its own listener socket and upstream pools.
     /// `None`: one per CPU.
     pub workers: Option<usize>,
+    /// Bytes the response cache (route and backend answers) may hold.
+    pub cache_capacity: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +163,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_MAX_REQUEST_BODY: u64 = 1 << 20;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_RESPONSE_BODY: u64 = 16 << 20;
+pub const DEFAULT_CACHE_CAPACITY: u64 = 64 << 20;
 
 impl Config {
     /// Reads and validates a config file.
@@ -292,6 +295,7 @@ fn read_server(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<ServerConfig>
     let default_timeout = positive_duration(t, errs, "default_timeout");
     let max_request_body = t.size(errs, "max_request_body").map(|(n, _)| n);
     let shutdown_grace = t.duration(errs, "shutdown_grace").map(|(d, _)| d);
+    let cache_capacity = t.size(errs, "cache_capacity").map(|(n, _)| n);
     let workers = match t.count(errs, "workers") {
         Some((n, span)) if n == 0 || n > 1024 => {
             errs.push(
@@ -335,6 +339,7 @@ fn read_server(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<ServerConfig>
         trusted_proxies: trusted,
         shutdown_grace: shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
         workers,
+        cache_capacity: cache_capacity.unwrap_or(DEFAULT_CACHE_CAPACITY),
     })
 }
 
@@ -774,14 +779,6 @@ pub fn not_yet_enforced(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
     if config.telemetry.otlp_endpoint.is_some() {
         out.push("[telemetry] otlp_endpoint".to_string());
-    }
-    for r in &config.routes {
-        if r.cache.is_some() {
-            out.push(format!("route {}: cache", r.name));
-        }
-        for b in r.backends.iter().filter(|b| b.cache_ttl.is_some()) {
-            out.push(format!("route {} backend {}: cache_ttl", r.name, b.name));
-        }
     }
     out
 }

@@ -120,6 +120,16 @@ fn check_route(
         }
     }
 
+    if route.cache.is_some()
+        && (route.passthrough || !matches!(route.method, http::Method::GET | http::Method::HEAD))
+    {
+        errs.push(
+                Diagnostic::new(route.span.clone(), format!("route {} cannot have a `cache`", route.name))
+                    .label("only merged GET routes are cached")
+                    .note("passthrough answers are streamed, and answers to other methods are not safe to replay"),
+            );
+    }
+
     if route.passthrough {
         if route.backends.len() > 1 {
             errs.push(

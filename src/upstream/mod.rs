@@ -30,6 +30,7 @@ use crate::error::Failure;
 use breaker::{Breaker, BreakerState, Permit};
 use limit::{InFlight, Slot};
 
+use crate::cache::{Coalescer, Hints};
 use crate::ratelimit::Bucket;
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
@@ -48,7 +49,12 @@ pub struct Upstream {
     inflight: Option<InFlight>,
     /// The upstream's own `rate_limit`, shared by every route that calls it.
     rate: Option<Bucket>,
+    /// Identical GETs in flight share one call (CONTRACT §5).
+    pub coalescer: Coalescer<(Reply, u32)>,
 }
+
+/// A 2xx answer (status, body, what its `cache-control` allows), or why not.
+pub type Reply = Result<(StatusCode, Bytes, Hints), Failure>;
 
 /// Why a streamed call got no response head.
 pub enum SendError {
@@ -94,6 +100,7 @@ impl Upstream {
                 .map(|c| Breaker::new(Arc::from(name), c)),
             inflight: settings.max_concurrency.map(InFlight::new),
             rate: settings.rate_limit.as_ref().map(Bucket::new),
+            coalescer: Coalescer::default(),
         })
     }
 
@@ -189,7 +196,7 @@ impl Upstream {
         body: Option<&(Bytes, HeaderValue)>,
         route_deadline: Instant,
         retryable: bool,
-    ) -> (Result<(StatusCode, Bytes), Failure>, u32) {
+    ) -> (Reply, u32) {
         let (attempts, backoff) = match (&self.settings.retry, retryable) {
             (Some(r), true) => (r.attempts.max(1), r.backoff),
             _ => (1, Duration::ZERO),
@@ -227,7 +234,7 @@ impl Upstream {
         headers: &HeaderMap,
         body: Option<&(Bytes, HeaderValue)>,
         route_deadline: Instant,
-    ) -> Result<(StatusCode, Bytes), Failure> {
+    ) -> Reply {
         let (_slot, permit) = self.guards()?;
         let mut req = Request::new(RequestBody::Full(None));
         *req.method_mut() = method.clone();
@@ -258,7 +265,8 @@ impl Upstream {
             if !status.is_success() {
                 return Err(Failure::BadResponse("an unexpected status"));
             }
-            Ok((status, read_limited(resp, limit).await?))
+            let hints = Hints::from_headers(resp.headers());
+            Ok((status, read_limited(resp, limit).await?, hints))
         };
         let result = tokio::time::timeout_at(self.attempt_deadline(route_deadline), work)
             .await

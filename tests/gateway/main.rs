@@ -2,6 +2,7 @@
 
 mod support;
 
+mod caching;
 mod config_check;
 mod demo;
 mod failures;

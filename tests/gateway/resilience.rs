@@ -300,19 +300,22 @@ async fn past_max_concurrency_calls_fail_at_once() {
         Gateway::start(&format!(
             "{}
 [[routes]]
-path = \"/r\"
+path = \"/r/{{id}}\"
   [[routes.backends]]
   upstream = \"svc\"
-  path = \"/\"
+  path = \"/x/{{id}}\"
 ",
             upstream("svc", &up.url(), "max_concurrency = 2")
         ))
         .await,
     );
     let mut tasks = Vec::new();
-    for _ in 0..5 {
+    // Distinct paths: identical GETs would be coalesced into one call.
+    for i in 0..5 {
         let gw = gw.clone();
-        tasks.push(tokio::spawn(async move { gw.get("/r").await }));
+        tasks.push(tokio::spawn(
+            async move { gw.get(&format!("/r/{i}")).await },
+        ));
     }
     let mut ok = 0;
     let mut shed = 0;
@@ -335,7 +338,7 @@ path = \"/r\"
     assert_eq!((ok, shed), (2, 3));
     assert_eq!(up.hits(), 2);
     // Slots come back: the next call goes through.
-    assert_eq!(gw.get("/r").await.status, 200);
+    assert_eq!(gw.get("/r/9").await.status, 200);
 }
 
 fn limited_route(url: &str, server_extra: &str, limit: &str) -> String {

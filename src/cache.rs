@@ -1,0 +1,351 @@
+//! Response caching and request coalescing (CONTRACT §5).
+//!
+//! One moka cache holds route answers and backend (upstream) answers, bounded by the
+//! bytes it holds (`server.cache_capacity`). Keys hold the method, the final URL, and
+//! the values of the client headers that reach the upstream (`accept` and the route's
+//! `forward_headers`), so answers for one `authorization` never reach another. The
+//! headers the gateway makes per request (`x-request-id`, `traceparent`, ...) are not
+//! part of the key: they would make every key unique.
+//!
+//! An entry stays in the cache for its fresh time plus its `stale_if_error` time;
+//! freshness is judged on tokio's clock at lookup.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, header};
+use moka::future::Cache as Moka;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::forward::Forward;
+
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub body: Bytes,
+    pub stored: Instant,
+    pub fresh_for: Duration,
+    pub stale_for: Duration,
+}
+
+/// What a lookup found.
+pub enum Lookup {
+    Fresh(Entry),
+    /// Past its ttl but within `stale_if_error`: usable only if a fresh attempt fails.
+    Stale(Entry),
+    Miss,
+}
+
+#[derive(Clone)]
+pub struct Cache {
+    inner: Moka<String, Entry>,
+}
+
+struct Lifetime;
+
+impl moka::Expiry<String, Entry> for Lifetime {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        e: &Entry,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(e.fresh_for + e.stale_for)
+    }
+}
+
+impl Cache {
+    pub fn new(capacity_bytes: u64) -> Self {
+        let inner = Moka::builder()
+            .max_capacity(capacity_bytes)
+            .weigher(|k: &String, e: &Entry| {
+                u32::try_from(k.len() + e.body.len() + 64).unwrap_or(u32::MAX)
+            })
+            .expire_after(Lifetime)
+            .build();
+        Cache { inner }
+    }
+
+    pub async fn lookup(&self, key: &str) -> Lookup {
+        match self.inner.get(key).await {
+            Some(e) if e.stored.elapsed() < e.fresh_for => Lookup::Fresh(e),
+            Some(e) if e.stored.elapsed() < e.fresh_for + e.stale_for => Lookup::Stale(e),
+            _ => Lookup::Miss,
+        }
+    }
+
+    pub async fn store(&self, key: String, body: Bytes, fresh_for: Duration, stale_for: Duration) {
+        if fresh_for.is_zero() {
+            return;
+        }
+        let entry = Entry {
+            body,
+            stored: Instant::now(),
+            fresh_for,
+            stale_for,
+        };
+        self.inner.insert(key, entry).await;
+    }
+
+    /// Bytes held (approximate: moka applies writes in batches).
+    pub fn weighted_size(&self) -> u64 {
+        self.inner.weighted_size()
+    }
+}
+
+/// What an upstream's `cache-control` allows.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Hints {
+    /// `no-store` or `private`: never cache.
+    pub no_store: bool,
+    /// `s-maxage` (for shared caches like this one), else `max-age`.
+    pub max_age: Option<Duration>,
+}
+
+impl Hints {
+    pub fn from_headers(h: &HeaderMap) -> Self {
+        let mut hints = Hints::default();
+        let mut s_maxage = None;
+        for v in h.get_all(header::CACHE_CONTROL) {
+            let Ok(v) = v.to_str() else { continue };
+            for directive in v.split(',') {
+                let d = directive.trim().to_ascii_lowercase();
+                let (name, arg) = d.split_once('=').map_or((d.as_str(), None), |(n, a)| {
+                    (n.trim(), Some(a.trim().trim_matches('"')))
+                });
+                let secs = arg
+                    .and_then(|a| a.parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                match name {
+                    "no-store" | "private" => hints.no_store = true,
+                    "max-age" => hints.max_age = secs.or(hints.max_age),
+                    "s-maxage" => s_maxage = secs,
+                    _ => {}
+                }
+            }
+        }
+        hints.max_age = s_maxage.or(hints.max_age);
+        hints
+    }
+
+    /// Joins the hints of several answers (a merged route): the strictest wins.
+    pub fn join(self, other: Hints) -> Hints {
+        Hints {
+            no_store: self.no_store || other.no_store,
+            max_age: match (self.max_age, other.max_age) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+        }
+    }
+
+    /// The time to keep an answer: `ttl`, shortened by a smaller max-age; zero when
+    /// the upstream forbids storing it.
+    pub fn ttl(self, ttl: Duration) -> Duration {
+        if self.no_store {
+            return Duration::ZERO;
+        }
+        self.max_age.map_or(ttl, |m| m.min(ttl))
+    }
+}
+
+/// The part of a cache key that comes from the client's headers: `accept` and every
+/// forwarded header's values, in a fixed order.
+pub fn vary(client: &HeaderMap, forward: &Forward<HeaderName>) -> String {
+    let mut out = String::new();
+    let mut push = |name: &str, value: &[u8]| {
+        out.push('\n');
+        out.push_str(name);
+        out.push(':');
+        out.push_str(&String::from_utf8_lossy(value));
+    };
+    for v in client.get_all(header::ACCEPT) {
+        push("accept", v.as_bytes());
+    }
+    match forward {
+        Forward::Only(names) => {
+            for name in names {
+                for v in client.get_all(name) {
+                    push(name.as_str(), v.as_bytes());
+                }
+            }
+        }
+        Forward::All => {
+            let mut all: Vec<(&HeaderName, &http::HeaderValue)> = client
+                .iter()
+                .filter(|(n, _)| crate::forward::is_forwarded_by_star(n))
+                .collect();
+            all.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+            for (name, v) in all {
+                push(name.as_str(), v.as_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// Identical concurrent calls share one: the first caller (the leader) makes it, the
+/// others wait for its result. A leader dropped midway (its request was cancelled)
+/// lets the waiters make their own calls rather than wait forever.
+pub struct Coalescer<T: Clone> {
+    inflight: Mutex<HashMap<String, watch::Receiver<Option<T>>>>,
+}
+
+impl<T: Clone> Default for Coalescer<T> {
+    fn default() -> Self {
+        Coalescer {
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Removes the leader's entry however its call ends.
+struct Leading<'a, T: Clone> {
+    coalescer: &'a Coalescer<T>,
+    key: &'a str,
+}
+
+impl<T: Clone> Drop for Leading<'_, T> {
+    fn drop(&mut self) {
+        self.coalescer.lock().remove(self.key);
+    }
+}
+
+impl<T: Clone> Coalescer<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Receiver<Option<T>>>> {
+        // The map is only inserted into and removed from; a poisoned lock left it whole.
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `call` unless an identical one is in flight; returns the result and
+    /// whether this caller made the call.
+    pub async fn run<F>(&self, key: &str, call: F) -> (T, bool)
+    where
+        F: std::future::Future<Output = T>,
+    {
+        let waiting = self.lock().get(key).cloned();
+        if let Some(mut rx) = waiting {
+            if let Ok(value) = rx.wait_for(Option::is_some).await
+                && let Some(v) = value.clone()
+            {
+                return (v, false);
+            }
+            // The leader went away without an answer: make the call ourselves.
+            return (call.await, true);
+        }
+        let (tx, rx) = watch::channel(None);
+        self.lock().insert(key.to_string(), rx);
+        let _leading = Leading {
+            coalescer: self,
+            key,
+        };
+        let result = call.await;
+        let _ = tx.send(Some(result.clone()));
+        (result, true)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// Shared by the whole gateway and kept across reloads.
+pub type Shared = Arc<Cache>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn cache_control_hints() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=10, s-maxage=3"),
+        );
+        let hints = Hints::from_headers(&h);
+        assert_eq!(hints.max_age, Some(Duration::from_secs(3)));
+        assert_eq!(hints.ttl(Duration::from_secs(30)), Duration::from_secs(3));
+        assert_eq!(hints.ttl(Duration::from_secs(1)), Duration::from_secs(1));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("Private"));
+        assert_eq!(
+            Hints::from_headers(&h).ttl(Duration::from_secs(30)),
+            Duration::ZERO
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        assert!(Hints::from_headers(&h).no_store);
+        let joined = Hints {
+            no_store: false,
+            max_age: Some(Duration::from_secs(5)),
+        }
+        .join(Hints {
+            no_store: false,
+            max_age: Some(Duration::from_secs(2)),
+        });
+        assert_eq!(joined.max_age, Some(Duration::from_secs(2)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fresh_then_stale_then_gone() {
+        let c = Cache::new(1 << 20);
+        c.store(
+            "k".into(),
+            Bytes::from_static(b"v"),
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+        )
+        .await;
+        assert!(matches!(c.lookup("k").await, Lookup::Fresh(_)));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(matches!(c.lookup("k").await, Lookup::Stale(_)));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(matches!(c.lookup("k").await, Lookup::Miss));
+    }
+
+    #[tokio::test]
+    async fn concurrent_identical_calls_share_one() {
+        let c: Arc<Coalescer<u32>> = Arc::new(Coalescer::default());
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let (c, calls) = (c.clone(), calls.clone());
+            tasks.push(tokio::spawn(async move {
+                c.run("k", async {
+                    calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    7
+                })
+                .await
+                .0
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), 7);
+        }
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(c.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn waiters_take_over_when_the_leader_is_cancelled() {
+        let c: Arc<Coalescer<u32>> = Arc::new(Coalescer::default());
+        let leader = {
+            let c = c.clone();
+            tokio::spawn(async move {
+                c.run("k", async { std::future::pending::<u32>().await })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let follower = {
+            let c = c.clone();
+            tokio::spawn(async move { c.run("k", async { 9 }).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        leader.abort();
+        assert_eq!(follower.await.unwrap(), (9, true));
+    }
+}
