@@ -42,7 +42,8 @@ pub struct Route {
     pub max_request_body: u64,
     /// Some backend calls with a method that carries the client's body.
     pub wants_body: bool,
-    pub limiter: Option<RouteLimiter>,
+    /// Kept across reloads while the route's name and limit are unchanged.
+    pub limiter: Option<Arc<RouteLimiter>>,
     pub cache: Option<CacheConfig>,
     pub backends: Vec<Backend>,
 }
@@ -103,7 +104,7 @@ impl Gateway {
         let routes = config
             .routes
             .iter()
-            .map(|r| compile_route(&config, r, &upstreams))
+            .map(|r| compile_route(&config, r, &upstreams, previous))
             .collect::<Result<Vec<_>, String>>()?;
         let router = Router::new(
             routes
@@ -130,6 +131,7 @@ fn compile_route(
     config: &Config,
     r: &RouteConfig,
     upstreams: &HashMap<&str, Arc<Upstream>>,
+    previous: Option<&Gateway>,
 ) -> Result<Route, String> {
     let params = route_params(&r.path);
     let mut backends = r
@@ -177,10 +179,18 @@ fn compile_route(
         max_request_body: config.server.max_request_body,
         wants_body: backends.iter().any(|b| carries_body(&b.method)),
         cache: r.cache.clone(),
-        limiter: r
-            .rate_limit
-            .as_ref()
-            .map(|l| RouteLimiter::new(&l.rate, l.key.clone())),
+        limiter: r.rate_limit.as_ref().map(|l| {
+            previous
+                .and_then(|p| {
+                    p.config
+                        .routes
+                        .iter()
+                        .zip(&p.routes)
+                        .find(|(old, _)| old.name == r.name && old.rate_limit.as_ref() == Some(l))
+                        .and_then(|(_, old)| old.limiter.clone())
+                })
+                .unwrap_or_else(|| Arc::new(RouteLimiter::new(&l.rate, l.key.clone())))
+        }),
         backends,
     })
 }
@@ -237,4 +247,65 @@ fn compile_backend(
         decode: Decode::Value,
         cache_ttl: b.cache_ttl,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[upstreams.a]
+urls = ["http://127.0.0.1:1"]
+circuit_breaker = { consecutive_failures = 3, open_for = "1s" }
+[upstreams.b]
+urls = ["http://127.0.0.1:2"]
+
+[[routes]]
+name = "r"
+path = "/r"
+rate_limit = { per_second = 5, key = "global" }
+  [[routes.backends]]
+  upstream = "a"
+  path = "/"
+"#;
+
+    fn build(text: &str, previous: Option<&Gateway>) -> Gateway {
+        let config = crate::config::parse("t.toml", text).expect("valid");
+        Gateway::build(config, previous, 1).expect("builds")
+    }
+
+    #[test]
+    fn a_rebuild_keeps_the_state_of_unchanged_upstreams_routes_and_cache() {
+        let first = build(CONFIG, None);
+        let same = build(CONFIG, Some(&first));
+        assert!(
+            Arc::ptr_eq(&first.upstreams[0], &same.upstreams[0]),
+            "breaker and pools kept"
+        );
+        assert!(Arc::ptr_eq(&first.cache, &same.cache));
+        let (l1, l2) = (
+            first.routes[0].limiter.as_ref().unwrap(),
+            same.routes[0].limiter.as_ref().unwrap(),
+        );
+        assert!(Arc::ptr_eq(l1, l2), "limiter buckets kept");
+
+        let changed = build(
+            &CONFIG
+                .replace("open_for = \"1s\"", "open_for = \"2s\"")
+                .replace("per_second = 5", "per_second = 6"),
+            Some(&same),
+        );
+        assert!(
+            !Arc::ptr_eq(&same.upstreams[0], &changed.upstreams[0]),
+            "a changed upstream starts afresh"
+        );
+        assert!(
+            Arc::ptr_eq(&same.upstreams[1], &changed.upstreams[1]),
+            "its unchanged neighbour is kept"
+        );
+        assert!(!Arc::ptr_eq(
+            same.routes[0].limiter.as_ref().unwrap(),
+            changed.routes[0].limiter.as_ref().unwrap()
+        ));
+    }
 }
