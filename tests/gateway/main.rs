@@ -3,6 +3,7 @@
 mod support;
 
 mod caching;
+mod chaos;
 mod config_check;
 mod demo;
 mod failures;
