@@ -190,13 +190,15 @@ pub fn vary(client: &HeaderMap, forward: &Forward<HeaderName>) -> String {
 /// others wait for its result. A leader dropped midway (its request was cancelled)
 /// lets the waiters make their own calls rather than wait forever.
 pub struct Coalescer<T: Clone> {
-    inflight: Mutex<HashMap<String, watch::Receiver<Option<T>>>>,
+    /// foldhash: SipHash on every call's key showed up in profiles; keys here are
+    /// not attacker-chosen in a way that matters (the map only holds in-flight calls).
+    inflight: Mutex<HashMap<String, watch::Receiver<Option<T>>, foldhash::fast::RandomState>>,
 }
 
 impl<T: Clone> Default for Coalescer<T> {
     fn default() -> Self {
         Coalescer {
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::default()),
         }
     }
 }
@@ -214,7 +216,12 @@ impl<T: Clone> Drop for Leading<'_, T> {
 }
 
 impl<T: Clone> Coalescer<T> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Receiver<Option<T>>>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        HashMap<String, watch::Receiver<Option<T>>, foldhash::fast::RandomState>,
+    > {
         // The map is only inserted into and removed from; a poisoned lock left it whole.
         self.inflight.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -8,6 +8,7 @@
 //! Time is tokio's, so tests drive it with a paused clock.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -17,14 +18,23 @@ use crate::config::BreakerConfig;
 pub struct Breaker {
     config: BreakerConfig,
     upstream: std::sync::Arc<str>,
-    state: Mutex<State>,
+    /// The hot path reads only this (and, on a failure, bumps `failures`): a healthy
+    /// upstream's calls write nothing shared, so worker loops on other cores do not
+    /// fight over a cache line. Transitions happen under `transition`.
+    state: AtomicU8,
+    failures: AtomicU32,
+    transition: Mutex<Transition>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum State {
-    Closed { failures: u32 },
-    Open { until: Instant },
-    HalfOpen { probing: bool },
+const CLOSED: u8 = 0;
+const OPEN: u8 = 1;
+const HALF_OPEN: u8 = 2;
+
+struct Transition {
+    /// While open: when a probe may go.
+    until: Instant,
+    /// While half-open: a probe is out.
+    probing: bool,
 }
 
 /// What `/routes` and metrics show.
@@ -58,37 +68,46 @@ impl Breaker {
         Breaker {
             config,
             upstream,
-            state: Mutex::new(State::Closed { failures: 0 }),
+            state: AtomicU8::new(CLOSED),
+            failures: AtomicU32::new(0),
+            transition: Mutex::new(Transition {
+                until: Instant::now(),
+                probing: false,
+            }),
         }
     }
 
     /// A permit for one call, or how long until the breaker lets a probe through.
     pub fn admit(&self) -> Result<Permit<'_>, Duration> {
+        if self.state.load(Ordering::Acquire) == CLOSED {
+            return Ok(self.permit(false));
+        }
         let now = Instant::now();
-        let mut state = self.lock();
-        match *state {
-            State::Closed { .. } => Ok(self.permit(false)),
-            State::Open { until } if now >= until => {
-                *state = State::HalfOpen { probing: true };
-                drop(state);
+        let mut t = self.lock();
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => Ok(self.permit(false)),
+            OPEN if now >= t.until => {
+                self.state.store(HALF_OPEN, Ordering::Release);
+                t.probing = true;
+                drop(t);
                 tracing::info!(upstream = %self.upstream, "circuit breaker half-open: letting one probe through");
                 Ok(self.permit(true))
             }
-            State::Open { until } => Err(until - now),
-            State::HalfOpen { probing: false } => {
-                *state = State::HalfOpen { probing: true };
+            OPEN => Err(t.until - now),
+            _ if !t.probing => {
+                t.probing = true;
                 Ok(self.permit(true))
             }
             // A probe is out; everyone else waits for its verdict.
-            State::HalfOpen { probing: true } => Err(Duration::from_secs(1)),
+            _ => Err(Duration::from_secs(1)),
         }
     }
 
     pub fn state(&self) -> BreakerState {
-        match *self.lock() {
-            State::Closed { .. } => BreakerState::Closed,
-            State::Open { .. } => BreakerState::Open,
-            State::HalfOpen { .. } => BreakerState::HalfOpen,
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => BreakerState::Closed,
+            OPEN => BreakerState::Open,
+            _ => BreakerState::HalfOpen,
         }
     }
 
@@ -100,50 +119,61 @@ impl Breaker {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // The state is a few words always left consistent; a panic elsewhere while
-        // holding the lock cannot leave it half-written, so poisoning is ignored.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Transition> {
+        // Two plain fields always left consistent; a panic elsewhere while holding the
+        // lock cannot leave them half-written, so poisoning is ignored.
+        self.transition.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn open(&self, t: &mut Transition) {
+        t.until = Instant::now() + self.config.open_for;
+        t.probing = false;
+        self.failures.store(0, Ordering::Relaxed);
+        self.state.store(OPEN, Ordering::Release);
     }
 
     fn on_result(&self, probe: bool, fault: bool) {
-        let mut state = self.lock();
-        let before = *state;
-        *state = match (before, fault) {
-            (State::Closed { .. }, false) => State::Closed { failures: 0 },
-            (State::Closed { failures }, true)
-                if failures + 1 >= self.config.consecutive_failures =>
-            {
-                State::Open {
-                    until: Instant::now() + self.config.open_for,
+        if !probe {
+            if self.state.load(Ordering::Acquire) != CLOSED {
+                // Admitted before the breaker opened: its verdict is stale.
+                return;
+            }
+            if !fault {
+                if self.failures.load(Ordering::Relaxed) != 0 {
+                    self.failures.store(0, Ordering::Relaxed);
                 }
+                return;
             }
-            (State::Closed { failures }, true) => State::Closed {
-                failures: failures + 1,
-            },
-            (State::HalfOpen { .. }, false) if probe => State::Closed { failures: 0 },
-            (State::HalfOpen { .. }, true) if probe => State::Open {
-                until: Instant::now() + self.config.open_for,
-            },
-            // A call admitted before the breaker opened: its verdict is stale.
-            (other, _) => other,
-        };
-        let after = *state;
-        drop(state);
-        match (before, after) {
-            (State::Closed { .. }, State::Open { .. }) => tracing::warn!(
-                upstream = %self.upstream,
-                failures = self.config.consecutive_failures,
-                open_for = ?self.config.open_for,
-                "circuit breaker opened"
-            ),
-            (State::HalfOpen { .. }, State::Open { .. }) => {
-                tracing::warn!(upstream = %self.upstream, "circuit breaker probe failed; open again")
+            if self.failures.fetch_add(1, Ordering::AcqRel) + 1 < self.config.consecutive_failures {
+                return;
             }
-            (State::HalfOpen { .. }, State::Closed { .. }) => {
-                tracing::info!(upstream = %self.upstream, "circuit breaker probe succeeded; closed")
+            let mut t = self.lock();
+            if self.state.load(Ordering::Acquire) == CLOSED {
+                self.open(&mut t);
+                drop(t);
+                tracing::warn!(
+                    upstream = %self.upstream,
+                    failures = self.config.consecutive_failures,
+                    open_for = ?self.config.open_for,
+                    "circuit breaker opened"
+                );
             }
-            _ => {}
+            return;
+        }
+        let mut t = self.lock();
+        if self.state.load(Ordering::Acquire) != HALF_OPEN {
+            return;
+        }
+        if fault {
+            self.open(&mut t);
+            drop(t);
+            tracing::warn!(upstream = %self.upstream, "circuit breaker probe failed; open again");
+        } else {
+            t.probing = false;
+            self.failures.store(0, Ordering::Relaxed);
+            self.state.store(CLOSED, Ordering::Release);
+            drop(t);
+            tracing::info!(upstream = %self.upstream, "circuit breaker probe succeeded; closed");
         }
     }
 }
@@ -159,9 +189,9 @@ impl Permit<'_> {
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if self.probe && !self.recorded {
-            let mut state = self.breaker.lock();
-            if *state == (State::HalfOpen { probing: true }) {
-                *state = State::HalfOpen { probing: false };
+            let mut t = self.breaker.lock();
+            if self.breaker.state.load(Ordering::Acquire) == HALF_OPEN {
+                t.probing = false;
             }
         }
     }
