@@ -66,5 +66,55 @@ fn merge(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, merge);
+/// A route-cache hit: the key from the request (path, query, client headers that
+/// reach upstreams), the lookup, and the stored body handed back.
+fn route_cache_hit(c: &mut Criterion) {
+    use manifold::cache::{Cache, Lookup};
+    use manifold::forward::Forward;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let cache = Cache::new(64 << 20);
+    let forward = Forward::Only(vec![
+        http::header::AUTHORIZATION,
+        http::HeaderName::from_static("accept-language"),
+    ]);
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::AUTHORIZATION,
+        http::HeaderValue::from_static("Bearer abc.def.ghi"),
+    );
+    headers.insert("accept-language", http::HeaderValue::from_static("de"));
+    headers.insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static("application/json"),
+    );
+    let body = bytes::Bytes::from_static(include_bytes!("data/orders.json"));
+    let key = |h: &http::HeaderMap| {
+        format!(
+            "r|dashboard|/api/dashboard/42?lang=de{}",
+            manifold::cache::vary(h, &forward)
+        )
+    };
+    rt.block_on(cache.store(
+        key(&headers),
+        body,
+        std::time::Duration::from_secs(60),
+        std::time::Duration::ZERO,
+    ));
+
+    c.bench_function("route_cache_hit", |b| {
+        b.iter(|| {
+            let k = key(black_box(&headers));
+            match rt.block_on(cache.lookup(&k)) {
+                Lookup::Fresh(entry) => black_box(entry.body),
+                _ => panic!("expected a hit"),
+            }
+        })
+    });
+}
+
+criterion_group!(benches, merge, route_cache_hit);
 criterion_main!(benches);
