@@ -164,6 +164,9 @@ pub fn vary(client: &HeaderMap, forward: &Forward<HeaderName>) -> String {
     for v in client.get_all(header::ACCEPT) {
         push("accept", v.as_bytes());
     }
+    for v in client.get_all(crate::forward::IDEMPOTENCY_KEY) {
+        push("idempotency-key", v.as_bytes());
+    }
     match forward {
         Forward::Only(names) => {
             for name in names {

@@ -190,10 +190,10 @@ impl GatewayError {
         h.insert(crate::forward::X_REQUEST_ID, request_id.clone());
         let retry = match &self {
             GatewayError::RateLimited { retry_after } => Some(*retry_after),
-            GatewayError::Backend(BackendError {
-                failure: Failure::CircuitOpen { retry_after },
-                ..
-            }) => Some(*retry_after),
+            GatewayError::Backend(e) => match root_cause(&e.failure) {
+                Failure::CircuitOpen { retry_after } => Some(*retry_after),
+                _ => None,
+            },
             _ => None,
         };
         if let Some(d) = retry {
@@ -277,6 +277,23 @@ mod tests {
         assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
         assert_eq!(retry_after_secs(Duration::ZERO), 1);
         assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);
+    }
+
+    #[test]
+    fn an_open_circuit_behind_a_dependency_still_says_when_to_retry() {
+        let e = GatewayError::Backend(BackendError {
+            backend: Arc::from("orders"),
+            upstream: Arc::from("orders"),
+            failure: Failure::Dependency {
+                dep: Arc::from("user"),
+                cause: Box::new(Failure::CircuitOpen {
+                    retry_after: Duration::from_millis(2500),
+                }),
+            },
+        });
+        let resp = e.into_response(&HeaderValue::from_static("id"));
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "3");
     }
 
     #[test]

@@ -232,13 +232,18 @@ async fn call_backend(
         && let Lookup::Fresh(entry) = call.cache.lookup(key).await
     {
         let result = merge::decode(b, &entry.body);
+        // A route answer built on this one must not outlive it.
+        let left = entry.fresh_for.saturating_sub(entry.stored.elapsed());
         let report = Report {
             outcome: result.as_ref().map_or_else(Failure::outcome, |_| "ok"),
             status: None,
             elapsed: started.elapsed(),
             attempts: 0,
             cache: Some("hit"),
-            hints: Hints::default(),
+            hints: Hints {
+                no_store: false,
+                max_age: Some(left),
+            },
         };
         return (i, result, report);
     }
@@ -259,12 +264,16 @@ async fn call_backend(
     let (status, result) = match reply {
         Ok((status, body, h)) => {
             hints = h;
-            if let (Some(ttl), Some(key), true) = (b.cache_ttl, key, made_call) {
+            let decoded = merge::decode(b, &body);
+            // Only answers that decoded are kept: a bad body is not served again.
+            if let (Some(ttl), Some(key), true, true) =
+                (b.cache_ttl, key, made_call, decoded.is_ok())
+            {
                 call.cache
-                    .store(key, body.clone(), h.ttl(ttl), Duration::ZERO)
+                    .store(key, body, h.ttl(ttl), Duration::ZERO)
                     .await;
             }
-            (Some(status.as_u16()), merge::decode(b, &body))
+            (Some(status.as_u16()), decoded)
         }
         Err(f) => {
             let status = match &f {

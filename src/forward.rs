@@ -142,7 +142,7 @@ fn forwarded_for(client: &HeaderMap, peer: &Peer) -> HeaderValue {
     if chain.is_empty() {
         return peer.ip_header.clone();
     }
-    let value = format!("{}, {}", chain.join(", "), peer.addr.ip());
+    let value = format!("{}, {}", chain.join(", "), peer.addr.ip().to_canonical());
     HeaderValue::from_str(&value).unwrap_or_else(|_| peer.ip_header.clone())
 }
 
@@ -156,7 +156,8 @@ pub struct Peer {
 
 impl Peer {
     pub fn new(addr: SocketAddr) -> Self {
-        let ip_header = HeaderValue::from_str(&addr.ip().to_string())
+        // ::ffff:a.b.c.d (an IPv4 client on a dual-stack listener) is written as a.b.c.d.
+        let ip_header = HeaderValue::from_str(&addr.ip().to_canonical().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Peer { addr, ip_header }
     }

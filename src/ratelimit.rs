@@ -119,6 +119,8 @@ impl RouteLimiter {
 
 /// The client's address for rate limiting (see the module docs).
 pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
+    // On a dual-stack `[::]` listener IPv4 peers arrive as ::ffff:a.b.c.d.
+    let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return peer;
@@ -136,6 +138,7 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr
         let Ok(ip) = part.trim().parse::<IpAddr>() else {
             return client;
         };
+        let ip = ip.to_canonical();
         client = ip;
         if !is_trusted(&ip) {
             break;
@@ -188,6 +191,18 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
         l.keyed.retain_recent();
         assert_eq!(l.keys(), 0, "full buckets carry nothing and are dropped");
+    }
+
+    #[test]
+    fn ipv4_peers_on_a_dual_stack_listener_match_ipv4_ranges() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.7"));
+        let mapped: IpAddr = "::ffff:10.9.9.9".parse().unwrap();
+        assert_eq!(
+            client_ip(&h, mapped, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

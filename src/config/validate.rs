@@ -125,9 +125,20 @@ fn check_route(
     {
         errs.push(
                 Diagnostic::new(route.span.clone(), format!("route {} cannot have a `cache`", route.name))
-                    .label("only merged GET routes are cached")
+                    .label("only merged GET or HEAD routes are cached")
                     .note("passthrough answers are streamed, and answers to other methods are not safe to replay"),
             );
+    }
+
+    for b in &route.backends {
+        let method = b.method.as_ref().unwrap_or(&route.method);
+        if b.cache_ttl.is_some() && (route.passthrough || *method != http::Method::GET) {
+            errs.push(
+                Diagnostic::new(b.name_span.clone(), format!("backend `{}` of route {} cannot have a `cache_ttl`", b.name, route.name))
+                    .label("only GET backends of merged routes are cached")
+                    .note("answers to other methods are not safe to replay; passthrough answers are streamed"),
+            );
+        }
     }
 
     if route.passthrough {

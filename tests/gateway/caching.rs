@@ -240,3 +240,39 @@ async fn identical_concurrent_gets_share_one_upstream_call() {
     assert_eq!((a.status, b.status), (200, 200));
     assert!(up.hits() >= 3);
 }
+
+#[tokio::test]
+async fn a_bad_body_is_not_kept_by_the_backend_cache() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let up = Upstream::start(move |_| {
+        let first = n.fetch_add(1, Ordering::SeqCst) == 0;
+        async move {
+            if first {
+                crate::support::raw(200, "application/json", "not json")
+            } else {
+                json(200, json!({"ok": true}))
+            }
+        }
+    })
+    .await;
+    let gw = Gateway::start(&format!(
+        "{}
+[[routes]]
+path = \"/a\"
+  [[routes.backends]]
+  upstream = \"svc\"
+  path = \"/x\"
+  cache_ttl = \"30s\"
+",
+        upstream("svc", &up.url(), "")
+    ))
+    .await;
+    gw.get("/a").await.error(502, "UPSTREAM_BAD_RESPONSE");
+    assert_eq!(gw.get("/a").await.json(), json!({"ok": true}));
+    assert_eq!(gw.get("/a").await.json(), json!({"ok": true}));
+    assert_eq!(
+        up.hits(),
+        2,
+        "the good answer is cached, the bad one was not"
+    );
+}
