@@ -22,6 +22,8 @@ pub struct AccessRecord {
     pub method: Method,
     pub path: String,
     pub route: Option<Arc<str>>,
+    /// Which route of the gateway snapshot served it (for its metrics).
+    pub route_index: Option<usize>,
     pub status: u16,
     pub duration: Duration,
     pub request_id: HeaderValue,

@@ -8,8 +8,10 @@ use serde_json::{Map, Value, json};
 
 use crate::body::Body;
 use crate::gateway::Gateway;
+use crate::metrics::METRICS;
 use crate::proxy::plain;
 use crate::server::Shared;
+use crate::upstream::breaker::BreakerState;
 
 pub fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
@@ -19,11 +21,30 @@ pub fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         }
         "/ready" => plain(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not_ready"}"#),
         "/routes" => json_response(&routes(&shared.gateway.load())),
+        "/metrics" => metrics(&shared.gateway.load()),
         _ => plain(
             StatusCode::NOT_FOUND,
-            r#"{"error":{"code":"ROUTE_NOT_FOUND","message":"admin endpoints: /health /ready /routes"}}"#,
+            r#"{"error":{"code":"ROUTE_NOT_FOUND","message":"admin endpoints: /health /ready /routes /metrics"}}"#,
         ),
     }
+}
+
+/// Prometheus text (OpenMetrics); breaker gauges are read at scrape time.
+fn metrics(gw: &Gateway) -> Response<Body> {
+    for u in &gw.upstreams {
+        let state = match u.breaker_state() {
+            Some(BreakerState::Open) => 1,
+            Some(BreakerState::HalfOpen) => 2,
+            _ => 0,
+        };
+        METRICS.breaker_state(&u.name, state);
+    }
+    let mut r = Response::new(Body::from(METRICS.encode().into_bytes()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
 }
 
 fn json_response(v: &Value) -> Response<Body> {

@@ -17,6 +17,7 @@ use crate::cache::{Cache, Hints, Lookup};
 use crate::error::{BackendError, Failure};
 use crate::gateway::{Backend, Route, carries_body, is_idempotent};
 use crate::merge::{self, Answer, lookup};
+use crate::metrics::METRICS;
 use crate::template::{Part, push_encoded};
 
 /// What a request brings to its backend calls.
@@ -232,6 +233,7 @@ async fn call_backend(
         && let Lookup::Fresh(entry) = call.cache.lookup(key).await
     {
         let result = merge::decode(b, &entry.body);
+        METRICS.cache_result("backend", "hit");
         // A route answer built on this one must not outlive it.
         let left = entry.fresh_for.saturating_sub(entry.stored.elapsed());
         let report = Report {
@@ -246,6 +248,9 @@ async fn call_backend(
             },
         };
         return (i, result, report);
+    }
+    if b.cache_ttl.is_some() && key.is_some() {
+        METRICS.cache_result("backend", "miss");
     }
     let retryable = is_idempotent(&b.method) || (b.method == Method::POST && call.idempotency_key);
     let upstream_call = b.upstream.call(

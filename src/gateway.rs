@@ -15,6 +15,7 @@ use crate::cache::Cache;
 use crate::config::{BackendConfig, CacheConfig, Config, RouteConfig};
 use crate::forward::Forward;
 use crate::merge::{Decode, Shape};
+use crate::metrics::{METRICS, RouteMetrics};
 use crate::ratelimit::RouteLimiter;
 use crate::router::Router;
 use crate::template::{Part, Template, route_params};
@@ -45,6 +46,7 @@ pub struct Route {
     /// Kept across reloads while the route's name and limit are unchanged.
     pub limiter: Option<Arc<RouteLimiter>>,
     pub cache: Option<CacheConfig>,
+    pub metrics: RouteMetrics,
     pub backends: Vec<Backend>,
 }
 
@@ -178,6 +180,7 @@ fn compile_route(
         passthrough: r.passthrough,
         max_request_body: config.server.max_request_body,
         wants_body: backends.iter().any(|b| carries_body(&b.method)),
+        metrics: METRICS.route(&r.name, r.method.as_str()),
         cache: r.cache.clone(),
         limiter: r.rate_limit.as_ref().map(|l| {
             previous

@@ -17,6 +17,7 @@ pub mod fanout;
 pub mod forward;
 pub mod gateway;
 pub mod merge;
+pub mod metrics;
 pub mod passthrough;
 pub mod proxy;
 pub mod ratelimit;

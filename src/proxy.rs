@@ -15,6 +15,7 @@ use crate::error::GatewayError;
 use crate::fanout::{self, Call};
 use crate::forward::{self, Peer, X_MANIFOLD_CACHE, X_MANIFOLD_COMPLETED, X_REQUEST_ID};
 use crate::gateway::{Gateway, Route};
+use crate::metrics::METRICS;
 use crate::router::Match;
 use crate::server::Shared;
 use crate::{merge, passthrough};
@@ -33,6 +34,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> 
             String::new()
         },
         route: None,
+        route_index: None,
         status: 0,
         duration: Default::default(),
         request_id: request_id.clone(),
@@ -40,14 +42,24 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> 
         cache: None,
         backends: Vec::new(),
     };
+    METRICS.inflight.inc();
     let response = match serve(&gateway, req, peer, &request_id, &mut record).await {
         Ok(r) => r,
         Err(e) => e.into_response(&request_id),
     };
+    METRICS.inflight.dec();
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    match record.route_index {
+        Some(i) => gateway.routes[i]
+            .metrics
+            .observe(status, elapsed.as_secs_f64()),
+        None => METRICS.unmatched(&record.method, status, elapsed.as_secs_f64()),
+    }
     let telemetry = &gateway.config.telemetry;
     if telemetry.access_log {
-        record.status = response.status().as_u16();
-        record.duration = started.elapsed();
+        record.status = status;
+        record.duration = elapsed;
         access_log::write(&shared.log_sink, telemetry.log_format, &record);
     }
     response
@@ -62,7 +74,10 @@ async fn serve(
 ) -> Result<Response<Body>, GatewayError> {
     let (parts, body) = req.into_parts();
     let (route, raw_params) = match gateway.router.find(&parts.method, parts.uri.path()) {
-        Match::Found { route, params } => (&gateway.routes[route], params),
+        Match::Found { route, params } => {
+            record.route_index = Some(route);
+            (&gateway.routes[route], params)
+        }
         Match::NotFound => return Err(GatewayError::RouteNotFound),
         Match::MethodNotAllowed(allow) => return Err(GatewayError::MethodNotAllowed { allow }),
     };
@@ -71,7 +86,10 @@ async fn serve(
         let trusted = &gateway.config.server.trusted_proxies;
         limiter
             .check(&parts.headers, peer.addr.ip(), trusted)
-            .map_err(|retry_after| GatewayError::RateLimited { retry_after })?;
+            .map_err(|retry_after| {
+                route.metrics.rate_limited();
+                GatewayError::RateLimited { retry_after }
+            })?;
     }
     let params = decode_params(raw_params.iter())?;
     let declared = content_length(&parts.headers);
@@ -143,6 +161,7 @@ async fn serve(
     let stale = match gateway.cache.lookup(&key).await {
         Lookup::Fresh(entry) => {
             record.cache = Some("hit");
+            METRICS.cache_result("route", "hit");
             return Ok(json_response(entry.body, true, request_id, Some("hit")));
         }
         Lookup::Stale(entry) => Some(entry),
@@ -159,16 +178,19 @@ async fn serve(
                     .await;
             }
             record.cache = Some("miss");
+            METRICS.cache_result("route", "miss");
             Ok(json_response(bytes, completed, request_id, Some("miss")))
         }
         Err(e) => match stale {
             Some(entry) => {
                 tracing::warn!(route = %route.name, error = e.code(), "serving a stale answer");
                 record.cache = Some("stale");
+                METRICS.cache_result("route", "stale");
                 Ok(json_response(entry.body, true, request_id, Some("stale")))
             }
             None => {
                 record.cache = Some("miss");
+                METRICS.cache_result("route", "miss");
                 let mut resp = e.into_response(request_id);
                 resp.headers_mut()
                     .insert(X_MANIFOLD_CACHE, HeaderValue::from_static("miss"));

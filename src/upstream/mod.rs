@@ -31,6 +31,7 @@ use breaker::{Breaker, BreakerState, Permit};
 use limit::{InFlight, Slot};
 
 use crate::cache::{Coalescer, Hints};
+use crate::metrics::{METRICS, UpstreamMetrics};
 use crate::ratelimit::Bucket;
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
@@ -51,6 +52,7 @@ pub struct Upstream {
     rate: Option<Bucket>,
     /// Identical GETs in flight share one call (CONTRACT §5).
     pub coalescer: Coalescer<(Reply, u32)>,
+    metrics: UpstreamMetrics,
 }
 
 /// A 2xx answer (status, body, what its `cache-control` allows), or why not.
@@ -101,6 +103,7 @@ impl Upstream {
             inflight: settings.max_concurrency.map(InFlight::new),
             rate: settings.rate_limit.as_ref().map(Bucket::new),
             coalescer: Coalescer::default(),
+            metrics: METRICS.upstream(name),
         })
     }
 
@@ -170,13 +173,29 @@ impl Upstream {
         req: Request<RequestBody>,
         route_deadline: Instant,
     ) -> Result<(Response<Incoming>, Option<Slot>), SendError> {
-        let (slot, permit) = self.guards().map_err(SendError::Refused)?;
+        let started = Instant::now();
+        let (slot, permit) = match self.guards() {
+            Ok(g) => g,
+            Err(f) => {
+                self.metrics.observe(f.outcome(), 0.0);
+                return Err(SendError::Refused(f));
+            }
+        };
         let deadline = self.attempt_deadline(route_deadline);
         let result = tokio::time::timeout_at(deadline, self.client().request(req)).await;
         let fault = !matches!(&result, Ok(Ok(resp)) if !resp.status().is_server_error());
         if let Some(p) = permit {
             p.record(fault);
         }
+        let outcome = match &result {
+            Ok(Ok(resp)) if resp.status().is_server_error() => "error",
+            Ok(Ok(resp)) if resp.status().is_client_error() => "rejected",
+            Ok(Ok(_)) => "ok",
+            Ok(Err(_)) => "error",
+            Err(_) => "timeout",
+        };
+        self.metrics
+            .observe(outcome, started.elapsed().as_secs_f64());
         match result {
             Ok(Ok(resp)) => Ok((resp, slot)),
             Ok(Err(e)) => Err(SendError::Transport(e)),
@@ -204,6 +223,7 @@ impl Upstream {
         let mut n = 0;
         loop {
             n += 1;
+            let started = Instant::now();
             let result = match self.uri(path) {
                 Ok(uri) => {
                     self.attempt(method, uri, headers, body, route_deadline)
@@ -211,6 +231,9 @@ impl Upstream {
                 }
                 Err(f) => Err(f),
             };
+            let outcome = result.as_ref().map_or_else(Failure::outcome, |_| "ok");
+            self.metrics
+                .observe(outcome, started.elapsed().as_secs_f64());
             let again = n < attempts
                 && matches!(&result, Err(f) if retries_on(f))
                 && Instant::now() + backoff < route_deadline;

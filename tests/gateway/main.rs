@@ -9,6 +9,7 @@ mod demo;
 mod failures;
 mod fanout;
 mod hygiene;
+mod metrics;
 mod passthrough;
 mod resilience;
 mod server;

@@ -1,0 +1,277 @@
+//! Prometheus metrics on the admin listener's `/metrics` (CONTRACT §6). The names are a
+//! contract: dashboards and alerts depend on them.
+//!
+//! One registry for the process. Handles are made when a config is compiled (per route,
+//! per upstream), so the request path only does atomic observes: no label hashing, no
+//! lock, no allocation. Labels are bounded: route names or templates (`unmatched` when
+//! no route matched), upstream names, status classes, fixed outcome words.
+
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamName {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    cache: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteName {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    upstream: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
+    breaker: Family<UpstreamName, Gauge>,
+    cache: Family<CacheLabels, Counter>,
+    rate_limited: Family<RouteName, Counter>,
+    pub inflight: Gauge,
+    reloads: Family<ReloadLabels, Counter>,
+}
+
+/// Seconds: 1 ms to 10 s, the range a gateway's answers live in.
+const BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// Status classes, indexed by the first digit (1xx..5xx).
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Upstream outcomes, in [`OUTCOMES`] order.
+pub const OUTCOMES: [&str; 6] = [
+    "ok",
+    "rejected",
+    "error",
+    "timeout",
+    "circuit_open",
+    "overloaded",
+];
+
+/// One route's request histograms, one per status class.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    by_class: [Histogram; 5],
+    rate_limited: Counter,
+}
+
+/// One upstream's call histograms, one per outcome.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    by_outcome: [Histogram; 6],
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            histogram as fn() -> Histogram,
+        );
+        let upstream = Family::<UpstreamLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            histogram as fn() -> Histogram,
+        );
+        let breaker = Family::<UpstreamName, Gauge>::default();
+        let cache = Family::<CacheLabels, Counter>::default();
+        let rate_limited = Family::<RouteName, Counter>::default();
+        let inflight = Gauge::default();
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "http_server_request_duration_seconds",
+            "Time to answer client requests, by route, method and status class",
+            requests.clone(),
+        );
+        registry.register(
+            "manifold_upstream_request_duration_seconds",
+            "Time of calls to upstreams (each attempt), by upstream and outcome",
+            upstream.clone(),
+        );
+        registry.register(
+            "manifold_circuit_breaker_state",
+            "Circuit breaker state per upstream: 0 closed, 1 open, 2 half-open",
+            breaker.clone(),
+        );
+        registry.register(
+            "manifold_cache_requests",
+            "Cache lookups by cache (route, backend) and result (hit, miss, stale)",
+            cache.clone(),
+        );
+        registry.register(
+            "manifold_rate_limited",
+            "Requests refused by a route's rate limit",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "manifold_inflight_requests",
+            "Client requests being served now",
+            inflight.clone(),
+        );
+        registry.register(
+            "manifold_config_reloads",
+            "Config reloads by result (ok, error)",
+            reloads.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            upstream,
+            breaker,
+            cache,
+            rate_limited,
+            inflight,
+            reloads,
+        }
+    }
+
+    pub fn route(&self, route: &str, method: &str) -> RouteMetrics {
+        let by_class = CLASSES.map(|class| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    route: route.to_string(),
+                    method: method.to_string(),
+                    status: class.to_string(),
+                })
+                .clone()
+        });
+        let rate_limited = self
+            .rate_limited
+            .get_or_create(&RouteName {
+                route: route.to_string(),
+            })
+            .clone();
+        RouteMetrics {
+            by_class,
+            rate_limited,
+        }
+    }
+
+    pub fn upstream(&self, name: &str) -> UpstreamMetrics {
+        let by_outcome = OUTCOMES.map(|outcome| {
+            self.upstream
+                .get_or_create(&UpstreamLabels {
+                    upstream: name.to_string(),
+                    outcome: outcome.to_string(),
+                })
+                .clone()
+        });
+        UpstreamMetrics { by_outcome }
+    }
+
+    /// For requests no route matched: `route="unmatched"`, and methods outside the
+    /// standard set as `OTHER`, so a client cannot mint label values.
+    pub fn unmatched(&self, method: &http::Method, status: u16, secs: f64) {
+        let method = match *method {
+            http::Method::GET
+            | http::Method::HEAD
+            | http::Method::POST
+            | http::Method::PUT
+            | http::Method::DELETE
+            | http::Method::PATCH
+            | http::Method::OPTIONS => method.as_str(),
+            _ => "OTHER",
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: "unmatched".into(),
+                method: method.into(),
+                status: class(status).into(),
+            })
+            .observe(secs);
+    }
+
+    pub fn cache_result(&self, cache: &'static str, result: &'static str) {
+        self.cache
+            .get_or_create(&CacheLabels {
+                cache: cache.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .get_or_create(&ReloadLabels {
+                result: if ok { "ok" } else { "error" }.into(),
+            })
+            .inc();
+    }
+
+    pub fn breaker_state(&self, upstream: &str, state: i64) {
+        self.breaker
+            .get_or_create(&UpstreamName {
+                upstream: upstream.to_string(),
+            })
+            .set(state);
+    }
+
+    /// The text exposition (OpenMetrics).
+    pub fn encode(&self) -> String {
+        // Both series exist from the start, so dashboards see 0 rather than no data.
+        let _ = self.reloads.get_or_create(&ReloadLabels {
+            result: "ok".into(),
+        });
+        let _ = self.reloads.get_or_create(&ReloadLabels {
+            result: "error".into(),
+        });
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn class(status: u16) -> &'static str {
+    CLASSES[usize::from((status / 100).clamp(1, 5) - 1)]
+}
+
+impl RouteMetrics {
+    pub fn observe(&self, status: u16, secs: f64) {
+        self.by_class[usize::from((status / 100).clamp(1, 5) - 1)].observe(secs);
+    }
+
+    pub fn rate_limited(&self) {
+        self.rate_limited.inc();
+    }
+}
+
+impl UpstreamMetrics {
+    pub fn observe(&self, outcome: &str, secs: f64) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.by_outcome[i].observe(secs);
+        }
+    }
+}
