@@ -227,8 +227,8 @@ async fn call_backend(
         None
     };
     // GETs are cached (with `cache_ttl`) and coalesced under one key.
-    let key =
-        (b.method == Method::GET).then(|| format!("b|{}|GET {path}{}", b.upstream.name, call.vary));
+    let key = (b.method == Method::GET)
+        .then(|| format!("{}GET {path}{}", b.upstream.cache_prefix, call.vary));
     if let (Some(_), Some(key)) = (b.cache_ttl, &key)
         && let Lookup::Fresh(entry) = call.cache.lookup(key).await
     {

@@ -46,6 +46,9 @@ pub struct Route {
     /// Kept across reloads while the route's name and limit are unchanged.
     pub limiter: Option<Arc<RouteLimiter>>,
     pub cache: Option<CacheConfig>,
+    /// Starts this route's cache keys: its name and a fingerprint of its definition, so
+    /// a reload that changes the route never serves answers cached under the old one.
+    pub cache_prefix: String,
     pub metrics: RouteMetrics,
     pub backends: Vec<Backend>,
 }
@@ -180,6 +183,7 @@ fn compile_route(
         passthrough: r.passthrough,
         max_request_body: config.server.max_request_body,
         wants_body: backends.iter().any(|b| carries_body(&b.method)),
+        cache_prefix: format!("r|{}|{:016x}|", r.name, fingerprint(&format!("{r:?}"))),
         metrics: METRICS.route(&r.name, r.method.as_str()),
         cache: r.cache.clone(),
         limiter: r.rate_limit.as_ref().map(|l| {
@@ -311,4 +315,13 @@ rate_limit = { per_second = 5, key = "global" }
             changed.routes[0].limiter.as_ref().unwrap()
         ));
     }
+}
+
+/// A stable hash of a config section's text, for cache key prefixes.
+pub fn fingerprint(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // DefaultHasher::new() has fixed keys: the same text hashes the same in every run.
+    let mut h = std::hash::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }

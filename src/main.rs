@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use manifold::config::{Config, LogFormat};
@@ -51,7 +52,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Check { file } => check(&file.unwrap_or(cli.config)),
         Command::Routes { file } => routes(&file.unwrap_or(cli.config)),
-        Command::Serve => run(load(&cli.config), false),
+        Command::Serve => run(load(&cli.config), false, Some(cli.config.clone())),
         Command::Demo => {
             let config = if cli.config.exists() {
                 load(&cli.config)
@@ -59,7 +60,11 @@ fn main() -> ExitCode {
                 manifold::config::parse("routes.toml (bundled)", BUNDLED_ROUTES)
                     .map_err(|d| d.render())
             };
-            run(config, true)
+            run(
+                config,
+                true,
+                cli.config.exists().then(|| cli.config.clone()),
+            )
         }
     }
 }
@@ -101,7 +106,8 @@ fn routes(path: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run(config: Result<Config, String>, demo: bool) -> ExitCode {
+/// Runs the gateway until SIGTERM/SIGINT; `watched` is reloaded on SIGHUP and on change.
+fn run(config: Result<Config, String>, demo: bool, watched: Option<PathBuf>) -> ExitCode {
     let config = match config {
         Ok(c) => c,
         Err(text) => {
@@ -169,7 +175,24 @@ fn run(config: Result<Config, String>, demo: bool) -> ExitCode {
         if format == LogFormat::Pretty {
             tracing::info!("press Ctrl-C to stop");
         }
-        wait_for_signal().await;
+        let mut reloads = reload_triggers(watched.as_deref());
+        let shutdown = wait_for_signal();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                Some(why) = reloads.events.recv() => {
+                    // Editors write in bursts (truncate, write, rename): wait for quiet.
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    while reloads.events.try_recv().is_ok() {}
+                    if let Some(path) = &watched {
+                        tracing::info!(trigger = why, "reloading the config");
+                        let _ = server.reload_file(path);
+                    }
+                }
+            }
+        }
+        drop(reloads);
         tracing::info!("draining: finishing in-flight requests");
         server.shutdown();
         if server.wait().await {
@@ -179,6 +202,62 @@ fn run(config: Result<Config, String>, demo: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     })
+}
+
+/// What starts a reload: SIGHUP, or a change to the config file. The watcher lives as
+/// long as this value.
+struct Reloads {
+    events: tokio::sync::mpsc::Receiver<&'static str>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+fn reload_triggers(path: Option<&Path>) -> Reloads {
+    let (tx, events) = tokio::sync::mpsc::channel(16);
+    let hup = tx.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut sighup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while sighup.recv().await.is_some() {
+            let _ = hup.try_send("SIGHUP");
+        }
+    });
+    let watcher = path.and_then(|p| watch_file(p, tx));
+    Reloads {
+        events,
+        _watcher: watcher,
+    }
+}
+
+/// Watches the file's directory, not the file: editors and ConfigMap updates replace
+/// the file (a rename), which a watch on the old inode would miss.
+fn watch_file(
+    path: &Path,
+    tx: tokio::sync::mpsc::Sender<&'static str>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let absolute = std::fs::canonicalize(path).ok()?;
+    let dir = absolute.parent()?.to_path_buf();
+    let name = absolute.file_name()?.to_os_string();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        // Kubernetes swaps a `..data` symlink, so any change there counts too.
+        let ours = event
+            .paths
+            .iter()
+            .any(|p| p.file_name().is_some_and(|f| f == name || f == "..data"));
+        if ours && !matches!(event.kind, notify::EventKind::Access(_)) {
+            let _ = tx.try_send("file changed");
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "cannot watch the config file; SIGHUP still reloads"))
+    .ok()?;
+    if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+        tracing::warn!(error = %e, dir = %dir.display(), "cannot watch the config directory; SIGHUP still reloads");
+        return None;
+    }
+    Some(watcher)
 }
 
 /// SIGTERM or SIGINT (Ctrl-C).

@@ -152,8 +152,8 @@ async fn serve(
     // The route cache: complete answers only; a stale one stands in when a fresh
     // attempt fails, within `stale_if_error`.
     let key = format!(
-        "r|{}|{}?{}{}",
-        route.name,
+        "{}{}?{}{}",
+        route.cache_prefix,
         parts.uri.path(),
         query.as_deref().unwrap_or(""),
         vary

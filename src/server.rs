@@ -28,6 +28,7 @@ use crate::access_log::LogSink;
 use crate::config::Config;
 use crate::forward::Peer;
 use crate::gateway::Gateway;
+use crate::metrics::METRICS;
 use crate::{admin, proxy};
 
 /// State shared by every connection of both listeners.
@@ -48,6 +49,8 @@ pub struct Server {
     stop_admin: watch::Sender<bool>,
     public: Vec<JoinHandle<bool>>,
     admin: Option<JoinHandle<bool>>,
+    /// Event loops serving the public listener (one upstream pool each).
+    workers: usize,
 }
 
 /// A slow client may take this long to send its request head before it is dropped.
@@ -127,7 +130,56 @@ impl Server {
             stop_admin,
             public,
             admin: admin.map(|a| a.1),
+            workers: loops.len().max(1),
         })
+    }
+
+    /// Swaps in a new config. Requests in flight finish on the one they started with;
+    /// breakers, pools, limiter buckets and caches of unchanged upstreams and routes are
+    /// kept. Listeners, workers and the drain grace are fixed at start.
+    pub fn reload(&self, config: Config) -> Result<(), String> {
+        let current = self.shared.gateway.load_full();
+        let old = &current.config.server;
+        let new = &config.server;
+        if old.listen != new.listen
+            || old.admin_listen != new.admin_listen
+            || old.workers != new.workers
+            || old.shutdown_grace != new.shutdown_grace
+        {
+            tracing::warn!(
+                "listen, admin_listen, workers and shutdown_grace apply at the next restart"
+            );
+        }
+        let gateway = Gateway::build(config, Some(&current), self.workers)?;
+        self.shared.gateway.store(Arc::new(gateway));
+        Ok(())
+    }
+
+    /// Reads, checks and swaps in the config at `path`, counting the result. An invalid
+    /// file is refused with `check`'s diagnostics (one log line each) and the current
+    /// config keeps serving.
+    pub fn reload_file(&self, path: &std::path::Path) -> Result<(), String> {
+        let result = match Config::load(path) {
+            Ok(config) => self.reload(config),
+            Err(diagnostics) => {
+                for line in diagnostics.one_line_each() {
+                    tracing::error!(error = %line, "config reload refused");
+                }
+                Err(format!(
+                    "{} has {} error(s)",
+                    path.display(),
+                    diagnostics.items.len()
+                ))
+            }
+        };
+        METRICS.reload(result.is_ok());
+        match &result {
+            Ok(()) => tracing::info!(file = %path.display(), "config reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "config reload refused; the previous config keeps serving")
+            }
+        }
+        result
     }
 
     /// Starts the drain: `/ready` turns 503, listeners stop accepting.

@@ -53,6 +53,9 @@ pub struct Upstream {
     /// Identical GETs in flight share one call (CONTRACT §5).
     pub coalescer: Coalescer<(Reply, u32)>,
     metrics: UpstreamMetrics,
+    /// Starts this upstream's cache and coalescing keys: its name and a fingerprint of
+    /// its settings, so answers of an upstream that was repointed are not served.
+    pub cache_prefix: String,
 }
 
 /// A 2xx answer (status, body, what its `cache-control` allows), or why not.
@@ -104,6 +107,10 @@ impl Upstream {
             rate: settings.rate_limit.as_ref().map(Bucket::new),
             coalescer: Coalescer::default(),
             metrics: METRICS.upstream(name),
+            cache_prefix: format!(
+                "b|{name}|{:016x}|",
+                crate::gateway::fingerprint(&format!("{settings:?}"))
+            ),
         })
     }
 

@@ -11,5 +11,6 @@ mod fanout;
 mod hygiene;
 mod metrics;
 mod passthrough;
+mod reload;
 mod resilience;
 mod server;
