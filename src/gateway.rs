@@ -256,6 +256,15 @@ fn compile_backend(
     })
 }
 
+/// A stable hash of a config section's text, for cache key prefixes.
+pub fn fingerprint(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // DefaultHasher::new() has fixed keys: the same text hashes the same in every run.
+    let mut h = std::hash::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,13 +324,4 @@ rate_limit = { per_second = 5, key = "global" }
             changed.routes[0].limiter.as_ref().unwrap()
         ));
     }
-}
-
-/// A stable hash of a config section's text, for cache key prefixes.
-pub fn fingerprint(text: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    // DefaultHasher::new() has fixed keys: the same text hashes the same in every run.
-    let mut h = std::hash::DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
 }
