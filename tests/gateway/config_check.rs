@@ -21,7 +21,12 @@ fn manifold(args: &[&str]) -> (i32, String, String) {
 fn shipped_configs_are_valid() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = vec![root.join("routes.toml")];
-    for dir in ["tests/configs/good", "deploy"] {
+    for dir in [
+        "tests/configs/good",
+        "deploy",
+        "deploy/kubernetes",
+        "benches",
+    ] {
         let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
             continue;
         };
@@ -99,4 +104,26 @@ fn missing_env_variable_is_an_error_and_a_set_one_fills_in() {
             .contains("environment variable `MANIFOLD_TEST_UNSET_HOST` is not set")
     );
     assert!(d.render().contains("env.toml:2:9"), "{}", d.render());
+}
+
+/// The ConfigMap carries the same routes.toml as deploy/kubernetes/routes.toml.
+#[test]
+fn the_configmap_holds_the_shipped_routes_toml() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let yaml = std::fs::read_to_string(root.join("configmap.yaml")).unwrap();
+    let toml = std::fs::read_to_string(root.join("routes.toml")).unwrap();
+    let start =
+        yaml.find("  routes.toml: |\n").expect("a routes.toml key") + "  routes.toml: |\n".len();
+    let embedded: String = yaml[start..]
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l.trim_start()))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        embedded.trim_end(),
+        toml.trim_end(),
+        "configmap.yaml and routes.toml drifted apart"
+    );
+    manifold::config::parse("configmap.yaml", &embedded)
+        .expect("the ConfigMap's routes.toml is valid");
 }
