@@ -128,21 +128,7 @@ timeout = \"300ms\"
         let mut states = Vec::new();
         while Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let routes: serde_json::Value = gw
-                .client
-                .get(format!("{}/routes", gw.admin))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            states.push(
-                routes["upstreams"]["flaky"]["breaker"]
-                    .as_str()
-                    .unwrap()
-                    .to_string(),
-            );
+            states.push(gw.breaker("flaky").await);
         }
         match m {
             OK => {

@@ -45,22 +45,6 @@ path = \"/new/{i}\"
     text
 }
 
-async fn breaker(gw: &Gateway) -> String {
-    let routes: serde_json::Value = gw
-        .client
-        .get(format!("{}/routes", gw.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    routes["upstreams"]["flaky"]["breaker"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_under_load_fail_no_request_and_keep_breaker_state() {
     let steady = Upstream::json(json!({"ok": true})).await;
@@ -71,7 +55,7 @@ async fn reloads_under_load_fail_no_request_and_keep_breaker_state() {
     std::fs::write(&path, &first).unwrap();
     let gw = Arc::new(Gateway::start(&first).await);
     gw.get("/flaky").await.error(502, "UPSTREAM_ERROR");
-    assert_eq!(breaker(&gw).await, "open");
+    assert_eq!(gw.breaker("flaky").await, "open");
 
     // Steady load on /a during every reload.
     let stop = Arc::new(AtomicBool::new(false));
@@ -132,7 +116,7 @@ async fn reloads_under_load_fail_no_request_and_keep_breaker_state() {
     );
     assert!(ok.load(Ordering::SeqCst) > 50);
     assert_eq!(
-        breaker(&gw).await,
+        gw.breaker("flaky").await,
         "open",
         "an unchanged upstream keeps its breaker"
     );

@@ -49,22 +49,6 @@ path = \"/r\"
     )
 }
 
-async fn breaker_state(gw: &Gateway) -> String {
-    let routes: serde_json::Value = gw
-        .client
-        .get(format!("{}/routes", gw.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    routes["upstreams"]["svc"]["breaker"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 #[tokio::test]
 async fn breaker_opens_fails_fast_probes_and_closes() {
     let (up, failing) = switchable().await;
@@ -79,7 +63,7 @@ async fn breaker_opens_fails_fast_probes_and_closes() {
         gw.get("/r").await.error(502, "UPSTREAM_ERROR");
     }
     assert_eq!(up.hits(), 3);
-    assert_eq!(breaker_state(&gw).await, "open");
+    assert_eq!(gw.breaker("svc").await, "open");
 
     // Open: fail at once, no call reaches the upstream.
     let r = gw.get("/r").await;
@@ -98,7 +82,7 @@ async fn breaker_opens_fails_fast_probes_and_closes() {
     tokio::time::sleep(Duration::from_millis(450)).await;
     assert_eq!(gw.get("/r").await.status, 200);
     assert_eq!(up.hits(), 4);
-    assert_eq!(breaker_state(&gw).await, "closed");
+    assert_eq!(gw.breaker("svc").await, "closed");
     assert_eq!(gw.get("/r").await.status, 200);
 }
 
@@ -118,7 +102,7 @@ async fn a_failed_probe_opens_the_breaker_again() {
     tokio::time::sleep(Duration::from_millis(450)).await;
     gw.get("/r").await.error(502, "UPSTREAM_ERROR");
     assert_eq!(up.hits(), 4, "exactly one probe");
-    assert_eq!(breaker_state(&gw).await, "open");
+    assert_eq!(gw.breaker("svc").await, "open");
     gw.get("/r").await.error(503, "CIRCUIT_OPEN");
     assert_eq!(up.hits(), 4);
 }
@@ -168,7 +152,7 @@ path = \"/r\"
         gw.get("/r").await.error(404, "UPSTREAM_REJECTED");
     }
     assert_eq!(up.hits(), 5);
-    assert_eq!(breaker_state(&gw).await, "closed");
+    assert_eq!(gw.breaker("svc").await, "closed");
 }
 
 /// Fails the first `n` calls with `status`, then answers 200; counts calls.

@@ -213,6 +213,23 @@ impl Gateway {
         }
     }
 
+    /// An upstream's breaker state as the admin `/routes` shows it.
+    pub async fn breaker(&self, upstream: &str) -> String {
+        let routes: Value = self
+            .client
+            .get(format!("{}/routes", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        routes["upstreams"][upstream]["breaker"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     pub fn access_lines(&self) -> Vec<Value> {
         self.logs
             .lock()
