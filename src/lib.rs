@@ -18,6 +18,7 @@ pub mod forward;
 pub mod gateway;
 pub mod merge;
 pub mod metrics;
+pub mod openapi;
 pub mod passthrough;
 pub mod proxy;
 pub mod ratelimit;

@@ -42,6 +42,8 @@ enum Command {
     Check { file: Option<PathBuf> },
     /// Print the compiled route table.
     Routes { file: Option<PathBuf> },
+    /// Print an OpenAPI 3.1 document of the public routes.
+    Openapi { file: Option<PathBuf> },
 }
 
 /// The example config, for `manifold demo` run outside the repository.
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Check { file } => check(&file.unwrap_or(cli.config)),
         Command::Routes { file } => routes(&file.unwrap_or(cli.config)),
+        Command::Openapi { file } => openapi(&file.unwrap_or(cli.config)),
         Command::Serve => run(load(&cli.config), false, Some(cli.config.clone())),
         Command::Demo => {
             let config = if cli.config.exists() {
@@ -104,6 +107,21 @@ fn routes(path: &Path) -> ExitCode {
     };
     print!("{}", manifold::admin::route_table(&config));
     ExitCode::SUCCESS
+}
+
+/// Runs the gateway until SIGTERM/SIGINT; `watched` is reloaded on SIGHUP and on change.
+fn openapi(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(c) => {
+            let doc = manifold::openapi::document(&c);
+            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(d) => {
+            eprint!("{}", d.render());
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs the gateway until SIGTERM/SIGINT; `watched` is reloaded on SIGHUP and on change.

@@ -127,3 +127,44 @@ fn the_configmap_holds_the_shipped_routes_toml() {
     manifold::config::parse("configmap.yaml", &embedded)
         .expect("the ConfigMap's routes.toml is valid");
 }
+
+#[test]
+fn openapi_describes_the_public_routes() {
+    let (code, out, err) = manifold(&["openapi", "routes.toml"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let dashboard = &doc["paths"]["/api/dashboard/{user_id}"]["get"];
+    assert_eq!(dashboard["operationId"], "dashboard");
+    let params = dashboard["parameters"].as_array().unwrap();
+    assert!(
+        params
+            .iter()
+            .any(|p| p["name"] == "user_id" && p["in"] == "path" && p["required"] == true)
+    );
+    assert!(
+        params
+            .iter()
+            .any(|p| p["name"] == "lang" && p["in"] == "query")
+    );
+    assert!(
+        params
+            .iter()
+            .any(|p| p["name"] == "accept-language" && p["in"] == "header")
+    );
+    let ok = &dashboard["responses"]["200"];
+    assert!(ok["headers"]["x-manifold-completed"].is_object());
+    assert!(ok["content"]["application/json"].is_object());
+    assert_eq!(
+        dashboard["responses"]["504"]["$ref"],
+        "#/components/responses/Error"
+    );
+    // Passthrough routes promise the upstream's answer, not a merged object.
+    assert!(doc["paths"]["/api/users/{user_id}"]["get"]["responses"]["default"].is_object());
+    assert!(
+        doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["request_id"]
+            .is_object()
+    );
+    // Admin endpoints are not public routes.
+    assert!(doc["paths"].get("/health").is_none());
+}
