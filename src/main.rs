@@ -44,6 +44,8 @@ enum Command {
     Routes { file: Option<PathBuf> },
     /// Print an OpenAPI 3.1 document of the public routes.
     Openapi { file: Option<PathBuf> },
+    /// Print the JSON Schema of routes.toml (for editor completion).
+    Schema,
 }
 
 /// The example config, for `manifold demo` run outside the repository.
@@ -55,6 +57,14 @@ fn main() -> ExitCode {
         Command::Check { file } => check(&file.unwrap_or(cli.config)),
         Command::Routes { file } => routes(&file.unwrap_or(cli.config)),
         Command::Openapi { file } => openapi(&file.unwrap_or(cli.config)),
+        Command::Schema => {
+            let schema = manifold::config::schema::schema();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
         Command::Serve => run(load(&cli.config), false, Some(cli.config.clone())),
         Command::Demo => {
             let config = if cli.config.exists() {

@@ -7,6 +7,7 @@
 
 pub mod diag;
 pub mod reader;
+pub mod schema;
 mod validate;
 
 use std::net::SocketAddr;
@@ -415,6 +416,7 @@ fn read_telemetry(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<TelemetryC
 
 fn read_upstream(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<UpstreamSettings> {
     let mut urls = Vec::new();
+    t.require("urls");
     match t.string_list(errs, "urls") {
         Some(list) if list.is_empty() => errs.push(
             Diagnostic::new(t.span(), format!("{} needs at least one url", t.name))

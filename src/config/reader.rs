@@ -23,6 +23,48 @@ pub struct Table<'a, 'i> {
     /// How messages name this table, e.g. `[upstreams.users]`.
     pub name: String,
     used: Vec<&'static str>,
+    /// Where this table sits in the schema: `/upstreams/*/retry`, `/routes/[]`.
+    path: String,
+}
+
+/// What a getter reads; the JSON Schema is made from these (see `config::schema`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Any,
+    String,
+    Bool,
+    Count,
+    Number,
+    Duration,
+    Size,
+    StringList,
+    StringMap,
+    Table,
+    NamedTables,
+    TableArray,
+}
+
+/// One key the loader asked for, where, and how.
+#[derive(Debug, Clone)]
+pub struct Field {
+    pub path: String,
+    pub key: &'static str,
+    pub kind: Kind,
+    pub required: bool,
+}
+
+thread_local! {
+    static RECORDING: std::cell::RefCell<Option<Vec<Field>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (a load) and returns every key its getters asked for: the loader itself is
+/// the description of the file, so the schema cannot drift from it.
+pub fn record(f: impl FnOnce()) -> Vec<Field> {
+    RECORDING.with(|r| *r.borrow_mut() = Some(Vec::new()));
+    f();
+    RECORDING
+        .with(|r| r.borrow_mut().take())
+        .unwrap_or_default()
 }
 
 impl<'a, 'i> Table<'a, 'i> {
@@ -32,7 +74,46 @@ impl<'a, 'i> Table<'a, 'i> {
             span,
             name: name.into(),
             used: Vec::new(),
+            path: String::new(),
         }
+    }
+
+    fn child(&self, table: &'a DeTable<'i>, span: Span, name: String, path: String) -> Self {
+        let mut t = Table::new(table, span, name);
+        t.path = path;
+        t
+    }
+
+    fn note(&self, key: &'static str, kind: Kind, required: bool) {
+        RECORDING.with(|r| {
+            if let Some(fields) = r.borrow_mut().as_mut() {
+                fields.push(Field {
+                    path: self.path.clone(),
+                    key,
+                    kind,
+                    required,
+                });
+            }
+        });
+    }
+
+    /// Marks `key` as required in the schema (for keys whose absence the caller checks).
+    pub fn require(&self, key: &'static str) {
+        self.note(key, Kind::Any, true);
+    }
+
+    /// The value of `key`, noted (for the schema) as read with `kind`.
+    fn typed(&mut self, key: &'static str, kind: Kind) -> Option<&'a Spanned<DeValue<'i>>> {
+        self.note(key, kind, false);
+        self.lookup(key)
+    }
+
+    fn lookup(&mut self, key: &'static str) -> Option<&'a Spanned<DeValue<'i>>> {
+        self.used.push(key);
+        self.table
+            .iter()
+            .find(|(k, _)| k.get_ref().as_ref() == key)
+            .map(|(_, v)| v)
     }
 
     /// A table with no keys, so absent sections read as all-defaults.
@@ -46,13 +127,10 @@ impl<'a, 'i> Table<'a, 'i> {
         self.span.clone()
     }
 
-    /// The raw value of `key`, marking it as known.
+    /// The raw value of `key` (any type), marking it as known.
     pub fn get(&mut self, key: &'static str) -> Option<&'a Spanned<DeValue<'i>>> {
-        self.used.push(key);
-        self.table
-            .iter()
-            .find(|(k, _)| k.get_ref().as_ref() == key)
-            .map(|(_, v)| v)
+        self.note(key, Kind::Any, false);
+        self.lookup(key)
     }
 
     fn wrong_type(&self, errs: &mut Errors, key: &str, v: &Spanned<DeValue<'_>>, want: &str) {
@@ -81,7 +159,7 @@ impl<'a, 'i> Table<'a, 'i> {
 
     /// A string with `${ENV}` filled in.
     pub fn string(&mut self, errs: &mut Errors, key: &'static str) -> Option<(String, Span)> {
-        let v = self.get(key)?;
+        let v = self.typed(key, Kind::String)?;
         match v.get_ref() {
             DeValue::String(s) => expand_env(s, v.span(), errs).map(|s| (s, v.span())),
             _ => {
@@ -96,6 +174,7 @@ impl<'a, 'i> Table<'a, 'i> {
         errs: &mut Errors,
         key: &'static str,
     ) -> Option<(String, Span)> {
+        self.note(key, Kind::String, true);
         let present = self.table.iter().any(|(k, _)| k.get_ref().as_ref() == key);
         if !present {
             self.used.push(key);
@@ -106,7 +185,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     pub fn bool(&mut self, errs: &mut Errors, key: &'static str) -> Option<bool> {
-        let v = self.get(key)?;
+        let v = self.typed(key, Kind::Bool)?;
         match v.get_ref() {
             DeValue::Boolean(b) => Some(*b),
             _ => {
@@ -118,7 +197,7 @@ impl<'a, 'i> Table<'a, 'i> {
 
     /// A non-negative integer.
     pub fn count(&mut self, errs: &mut Errors, key: &'static str) -> Option<(u64, Span)> {
-        let v = self.get(key)?;
+        let v = self.typed(key, Kind::Count)?;
         match v.get_ref() {
             DeValue::Integer(i) => {
                 match u64::from_str_radix(&i.as_str().replace('_', ""), i.radix()) {
@@ -144,7 +223,7 @@ impl<'a, 'i> Table<'a, 'i> {
 
     /// A number (integer or float).
     pub fn number(&mut self, errs: &mut Errors, key: &'static str) -> Option<(f64, Span)> {
-        let v = self.get(key)?;
+        let v = self.typed(key, Kind::Number)?;
         let parsed = match v.get_ref() {
             DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
                 .ok()
@@ -169,7 +248,7 @@ impl<'a, 'i> Table<'a, 'i> {
 
     /// A duration string such as `"250ms"`, `"2s"`, `"1m"`.
     pub fn duration(&mut self, errs: &mut Errors, key: &'static str) -> Option<(Duration, Span)> {
-        let v = self.get(key)?;
+        let v = self.typed(key, Kind::Duration)?;
         let DeValue::String(s) = v.get_ref() else {
             self.wrong_type(errs, key, v, "a duration string like \"250ms\"");
             return None;
@@ -193,7 +272,7 @@ impl<'a, 'i> Table<'a, 'i> {
 
     /// A size: bytes as an integer, or a string such as `"1MiB"`, `"512KiB"`, `"10MB"`.
     pub fn size(&mut self, errs: &mut Errors, key: &'static str) -> Option<(u64, Span)> {
-        let v = self.get(key)?;
+        let v = self.typed(key, Kind::Size)?;
         let parsed = match v.get_ref() {
             DeValue::Integer(i) => {
                 u64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok()
@@ -228,7 +307,7 @@ impl<'a, 'i> Table<'a, 'i> {
         errs: &mut Errors,
         key: &'static str,
     ) -> Option<Vec<(String, Span)>> {
-        let v = self.get(key)?;
+        let v = self.typed(key, Kind::StringList)?;
         let DeValue::Array(items) = v.get_ref() else {
             self.wrong_type(errs, key, v, "an array of strings");
             return None;
@@ -266,7 +345,7 @@ impl<'a, 'i> Table<'a, 'i> {
         errs: &mut Errors,
         key: &'static str,
     ) -> Option<Vec<(String, String)>> {
-        let v = self.get(key)?;
+        let v = self.typed(key, Kind::StringMap)?;
         let DeValue::Table(t) = v.get_ref() else {
             self.wrong_type(errs, key, v, "a table of strings");
             return None;
@@ -302,9 +381,11 @@ impl<'a, 'i> Table<'a, 'i> {
         } else {
             format!("`{key}` of {}", self.name)
         };
-        let v = self.get(key)?;
+        let v = self.typed(key, Kind::Table)?;
         match v.get_ref() {
-            DeValue::Table(t) => Some(Table::new(t, v.span(), name)),
+            DeValue::Table(t) => {
+                Some(self.child(t, v.span(), name, format!("{}/{key}", self.path)))
+            }
             _ => {
                 self.wrong_type(errs, key, v, "a table");
                 None
@@ -318,7 +399,7 @@ impl<'a, 'i> Table<'a, 'i> {
         errs: &mut Errors,
         key: &'static str,
     ) -> Vec<(String, Span, Table<'a, 'i>)> {
-        let Some(v) = self.get(key) else {
+        let Some(v) = self.typed(key, Kind::NamedTables) else {
             return Vec::new();
         };
         let DeValue::Table(t) = v.get_ref() else {
@@ -332,7 +413,12 @@ impl<'a, 'i> Table<'a, 'i> {
                 DeValue::Table(inner) => out.push((
                     name.clone(),
                     k.span(),
-                    Table::new(inner, item.span(), format!("[{key}.{name}]")),
+                    self.child(
+                        inner,
+                        item.span(),
+                        format!("[{key}.{name}]"),
+                        format!("{}/{key}/*", self.path),
+                    ),
                 )),
                 other => errs.push(
                     Diagnostic::new(
@@ -349,7 +435,7 @@ impl<'a, 'i> Table<'a, 'i> {
     /// An array of tables (`[[routes]]`), in file order.
     pub fn table_array(&mut self, errs: &mut Errors, key: &'static str) -> Vec<Table<'a, 'i>> {
         let parent = self.name.clone();
-        let Some(v) = self.get(key) else {
+        let Some(v) = self.typed(key, Kind::TableArray) else {
             return Vec::new();
         };
         let DeValue::Array(items) = v.get_ref() else {
@@ -365,7 +451,7 @@ impl<'a, 'i> Table<'a, 'i> {
                     } else {
                         format!("{key} #{} of {parent}", i + 1)
                     };
-                    out.push(Table::new(t, item.span(), name))
+                    out.push(self.child(t, item.span(), name, format!("{}/{key}/[]", self.path)))
                 }
                 other => errs.push(
                     Diagnostic::new(

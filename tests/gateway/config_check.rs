@@ -168,3 +168,13 @@ fn openapi_describes_the_public_routes() {
     // Admin endpoints are not public routes.
     assert!(doc["paths"].get("/health").is_none());
 }
+
+/// The schema is generated from the loader; its snapshot shows every change to the
+/// file format in review.
+#[test]
+fn schema_is_locked_by_snapshot() {
+    let (code, out, err) = manifold(&["schema"]);
+    assert_eq!(code, 0, "{err}");
+    let schema: serde_json::Value = serde_json::from_str(&out).unwrap();
+    insta::assert_json_snapshot!("routes_schema", schema);
+}
