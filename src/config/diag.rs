@@ -68,7 +68,7 @@ impl Diagnostics {
 
     /// `file:line:col` of a byte offset, 1-based like editors and rustc.
     pub fn location(&self, offset: usize) -> (usize, usize) {
-        let offset = offset.min(self.source.len());
+        let offset = floor_char_boundary(&self.source, offset);
         let before = &self.source[..offset];
         let line = before.matches('\n').count() + 1;
         let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
@@ -83,9 +83,12 @@ impl Diagnostics {
         for d in &self.items {
             let mut labels = Vec::new();
             if !self.source.is_empty() {
-                labels.push(Label::primary((), d.span.clone()).with_message(d.label.clone()));
+                let span = clamp(&self.source, &d.span);
+                labels.push(Label::primary((), span).with_message(d.label.clone()));
                 if let Some((span, msg)) = &d.secondary {
-                    labels.push(Label::secondary((), span.clone()).with_message(msg.clone()));
+                    labels.push(
+                        Label::secondary((), clamp(&self.source, span)).with_message(msg.clone()),
+                    );
                 }
             }
             let cs = CsDiagnostic::error()
@@ -122,6 +125,22 @@ impl Diagnostics {
     }
 }
 
+/// The largest char boundary at or before `offset` (spans computed inside strings with
+/// escapes may land mid-character; slicing there would panic).
+fn floor_char_boundary(s: &str, offset: usize) -> usize {
+    let mut o = offset.min(s.len());
+    while !s.is_char_boundary(o) {
+        o -= 1;
+    }
+    o
+}
+
+fn clamp(source: &str, span: &Span) -> Span {
+    let start = floor_char_boundary(source, span.start);
+    let end = floor_char_boundary(source, span.end).max(start);
+    start..end
+}
+
 impl std::fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.render())
@@ -129,3 +148,20 @@ impl std::fmt::Display for Diagnostics {
 }
 
 impl std::error::Error for Diagnostics {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_inside_multibyte_text_never_panic() {
+        let d = Diagnostics {
+            file: "x.toml".into(),
+            source: "path = \"/é/{x}\"\n".into(),
+            // Byte 10 is inside `é` (bytes 9..11).
+            items: vec![Diagnostic::new(10..11, "mid-character span").also(10..12, "another")],
+        };
+        assert_eq!(d.location(10), (1, 10));
+        assert!(d.render().contains("mid-character span"));
+    }
+}

@@ -553,8 +553,12 @@ fn read_rate(r: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RateConfig> {
     let per_second = r.number(errs, "per_second");
     let burst = r.count(errs, "burst");
     match per_second {
-        Some((n, span)) if n <= 0.0 => {
-            errs.push(Diagnostic::new(span, "per_second must be above zero").label("not positive"));
+        // Below one per day the period overflows nothing but means nothing either.
+        Some((n, span)) if n < 1.0 / 86_400.0 => {
+            errs.push(
+                Diagnostic::new(span, "per_second must be at least one per day (0.0000116)")
+                    .label("too small"),
+            );
             None
         }
         Some((n, _)) => Some(RateConfig {

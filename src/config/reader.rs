@@ -13,6 +13,9 @@ use super::diag::{Diagnostic, Span};
 
 pub type Errors = Vec<Diagnostic>;
 
+/// The longest duration any key accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// How messages name the document's root table.
 pub const ROOT: &str = "the top level";
 
@@ -255,6 +258,19 @@ impl<'a, 'i> Table<'a, 'i> {
         };
         let s = expand_env(s, v.span(), errs)?;
         match humantime::parse_duration(s.trim()) {
+            // Far-future deadlines overflow the clock when added to "now"; nothing a
+            // gateway waits for is longer than a year.
+            Ok(d) if d > MAX_DURATION => {
+                errs.push(
+                    Diagnostic::new(
+                        v.span(),
+                        format!("duration `{s}` for `{key}` in {} is too long", self.name),
+                    )
+                    .label("longer than a year")
+                    .note("the longest duration accepted is 365 days"),
+                );
+                None
+            }
             Ok(d) => Some((d, v.span())),
             Err(e) => {
                 errs.push(
