@@ -561,12 +561,26 @@ fn read_rate(r: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RateConfig> {
             );
             None
         }
-        Some((n, _)) => Some(RateConfig {
-            per_second: n,
-            burst: burst.map_or((n.ceil() as u32).max(1), |(b, _)| {
+        Some((n, span)) => {
+            let burst = burst.map_or((n.ceil() as u32).max(1), |(b, _)| {
                 b.clamp(1, u32::MAX as u64) as u32
-            }),
-        }),
+            });
+            // GCRA keeps burst × period in nanoseconds; past a century it overflows.
+            if f64::from(burst) / n > 100.0 * 365.0 * 86_400.0 {
+                errs.push(
+                    Diagnostic::new(
+                        span,
+                        "burst / per_second is more than a century of requests",
+                    )
+                    .label("lower burst or raise per_second"),
+                );
+                return None;
+            }
+            Some(RateConfig {
+                per_second: n,
+                burst,
+            })
+        }
         None => {
             if r.get("per_second").is_none() {
                 r.missing(errs, "per_second");
@@ -668,7 +682,8 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
     let route_method = method.clone().flatten().unwrap_or(Method::GET);
     let mut backends = Vec::new();
     let tables = t.table_array(errs, "backends");
-    if tables.is_empty() && t.get("backends").is_none() {
+    // `backends = []` as much as no key: a route must call something.
+    if tables.is_empty() {
         errs.push(
             Diagnostic::new(t.span(), format!("{} has no backends", t.name))
                 .label("add at least one [[routes.backends]]"),
