@@ -22,10 +22,9 @@ use crate::{merge, passthrough};
 
 /// Serves one request on the public listener. Never fails: errors become responses.
 pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> Response<Body> {
-    let started = Instant::now();
     let gateway = shared.gateway.load_full();
     let request_id = forward::request_id(req.headers());
-    let mut record = AccessRecord {
+    let record = AccessRecord {
         method: req.method().clone(),
         // Only paid for when the line is written.
         path: if gateway.config.telemetry.access_log {
@@ -42,27 +41,57 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> 
         cache: None,
         backends: Vec::new(),
     };
-    METRICS.inflight.inc();
-    let response = match serve(&gateway, req, peer, &request_id, &mut record).await {
+    let mut done = Finish::new(shared, gateway.clone(), record);
+    let response = match serve(&gateway, req, peer, &request_id, &mut done.record).await {
         Ok(r) => r,
         Err(e) => e.into_response(&request_id),
     };
-    METRICS.inflight.dec();
-    let elapsed = started.elapsed();
-    let status = response.status().as_u16();
-    match record.route_index {
-        Some(i) => gateway.routes[i]
-            .metrics
-            .observe(status, elapsed.as_secs_f64()),
-        None => METRICS.unmatched(&record.method, status, elapsed.as_secs_f64()),
-    }
-    let telemetry = &gateway.config.telemetry;
-    if telemetry.access_log {
-        record.status = status;
-        record.duration = elapsed;
-        access_log::write(&shared.log_sink, telemetry.log_format, &record);
-    }
+    done.record.status = response.status().as_u16();
     response
+}
+
+/// Counts, measures and logs a request however it ends: answered, or dropped midway
+/// (client gone, HTTP/2 stream reset, drain cut short) — then with status 499, as
+/// nginx logs a client that closed the request.
+struct Finish {
+    shared: Arc<Shared>,
+    gateway: Arc<Gateway>,
+    record: AccessRecord,
+    started: Instant,
+}
+
+impl Finish {
+    fn new(shared: Arc<Shared>, gateway: Arc<Gateway>, record: AccessRecord) -> Self {
+        METRICS.inflight.inc();
+        Finish {
+            shared,
+            gateway,
+            record,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        METRICS.inflight.dec();
+        if self.record.status == 0 {
+            self.record.status = 499;
+        }
+        let elapsed = self.started.elapsed();
+        let status = self.record.status;
+        match self.record.route_index {
+            Some(i) => self.gateway.routes[i]
+                .metrics
+                .observe(status, elapsed.as_secs_f64()),
+            None => METRICS.unmatched(&self.record.method, status, elapsed.as_secs_f64()),
+        }
+        let telemetry = &self.gateway.config.telemetry;
+        if telemetry.access_log {
+            self.record.duration = elapsed;
+            access_log::write(&self.shared.log_sink, telemetry.log_format, &self.record);
+        }
+    }
 }
 
 async fn serve(

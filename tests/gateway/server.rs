@@ -202,3 +202,33 @@ async fn binary_exits_zero_on_sigterm() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn a_request_the_client_abandons_is_still_logged() {
+    let up = Upstream::slow(Duration::from_secs(2), json!({})).await;
+    let gw = Gateway::start(&simple(&up.url(), "")).await;
+    // HTTP/2: giving up resets the stream, and the gateway drops the request's work.
+    let impatient = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    assert!(
+        impatient
+            .get(format!("{}/s/1", gw.base))
+            .send()
+            .await
+            .is_err()
+    );
+    let mut line = None;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        line = gw.access_lines().into_iter().find(|l| l["path"] == "/s/1");
+        if line.is_some() {
+            break;
+        }
+    }
+    let line = line.expect("one access line even for an abandoned request");
+    assert_eq!(line["status"], 499);
+    assert_eq!(line["route"], "simple");
+}
