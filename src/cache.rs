@@ -235,7 +235,18 @@ impl<T: Clone> Coalescer<T> {
     where
         F: std::future::Future<Output = T>,
     {
-        let waiting = self.lock().get(key).cloned();
+        // Look up and register under one lock, so two callers cannot both lead.
+        let (waiting, tx) = {
+            let mut map = self.lock();
+            match map.get(key) {
+                Some(rx) => (Some(rx.clone()), None),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    map.insert(key.to_string(), rx);
+                    (None, Some(tx))
+                }
+            }
+        };
         if let Some(mut rx) = waiting {
             if let Ok(value) = rx.wait_for(Option::is_some).await
                 && let Some(v) = value.clone()
@@ -245,14 +256,14 @@ impl<T: Clone> Coalescer<T> {
             // The leader went away without an answer: make the call ourselves.
             return (call.await, true);
         }
-        let (tx, rx) = watch::channel(None);
-        self.lock().insert(key.to_string(), rx);
         let _leading = Leading {
             coalescer: self,
             key,
         };
         let result = call.await;
-        let _ = tx.send(Some(result.clone()));
+        if let Some(tx) = tx {
+            let _ = tx.send(Some(result.clone()));
+        }
         (result, true)
     }
 

@@ -261,10 +261,25 @@ async fn call_backend(
         call.deadline,
         retryable,
     );
-    let ((reply, attempts), made_call) = match &key {
+    let ((mut reply, mut attempts), mut made_call) = match &key {
         Some(key) => b.upstream.coalescer.run(key, upstream_call).await,
         None => (upstream_call.await, true),
     };
+    // A shared call timed out on its leader's deadline; ours may be later.
+    if !made_call && matches!(reply, Err(Failure::Timeout)) && Instant::now() < call.deadline {
+        (reply, attempts) = b
+            .upstream
+            .call(
+                &b.method,
+                &path,
+                call.headers,
+                body,
+                call.deadline,
+                retryable,
+            )
+            .await;
+        made_call = true;
+    }
     let mut hints = Hints::default();
     let (status, result) = match reply {
         Ok((status, body, h)) => {

@@ -76,7 +76,15 @@ pub struct RouteLimiter {
     key: LimitKey,
     keyed: Keyed,
     global: Bucket,
+    /// When the last sweep ran (ms on tokio's clock since `born`): at most one a second,
+    /// so a flood of fresh keys cannot make every request walk the whole map.
+    last_sweep: std::sync::atomic::AtomicU64,
+    born: tokio::time::Instant,
 }
+
+/// Longer keys (a client-chosen header value) are stored as a hash, so a key costs
+/// bounded memory whatever the client sends.
+const MAX_KEY_LEN: usize = 128;
 
 impl RouteLimiter {
     pub fn new(rate: &RateConfig, key: LimitKey) -> Self {
@@ -84,6 +92,8 @@ impl RouteLimiter {
             key,
             keyed: RateLimiter::dashmap_with_clock(quota(rate), TokioClock),
             global: Bucket::new(rate),
+            last_sweep: std::sync::atomic::AtomicU64::new(0),
+            born: tokio::time::Instant::now(),
         }
     }
 
@@ -103,9 +113,24 @@ impl RouteLimiter {
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                 .unwrap_or_default(),
         };
+        let key = if key.len() > MAX_KEY_LEN {
+            format!("#{:016x}", crate::gateway::fingerprint(&key))
+        } else {
+            key
+        };
         if self.keyed.len() > SWEEP_ABOVE {
-            self.keyed.retain_recent();
-            self.keyed.shrink_to_fit();
+            use std::sync::atomic::Ordering;
+            let now = self.born.elapsed().as_millis() as u64;
+            let last = self.last_sweep.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= 1000
+                && self
+                    .last_sweep
+                    .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.keyed.retain_recent();
+                self.keyed.shrink_to_fit();
+            }
         }
         self.keyed
             .check_key(&key)

@@ -276,3 +276,37 @@ path = \"/a\"
         "the good answer is cached, the bad one was not"
     );
 }
+
+#[tokio::test]
+async fn a_shared_call_that_times_out_for_one_route_does_not_fail_a_more_patient_one() {
+    let up = Upstream::slow(Duration::from_millis(300), json!({"ok": true})).await;
+    let gw = Arc::new(
+        Gateway::start(&format!(
+            "{}
+[[routes]]
+path = \"/impatient\"
+timeout = \"100ms\"
+  [[routes.backends]]
+  upstream = \"svc\"
+  path = \"/same\"
+[[routes]]
+path = \"/patient\"
+timeout = \"1s\"
+  [[routes.backends]]
+  upstream = \"svc\"
+  path = \"/same\"
+",
+            upstream("svc", &up.url(), "")
+        ))
+        .await,
+    );
+    let first = {
+        let gw = gw.clone();
+        tokio::spawn(async move { gw.get("/impatient").await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let patient = gw.get("/patient").await;
+    first.await.unwrap().error(504, "UPSTREAM_TIMEOUT");
+    assert_eq!(patient.status, 200, "{:?}", patient.body);
+    assert_eq!(patient.json(), json!({"ok": true}));
+}
