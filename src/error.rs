@@ -82,6 +82,8 @@ pub enum GatewayError {
     },
     /// The client did not finish sending its body before the route deadline.
     RequestTimeout,
+    /// The client's body could not be read (malformed framing).
+    BadRequest,
     BadParameter {
         name: String,
         reason: &'static str,
@@ -118,6 +120,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::BadRequest => StatusCode::BAD_REQUEST,
             GatewayError::BadParameter { .. } => StatusCode::BAD_REQUEST,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Backend(e) => failure_status(&e.failure),
@@ -130,6 +133,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             GatewayError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             GatewayError::RequestTimeout => "REQUEST_TIMEOUT",
+            GatewayError::BadRequest => "BAD_REQUEST",
             GatewayError::BadParameter { .. } => "BAD_PARAMETER",
             GatewayError::RateLimited { .. } => "RATE_LIMITED",
             GatewayError::Backend(e) => failure_code(&e.failure),
@@ -151,6 +155,7 @@ impl GatewayError {
             GatewayError::RequestTimeout => {
                 "the request body did not arrive before the route deadline".into()
             }
+            GatewayError::BadRequest => "the request body could not be read".into(),
             GatewayError::BadParameter { name, reason } => {
                 format!("path parameter `{name}` {reason}")
             }

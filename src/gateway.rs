@@ -183,7 +183,7 @@ fn compile_route(
         passthrough: r.passthrough,
         max_request_body: config.server.max_request_body,
         wants_body: backends.iter().any(|b| carries_body(&b.method)),
-        cache_prefix: format!("r|{}|{:016x}|", r.name, fingerprint(&format!("{r:?}"))),
+        cache_prefix: format!("r|{}|{:016x}|", r.name, fingerprint(&route_identity(r))),
         metrics: METRICS.route(&r.name, r.method.as_str()),
         cache: r.cache.clone(),
         limiter: r.rate_limit.as_ref().map(|l| {
@@ -256,6 +256,41 @@ fn compile_backend(
     })
 }
 
+/// What a route means, without where it sits in the file (spans), so moving or
+/// commenting around a route does not drop its cached answers on reload.
+fn route_identity(r: &RouteConfig) -> String {
+    let mut s = format!(
+        "{} {} {:?} {:?} {:?} {:?} {:?} {}",
+        r.method,
+        r.path,
+        r.timeout,
+        r.forward_headers,
+        r.forward_query,
+        r.cache,
+        r.rate_limit,
+        r.passthrough
+    );
+    for b in &r.backends {
+        s.push_str(&format!(
+            "|{} {} {:?} {} {:?} {:?} {:?} {:?} {:?} {} {:?} {:?} {}",
+            b.name,
+            b.upstream,
+            b.method,
+            b.path,
+            b.group,
+            b.target,
+            b.allow,
+            b.deny,
+            b.rename,
+            b.optional,
+            b.default,
+            b.cache_ttl,
+            b.passthrough
+        ));
+    }
+    s
+}
+
 /// A stable hash of a config section's text, for cache key prefixes.
 pub fn fingerprint(text: &str) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -323,5 +358,11 @@ rate_limit = { per_second = 5, key = "global" }
             same.routes[0].limiter.as_ref().unwrap(),
             changed.routes[0].limiter.as_ref().unwrap()
         ));
+
+        // A comment above a route shifts every span, not what the route means: its
+        // cached answers stay valid. A changed limit is a changed route.
+        let moved = build(&format!("# shifts every span\n{CONFIG}"), None);
+        assert_eq!(moved.routes[0].cache_prefix, first.routes[0].cache_prefix);
+        assert_ne!(changed.routes[0].cache_prefix, first.routes[0].cache_prefix);
     }
 }

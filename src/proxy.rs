@@ -321,7 +321,14 @@ async fn read_body(
     let collected = Limited::new(body, limit_usize)
         .collect()
         .await
-        .map_err(|_| GatewayError::PayloadTooLarge { limit })?
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                GatewayError::PayloadTooLarge { limit }
+            } else {
+                // Malformed chunked encoding, or the client gave up mid-body.
+                GatewayError::BadRequest
+            }
+        })?
         .to_bytes();
     if collected.is_empty() {
         return Ok(None);

@@ -179,6 +179,26 @@ fn check_route(
         }
     }
 
+    // The literal parts must make a valid URL once the placeholders are filled.
+    for b in &route.backends {
+        let sample: String = b
+            .template
+            .parts
+            .iter()
+            .map(|p| match p {
+                crate::template::Part::Lit(l) => l.as_str(),
+                _ => "x",
+            })
+            .collect();
+        if http::Uri::try_from(format!("http://upstream{sample}")).is_err() {
+            errs.push(
+                Diagnostic::new(b.path_span.clone(), format!("backend path `{}` is not a valid URL path", b.path))
+                    .label("invalid URL characters")
+                    .note("percent-encode spaces and non-ASCII characters (e.g. %20); placeholder values are encoded for you"),
+            );
+        }
+    }
+
     // Placeholders: a route param, or `backend.field` of another backend in this route.
     let mut deps: Vec<Vec<usize>> = vec![Vec::new(); route.backends.len()];
     for (i, b) in route.backends.iter().enumerate() {
