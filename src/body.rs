@@ -16,39 +16,80 @@ use tokio::time::{Instant, Sleep};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A response body for the client.
-pub enum Body {
+/// A body that is either buffered whole or streamed by `S`. One type for both
+/// directions, so the buffered case (the hot path) is written once. Plain `Body` is
+/// what the server sends a client.
+pub enum Body<S = Upstream> {
     Full(Option<Bytes>),
-    /// A passthrough route's upstream body, streamed as it arrives. The call holds its
-    /// place under the upstream's `max_concurrency` until the body ends.
-    Upstream(IdleTimeout<Incoming>, Option<crate::upstream::limit::Slot>),
+    Stream(S),
 }
 
-impl Body {
+/// A request body for an upstream: buffered, or a passthrough client's body, capped
+/// at `max_request_body`.
+pub type RequestBody = Body<Limited<Incoming>>;
+
+/// A passthrough route's upstream body, streamed as it arrives. The call holds its
+/// place under the upstream's `max_concurrency` until the body ends.
+pub struct Upstream {
+    body: IdleTimeout<Incoming>,
+    _slot: Option<crate::upstream::limit::Slot>,
+}
+
+impl Upstream {
+    pub fn new(body: IdleTimeout<Incoming>, slot: Option<crate::upstream::limit::Slot>) -> Self {
+        Upstream { body, _slot: slot }
+    }
+}
+
+impl HttpBody for Upstream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.inner.size_hint()
+    }
+}
+
+impl<S> Body<S> {
     pub fn empty() -> Self {
         Body::Full(None)
     }
 }
 
-impl From<Bytes> for Body {
+impl<S> From<Bytes> for Body<S> {
     fn from(b: Bytes) -> Self {
         Body::Full((!b.is_empty()).then_some(b))
     }
 }
 
-impl From<Vec<u8>> for Body {
+impl<S> From<Vec<u8>> for Body<S> {
     fn from(v: Vec<u8>) -> Self {
         Bytes::from(v).into()
     }
 }
 
-impl From<&'static str> for Body {
+impl<S> From<&'static str> for Body<S> {
     fn from(s: &'static str) -> Self {
         Bytes::from_static(s.as_bytes()).into()
     }
 }
 
-impl HttpBody for Body {
+impl<S> HttpBody for Body<S>
+where
+    S: HttpBody<Data = Bytes> + Unpin,
+    S::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -58,59 +99,21 @@ impl HttpBody for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Body::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Body::Upstream(body, _) => Pin::new(body).poll_frame(cx),
+            Body::Stream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Full(data) => data.is_none(),
-            Body::Upstream(body, _) => body.inner.is_end_stream(),
+            Body::Stream(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            Body::Upstream(body, _) => body.inner.size_hint(),
-        }
-    }
-}
-
-/// A request body for an upstream.
-pub enum RequestBody {
-    Full(Option<Bytes>),
-    /// A passthrough route's client body, capped at `max_request_body`.
-    Stream(Limited<Incoming>),
-}
-
-impl HttpBody for RequestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            RequestBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            RequestBody::Stream(body) => Pin::new(body).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            RequestBody::Full(data) => data.is_none(),
-            RequestBody::Stream(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            RequestBody::Full(data) => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
-            RequestBody::Stream(body) => body.size_hint(),
+            Body::Stream(body) => body.size_hint(),
         }
     }
 }

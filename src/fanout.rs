@@ -253,31 +253,23 @@ async fn call_backend(
         METRICS.cache_result("backend", "miss");
     }
     let retryable = is_idempotent(&b.method) || (b.method == Method::POST && call.idempotency_key);
-    let upstream_call = b.upstream.call(
-        &b.method,
-        &path,
-        call.headers,
-        body,
-        call.deadline,
-        retryable,
-    );
+    let upstream_call = || {
+        b.upstream.call(
+            &b.method,
+            &path,
+            call.headers,
+            body,
+            call.deadline,
+            retryable,
+        )
+    };
     let ((mut reply, mut attempts), mut made_call) = match &key {
-        Some(key) => b.upstream.coalescer.run(key, upstream_call).await,
-        None => (upstream_call.await, true),
+        Some(key) => b.upstream.coalescer.run(key, upstream_call()).await,
+        None => (upstream_call().await, true),
     };
     // A shared call timed out on its leader's deadline; ours may be later.
     if !made_call && matches!(reply, Err(Failure::Timeout)) && Instant::now() < call.deadline {
-        (reply, attempts) = b
-            .upstream
-            .call(
-                &b.method,
-                &path,
-                call.headers,
-                body,
-                call.deadline,
-                retryable,
-            )
-            .await;
+        (reply, attempts) = upstream_call().await;
         made_call = true;
     }
     let mut hints = Hints::default();

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::access_log::AccessRecord;
-use crate::body::{Body, IdleTimeout, RequestBody};
+use crate::body::{Body, IdleTimeout, RequestBody, Upstream};
 use crate::error::{BackendError, Failure, GatewayError};
 use crate::fanout::{self, Report};
 use crate::forward::X_REQUEST_ID;
@@ -108,7 +108,7 @@ pub async fn forward(
         },
     ));
     let idle = upstream.idle_timeout();
-    let mut out = resp.map(|b| Body::Upstream(IdleTimeout::new(b, idle), slot));
+    let mut out = resp.map(|b| Body::Stream(Upstream::new(IdleTimeout::new(b, idle), slot)));
     strip_hop_by_hop(out.headers_mut());
     out.headers_mut()
         .insert(X_REQUEST_ID, record.request_id.clone());
