@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method};
+use opentelemetry::trace::TraceId;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
@@ -27,6 +28,10 @@ pub struct AccessRecord {
     pub status: u16,
     pub duration: Duration,
     pub request_id: HeaderValue,
+    /// The server span's trace, or with tracing off the client's `traceparent` trace.
+    pub trace_id: Option<TraceId>,
+    /// The error code of a refused or failed request.
+    pub error: Option<&'static str>,
     pub partial: bool,
     /// The route cache's verdict (`hit`, `miss`, `stale`) on routes with `cache`.
     pub cache: Option<&'static str>,
@@ -45,6 +50,10 @@ struct Line<'a> {
     status: u16,
     duration_ms: f64,
     request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
     partial: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     cache: Option<&'static str>,
@@ -126,6 +135,8 @@ pub fn write(sink: &LogSink, format: LogFormat, r: &AccessRecord) {
                 status: r.status,
                 duration_ms: ms(r.duration),
                 request_id: r.request_id.to_str().unwrap_or(""),
+                trace_id: r.trace_id.map(|t| t.to_string()),
+                error: r.error,
                 partial: r.partial,
                 cache: r.cache,
                 backends: Backends(&r.backends),
@@ -141,8 +152,12 @@ pub fn write(sink: &LogSink, format: LogFormat, r: &AccessRecord) {
                 .iter()
                 .map(|(n, b)| format!("{n}={}", b.outcome))
                 .collect();
+            let trace = r
+                .trace_id
+                .map(|t| format!(" trace={t}"))
+                .unwrap_or_default();
             format!(
-                "{} access {} {} route={route:?} status={} {:.1}ms id={} partial={} backends=[{}]",
+                "{} access {} {} route={route:?} status={} {:.1}ms id={}{trace} partial={} backends=[{}]",
                 timestamp(SystemTime::now()),
                 r.method,
                 r.path,

@@ -53,6 +53,23 @@ impl Failure {
         }
     }
 
+    /// A short description for span status messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Failure::Timeout => "no answer in time".into(),
+            Failure::CircuitOpen { .. } => "circuit breaker open".into(),
+            Failure::Overloaded => "at its concurrency or rate limit".into(),
+            Failure::Connect => "could not connect, or the connection broke".into(),
+            Failure::ServerError(s) => format!("answered {}", s.as_u16()),
+            Failure::BadResponse(why) => format!("bad response: {why}"),
+            Failure::Rejected(s) => format!("rejected with {}", s.as_u16()),
+            Failure::Dependency { dep, .. } => format!("backend `{dep}` it reads from failed"),
+            Failure::MissingField { dep, field } => {
+                format!("backend `{dep}` has no usable field `{field}`")
+            }
+        }
+    }
+
     /// Failures the circuit breaker counts (connect error, timeout, 5xx).
     pub fn is_upstream_fault(&self) -> bool {
         matches!(

@@ -4,6 +4,7 @@
 //! run concurrently from the start. A required backend's failure ends the request at
 //! once (the calls still running are dropped, which cancels them).
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +20,10 @@ use crate::gateway::{Backend, Route, carries_body, is_idempotent};
 use crate::merge::{self, Answer, lookup};
 use crate::metrics::METRICS;
 use crate::template::{Part, push_encoded};
+use crate::trace::Span;
+use crate::upstream::CallSpec;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
 /// What a request brings to its backend calls.
 pub struct Call<'a> {
@@ -36,6 +41,8 @@ pub struct Call<'a> {
     pub vary: &'a str,
     pub cache: &'a Cache,
     pub deadline: Instant,
+    /// The server span: each backend's span goes under it.
+    pub span: &'a Span,
 }
 
 /// How one backend went, for the access log and, later, metrics.
@@ -72,6 +79,9 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
     // When each backend's call began (`None`: not started yet).
     let mut started: Vec<Option<Instant>> = vec![None; n];
     let mut running = FuturesUnordered::new();
+    // Declared after `running`, so dropped before it: spans of backends cut short
+    // are marked before their calls are cancelled.
+    let mut spans = Open(vec![None; n]);
     // One timer for the whole route, armed once (not per loop turn).
     let deadline = tokio::time::sleep_until(call.deadline);
     tokio::pin!(deadline);
@@ -86,9 +96,14 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
                 }
                 started[i] = Some(Instant::now());
                 progressed = true;
+                let span = backend_span(call.span, b);
                 match render(route, b, call.params, call.query, &out.results) {
-                    Ok(path) => running.push(call_backend(i, b, path, call)),
+                    Ok(path) => {
+                        spans.0[i] = Some(span.clone());
+                        running.push(call_backend(i, b, path, call, span));
+                    }
                     Err(failure) => {
+                        end_backend_span(&span, Err(&failure), 0);
                         out.reports[i] = Some(Report {
                             outcome: failure.outcome(),
                             status: None,
@@ -114,6 +129,7 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
         };
         match next {
             Ok(Some((i, result, report))) => {
+                spans.0[i] = None;
                 out.reports[i] = Some(report);
                 if settle(route, &mut out, i, result) {
                     return out;
@@ -136,6 +152,9 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
                             cache: None,
                             hints: Hints::default(),
                         });
+                    }
+                    if let Some(span) = spans.0[i].take() {
+                        end_backend_span(&span, Err(&Failure::Timeout), 1);
                     }
                     if settle(route, &mut out, i, Err(Failure::Timeout)) {
                         return out;
@@ -214,11 +233,59 @@ pub fn render(
     Ok(s)
 }
 
+/// Spans of backends still running; dropped with the fan-out, they are marked cut short.
+struct Open(Vec<Option<Span>>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        for span in self.0.iter().flatten() {
+            span.fail("cancelled", || {
+                "another backend's failure ended the request first".to_owned()
+            });
+            span.end();
+        }
+    }
+}
+
+pub fn backend_span(parent: &Span, b: &Backend) -> Span {
+    parent.child(
+        || Cow::Owned(format!("backend {}", b.name)),
+        SpanKind::Internal,
+        || {
+            let mut a = vec![
+                KeyValue::new("manifold.backend", b.name.to_string()),
+                KeyValue::new("manifold.upstream", b.upstream.name.to_string()),
+            ];
+            if b.optional {
+                a.push(KeyValue::new("manifold.optional", true));
+            }
+            a
+        },
+    )
+}
+
+/// Records a backend's outcome on its span and ends it.
+pub fn end_backend_span(span: &Span, result: Result<(), &Failure>, attempts: u32) {
+    if !span.is_on() {
+        return;
+    }
+    span.set("manifold.attempts", || i64::from(attempts).into());
+    match result {
+        Ok(()) => span.set("manifold.outcome", || "ok".into()),
+        Err(f) => {
+            span.set("manifold.outcome", || f.outcome().into());
+            span.fail(f.outcome(), || f.describe());
+        }
+    }
+    span.end();
+}
+
 async fn call_backend(
     i: usize,
     b: &Backend,
     path: String,
     call: &Call<'_>,
+    span: Span,
 ) -> (usize, Result<Answer, Failure>, Report) {
     let started = Instant::now();
     let body = if carries_body(&b.method) {
@@ -234,6 +301,8 @@ async fn call_backend(
     {
         let result = merge::decode(b, &entry.body);
         METRICS.cache_result("backend", "hit");
+        span.set("manifold.cache", || "hit".into());
+        end_backend_span(&span, result.as_ref().map(|_| ()), 0);
         // A route answer built on this one must not outlive it.
         let left = entry.fresh_for.saturating_sub(entry.stored.elapsed());
         let report = Report {
@@ -249,20 +318,23 @@ async fn call_backend(
         };
         return (i, result, report);
     }
-    if b.cache_ttl.is_some() && key.is_some() {
+    let cache_miss = b.cache_ttl.is_some() && key.is_some();
+    if cache_miss {
         METRICS.cache_result("backend", "miss");
+        span.set("manifold.cache", || "miss".into());
     }
-    let retryable = is_idempotent(&b.method) || (b.method == Method::POST && call.idempotency_key);
-    let upstream_call = || {
-        b.upstream.call(
-            &b.method,
-            &path,
-            call.headers,
-            body,
-            call.deadline,
-            retryable,
-        )
+    let spec = CallSpec {
+        method: &b.method,
+        path: &path,
+        headers: call.headers,
+        body,
+        deadline: call.deadline,
+        retryable: is_idempotent(&b.method) || (b.method == Method::POST && call.idempotency_key),
+        span: &span,
+        span_name: &b.span_name,
+        cache_miss,
     };
+    let upstream_call = || b.upstream.call(&spec);
     let ((mut reply, mut attempts), mut made_call) = match &key {
         Some(key) => b.upstream.coalescer.run(key, upstream_call()).await,
         None => (upstream_call().await, true),
@@ -295,12 +367,18 @@ async fn call_backend(
             (status, Err(f))
         }
     };
+    let attempts = if made_call { attempts } else { 0 };
+    if !made_call {
+        // Its answer came from an identical call another request made.
+        span.set("manifold.coalesced", || true.into());
+    }
+    end_backend_span(&span, result.as_ref().map(|_| ()), attempts);
     let report = Report {
         outcome: result.as_ref().map_or_else(Failure::outcome, |_| "ok"),
         status,
         elapsed: started.elapsed(),
         // A coalesced caller made no call of its own.
-        attempts: if made_call { attempts } else { 0 },
+        attempts,
         cache: b.cache_ttl.map(|_| "miss"),
         hints,
     };

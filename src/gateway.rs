@@ -19,6 +19,7 @@ use crate::metrics::{METRICS, RouteMetrics};
 use crate::ratelimit::RouteLimiter;
 use crate::router::Router;
 use crate::template::{Part, Template, route_params};
+use crate::trace::{TraceSettings, Tracing};
 use crate::upstream::Upstream;
 
 pub struct Gateway {
@@ -28,12 +29,17 @@ pub struct Gateway {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Route and backend answers; carried over on reload while its size is unchanged.
     pub cache: Arc<Cache>,
+    /// The span exporter, when tracing is on; kept by a reload that leaves its
+    /// settings unchanged.
+    pub tracing: Option<Arc<Tracing>>,
 }
 
 pub struct Route {
     pub name: Arc<str>,
     pub method: Method,
     pub path: String,
+    /// `METHOD /path/{template}`: the server span's name.
+    pub span_name: String,
     pub deadline: Duration,
     /// Names of the path parameters, in path order (matchit yields values in this order).
     pub params: Vec<String>,
@@ -66,6 +72,8 @@ pub struct Backend {
     pub default: Option<Value>,
     pub decode: Decode,
     pub cache_ttl: Option<Duration>,
+    /// `METHOD /path/{template}` without the query: the client spans' name.
+    pub span_name: String,
 }
 
 /// Methods a retry may repeat (CONTRACT §5); POST too when the client sent
@@ -122,7 +130,15 @@ impl Gateway {
             Some(p) if p.config.server.cache_capacity == capacity => p.cache.clone(),
             _ => Arc::new(Cache::new(capacity)),
         };
+        let tracing = match TraceSettings::from_config(&config.telemetry) {
+            None => None,
+            Some(settings) => match previous.and_then(|p| p.tracing.as_ref()) {
+                Some(t) if t.settings == settings => Some(t.clone()),
+                _ => Some(Arc::new(Tracing::build(settings)?)),
+            },
+        };
         Ok(Gateway {
+            tracing,
             router,
             routes,
             upstreams: ordered,
@@ -176,6 +192,7 @@ fn compile_route(
         name: Arc::from(r.name.as_str()),
         method: r.method.clone(),
         path: r.path.clone(),
+        span_name: format!("{} {}", r.method, r.path),
         deadline: config.route_deadline(r),
         params,
         forward_headers,
@@ -241,10 +258,13 @@ fn compile_backend(
             Part::Field { .. } => return Err("template parsed twice".into()),
         });
     }
+    let method = b.method.clone().unwrap_or_else(|| r.method.clone());
+    let template_path = b.path.split('?').next().unwrap_or_default();
     Ok(Backend {
         name: Arc::from(b.name.as_str()),
         upstream,
-        method: b.method.clone().unwrap_or_else(|| r.method.clone()),
+        span_name: format!("{method} {template_path}"),
+        method,
         template: Template { parts },
         deps,
         shape: Shape::new(b.target.as_deref(), &b.allow, &b.deny, &b.rename),

@@ -26,4 +26,5 @@ pub mod router;
 pub mod server;
 pub mod telemetry;
 pub mod template;
+pub mod trace;
 pub mod upstream;

@@ -95,9 +95,6 @@ fn check(path: &Path) -> ExitCode {
                 c.routes.len(),
                 c.upstreams.len()
             );
-            for key in manifold::config::not_yet_enforced(&c) {
-                eprintln!("warning: {key} is valid but not enforced yet in this version");
-            }
             ExitCode::SUCCESS
         }
         Err(d) => {
@@ -168,9 +165,6 @@ fn run(config: Result<Config, String>, demo: bool, watched: Option<PathBuf>) -> 
     runtime.block_on(async move {
         let format = config.telemetry.log_format;
         let (sink, _guard) = manifold::telemetry::init(format);
-        for key in manifold::config::not_yet_enforced(&config) {
-            tracing::warn!(key = %key, "valid but not enforced yet in this version");
-        }
         if demo {
             match manifold::demo::start(&config).await {
                 Ok(addrs) => tracing::info!(?addrs, "demo upstreams are serving"),

@@ -45,7 +45,7 @@ struct RouteName {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReloadLabels {
+struct ResultLabel {
     result: String,
 }
 
@@ -57,7 +57,8 @@ pub struct Metrics {
     cache: Family<CacheLabels, Counter>,
     rate_limited: Family<RouteName, Counter>,
     pub inflight: Gauge,
-    reloads: Family<ReloadLabels, Counter>,
+    reloads: Family<ResultLabel, Counter>,
+    trace_spans: Family<ResultLabel, Counter>,
 }
 
 /// Seconds: 1 ms to 10 s, the range a gateway's answers live in.
@@ -110,7 +111,8 @@ impl Metrics {
         let cache = Family::<CacheLabels, Counter>::default();
         let rate_limited = Family::<RouteName, Counter>::default();
         let inflight = Gauge::default();
-        let reloads = Family::<ReloadLabels, Counter>::default();
+        let reloads = Family::<ResultLabel, Counter>::default();
+        let trace_spans = Family::<ResultLabel, Counter>::default();
         registry.register(
             "http_server_request_duration_seconds",
             "Time to answer client requests, by route, method and status class",
@@ -146,6 +148,11 @@ impl Metrics {
             "Config reloads by result (ok, error)",
             reloads.clone(),
         );
+        registry.register(
+            "manifold_trace_spans",
+            "Spans handed to the OTLP collector, by result (exported, failed)",
+            trace_spans.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -155,6 +162,7 @@ impl Metrics {
             rate_limited,
             inflight,
             reloads,
+            trace_spans,
         }
     }
 
@@ -225,10 +233,20 @@ impl Metrics {
 
     pub fn reload(&self, ok: bool) {
         self.reloads
-            .get_or_create(&ReloadLabels {
+            .get_or_create(&ResultLabel {
                 result: if ok { "ok" } else { "error" }.into(),
             })
             .inc();
+    }
+
+    /// Spans in one export batch: `exported`, or `failed` when the collector did not
+    /// take them.
+    pub fn trace_spans(&self, result: &'static str, n: u64) {
+        self.trace_spans
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc_by(n);
     }
 
     pub fn breaker_state(&self, upstream: &str, state: i64) {
@@ -242,10 +260,10 @@ impl Metrics {
     /// The text exposition (OpenMetrics).
     pub fn encode(&self) -> String {
         // Both series exist from the start, so dashboards see 0 rather than no data.
-        let _ = self.reloads.get_or_create(&ReloadLabels {
+        let _ = self.reloads.get_or_create(&ResultLabel {
             result: "ok".into(),
         });
-        let _ = self.reloads.get_or_create(&ReloadLabels {
+        let _ = self.reloads.get_or_create(&ResultLabel {
             result: "error".into(),
         });
         let mut out = String::new();

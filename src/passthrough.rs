@@ -17,6 +17,7 @@ use crate::fanout::{self, Report};
 use crate::forward::X_REQUEST_ID;
 use crate::gateway::Route;
 use crate::proxy::content_length;
+use crate::trace::Span;
 use crate::upstream::SendError;
 
 #[allow(clippy::too_many_arguments)]
@@ -29,10 +30,14 @@ pub async fn forward(
     params: &[String],
     deadline: Instant,
     record: &mut AccessRecord,
+    span: &Span,
 ) -> Result<Response<Body>, GatewayError> {
     let backend = &route.backends[0];
     let upstream = &backend.upstream;
-    let fail = |failure| {
+    // Ends when the response head is in (or the call failed): the body streams after.
+    let span = fanout::backend_span(span, backend);
+    let fail = |failure: Failure| {
+        fanout::end_backend_span(&span, Err(&failure), 0);
         GatewayError::Backend(BackendError {
             backend: backend.name.clone(),
             upstream: upstream.name.clone(),
@@ -58,9 +63,16 @@ pub async fn forward(
     *req.headers_mut() = headers;
 
     let started = Instant::now();
-    let (resp, slot) = match upstream.send(req, deadline).await {
+    let (resp, slot) = match upstream
+        .send(req, deadline, &span, &backend.span_name)
+        .await
+    {
         Ok(answer) => answer,
         Err(SendError::Transport(e)) if is_body_limit(&e) => {
+            span.fail("payload_too_large", || {
+                "the client's body passed max_request_body".to_owned()
+            });
+            span.end();
             return Err(GatewayError::PayloadTooLarge {
                 limit: route.max_request_body,
             });
@@ -90,6 +102,14 @@ pub async fn forward(
         }
     };
     let status = resp.status();
+    let failure = if status.is_server_error() {
+        Some(Failure::ServerError(status))
+    } else if status.is_client_error() {
+        Some(Failure::Rejected(status))
+    } else {
+        None
+    };
+    fanout::end_backend_span(&span, failure.as_ref().map_or(Ok(()), Err), 1);
     record.backends.push((
         backend.name.clone(),
         Report {

@@ -18,16 +18,44 @@ use crate::gateway::{Gateway, Route};
 use crate::metrics::METRICS;
 use crate::router::Match;
 use crate::server::Shared;
+use crate::trace::{self, Span};
 use crate::{merge, passthrough};
 
 /// Serves one request on the public listener. Never fails: errors become responses.
 pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> Response<Body> {
     let gateway = shared.gateway.load_full();
     let request_id = forward::request_id(req.headers());
+    let span = match &gateway.tracing {
+        Some(t) => t.server_span(req.method(), req.headers()),
+        None => Span::none(),
+    };
+    if span.is_on() {
+        span.set("url.path", || req.uri().path().to_owned().into());
+        span.set("url.scheme", || "http".into());
+        span.set("network.protocol.version", || {
+            match req.version() {
+                http::Version::HTTP_2 => "2",
+                http::Version::HTTP_10 => "1.0",
+                _ => "1.1",
+            }
+            .into()
+        });
+        span.set("client.address", || peer.addr.ip().to_string().into());
+        span.set("manifold.request_id", || {
+            request_id.to_str().unwrap_or_default().to_owned().into()
+        });
+    }
+    let access_log = gateway.config.telemetry.access_log;
+    let trace_id = match span.trace_id() {
+        Some(id) => Some(id),
+        // Tracing off: the client's trace id still ties the line to its trace.
+        None if access_log => trace::client_trace_id(req.headers()),
+        None => None,
+    };
     let record = AccessRecord {
         method: req.method().clone(),
         // Only paid for when the line is written.
-        path: if gateway.config.telemetry.access_log {
+        path: if access_log {
             req.uri().path().to_string()
         } else {
             String::new()
@@ -37,14 +65,19 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> 
         status: 0,
         duration: Default::default(),
         request_id: request_id.clone(),
+        trace_id,
+        error: None,
         partial: false,
         cache: None,
         backends: Vec::new(),
     };
-    let mut done = Finish::new(shared, gateway.clone(), record);
-    let response = match serve(&gateway, req, peer, &request_id, &mut done.record).await {
+    let mut done = Finish::new(shared, gateway.clone(), record, span);
+    let response = match serve(&gateway, req, peer, &request_id, &mut done).await {
         Ok(r) => r,
-        Err(e) => e.into_response(&request_id),
+        Err(e) => {
+            done.record.error = Some(e.code());
+            e.into_response(&request_id)
+        }
     };
     done.record.status = response.status().as_u16();
     response
@@ -53,20 +86,23 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> 
 /// Counts, measures and logs a request however it ends: answered, or dropped midway
 /// (client gone, HTTP/2 stream reset, drain cut short) — then with status 499, as
 /// nginx logs a client that closed the request.
-struct Finish {
+pub struct Finish {
     shared: Arc<Shared>,
     gateway: Arc<Gateway>,
-    record: AccessRecord,
+    pub record: AccessRecord,
+    /// The server span; it ends with the request.
+    pub span: Span,
     started: Instant,
 }
 
 impl Finish {
-    fn new(shared: Arc<Shared>, gateway: Arc<Gateway>, record: AccessRecord) -> Self {
+    fn new(shared: Arc<Shared>, gateway: Arc<Gateway>, record: AccessRecord, span: Span) -> Self {
         METRICS.inflight.inc();
         Finish {
             shared,
             gateway,
             record,
+            span,
             started: Instant::now(),
         }
     }
@@ -80,6 +116,25 @@ impl Drop for Finish {
         }
         let elapsed = self.started.elapsed();
         let status = self.record.status;
+        if self.span.is_on() {
+            self.span
+                .set("http.response.status_code", || i64::from(status).into());
+            if status >= 500 {
+                let code = self.record.error.unwrap_or("INTERNAL");
+                self.span.fail(code, || format!("answered {status} {code}"));
+            } else if status == 499 {
+                self.span.fail("cancelled", || {
+                    "the client went away before the answer".to_owned()
+                });
+            }
+            if let Some(c) = self.record.cache {
+                self.span.set("manifold.cache", || c.into());
+            }
+            if self.record.partial {
+                self.span.set("manifold.partial", || true.into());
+            }
+            self.span.end();
+        }
         match self.record.route_index {
             Some(i) => self.gateway.routes[i]
                 .metrics
@@ -99,8 +154,10 @@ async fn serve(
     req: Request<Incoming>,
     peer: Peer,
     request_id: &HeaderValue,
-    record: &mut AccessRecord,
+    done: &mut Finish,
 ) -> Result<Response<Body>, GatewayError> {
+    let Finish { record, span, .. } = done;
+    let span = &*span;
     let (parts, body) = req.into_parts();
     let (route, raw_params) = match gateway.router.find(&parts.method, parts.uri.path()) {
         Match::Found { route, params } => {
@@ -111,6 +168,8 @@ async fn serve(
         Match::MethodNotAllowed(allow) => return Err(GatewayError::MethodNotAllowed { allow }),
     };
     record.route = Some(route.name.clone());
+    span.rename(|| route.span_name.clone());
+    span.set("http.route", || route.path.clone().into());
     if let Some(limiter) = &route.limiter {
         let trusted = &gateway.config.server.trusted_proxies;
         limiter
@@ -142,6 +201,7 @@ async fn serve(
             &params,
             deadline,
             record,
+            span,
         )
         .await;
     }
@@ -172,6 +232,7 @@ async fn serve(
         idempotency_key: parts.headers.contains_key(forward::IDEMPOTENCY_KEY),
         vary: &vary,
         cache: &gateway.cache,
+        span,
     };
     let Some(cache_config) = &route.cache else {
         let (bytes, completed, _) = merged(route, &call, record).await?;
@@ -191,6 +252,7 @@ async fn serve(
         Lookup::Fresh(entry) => {
             record.cache = Some("hit");
             METRICS.cache_result("route", "hit");
+            span.set("manifold.cache", || "hit".into());
             return Ok(json_response(entry.body, true, request_id, Some("hit")));
         }
         Lookup::Stale(entry) => Some(entry),
@@ -219,6 +281,7 @@ async fn serve(
             }
             None => {
                 record.cache = Some("miss");
+                record.error = Some(e.code());
                 METRICS.cache_result("route", "miss");
                 let mut resp = e.into_response(request_id);
                 resp.headers_mut()

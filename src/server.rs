@@ -188,11 +188,22 @@ impl Server {
         let _ = self.stop.send(true);
     }
 
-    /// Waits for the drain to end. True when every in-flight request finished in time.
+    /// Exports the spans queued so far; the exporter keeps running.
+    pub async fn flush_traces(&self) {
+        if let Some(t) = self.shared.gateway.load().tracing.clone() {
+            let _ = tokio::task::spawn_blocking(move || t.flush()).await;
+        }
+    }
+
+    /// Waits for the drain to end, then flushes the spans still queued. True when every in-flight request finished in time.
     pub async fn wait(self) -> bool {
         let mut public = true;
         for task in self.public {
             public &= task.await.unwrap_or(false);
+        }
+        // Spans of the last requests go out before the process ends (bounded wait).
+        if let Some(t) = self.shared.gateway.load().tracing.clone() {
+            let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
         }
         let _ = self.stop_admin.send(true);
         let admin = match self.admin {

@@ -12,7 +12,9 @@ use crate::config::LogFormat;
 /// Installs the global subscriber. Keep the guard alive until exit: dropping it flushes.
 pub fn init(format: LogFormat) -> (LogSink, WorkerGuard) {
     let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
-    let filter = EnvFilter::try_from_env("MANIFOLD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("MANIFOLD_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("info,opentelemetry=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer.clone());

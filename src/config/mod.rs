@@ -793,13 +793,3 @@ fn read_backend(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<BackendConfi
         passthrough,
     })
 }
-
-/// Keys this config sets whose runtime behaviour is not built yet (resilience and
-/// telemetry). They are validated, and the gateway says so rather than pretend.
-pub fn not_yet_enforced(config: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    if config.telemetry.otlp_endpoint.is_some() {
-        out.push("[telemetry] otlp_endpoint".to_string());
-    }
-    out
-}

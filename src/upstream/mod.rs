@@ -5,6 +5,7 @@
 //! hyper-util's pooled client is used directly: it takes our body types as they are
 //! (a passthrough body goes upstream unboxed) and skips a URL re-parse per call.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -33,6 +34,9 @@ use limit::{InFlight, Slot};
 use crate::cache::{Coalescer, Hints};
 use crate::metrics::{METRICS, UpstreamMetrics};
 use crate::ratelimit::Bucket;
+use crate::trace::Span;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
@@ -177,18 +181,32 @@ impl Upstream {
     /// response, to be held until its body ends.
     pub async fn send(
         &self,
-        req: Request<RequestBody>,
+        mut req: Request<RequestBody>,
         route_deadline: Instant,
+        span: &Span,
+        span_name: &str,
     ) -> Result<(Response<Incoming>, Option<Slot>), SendError> {
         let started = Instant::now();
+        let deadline = self.attempt_deadline(route_deadline);
+        let mut attempt = ClientSpan::start(
+            self,
+            span,
+            span_name,
+            req.method(),
+            req.uri(),
+            1,
+            false,
+            deadline,
+        );
+        attempt.span.inject(req.headers_mut());
         let (slot, permit) = match self.guards() {
             Ok(g) => g,
             Err(f) => {
                 self.metrics.observe(f.outcome(), 0.0);
+                attempt.finish(Err(&f));
                 return Err(SendError::Refused(f));
             }
         };
-        let deadline = self.attempt_deadline(route_deadline);
         let result = tokio::time::timeout_at(deadline, self.client().request(req)).await;
         let fault = !matches!(&result, Ok(Ok(resp)) if !resp.status().is_server_error());
         if let Some(p) = permit {
@@ -203,6 +221,17 @@ impl Upstream {
         };
         self.metrics
             .observe(outcome, started.elapsed().as_secs_f64());
+        match &result {
+            Ok(Ok(resp)) if resp.status().is_server_error() => {
+                attempt.finish(Err(&Failure::ServerError(resp.status())));
+            }
+            Ok(Ok(resp)) if resp.status().is_client_error() => {
+                attempt.finish(Err(&Failure::Rejected(resp.status())));
+            }
+            Ok(Ok(resp)) => attempt.finish(Ok(resp.status())),
+            Ok(Err(_)) => attempt.finish(Err(&Failure::Connect)),
+            Err(_) => attempt.finish(Err(&Failure::Timeout)),
+        }
         match result {
             Ok(Ok(resp)) => Ok((resp, slot)),
             Ok(Err(e)) => Err(SendError::Transport(e)),
@@ -214,16 +243,8 @@ impl Upstream {
     /// (an idempotent method, or POST with `idempotency-key`): only after a connect
     /// error, a timeout or a 502/503/504, and never past the route deadline. Returns
     /// the result and the number of attempts made.
-    pub async fn call(
-        &self,
-        method: &Method,
-        path: &str,
-        headers: &HeaderMap,
-        body: Option<&(Bytes, HeaderValue)>,
-        route_deadline: Instant,
-        retryable: bool,
-    ) -> (Reply, u32) {
-        let (attempts, backoff) = match (&self.settings.retry, retryable) {
+    pub async fn call(&self, spec: &CallSpec<'_>) -> (Reply, u32) {
+        let (attempts, backoff) = match (&self.settings.retry, spec.retryable) {
             (Some(r), true) => (r.attempts.max(1), r.backoff),
             _ => (1, Duration::ZERO),
         };
@@ -231,11 +252,8 @@ impl Upstream {
         loop {
             n += 1;
             let started = Instant::now();
-            let result = match self.uri(path) {
-                Ok(uri) => {
-                    self.attempt(method, uri, headers, body, route_deadline)
-                        .await
-                }
+            let result = match self.uri(spec.path) {
+                Ok(uri) => self.attempt(spec, uri, n).await,
                 Err(f) => Err(f),
             };
             let outcome = result.as_ref().map_or_else(Failure::outcome, |_| "ok");
@@ -243,7 +261,7 @@ impl Upstream {
                 .observe(outcome, started.elapsed().as_secs_f64());
             let again = n < attempts
                 && matches!(&result, Err(f) if retries_on(f))
-                && Instant::now() + backoff < route_deadline;
+                && Instant::now() + backoff < spec.deadline;
             if !again {
                 return (result, n);
             }
@@ -257,20 +275,32 @@ impl Upstream {
     /// One attempt: guards, then head and body within the attempt deadline. With a
     /// breaker, the timer is this attempt's own even when it equals the route
     /// deadline, so the breaker hears about the timeout before the caller drops the call.
-    async fn attempt(
-        &self,
-        method: &Method,
-        uri: Uri,
-        headers: &HeaderMap,
-        body: Option<&(Bytes, HeaderValue)>,
-        route_deadline: Instant,
-    ) -> Reply {
-        let (_slot, permit) = self.guards()?;
+    async fn attempt(&self, spec: &CallSpec<'_>, uri: Uri, n: u32) -> Reply {
+        let route_deadline = spec.deadline;
+        let deadline = self.attempt_deadline(route_deadline);
+        let mut span = ClientSpan::start(
+            self,
+            spec.span,
+            spec.span_name,
+            spec.method,
+            &uri,
+            n,
+            spec.cache_miss,
+            deadline,
+        );
+        let (_slot, permit) = match self.guards() {
+            Ok(g) => g,
+            Err(f) => {
+                span.finish(Err(&f));
+                return Err(f);
+            }
+        };
         let mut req = Request::new(RequestBody::Full(None));
-        *req.method_mut() = method.clone();
+        *req.method_mut() = spec.method.clone();
         *req.uri_mut() = uri;
-        *req.headers_mut() = headers.clone();
-        if let Some((bytes, content_type)) = body {
+        *req.headers_mut() = spec.headers.clone();
+        span.span.inject(req.headers_mut());
+        if let Some((bytes, content_type)) = spec.body {
             req.headers_mut()
                 .insert(header::CONTENT_TYPE, content_type.clone());
             *req.body_mut() = RequestBody::Full(Some(bytes.clone()));
@@ -298,7 +328,6 @@ impl Upstream {
             let hints = Hints::from_headers(resp.headers());
             Ok((status, read_limited(resp, limit).await?, hints))
         };
-        let deadline = self.attempt_deadline(route_deadline);
         let result = if permit.is_none() && deadline >= route_deadline {
             // No breaker needs to hear of a timeout, and the caller's route deadline
             // already bounds this call: one timer fewer per call on the hot path.
@@ -311,7 +340,130 @@ impl Upstream {
         if let Some(p) = permit {
             p.record(matches!(&result, Err(f) if f.is_upstream_fault()));
         }
+        span.finish(result.as_ref().map(|(status, _, _)| *status));
         result
+    }
+}
+
+/// One call as a backend asks for it (see [`Upstream::call`]).
+pub struct CallSpec<'a> {
+    pub method: &'a Method,
+    /// Path and query, rendered.
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+    pub body: Option<&'a (Bytes, HeaderValue)>,
+    /// The route deadline.
+    pub deadline: Instant,
+    /// An idempotent method, or POST with `idempotency-key`.
+    pub retryable: bool,
+    /// The backend span the attempts' client spans go under, and their name.
+    pub span: &'a Span,
+    pub span_name: &'a str,
+    /// The backend's cache was asked and had nothing (the attempt says so).
+    pub cache_miss: bool,
+}
+
+/// The client span of one attempt (CONTRACT §6). Dropped before [`ClientSpan::finish`]
+/// (the route deadline passed, or another backend's failure ended the request), it
+/// says so rather than ending as a silent success.
+struct ClientSpan {
+    span: Span,
+    deadline: Instant,
+    finished: bool,
+}
+
+impl ClientSpan {
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        up: &Upstream,
+        parent: &Span,
+        name: &str,
+        method: &Method,
+        uri: &Uri,
+        attempt: u32,
+        cache_miss: bool,
+        deadline: Instant,
+    ) -> ClientSpan {
+        let span = parent.child(
+            || Cow::Owned(name.to_owned()),
+            SpanKind::Client,
+            || {
+                let mut a = Vec::with_capacity(9);
+                a.push(KeyValue::new(
+                    "http.request.method",
+                    method.as_str().to_owned(),
+                ));
+                a.push(KeyValue::new("url.full", uri.to_string()));
+                if let Some(host) = uri.host() {
+                    a.push(KeyValue::new("server.address", host.to_owned()));
+                }
+                let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+                    Some("https") => 443,
+                    _ => 80,
+                });
+                a.push(KeyValue::new("server.port", i64::from(port)));
+                a.push(KeyValue::new("manifold.upstream", up.name.to_string()));
+                a.push(KeyValue::new("manifold.attempt", i64::from(attempt)));
+                if attempt > 1 {
+                    a.push(KeyValue::new(
+                        "http.request.resend_count",
+                        i64::from(attempt - 1),
+                    ));
+                }
+                if let Some(state) = up.breaker_state() {
+                    a.push(KeyValue::new("manifold.breaker.state", state.as_str()));
+                }
+                if cache_miss {
+                    a.push(KeyValue::new("manifold.cache", "miss"));
+                }
+                a
+            },
+        );
+        ClientSpan {
+            span,
+            deadline,
+            finished: false,
+        }
+    }
+
+    /// Records how the attempt went and ends the span.
+    fn finish(&mut self, result: Result<StatusCode, &Failure>) {
+        self.finished = true;
+        let span = &self.span;
+        if !span.is_on() {
+            return;
+        }
+        match result {
+            Ok(status) => {
+                span.set("http.response.status_code", || {
+                    i64::from(status.as_u16()).into()
+                });
+            }
+            Err(f) => {
+                if let Failure::ServerError(s) | Failure::Rejected(s) = f {
+                    let code = i64::from(s.as_u16());
+                    span.set("http.response.status_code", || code.into());
+                }
+                span.fail(f.outcome(), || f.describe());
+            }
+        }
+        span.end();
+    }
+}
+
+impl Drop for ClientSpan {
+    fn drop(&mut self) {
+        if !self.finished && self.span.is_on() {
+            if Instant::now() >= self.deadline {
+                self.span
+                    .fail("timeout", || "no answer before the deadline".to_owned());
+            } else {
+                self.span.fail("cancelled", || {
+                    "the request ended before the answer".to_owned()
+                });
+            }
+            self.span.end();
+        }
     }
 }
 

@@ -14,3 +14,4 @@ mod passthrough;
 mod reload;
 mod resilience;
 mod server;
+mod tracing;
