@@ -4,7 +4,6 @@
 //! run concurrently from the start. A required backend's failure ends the request at
 //! once (the calls still running are dropped, which cancels them).
 
-use std::borrow::Cow;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,10 +19,10 @@ use crate::gateway::{Backend, Route, carries_body, is_idempotent};
 use crate::merge::{self, Answer, lookup};
 use crate::metrics::METRICS;
 use crate::template::{Part, push_encoded};
-use crate::trace::Span;
+use crate::trace::{Pending, Span};
 use crate::upstream::CallSpec;
-use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
+use opentelemetry::{KeyValue, StringValue};
 
 /// What a request brings to its backend calls.
 pub struct Call<'a> {
@@ -79,9 +78,6 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
     // When each backend's call began (`None`: not started yet).
     let mut started: Vec<Option<Instant>> = vec![None; n];
     let mut running = FuturesUnordered::new();
-    // Declared after `running`, so dropped before it: spans of backends cut short
-    // are marked before their calls are cancelled.
-    let mut spans = Open(vec![None; n]);
     // One timer for the whole route, armed once (not per loop turn).
     let deadline = tokio::time::sleep_until(call.deadline);
     tokio::pin!(deadline);
@@ -99,11 +95,11 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
                 let span = backend_span(call.span, b);
                 match render(route, b, call.params, call.query, &out.results) {
                     Ok(path) => {
-                        spans.0[i] = Some(span.clone());
+                        let span = Pending::new(span, call.deadline);
                         running.push(call_backend(i, b, path, call, span));
                     }
                     Err(failure) => {
-                        end_backend_span(&span, Err(&failure), 0);
+                        end_backend_span(&mut Pending::new(span, call.deadline), Err(&failure), 0);
                         out.reports[i] = Some(Report {
                             outcome: failure.outcome(),
                             status: None,
@@ -129,7 +125,6 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
         };
         match next {
             Ok(Some((i, result, report))) => {
-                spans.0[i] = None;
                 out.reports[i] = Some(report);
                 if settle(route, &mut out, i, result) {
                     return out;
@@ -152,9 +147,6 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
                             cache: None,
                             hints: Hints::default(),
                         });
-                    }
-                    if let Some(span) = spans.0[i].take() {
-                        end_backend_span(&span, Err(&Failure::Timeout), 1);
                     }
                     if settle(route, &mut out, i, Err(Failure::Timeout)) {
                         return out;
@@ -233,28 +225,17 @@ pub fn render(
     Ok(s)
 }
 
-/// Spans of backends still running; dropped with the fan-out, they are marked cut short.
-struct Open(Vec<Option<Span>>);
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        for span in self.0.iter().flatten() {
-            span.fail("cancelled", || {
-                "another backend's failure ended the request first".to_owned()
-            });
-            span.end();
-        }
-    }
-}
-
 pub fn backend_span(parent: &Span, b: &Backend) -> Span {
     parent.child(
-        || Cow::Owned(format!("backend {}", b.name)),
+        || StringValue::from(b.backend_span.clone()),
         SpanKind::Internal,
         || {
             let mut a = vec![
-                KeyValue::new("manifold.backend", b.name.to_string()),
-                KeyValue::new("manifold.upstream", b.upstream.name.to_string()),
+                KeyValue::new("manifold.backend", StringValue::from(b.name.clone())),
+                KeyValue::new(
+                    "manifold.upstream",
+                    StringValue::from(b.upstream.name.clone()),
+                ),
             ];
             if b.optional {
                 a.push(KeyValue::new("manifold.optional", true));
@@ -265,7 +246,8 @@ pub fn backend_span(parent: &Span, b: &Backend) -> Span {
 }
 
 /// Records a backend's outcome on its span and ends it.
-pub fn end_backend_span(span: &Span, result: Result<(), &Failure>, attempts: u32) {
+pub fn end_backend_span(pending: &mut Pending, result: Result<(), &Failure>, attempts: u32) {
+    let span = pending.finish();
     if !span.is_on() {
         return;
     }
@@ -285,7 +267,7 @@ async fn call_backend(
     b: &Backend,
     path: String,
     call: &Call<'_>,
-    span: Span,
+    mut span: Pending,
 ) -> (usize, Result<Answer, Failure>, Report) {
     let started = Instant::now();
     let body = if carries_body(&b.method) {
@@ -301,8 +283,8 @@ async fn call_backend(
     {
         let result = merge::decode(b, &entry.body);
         METRICS.cache_result("backend", "hit");
-        span.set("manifold.cache", || "hit".into());
-        end_backend_span(&span, result.as_ref().map(|_| ()), 0);
+        span.span.set("manifold.cache", || "hit".into());
+        end_backend_span(&mut span, result.as_ref().map(|_| ()), 0);
         // A route answer built on this one must not outlive it.
         let left = entry.fresh_for.saturating_sub(entry.stored.elapsed());
         let report = Report {
@@ -321,7 +303,7 @@ async fn call_backend(
     let cache_miss = b.cache_ttl.is_some() && key.is_some();
     if cache_miss {
         METRICS.cache_result("backend", "miss");
-        span.set("manifold.cache", || "miss".into());
+        span.span.set("manifold.cache", || "miss".into());
     }
     let spec = CallSpec {
         method: &b.method,
@@ -330,7 +312,7 @@ async fn call_backend(
         body,
         deadline: call.deadline,
         retryable: is_idempotent(&b.method) || (b.method == Method::POST && call.idempotency_key),
-        span: &span,
+        span: &span.span,
         span_name: &b.span_name,
         cache_miss,
     };
@@ -370,9 +352,9 @@ async fn call_backend(
     let attempts = if made_call { attempts } else { 0 };
     if !made_call {
         // Its answer came from an identical call another request made.
-        span.set("manifold.coalesced", || true.into());
+        span.span.set("manifold.coalesced", || true.into());
     }
-    end_backend_span(&span, result.as_ref().map(|_| ()), attempts);
+    end_backend_span(&mut span, result.as_ref().map(|_| ()), attempts);
     let report = Report {
         outcome: result.as_ref().map_or_else(Failure::outcome, |_| "ok"),
         status,

@@ -39,7 +39,9 @@ pub struct Route {
     pub method: Method,
     pub path: String,
     /// `METHOD /path/{template}`: the server span's name.
-    pub span_name: String,
+    pub span_name: Arc<str>,
+    /// The path template (`http.route` on the server span).
+    pub template: Arc<str>,
     pub deadline: Duration,
     /// Names of the path parameters, in path order (matchit yields values in this order).
     pub params: Vec<String>,
@@ -73,7 +75,9 @@ pub struct Backend {
     pub decode: Decode,
     pub cache_ttl: Option<Duration>,
     /// `METHOD /path/{template}` without the query: the client spans' name.
-    pub span_name: String,
+    pub span_name: Arc<str>,
+    /// `backend NAME`: the backend span's name.
+    pub backend_span: Arc<str>,
 }
 
 /// Methods a retry may repeat (CONTRACT §5); POST too when the client sent
@@ -192,7 +196,8 @@ fn compile_route(
         name: Arc::from(r.name.as_str()),
         method: r.method.clone(),
         path: r.path.clone(),
-        span_name: format!("{} {}", r.method, r.path),
+        span_name: Arc::from(format!("{} {}", r.method, r.path)),
+        template: Arc::from(r.path.as_str()),
         deadline: config.route_deadline(r),
         params,
         forward_headers,
@@ -263,7 +268,8 @@ fn compile_backend(
     Ok(Backend {
         name: Arc::from(b.name.as_str()),
         upstream,
-        span_name: format!("{method} {template_path}"),
+        span_name: Arc::from(format!("{method} {template_path}")),
+        backend_span: Arc::from(format!("backend {}", b.name)),
         method,
         template: Template { parts },
         deps,

@@ -17,7 +17,7 @@ use crate::fanout::{self, Report};
 use crate::forward::X_REQUEST_ID;
 use crate::gateway::Route;
 use crate::proxy::content_length;
-use crate::trace::Span;
+use crate::trace::{Pending, Span};
 use crate::upstream::SendError;
 
 #[allow(clippy::too_many_arguments)]
@@ -35,17 +35,21 @@ pub async fn forward(
     let backend = &route.backends[0];
     let upstream = &backend.upstream;
     // Ends when the response head is in (or the call failed): the body streams after.
-    let span = fanout::backend_span(span, backend);
-    let fail = |failure: Failure| {
-        fanout::end_backend_span(&span, Err(&failure), 0);
+    let mut span = Pending::new(fanout::backend_span(span, backend), deadline);
+    let fail = |span: &mut Pending, failure: Failure, attempts: u32| {
+        fanout::end_backend_span(span, Err(&failure), attempts);
         GatewayError::Backend(BackendError {
             backend: backend.name.clone(),
             upstream: upstream.name.clone(),
             failure,
         })
     };
-    let path = fanout::render(route, backend, params, query, &[]).map_err(fail)?;
-    let uri = upstream.uri(&path).map_err(fail)?;
+    let uri = match fanout::render(route, backend, params, query, &[])
+        .and_then(|path| upstream.uri(&path))
+    {
+        Ok(uri) => uri,
+        Err(f) => return Err(fail(&mut span, f, 0)),
+    };
 
     let mut req = Request::new(RequestBody::Full(None));
     *req.method_mut() = backend.method.clone();
@@ -64,11 +68,12 @@ pub async fn forward(
 
     let started = Instant::now();
     let (resp, slot) = match upstream
-        .send(req, deadline, &span, &backend.span_name)
+        .send(req, deadline, &span.span, &backend.span_name)
         .await
     {
         Ok(answer) => answer,
         Err(SendError::Transport(e)) if is_body_limit(&e) => {
+            let span = span.finish();
             span.fail("payload_too_large", || {
                 "the client's body passed max_request_body".to_owned()
             });
@@ -98,7 +103,7 @@ pub async fn forward(
                     hints: Default::default(),
                 },
             ));
-            return Err(fail(failure));
+            return Err(fail(&mut span, failure, attempts));
         }
     };
     let status = resp.status();
@@ -109,7 +114,7 @@ pub async fn forward(
     } else {
         None
     };
-    fanout::end_backend_span(&span, failure.as_ref().map_or(Ok(()), Err), 1);
+    fanout::end_backend_span(&mut span, failure.as_ref().map_or(Ok(()), Err), 1);
     record.backends.push((
         backend.name.clone(),
         Report {

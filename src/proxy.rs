@@ -25,7 +25,7 @@ use crate::{merge, passthrough};
 pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> Response<Body> {
     let gateway = shared.gateway.load_full();
     let request_id = forward::request_id(req.headers());
-    let span = match &gateway.tracing {
+    let mut span = match &gateway.tracing {
         Some(t) => t.server_span(req.method(), req.headers()),
         None => Span::none(),
     };
@@ -157,7 +157,6 @@ async fn serve(
     done: &mut Finish,
 ) -> Result<Response<Body>, GatewayError> {
     let Finish { record, span, .. } = done;
-    let span = &*span;
     let (parts, body) = req.into_parts();
     let (route, raw_params) = match gateway.router.find(&parts.method, parts.uri.path()) {
         Match::Found { route, params } => {
@@ -168,8 +167,8 @@ async fn serve(
         Match::MethodNotAllowed(allow) => return Err(GatewayError::MethodNotAllowed { allow }),
     };
     record.route = Some(route.name.clone());
-    span.rename(|| route.span_name.clone());
-    span.set("http.route", || route.path.clone().into());
+    span.rename(|| route.span_name.clone().into());
+    span.set("http.route", || route.template.clone().into());
     if let Some(limiter) = &route.limiter {
         let trusted = &gateway.config.server.trusted_proxies;
         limiter
@@ -252,7 +251,6 @@ async fn serve(
         Lookup::Fresh(entry) => {
             record.cache = Some("hit");
             METRICS.cache_result("route", "hit");
-            span.set("manifold.cache", || "hit".into());
             return Ok(json_response(entry.body, true, request_id, Some("hit")));
         }
         Lookup::Stale(entry) => Some(entry),

@@ -5,7 +5,6 @@
 //! hyper-util's pooled client is used directly: it takes our body types as they are
 //! (a passthrough body goes upstream unboxed) and skips a URL re-parse per call.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -34,9 +33,9 @@ use limit::{InFlight, Slot};
 use crate::cache::{Coalescer, Hints};
 use crate::metrics::{METRICS, UpstreamMetrics};
 use crate::ratelimit::Bucket;
-use crate::trace::Span;
-use opentelemetry::KeyValue;
+use crate::trace::{Pending, Span};
 use opentelemetry::trace::SpanKind;
+use opentelemetry::{KeyValue, StringValue};
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
@@ -89,7 +88,8 @@ const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Upstream {
     pub fn build(name: &str, settings: &UpstreamSettings, workers: usize) -> Result<Self, String> {
-        let tls = tls_config(settings).map_err(|e| format!("upstream {name}: {e}"))?;
+        let tls =
+            tls_config(settings.ca_file.as_deref()).map_err(|e| format!("upstream {name}: {e}"))?;
         let clients = (0..workers.max(1))
             .map(|_| client(settings, tls.clone()))
             .collect();
@@ -184,7 +184,7 @@ impl Upstream {
         mut req: Request<RequestBody>,
         route_deadline: Instant,
         span: &Span,
-        span_name: &str,
+        span_name: &Arc<str>,
     ) -> Result<(Response<Incoming>, Option<Slot>), SendError> {
         let started = Instant::now();
         let deadline = self.attempt_deadline(route_deadline);
@@ -198,7 +198,7 @@ impl Upstream {
             false,
             deadline,
         );
-        attempt.span.inject(req.headers_mut());
+        attempt.inject(req.headers_mut());
         let (slot, permit) = match self.guards() {
             Ok(g) => g,
             Err(f) => {
@@ -299,7 +299,7 @@ impl Upstream {
         *req.method_mut() = spec.method.clone();
         *req.uri_mut() = uri;
         *req.headers_mut() = spec.headers.clone();
-        span.span.inject(req.headers_mut());
+        span.inject(req.headers_mut());
         if let Some((bytes, content_type)) = spec.body {
             req.headers_mut()
                 .insert(header::CONTENT_TYPE, content_type.clone());
@@ -358,26 +358,21 @@ pub struct CallSpec<'a> {
     pub retryable: bool,
     /// The backend span the attempts' client spans go under, and their name.
     pub span: &'a Span,
-    pub span_name: &'a str,
+    pub span_name: &'a Arc<str>,
     /// The backend's cache was asked and had nothing (the attempt says so).
     pub cache_miss: bool,
 }
 
-/// The client span of one attempt (CONTRACT §6). Dropped before [`ClientSpan::finish`]
-/// (the route deadline passed, or another backend's failure ended the request), it
-/// says so rather than ending as a silent success.
-struct ClientSpan {
-    span: Span,
-    deadline: Instant,
-    finished: bool,
-}
+/// The client span of one attempt (CONTRACT §6), marked as cut short if the attempt
+/// is dropped before it finishes.
+struct ClientSpan(Pending);
 
 impl ClientSpan {
     #[allow(clippy::too_many_arguments)]
     fn start(
         up: &Upstream,
         parent: &Span,
-        name: &str,
+        name: &Arc<str>,
         method: &Method,
         uri: &Uri,
         attempt: u32,
@@ -385,13 +380,13 @@ impl ClientSpan {
         deadline: Instant,
     ) -> ClientSpan {
         let span = parent.child(
-            || Cow::Owned(name.to_owned()),
+            || StringValue::from(name.clone()),
             SpanKind::Client,
             || {
-                let mut a = Vec::with_capacity(9);
+                let mut a = Vec::with_capacity(10);
                 a.push(KeyValue::new(
                     "http.request.method",
-                    method.as_str().to_owned(),
+                    crate::trace::method_name(method),
                 ));
                 a.push(KeyValue::new("url.full", uri.to_string()));
                 if let Some(host) = uri.host() {
@@ -402,7 +397,10 @@ impl ClientSpan {
                     _ => 80,
                 });
                 a.push(KeyValue::new("server.port", i64::from(port)));
-                a.push(KeyValue::new("manifold.upstream", up.name.to_string()));
+                a.push(KeyValue::new(
+                    "manifold.upstream",
+                    StringValue::from(up.name.clone()),
+                ));
                 a.push(KeyValue::new("manifold.attempt", i64::from(attempt)));
                 if attempt > 1 {
                     a.push(KeyValue::new(
@@ -419,17 +417,16 @@ impl ClientSpan {
                 a
             },
         );
-        ClientSpan {
-            span,
-            deadline,
-            finished: false,
-        }
+        ClientSpan(Pending::new(span, deadline))
+    }
+
+    fn inject(&self, headers: &mut HeaderMap) {
+        self.0.span.inject(headers);
     }
 
     /// Records how the attempt went and ends the span.
     fn finish(&mut self, result: Result<StatusCode, &Failure>) {
-        self.finished = true;
-        let span = &self.span;
+        let span = self.0.finish();
         if !span.is_on() {
             return;
         }
@@ -448,22 +445,6 @@ impl ClientSpan {
             }
         }
         span.end();
-    }
-}
-
-impl Drop for ClientSpan {
-    fn drop(&mut self) {
-        if !self.finished && self.span.is_on() {
-            if Instant::now() >= self.deadline {
-                self.span
-                    .fail("timeout", || "no answer before the deadline".to_owned());
-            } else {
-                self.span.fail("cancelled", || {
-                    "the request ended before the answer".to_owned()
-                });
-            }
-            self.span.end();
-        }
     }
 }
 
@@ -529,10 +510,10 @@ fn client(settings: &UpstreamSettings, tls: rustls::ClientConfig) -> HttpClient 
 }
 
 /// The platform's roots (as browsers and curl trust them), plus `ca_file` if set.
-fn tls_config(settings: &UpstreamSettings) -> Result<rustls::ClientConfig, String> {
+pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut extra = Vec::new();
-    if let Some(path) = &settings.ca_file {
+    if let Some(path) = ca_file {
         for cert in CertificateDer::pem_file_iter(path)
             .map_err(|e| format!("ca_file {}: {e}", path.display()))?
         {

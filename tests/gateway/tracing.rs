@@ -31,6 +31,8 @@ struct Got {
     trace_id: String,
     span_id: String,
     parent: String,
+    /// The parent came from another process (OTLP span flags).
+    remote_parent: bool,
     error: bool,
     attrs: HashMap<String, String>,
     service: String,
@@ -117,6 +119,7 @@ fn got(s: ProtoSpan, service: &str) -> Got {
         trace_id: hex(&s.trace_id),
         span_id: hex(&s.span_id),
         parent: hex(&s.parent_span_id),
+        remote_parent: s.flags & 0x300 == 0x300,
         error: s
             .status
             .as_ref()
@@ -224,6 +227,7 @@ path = "/api/users/{{id}}"
         server.parent, CLIENT_SPAN,
         "the client's span is the parent"
     );
+    assert!(server.remote_parent);
     assert_eq!(server.attr("http.route"), "/api/users/{id}");
     assert_eq!(server.attr("http.request.method"), "GET");
     assert_eq!(server.attr("url.path"), "/api/users/7");
@@ -247,10 +251,12 @@ path = "/api/users/{{id}}"
         let b = one(&spans, backend);
         assert_eq!(b.kind, SpanKind::Internal);
         assert_eq!(b.parent, server.span_id);
+        assert!(!b.remote_parent);
         assert_eq!(b.attr("manifold.outcome"), "ok");
         let c = one(&spans, client);
         assert_eq!(c.kind, SpanKind::Client);
         assert_eq!(c.parent, b.span_id, "{client} sits under {backend}");
+        assert!(!c.remote_parent);
         assert_eq!(c.attr("manifold.upstream"), upstream_name);
         assert_eq!(c.attr("url.full"), url);
         assert_eq!(c.attr("http.response.status_code"), "200");
@@ -467,4 +473,36 @@ async fn a_dead_or_stuck_collector_changes_no_answer() {
             assert!(started.elapsed() < Duration::from_secs(1));
         }
     }
+}
+
+#[tokio::test]
+async fn a_reload_that_moves_the_collector_flushes_the_old_one_and_uses_the_new() {
+    let first = Collector::start().await;
+    let second = Collector::start().await;
+    let up = Upstream::json(json!({"a": 1})).await;
+    let config = |collector: &str| {
+        format!(
+            "{SERVER}{}\n{}\n[[routes]]\npath = \"/a\"\n  [[routes.backends]]\n  upstream = \"up\"\n  path = \"/a\"\n",
+            telemetry(collector, 1.0),
+            upstream("up", &up.url(), ""),
+        )
+    };
+    let gw = Gateway::start(&config(&first.url)).await;
+    assert_eq!(gw.get("/a").await.status, 200);
+
+    let moved = manifold::config::parse("test.toml", &config(&second.url)).unwrap();
+    gw.server.reload(moved).unwrap();
+    assert_eq!(gw.get("/a").await.status, 200);
+    gw.server.flush_traces().await;
+
+    // The replaced exporter flushes on its own thread once the old config is let go.
+    for _ in 0..100 {
+        if first.spans().len() >= 3 && second.spans().len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(first.spans().len(), 3, "{:#?}", first.spans());
+    assert_eq!(second.spans().len(), 3, "{:#?}", second.spans());
+    assert_ne!(first.spans()[0].trace_id, second.spans()[0].trace_id);
 }

@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""The cost of tracing: manifold with tracing off and on (sample_ratio 1.0, a collector
+reachable), interleaved round by round so machine drift hits both alike; medians.
+
+    cargo build --release --example otlp_sink && cargo build --release
+    python3 benches/tracing_ab.py [--rounds 5] [--duration 6]
+
+Uses the shared benchmark's upstream (nginx on 127.0.0.1:7001) and routes.bench.toml;
+the collector is examples/otlp_sink (takes every export, answers 200, does not decode:
+a collector runs on other cores in production). Needs nginx and wrk.
+"""
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SHARED = os.path.join(ROOT, "..", "shared", "bench")
+
+
+def wait_port(port, seconds=15):
+    end = time.time() + seconds
+    while time.time() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    sys.exit(f"nothing listens on 127.0.0.1:{port}")
+
+
+def wrk(url, duration, script=None):
+    cmd = ["wrk", "-t1", "-c64", f"-d{duration}s", "--latency"]
+    if script:
+        cmd += ["-s", script]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)", out, re.M)
+    p99_ms = float(p99.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99.group(2)]
+    return rps, p99_ms
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=6)
+    args = ap.parse_args()
+    binary = os.path.join(ROOT, "target/release/manifold")
+    sink = os.path.join(ROOT, "target/release/examples/otlp_sink")
+    for b in (binary, sink):
+        if not os.path.exists(b):
+            sys.exit(f"{b} is missing: cargo build --release && cargo build --release --example otlp_sink")
+    work = tempfile.mkdtemp(prefix="manifold-tracing-ab-")
+    os.makedirs(f"{work}/tmp")
+    procs = []
+
+    def start(cmd, env=None):
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+        procs.append(p)
+        return p
+
+    def stop(p):
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(timeout=10)
+        procs.remove(p)
+
+    try:
+        text = open(f"{SHARED}/upstream-nginx.conf.tmpl").read()
+        text = text.replace("__DIR__", work).replace("__DATA__", f"{SHARED}/upstream").replace("__WORKERS__", "1")
+        open(f"{work}/upstream.conf", "w").write(text)
+        start(["nginx", "-p", work, "-c", f"{work}/upstream.conf"])
+        start([sink, "127.0.0.1:4318"])
+        wait_port(7001)
+        wait_port(4318)
+        config = f"{SHARED}/routes.bench.toml"
+        cases = [("identical", "/api/dashboard/42", None),
+                 ("distinct", "/api/dashboard/42", os.path.join(HERE, "distinct-ids.lua"))]
+        results = {(mode, case): [] for mode in ("off", "on") for case, _, _ in cases}
+        for rnd in range(args.rounds):
+            modes = ("off", "on") if rnd % 2 == 0 else ("on", "off")
+            for mode in modes:
+                env = dict(os.environ)
+                for k in list(env):
+                    if k.startswith("OTEL_"):
+                        del env[k]
+                if mode == "on":
+                    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://127.0.0.1:4318"
+                gw = start([binary, "serve", "--config", config], env=env)
+                wait_port(7103)
+                time.sleep(0.3)
+                for case, path, script in cases:
+                    results[(mode, case)].append(wrk("http://127.0.0.1:7103" + path, args.duration, script))
+                stop(gw)
+                time.sleep(0.3)
+        print(f"{'case':<10} {'tracing':<8} {'req/s':>9} {'p99 ms':>8}")
+        for case, _, _ in cases:
+            med = {}
+            for mode in ("off", "on"):
+                runs = results[(mode, case)]
+                med[mode] = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+                print(f"{case:<10} {mode:<8} {med[mode][0]:>9.0f} {med[mode][1]:>8.2f}")
+            print(f"{case:<10} cost of tracing: {100 * (1 - med['on'][0] / med['off'][0]):.1f}% of req/s")
+    finally:
+        for p in list(procs):
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
