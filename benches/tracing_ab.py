@@ -47,6 +47,12 @@ def wrk(url, duration, script=None):
     return rps, p99_ms
 
 
+def cpu_seconds(pid):
+    """User + system CPU of a process and its threads so far."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
@@ -97,17 +103,21 @@ def main():
                 wait_port(7103)
                 time.sleep(0.3)
                 for case, path, script in cases:
-                    results[(mode, case)].append(wrk("http://127.0.0.1:7103" + path, args.duration, script))
+                    before = cpu_seconds(gw.pid)
+                    rps, p99 = wrk("http://127.0.0.1:7103" + path, args.duration, script)
+                    cpu_us = (cpu_seconds(gw.pid) - before) / (rps * args.duration) * 1e6
+                    results[(mode, case)].append((rps, p99, cpu_us))
                 stop(gw)
                 time.sleep(0.3)
-        print(f"{'case':<10} {'tracing':<8} {'req/s':>9} {'p99 ms':>8}")
+        print(f"{'case':<10} {'tracing':<8} {'req/s':>9} {'p99 ms':>8} {'CPU µs/req':>11}")
         for case, _, _ in cases:
             med = {}
             for mode in ("off", "on"):
                 runs = results[(mode, case)]
-                med[mode] = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
-                print(f"{case:<10} {mode:<8} {med[mode][0]:>9.0f} {med[mode][1]:>8.2f}")
-            print(f"{case:<10} cost of tracing: {100 * (1 - med['on'][0] / med['off'][0]):.1f}% of req/s")
+                med[mode] = tuple(statistics.median(r[i] for r in runs) for i in range(3))
+                print(f"{case:<10} {mode:<8} {med[mode][0]:>9.0f} {med[mode][1]:>8.2f} {med[mode][2]:>11.1f}")
+            print(f"{case:<10} cost of tracing: {100 * (1 - med['on'][0] / med['off'][0]):.1f}% of req/s, "
+                  f"{med['on'][2] - med['off'][2]:.1f} µs of manifold CPU per request")
     finally:
         for p in list(procs):
             try:

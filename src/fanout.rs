@@ -22,7 +22,6 @@ use crate::template::{Part, push_encoded};
 use crate::trace::{Pending, Span};
 use crate::upstream::CallSpec;
 use opentelemetry::trace::SpanKind;
-use opentelemetry::{KeyValue, StringValue};
 
 /// What a request brings to its backend calls.
 pub struct Call<'a> {
@@ -226,23 +225,13 @@ pub fn render(
 }
 
 pub fn backend_span(parent: &Span, b: &Backend) -> Span {
-    parent.child(
-        || StringValue::from(b.backend_span.clone()),
-        SpanKind::Internal,
-        || {
-            let mut a = vec![
-                KeyValue::new("manifold.backend", StringValue::from(b.name.clone())),
-                KeyValue::new(
-                    "manifold.upstream",
-                    StringValue::from(b.upstream.name.clone()),
-                ),
-            ];
-            if b.optional {
-                a.push(KeyValue::new("manifold.optional", true));
-            }
-            a
-        },
-    )
+    parent.child(&b.backend_span, SpanKind::Internal, |a| {
+        a.str("manifold.backend", &b.name);
+        a.str("manifold.upstream", &b.upstream.name);
+        if b.optional {
+            a.bool("manifold.optional", true);
+        }
+    })
 }
 
 /// Records a backend's outcome on its span and ends it.
@@ -251,13 +240,15 @@ pub fn end_backend_span(pending: &mut Pending, result: Result<(), &Failure>, att
     if !span.is_on() {
         return;
     }
-    span.set("manifold.attempts", || i64::from(attempts).into());
-    match result {
-        Ok(()) => span.set("manifold.outcome", || "ok".into()),
-        Err(f) => {
-            span.set("manifold.outcome", || f.outcome().into());
-            span.fail(f.outcome(), || f.describe());
-        }
+    span.record(|a| {
+        a.int("manifold.attempts", i64::from(attempts));
+        a.str(
+            "manifold.outcome",
+            result.map_or_else(Failure::outcome, |()| "ok"),
+        );
+    });
+    if let Err(f) = result {
+        span.fail(f.outcome(), || f.describe());
     }
     span.end();
 }
@@ -283,7 +274,7 @@ async fn call_backend(
     {
         let result = merge::decode(b, &entry.body);
         METRICS.cache_result("backend", "hit");
-        span.span.set("manifold.cache", || "hit".into());
+        span.span.record(|a| a.str("manifold.cache", "hit"));
         end_backend_span(&mut span, result.as_ref().map(|_| ()), 0);
         // A route answer built on this one must not outlive it.
         let left = entry.fresh_for.saturating_sub(entry.stored.elapsed());
@@ -303,7 +294,7 @@ async fn call_backend(
     let cache_miss = b.cache_ttl.is_some() && key.is_some();
     if cache_miss {
         METRICS.cache_result("backend", "miss");
-        span.span.set("manifold.cache", || "miss".into());
+        span.span.record(|a| a.str("manifold.cache", "miss"));
     }
     let spec = CallSpec {
         method: &b.method,
@@ -352,7 +343,7 @@ async fn call_backend(
     let attempts = if made_call { attempts } else { 0 };
     if !made_call {
         // Its answer came from an identical call another request made.
-        span.span.set("manifold.coalesced", || true.into());
+        span.span.record(|a| a.bool("manifold.coalesced", true));
     }
     end_backend_span(&mut span, result.as_ref().map(|_| ()), attempts);
     let report = Report {

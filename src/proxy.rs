@@ -30,19 +30,21 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> 
         None => Span::none(),
     };
     if span.is_on() {
-        span.set("url.path", || req.uri().path().to_owned().into());
-        span.set("url.scheme", || "http".into());
-        span.set("network.protocol.version", || {
-            match req.version() {
-                http::Version::HTTP_2 => "2",
-                http::Version::HTTP_10 => "1.0",
-                _ => "1.1",
-            }
-            .into()
-        });
-        span.set("client.address", || peer.addr.ip().to_string().into());
-        span.set("manifold.request_id", || {
-            request_id.to_str().unwrap_or_default().to_owned().into()
+        let version = match req.version() {
+            http::Version::HTTP_2 => "2",
+            http::Version::HTTP_10 => "1.0",
+            _ => "1.1",
+        };
+        let client = peer.addr.ip().to_string();
+        span.record(|a| {
+            a.str("url.path", req.uri().path());
+            a.str("url.scheme", "http");
+            a.str("network.protocol.version", version);
+            a.str("client.address", &client);
+            a.str(
+                "manifold.request_id",
+                request_id.to_str().unwrap_or_default(),
+            );
         });
     }
     let access_log = gateway.config.telemetry.access_log;
@@ -118,7 +120,7 @@ impl Drop for Finish {
         let status = self.record.status;
         if self.span.is_on() {
             self.span
-                .set("http.response.status_code", || i64::from(status).into());
+                .record(|a| a.int("http.response.status_code", i64::from(status)));
             if status >= 500 {
                 let code = self.record.error.unwrap_or("INTERNAL");
                 self.span.fail(code, || format!("answered {status} {code}"));
@@ -127,12 +129,15 @@ impl Drop for Finish {
                     "the client went away before the answer".to_owned()
                 });
             }
-            if let Some(c) = self.record.cache {
-                self.span.set("manifold.cache", || c.into());
-            }
-            if self.record.partial {
-                self.span.set("manifold.partial", || true.into());
-            }
+            let (cache, partial) = (self.record.cache, self.record.partial);
+            self.span.record(|a| {
+                if let Some(c) = cache {
+                    a.str("manifold.cache", c);
+                }
+                if partial {
+                    a.bool("manifold.partial", true);
+                }
+            });
             self.span.end();
         }
         match self.record.route_index {
@@ -167,8 +172,8 @@ async fn serve(
         Match::MethodNotAllowed(allow) => return Err(GatewayError::MethodNotAllowed { allow }),
     };
     record.route = Some(route.name.clone());
-    span.rename(|| route.span_name.clone().into());
-    span.set("http.route", || route.template.clone().into());
+    span.rename(&route.span_name);
+    span.record(|a| a.str("http.route", &route.template));
     if let Some(limiter) = &route.limiter {
         let trusted = &gateway.config.server.trusted_proxies;
         limiter

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, Uri, header};
@@ -18,17 +18,13 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use opentelemetry::Value;
-use opentelemetry::trace::SpanKind;
 use opentelemetry_proto::tonic::common::v1::{
     AnyValue, InstrumentationScope, KeyValue as ProtoKeyValue, any_value,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{span, status};
 use prost::Message;
-use prost::encoding::{WireType, encode_key, encode_varint};
 
-use super::Record;
+use super::{Chunk, wire};
 use crate::config::TelemetryConfig;
 use crate::metrics::METRICS;
 
@@ -100,7 +96,7 @@ fn parse_headers(s: &str) -> Vec<(String, String)> {
 }
 
 enum Msg {
-    Spans(Vec<Record>),
+    Spans(Chunk),
     Flush(SyncSender<()>),
 }
 
@@ -162,8 +158,8 @@ impl Exporter {
     }
 
     /// Hands a request's spans over, or drops them if the queue is full.
-    pub fn send(&self, spans: Vec<Record>) {
-        let n = spans.len();
+    pub fn send(&self, spans: Chunk) {
+        let n = spans.count;
         match self.tx.try_send(Msg::Spans(spans)) {
             Ok(()) => {
                 let before = self.queued.fetch_add(n, Ordering::Relaxed);
@@ -238,7 +234,8 @@ fn run(rx: Receiver<Msg>, queued: &AtomicUsize, mut post: Post, tls: rustls::Cli
         .timer(TokioTimer::new())
         .build(https);
 
-    let mut batch: Vec<Record> = Vec::new();
+    // Requests' span lists as they came (not flattened: no copying), and their count.
+    let mut batch = Batch::default();
     // When the oldest span of `batch` must go out.
     let mut due: Option<Instant> = None;
     let mut acks = Vec::new();
@@ -248,10 +245,11 @@ fn run(rx: Receiver<Msg>, queued: &AtomicUsize, mut post: Post, tls: rustls::Cli
         loop {
             match rx.try_recv() {
                 Ok(Msg::Spans(spans)) => {
-                    if batch.is_empty() {
+                    if batch.spans == 0 {
                         due = Some(Instant::now() + BATCH_DELAY);
                     }
-                    batch.extend(spans);
+                    batch.spans += spans.count;
+                    batch.groups.push(spans);
                 }
                 Ok(Msg::Flush(ack)) => acks.push(ack),
                 Err(TryRecvError::Empty) => break,
@@ -268,12 +266,9 @@ fn run(rx: Receiver<Msg>, queued: &AtomicUsize, mut post: Post, tls: rustls::Cli
             for ack in acks.drain(..) {
                 let _ = ack.try_send(());
             }
-        } else if batch.len() >= MAX_BATCH {
-            // Whole batches now; a remainder waits for its time or more company.
-            let rest = batch.split_off(batch.len() - batch.len() % MAX_BATCH);
+        } else if batch.spans >= MAX_BATCH {
             export(&rt, &client, &mut post, &mut batch);
-            batch = rest;
-            due = (!batch.is_empty()).then(|| now + BATCH_DELAY);
+            due = None;
         }
         if closed {
             return;
@@ -285,19 +280,29 @@ fn run(rx: Receiver<Msg>, queued: &AtomicUsize, mut post: Post, tls: rustls::Cli
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// Posts `batch` in requests of at most `MAX_BATCH` spans and empties it.
-fn export(
-    rt: &tokio::runtime::Runtime,
-    client: &HttpsClient,
-    post: &mut Post,
-    batch: &mut Vec<Record>,
-) {
-    while !batch.is_empty() {
-        let rest = batch.split_off(batch.len().min(MAX_BATCH));
-        let chunk = std::mem::replace(batch, rest);
-        let n = chunk.len() as u64;
+#[derive(Default)]
+struct Batch {
+    groups: Vec<Chunk>,
+    spans: usize,
+}
+
+/// Posts `batch` in requests of about `MAX_BATCH` spans (whole requests' lists) and
+/// empties it.
+fn export(rt: &tokio::runtime::Runtime, client: &HttpsClient, post: &mut Post, batch: &mut Batch) {
+    batch.spans = 0;
+    let mut groups = std::mem::take(&mut batch.groups).into_iter().peekable();
+    while groups.peek().is_some() {
+        let mut chunk = Vec::new();
+        let mut n = 0;
+        while n < MAX_BATCH
+            && let Some(g) = groups.next()
+        {
+            n += g.count;
+            chunk.push(g);
+        }
         let body = post.encoder.encode(&chunk);
         drop(chunk);
+        let n = n as u64;
         let mut req = Request::new(Full::new(Bytes::from(body)));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = post.uri.clone();
@@ -341,19 +346,12 @@ fn export(
     }
 }
 
-/// One OTLP `ExportTraceServiceRequest`, written field by field straight from our
-/// records (field numbers from `opentelemetry/proto/trace/v1/trace.proto`). Building
-/// the generated message structs first cost a string copy per attribute and a length
-/// pass per nesting level: most of the export thread's time. The unit tests decode
-/// the output with the generated types.
+/// Wraps already encoded spans in one `ExportTraceServiceRequest`:
+/// `{ resource_spans = 1: { resource = 1, scope_spans = 2: { scope = 1, spans = 2... } } }`.
+/// The resource and scope are encoded once; the spans are copied in as they are.
 struct Encoder {
-    /// `ResourceSpans.resource` and `ScopeSpans.scope`, encoded once.
     resource: Vec<u8>,
     scope: Vec<u8>,
-    // Scratch buffers, reused from batch to batch.
-    span: Vec<u8>,
-    kv: Vec<u8>,
-    any: Vec<u8>,
 }
 
 impl Encoder {
@@ -366,102 +364,23 @@ impl Encoder {
         Encoder {
             resource: resource.encode_to_vec(),
             scope: scope.encode_to_vec(),
-            span: Vec::new(),
-            kv: Vec::new(),
-            any: Vec::new(),
         }
     }
 
-    fn encode(&mut self, spans: &[Record]) -> Vec<u8> {
-        // ScopeSpans { scope = 1; repeated Span spans = 2; }
-        let mut scope_spans = Vec::with_capacity(64 + spans.len() * 256);
-        bytes_field(1, &self.scope, &mut scope_spans);
-        for r in spans {
-            self.span.clear();
-            encode_span(r, &mut self.span, &mut self.kv, &mut self.any);
-            bytes_field(2, &self.span, &mut scope_spans);
+    fn encode(&self, chunks: &[Chunk]) -> Vec<u8> {
+        let spans: usize = chunks.iter().map(|c| c.bytes.len()).sum();
+        let scope_spans = wire::field_len(self.scope.len()) + spans;
+        let resource_spans = wire::field_len(self.resource.len()) + wire::field_len(scope_spans);
+        let mut out = Vec::with_capacity(wire::field_len(resource_spans));
+        wire::header(1, resource_spans, &mut out);
+        wire::bytes(1, &self.resource, &mut out);
+        wire::header(2, scope_spans, &mut out);
+        wire::bytes(1, &self.scope, &mut out);
+        for c in chunks {
+            out.extend_from_slice(&c.bytes);
         }
-        // ResourceSpans { resource = 1; repeated ScopeSpans scope_spans = 2; }
-        let mut resource_spans = Vec::with_capacity(scope_spans.len() + self.resource.len() + 16);
-        bytes_field(1, &self.resource, &mut resource_spans);
-        bytes_field(2, &scope_spans, &mut resource_spans);
-        // ExportTraceServiceRequest { repeated ResourceSpans resource_spans = 1; }
-        let mut request = Vec::with_capacity(resource_spans.len() + 8);
-        bytes_field(1, &resource_spans, &mut request);
-        request
+        out
     }
-}
-
-fn encode_span(r: &Record, out: &mut Vec<u8>, kv: &mut Vec<u8>, any: &mut Vec<u8>) {
-    bytes_field(1, &r.trace_id.to_bytes(), out);
-    bytes_field(2, &r.span_id.to_bytes(), out);
-    if !r.state.is_empty() {
-        bytes_field(3, r.state.as_bytes(), out);
-    }
-    if r.parent != opentelemetry::trace::SpanId::INVALID {
-        bytes_field(4, &r.parent.to_bytes(), out);
-    }
-    bytes_field(5, r.name.as_str().as_bytes(), out);
-    let kind = match r.kind {
-        SpanKind::Server => span::SpanKind::Server,
-        SpanKind::Client => span::SpanKind::Client,
-        SpanKind::Producer => span::SpanKind::Producer,
-        SpanKind::Consumer => span::SpanKind::Consumer,
-        SpanKind::Internal => span::SpanKind::Internal,
-    };
-    varint_field(6, kind as u64, out);
-    fixed64_field(7, nanos(r.start), out);
-    fixed64_field(8, nanos(r.end), out);
-    for a in &r.attributes {
-        kv.clear();
-        any.clear();
-        bytes_field(1, a.key.as_str().as_bytes(), kv);
-        match &a.value {
-            Value::String(s) => bytes_field(1, s.as_str().as_bytes(), any),
-            Value::Bool(b) => varint_field(2, u64::from(*b), any),
-            // int64 on the wire: the two's complement as a varint.
-            Value::I64(i) => varint_field(3, *i as u64, any),
-            Value::F64(f) => fixed64_field(4, f.to_bits(), any),
-            other => bytes_field(1, other.to_string().as_bytes(), any),
-        }
-        bytes_field(2, any, kv);
-        bytes_field(9, kv, out);
-    }
-    if let Some(message) = &r.error {
-        // Status { string message = 2; StatusCode code = 3; }
-        any.clear();
-        bytes_field(2, message.as_bytes(), any);
-        varint_field(3, status::StatusCode::Error as u64, any);
-        bytes_field(15, any, out);
-    }
-    // Sampled (bit 0); whether the parent is remote is known (bit 8), and it is (bit 9).
-    let mut flags: u32 = 0x01 | 0x100;
-    if r.parent_remote {
-        flags |= 0x200;
-    }
-    encode_key(16, WireType::ThirtyTwoBit, out);
-    out.extend_from_slice(&flags.to_le_bytes());
-}
-
-fn bytes_field(tag: u32, b: &[u8], out: &mut Vec<u8>) {
-    encode_key(tag, WireType::LengthDelimited, out);
-    encode_varint(b.len() as u64, out);
-    out.extend_from_slice(b);
-}
-
-fn varint_field(tag: u32, v: u64, out: &mut Vec<u8>) {
-    encode_key(tag, WireType::Varint, out);
-    encode_varint(v, out);
-}
-
-fn fixed64_field(tag: u32, v: u64, out: &mut Vec<u8>) {
-    encode_key(tag, WireType::SixtyFourBit, out);
-    out.extend_from_slice(&v.to_le_bytes());
-}
-
-fn nanos(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 fn kv(key: &str, value: String) -> ProtoKeyValue {
@@ -543,76 +462,27 @@ mod tests {
 
     #[test]
     fn what_is_encoded_decodes_as_otlp() {
-        use opentelemetry::KeyValue;
-        use opentelemetry::trace::{SpanId, TraceId};
         use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
         use opentelemetry_proto::tonic::trace::v1::Span as ProtoSpan;
 
-        let start = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
-        let record = Record {
-            name: "GET /users/{id}".into(),
-            kind: SpanKind::Client,
-            parent: SpanId::from(7u64),
-            parent_remote: true,
-            start,
-            end: start + Duration::from_micros(1500),
-            attributes: vec![
-                KeyValue::new("url.full", "http://u:1/users/7"),
-                KeyValue::new("http.response.status_code", 503i64),
-                KeyValue::new("manifold.coalesced", true),
-                KeyValue::new("ratio", 0.5),
-                KeyValue::new("negative", -3i64),
-            ],
-            error: Some("answered 503".into()),
-            trace_id: TraceId::from(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736u128),
-            span_id: SpanId::from(0x00f0_67aa_0ba9_02b7u64),
-            state: "vendor=1".into(),
-        };
         let resource = Resource {
             attributes: vec![kv("service.name", "edge".into())],
             ..Default::default()
         };
-        let bytes = Encoder::new(&resource).encode(&[record]);
+        let (first, second) = super::super::tests::two_encoded_spans();
+        let bytes = Encoder::new(&resource).encode(&[first, second]);
         let decoded = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
+        assert_eq!(decoded.resource_spans.len(), 1);
         let rs = &decoded.resource_spans[0];
         assert_eq!(rs.resource.as_ref().unwrap(), &resource);
         let ss = &rs.scope_spans[0];
         assert_eq!(ss.scope.as_ref().unwrap().name, "manifold");
-        let any = |v: any_value::Value| Some(AnyValue { value: Some(v) });
-        let attr = |k: &str, v| ProtoKeyValue {
-            key: k.into(),
-            value: any(v),
-            ..Default::default()
-        };
-        let expected = ProtoSpan {
-            trace_id: 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736u128
-                .to_be_bytes()
-                .to_vec(),
-            span_id: 0x00f0_67aa_0ba9_02b7u64.to_be_bytes().to_vec(),
-            trace_state: "vendor=1".into(),
-            parent_span_id: 7u64.to_be_bytes().to_vec(),
-            flags: 0x301,
-            name: "GET /users/{id}".into(),
-            kind: span::SpanKind::Client as i32,
-            start_time_unix_nano: 1_700_000_000_123_456_789,
-            end_time_unix_nano: 1_700_000_000_124_956_789,
-            attributes: vec![
-                attr(
-                    "url.full",
-                    any_value::Value::StringValue("http://u:1/users/7".into()),
-                ),
-                attr("http.response.status_code", any_value::Value::IntValue(503)),
-                attr("manifold.coalesced", any_value::Value::BoolValue(true)),
-                attr("ratio", any_value::Value::DoubleValue(0.5)),
-                attr("negative", any_value::Value::IntValue(-3)),
-            ],
-            status: Some(opentelemetry_proto::tonic::trace::v1::Status {
-                message: "answered 503".into(),
-                code: status::StatusCode::Error as i32,
-            }),
-            ..Default::default()
-        };
-        assert_eq!(ss.spans, vec![expected]);
+        let names: Vec<&str> = ss
+            .spans
+            .iter()
+            .map(|s: &ProtoSpan| s.name.as_str())
+            .collect();
+        assert_eq!(names, ["GET /users/{id}", "GET /a/{id}"]);
     }
 
     #[test]

@@ -35,7 +35,6 @@ use crate::metrics::{METRICS, UpstreamMetrics};
 use crate::ratelimit::Bucket;
 use crate::trace::{Pending, Span};
 use opentelemetry::trace::SpanKind;
-use opentelemetry::{KeyValue, StringValue};
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
@@ -379,44 +378,40 @@ impl ClientSpan {
         cache_miss: bool,
         deadline: Instant,
     ) -> ClientSpan {
-        let span = parent.child(
-            || StringValue::from(name.clone()),
-            SpanKind::Client,
-            || {
-                let mut a = Vec::with_capacity(10);
-                a.push(KeyValue::new(
-                    "http.request.method",
-                    crate::trace::method_name(method),
-                ));
-                a.push(KeyValue::new("url.full", uri.to_string()));
-                if let Some(host) = uri.host() {
-                    a.push(KeyValue::new("server.address", host.to_owned()));
-                }
-                let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
-                    Some("https") => 443,
-                    _ => 80,
-                });
-                a.push(KeyValue::new("server.port", i64::from(port)));
-                a.push(KeyValue::new(
-                    "manifold.upstream",
-                    StringValue::from(up.name.clone()),
-                ));
-                a.push(KeyValue::new("manifold.attempt", i64::from(attempt)));
-                if attempt > 1 {
-                    a.push(KeyValue::new(
-                        "http.request.resend_count",
-                        i64::from(attempt - 1),
-                    ));
-                }
-                if let Some(state) = up.breaker_state() {
-                    a.push(KeyValue::new("manifold.breaker.state", state.as_str()));
-                }
-                if cache_miss {
-                    a.push(KeyValue::new("manifold.cache", "miss"));
-                }
-                a
-            },
-        );
+        let span = parent.child(name, SpanKind::Client, |a| {
+            a.str("http.request.method", method.as_str());
+            // The URI as sent: `Uri` keeps it as one string, so no formatting here.
+            let full = (uri.scheme_str(), uri.authority(), uri.path_and_query());
+            if let (Some(scheme), Some(authority), Some(pq)) = full {
+                let mut url = String::with_capacity(
+                    scheme.len() + 3 + authority.as_str().len() + pq.as_str().len(),
+                );
+                url.push_str(scheme);
+                url.push_str("://");
+                url.push_str(authority.as_str());
+                url.push_str(pq.as_str());
+                a.str("url.full", &url);
+            }
+            if let Some(host) = uri.host() {
+                a.str("server.address", host);
+            }
+            let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+                Some("https") => 443,
+                _ => 80,
+            });
+            a.int("server.port", i64::from(port));
+            a.str("manifold.upstream", &up.name);
+            a.int("manifold.attempt", i64::from(attempt));
+            if attempt > 1 {
+                a.int("http.request.resend_count", i64::from(attempt - 1));
+            }
+            if let Some(state) = up.breaker_state() {
+                a.str("manifold.breaker.state", state.as_str());
+            }
+            if cache_miss {
+                a.str("manifold.cache", "miss");
+            }
+        });
         ClientSpan(Pending::new(span, deadline))
     }
 
@@ -432,14 +427,11 @@ impl ClientSpan {
         }
         match result {
             Ok(status) => {
-                span.set("http.response.status_code", || {
-                    i64::from(status.as_u16()).into()
-                });
+                span.record(|a| a.int("http.response.status_code", i64::from(status.as_u16())));
             }
             Err(f) => {
                 if let Failure::ServerError(s) | Failure::Rejected(s) = f {
-                    let code = i64::from(s.as_u16());
-                    span.set("http.response.status_code", || code.into());
+                    span.record(|a| a.int("http.response.status_code", i64::from(s.as_u16())));
                 }
                 span.fail(f.outcome(), || f.describe());
             }

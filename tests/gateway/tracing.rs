@@ -506,3 +506,27 @@ async fn a_reload_that_moves_the_collector_flushes_the_old_one_and_uses_the_new(
     assert_eq!(second.spans().len(), 3, "{:#?}", second.spans());
     assert_ne!(first.spans()[0].trace_id, second.spans()[0].trace_id);
 }
+
+#[tokio::test]
+async fn with_tracing_off_the_access_log_still_carries_the_clients_trace_id() {
+    let up = Upstream::json(json!({"a": 1})).await;
+    let gw = Gateway::start(&format!(
+        "{}\n[[routes]]\npath = \"/a\"\n  [[routes.backends]]\n  upstream = \"up\"\n  path = \"/a\"\n",
+        upstream("up", &up.url(), ""),
+    ))
+    .await;
+    let traceparent = format!("00-{TRACE}-{CLIENT_SPAN}-01");
+    gw.send(
+        gw.client
+            .get(format!("{}/a", gw.base))
+            .header("traceparent", &traceparent),
+    )
+    .await;
+    // Passed on untouched: no span of ours to be the parent.
+    assert_eq!(up.last().headers["traceparent"], traceparent.as_str());
+    assert_eq!(gw.access_lines().pop().unwrap()["trace_id"], TRACE);
+
+    gw.get("/a").await;
+    assert!(up.last().headers.get("traceparent").is_none());
+    assert!(gw.access_lines().pop().unwrap().get("trace_id").is_none());
+}
