@@ -35,12 +35,20 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> 
             http::Version::HTTP_10 => "1.0",
             _ => "1.1",
         };
-        let client = peer.addr.ip().to_string();
+        // An address fits in 45 bytes; formatted on the stack.
+        let mut ip = [0u8; 48];
+        let ip_len = {
+            use std::io::Write;
+            let mut w = &mut ip[..];
+            let _ = write!(w, "{}", peer.addr.ip());
+            48 - w.len()
+        };
+        let client = std::str::from_utf8(&ip[..ip_len]).unwrap_or_default();
         span.record(|a| {
             a.str("url.path", req.uri().path());
             a.str("url.scheme", "http");
             a.str("network.protocol.version", version);
-            a.str("client.address", &client);
+            a.str("client.address", client);
             a.str(
                 "manifold.request_id",
                 request_id.to_str().unwrap_or_default(),

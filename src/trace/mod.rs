@@ -121,12 +121,9 @@ impl Tracing {
             }),
         });
         let mut rec = sampled.then(|| {
-            Box::new(Record::new(
-                method_name(method),
-                SpanKind::Server,
-                parent_id,
-                |a| a.str("http.request.method", method.as_str()),
-            ))
+            Record::new(method_name(method), SpanKind::Server, parent_id, |a| {
+                a.str("http.request.method", method.as_str())
+            })
         });
         if let Some(r) = &mut rec {
             r.parent_remote = parent_id != SpanId::INVALID;
@@ -254,6 +251,11 @@ impl Attrs<'_> {
         wire::attribute(key, wire::AnyValue::Str(value), self.0);
     }
 
+    /// A string attribute given in pieces (`["http", "://", host, path]`).
+    pub fn concat(&mut self, key: &str, parts: &[&str]) {
+        wire::attribute(key, wire::AnyValue::Parts(parts), self.0);
+    }
+
     pub fn int(&mut self, key: &str, value: i64) {
         wire::attribute(key, wire::AnyValue::Int(value), self.0);
     }
@@ -273,7 +275,7 @@ struct Live {
     trace: Arc<Trace>,
     span_id: SpanId,
     /// What is recorded (sampled spans only); `None` once ended.
-    rec: Option<Box<Record>>,
+    rec: Option<Record>,
     /// The server span: ending it sends the trace's spans to the exporter.
     root: bool,
 }
@@ -294,12 +296,12 @@ impl Span {
             return Span(None);
         };
         let rec = live.trace.sampled.then(|| {
-            Box::new(Record::new(
+            Record::new(
                 StringValue::from(name.clone()),
                 kind,
                 live.span_id,
                 attributes,
-            ))
+            )
         });
         Span(Some(Live {
             trace: live.trace.clone(),
@@ -316,20 +318,20 @@ impl Span {
 
     /// Adds attributes when the span records (`attributes` is not called otherwise).
     pub fn record(&mut self, attributes: impl FnOnce(&mut Attrs<'_>)) {
-        if let Some(r) = self.0.as_mut().and_then(|l| l.rec.as_deref_mut()) {
+        if let Some(r) = self.0.as_mut().and_then(|l| l.rec.as_mut()) {
             attributes(&mut Attrs(&mut r.buf));
         }
     }
 
     pub fn rename(&mut self, name: &Arc<str>) {
-        if let Some(r) = self.0.as_mut().and_then(|l| l.rec.as_deref_mut()) {
+        if let Some(r) = self.0.as_mut().and_then(|l| l.rec.as_mut()) {
             r.name = StringValue::from(name.clone());
         }
     }
 
     /// Marks the span failed, with `error.type` as the semantic conventions name it.
     pub fn fail(&mut self, error_type: &str, message: impl FnOnce() -> String) {
-        if let Some(r) = self.0.as_mut().and_then(|l| l.rec.as_deref_mut()) {
+        if let Some(r) = self.0.as_mut().and_then(|l| l.rec.as_mut()) {
             wire::attribute("error.type", wire::AnyValue::Str(error_type), &mut r.buf);
             wire::status_error(&message(), &mut r.buf);
         }

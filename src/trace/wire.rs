@@ -40,6 +40,8 @@ pub fn fixed32(tag: u32, v: u32, out: &mut Vec<u8>) {
 
 pub enum AnyValue<'a> {
     Str(&'a str),
+    /// A string given in pieces, written as one (no joining allocation).
+    Parts(&'a [&'a str]),
     Int(i64),
     Bool(bool),
 }
@@ -49,6 +51,7 @@ pub enum AnyValue<'a> {
 pub fn attribute(key: &str, value: AnyValue<'_>, out: &mut Vec<u8>) {
     let any_len = match value {
         AnyValue::Str(s) => field_len(s.len()),
+        AnyValue::Parts(p) => field_len(p.iter().map(|s| s.len()).sum()),
         AnyValue::Int(i) => 1 + encoded_len_varint(i as u64),
         AnyValue::Bool(_) => 2,
     };
@@ -58,6 +61,12 @@ pub fn attribute(key: &str, value: AnyValue<'_>, out: &mut Vec<u8>) {
     header(2, any_len, out);
     match value {
         AnyValue::Str(s) => bytes(1, s.as_bytes(), out),
+        AnyValue::Parts(p) => {
+            header(1, p.iter().map(|s| s.len()).sum(), out);
+            for s in p {
+                out.extend_from_slice(s.as_bytes());
+            }
+        }
         AnyValue::Bool(b) => varint(2, u64::from(b), out),
         // int64: the two's complement as a varint.
         AnyValue::Int(i) => varint(3, i as u64, out),

@@ -383,14 +383,10 @@ impl ClientSpan {
             // The URI as sent: `Uri` keeps it as one string, so no formatting here.
             let full = (uri.scheme_str(), uri.authority(), uri.path_and_query());
             if let (Some(scheme), Some(authority), Some(pq)) = full {
-                let mut url = String::with_capacity(
-                    scheme.len() + 3 + authority.as_str().len() + pq.as_str().len(),
+                a.concat(
+                    "url.full",
+                    &[scheme, "://", authority.as_str(), pq.as_str()],
                 );
-                url.push_str(scheme);
-                url.push_str("://");
-                url.push_str(authority.as_str());
-                url.push_str(pq.as_str());
-                a.str("url.full", &url);
             }
             if let Some(host) = uri.host() {
                 a.str("server.address", host);

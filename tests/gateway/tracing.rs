@@ -231,6 +231,8 @@ path = "/api/users/{{id}}"
     assert_eq!(server.attr("http.route"), "/api/users/{id}");
     assert_eq!(server.attr("http.request.method"), "GET");
     assert_eq!(server.attr("url.path"), "/api/users/7");
+    assert_eq!(server.attr("client.address"), "127.0.0.1");
+    assert_eq!(server.attr("network.protocol.version"), "1.1");
     assert_eq!(server.attr("http.response.status_code"), "200");
     assert!(!server.error);
 
