@@ -203,7 +203,7 @@ impl Server {
         }
         // Spans of the last requests go out before the process ends (bounded wait).
         if let Some(t) = self.shared.gateway.load().tracing.clone() {
-            let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+            let _ = tokio::task::spawn_blocking(move || t.flush()).await;
         }
         let _ = self.stop_admin.send(true);
         let admin = match self.admin {

@@ -136,15 +136,10 @@ impl Tracing {
         }))
     }
 
-    /// Exports what is queued (tests, shutdown) and waits for it, up to a few
-    /// seconds. Blocks: call it off the event loops.
+    /// Exports what is queued (tests, and the drain's last flush) and waits for it,
+    /// at most a few seconds whatever the collector does. Blocks: call it off the
+    /// event loops.
     pub fn flush(&self) {
-        self.exporter.flush();
-    }
-
-    /// The drain's last flush: exports what is queued, waiting at most a few seconds
-    /// for the collector. Blocks: call it off the event loops.
-    pub fn shutdown(&self) {
         self.exporter.flush();
     }
 }
