@@ -150,7 +150,7 @@ impl Metrics {
         );
         registry.register(
             "manifold_trace_spans",
-            "Spans handed to the OTLP collector, by result (exported, failed)",
+            "Spans for the OTLP collector, by result (exported, failed, dropped when the export queue was full)",
             trace_spans.clone(),
         );
         Metrics {

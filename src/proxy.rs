@@ -130,7 +130,10 @@ impl Drop for Finish {
             self.span
                 .record(|a| a.int("http.response.status_code", i64::from(status)));
             if status >= 500 {
-                let code = self.record.error.unwrap_or("INTERNAL");
+                // A passthrough route streams the upstream's own 5xx: no error code of
+                // ours, so the status names the error (the semantic conventions' rule).
+                let status_text = status.to_string();
+                let code = self.record.error.unwrap_or(&status_text);
                 self.span.fail(code, || format!("answered {status} {code}"));
             } else if status == 499 {
                 self.span.fail("cancelled", || {

@@ -144,6 +144,7 @@ impl Exporter {
             headers,
             timeout: settings.timeout,
             encoder: Encoder::new(&resource),
+            failed_this_round: false,
             failing: AtomicBool::new(false),
         };
         let queued = Arc::new(AtomicUsize::new(0));
@@ -208,6 +209,8 @@ struct Post {
     headers: Vec<(HeaderName, HeaderValue)>,
     timeout: Duration,
     encoder: Encoder,
+    /// A post of the current `export` call failed.
+    failed_this_round: bool,
     /// Whether the last export failed (to log changes, not every failure).
     failing: AtomicBool,
 }
@@ -238,15 +241,25 @@ fn run(rx: Receiver<Msg>, queued: &AtomicUsize, mut post: Post, tls: rustls::Cli
     let mut batch = Batch::default();
     // When the oldest span of `batch` must go out.
     let mut due: Option<Instant> = None;
+    // When the thread last went to sleep with nothing batched: a span drained after
+    // it may have been sent any time since, so its second counts from there.
+    let mut idle_since = Instant::now();
     let mut acks = Vec::new();
     loop {
         queued.store(0, Ordering::Relaxed);
         let mut closed = false;
+        // Drain at most a few batches per round: the queue, not this thread, is the
+        // buffer (so memory stays bounded by it).
+        let mut more = false;
         loop {
+            if batch.spans >= 4 * MAX_BATCH {
+                more = true;
+                break;
+            }
             match rx.try_recv() {
                 Ok(Msg::Spans(spans)) => {
                     if batch.spans == 0 {
-                        due = Some(Instant::now() + BATCH_DELAY);
+                        due = Some(idle_since + BATCH_DELAY);
                     }
                     batch.spans += spans.count;
                     batch.groups.push(spans);
@@ -273,6 +286,13 @@ fn run(rx: Receiver<Msg>, queued: &AtomicUsize, mut post: Post, tls: rustls::Cli
         if closed {
             return;
         }
+        if more {
+            // More is queued than one round takes: no sleep.
+            continue;
+        }
+        if batch.spans == 0 {
+            idle_since = Instant::now();
+        }
         let wait = due.map_or(BATCH_DELAY, |d| d.saturating_duration_since(Instant::now()));
         std::thread::park_timeout(wait);
     }
@@ -287,11 +307,18 @@ struct Batch {
 }
 
 /// Posts `batch` in requests of about `MAX_BATCH` spans (whole requests' lists) and
-/// empties it.
+/// empties it. After a failed post the rest is counted failed and dropped, so a
+/// collector that never answers costs one timeout per round, not one per batch.
 fn export(rt: &tokio::runtime::Runtime, client: &HttpsClient, post: &mut Post, batch: &mut Batch) {
     batch.spans = 0;
+    post.failed_this_round = false;
     let mut groups = std::mem::take(&mut batch.groups).into_iter().peekable();
     while groups.peek().is_some() {
+        if post.failing.load(Ordering::Relaxed) && post.failed_this_round {
+            let rest: usize = groups.by_ref().map(|g| g.count).sum();
+            METRICS.trace_spans("failed", rest as u64);
+            break;
+        }
         let mut chunk = Vec::new();
         let mut n = 0;
         while n < MAX_BATCH
@@ -338,6 +365,7 @@ fn export(rt: &tokio::runtime::Runtime, client: &HttpsClient, post: &mut Post, b
             }
             Err(e) => {
                 METRICS.trace_spans("failed", n);
+                post.failed_this_round = true;
                 if !post.failing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error = %e, endpoint = %post.uri, "trace export failing; spans are dropped until the collector answers");
                 }

@@ -18,7 +18,7 @@
 //! futures of one task.
 
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use http::{HeaderMap, HeaderValue};
 use opentelemetry::StringValue;
@@ -122,7 +122,15 @@ impl Tracing {
         });
         let mut rec = sampled.then(|| {
             Record::new(method_name(method), SpanKind::Server, parent_id, |a| {
-                a.str("http.request.method", method.as_str())
+                match known_method(method) {
+                    Some(m) => a.str("http.request.method", m),
+                    // Semantic conventions: unknown methods are `_OTHER`, so a client
+                    // cannot mint span names or attribute values.
+                    None => {
+                        a.str("http.request.method", "_OTHER");
+                        a.str("http.request.method_original", method.as_str());
+                    }
+                }
             })
         });
         if let Some(r) = &mut rec {
@@ -188,6 +196,9 @@ struct Record {
     parent: SpanId,
     parent_remote: bool,
     start: SystemTime,
+    /// The end is `start` plus this clock's elapsed time, so a wall-clock step
+    /// cannot make a span end before it began.
+    started: Instant,
 }
 
 impl Record {
@@ -207,6 +218,7 @@ impl Record {
             parent,
             parent_remote: false,
             start: SystemTime::now(),
+            started: Instant::now(),
         }
     }
 
@@ -226,7 +238,7 @@ impl Record {
         wire::bytes(5, self.name.as_str().as_bytes(), b);
         wire::varint(6, wire::kind(&self.kind), b);
         wire::fixed64(7, wire::nanos(self.start), b);
-        wire::fixed64(8, wire::nanos(SystemTime::now()), b);
+        wire::fixed64(8, wire::nanos(self.start + self.started.elapsed()), b);
         // Sampled (bit 0); whether the parent is remote is known (bit 8), and it is
         // (bit 9).
         let mut flags: u32 = 0x01 | 0x100;
@@ -389,11 +401,15 @@ impl Span {
         if let Ok(v) = HeaderValue::from_bytes(&buf) {
             headers.insert(TRACEPARENT, v);
         }
-        let state = live.trace.state.header();
-        if !state.is_empty()
-            && let Ok(v) = HeaderValue::from_str(&state)
-        {
-            headers.insert(TRACESTATE, v);
+        // The client's own `tracestate` was copied along; it belongs to this trace
+        // only if the propagator took it (a new trace, or an unreadable one, drops it).
+        match HeaderValue::from_str(&live.trace.state.header()) {
+            Ok(v) if !v.is_empty() => {
+                headers.insert(TRACESTATE, v);
+            }
+            _ => {
+                headers.remove(TRACESTATE);
+            }
         }
     }
 }
@@ -440,7 +456,8 @@ impl Drop for Pending {
                 .fail("timeout", || "no answer before the deadline".to_owned());
         } else {
             self.span.fail("cancelled", || {
-                "another backend's failure ended the request first".to_owned()
+                "the request ended first (another backend failed, or the client went away)"
+                    .to_owned()
             });
         }
         self.span.end();
@@ -485,18 +502,25 @@ fn hex_into(out: &mut [u8], bytes: &[u8]) {
     }
 }
 
-/// The method as a span name or attribute, without an allocation for the usual ones.
-pub(crate) fn method_name(m: &http::Method) -> StringValue {
-    match *m {
-        http::Method::GET => StringValue::from("GET"),
-        http::Method::POST => StringValue::from("POST"),
-        http::Method::PUT => StringValue::from("PUT"),
-        http::Method::DELETE => StringValue::from("DELETE"),
-        http::Method::PATCH => StringValue::from("PATCH"),
-        http::Method::HEAD => StringValue::from("HEAD"),
-        http::Method::OPTIONS => StringValue::from("OPTIONS"),
-        _ => StringValue::from(m.as_str().to_owned()),
-    }
+/// The server span's first name: the method, or `HTTP` for methods outside the
+/// standard set (the semantic conventions' rule, which keeps names bounded).
+fn method_name(m: &http::Method) -> StringValue {
+    StringValue::from(known_method(m).unwrap_or("HTTP"))
+}
+
+fn known_method(m: &http::Method) -> Option<&'static str> {
+    Some(match *m {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -602,6 +626,14 @@ pub(super) mod tests {
         let mut buf = [0u8; 4];
         hex_into(&mut buf, &[0x0a, 0xf1]);
         assert_eq!(&buf, b"0af1");
+    }
+
+    #[test]
+    fn methods_outside_the_standard_set_do_not_name_spans() {
+        let purge = http::Method::from_bytes(b"PURGE").unwrap();
+        assert_eq!(method_name(&purge).as_str(), "HTTP");
+        assert_eq!(known_method(&purge), None);
+        assert_eq!(method_name(&http::Method::GET).as_str(), "GET");
     }
 
     #[test]

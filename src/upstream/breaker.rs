@@ -179,6 +179,15 @@ impl Breaker {
 }
 
 impl Permit<'_> {
+    /// The state this call was let through in: `half_open` for the probe.
+    pub fn state(&self) -> BreakerState {
+        if self.probe {
+            BreakerState::HalfOpen
+        } else {
+            BreakerState::Closed
+        }
+    }
+
     /// Records the call's verdict: `fault` for connect errors, timeouts and 5xx.
     pub fn record(mut self, fault: bool) {
         self.recorded = true;

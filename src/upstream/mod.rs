@@ -198,7 +198,9 @@ impl Upstream {
             deadline,
         );
         attempt.inject(req.headers_mut());
-        let (slot, permit) = match self.guards() {
+        let guards = self.guards();
+        attempt.breaker(self, &guards);
+        let (slot, permit) = match guards {
             Ok(g) => g,
             Err(f) => {
                 self.metrics.observe(f.outcome(), 0.0);
@@ -287,7 +289,9 @@ impl Upstream {
             spec.cache_miss,
             deadline,
         );
-        let (_slot, permit) = match self.guards() {
+        let guards = self.guards();
+        span.breaker(self, &guards);
+        let (_slot, permit) = match guards {
             Ok(g) => g,
             Err(f) => {
                 span.finish(Err(&f));
@@ -401,14 +405,32 @@ impl ClientSpan {
             if attempt > 1 {
                 a.int("http.request.resend_count", i64::from(attempt - 1));
             }
-            if let Some(state) = up.breaker_state() {
-                a.str("manifold.breaker.state", state.as_str());
-            }
             if cache_miss {
                 a.str("manifold.cache", "miss");
             }
         });
         ClientSpan(Pending::new(span, deadline))
+    }
+
+    /// The breaker's state as this attempt met it: `closed` or `half_open` (the
+    /// probe) when let through, `open` when refused.
+    fn breaker(
+        &mut self,
+        up: &Upstream,
+        guards: &Result<(Option<Slot>, Option<Permit<'_>>), Failure>,
+    ) {
+        let state = match guards {
+            Ok((_, Some(permit))) => permit.state(),
+            Err(Failure::CircuitOpen { .. }) => BreakerState::Open,
+            // Shed by a load guard before the breaker was asked.
+            _ => match up.breaker_state() {
+                Some(s) => s,
+                None => return,
+            },
+        };
+        self.0
+            .span
+            .record(|a| a.str("manifold.breaker.state", state.as_str()));
     }
 
     fn inject(&self, headers: &mut HeaderMap) {

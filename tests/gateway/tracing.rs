@@ -532,3 +532,65 @@ async fn with_tracing_off_the_access_log_still_carries_the_clients_trace_id() {
     assert!(up.last().headers.get("traceparent").is_none());
     assert!(gw.access_lines().pop().unwrap().get("trace_id").is_none());
 }
+
+#[tokio::test]
+async fn a_refused_attempt_says_the_breaker_was_open_and_a_dropped_trace_takes_its_state_along() {
+    let collector = Collector::start().await;
+    let broken = Upstream::start(|_| async { json(500, json!({})) }).await;
+    let gw = Gateway::start(&format!(
+        "{}\n{}\n[[routes]]\npath = \"/b\"\n  [[routes.backends]]\n  upstream = \"broken\"\n  path = \"/b\"\n",
+        telemetry(&collector.url, 1.0),
+        upstream(
+            "broken",
+            &broken.url(),
+            "circuit_breaker = { consecutive_failures = 1, open_for = \"60s\" }"
+        ),
+    ))
+    .await;
+    assert_eq!(gw.get("/b").await.status, 502);
+    // The breaker is open now: refused without a call.
+    // An invalid traceparent starts a new trace; its tracestate must not go along.
+    let answer = gw
+        .send(
+            gw.client
+                .get(format!("{}/b", gw.base))
+                .header("traceparent", "00-not-a-trace-01")
+                .header("tracestate", "vendor=stale"),
+        )
+        .await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(broken.hits(), 1);
+    let spans = spans_at_least(&gw, &collector, 6).await;
+    let mut attempts: Vec<&Got> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client)
+        .collect();
+    attempts.sort_by_key(|s| s.attr("manifold.breaker.state").to_string());
+    assert_eq!(attempts.len(), 2, "{spans:#?}");
+    assert_eq!(attempts[0].attr("manifold.breaker.state"), "closed");
+    assert_eq!(attempts[1].attr("manifold.breaker.state"), "open");
+    assert_eq!(attempts[1].attr("error.type"), "circuit_open");
+
+    // The same with a call that goes out: the stale tracestate stays behind.
+    let ok = Upstream::json(json!({})).await;
+    let gw2 = Gateway::start(&format!(
+        "{}\n{}\n[[routes]]\npath = \"/ok\"\n  [[routes.backends]]\n  upstream = \"ok\"\n  path = \"/ok\"\n",
+        telemetry(&collector.url, 1.0),
+        upstream("ok", &ok.url(), ""),
+    ))
+    .await;
+    gw2.send(
+        gw2.client
+            .get(format!("{}/ok", gw2.base))
+            .header("traceparent", "00-not-a-trace-01")
+            .header("tracestate", "vendor=stale"),
+    )
+    .await;
+    let seen = ok.last();
+    assert!(
+        seen.headers.get("tracestate").is_none(),
+        "{:?}",
+        seen.headers
+    );
+    assert!(seen.headers.contains_key("traceparent"));
+}
