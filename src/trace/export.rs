@@ -514,6 +514,27 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_endpoint_or_header_is_refused_with_the_reason() {
+        let settings = |endpoint: &str, headers: Vec<(String, String)>| ExportSettings {
+            endpoint: endpoint.into(),
+            headers,
+            timeout: DEFAULT_TIMEOUT,
+            service_name: "edge".into(),
+        };
+        let err = |s: ExportSettings| Exporter::start(&s).err().unwrap_or_default();
+        assert!(err(settings("localhost:4318/v1/traces", vec![])).contains("OTLP endpoint"));
+        assert!(err(settings("ftp://c/v1/traces", vec![])).contains("not an http(s) URL"));
+        assert!(
+            err(settings(
+                "http://c:4318/v1/traces",
+                vec![("bad key".into(), "v".into())]
+            ))
+            .contains("header name")
+        );
+        assert!(Exporter::start(&settings("http://c:4318/v1/traces", vec![])).is_ok());
+    }
+
+    #[test]
     fn otel_sdk_disabled_turns_export_off() {
         assert!(
             ExportSettings::resolve(
