@@ -18,7 +18,7 @@ use crate::forward::X_REQUEST_ID;
 use crate::gateway::Route;
 use crate::proxy::content_length;
 use crate::trace::{Pending, Span};
-use crate::upstream::SendError;
+use crate::upstream::{SendError, classify};
 
 #[allow(clippy::too_many_arguments)]
 pub async fn forward(
@@ -107,24 +107,12 @@ pub async fn forward(
         }
     };
     let status = resp.status();
-    let failure = if status.is_server_error() {
-        Some(Failure::ServerError(status))
-    } else if status.is_client_error() {
-        Some(Failure::Rejected(status))
-    } else {
-        None
-    };
-    fanout::end_backend_span(&mut span, failure.as_ref().map_or(Ok(()), Err), 1);
+    let verdict = classify(status).map(|_| ());
+    fanout::end_backend_span(&mut span, verdict.as_ref().copied(), 1);
     record.backends.push((
         backend.name.clone(),
         Report {
-            outcome: if status.is_server_error() {
-                "error"
-            } else if status.is_client_error() {
-                "rejected"
-            } else {
-                "ok"
-            },
+            outcome: verdict.as_ref().map_or_else(Failure::outcome, |()| "ok"),
             status: Some(status.as_u16()),
             elapsed: started.elapsed(),
             attempts: 1,

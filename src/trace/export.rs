@@ -8,7 +8,7 @@
 //! once a batch's worth (512 spans) is queued, and otherwise looks every second.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, Instant};
 
@@ -145,7 +145,7 @@ impl Exporter {
             timeout: settings.timeout,
             encoder: Encoder::new(&resource),
             failed_this_round: false,
-            failing: AtomicBool::new(false),
+            failing: false,
         };
         let queued = Arc::new(AtomicUsize::new(0));
         let drained = queued.clone();
@@ -212,7 +212,7 @@ struct Post {
     /// A post of the current `export` call failed.
     failed_this_round: bool,
     /// Whether the last export failed (to log changes, not every failure).
-    failing: AtomicBool,
+    failing: bool,
 }
 
 fn run(rx: Receiver<Msg>, queued: &AtomicUsize, mut post: Post, tls: rustls::ClientConfig) {
@@ -314,7 +314,7 @@ fn export(rt: &tokio::runtime::Runtime, client: &HttpsClient, post: &mut Post, b
     post.failed_this_round = false;
     let mut groups = std::mem::take(&mut batch.groups).into_iter().peekable();
     while groups.peek().is_some() {
-        if post.failing.load(Ordering::Relaxed) && post.failed_this_round {
+        if post.failed_this_round {
             let rest: usize = groups.by_ref().map(|g| g.count).sum();
             METRICS.trace_spans("failed", rest as u64);
             break;
@@ -359,14 +359,14 @@ fn export(rt: &tokio::runtime::Runtime, client: &HttpsClient, post: &mut Post, b
         match result {
             Ok(()) => {
                 METRICS.trace_spans("exported", n);
-                if post.failing.swap(false, Ordering::Relaxed) {
+                if std::mem::replace(&mut post.failing, false) {
                     tracing::info!("trace export recovered");
                 }
             }
             Err(e) => {
                 METRICS.trace_spans("failed", n);
                 post.failed_this_round = true;
-                if !post.failing.swap(true, Ordering::Relaxed) {
+                if !std::mem::replace(&mut post.failing, true) {
                     tracing::warn!(error = %e, endpoint = %post.uri, "trace export failing; spans are dropped until the collector answers");
                 }
             }

@@ -78,12 +78,7 @@ impl Tracing {
     /// The server span of a request, continuing the client's `traceparent` if it
     /// sent a valid one. Named after the method until the route is known.
     pub fn server_span(self: &Arc<Self>, method: &http::Method, headers: &HeaderMap) -> Span {
-        let parent = if headers.contains_key(TRACEPARENT) {
-            let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
-            Some(cx.span().span_context().clone()).filter(SpanContext::is_valid)
-        } else {
-            None
-        };
+        let parent = client_context(headers);
         let (trace_id, sampled, state, parent_id) = match parent {
             // Parent-based: the caller's decision stands.
             Some(p) => (
@@ -155,12 +150,16 @@ impl Tracing {
 /// The trace id of a client's valid `traceparent` (for the access log when tracing
 /// is off).
 pub fn client_trace_id(headers: &HeaderMap) -> Option<TraceId> {
+    client_context(headers).map(|sc| sc.trace_id())
+}
+
+/// The client's trace context, when it sent a valid `traceparent`.
+fn client_context(headers: &HeaderMap) -> Option<SpanContext> {
     if !headers.contains_key(TRACEPARENT) {
         return None;
     }
     let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| sc.trace_id())
+    Some(cx.span().span_context().clone()).filter(SpanContext::is_valid)
 }
 
 /// One request's trace: what its spans share.

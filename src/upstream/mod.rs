@@ -80,6 +80,18 @@ fn retries_on(f: &Failure) -> bool {
     }
 }
 
+/// A streamed answer's status as a call's outcome: 5xx and 4xx are failures (the
+/// response is still passed on), anything else is the upstream's answer.
+pub fn classify(status: StatusCode) -> Result<StatusCode, Failure> {
+    if status.is_server_error() {
+        Err(Failure::ServerError(status))
+    } else if status.is_client_error() {
+        Err(Failure::Rejected(status))
+    } else {
+        Ok(status)
+    }
+}
+
 /// Connect bound when the upstream sets no `timeout` (the route deadline still applies).
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle-read bound for streamed (passthrough) bodies when the upstream sets no timeout.
@@ -209,30 +221,19 @@ impl Upstream {
             }
         };
         let result = tokio::time::timeout_at(deadline, self.client().request(req)).await;
-        let fault = !matches!(&result, Ok(Ok(resp)) if !resp.status().is_server_error());
-        if let Some(p) = permit {
-            p.record(fault);
-        }
-        let outcome = match &result {
-            Ok(Ok(resp)) if resp.status().is_server_error() => "error",
-            Ok(Ok(resp)) if resp.status().is_client_error() => "rejected",
-            Ok(Ok(_)) => "ok",
-            Ok(Err(_)) => "error",
-            Err(_) => "timeout",
+        // One verdict for the breaker, the metrics and the span.
+        let verdict = match &result {
+            Ok(Ok(resp)) => classify(resp.status()),
+            Ok(Err(_)) => Err(Failure::Connect),
+            Err(_) => Err(Failure::Timeout),
         };
+        if let Some(p) = permit {
+            p.record(matches!(&verdict, Err(f) if f.is_upstream_fault()));
+        }
+        let outcome = verdict.as_ref().map_or_else(Failure::outcome, |_| "ok");
         self.metrics
             .observe(outcome, started.elapsed().as_secs_f64());
-        match &result {
-            Ok(Ok(resp)) if resp.status().is_server_error() => {
-                attempt.finish(Err(&Failure::ServerError(resp.status())));
-            }
-            Ok(Ok(resp)) if resp.status().is_client_error() => {
-                attempt.finish(Err(&Failure::Rejected(resp.status())));
-            }
-            Ok(Ok(resp)) => attempt.finish(Ok(resp.status())),
-            Ok(Err(_)) => attempt.finish(Err(&Failure::Connect)),
-            Err(_) => attempt.finish(Err(&Failure::Timeout)),
-        }
+        attempt.finish(verdict.as_ref().copied());
         match result {
             Ok(Ok(resp)) => Ok((resp, slot)),
             Ok(Err(e)) => Err(SendError::Transport(e)),
