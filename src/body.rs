@@ -29,15 +29,24 @@ pub enum Body<S = Upstream> {
 pub type RequestBody = Body<Limited<Incoming>>;
 
 /// A passthrough route's upstream body, streamed as it arrives. The call holds its
-/// place under the upstream's `max_concurrency` until the body ends.
+/// place under the upstream's `max_concurrency`, and its connection, until the body
+/// ends.
 pub struct Upstream {
     body: IdleTimeout<Incoming>,
-    _slot: Option<crate::upstream::limit::Slot>,
+    held: crate::upstream::Held,
 }
 
 impl Upstream {
-    pub fn new(body: IdleTimeout<Incoming>, slot: Option<crate::upstream::limit::Slot>) -> Self {
-        Upstream { body, _slot: slot }
+    pub fn new(body: IdleTimeout<Incoming>, held: crate::upstream::Held) -> Self {
+        Upstream { body, held }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        // The server stops polling once a sized body is all written, so "ended" is
+        // asked here rather than seen as a last `None`.
+        self.held.release(self.body.inner.is_end_stream());
     }
 }
 

@@ -44,10 +44,10 @@ pub async fn forward(
             failure,
         })
     };
-    let uri = match fanout::render(route, backend, params, query, &[])
-        .and_then(|path| upstream.uri(&path))
+    let (base, uri) = match fanout::render(route, backend, params, query, &[])
+        .and_then(|path| upstream.target(path))
     {
-        Ok(uri) => uri,
+        Ok(target) => target,
         Err(f) => return Err(fail(&mut span, f, 0)),
     };
 
@@ -67,8 +67,8 @@ pub async fn forward(
     *req.headers_mut() = headers;
 
     let started = Instant::now();
-    let (resp, slot) = match upstream
-        .send(req, deadline, &span.span, &backend.span_name)
+    let (resp, held) = match upstream
+        .send(base, req, deadline, &span.span, &backend.span_name)
         .await
     {
         Ok(answer) => answer,
@@ -121,7 +121,7 @@ pub async fn forward(
         },
     ));
     let idle = upstream.idle_timeout();
-    let mut out = resp.map(|b| Body::Stream(Upstream::new(IdleTimeout::new(b, idle), slot)));
+    let mut out = resp.map(|b| Body::Stream(Upstream::new(IdleTimeout::new(b, idle), held)));
     strip_hop_by_hop(out.headers_mut());
     out.headers_mut()
         .insert(X_REQUEST_ID, record.request_id.clone());
@@ -157,8 +157,8 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Whether a failed upstream send was caused by the client's body passing the limit.
-fn is_body_limit(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut cur = std::error::Error::source(e);
+fn is_body_limit(e: &crate::body::BoxError) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
     while let Some(err) = cur {
         if err.is::<http_body_util::LengthLimitError>() {
             return true;

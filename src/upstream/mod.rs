@@ -1,9 +1,9 @@
 //! One client stack per upstream, built once at load and shared by every route using it.
 //!
-//! The pools (keep-alive connections) live here; so will the breaker, limiter and
-//! cache, which is why a reload keeps an `Upstream` whose settings did not change.
-//! hyper-util's pooled client is used directly: it takes our body types as they are
-//! (a passthrough body goes upstream unboxed) and skips a URL re-parse per call.
+//! The pools (keep-alive connections) live here, with the breaker, limiter and
+//! coalescer, which is why a reload keeps an `Upstream` whose settings did not change.
+//! Calls go out through hyper's connection-level HTTP/1.1 client ([`pool`]): it takes
+//! our body types as they are (a passthrough body goes upstream unboxed).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,21 +14,21 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, h
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio::time::Instant;
 
 pub mod breaker;
 pub mod limit;
+pub mod pool;
 
-use crate::body::RequestBody;
+use crate::body::{BoxError, RequestBody};
 use crate::config::UpstreamSettings;
 use crate::error::Failure;
 use breaker::{Breaker, BreakerState, Permit};
 use limit::{InFlight, Slot};
+use pool::{Base, Lease, Pool};
 
 use crate::cache::{Coalescer, Hints};
 use crate::metrics::{METRICS, UpstreamMetrics};
@@ -36,17 +36,15 @@ use crate::ratelimit::Bucket;
 use crate::trace::{Pending, Span};
 use opentelemetry::trace::SpanKind;
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
-
 pub struct Upstream {
     pub name: Arc<str>,
     pub settings: UpstreamSettings,
-    /// One pool per worker event loop: a connection's I/O is driven by the loop that
-    /// opened it, so sharing pools across loops would turn every answer into a
-    /// cross-thread wake-up (measured: the largest cost after malloc).
-    clients: Vec<HttpClient>,
-    /// Base URLs without a trailing `/`, so a template path appends directly.
-    bases: Vec<String>,
+    /// Idle connections per worker event loop: a connection's I/O is driven by the
+    /// loop that opened it, so sharing them across loops would turn every answer into
+    /// a cross-thread wake-up (measured: the largest cost after malloc).
+    pool: Arc<Pool>,
+    /// The `urls`, in order.
+    bases: Vec<Base>,
     next: AtomicUsize,
     breaker: Option<Breaker>,
     inflight: Option<InFlight>,
@@ -68,7 +66,7 @@ pub enum SendError {
     /// The breaker or the in-flight cap refused it; nothing was sent.
     Refused(Failure),
     Timeout,
-    Transport(hyper_util::client::legacy::Error),
+    Transport(BoxError),
 }
 
 /// Failures worth another attempt (CONTRACT §5).
@@ -101,18 +99,17 @@ impl Upstream {
     pub fn build(name: &str, settings: &UpstreamSettings, workers: usize) -> Result<Self, String> {
         let tls =
             tls_config(settings.ca_file.as_deref()).map_err(|e| format!("upstream {name}: {e}"))?;
-        let clients = (0..workers.max(1))
-            .map(|_| client(settings, tls.clone()))
-            .collect();
+        let bases = settings
+            .urls
+            .iter()
+            .map(Base::new)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("upstream {name}: {e}"))?;
         Ok(Upstream {
             name: Arc::from(name),
             settings: settings.clone(),
-            clients,
-            bases: settings
-                .urls
-                .iter()
-                .map(|u| u.as_str().trim_end_matches('/').to_string())
-                .collect(),
+            pool: Arc::new(Pool::new(connector(settings, tls), workers)),
+            bases,
             next: AtomicUsize::new(0),
             breaker: settings
                 .circuit_breaker
@@ -129,24 +126,18 @@ impl Upstream {
         })
     }
 
-    /// The pool of the worker event loop this task runs on.
-    fn client(&self) -> &HttpClient {
-        let i = crate::server::worker_index();
-        &self.clients[i % self.clients.len()]
-    }
-
-    /// The full URL for a rendered path (`/users/42?x=1`), round-robin over `urls`.
-    pub fn uri(&self, path_and_query: &str) -> Result<Uri, Failure> {
+    /// Where a rendered path (`/users/42?x=1`) goes: one of `urls`, round-robin, and
+    /// the request target there.
+    pub fn target(&self, path_and_query: String) -> Result<(usize, Uri), Failure> {
         let i = if self.bases.len() == 1 {
             0
         } else {
             self.next.fetch_add(1, Ordering::Relaxed) % self.bases.len()
         };
-        let base = &self.bases[i];
-        let mut url = String::with_capacity(base.len() + path_and_query.len());
-        url.push_str(base);
-        url.push_str(path_and_query);
-        Uri::try_from(url).map_err(|_| Failure::BadResponse("the backend path is not a valid URL"))
+        match self.bases[i].target(path_and_query) {
+            Some(uri) => Ok((i, uri)),
+            None => Err(Failure::BadResponse("the backend path is not a valid URL")),
+        }
     }
 
     /// When this attempt must end: `min(upstream timeout, route deadline)`.
@@ -187,16 +178,17 @@ impl Upstream {
         self.breaker.as_ref().map(Breaker::state)
     }
 
-    /// A streamed (passthrough) call: one attempt, waiting for the response head until
-    /// the attempt deadline. The slot under `max_concurrency` comes back with the
-    /// response, to be held until its body ends.
+    /// A streamed (passthrough) call to `bases[base]`: one attempt, waiting for the
+    /// response head until the attempt deadline. The slot under `max_concurrency` and
+    /// the connection come back with the response, to be held until its body ends.
     pub async fn send(
         &self,
+        base: usize,
         mut req: Request<RequestBody>,
         route_deadline: Instant,
         span: &Span,
         span_name: &Arc<str>,
-    ) -> Result<(Response<Incoming>, Option<Slot>), SendError> {
+    ) -> Result<(Response<Incoming>, Held), SendError> {
         let started = Instant::now();
         let deadline = self.attempt_deadline(route_deadline);
         let mut attempt = ClientSpan::start(
@@ -204,6 +196,7 @@ impl Upstream {
             span,
             span_name,
             req.method(),
+            &self.bases[base],
             req.uri(),
             1,
             false,
@@ -220,10 +213,11 @@ impl Upstream {
                 return Err(SendError::Refused(f));
             }
         };
-        let result = tokio::time::timeout_at(deadline, self.client().request(req)).await;
+        let result =
+            tokio::time::timeout_at(deadline, self.pool.send(&self.bases, base, req)).await;
         // One verdict for the breaker, the metrics and the span.
         let verdict = match &result {
-            Ok(Ok(resp)) => classify(resp.status()),
+            Ok(Ok((resp, _))) => classify(resp.status()),
             Ok(Err(_)) => Err(Failure::Connect),
             Err(_) => Err(Failure::Timeout),
         };
@@ -235,7 +229,13 @@ impl Upstream {
             .observe(outcome, started.elapsed().as_secs_f64());
         attempt.finish(verdict.as_ref().copied());
         match result {
-            Ok(Ok(resp)) => Ok((resp, slot)),
+            Ok(Ok((resp, lease))) => Ok((
+                resp,
+                Held {
+                    _slot: slot,
+                    conn: Some((self.pool.clone(), lease)),
+                },
+            )),
             Ok(Err(e)) => Err(SendError::Transport(e)),
             Err(_) => Err(SendError::Timeout),
         }
@@ -254,8 +254,8 @@ impl Upstream {
         loop {
             n += 1;
             let started = Instant::now();
-            let result = match self.uri(spec.path) {
-                Ok(uri) => self.attempt(spec, uri, n).await,
+            let result = match self.target(spec.path.to_owned()) {
+                Ok((base, uri)) => self.attempt(spec, base, uri, n).await,
                 Err(f) => Err(f),
             };
             let outcome = result.as_ref().map_or_else(Failure::outcome, |_| "ok");
@@ -277,7 +277,7 @@ impl Upstream {
     /// One attempt: guards, then head and body within the attempt deadline. With a
     /// breaker, the timer is this attempt's own even when it equals the route
     /// deadline, so the breaker hears about the timeout before the caller drops the call.
-    async fn attempt(&self, spec: &CallSpec<'_>, uri: Uri, n: u32) -> Reply {
+    async fn attempt(&self, spec: &CallSpec<'_>, base: usize, uri: Uri, n: u32) -> Reply {
         let route_deadline = spec.deadline;
         let deadline = self.attempt_deadline(route_deadline);
         let mut span = ClientSpan::start(
@@ -285,6 +285,7 @@ impl Upstream {
             spec.span,
             spec.span_name,
             spec.method,
+            &self.bases[base],
             &uri,
             n,
             spec.cache_miss,
@@ -311,9 +312,9 @@ impl Upstream {
         }
         let limit = self.settings.max_response_body;
         let work = async {
-            let resp = self
-                .client()
-                .request(req)
+            let (resp, lease) = self
+                .pool
+                .send(&self.bases, base, req)
                 .await
                 .map_err(|_| Failure::Connect)?;
             let status = resp.status();
@@ -330,7 +331,9 @@ impl Upstream {
                 return Err(Failure::BadResponse("an unexpected status"));
             }
             let hints = Hints::from_headers(resp.headers());
-            Ok((status, read_limited(resp, limit).await?, hints))
+            let body = read_limited(resp, limit).await?;
+            self.pool.put(lease);
+            Ok((status, body, hints))
         };
         let result = if permit.is_none() && deadline >= route_deadline {
             // No breaker needs to hear of a timeout, and the caller's route deadline
@@ -378,15 +381,17 @@ impl ClientSpan {
         parent: &Span,
         name: &Arc<str>,
         method: &Method,
-        uri: &Uri,
+        base: &Base,
+        target: &Uri,
         attempt: u32,
         cache_miss: bool,
         deadline: Instant,
     ) -> ClientSpan {
         let span = parent.child(name, SpanKind::Client, |a| {
             a.str("http.request.method", method.as_str());
-            // The URI as sent: `Uri` keeps it as one string, so no formatting here.
-            let full = (uri.scheme_str(), uri.authority(), uri.path_and_query());
+            // Pieces that are strings already, so no formatting here.
+            let uri = &base.origin;
+            let full = (uri.scheme_str(), uri.authority(), target.path_and_query());
             if let (Some(scheme), Some(authority), Some(pq)) = full {
                 a.concat(
                     "url.full",
@@ -495,7 +500,10 @@ async fn read_limited(resp: Response<Incoming>, limit: u64) -> Result<Bytes, Fai
     Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
-fn client(settings: &UpstreamSettings, tls: rustls::ClientConfig) -> HttpClient {
+fn connector(
+    settings: &UpstreamSettings,
+    tls: rustls::ClientConfig,
+) -> HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     // The TLS wrapper below decides per URL; the inner connector must accept https too.
     http.enforce_http(false);
@@ -507,17 +515,29 @@ fn client(settings: &UpstreamSettings, tls: rustls::ClientConfig) -> HttpClient 
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
             .min(DEFAULT_CONNECT_TIMEOUT),
     ));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(https)
+        .wrap_connector(http)
+}
+
+/// What a streamed answer holds until its body ends: its place under
+/// `max_concurrency`, and the connection, which goes back to the pool if the body
+/// was read to its end (else it closes: the rest of the answer is still on it).
+pub struct Held {
+    _slot: Option<Slot>,
+    conn: Option<(Arc<Pool>, Lease)>,
+}
+
+impl Held {
+    pub fn release(&mut self, body_ended: bool) {
+        if let Some((pool, lease)) = self.conn.take()
+            && body_ended
+        {
+            pool.put(lease);
+        }
+    }
 }
 
 /// The platform's roots (as browsers and curl trust them), plus `ca_file` if set.

@@ -11,6 +11,7 @@ mod fanout;
 mod hygiene;
 mod metrics;
 mod passthrough;
+mod pool;
 mod reload;
 mod resilience;
 mod server;

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Pass-through against nginx: the shared benchmark's pass-through case alone, with the
+proxies' CPU per request, so a change to the hot path can be judged in a minute.
+
+    cargo build --release
+    python3 benches/passthrough_ab.py [--rounds 5] [--duration 5] [--bin A --bin B ...]
+
+Each round runs nginx-as-proxy and every manifold binary given (default
+target/release/manifold), in alternating order so machine drift hits all alike; medians.
+CPU µs/req is the proxy's own user+system time (nginx: all its workers) divided by the
+requests served: on a 2-core box, where wrk and the upstream share the cores, it is the
+number a change moves. Uses ../shared/bench (upstream nginx on :7001, routes.bench.toml).
+"""
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SHARED = os.path.join(ROOT, "..", "shared", "bench")
+
+
+def wait_port(port, seconds=15):
+    end = time.time() + seconds
+    while time.time() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    sys.exit(f"nothing listens on 127.0.0.1:{port}")
+
+
+def wrk(url, duration, connections):
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)", out, re.M)
+    p99_ms = float(p99.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99.group(2)]
+    return rps, p99_ms
+
+
+def cpu_seconds(pids):
+    """User + system CPU of processes (and their threads) so far."""
+    total = 0.0
+    for pid in pids:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def children(pid):
+    try:
+        return [int(p) for p in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        return []
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--bin", action="append", help="a manifold binary (repeat to compare)")
+    args = ap.parse_args()
+    bins = args.bin or [os.path.join(ROOT, "target/release/manifold")]
+    for b in bins:
+        if not os.path.exists(b):
+            sys.exit(f"{b} is missing: cargo build --release")
+    work = tempfile.mkdtemp(prefix="manifold-passthrough-ab-")
+    os.makedirs(f"{work}/tmp")
+    procs = []
+
+    def start(cmd):
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        procs.append(p)
+        return p
+
+    try:
+        nginx_pids = []
+        for conf, workers in (("upstream-nginx", 1), ("proxy-nginx", 2)):
+            text = open(f"{SHARED}/{conf}.conf.tmpl").read()
+            text = text.replace("__DIR__", work).replace("__DATA__", f"{SHARED}/upstream").replace("__WORKERS__", str(workers))
+            open(f"{work}/{conf}.conf", "w").write(text)
+            p = start(["nginx", "-p", work, "-c", f"{work}/{conf}.conf"])
+            if conf == "proxy-nginx":
+                proxy = p
+        wait_port(7001)
+        wait_port(7101)
+        time.sleep(0.3)
+        nginx_pids = [proxy.pid] + children(proxy.pid)
+        targets = [("nginx", "http://127.0.0.1:7101/api/users/42", nginx_pids, None)]
+        config = f"{SHARED}/routes.bench.toml"
+        for i, b in enumerate(bins):
+            targets.append((f"manifold{i}" if len(bins) > 1 else "manifold", "http://127.0.0.1:7103/api/users/42", None, b))
+        results = {t[0]: [] for t in targets}
+        for rnd in range(args.rounds):
+            order = targets if rnd % 2 == 0 else list(reversed(targets))
+            for name, url, pids, binary in order:
+                gw = None
+                if binary:
+                    gw = start([binary, "serve", "--config", config])
+                    wait_port(7103)
+                    time.sleep(0.3)
+                    pids = [gw.pid]
+                before = cpu_seconds(pids)
+                rps, p99 = wrk(url, args.duration, args.connections)
+                cpu_us = (cpu_seconds(pids) - before) / (rps * args.duration) * 1e6
+                results[name].append((rps, p99, cpu_us))
+                if gw:
+                    os.killpg(gw.pid, signal.SIGTERM)
+                    gw.wait(timeout=10)
+                    procs.remove(gw)
+                    time.sleep(0.3)
+        print(f"{'target':<10} {'req/s':>9} {'p99 ms':>8} {'CPU µs/req':>11}  runs req/s")
+        base = None
+        for name, *_ in targets:
+            runs = results[name]
+            med = [statistics.median(r[i] for r in runs) for i in range(3)]
+            base = base or med[0]
+            print(f"{name:<10} {med[0]:>9.0f} {med[1]:>8.2f} {med[2]:>11.1f}  "
+                  f"{' '.join(f'{r[0]:.0f}' for r in runs)}  ({med[0] / base:.2f}x nginx)")
+    finally:
+        for p in list(procs):
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
