@@ -67,8 +67,8 @@ pub async fn forward(
     *req.headers_mut() = headers;
 
     let started = Instant::now();
-    let (resp, held) = match upstream
-        .send(base, req, deadline, &span.span, &backend.span_name)
+    let (resp, held, elapsed) = match upstream
+        .send(base, req, started, deadline, &span.span, &backend.span_name)
         .await
     {
         Ok(answer) => answer,
@@ -114,7 +114,7 @@ pub async fn forward(
         Report {
             outcome: verdict.as_ref().map_or_else(Failure::outcome, |()| "ok"),
             status: Some(status.as_u16()),
-            elapsed: started.elapsed(),
+            elapsed,
             attempts: 1,
             cache: None,
             hints: Default::default(),
@@ -130,31 +130,36 @@ pub async fn forward(
 
 /// Removes hop-by-hop headers, including any the `connection` header names.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Lookups by the standard names (no scan of every header): this runs per response.
+    // One pass over the names, then removals of only those present: most answers
+    // carry none, or only `connection: keep-alive`. This runs per response.
+    let mut present: [Option<HeaderName>; 9] = Default::default();
+    let mut n = 0;
+    for name in h.keys() {
+        if crate::forward::is_hop_by_hop(name) && n < present.len() {
+            present[n] = Some(name.clone());
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return;
+    }
     if let Some(connection) = h.remove(header::CONNECTION)
         && let Ok(v) = connection.to_str()
     {
-        for name in v.split(',') {
-            if let Ok(name) = HeaderName::from_bytes(name.trim().as_bytes()) {
+        for token in v.split(',').map(str::trim) {
+            // The usual tokens name nothing beyond the standard set.
+            if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
                 h.remove(name);
             }
         }
     }
-    for name in HOP_BY_HOP {
+    for name in present.into_iter().flatten() {
         h.remove(name);
     }
 }
-
-const HOP_BY_HOP: [HeaderName; 8] = [
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 
 /// Whether a failed upstream send was caused by the client's body passing the limit.
 fn is_body_limit(e: &crate::body::BoxError) -> bool {
@@ -188,5 +193,18 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key(header::CONTENT_TYPE));
+    }
+
+    #[test]
+    fn strips_keep_alive_and_upgrade_and_leaves_clean_maps_alone() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(header::ETAG, HeaderValue::from_static("\"x\""));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), [header::ETAG]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
     }
 }

@@ -102,7 +102,8 @@ pub struct Finish {
     pub record: AccessRecord,
     /// The server span; it ends with the request.
     pub span: Span,
-    started: Instant,
+    /// When the request came in: the route deadline counts from here.
+    pub started: Instant,
 }
 
 impl Finish {
@@ -172,7 +173,12 @@ async fn serve(
     request_id: &HeaderValue,
     done: &mut Finish,
 ) -> Result<Response<Body>, GatewayError> {
-    let Finish { record, span, .. } = done;
+    let Finish {
+        record,
+        span,
+        started,
+        ..
+    } = done;
     let (parts, body) = req.into_parts();
     let (route, raw_params) = match gateway.router.find(&parts.method, parts.uri.path()) {
         Match::Found { route, params } => {
@@ -204,7 +210,7 @@ async fn serve(
     let headers =
         forward::upstream_headers(&parts.headers, &route.forward_headers, request_id, &peer);
     let query = forward::forwarded_query(parts.uri.query(), &route.forward_query);
-    let deadline = Instant::now() + route.deadline;
+    let deadline = *started + route.deadline;
 
     if route.passthrough {
         return passthrough::forward(

@@ -140,10 +140,10 @@ impl Upstream {
         }
     }
 
-    /// When this attempt must end: `min(upstream timeout, route deadline)`.
-    pub fn attempt_deadline(&self, route_deadline: Instant) -> Instant {
+    /// When an attempt begun at `now` must end: `min(upstream timeout, route deadline)`.
+    pub fn attempt_deadline(&self, now: Instant, route_deadline: Instant) -> Instant {
         match self.settings.timeout {
-            Some(t) => route_deadline.min(Instant::now() + t),
+            Some(t) => route_deadline.min(now + t),
             None => route_deadline,
         }
     }
@@ -178,19 +178,20 @@ impl Upstream {
         self.breaker.as_ref().map(Breaker::state)
     }
 
-    /// A streamed (passthrough) call to `bases[base]`: one attempt, waiting for the
-    /// response head until the attempt deadline. The slot under `max_concurrency` and
-    /// the connection come back with the response, to be held until its body ends.
+    /// A streamed (passthrough) call to `bases[base]`, begun at `started`: one
+    /// attempt, waiting for the response head until the attempt deadline. The slot
+    /// under `max_concurrency` and the connection come back with the response, to be
+    /// held until its body ends, and so does the time the head took.
     pub async fn send(
         &self,
         base: usize,
         mut req: Request<RequestBody>,
+        started: Instant,
         route_deadline: Instant,
         span: &Span,
         span_name: &Arc<str>,
-    ) -> Result<(Response<Incoming>, Held), SendError> {
-        let started = Instant::now();
-        let deadline = self.attempt_deadline(route_deadline);
+    ) -> Result<(Response<Incoming>, Held, Duration), SendError> {
+        let deadline = self.attempt_deadline(started, route_deadline);
         let mut attempt = ClientSpan::start(
             self,
             span,
@@ -225,8 +226,8 @@ impl Upstream {
             p.record(matches!(&verdict, Err(f) if f.is_upstream_fault()));
         }
         let outcome = verdict.as_ref().map_or_else(Failure::outcome, |_| "ok");
-        self.metrics
-            .observe(outcome, started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed();
+        self.metrics.observe(outcome, elapsed.as_secs_f64());
         attempt.finish(verdict.as_ref().copied());
         match result {
             Ok(Ok((resp, lease))) => Ok((
@@ -235,6 +236,7 @@ impl Upstream {
                     _slot: slot,
                     conn: Some((self.pool.clone(), lease)),
                 },
+                elapsed,
             )),
             Ok(Err(e)) => Err(SendError::Transport(e)),
             Err(_) => Err(SendError::Timeout),
@@ -255,7 +257,7 @@ impl Upstream {
             n += 1;
             let started = Instant::now();
             let result = match self.target(spec.path.to_owned()) {
-                Ok((base, uri)) => self.attempt(spec, base, uri, n).await,
+                Ok((base, uri)) => self.attempt(spec, base, uri, n, started).await,
                 Err(f) => Err(f),
             };
             let outcome = result.as_ref().map_or_else(Failure::outcome, |_| "ok");
@@ -277,9 +279,16 @@ impl Upstream {
     /// One attempt: guards, then head and body within the attempt deadline. With a
     /// breaker, the timer is this attempt's own even when it equals the route
     /// deadline, so the breaker hears about the timeout before the caller drops the call.
-    async fn attempt(&self, spec: &CallSpec<'_>, base: usize, uri: Uri, n: u32) -> Reply {
+    async fn attempt(
+        &self,
+        spec: &CallSpec<'_>,
+        base: usize,
+        uri: Uri,
+        n: u32,
+        started: Instant,
+    ) -> Reply {
         let route_deadline = spec.deadline;
-        let deadline = self.attempt_deadline(route_deadline);
+        let deadline = self.attempt_deadline(started, route_deadline);
         let mut span = ClientSpan::start(
             self,
             spec.span,

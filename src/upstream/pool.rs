@@ -10,9 +10,10 @@
 //!
 //! A connection is taken only if hyper says it can send now: one whose previous
 //! answer is still being read, or that the upstream closed, is skipped (closed ones
-//! are dropped). Idle connections older than `IDLE_TIMEOUT` are closed: at the next
-//! checkout, and by a sweep that runs while any are idle, so an upstream that keeps
-//! sockets open forever does not keep them open forever here.
+//! are dropped). Idle connections are closed after `IDLE_TIMEOUT` by a sweep that runs
+//! while any are idle, so an upstream that keeps sockets open forever does not keep
+//! them open forever here. The sweeps are the idle clock: taking and giving back a
+//! connection read no time.
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -22,13 +23,14 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::body::{BoxError, RequestBody};
 
-/// How long an unused connection stays open.
+/// How long an unused connection stays open (give or take a tenth).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Sweeps per `IDLE_TIMEOUT`.
+const SWEEPS: u32 = 10;
 /// Idle connections kept per worker; more than this are closed when given back.
 const MAX_IDLE: usize = 512;
 
@@ -76,13 +78,16 @@ impl Base {
 struct Idle {
     base: usize,
     sender: Sender,
-    since: Instant,
+    /// The sweep count when it was given back.
+    since: u32,
 }
 
 #[derive(Default)]
 struct List {
     /// Most recently given back last.
     conns: Vec<Idle>,
+    /// Sweeps so far.
+    sweeps: u32,
     /// A sweep task runs on this loop.
     sweeping: bool,
 }
@@ -150,10 +155,11 @@ impl Pool {
         if list.conns.len() >= MAX_IDLE {
             return;
         }
+        let since = list.sweeps;
         list.conns.push(Idle {
             base: lease.base,
             sender: lease.sender,
-            since: Instant::now(),
+            since,
         });
         if !list.sweeping && tokio::runtime::Handle::try_current().is_ok() {
             list.sweeping = true;
@@ -163,12 +169,11 @@ impl Pool {
 
     fn checkout(&self, base: usize) -> Option<Sender> {
         let mut list = self.list().1.lock().ok()?;
-        let now = Instant::now();
         let mut i = list.conns.len();
         while i > 0 {
             i -= 1;
             let conn = &list.conns[i];
-            if conn.sender.is_closed() || now.duration_since(conn.since) > IDLE_TIMEOUT {
+            if conn.sender.is_closed() {
                 list.conns.remove(i);
             } else if conn.base == base && conn.sender.is_ready() {
                 return Some(list.conns.remove(i).sender);
@@ -196,14 +201,15 @@ impl Pool {
 /// while any are idle. Holds the pool weakly: a reload that drops the upstream ends it.
 async fn sweep(pool: Weak<Pool>, slot: usize) {
     loop {
-        tokio::time::sleep(IDLE_TIMEOUT / 10).await;
+        tokio::time::sleep(IDLE_TIMEOUT / SWEEPS).await;
         let Some(pool) = pool.upgrade() else { return };
         let Ok(mut list) = pool.idle[slot].lock() else {
             return;
         };
-        let now = Instant::now();
+        list.sweeps = list.sweeps.wrapping_add(1);
+        let now = list.sweeps;
         list.conns
-            .retain(|c| !c.sender.is_closed() && now.duration_since(c.since) <= IDLE_TIMEOUT);
+            .retain(|c| !c.sender.is_closed() && now.wrapping_sub(c.since) < SWEEPS);
         if list.conns.is_empty() {
             list.sweeping = false;
             return;
