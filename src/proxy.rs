@@ -226,7 +226,29 @@ async fn serve(
         )
         .await;
     }
+    // Boxed: this future is kilobytes, and without the box every level above it (and
+    // so every pass-through request, which never gets here) would carry and copy it.
+    Box::pin(aggregate(
+        gateway, route, &parts, body, headers, query, params, deadline, request_id, record, span,
+    ))
+    .await
+}
 
+/// A fan-out route: reads the client's body, fans out, merges, through the route cache.
+#[allow(clippy::too_many_arguments)]
+async fn aggregate(
+    gateway: &Gateway,
+    route: &Route,
+    parts: &http::request::Parts,
+    body: Incoming,
+    headers: HeaderMap,
+    query: Option<std::borrow::Cow<'_, str>>,
+    params: Vec<String>,
+    deadline: Instant,
+    request_id: &HeaderValue,
+    record: &mut AccessRecord,
+    span: &mut Span,
+) -> Result<Response<Body>, GatewayError> {
     // A client trickling its body must not hold the answer past the deadline either.
     let reading = async {
         if route.wants_body {

@@ -140,7 +140,9 @@ impl Pool {
             },
             None => req,
         };
-        let mut sender = self.connect(&to.origin).await?;
+        // Boxed: a new connection is the rare path, and its future is most of this
+        // one's size, which every caller up to the request would otherwise copy.
+        let mut sender = Box::pin(self.connect(&to.origin)).await?;
         let resp = sender.send_request(req).await?;
         Ok((resp, Lease { base, sender }))
     }
