@@ -11,46 +11,19 @@ a collector runs on other cores in production). Needs nginx and wrk.
 """
 import argparse
 import os
-import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from benchlib import cpu_seconds, wait_port, wrk
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SHARED = os.path.join(ROOT, "..", "shared", "bench")
-
-
-def wait_port(port, seconds=15):
-    end = time.time() + seconds
-    while time.time() < end:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    sys.exit(f"nothing listens on 127.0.0.1:{port}")
-
-
-def wrk(url, duration, script=None):
-    cmd = ["wrk", "-t1", "-c64", f"-d{duration}s", "--latency"]
-    if script:
-        cmd += ["-s", script]
-    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)", out, re.M)
-    p99_ms = float(p99.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99.group(2)]
-    return rps, p99_ms
-
-
-def cpu_seconds(pid):
-    """User + system CPU of a process and its threads so far."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main():
@@ -103,9 +76,9 @@ def main():
                 wait_port(7103)
                 time.sleep(0.3)
                 for case, path, script in cases:
-                    before = cpu_seconds(gw.pid)
-                    rps, p99 = wrk("http://127.0.0.1:7103" + path, args.duration, script)
-                    cpu_us = (cpu_seconds(gw.pid) - before) / (rps * args.duration) * 1e6
+                    before = cpu_seconds([gw.pid])
+                    rps, p99 = wrk("http://127.0.0.1:7103" + path, args.duration, script=script)
+                    cpu_us = (cpu_seconds([gw.pid]) - before) / (rps * args.duration) * 1e6
                     results[(mode, case)].append((rps, p99, cpu_us))
                 stop(gw)
                 time.sleep(0.3)

@@ -1,0 +1,38 @@
+"""Helpers the benchmark scripts share: ports, wrk runs and CPU time of processes."""
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+
+def wait_port(port, seconds=15):
+    end = time.time() + seconds
+    while time.time() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    sys.exit(f"nothing listens on 127.0.0.1:{port}")
+
+
+def wrk(url, duration, connections=64, script=None):
+    """One wrk run: (requests/s, p99 in ms)."""
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+    if script:
+        cmd += ["-s", script]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)", out, re.M)
+    p99_ms = float(p99.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99.group(2)]
+    return rps, p99_ms
+
+
+def cpu_seconds(pids):
+    """User + system CPU of processes (and their threads) so far."""
+    total = 0.0
+    for pid in pids:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
