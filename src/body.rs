@@ -44,9 +44,7 @@ impl Upstream {
 
 impl Drop for Upstream {
     fn drop(&mut self) {
-        // The server stops polling once a sized body is all written, so "ended" is
-        // asked here rather than seen as a last `None`.
-        self.held.release(self.body.inner.is_end_stream());
+        self.held.release();
     }
 }
 

@@ -33,20 +33,21 @@ impl<T> Forward<T> {
     }
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) plus those the gateway always sets itself.
+/// Hop-by-hop headers (RFC 9110 §7.6.1 and the legacy ones proxies still see).
+pub const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+    HOP_BY_HOP.contains(&name.as_str())
 }
 
 /// Whether `forward_headers = ["*"]` passes this client header on.

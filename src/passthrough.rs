@@ -14,7 +14,7 @@ use crate::access_log::AccessRecord;
 use crate::body::{Body, IdleTimeout, RequestBody, Upstream};
 use crate::error::{BackendError, Failure, GatewayError};
 use crate::fanout::{self, Report};
-use crate::forward::X_REQUEST_ID;
+use crate::forward::{HOP_BY_HOP, X_REQUEST_ID, is_hop_by_hop};
 use crate::gateway::Route;
 use crate::proxy::content_length;
 use crate::trace::{Pending, Span};
@@ -132,29 +132,37 @@ pub async fn forward(
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     // One pass over the names, then removals of only those present: most answers
     // carry none, or only `connection: keep-alive`. This runs per response.
-    let mut present: [Option<HeaderName>; 9] = Default::default();
+    // Names are unique among `keys()`, so the list can hold every one found.
+    let mut present: [Option<HeaderName>; HOP_BY_HOP.len()] = Default::default();
     let mut n = 0;
     for name in h.keys() {
-        if crate::forward::is_hop_by_hop(name) && n < present.len() {
-            present[n] = Some(name.clone());
+        if is_hop_by_hop(name)
+            && let Some(slot) = present.get_mut(n)
+        {
+            *slot = Some(name.clone());
             n += 1;
         }
     }
     if n == 0 {
         return;
     }
-    if let Some(connection) = h.remove(header::CONNECTION)
-        && let Ok(v) = connection.to_str()
-    {
+    // Every `connection` value counts: `connection: keep-alive` then
+    // `connection: x-internal` names `x-internal` too.
+    let mut named = Vec::new();
+    for v in h.get_all(header::CONNECTION) {
+        let Ok(v) = v.to_str() else { continue };
         for token in v.split(',').map(str::trim) {
             // The usual tokens name nothing beyond the standard set.
             if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
                 continue;
             }
             if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                h.remove(name);
+                named.push(name);
             }
         }
+    }
+    for name in named {
+        h.remove(name);
     }
     for name in present.into_iter().flatten() {
         h.remove(name);
@@ -202,6 +210,8 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
         h.insert(header::ETAG, HeaderValue::from_static("\"x\""));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-internal"));
+        h.insert("x-internal", HeaderValue::from_static("secret"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.keys().collect::<Vec<_>>(), [header::ETAG]);
         strip_hop_by_hop(&mut h);

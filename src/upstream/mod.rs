@@ -327,22 +327,25 @@ impl Upstream {
                 .await
                 .map_err(|_| Failure::Connect)?;
             let status = resp.status();
-            if status.is_server_error() {
-                return Err(Failure::ServerError(status));
-            }
-            if status.is_client_error() {
-                return Err(Failure::Rejected(status));
-            }
-            if status.is_redirection() {
-                return Err(Failure::BadResponse("a redirect"));
-            }
-            if !status.is_success() {
-                return Err(Failure::BadResponse("an unexpected status"));
-            }
-            let hints = Hints::from_headers(resp.headers());
-            let body = read_limited(resp, limit).await?;
+            let answer = if status.is_server_error() {
+                Err(Failure::ServerError(status))
+            } else if status.is_client_error() {
+                Err(Failure::Rejected(status))
+            } else if status.is_redirection() {
+                Err(Failure::BadResponse("a redirect"))
+            } else if !status.is_success() {
+                Err(Failure::BadResponse("an unexpected status"))
+            } else {
+                let hints = Hints::from_headers(resp.headers());
+                read_limited(resp, limit)
+                    .await
+                    .map(|body| (status, body, hints))
+            };
+            // Back whatever the answer was: hyper marks a connection ready only once
+            // the whole response is off the wire, and closes one whose body we left.
+            // A short error body is usually in with the head, so the connection stays.
             self.pool.put(lease);
-            Ok((status, body, hints))
+            answer
         };
         let result = if permit.is_none() && deadline >= route_deadline {
             // No breaker needs to hear of a timeout, and the caller's route deadline
@@ -532,18 +535,17 @@ fn connector(
 }
 
 /// What a streamed answer holds until its body ends: its place under
-/// `max_concurrency`, and the connection, which goes back to the pool if the body
-/// was read to its end (else it closes: the rest of the answer is still on it).
+/// `max_concurrency`, and the connection, which then goes back to the pool. hyper
+/// is the guard against reuse too early: it marks a connection ready only once the
+/// whole response is off the wire, and closes one whose body was dropped midway.
 pub struct Held {
     _slot: Option<Slot>,
     conn: Option<(Arc<Pool>, Lease)>,
 }
 
 impl Held {
-    pub fn release(&mut self, body_ended: bool) {
-        if let Some((pool, lease)) = self.conn.take()
-            && body_ended
-        {
+    pub fn release(&mut self) {
+        if let Some((pool, lease)) = self.conn.take() {
             pool.put(lease);
         }
     }

@@ -15,7 +15,7 @@
 //! them open forever here. The sweeps are the idle clock: taking and giving back a
 //! connection read no time.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, Uri, header};
@@ -98,8 +98,8 @@ pub struct Pool {
     idle: Vec<Mutex<List>>,
 }
 
-/// A connection out of the pool for one call. Give it back with [`Pool::put`] once
-/// the answer has been read; dropped instead, the connection closes.
+/// A connection out of the pool for one call. Give it back with [`Pool::put`] when
+/// done with the answer (read or not); dropped instead, the connection closes.
 pub struct Lease {
     base: usize,
     sender: Sender,
@@ -153,7 +153,7 @@ impl Pool {
             return;
         }
         let (slot, list) = self.list();
-        let Ok(mut list) = list.lock() else { return };
+        let mut list = list.lock().unwrap_or_else(PoisonError::into_inner);
         if list.conns.len() >= MAX_IDLE {
             return;
         }
@@ -170,7 +170,7 @@ impl Pool {
     }
 
     fn checkout(&self, base: usize) -> Option<Sender> {
-        let mut list = self.list().1.lock().ok()?;
+        let mut list = self.list().1.lock().unwrap_or_else(PoisonError::into_inner);
         let mut i = list.conns.len();
         while i > 0 {
             i -= 1;
@@ -205,9 +205,9 @@ async fn sweep(pool: Weak<Pool>, slot: usize) {
     loop {
         tokio::time::sleep(IDLE_TIMEOUT / SWEEPS).await;
         let Some(pool) = pool.upgrade() else { return };
-        let Ok(mut list) = pool.idle[slot].lock() else {
-            return;
-        };
+        let mut list = pool.idle[slot]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         list.sweeps = list.sweeps.wrapping_add(1);
         let now = list.sweeps;
         list.conns

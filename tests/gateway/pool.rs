@@ -252,3 +252,79 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// An upstream answering `{"chunked": true}` in two chunks (no content-length), or 404
+/// with a short JSON body for paths ending in `/missing`; counts its connections.
+async fn chunked_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let mut resp = if req.uri().path().ends_with("/missing") {
+                            let chunks =
+                                vec![Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+                                    bytes::Bytes::from_static(br#"{"error":"no"}"#),
+                                ))];
+                            let mut r = http::Response::new(http_body_util::StreamBody::new(
+                                futures_util::stream::iter(chunks),
+                            ));
+                            *r.status_mut() = http::StatusCode::NOT_FOUND;
+                            r
+                        } else {
+                            let chunks = vec![
+                                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+                                    bytes::Bytes::from_static(br#"{"chunked":"#),
+                                )),
+                                Ok(hyper::body::Frame::data(bytes::Bytes::from_static(
+                                    b"true}",
+                                ))),
+                            ];
+                            http::Response::new(http_body_util::StreamBody::new(
+                                futures_util::stream::iter(chunks),
+                            ))
+                        };
+                        resp.headers_mut()
+                            .insert("content-type", "application/json".parse().unwrap());
+                        Ok::<_, std::convert::Infallible>(resp)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn chunked_answers_and_error_answers_keep_their_connection() {
+    let (addr, accepted) = chunked_upstream().await;
+    let gw = Gateway::start(&routes(&format!("http://{addr}"))).await;
+    for i in 0..4 {
+        let r = gw.get(&format!("/raw/{i}")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-length"), None, "streamed as it came");
+        assert_eq!(r.json(), json!({"chunked": true}));
+        let r = gw.get(&format!("/merged/{i}")).await;
+        assert_eq!(r.json(), json!({"chunked": true}));
+        // A backend's 404 fails the call but not the connection.
+        gw.get("/merged/missing")
+            .await
+            .error(404, "UPSTREAM_REJECTED");
+        assert_eq!(gw.get("/raw/missing").await.status, 404);
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
