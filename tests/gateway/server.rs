@@ -232,3 +232,60 @@ async fn a_request_the_client_abandons_is_still_logged() {
     assert_eq!(line["status"], 499);
     assert_eq!(line["route"], "simple");
 }
+
+/// Reads until the gateway closes the connection (failing after a minute); what it sent.
+async fn read_until_closed(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let reading = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), reading)
+        .await
+        .expect("the gateway kept the connection open");
+    out
+}
+
+// Paused time: the 30 s pass at once, and the test measures them on tokio's clock.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_sends_no_complete_request_head_is_cut_off_after_30s() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::json(json!({"ok": 1})).await;
+    let gw = Gateway::start(&simple(&up.url(), "")).await;
+
+    // Half a head, then nothing.
+    let mut slow = tokio::net::TcpStream::connect(gw.server.addr)
+        .await
+        .unwrap();
+    slow.write_all(b"GET /s/1 HTTP/1.1\r\nhost: test\r\n")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    read_until_closed(&mut slow).await;
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_secs(30)..Duration::from_secs(32)).contains(&waited),
+        "closed after {waited:?}"
+    );
+
+    // A kept-alive connection that sends no next request is closed the same way, and
+    // its first request was answered in full.
+    let mut idle = tokio::net::TcpStream::connect(gw.server.addr)
+        .await
+        .unwrap();
+    idle.write_all(b"GET /s/1 HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let answer = String::from_utf8(read_until_closed(&mut idle).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(r#"{"ok":1}"#), "{answer}");
+    assert!(started.elapsed() >= Duration::from_secs(30));
+    assert_eq!(up.hits(), 1);
+}
