@@ -36,3 +36,15 @@ def cpu_seconds(pids):
         fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
+
+
+def stop_all(procs, work):
+    """Stops the started process groups and removes the work directory."""
+    import shutil
+    import signal
+    for p in list(procs):
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(work, ignore_errors=True)

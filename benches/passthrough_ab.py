@@ -13,7 +13,6 @@ number a change moves. Uses ../shared/bench (upstream nginx on :7001, routes.ben
 """
 import argparse
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -21,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import cpu_seconds, wait_port, wrk
+from benchlib import cpu_seconds, stop_all, wait_port, wrk
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -100,12 +99,7 @@ def main():
             print(f"{name:<10} {med[0]:>9.0f} {med[1]:>8.2f} {med[2]:>11.1f}  "
                   f"{' '.join(f'{r[0]:.0f}' for r in runs)}  ({med[0] / base:.2f}x nginx)")
     finally:
-        for p in list(procs):
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all(procs, work)
 
 
 if __name__ == "__main__":

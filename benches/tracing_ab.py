@@ -11,7 +11,6 @@ a collector runs on other cores in production). Needs nginx and wrk.
 """
 import argparse
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -19,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import cpu_seconds, wait_port, wrk
+from benchlib import cpu_seconds, stop_all, wait_port, wrk
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -92,12 +91,7 @@ def main():
             print(f"{case:<10} cost of tracing: {100 * (1 - med['on'][0] / med['off'][0]):.1f}% of req/s, "
                   f"{med['on'][2] - med['off'][2]:.1f} µs of manifold CPU per request")
     finally:
-        for p in list(procs):
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all(procs, work)
 
 
 if __name__ == "__main__":
