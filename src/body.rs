@@ -33,18 +33,12 @@ pub type RequestBody = Body<Limited<Incoming>>;
 /// ends.
 pub struct Upstream {
     body: IdleTimeout<Incoming>,
-    held: crate::upstream::Held,
+    _held: crate::upstream::Held,
 }
 
 impl Upstream {
     pub fn new(body: IdleTimeout<Incoming>, held: crate::upstream::Held) -> Self {
-        Upstream { body, held }
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.held.release();
+        Upstream { body, _held: held }
     }
 }
 

@@ -43,8 +43,6 @@ pub struct Upstream {
     /// loop that opened it, so sharing them across loops would turn every answer into
     /// a cross-thread wake-up (measured: the largest cost after malloc).
     pool: Arc<Pool>,
-    /// The `urls`, in order.
-    bases: Vec<Base>,
     next: AtomicUsize,
     breaker: Option<Breaker>,
     inflight: Option<InFlight>,
@@ -108,8 +106,7 @@ impl Upstream {
         Ok(Upstream {
             name: Arc::from(name),
             settings: settings.clone(),
-            pool: Arc::new(Pool::new(connector(settings, tls), workers)),
-            bases,
+            pool: Arc::new(Pool::new(connector(settings, tls), bases, workers)),
             next: AtomicUsize::new(0),
             breaker: settings
                 .circuit_breaker
@@ -129,12 +126,13 @@ impl Upstream {
     /// Where a rendered path (`/users/42?x=1`) goes: one of `urls`, round-robin, and
     /// the request target there.
     pub fn target(&self, path_and_query: String) -> Result<(usize, Uri), Failure> {
-        let i = if self.bases.len() == 1 {
+        let bases = self.pool.bases();
+        let i = if bases.len() == 1 {
             0
         } else {
-            self.next.fetch_add(1, Ordering::Relaxed) % self.bases.len()
+            self.next.fetch_add(1, Ordering::Relaxed) % bases.len()
         };
-        match self.bases[i].target(path_and_query) {
+        match bases[i].target(path_and_query) {
             Some(uri) => Ok((i, uri)),
             None => Err(Failure::BadResponse("the backend path is not a valid URL")),
         }
@@ -197,7 +195,7 @@ impl Upstream {
             span,
             span_name,
             req.method(),
-            &self.bases[base],
+            &self.pool.bases()[base],
             req.uri(),
             1,
             false,
@@ -214,8 +212,7 @@ impl Upstream {
                 return Err(SendError::Refused(f));
             }
         };
-        let result =
-            tokio::time::timeout_at(deadline, self.pool.send(&self.bases, base, req)).await;
+        let result = tokio::time::timeout_at(deadline, self.pool.send(base, req)).await;
         // One verdict for the breaker, the metrics and the span.
         let verdict = match &result {
             Ok(Ok((resp, _))) => classify(resp.status()),
@@ -234,7 +231,7 @@ impl Upstream {
                 resp,
                 Held {
                     _slot: slot,
-                    conn: Some((self.pool.clone(), lease)),
+                    _conn: lease,
                 },
                 elapsed,
             )),
@@ -294,7 +291,7 @@ impl Upstream {
             spec.span,
             spec.span_name,
             spec.method,
-            &self.bases[base],
+            &self.pool.bases()[base],
             &uri,
             n,
             spec.cache_miss,
@@ -323,7 +320,7 @@ impl Upstream {
         let work = async {
             let (resp, lease) = self
                 .pool
-                .send(&self.bases, base, req)
+                .send(base, req)
                 .await
                 .map_err(|_| Failure::Connect)?;
             let status = resp.status();
@@ -341,10 +338,9 @@ impl Upstream {
                     .await
                     .map(|body| (status, body, hints))
             };
-            // Back whatever the answer was: hyper marks a connection ready only once
-            // the whole response is off the wire, and closes one whose body we left.
-            // A short error body is usually in with the head, so the connection stays.
-            self.pool.put(lease);
+            // The lease goes back whatever the answer was: a short error body is
+            // usually in with the head, so the connection stays usable.
+            drop(lease);
             answer
         };
         let result = if permit.is_none() && deadline >= route_deadline {
@@ -535,20 +531,10 @@ fn connector(
 }
 
 /// What a streamed answer holds until its body ends: its place under
-/// `max_concurrency`, and the connection, which then goes back to the pool. hyper
-/// is the guard against reuse too early: it marks a connection ready only once the
-/// whole response is off the wire, and closes one whose body was dropped midway.
+/// `max_concurrency`, and its connection.
 pub struct Held {
     _slot: Option<Slot>,
-    conn: Option<(Arc<Pool>, Lease)>,
-}
-
-impl Held {
-    pub fn release(&mut self) {
-        if let Some((pool, lease)) = self.conn.take() {
-            pool.put(lease);
-        }
-    }
+    _conn: Lease,
 }
 
 /// The platform's roots (as browsers and curl trust them), plus `ca_file` if set.

@@ -4,9 +4,9 @@
 //! client keys its pool by hashing the scheme and authority, takes a lock shared by
 //! every loop, and spawns a task per response to put the connection back. Here a
 //! worker takes the most recently used idle connection of its own list (a short,
-//! uncontended lock: tasks never leave their loop) and gives it back when the answer
-//! has been read. The difference was about 3 µs of CPU per pass-through request
-//! (benches/passthrough_ab.py).
+//! uncontended lock: tasks never leave their loop) and gives it back when the call
+//! lets go of its [`Lease`]. The difference was 2–3.5 µs of CPU per pass-through
+//! request (benches/passthrough_ab.py).
 //!
 //! A connection is taken only if hyper says it can send now: one whose previous
 //! answer is still being read, or that the upstream closed, is skipped (closed ones
@@ -94,23 +94,41 @@ struct List {
 
 pub struct Pool {
     connector: HttpsConnector<HttpConnector>,
+    /// The upstream's `urls`, in order; a connection goes to one of them.
+    bases: Vec<Base>,
     /// One list per worker loop.
     idle: Vec<Mutex<List>>,
 }
 
-/// A connection out of the pool for one call. Give it back with [`Pool::put`] when
-/// done with the answer (read or not); dropped instead, the connection closes.
+/// A connection out of the pool for one call, given back to its loop's list when
+/// dropped, whether its answer was read or not. hyper is the guard against reuse too
+/// early: it marks a connection ready only once the whole response is off the wire,
+/// and closes one whose answer was left midway (a body dropped, a call cut short).
 pub struct Lease {
+    pool: Arc<Pool>,
     base: usize,
-    sender: Sender,
+    sender: Option<Sender>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.pool.put(self.base, sender);
+        }
+    }
 }
 
 impl Pool {
-    pub fn new(connector: HttpsConnector<HttpConnector>, workers: usize) -> Self {
+    pub fn new(connector: HttpsConnector<HttpConnector>, bases: Vec<Base>, workers: usize) -> Self {
         Pool {
             connector,
+            bases,
             idle: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
         }
+    }
+
+    pub fn bases(&self) -> &[Base] {
+        &self.bases
     }
 
     fn list(&self) -> (usize, &Mutex<List>) {
@@ -118,21 +136,25 @@ impl Pool {
         (slot, &self.idle[slot])
     }
 
-    /// Sends `req` (its target from [`Base::target`]) to `bases[base]`, on an idle
+    /// Sends `req` (its target from [`Base::target`]) to `bases()[base]`, on an idle
     /// connection that can send now, else on a new one. A request that an idle
     /// connection's close beat to the wire goes again on a new connection: the
-    /// upstream never saw it.
+    /// upstream never saw it. Hold the lease until done with the answer.
     pub async fn send(
-        &self,
-        bases: &[Base],
+        self: &Arc<Self>,
         base: usize,
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Lease), BoxError> {
-        let to = &bases[base];
+        let to = &self.bases[base];
         req.headers_mut().insert(header::HOST, to.host.clone());
+        let lease = |sender| Lease {
+            pool: self.clone(),
+            base,
+            sender: Some(sender),
+        };
         let req = match self.checkout(base) {
             Some(mut sender) => match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, Lease { base, sender })),
+                Ok(resp) => return Ok((resp, lease(sender))),
                 Err(mut e) => match e.take_message() {
                     Some(req) => req,
                     None => return Err(e.into_error().into()),
@@ -144,12 +166,12 @@ impl Pool {
         // one's size, which every caller up to the request would otherwise copy.
         let mut sender = Box::pin(self.connect(&to.origin)).await?;
         let resp = sender.send_request(req).await?;
-        Ok((resp, Lease { base, sender }))
+        Ok((resp, lease(sender)))
     }
 
     /// Gives a connection back for the next call on this loop.
-    pub fn put(self: &Arc<Self>, lease: Lease) {
-        if lease.sender.is_closed() {
+    fn put(self: &Arc<Self>, base: usize, sender: Sender) {
+        if sender.is_closed() {
             return;
         }
         let (slot, list) = self.list();
@@ -159,8 +181,8 @@ impl Pool {
         }
         let since = list.sweeps;
         list.conns.push(Idle {
-            base: lease.base,
-            sender: lease.sender,
+            base,
+            sender,
             since,
         });
         if !list.sweeping && tokio::runtime::Handle::try_current().is_ok() {
