@@ -5,14 +5,17 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::Limited;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
+
+use crate::error::ClientFault;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -26,7 +29,7 @@ pub enum Body<S = Upstream> {
 
 /// A request body for an upstream: buffered, or a passthrough client's body, capped
 /// at `max_request_body`.
-pub type RequestBody = Body<Limited<Incoming>>;
+pub type RequestBody = Body<ClientBody>;
 
 /// A passthrough route's upstream body, streamed as it arrives. The call holds its
 /// place under the upstream's `max_concurrency`, and its connection, until the body
@@ -116,6 +119,126 @@ where
             Body::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Body::Stream(body) => body.size_hint(),
         }
+    }
+}
+
+/// A passthrough client's body on its way upstream, capped at `max_request_body`.
+///
+/// It notes how reading it went, so that a failed upstream call can tell whether the
+/// client caused it: a malformed, aborted, oversized or stalled upload is the client's
+/// failure (400, 499, 413, 408), never the upstream's, so it must not open the breaker
+/// every route shares or count as an upstream error. The note is shared with the
+/// caller because hyper's connection task, not the call, owns the body once sent.
+pub struct ClientBody {
+    inner: Incoming,
+    limit: u64,
+    read: u64,
+    watch: BodyWatch,
+}
+
+/// How reading a client's body is going, as seen from the upstream call.
+#[derive(Clone)]
+pub struct BodyWatch(Arc<AtomicU8>);
+
+const READING: u8 = 0;
+/// The last read found nothing: the upload waits on the client.
+const WAITING: u8 = 1;
+const DONE: u8 = 2;
+const TOO_LARGE: u8 = 3;
+const MALFORMED: u8 = 4;
+const GONE: u8 = 5;
+
+impl BodyWatch {
+    /// Why the call failed, if the client's body was the cause. `timed_out`: the call
+    /// ran out of time, which is the client's doing only while its upload was stalled.
+    pub fn fault(&self, timed_out: bool) -> Option<ClientFault> {
+        match self.0.load(Ordering::Acquire) {
+            TOO_LARGE => Some(ClientFault::TooLarge),
+            MALFORMED => Some(ClientFault::Malformed),
+            GONE => Some(ClientFault::Gone),
+            WAITING if timed_out => Some(ClientFault::Slow),
+            _ => None,
+        }
+    }
+}
+
+impl ClientBody {
+    pub fn new(inner: Incoming, limit: u64) -> (Self, BodyWatch) {
+        let watch = BodyWatch(Arc::new(AtomicU8::new(READING)));
+        let body = ClientBody {
+            inner,
+            limit,
+            read: 0,
+            watch: watch.clone(),
+        };
+        (body, watch)
+    }
+
+    fn note(&self, state: u8) {
+        self.watch.0.store(state, Ordering::Release);
+    }
+}
+
+/// Why a client's body could not be read to its end.
+#[derive(Debug)]
+pub struct ClientBodyError(pub ClientFault);
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.describe())
+    }
+}
+
+impl std::error::Error for ClientBodyError {}
+
+impl HttpBody for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                this.note(WAITING);
+                Poll::Pending
+            }
+            Poll::Ready(None) => {
+                this.note(DONE);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.read += data.len() as u64;
+                    if this.read > this.limit {
+                        this.note(TOO_LARGE);
+                        return Poll::Ready(Some(Err(Box::new(ClientBodyError(
+                            ClientFault::TooLarge,
+                        )))));
+                    }
+                }
+                this.note(READING);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let fault = ClientFault::of(&e);
+                this.note(match fault {
+                    ClientFault::Gone => GONE,
+                    _ => MALFORMED,
+                });
+                Poll::Ready(Some(Err(Box::new(ClientBodyError(fault)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

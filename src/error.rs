@@ -79,6 +79,66 @@ impl Failure {
     }
 }
 
+/// The `outcome` of a backend call that the client's own request failed (see
+/// [`ClientFault`]), in the access log and on spans.
+pub const CLIENT_ERROR: &str = "client_error";
+
+/// A failure the client caused while sending its request body. It is the client's,
+/// never the upstream's: no breaker hears of it and no upstream error is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFault {
+    /// The body passed `max_request_body`.
+    TooLarge,
+    /// Malformed framing (a bad chunk, for instance).
+    Malformed,
+    /// The client closed the connection or reset the stream before its body ended.
+    Gone,
+    /// The body did not arrive before the deadline.
+    Slow,
+}
+
+impl ClientFault {
+    /// The fault behind a client body's read error.
+    pub fn of(e: &hyper::Error) -> ClientFault {
+        if e.is_incomplete_message() || e.is_canceled() || e.is_body_write_aborted() {
+            return ClientFault::Gone;
+        }
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                use std::io::ErrorKind::*;
+                if matches!(
+                    io.kind(),
+                    UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+                ) {
+                    return ClientFault::Gone;
+                }
+            }
+            cause = c.source();
+        }
+        ClientFault::Malformed
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            ClientFault::TooLarge => "the client's body passed max_request_body",
+            ClientFault::Malformed => "the client's body could not be read",
+            ClientFault::Gone => "the client went away before its body ended",
+            ClientFault::Slow => "the client's body did not arrive in time",
+        }
+    }
+
+    /// The client's answer; `limit` is the route's `max_request_body`.
+    pub fn into_error(self, limit: u64) -> GatewayError {
+        match self {
+            ClientFault::TooLarge => GatewayError::PayloadTooLarge { limit },
+            ClientFault::Malformed => GatewayError::BadRequest,
+            ClientFault::Gone => GatewayError::ClientClosed,
+            ClientFault::Slow => GatewayError::RequestTimeout,
+        }
+    }
+}
+
 /// A backend's failure, with who is to blame.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackendError {
@@ -101,6 +161,9 @@ pub enum GatewayError {
     RequestTimeout,
     /// The client's body could not be read (malformed framing).
     BadRequest,
+    /// The client went away before its request was read; nobody reads this answer,
+    /// but the access log and metrics do (nginx's 499).
+    ClientClosed,
     BadParameter {
         name: String,
         reason: &'static str,
@@ -125,6 +188,13 @@ struct ErrorFields<'a> {
     request_id: &'a str,
 }
 
+/// Logged and counted for a request whose client went away first (nginx's code); no
+/// client ever reads it.
+pub const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
+    Ok(s) => s,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
+
 /// Whole seconds, at least 1, for `retry-after`.
 fn retry_after_secs(d: Duration) -> u64 {
     (d.as_millis().div_ceil(1000) as u64).max(1)
@@ -138,6 +208,7 @@ impl GatewayError {
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::BadRequest => StatusCode::BAD_REQUEST,
+            GatewayError::ClientClosed => CLIENT_CLOSED_REQUEST,
             GatewayError::BadParameter { .. } => StatusCode::BAD_REQUEST,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Backend(e) => failure_status(&e.failure),
@@ -151,6 +222,7 @@ impl GatewayError {
             GatewayError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             GatewayError::RequestTimeout => "REQUEST_TIMEOUT",
             GatewayError::BadRequest => "BAD_REQUEST",
+            GatewayError::ClientClosed => "CLIENT_CLOSED_REQUEST",
             GatewayError::BadParameter { .. } => "BAD_PARAMETER",
             GatewayError::RateLimited { .. } => "RATE_LIMITED",
             GatewayError::Backend(e) => failure_code(&e.failure),
@@ -173,6 +245,7 @@ impl GatewayError {
                 "the request body did not arrive before the route deadline".into()
             }
             GatewayError::BadRequest => "the request body could not be read".into(),
+            GatewayError::ClientClosed => "the client went away mid-request".into(),
             GatewayError::BadParameter { name, reason } => {
                 format!("path parameter `{name}` {reason}")
             }

@@ -6,13 +6,12 @@
 //! `timeout` bounds each idle read, so a stalled upstream cannot pin a connection.
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header, request::Parts};
-use http_body_util::Limited;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::access_log::AccessRecord;
-use crate::body::{Body, IdleTimeout, RequestBody, Upstream};
-use crate::error::{BackendError, Failure, GatewayError};
+use crate::body::{Body, ClientBody, IdleTimeout, RequestBody, Upstream};
+use crate::error::{BackendError, CLIENT_ERROR, Failure, GatewayError};
 use crate::fanout::{self, Report};
 use crate::forward::{HOP_BY_HOP, X_REQUEST_ID, is_hop_by_hop};
 use crate::gateway::Route;
@@ -54,6 +53,7 @@ pub async fn forward(
     let mut req = Request::new(RequestBody::Full(None));
     *req.method_mut() = backend.method.clone();
     *req.uri_mut() = uri;
+    let mut watch = None;
     if !http_body::Body::is_end_stream(&body) {
         if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
             headers.insert(header::CONTENT_TYPE, ct.clone());
@@ -61,32 +61,53 @@ pub async fn forward(
         if let Some(len) = content_length(&parts.headers) {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         }
-        let limit = usize::try_from(route.max_request_body).unwrap_or(usize::MAX);
-        *req.body_mut() = RequestBody::Stream(Limited::new(body, limit));
+        let (body, w) = ClientBody::new(body, route.max_request_body);
+        watch = Some(w);
+        *req.body_mut() = RequestBody::Stream(body);
     }
     *req.headers_mut() = headers;
 
     let started = Instant::now();
-    let (resp, held, elapsed) = match upstream
-        .send(base, req, started, deadline, &span.span, &backend.span_name)
-        .await
-    {
+    let sent = upstream
+        .send(
+            base,
+            req,
+            started,
+            deadline,
+            &span.span,
+            &backend.span_name,
+            watch.as_ref(),
+        )
+        .await;
+    let (resp, held, elapsed) = match sent {
         Ok(answer) => answer,
-        Err(SendError::Transport(e)) if is_body_limit(&e) => {
+        Err(SendError::Client(fault)) => {
+            record.backends.push((
+                backend.name.clone(),
+                Report {
+                    outcome: CLIENT_ERROR,
+                    status: None,
+                    elapsed: started.elapsed(),
+                    attempts: 1,
+                    cache: None,
+                    hints: Default::default(),
+                },
+            ));
             let span = span.finish();
-            span.fail("payload_too_large", || {
-                "the client's body passed max_request_body".to_owned()
-            });
-            span.end();
-            return Err(GatewayError::PayloadTooLarge {
-                limit: route.max_request_body,
-            });
+            if span.is_on() {
+                span.record(|a| {
+                    a.int("manifold.attempts", 1);
+                    a.str("manifold.outcome", CLIENT_ERROR);
+                });
+                span.end();
+            }
+            return Err(fault.into_error(route.max_request_body));
         }
         Err(e) => {
             let failure = match e {
                 SendError::Refused(f) => f,
                 SendError::Timeout => Failure::Timeout,
-                SendError::Transport(_) => Failure::Connect,
+                SendError::Transport(_) | SendError::Client(_) => Failure::Connect,
             };
             let attempts = u32::from(!matches!(
                 failure,
@@ -167,18 +188,6 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     for name in present.into_iter().flatten() {
         h.remove(name);
     }
-}
-
-/// Whether a failed upstream send was caused by the client's body passing the limit.
-fn is_body_limit(e: &crate::body::BoxError) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
-    while let Some(err) = cur {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
 }
 
 #[cfg(test)]

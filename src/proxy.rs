@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use crate::access_log::{self, AccessRecord};
 use crate::body::Body;
 use crate::cache::{self, Hints, Lookup};
-use crate::error::GatewayError;
+use crate::error::{CLIENT_CLOSED_REQUEST, ClientFault, GatewayError};
 use crate::fanout::{self, Call};
 use crate::forward::{self, Peer, X_MANIFOLD_CACHE, X_MANIFOLD_COMPLETED, X_REQUEST_ID};
 use crate::gateway::{Gateway, Route};
@@ -123,7 +123,7 @@ impl Drop for Finish {
     fn drop(&mut self) {
         METRICS.inflight.dec();
         if self.record.status == 0 {
-            self.record.status = 499;
+            self.record.status = CLIENT_CLOSED_REQUEST.as_u16();
         }
         let elapsed = self.started.elapsed();
         let status = self.record.status;
@@ -136,7 +136,7 @@ impl Drop for Finish {
                 let status_text = status.to_string();
                 let code = self.record.error.unwrap_or(&status_text);
                 self.span.fail(code, || format!("answered {status} {code}"));
-            } else if status == 499 {
+            } else if status == CLIENT_CLOSED_REQUEST.as_u16() {
                 self.span.fail("cancelled", || {
                     "the client went away before the answer".to_owned()
                 });
@@ -431,7 +431,10 @@ async fn read_body(
                 GatewayError::PayloadTooLarge { limit }
             } else {
                 // Malformed chunked encoding, or the client gave up mid-body.
-                GatewayError::BadRequest
+                e.downcast_ref::<hyper::Error>()
+                    .map_or(GatewayError::BadRequest, |e| {
+                        ClientFault::of(e).into_error(limit)
+                    })
             }
         })?
         .to_bytes();

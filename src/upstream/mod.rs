@@ -23,9 +23,9 @@ pub mod breaker;
 pub mod limit;
 pub mod pool;
 
-use crate::body::{BoxError, RequestBody};
+use crate::body::{BodyWatch, BoxError, RequestBody};
 use crate::config::UpstreamSettings;
-use crate::error::Failure;
+use crate::error::{ClientFault, Failure};
 use breaker::{Breaker, BreakerState, Permit};
 use limit::{InFlight, Slot};
 use pool::{Base, Lease, Pool};
@@ -65,6 +65,8 @@ pub enum SendError {
     Refused(Failure),
     Timeout,
     Transport(BoxError),
+    /// The client's body failed the call (see [`BodyWatch`]): not the upstream's fault.
+    Client(ClientFault),
 }
 
 /// Failures worth another attempt (CONTRACT §5).
@@ -179,7 +181,10 @@ impl Upstream {
     /// A streamed (passthrough) call to `bases[base]`, begun at `started`: one
     /// attempt, waiting for the response head until the attempt deadline. The slot
     /// under `max_concurrency` and the connection come back with the response, to be
-    /// held until its body ends, and so does the time the head took.
+    /// held until its body ends, and so does the time the head took. `client` watches
+    /// the client's body streamed along, if any: a call that its body failed is the
+    /// client's failure, which the breaker and the upstream's metrics never see.
+    #[allow(clippy::too_many_arguments)]
     pub async fn send(
         &self,
         base: usize,
@@ -188,6 +193,7 @@ impl Upstream {
         route_deadline: Instant,
         span: &Span,
         span_name: &Arc<str>,
+        client: Option<&BodyWatch>,
     ) -> Result<(Response<Incoming>, Held, Duration), SendError> {
         let deadline = self.attempt_deadline(started, route_deadline);
         let mut attempt = ClientSpan::start(
@@ -213,6 +219,17 @@ impl Upstream {
             }
         };
         let result = tokio::time::timeout_at(deadline, self.pool.send(base, req)).await;
+        let client_fault = match (&result, client) {
+            (Ok(Ok(_)), _) | (_, None) => None,
+            (Ok(Err(_)), Some(watch)) => watch.fault(false),
+            (Err(_), Some(watch)) => watch.fault(true),
+        };
+        if let Some(fault) = client_fault {
+            // Dropped unrecorded: the breaker counts neither a success nor a fault.
+            drop(permit);
+            attempt.client_fault(fault);
+            return Err(SendError::Client(fault));
+        }
         // One verdict for the breaker, the metrics and the span.
         let verdict = match &result {
             Ok(Ok((resp, _))) => classify(resp.status()),
@@ -449,6 +466,15 @@ impl ClientSpan {
 
     fn inject(&self, headers: &mut HeaderMap) {
         self.0.span.inject(headers);
+    }
+
+    /// Ends a call the client's body failed: not an error of the upstream's.
+    fn client_fault(&mut self, fault: ClientFault) {
+        let span = self.0.finish();
+        if span.is_on() {
+            span.record(|a| a.str("manifold.client_fault", fault.describe()));
+            span.end();
+        }
     }
 
     /// Records how the attempt went and ends the span.

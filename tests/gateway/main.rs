@@ -8,6 +8,7 @@ mod config_check;
 mod demo;
 mod failures;
 mod fanout;
+mod hardening;
 mod hygiene;
 mod metrics;
 mod passthrough;
