@@ -132,7 +132,9 @@ impl ClientFault {
     pub fn into_error(self, limit: u64) -> GatewayError {
         match self {
             ClientFault::TooLarge => GatewayError::PayloadTooLarge { limit },
-            ClientFault::Malformed => GatewayError::BadRequest,
+            ClientFault::Malformed => GatewayError::BadRequest {
+                reason: "the request body could not be read",
+            },
             ClientFault::Gone => GatewayError::ClientClosed,
             ClientFault::Slow => GatewayError::RequestTimeout,
         }
@@ -159,8 +161,18 @@ pub enum GatewayError {
     },
     /// The client did not finish sending its body before the route deadline.
     RequestTimeout,
-    /// The client's body could not be read (malformed framing).
-    BadRequest,
+    /// The request is malformed: its body's framing, or its `host` header.
+    BadRequest {
+        reason: &'static str,
+    },
+    /// The request's path and query are longer than `max_header_size`.
+    UriTooLong {
+        limit: usize,
+    },
+    /// The request head (path, query and headers) is larger than `max_header_size`.
+    HeadersTooLarge {
+        limit: usize,
+    },
     /// The client went away before its request was read; nobody reads this answer,
     /// but the access log and metrics do (nginx's 499).
     ClientClosed,
@@ -207,7 +219,9 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            GatewayError::BadRequest => StatusCode::BAD_REQUEST,
+            GatewayError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::ClientClosed => CLIENT_CLOSED_REQUEST,
             GatewayError::BadParameter { .. } => StatusCode::BAD_REQUEST,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -221,7 +235,9 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             GatewayError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             GatewayError::RequestTimeout => "REQUEST_TIMEOUT",
-            GatewayError::BadRequest => "BAD_REQUEST",
+            GatewayError::BadRequest { .. } => "BAD_REQUEST",
+            GatewayError::UriTooLong { .. } => "URI_TOO_LONG",
+            GatewayError::HeadersTooLarge { .. } => "HEADERS_TOO_LARGE",
             GatewayError::ClientClosed => "CLIENT_CLOSED_REQUEST",
             GatewayError::BadParameter { .. } => "BAD_PARAMETER",
             GatewayError::RateLimited { .. } => "RATE_LIMITED",
@@ -244,7 +260,13 @@ impl GatewayError {
             GatewayError::RequestTimeout => {
                 "the request body did not arrive before the route deadline".into()
             }
-            GatewayError::BadRequest => "the request body could not be read".into(),
+            GatewayError::BadRequest { reason } => (*reason).into(),
+            GatewayError::UriTooLong { limit } => {
+                format!("the request's path and query are longer than {limit} bytes")
+            }
+            GatewayError::HeadersTooLarge { limit } => {
+                format!("the request's headers are larger than {limit} bytes")
+            }
             GatewayError::ClientClosed => "the client went away mid-request".into(),
             GatewayError::BadParameter { name, reason } => {
                 format!("path parameter `{name}` {reason}")

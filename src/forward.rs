@@ -50,6 +50,20 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&name.as_str())
 }
 
+/// The header names a message's `connection` headers list (RFC 9110 §7.6.1): hop-by-hop
+/// for that one connection, so never passed on. Every value counts (`connection:
+/// keep-alive` then `connection: x-internal` names `x-internal`); `keep-alive` and
+/// `close`, the usual tokens, name nothing beyond the standard set.
+pub fn connection_named(h: &HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+}
+
 /// Whether `forward_headers = ["*"]` passes this client header on.
 pub fn is_forwarded_by_star(name: &HeaderName) -> bool {
     !is_gateway_owned(name)
@@ -108,12 +122,14 @@ pub fn upstream_headers(
     out.insert(X_REQUEST_ID, request_id.clone());
     out.insert(X_FORWARDED_FOR, forwarded_for(client, peer));
     out.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    // Usually empty: no `connection` header, or only `keep-alive` / `close`.
+    let named: Vec<HeaderName> = connection_named(client).collect();
     match forward {
         Forward::All => {
             for (name, value) in client {
                 // Every value of a repeated header goes along; the ones copied above
                 // (and content-type, added per call) are not doubled.
-                if is_forwarded_by_star(name) {
+                if is_forwarded_by_star(name) && !named.contains(name) {
                     out.append(name.clone(), value.clone());
                 }
             }
@@ -121,13 +137,20 @@ pub fn upstream_headers(
         Forward::Only(names) => {
             for name in names {
                 // `accept` and the trace headers are already in; listing them adds nothing.
-                if out.contains_key(name) {
+                if out.contains_key(name) || named.contains(name) {
                     continue;
                 }
                 for v in client.get_all(name) {
                     out.append(name.clone(), v.clone());
                 }
             }
+        }
+    }
+    for name in &named {
+        // The client's headers copied first too (`connection: accept` drops `accept`);
+        // never the gateway's own (`x-forwarded-for` stays).
+        if !is_gateway_owned(name) {
+            out.remove(name);
         }
     }
     out
@@ -204,6 +227,42 @@ mod tests {
             Some("a=1")
         );
         assert_eq!(forwarded_query(Some("a=1"), &Forward::Only(vec![])), None);
+    }
+
+    #[test]
+    fn headers_the_clients_connection_header_names_are_never_forwarded() {
+        let mut client = HeaderMap::new();
+        client.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, authorization"),
+        );
+        client.append(
+            header::CONNECTION,
+            HeaderValue::from_static("X-Trace-Me, x-forwarded-for"),
+        );
+        client.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer secret"),
+        );
+        client.insert("x-trace-me", HeaderValue::from_static("1"));
+        client.insert("x-kept", HeaderValue::from_static("1"));
+        let peer = Peer::new("192.0.2.1:1000".parse().unwrap());
+        let id = HeaderValue::from_static("id");
+        for forward in [
+            Forward::All,
+            Forward::Only(vec![
+                header::AUTHORIZATION,
+                HeaderName::from_static("x-trace-me"),
+                HeaderName::from_static("x-kept"),
+            ]),
+        ] {
+            let out = upstream_headers(&client, &forward, &id, &peer);
+            assert!(!out.contains_key(header::AUTHORIZATION), "{forward:?}");
+            assert!(!out.contains_key("x-trace-me"), "{forward:?}");
+            assert!(!out.contains_key(header::CONNECTION), "{forward:?}");
+            assert_eq!(out["x-kept"], "1", "{forward:?}");
+            assert_eq!(out[X_FORWARDED_FOR], "192.0.2.1", "the gateway's own stays");
+        }
     }
 
     #[test]

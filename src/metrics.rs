@@ -200,9 +200,10 @@ impl Metrics {
         UpstreamMetrics { by_outcome }
     }
 
-    /// For requests no route matched: `route="unmatched"`, and methods outside the
-    /// standard set as `OTHER`, so a client cannot mint label values.
-    pub fn unmatched(&self, method: &http::Method, status: u16, secs: f64) {
+    /// For requests a route's own handles do not cover: no route matched
+    /// (`route="unmatched"`), a 405, or HEAD on a GET route. Methods outside the
+    /// standard set are `OTHER`, so a client cannot mint label values.
+    pub fn request(&self, route: &str, method: &http::Method, status: u16, secs: f64) {
         let method = match *method {
             http::Method::GET
             | http::Method::HEAD
@@ -215,7 +216,7 @@ impl Metrics {
         };
         self.requests
             .get_or_create(&RequestLabels {
-                route: "unmatched".into(),
+                route: route.into(),
                 method: method.into(),
                 status: class(status).into(),
             })

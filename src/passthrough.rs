@@ -5,7 +5,7 @@
 //! route deadline bounds the wait for the response head; after that, the upstream's
 //! `timeout` bounds each idle read, so a stalled upstream cannot pin a connection.
 
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header, request::Parts};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header, request::Parts};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -13,7 +13,7 @@ use crate::access_log::AccessRecord;
 use crate::body::{Body, ClientBody, IdleTimeout, RequestBody, Upstream};
 use crate::error::{BackendError, CLIENT_ERROR, Failure, GatewayError};
 use crate::fanout::{self, Report};
-use crate::forward::{HOP_BY_HOP, X_REQUEST_ID, is_hop_by_hop};
+use crate::forward::{HOP_BY_HOP, X_REQUEST_ID, connection_named, is_hop_by_hop};
 use crate::gateway::Route;
 use crate::proxy::content_length;
 use crate::trace::{Pending, Span};
@@ -51,7 +51,12 @@ pub async fn forward(
     };
 
     let mut req = Request::new(RequestBody::Full(None));
-    *req.method_mut() = backend.method.clone();
+    // HEAD on a GET route asks the upstream for the head alone.
+    *req.method_mut() = if parts.method == Method::HEAD && backend.method == Method::GET {
+        Method::HEAD
+    } else {
+        backend.method.clone()
+    };
     *req.uri_mut() = uri;
     let mut watch = None;
     if !http_body::Body::is_end_stream(&body) {
@@ -141,8 +146,21 @@ pub async fn forward(
             hints: Default::default(),
         },
     ));
+    if let Err(failure @ Failure::BadResponse(_)) = verdict {
+        // An unsolicited 101: nothing here asked to switch protocols.
+        return Err(GatewayError::Backend(BackendError {
+            backend: backend.name.clone(),
+            upstream: upstream.name.clone(),
+            failure,
+        }));
+    }
     let idle = upstream.idle_timeout();
     let mut out = resp.map(|b| Body::Stream(Upstream::new(IdleTimeout::new(b, idle), held)));
+    // RFC 9112 §6.3: with `transfer-encoding`, `content-length` is not the length (the
+    // chunked body was read as such); passed on, it would cut the body short.
+    if out.headers().contains_key(header::TRANSFER_ENCODING) {
+        out.headers_mut().remove(header::CONTENT_LENGTH);
+    }
     strip_hop_by_hop(out.headers_mut());
     out.headers_mut()
         .insert(X_REQUEST_ID, record.request_id.clone());
@@ -167,21 +185,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     if n == 0 {
         return;
     }
-    // Every `connection` value counts: `connection: keep-alive` then
-    // `connection: x-internal` names `x-internal` too.
-    let mut named = Vec::new();
-    for v in h.get_all(header::CONNECTION) {
-        let Ok(v) = v.to_str() else { continue };
-        for token in v.split(',').map(str::trim) {
-            // The usual tokens name nothing beyond the standard set.
-            if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                named.push(name);
-            }
-        }
-    }
+    let named: Vec<HeaderName> = connection_named(h).collect();
     for name in named {
         h.remove(name);
     }

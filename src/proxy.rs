@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -81,8 +81,9 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> 
         cache: None,
         backends: Vec::new(),
     };
+    let head = req.method() == Method::HEAD;
     let mut done = Finish::new(shared, gateway.clone(), record, span);
-    let response = match serve(&gateway, req, peer, &request_id, &mut done).await {
+    let mut response = match serve(&gateway, req, peer, &request_id, &mut done).await {
         Ok(r) => r,
         Err(e) => {
             done.record.error = Some(e.code());
@@ -90,6 +91,14 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> 
         }
     };
     done.record.status = response.status().as_u16();
+    if head {
+        // The GET answer's headers, with the length it would have, and no body.
+        if let Body::Full(Some(bytes)) = response.body() {
+            let len = HeaderValue::from(bytes.len());
+            response.headers_mut().insert(header::CONTENT_LENGTH, len);
+            *response.body_mut() = Body::empty();
+        }
+    }
     response
 }
 
@@ -152,11 +161,14 @@ impl Drop for Finish {
             });
             self.span.end();
         }
-        match self.record.route_index {
-            Some(i) => self.gateway.routes[i]
-                .metrics
-                .observe(status, elapsed.as_secs_f64()),
-            None => METRICS.unmatched(&self.record.method, status, elapsed.as_secs_f64()),
+        let secs = elapsed.as_secs_f64();
+        match self.record.route_index.map(|i| &self.gateway.routes[i]) {
+            Some(route) if route.method == self.record.method => {
+                route.metrics.observe(status, secs);
+            }
+            // A 405, or HEAD on a GET route: rare, so a labelled lookup is fine.
+            Some(route) => METRICS.request(&route.name, &self.record.method, status, secs),
+            None => METRICS.request("unmatched", &self.record.method, status, secs),
         }
         let telemetry = &self.gateway.config.telemetry;
         if telemetry.access_log {
@@ -180,13 +192,18 @@ async fn serve(
         ..
     } = done;
     let (parts, body) = req.into_parts();
+    check_head(&parts, gateway.config.server.max_header_size)?;
     let (route, raw_params) = match gateway.router.find(&parts.method, parts.uri.path()) {
         Match::Found { route, params } => {
             record.route_index = Some(route);
             (&gateway.routes[route], params)
         }
         Match::NotFound => return Err(GatewayError::RouteNotFound),
-        Match::MethodNotAllowed(allow) => return Err(GatewayError::MethodNotAllowed { allow }),
+        Match::MethodNotAllowed { allow, route } => {
+            record.route_index = Some(route);
+            record.route = Some(gateway.routes[route].name.clone());
+            return Err(GatewayError::MethodNotAllowed { allow });
+        }
     };
     record.route = Some(route.name.clone());
     span.rename(&route.span_name);
@@ -388,6 +405,33 @@ fn reports(route: &Route, reports: Vec<Option<fanout::Report>>) -> Vec<(Arc<str>
         .collect()
 }
 
+/// What every request head must be before it is routed: one `host` for HTTP/1.1
+/// (RFC 9112 §3.2; HTTP/2 carries `:authority` instead), and no larger than
+/// `max_header_size`, counted as the path and query plus each header's name and value,
+/// the same for HTTP/1.1 and h2. (The parsers refuse heads of twice that before they
+/// get here, with a bare 431.)
+fn check_head(parts: &http::request::Parts, limit: u64) -> Result<(), GatewayError> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let (first, second) = (hosts.next(), hosts.next());
+    if second.is_some() || (first.is_none() && parts.version == http::Version::HTTP_11) {
+        return Err(GatewayError::BadRequest {
+            reason: "an HTTP/1.1 request needs exactly one host header",
+        });
+    }
+    let target = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target > limit {
+        return Err(GatewayError::UriTooLong { limit });
+    }
+    let size = parts.headers.iter().fold(target, |n, (name, value)| {
+        n + name.as_str().len() + value.len()
+    });
+    if size > limit {
+        return Err(GatewayError::HeadersTooLarge { limit });
+    }
+    Ok(())
+}
+
 /// Percent-decodes path parameters and refuses `.`, `..`, control characters and bad UTF-8.
 pub fn decode_params<'a>(
     raw: impl Iterator<Item = (&'a str, &'a str)>,
@@ -431,10 +475,10 @@ async fn read_body(
                 GatewayError::PayloadTooLarge { limit }
             } else {
                 // Malformed chunked encoding, or the client gave up mid-body.
-                e.downcast_ref::<hyper::Error>()
-                    .map_or(GatewayError::BadRequest, |e| {
-                        ClientFault::of(e).into_error(limit)
-                    })
+                let fault = e
+                    .downcast_ref::<hyper::Error>()
+                    .map_or(ClientFault::Malformed, ClientFault::of);
+                fault.into_error(limit)
             }
         })?
         .to_bytes();

@@ -19,7 +19,12 @@ pub enum Match<'p> {
         params: matchit::Params<'p, 'p>,
     },
     NotFound,
-    MethodNotAllowed(HeaderValue),
+    /// Routes serve the path, but not with this method: `allow` lists theirs, and
+    /// `route` is the first of them (its metrics count the 405).
+    MethodNotAllowed {
+        allow: HeaderValue,
+        route: usize,
+    },
 }
 
 impl Router {
@@ -48,23 +53,41 @@ impl Router {
             entries[entry].methods.push((method.clone(), route));
         }
         for e in &mut entries {
-            let allow: Vec<&str> = e.methods.iter().map(|(m, _)| m.as_str()).collect();
+            let mut allow: Vec<&str> = e.methods.iter().map(|(m, _)| m.as_str()).collect();
+            // HEAD is answered wherever GET is (RFC 9110 §9.3.2).
+            if allow.contains(&"GET") && !allow.contains(&"HEAD") {
+                allow.push("HEAD");
+            }
             e.allow = HeaderValue::from_str(&allow.join(", ")).map_err(|e| e.to_string())?;
         }
         Ok(Router { paths, entries })
     }
 
+    /// The route for `method` at `path`. A HEAD request finds the GET route when no
+    /// route serves HEAD itself.
     pub fn find<'p>(&'p self, method: &Method, path: &'p str) -> Match<'p> {
         let Ok(m) = self.paths.at(path) else {
             return Match::NotFound;
         };
         let entry = &self.entries[*m.value];
-        match entry.methods.iter().find(|(rm, _)| rm == method) {
+        let found = entry
+            .methods
+            .iter()
+            .find(|(rm, _)| rm == method)
+            .or_else(|| {
+                (method == Method::HEAD)
+                    .then(|| entry.methods.iter().find(|(rm, _)| rm == Method::GET))
+                    .flatten()
+            });
+        match found {
             Some(&(_, route)) => Match::Found {
                 route,
                 params: m.params,
             },
-            None => Match::MethodNotAllowed(entry.allow.clone()),
+            None => Match::MethodNotAllowed {
+                allow: entry.allow.clone(),
+                route: entry.methods[0].1,
+            },
         }
     }
 }
@@ -87,9 +110,22 @@ mod tests {
             _ => panic!("expected a match"),
         }
         match r.find(&Method::DELETE, "/u/7") {
-            Match::MethodNotAllowed(allow) => assert_eq!(allow, "GET, POST"),
+            Match::MethodNotAllowed { allow, route } => {
+                assert_eq!(allow, "GET, POST, HEAD");
+                assert_eq!(route, 0);
+            }
             _ => panic!("expected 405"),
         }
+        assert!(
+            matches!(r.find(&Method::HEAD, "/x"), Match::Found { route: 2, .. }),
+            "HEAD finds the GET route"
+        );
+        let head = Method::HEAD;
+        let own = Router::new([(&get, "/h", 0), (&head, "/h", 1)]).unwrap();
+        assert!(matches!(
+            own.find(&Method::HEAD, "/h"),
+            Match::Found { route: 1, .. }
+        ));
         assert!(matches!(r.find(&Method::GET, "/nope"), Match::NotFound));
     }
 }

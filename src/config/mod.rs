@@ -45,6 +45,23 @@ pub struct ServerConfig {
     pub workers: Option<usize>,
     /// Bytes the response cache (route and backend answers) may hold.
     pub cache_capacity: u64,
+    /// How long a client may take from connecting (or from the end of its previous
+    /// request) to sending a whole request head.
+    pub header_read_timeout: Duration,
+    /// How long a kept-alive HTTP/1 connection, or an h2 connection with no open
+    /// stream, may sit idle before it is closed (h2: GOAWAY).
+    pub idle_timeout: Duration,
+    /// How long an answer may wait for the client to take any of it before the
+    /// connection is closed.
+    pub send_timeout: Duration,
+    /// Open client connections past which new ones are closed at once. `None`: half
+    /// the descriptor limit (see [`default_max_connections`]).
+    pub max_connections: Option<usize>,
+    /// Bytes of a request head (path, query, header names and values): 414/431 past it.
+    pub max_header_size: u64,
+    /// Bytes of upstream answers held in memory at once, across all requests; past it
+    /// a new upstream call fails at once (OVERLOADED).
+    pub buffer_capacity: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +182,13 @@ pub const DEFAULT_MAX_REQUEST_BODY: u64 = 1 << 20;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_RESPONSE_BODY: u64 = 16 << 20;
 pub const DEFAULT_CACHE_CAPACITY: u64 = 64 << 20;
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_HEADER_SIZE: u64 = 32 << 10;
+pub const DEFAULT_BUFFER_CAPACITY: u64 = 256 << 20;
+/// Calls in flight to one upstream when it sets no `max_concurrency` (Envoy's default).
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 1024;
 
 impl Config {
     /// Reads and validates a config file.
@@ -297,6 +321,28 @@ fn read_server(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<ServerConfig>
     let max_request_body = t.size(errs, "max_request_body").map(|(n, _)| n);
     let shutdown_grace = t.duration(errs, "shutdown_grace").map(|(d, _)| d);
     let cache_capacity = t.size(errs, "cache_capacity").map(|(n, _)| n);
+    let header_read_timeout = positive_duration(t, errs, "header_read_timeout");
+    let idle_timeout = positive_duration(t, errs, "idle_timeout");
+    let send_timeout = positive_duration(t, errs, "send_timeout");
+    let max_connections = match t.count(errs, "max_connections") {
+        Some((0, span)) => {
+            errs.push(Diagnostic::new(span, "max_connections must be at least 1").label("zero"));
+            None
+        }
+        Some((n, _)) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+        None => None,
+    };
+    let max_header_size = match t.size(errs, "max_header_size") {
+        Some((n, span)) if !(1024..=1 << 20).contains(&n) => {
+            errs.push(
+                Diagnostic::new(span, "max_header_size must be between 1KiB and 1MiB")
+                    .label("out of range"),
+            );
+            None
+        }
+        other => other.map(|(n, _)| n),
+    };
+    let buffer_capacity = t.size(errs, "buffer_capacity").map(|(n, _)| n);
     let workers = match t.count(errs, "workers") {
         Some((n, span)) if n == 0 || n > 1024 => {
             errs.push(
@@ -341,6 +387,14 @@ fn read_server(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<ServerConfig>
         shutdown_grace: shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
         workers,
         cache_capacity: cache_capacity.unwrap_or(DEFAULT_CACHE_CAPACITY),
+        header_read_timeout: header_read_timeout
+            .flatten()
+            .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
+        idle_timeout: idle_timeout.flatten().unwrap_or(DEFAULT_IDLE_TIMEOUT),
+        send_timeout: send_timeout.flatten().unwrap_or(DEFAULT_SEND_TIMEOUT),
+        max_connections,
+        max_header_size: max_header_size.unwrap_or(DEFAULT_MAX_HEADER_SIZE),
+        buffer_capacity: buffer_capacity.unwrap_or(DEFAULT_BUFFER_CAPACITY),
     })
 }
 

@@ -148,6 +148,24 @@ fn refine(path: &str) -> Option<Value> {
         "/server/cache_capacity" => {
             json!({"description": "Bytes the route and backend caches may hold together. Default 64MiB."})
         }
+        "/server/header_read_timeout" => {
+            json!({"description": "Time a client has, from connecting or from its previous answer, to send a whole request head. Default 10s."})
+        }
+        "/server/idle_timeout" => {
+            json!({"description": "A kept-alive HTTP/1 connection, or an h2 connection with no open stream, is closed after this long idle (h2: GOAWAY). Default 60s."})
+        }
+        "/server/send_timeout" => {
+            json!({"description": "A connection whose client takes none of an answer for this long is closed. Default 30s."})
+        }
+        "/server/max_connections" => {
+            json!({"minimum": 1, "description": "Open client connections; past it new ones are closed at once. Default: half the descriptor limit."})
+        }
+        "/server/max_header_size" => {
+            json!({"description": "Bytes of a request head (path, query, header names and values), HTTP/1.1 and h2 alike: 414 or 431 past it. Default 32KiB; 1KiB to 1MiB."})
+        }
+        "/server/buffer_capacity" => {
+            json!({"description": "Bytes of upstream answers held in memory at once, across all requests; past it new upstream calls fail at once (OVERLOADED). Default 256MiB."})
+        }
         "/telemetry" => json!({"description": "Logs and traces."}),
         "/telemetry/log_format" => {
             json!({"enum": ["json", "pretty"], "description": "Default json."})

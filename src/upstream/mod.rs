@@ -79,12 +79,17 @@ fn retries_on(f: &Failure) -> bool {
 }
 
 /// A streamed answer's status as a call's outcome: 5xx and 4xx are failures (the
-/// response is still passed on), anything else is the upstream's answer.
+/// response is still passed on), a 101 that nothing asked for is a bad response (not
+/// passed on), anything else is the upstream's answer.
 pub fn classify(status: StatusCode) -> Result<StatusCode, Failure> {
     if status.is_server_error() {
         Err(Failure::ServerError(status))
     } else if status.is_client_error() {
         Err(Failure::Rejected(status))
+    } else if status == StatusCode::SWITCHING_PROTOCOLS {
+        Err(Failure::BadResponse(
+            "an unsolicited 101 Switching Protocols",
+        ))
     } else {
         Ok(status)
     }

@@ -202,7 +202,7 @@ path = \"/items/{{id}}\"
         .send(gw.client.post(format!("{}/items/1", gw.base)))
         .await;
     r.error(405, "METHOD_NOT_ALLOWED");
-    assert_eq!(r.header("allow"), Some("GET, DELETE"));
+    assert_eq!(r.header("allow"), Some("GET, DELETE, HEAD"));
     assert_eq!(up.hits(), 0);
 }
 

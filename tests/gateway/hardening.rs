@@ -182,3 +182,210 @@ async fn a_stalled_upload_is_the_clients_timeout_not_the_upstreams() {
     assert_eq!(gw.breaker("patient").await, "closed");
     assert_eq!(gw.get("/read").await.status, 200);
 }
+
+/// An upstream that answers every request with `response`, byte for byte, and closes;
+/// the heads it read come back on the channel.
+async fn canned_upstream(
+    response: &'static [u8],
+) -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+                let _ = s.write_all(response).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (url, rx)
+}
+
+fn passthrough(url: &str, upstream: &str, extra: &str) -> String {
+    format!(
+        r#"[upstreams.{upstream}]
+urls = ["{url}"]
+
+[[routes]]
+name = "{upstream}-route"
+path = "/p"
+passthrough = true
+{extra}
+  [[routes.backends]]
+  upstream = "{upstream}"
+  path = "/p"
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_passthrough_answer_with_both_lengths_keeps_its_chunked_body() {
+    let (url, _) = canned_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\nb\r\nhello world\r\n0\r\n\r\n",
+    )
+    .await;
+    let gw = Gateway::start(&passthrough(&url, "both_lengths", "")).await;
+    let r = gw.get("/p").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(&r.body[..], b"hello world", "not cut to the content-length");
+}
+
+#[tokio::test]
+async fn an_unsolicited_101_is_a_bad_response() {
+    let (url, _) = canned_upstream(
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+    )
+    .await;
+    let gw = Gateway::start(&passthrough(&url, "switcher", "")).await;
+    gw.get("/p").await.error(502, "UPSTREAM_BAD_RESPONSE");
+}
+
+#[tokio::test]
+async fn headers_named_by_connection_never_reach_the_upstream() {
+    let (url, mut heads) = canned_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+    let gw = Gateway::start(&passthrough(
+        &url,
+        "conn_named",
+        "forward_headers = [\"*\"]",
+    ))
+    .await;
+    let answer = exchange(
+        &gw,
+        b"GET /p HTTP/1.1\r\nhost: t\r\nconnection: keep-alive, authorization, close\r\nauthorization: Bearer secret\r\nx-other: kept\r\n\r\n",
+        false,
+    )
+    .await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    let head = heads.recv().await.unwrap().to_ascii_lowercase();
+    assert!(!head.contains("authorization"), "{head}");
+    assert!(head.contains("x-other: kept"), "{head}");
+}
+
+#[tokio::test]
+async fn http11_needs_exactly_one_host() {
+    let up = Upstream::json(json!({"ok": 1})).await;
+    let gw = Gateway::start(&passthrough(&up.url(), "hosted", "")).await;
+    for head in [
+        "GET /p HTTP/1.1\r\nconnection: close\r\n\r\n",
+        "GET /p HTTP/1.1\r\nhost: a\r\nhost: b\r\nconnection: close\r\n\r\n",
+    ] {
+        let answer = exchange(&gw, head.as_bytes(), false).await;
+        assert_eq!(status_of(&answer), 400, "{answer}");
+        assert!(answer.contains(r#""code":"BAD_REQUEST""#), "{answer}");
+    }
+    // HTTP/1.0 may leave it out.
+    let answer = exchange(&gw, b"GET /p HTTP/1.0\r\n\r\n", false).await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test]
+async fn head_is_answered_where_get_is_served() {
+    let up = Upstream::json(json!({"id": 7, "name": "Ada"})).await;
+    let gw = Gateway::start(&format!(
+        "{}
+[[routes]]
+name = \"head-merged\"
+path = \"/m\"
+  [[routes.backends]]
+  upstream = \"heads\"
+  path = \"/m\"
+  group = \"user\"
+
+[[routes]]
+name = \"head-passthrough\"
+path = \"/p\"
+passthrough = true
+  [[routes.backends]]
+  upstream = \"heads\"
+  path = \"/p\"
+",
+        crate::support::upstream("heads", &up.url(), "")
+    ))
+    .await;
+    let get = gw.get("/m").await;
+    assert_eq!(get.status, 200);
+    let head = gw.send(gw.client.head(format!("{}/m", gw.base))).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(head.header("content-type"), Some("application/json"));
+    assert_eq!(head.header("x-manifold-completed"), Some("true"));
+    assert_eq!(
+        head.header("content-length"),
+        Some(get.body.len().to_string().as_str())
+    );
+    assert_eq!(up.last().method, "GET", "merged backends still GET");
+
+    let head = gw.send(gw.client.head(format!("{}/p", gw.base))).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(
+        up.last().method,
+        "HEAD",
+        "passthrough asks for the head alone"
+    );
+
+    let r = gw.send(gw.client.delete(format!("{}/m", gw.base))).await;
+    r.error(405, "METHOD_NOT_ALLOWED");
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+    let lines = lines_of(&gw, "head-merged", 3).await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["status"] == 405 && l["method"] == "DELETE")
+    );
+    let metrics = gw
+        .client
+        .get(format!("{}/metrics", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted = series(
+        &metrics,
+        r#"http_server_request_duration_seconds_count{route="head-merged",method="DELETE",status="4xx"}"#,
+    );
+    assert_eq!(counted, 1.0, "the 405 counts under its route");
+}
+
+#[tokio::test]
+async fn one_head_size_limit_for_http1_and_h2_with_a_json_error() {
+    let up = Upstream::json(json!({"ok": 1})).await;
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmax_header_size = \"4KiB\"\n{}",
+        passthrough(&up.url(), "heads_limited", "")
+    ))
+    .await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let big = "x".repeat(5000);
+    for client in [&gw.client, &h2] {
+        let r = gw
+            .send(client.get(format!("{}/p", gw.base)).header("x-big", &big))
+            .await;
+        r.error(431, "HEADERS_TOO_LARGE");
+        let r = gw.send(client.get(format!("{}/p?q={big}", gw.base))).await;
+        r.error(414, "URI_TOO_LONG");
+        let fits = "x".repeat(3000);
+        let r = gw
+            .send(client.get(format!("{}/p", gw.base)).header("x-fits", &fits))
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(up.hits(), 2);
+}
