@@ -31,6 +31,7 @@ pub fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
 
 /// Prometheus text (OpenMetrics); breaker gauges are read at scrape time.
 fn metrics(gw: &Gateway) -> Response<Body> {
+    METRICS.buffers(gw.budget.used(), gw.budget.limit());
     for u in &gw.upstreams {
         let state = match u.breaker_state() {
             Some(BreakerState::Open) => 1,

@@ -21,6 +21,8 @@ pub enum Failure {
     },
     /// The upstream is at `max_concurrency` or over its own rate limit.
     Overloaded,
+    /// The gateway holds as many answers as `buffer_capacity` allows.
+    BufferFull,
     /// Could not connect, or the connection broke.
     Connect,
     /// The upstream answered 5xx.
@@ -46,7 +48,7 @@ impl Failure {
         match self {
             Failure::Timeout => "timeout",
             Failure::CircuitOpen { .. } => "circuit_open",
-            Failure::Overloaded => "overloaded",
+            Failure::Overloaded | Failure::BufferFull => "overloaded",
             Failure::Connect | Failure::ServerError(_) | Failure::BadResponse(_) => "error",
             Failure::Rejected(_) => "rejected",
             Failure::Dependency { .. } | Failure::MissingField { .. } => "dependency_failed",
@@ -59,6 +61,7 @@ impl Failure {
             Failure::Timeout => "no answer in time".into(),
             Failure::CircuitOpen { .. } => "circuit breaker open".into(),
             Failure::Overloaded => "at its concurrency or rate limit".into(),
+            Failure::BufferFull => "buffer_capacity reached: no room for its answer".into(),
             Failure::Connect => "could not connect, or the connection broke".into(),
             Failure::ServerError(s) => format!("answered {}", s.as_u16()),
             Failure::BadResponse(why) => format!("bad response: {why}"),
@@ -183,6 +186,9 @@ pub enum GatewayError {
     RateLimited {
         retry_after: Duration,
     },
+    /// The request's connection holds more answers its client has not taken than its
+    /// share of `buffer_capacity`.
+    Crowded,
     Backend(BackendError),
 }
 
@@ -225,6 +231,7 @@ impl GatewayError {
             GatewayError::ClientClosed => CLIENT_CLOSED_REQUEST,
             GatewayError::BadParameter { .. } => StatusCode::BAD_REQUEST,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::Crowded => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Backend(e) => failure_status(&e.failure),
         }
     }
@@ -241,6 +248,7 @@ impl GatewayError {
             GatewayError::ClientClosed => "CLIENT_CLOSED_REQUEST",
             GatewayError::BadParameter { .. } => "BAD_PARAMETER",
             GatewayError::RateLimited { .. } => "RATE_LIMITED",
+            GatewayError::Crowded => "OVERLOADED",
             GatewayError::Backend(e) => failure_code(&e.failure),
         }
     }
@@ -276,6 +284,9 @@ impl GatewayError {
                     "rate limit exceeded; retry in {} s",
                     retry_after_secs(*retry_after)
                 )
+            }
+            GatewayError::Crowded => {
+                "this connection holds too many answers its client has not read yet".into()
             }
             GatewayError::Backend(e) => backend_message(e),
         }
@@ -344,7 +355,9 @@ fn root_cause(f: &Failure) -> &Failure {
 fn failure_status(f: &Failure) -> StatusCode {
     match root_cause(f) {
         Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
-        Failure::CircuitOpen { .. } | Failure::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        Failure::CircuitOpen { .. } | Failure::Overloaded | Failure::BufferFull => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         Failure::Connect | Failure::ServerError(_) => StatusCode::BAD_GATEWAY,
         Failure::BadResponse(_) | Failure::MissingField { .. } => StatusCode::BAD_GATEWAY,
         Failure::Rejected(s) => *s,
@@ -356,7 +369,7 @@ fn failure_code(f: &Failure) -> &'static str {
     match root_cause(f) {
         Failure::Timeout => "UPSTREAM_TIMEOUT",
         Failure::CircuitOpen { .. } => "CIRCUIT_OPEN",
-        Failure::Overloaded => "OVERLOADED",
+        Failure::Overloaded | Failure::BufferFull => "OVERLOADED",
         Failure::Connect | Failure::ServerError(_) | Failure::Dependency { .. } => "UPSTREAM_ERROR",
         Failure::BadResponse(_) | Failure::MissingField { .. } => "UPSTREAM_BAD_RESPONSE",
         Failure::Rejected(_) => "UPSTREAM_REJECTED",
@@ -369,6 +382,9 @@ fn backend_message(e: &BackendError) -> String {
         Failure::Timeout => format!("{who} did not answer in time"),
         Failure::CircuitOpen { .. } => format!("{who} is failing; its circuit breaker is open"),
         Failure::Overloaded => format!("{who} is at its concurrency or rate limit"),
+        Failure::BufferFull => {
+            format!("{who} was not called: the gateway is holding as many answers as it may")
+        }
         Failure::Connect => format!("{who} could not be reached"),
         Failure::ServerError(s) => format!("{who} answered {}", s.as_u16()),
         Failure::BadResponse(why) => format!("{who} sent a bad response: {why}"),

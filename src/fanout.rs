@@ -13,6 +13,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use serde_json::Value;
 use tokio::time::Instant;
 
+use crate::budget::Charge;
 use crate::cache::{Cache, Hints, Lookup};
 use crate::error::{BackendError, Failure};
 use crate::gateway::{Backend, Route, carries_body, is_idempotent};
@@ -65,6 +66,8 @@ pub struct Fanout {
     pub reports: Vec<Option<Report>>,
     /// The first required backend to fail, which decides the request's error.
     pub required_failure: Option<BackendError>,
+    /// The answers' bytes, held against `buffer_capacity` until the merge is done.
+    pub charges: Vec<Charge>,
 }
 
 pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
@@ -73,6 +76,7 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
         results: vec![None; n],
         reports: vec![None; n],
         required_failure: None,
+        charges: Vec::new(),
     };
     // When each backend's call began (`None`: not started yet).
     let mut started: Vec<Option<Instant>> = vec![None; n];
@@ -123,8 +127,9 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
             () = &mut deadline => Err(()),
         };
         match next {
-            Ok(Some((i, result, report))) => {
+            Ok(Some((i, result, report, charge))) => {
                 out.reports[i] = Some(report);
+                out.charges.extend(charge);
                 if settle(route, &mut out, i, result) {
                     return out;
                 }
@@ -259,7 +264,7 @@ async fn call_backend(
     path: String,
     call: &Call<'_>,
     mut span: Pending,
-) -> (usize, Result<Answer, Failure>, Report) {
+) -> (usize, Result<Answer, Failure>, Report, Option<Charge>) {
     let started = Instant::now();
     let body = if carries_body(&b.method) {
         call.body.as_ref()
@@ -289,7 +294,7 @@ async fn call_backend(
                 max_age: Some(left),
             },
         };
-        return (i, result, report);
+        return (i, result, report, None);
     }
     let cache_miss = b.cache_ttl.is_some() && key.is_some();
     if cache_miss {
@@ -318,8 +323,10 @@ async fn call_backend(
         made_call = true;
     }
     let mut hints = Hints::default();
+    let mut held = None;
     let (status, result) = match reply {
-        Ok((status, body, h)) => {
+        Ok((status, body, h, charge)) => {
+            held = Some(charge);
             hints = h;
             let decoded = merge::decode(b, &body);
             // Only answers that decoded are kept: a bad body is not served again.
@@ -355,5 +362,5 @@ async fn call_backend(
         cache: b.cache_ttl.map(|_| "miss"),
         hints,
     };
-    (i, result, report)
+    (i, result, report, held)
 }

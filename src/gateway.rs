@@ -11,6 +11,7 @@ use std::time::Duration;
 use http::{HeaderName, Method};
 use serde_json::Value;
 
+use crate::budget::Budget;
 use crate::cache::Cache;
 use crate::config::{BackendConfig, CacheConfig, Config, RouteConfig};
 use crate::forward::Forward;
@@ -32,6 +33,9 @@ pub struct Gateway {
     /// The span exporter, when tracing is on; kept by a reload that leaves its
     /// settings unchanged.
     pub tracing: Option<Arc<Tracing>>,
+    /// `buffer_capacity`: bytes of answers held at once. One for the server's life; a
+    /// reload sets its limit.
+    pub budget: Arc<Budget>,
 }
 
 pub struct Route {
@@ -102,6 +106,10 @@ impl Gateway {
         previous: Option<&Gateway>,
         workers: usize,
     ) -> Result<Gateway, String> {
+        let budget = match previous {
+            Some(p) => p.budget.clone(),
+            None => Budget::new(config.server.buffer_capacity),
+        };
         let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
         let mut ordered = Vec::with_capacity(config.upstreams.len());
         for u in &config.upstreams {
@@ -113,7 +121,7 @@ impl Gateway {
             });
             let up = match kept {
                 Some(up) => up,
-                None => Arc::new(Upstream::build(&u.name, &u.settings, workers)?),
+                None => Arc::new(Upstream::build(&u.name, &u.settings, workers, &budget)?),
             };
             upstreams.insert(u.name.as_str(), up.clone());
             ordered.push(up);
@@ -141,7 +149,9 @@ impl Gateway {
                 _ => Some(Arc::new(Tracing::build(settings)?)),
             },
         };
+        budget.set_limit(config.server.buffer_capacity);
         Ok(Gateway {
+            budget,
             tracing,
             router,
             routes,

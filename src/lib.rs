@@ -9,8 +9,10 @@
 pub mod access_log;
 pub mod admin;
 pub mod body;
+pub mod budget;
 pub mod cache;
 pub mod config;
+pub mod connection;
 pub mod demo;
 pub mod error;
 pub mod fanout;

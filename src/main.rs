@@ -165,6 +165,12 @@ fn run(config: Result<Config, String>, demo: bool, watched: Option<PathBuf>) -> 
     runtime.block_on(async move {
         let format = config.telemetry.log_format;
         let (sink, _guard) = manifold::telemetry::init(format);
+        // Every client connection and every upstream connection is a descriptor; the
+        // soft limit is often 1024 while the hard one allows far more.
+        match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(n) => tracing::info!(limit = n, "descriptor limit"),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the descriptor limit"),
+        }
         if demo {
             match manifold::demo::start(&config).await {
                 Ok(addrs) => tracing::info!(?addrs, "demo upstreams are serving"),

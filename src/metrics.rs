@@ -49,6 +49,17 @@ struct ResultLabel {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClosedLabels {
+    listener: String,
+    reason: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Histogram, fn() -> Histogram>,
@@ -59,6 +70,30 @@ pub struct Metrics {
     pub inflight: Gauge,
     reloads: Family<ResultLabel, Counter>,
     trace_spans: Family<ResultLabel, Counter>,
+    connections: Family<ListenerLabel, Gauge>,
+    connections_refused: Family<ListenerLabel, Counter>,
+    connections_closed: Family<ClosedLabels, Counter>,
+    buffered: Gauge,
+    buffer_capacity: Gauge,
+}
+
+/// Why a client connection was closed by one of its bounds, in `ClosedLabels` order.
+pub const CLOSE_REASONS: [&str; 3] = ["header_timeout", "idle", "send_timeout"];
+
+/// One listener's connection counts.
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    pub open: Gauge,
+    pub refused: Counter,
+    closed: [Counter; 3],
+}
+
+impl ConnectionMetrics {
+    pub fn closed(&self, reason: &str) {
+        if let Some(i) = CLOSE_REASONS.iter().position(|r| *r == reason) {
+            self.closed[i].inc();
+        }
+    }
 }
 
 /// Seconds: 1 ms to 10 s, the range a gateway's answers live in.
@@ -113,6 +148,11 @@ impl Metrics {
         let inflight = Gauge::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let trace_spans = Family::<ResultLabel, Counter>::default();
+        let connections = Family::<ListenerLabel, Gauge>::default();
+        let connections_refused = Family::<ListenerLabel, Counter>::default();
+        let connections_closed = Family::<ClosedLabels, Counter>::default();
+        let buffered = Gauge::default();
+        let buffer_capacity = Gauge::default();
         registry.register(
             "http_server_request_duration_seconds",
             "Time to answer client requests, by route, method and status class",
@@ -153,8 +193,38 @@ impl Metrics {
             "Spans for the OTLP collector, by result (exported, failed, dropped when the export queue was full)",
             trace_spans.clone(),
         );
+        registry.register(
+            "manifold_client_connections",
+            "Client connections open now, by listener (public, admin)",
+            connections.clone(),
+        );
+        registry.register(
+            "manifold_connections_refused",
+            "Client connections closed at accept because max_connections were open",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "manifold_connections_closed",
+            "Client connections closed by a bound: header_timeout, idle, send_timeout",
+            connections_closed.clone(),
+        );
+        registry.register(
+            "manifold_buffered_bytes",
+            "Bytes of answers held in memory now (upstream bodies and unsent answers)",
+            buffered.clone(),
+        );
+        registry.register(
+            "manifold_buffer_capacity_bytes",
+            "buffer_capacity: past it new upstream calls fail with OVERLOADED",
+            buffer_capacity.clone(),
+        );
         Metrics {
             registry,
+            connections,
+            connections_refused,
+            connections_closed,
+            buffered,
+            buffer_capacity,
             requests,
             upstream,
             breaker,
@@ -248,6 +318,32 @@ impl Metrics {
                 result: result.into(),
             })
             .inc_by(n);
+    }
+
+    /// A listener's connection counters (made once per listener).
+    pub fn connections(&self, listener: &str) -> ConnectionMetrics {
+        let label = ListenerLabel {
+            listener: listener.to_string(),
+        };
+        ConnectionMetrics {
+            open: self.connections.get_or_create(&label).clone(),
+            refused: self.connections_refused.get_or_create(&label).clone(),
+            closed: CLOSE_REASONS.map(|reason| {
+                self.connections_closed
+                    .get_or_create(&ClosedLabels {
+                        listener: listener.to_string(),
+                        reason: reason.to_string(),
+                    })
+                    .clone()
+            }),
+        }
+    }
+
+    /// The buffer budget's use and limit, read at scrape time.
+    pub fn buffers(&self, used: u64, limit: u64) {
+        self.buffered.set(i64::try_from(used).unwrap_or(i64::MAX));
+        self.buffer_capacity
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
     }
 
     pub fn breaker_state(&self, upstream: &str, state: i64) {

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use crate::access_log::{self, AccessRecord};
 use crate::body::Body;
 use crate::cache::{self, Hints, Lookup};
+use crate::connection::Crowded;
 use crate::error::{CLIENT_CLOSED_REQUEST, ClientFault, GatewayError};
 use crate::fanout::{self, Call};
 use crate::forward::{self, Peer, X_MANIFOLD_CACHE, X_MANIFOLD_COMPLETED, X_REQUEST_ID};
@@ -193,6 +194,9 @@ async fn serve(
     } = done;
     let (parts, body) = req.into_parts();
     check_head(&parts, gateway.config.server.max_header_size)?;
+    if parts.extensions.get::<Crowded>().is_some() {
+        return Err(GatewayError::Crowded);
+    }
     let (route, raw_params) = match gateway.router.find(&parts.method, parts.uri.path()) {
         Match::Found { route, params } => {
             record.route_index = Some(route);

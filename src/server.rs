@@ -8,17 +8,14 @@
 //! pools, so a request never hops threads. Tests run everything on their own runtime.
 
 use std::cell::Cell;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
@@ -26,6 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::access_log::LogSink;
 use crate::config::Config;
+use crate::connection::{self, Connections, Limits};
 use crate::forward::Peer;
 use crate::gateway::Gateway;
 use crate::metrics::METRICS;
@@ -37,6 +35,8 @@ pub struct Shared {
     /// `/ready`: true once a config is loaded, false again while draining.
     pub ready: AtomicBool,
     pub log_sink: LogSink,
+    /// `max_connections` when the config sets none (from the descriptor limit).
+    pub default_max_connections: usize,
 }
 
 /// A running gateway: its bound addresses and the means to stop it.
@@ -52,9 +52,6 @@ pub struct Server {
     /// Event loops serving the public listener (one upstream pool each).
     workers: usize,
 }
-
-/// A slow client may take this long to send its request head before it is dropped.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Server {
     /// Compiles the config, binds both listeners and serves on the current runtime.
@@ -77,6 +74,7 @@ impl Server {
             gateway: ArcSwap::from_pointee(gateway),
             ready: AtomicBool::new(false),
             log_sink,
+            default_max_connections: connection::default_max_connections(),
         });
         let (stop, stopped) = watch::channel(false);
         let (stop_admin, admin_stopped) = watch::channel(false);
@@ -89,10 +87,18 @@ impl Server {
                     .map_err(|e| format!("cannot listen on {a} (admin): {e}"))?;
                 let admin_addr = l.local_addr().map_err(|e| e.to_string())?;
                 let s = shared.clone();
-                let task = tokio::spawn(accept_loop(l, admin_stopped, grace, move |req, _peer| {
-                    let s = s.clone();
-                    async move { admin::handle(&s, req) }
-                }));
+                let task = tokio::spawn(accept_loop(
+                    l,
+                    admin_stopped,
+                    grace,
+                    shared.clone(),
+                    Connections::new("admin"),
+                    Some(ADMIN_MAX_CONNECTIONS),
+                    move |req, _peer| {
+                        let s = s.clone();
+                        async move { admin::handle(&s, req) }
+                    },
+                ));
                 Some((admin_addr, task))
             }
             None => None,
@@ -105,6 +111,7 @@ impl Server {
         };
         let mut addr = listen;
         let mut public = Vec::with_capacity(loops.len());
+        let conns = Connections::new("public");
         for handle in loops {
             // Registering the socket with a loop's I/O driver needs that loop's context.
             let _entered = handle.enter();
@@ -116,6 +123,9 @@ impl Server {
                 listener,
                 stopped.clone(),
                 grace,
+                shared.clone(),
+                conns.clone(),
+                None,
                 move |req, peer| proxy::handle(s.clone(), req, peer),
             )));
         }
@@ -214,28 +224,31 @@ impl Server {
     }
 }
 
+/// Admin connections open at once: probes and scrapes need few, and the admin
+/// listener must keep answering while the public one is saturated.
+const ADMIN_MAX_CONNECTIONS: usize = 256;
+
+/// Accepts connections until `stop`, each served under the bounds of the config live
+/// when it was accepted; then waits (up to `grace`) for the open ones to finish.
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
+    shared: Arc<Shared>,
+    conns: Arc<Connections>,
+    max: Option<usize>,
     handler: F,
 ) -> bool
 where
     F: Fn(http::Request<hyper::body::Incoming>, Peer) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = http::Response<crate::body::Body>> + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
+    // The builder follows the config: made again after a reload changed it.
+    let mut current: Option<(Arc<Gateway>, Limits, Arc<auto::Builder<TokioExecutor>>)> = None;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
+                let (stream, addr) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
                         // Out of file descriptors and the like: back off, keep serving.
@@ -244,29 +257,44 @@ where
                         continue;
                     }
                 };
-                let _ = stream.set_nodelay(true);
-                let handler = handler.clone();
-                let client = Peer::new(peer);
-                let service = service_fn(move |req| {
-                    let fut = handler(req, client.clone());
-                    async move { Ok::<_, Infallible>(fut.await) }
+                let gateway = shared.gateway.load_full();
+                let server = &gateway.config.server;
+                let limit = max.unwrap_or_else(|| {
+                    server.max_connections.unwrap_or(shared.default_max_connections)
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                // Refused as cheaply as it can be: closed before any buffer is made.
+                let Some(place) = conns.admit(limit) else { continue };
+                let (limits, builder) = match &current {
+                    Some((g, limits, builder)) if Arc::ptr_eq(g, &gateway) => {
+                        (limits.clone(), builder.clone())
                     }
-                });
+                    _ => {
+                        let limits = Limits::new(server, gateway.budget.clone());
+                        let builder = Arc::new(connection::builder(&limits));
+                        current = Some((gateway.clone(), limits.clone(), builder.clone()));
+                        (limits, builder)
+                    }
+                };
+                drop(gateway);
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(connection::serve(
+                    stream,
+                    Peer::new(addr),
+                    limits,
+                    builder,
+                    place,
+                    stop.clone(),
+                    handler.clone(),
+                ));
             }
             _ = stop.changed() => break,
         }
     }
     drop(listener);
     tokio::select! {
-        _ = graceful.shutdown() => true,
+        () = conns.drained() => true,
         _ = tokio::time::sleep(grace) => {
-            tracing::warn!(grace = ?grace, "shutdown grace ran out; cutting remaining connections");
+            tracing::warn!(grace = ?grace, open = conns.open(), "shutdown grace ran out; cutting remaining connections");
             false
         }
     }

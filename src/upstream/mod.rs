@@ -24,7 +24,8 @@ pub mod limit;
 pub mod pool;
 
 use crate::body::{BodyWatch, BoxError, RequestBody};
-use crate::config::UpstreamSettings;
+use crate::budget::{Budget, Charge};
+use crate::config::{DEFAULT_MAX_CONCURRENCY, UpstreamSettings};
 use crate::error::{ClientFault, Failure};
 use breaker::{Breaker, BreakerState, Permit};
 use limit::{InFlight, Slot};
@@ -54,10 +55,13 @@ pub struct Upstream {
     /// Starts this upstream's cache and coalescing keys: its name and a fingerprint of
     /// its settings, so answers of an upstream that was repointed are not served.
     pub cache_prefix: String,
+    /// `buffer_capacity`, which every buffered answer is read against.
+    budget: Arc<Budget>,
 }
 
 /// A 2xx answer (status, body, what its `cache-control` allows), or why not.
-pub type Reply = Result<(StatusCode, Bytes, Hints), Failure>;
+/// The body is held against `buffer_capacity` as long as its [`Charge`] lives.
+pub type Reply = Result<(StatusCode, Bytes, Hints, Charge), Failure>;
 
 /// Why a streamed call got no response head.
 pub enum SendError {
@@ -101,7 +105,12 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Upstream {
-    pub fn build(name: &str, settings: &UpstreamSettings, workers: usize) -> Result<Self, String> {
+    pub fn build(
+        name: &str,
+        settings: &UpstreamSettings,
+        workers: usize,
+        budget: &Arc<Budget>,
+    ) -> Result<Self, String> {
         let tls =
             tls_config(settings.ca_file.as_deref()).map_err(|e| format!("upstream {name}: {e}"))?;
         let bases = settings
@@ -119,7 +128,9 @@ impl Upstream {
                 .circuit_breaker
                 .clone()
                 .map(|c| Breaker::new(Arc::from(name), c)),
-            inflight: settings.max_concurrency.map(InFlight::new),
+            inflight: Some(InFlight::new(
+                settings.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY),
+            )),
             rate: settings.rate_limit.as_ref().map(Bucket::new),
             coalescer: Coalescer::default(),
             metrics: METRICS.upstream(name),
@@ -127,6 +138,7 @@ impl Upstream {
                 "b|{name}|{:016x}|",
                 crate::gateway::fingerprint(&format!("{settings:?}"))
             ),
+            budget: budget.clone(),
         })
     }
 
@@ -319,7 +331,12 @@ impl Upstream {
             spec.cache_miss,
             deadline,
         );
-        let guards = self.guards();
+        // A buffered answer needs room in `buffer_capacity`: none left, no call.
+        let guards = if self.budget.has_room() {
+            self.guards()
+        } else {
+            Err(Failure::BufferFull)
+        };
         span.breaker(self, &guards);
         let (_slot, permit) = match guards {
             Ok(g) => g,
@@ -356,9 +373,9 @@ impl Upstream {
                 Err(Failure::BadResponse("an unexpected status"))
             } else {
                 let hints = Hints::from_headers(resp.headers());
-                read_limited(resp, limit)
+                read_limited(resp, limit, &self.budget)
                     .await
-                    .map(|body| (status, body, hints))
+                    .map(|(body, charge)| (status, body, hints, charge))
             };
             // The lease goes back whatever the answer was: a short error body is
             // usually in with the head, so the connection stays usable.
@@ -377,7 +394,7 @@ impl Upstream {
         if let Some(p) = permit {
             p.record(matches!(&result, Err(f) if f.is_upstream_fault()));
         }
-        span.finish(result.as_ref().map(|(status, _, _)| *status));
+        span.finish(result.as_ref().map(|(status, ..)| *status));
         result
     }
 }
@@ -503,8 +520,13 @@ impl ClientSpan {
     }
 }
 
-/// Reads a whole body, refusing one larger than `limit` bytes without buffering it all.
-async fn read_limited(resp: Response<Incoming>, limit: u64) -> Result<Bytes, Failure> {
+/// Reads a whole body, refusing one larger than `limit` bytes without buffering it all,
+/// and one that would pass `buffer_capacity` as it arrives.
+async fn read_limited(
+    resp: Response<Incoming>,
+    limit: u64,
+    budget: &Arc<Budget>,
+) -> Result<(Bytes, Charge), Failure> {
     const TOO_LARGE: Failure = Failure::BadResponse("the body is larger than max_response_body");
     let declared = resp
         .headers()
@@ -515,6 +537,7 @@ async fn read_limited(resp: Response<Incoming>, limit: u64) -> Result<Bytes, Fai
         return Err(TOO_LARGE);
     }
     let mut body = resp.into_body();
+    let charge = budget.start();
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
@@ -526,6 +549,9 @@ async fn read_limited(resp: Response<Incoming>, limit: u64) -> Result<Bytes, Fai
         if total as u64 > limit {
             return Err(TOO_LARGE);
         }
+        if !charge.grow(chunk.len() as u64) {
+            return Err(Failure::BufferFull);
+        }
         // Most JSON answers arrive in one chunk: keep it without copying.
         match first.take() {
             None if buf.is_empty() => first = Some(chunk),
@@ -536,7 +562,7 @@ async fn read_limited(resp: Response<Incoming>, limit: u64) -> Result<Bytes, Fai
             None => buf.extend_from_slice(&chunk),
         }
     }
-    Ok(first.unwrap_or_else(|| buf.freeze()))
+    Ok((first.unwrap_or_else(|| buf.freeze()), charge))
 }
 
 fn connector(

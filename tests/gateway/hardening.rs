@@ -389,3 +389,294 @@ async fn one_head_size_limit_for_http1_and_h2_with_a_json_error() {
     }
     assert_eq!(up.hits(), 2);
 }
+
+/// Reads until the gateway closes the connection (failing after `within`); what it
+/// sent, and when (tokio's clock) it closed.
+async fn closed_within(s: &mut TcpStream, within: Duration) -> (String, tokio::time::Instant) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let reading = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(within, reading)
+        .await
+        .expect("the gateway kept the connection open");
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        tokio::time::Instant::now(),
+    )
+}
+
+fn bounded(url: &str, server: &str) -> String {
+    format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+header_read_timeout = "10s"
+idle_timeout = "60s"
+send_timeout = "30s"
+{server}
+
+[upstreams.bounded]
+urls = ["{url}"]
+
+[[routes]]
+name = "bounded"
+path = "/b"
+  [[routes.backends]]
+  upstream = "bounded"
+  path = "/b"
+  group = "data"
+"#
+    )
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+// Paused time: the timeouts pass at once, measured on tokio's clock.
+#[tokio::test(start_paused = true)]
+async fn every_http1_connection_has_a_bounded_life() {
+    let up = Upstream::json(json!({"ok": 1})).await;
+    let gw = Gateway::start(&bounded(&up.url(), "")).await;
+    let t0 = tokio::time::Instant::now();
+
+    // Never a byte: closed at header_read_timeout from accept.
+    let mut silent = TcpStream::connect(gw.server.addr).await.unwrap();
+    // Half a head: the same bound.
+    let mut half = TcpStream::connect(gw.server.addr).await.unwrap();
+    half.write_all(b"GET /b HTTP/1.1\r\nhost: t\r\n")
+        .await
+        .unwrap();
+    let (_, at) = closed_within(&mut silent, Duration::from_secs(120)).await;
+    assert!(
+        (10.0..11.0).contains(&secs(at - t0)),
+        "silent: {:?}",
+        at - t0
+    );
+    let (_, at) = closed_within(&mut half, Duration::from_secs(120)).await;
+    assert!(
+        (10.0..11.0).contains(&secs(at - t0)),
+        "half a head: {:?}",
+        at - t0
+    );
+
+    // A kept-alive connection is answered, then may idle for idle_timeout (not the
+    // header bound), and a next head it starts has header_read_timeout to finish.
+    let mut kept = TcpStream::connect(gw.server.addr).await.unwrap();
+    kept.write_all(b"GET /b HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 1024];
+    let n = kept.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    let answered = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    kept.write_all(b"GET /b HTTP/1.1\r\n").await.unwrap();
+    let (rest, at) = closed_within(&mut kept, Duration::from_secs(120)).await;
+    assert!(rest.is_empty(), "no answer to half a head: {rest}");
+    assert!(
+        (50.0..51.0).contains(&secs(at - answered)),
+        "40 s idle + 10 s for the head: {:?}",
+        at - answered
+    );
+
+    let mut idle = TcpStream::connect(gw.server.addr).await.unwrap();
+    idle.write_all(b"GET /b HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, at) = closed_within(&mut idle, Duration::from_secs(120)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(r#"{"data":{"ok":1}}"#), "{answer}");
+    let idled = secs(at - answered) - 40.0 - 10.0;
+    assert!((60.0..61.5).contains(&idled), "closed after {idled} s idle");
+
+    let metrics = gw
+        .client
+        .get(format!("{}/metrics", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        series(
+            &metrics,
+            r#"manifold_connections_closed_total{listener="public",reason="header_timeout"}"#
+        ) >= 3.0,
+        "{metrics}"
+    );
+    assert!(
+        series(
+            &metrics,
+            r#"manifold_connections_closed_total{listener="public",reason="idle"}"#
+        ) >= 1.0
+    );
+}
+
+/// An h2c connection (prior knowledge) with the given initial stream window.
+async fn h2_client(
+    gw: &Gateway,
+    window: u32,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let io = TcpStream::connect(gw.server.addr).await.unwrap();
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .handshake(io)
+        .await
+        .unwrap();
+    (send, tokio::spawn(conn))
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_h2_connection_has_a_bounded_life() {
+    let up = Upstream::json(json!({"ok": 1})).await;
+    let gw = Gateway::start(&bounded(&up.url(), "")).await;
+    let t0 = tokio::time::Instant::now();
+
+    // Only the preface: no request within header_read_timeout, closed.
+    let (_send, conn) = h2_client(&gw, 65_535).await;
+    let _ = tokio::time::timeout(Duration::from_secs(120), conn)
+        .await
+        .expect("closed");
+    let waited = secs(t0.elapsed());
+    assert!((10.0..11.0).contains(&waited), "preface only: {waited}");
+
+    // One answered stream, then nothing open: GOAWAY after idle_timeout.
+    let (mut send, conn) = h2_client(&gw, 65_535).await;
+    let req = http::Request::get(format!("{}/b", gw.base))
+        .body(())
+        .unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let answered = tokio::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(120), conn)
+        .await
+        .expect("closed");
+    assert!(ended.unwrap().is_ok(), "a graceful GOAWAY, not an error");
+    let idled = secs(answered.elapsed());
+    assert!((60.0..61.5).contains(&idled), "idle for {idled} s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_takes_no_answer_is_cut_off_and_cannot_pin_more() {
+    // 300 KB answers; buffer_capacity 16 MiB gives each connection 1 MiB of unsent answers.
+    let big = json!({"blob": "x".repeat(300_000)});
+    let up = Upstream::json(big).await;
+    let gw = Gateway::start(&bounded(&up.url(), "buffer_capacity = \"16MiB\"")).await;
+    let (mut send, conn) = h2_client(&gw, 0).await;
+    let started = tokio::time::Instant::now();
+    let mut statuses = Vec::new();
+    // Held open, unread: an attacker's streams.
+    let mut pinned = Vec::new();
+    for _ in 0..8 {
+        let req = http::Request::get(format!("{}/b", gw.base))
+            .body(())
+            .unwrap();
+        let (resp, _) = send.send_request(req, true).unwrap();
+        // Heads pass a shut window; bodies do not.
+        let resp = resp.await.unwrap();
+        statuses.push(resp.status().as_u16());
+        pinned.push(resp);
+    }
+    // Four answers (1.2 MB) pin the connection's share; later requests are refused
+    // before they cost more.
+    assert_eq!(&statuses[..4], [200, 200, 200, 200], "{statuses:?}");
+    assert!(statuses[4..].iter().all(|s| *s == 503), "{statuses:?}");
+    assert_eq!(up.hits(), 4);
+    let _ = tokio::time::timeout(Duration::from_secs(200), conn)
+        .await
+        .expect("the gateway closed the connection");
+    let waited = secs(started.elapsed());
+    let cut = pinned[0].body_mut().data().await;
+    assert!(
+        matches!(cut, Some(Err(_))),
+        "the pinned answer was cut: {cut:?}"
+    );
+    assert!(
+        (30.0..61.0).contains(&waited),
+        "send_timeout 30s: cut after {waited} s"
+    );
+    // The pinned answers were let go.
+    let metrics = gw
+        .client
+        .get(format!("{}/metrics", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        series(&metrics, "manifold_buffered_bytes"),
+        0.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn past_max_connections_new_ones_are_refused_and_admin_still_answers() {
+    let up = Upstream::json(json!({"ok": 1})).await;
+    let gw = Gateway::start(&bounded(&up.url(), "max_connections = 3")).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(gw.server.addr).await.unwrap();
+        s.write_all(b"GET /b HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        held.push(s);
+    }
+    let mut fourth = TcpStream::connect(gw.server.addr).await.unwrap();
+    let _ = fourth
+        .write_all(b"GET /b HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await;
+    let (answer, _) = closed_within(&mut fourth, Duration::from_secs(5)).await;
+    assert!(answer.is_empty(), "refused without an answer: {answer}");
+    let health = gw
+        .client
+        .get(format!("{}/health", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let metrics = health.text().await.unwrap_or_default();
+    let _ = metrics;
+    let metrics = gw
+        .client
+        .get(format!("{}/metrics", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        series(
+            &metrics,
+            r#"manifold_connections_refused_total{listener="public"}"#
+        ) >= 1.0
+    );
+    // One closes; a new one is served again.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(gw.get("/b").await.status, 200);
+}

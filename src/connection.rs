@@ -1,0 +1,611 @@
+//! One client connection and its bounds, on the public and the admin listener alike.
+//!
+//! A connection that costs descriptors and memory must also be doing something. Each
+//! one is watched against four bounds (`[server]` keys, read at accept):
+//!
+//! - **`header_read_timeout`**: a new connection must send a whole request head within
+//!   it, counted from accept (whatever the protocol turns out to be: a connection that
+//!   sends nothing, or only the h2 preface, is closed); a kept-alive HTTP/1 connection
+//!   likewise, counted from the first byte of its next head.
+//! - **`idle_timeout`**: an HTTP/1 connection with no request, or an h2 connection with
+//!   no open stream, is shut down gracefully after it (h2: GOAWAY).
+//! - **`send_timeout`**: an answer the client takes none of for that long — its TCP
+//!   window or h2 stream window stays shut — closes the connection, as nginx's
+//!   `send_timeout` does. (hyper has no way to reset one h2 stream from outside, so the
+//!   whole connection goes; it frees every answer the connection pins.)
+//! - **unsent answers**: a connection whose client has not taken answers of more than
+//!   a sixteenth of `buffer_capacity` gets 503 for its new requests until it does, so
+//!   one h2 client cannot pin the whole budget.
+//!
+//! The requests keep a few counters per connection ([`Activity`]); one timer per
+//! connection, in the connection's own task, acts on them. The request path reads no
+//! clock except when a connection goes quiet. `max_connections` bounds how many are
+//! open at once ([`Connections`]): past it a new connection is closed at once.
+
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use crate::body::{Body, BoxError};
+use crate::budget::{Budget, Charge};
+use crate::config::ServerConfig;
+use crate::forward::Peer;
+use crate::metrics::{ConnectionMetrics, METRICS};
+
+/// h2 streams one connection may have open at once (hyper's default is 200; nginx
+/// allows 128): with `send_timeout`, this bounds what one connection can pin.
+const MAX_CONCURRENT_STREAMS: u32 = 100;
+
+/// The bounds one connection is held to, taken from `[server]` when it is accepted.
+#[derive(Clone)]
+pub struct Limits {
+    pub header_read: Duration,
+    pub idle: Duration,
+    pub send: Duration,
+    /// Bytes of answers not yet taken past which new requests get 503.
+    pub unsent: u64,
+    pub max_header_size: usize,
+    pub budget: Arc<Budget>,
+}
+
+impl Limits {
+    pub fn new(server: &ServerConfig, budget: Arc<Budget>) -> Self {
+        Limits {
+            header_read: server.header_read_timeout,
+            idle: server.idle_timeout,
+            send: server.send_timeout,
+            unsent: (server.buffer_capacity / 16).max(1 << 20),
+            max_header_size: usize::try_from(server.max_header_size).unwrap_or(usize::MAX),
+            budget,
+        }
+    }
+}
+
+/// The hyper connection builder for these limits: HTTP/1.1 and h2c on one port. The
+/// header-read bound is ours (see the module docs), so hyper's own timer is off. The
+/// parsers stop heads at twice `max_header_size` (HTTP/1.1: the read buffer's size),
+/// so the request handler sees every head up to the limit and some way past it, and
+/// answers the ones over it with a JSON 414 or 431.
+pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let hard = limits.max_header_size.saturating_mul(2);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .header_read_timeout(None)
+        // The read buffer bounds a head (past it: a bare 431) and is what a half-sent
+        // head costs; bodies stream through it in pieces.
+        .max_buf_size(hard.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(hard).unwrap_or(u32::MAX))
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+    builder
+}
+
+// === impl Connections ===
+
+/// The open connections of one listener, across its worker loops.
+pub struct Connections {
+    open: AtomicUsize,
+    metrics: ConnectionMetrics,
+    /// Woken when the last connection closes (the drain waits for it).
+    drained: Notify,
+}
+
+/// One admitted connection's place; given back when dropped.
+pub struct Admitted(Arc<Connections>);
+
+impl Connections {
+    /// `listener` labels the metrics (`public` or `admin`).
+    pub fn new(listener: &'static str) -> Arc<Self> {
+        Arc::new(Connections {
+            open: AtomicUsize::new(0),
+            metrics: METRICS.connections(listener),
+            drained: Notify::new(),
+        })
+    }
+
+    /// A place for a new connection, unless `max` are open already.
+    pub fn admit(self: &Arc<Self>, max: usize) -> Option<Admitted> {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= max {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.refused.inc();
+            return None;
+        }
+        self.metrics.open.inc();
+        Some(Admitted(self.clone()))
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Waits until no connection is open.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.open() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.metrics.open.dec();
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+/// `max_connections` when the config sets none: half the descriptor limit (which
+/// manifold raises to its hard limit at start), leaving the other half for upstream
+/// connections, the admin listener and files.
+pub fn default_max_connections() -> usize {
+    let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+    usize::try_from(soft / 2).unwrap_or(usize::MAX).max(64)
+}
+
+// === impl Activity ===
+
+/// What a connection's requests tell its watchdog. Times are milliseconds since the
+/// connection was accepted, on tokio's clock.
+pub struct Activity {
+    accepted: Instant,
+    /// Requests begun and not finished (their answer not yet dropped by hyper).
+    open: AtomicU32,
+    /// Requests begun in all.
+    begun: AtomicU64,
+    /// When `open` last fell to zero.
+    quiet_since: AtomicU64,
+    /// One more than when the first byte of a new HTTP/1 head arrived while quiet; 0:
+    /// none since the last request began.
+    head_since: AtomicU64,
+    /// The connection speaks h2 (frames arrive whatever the requests do).
+    h2: AtomicBool,
+    /// Answers waiting for the client to take more, by the watchdog's epoch parity.
+    waiting: [AtomicU32; 2],
+    epoch: AtomicU32,
+    /// Bytes of buffered answers handed to hyper and not yet dropped.
+    unsent: AtomicU64,
+}
+
+/// A marker in the request's extensions: its connection pins more unsent answers than
+/// its share of `buffer_capacity`, so the request is refused (503) before it costs more.
+#[derive(Clone, Copy, Debug)]
+pub struct Crowded;
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Activity {
+            accepted: Instant::now(),
+            open: AtomicU32::new(0),
+            begun: AtomicU64::new(0),
+            quiet_since: AtomicU64::new(0),
+            head_since: AtomicU64::new(0),
+            h2: AtomicBool::new(false),
+            waiting: [AtomicU32::new(0), AtomicU32::new(0)],
+            epoch: AtomicU32::new(0),
+            unsent: AtomicU64::new(0),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.accepted.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.accepted + Duration::from_millis(ms)
+    }
+
+    /// A request begins; the guard ends it when dropped.
+    fn begin(self: &Arc<Self>, version: Version) -> RequestGuard {
+        if version == Version::HTTP_2 && !self.h2.load(Ordering::Relaxed) {
+            self.h2.store(true, Ordering::Relaxed);
+        }
+        self.open.fetch_add(1, Ordering::AcqRel);
+        self.begun.fetch_add(1, Ordering::Relaxed);
+        self.head_since.store(0, Ordering::Relaxed);
+        RequestGuard(self.clone())
+    }
+
+    /// A read of `n` bytes arrived: the start of a new HTTP/1 head, if the connection
+    /// was quiet and none had started.
+    fn on_read(&self) {
+        if self.head_since.load(Ordering::Relaxed) == 0
+            && self.open.load(Ordering::Acquire) == 0
+            && !self.h2.load(Ordering::Relaxed)
+        {
+            self.head_since.store(self.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    fn wait(&self) -> usize {
+        let slot = (self.epoch.load(Ordering::Relaxed) % 2) as usize;
+        self.waiting[slot].fetch_add(1, Ordering::Relaxed);
+        slot
+    }
+}
+
+/// A request's place in its connection's count, held by its answer until hyper drops it.
+struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let a = &self.0;
+        if a.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            a.quiet_since.store(a.now_ms(), Ordering::Relaxed);
+        }
+    }
+}
+
+// === impl Tracked ===
+
+/// An answer on its way to the client: it tells the connection while it waits for
+/// the client to take it, and holds its bytes against `buffer_capacity` (and the
+/// connection's share of it) until hyper is done with it.
+pub struct Tracked {
+    body: Body,
+    /// The epoch slot this answer waits in, while it waits on the client.
+    waiting: Option<usize>,
+    unsent: u64,
+    _charge: Option<Charge>,
+    request: RequestGuard,
+}
+
+impl Tracked {
+    fn new(body: Body, request: RequestGuard, budget: &Arc<Budget>) -> Self {
+        let a = &request.0;
+        let (unsent, charge) = match &body {
+            Body::Full(Some(bytes)) => {
+                let n = bytes.len() as u64;
+                a.unsent.fetch_add(n, Ordering::Relaxed);
+                (n, Some(budget.charge(n)))
+            }
+            _ => (0, None),
+        };
+        // Until hyper first polls it, the answer waits on the client: with an h2
+        // stream window of zero, hyper never does.
+        let waiting = (!body.is_end_stream()).then(|| a.wait());
+        Tracked {
+            body,
+            waiting,
+            unsent,
+            _charge: charge,
+            request,
+        }
+    }
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let a = &this.request.0;
+        // Asked again: the frame before went out (hyper asks for the next one only once
+        // it has sent the last, past the client's flow-control window).
+        if let Some(slot) = this.waiting.take() {
+            a.waiting[slot].fetch_sub(1, Ordering::Relaxed);
+        }
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        // A frame handed over waits on the client until hyper asks again or, if it was
+        // the last, lets the answer go. Pending waits on the upstream, not the client.
+        if matches!(frame, Poll::Ready(Some(Ok(_)))) {
+            this.waiting = Some(a.wait());
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let a = &self.request.0;
+        if let Some(slot) = self.waiting.take() {
+            a.waiting[slot].fetch_sub(1, Ordering::Relaxed);
+        }
+        a.unsent.fetch_sub(self.unsent, Ordering::Relaxed);
+    }
+}
+
+// === impl Watched ===
+
+/// The client's socket, noting when a new HTTP/1 head starts to arrive.
+struct Watched {
+    io: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.on_read();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+// === the connection's task ===
+
+/// Why the watchdog ends a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    Keep,
+    /// Quiet for `idle_timeout`: shut down gracefully.
+    Idle,
+    /// No whole request head in time: close.
+    HeaderTimeout,
+    /// An answer untaken for `send_timeout`: close.
+    SendTimeout,
+}
+
+/// The watchdog's own state, next to the connection's [`Activity`].
+struct Watchdog {
+    limits: Limits,
+    activity: Arc<Activity>,
+    /// When the last send check ran (each check needs a full `send` since the last).
+    last_tick: u64,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Watchdog {
+    /// When (ms since accept) the connection must next be looked at.
+    fn next_check(&self) -> u64 {
+        let a = &self.activity;
+        if a.begun.load(Ordering::Relaxed) == 0 {
+            return ms(self.limits.header_read);
+        }
+        if a.open.load(Ordering::Acquire) > 0 {
+            return self.last_tick.saturating_add(ms(self.limits.send));
+        }
+        let idle = a
+            .quiet_since
+            .load(Ordering::Relaxed)
+            .saturating_add(ms(self.limits.idle));
+        match a.head_since.load(Ordering::Relaxed) {
+            0 => idle,
+            since => idle.min(since - 1 + ms(self.limits.header_read)),
+        }
+    }
+
+    fn check(&mut self, now: u64) -> Verdict {
+        let a = &self.activity;
+        if a.begun.load(Ordering::Relaxed) == 0 {
+            return if now >= ms(self.limits.header_read) {
+                Verdict::HeaderTimeout
+            } else {
+                Verdict::Keep
+            };
+        }
+        if a.open.load(Ordering::Acquire) > 0 {
+            if now < self.last_tick.saturating_add(ms(self.limits.send)) {
+                return Verdict::Keep;
+            }
+            // Answers still waiting in the slot of the epoch before the current one
+            // have waited at least one whole `send` (between one and two).
+            let epoch = a.epoch.load(Ordering::Relaxed);
+            let stale = ((epoch + 1) % 2) as usize;
+            if a.waiting[stale].load(Ordering::Relaxed) > 0 {
+                return Verdict::SendTimeout;
+            }
+            a.epoch.store(epoch.wrapping_add(1), Ordering::Relaxed);
+            self.last_tick = now;
+            return Verdict::Keep;
+        }
+        let head = a.head_since.load(Ordering::Relaxed);
+        if head != 0 && now >= head - 1 + ms(self.limits.header_read) {
+            return Verdict::HeaderTimeout;
+        }
+        if now >= a.quiet_since.load(Ordering::Relaxed) + ms(self.limits.idle) {
+            return Verdict::Idle;
+        }
+        Verdict::Keep
+    }
+}
+
+/// Serves one accepted connection until it ends, is ended by its bounds, or is
+/// drained (`stop`). `handler` answers each request.
+pub async fn serve<F, Fut>(
+    stream: TcpStream,
+    peer: Peer,
+    limits: Limits,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    place: Admitted,
+    mut stop: watch::Receiver<bool>,
+    handler: F,
+) where
+    F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let activity = Activity::new();
+    let metrics = &place.0.metrics;
+    let addr = peer.addr;
+    let io = Watched {
+        io: stream,
+        activity: activity.clone(),
+    };
+    let service = {
+        let activity = activity.clone();
+        let budget = limits.budget.clone();
+        let unsent_cap = limits.unsent;
+        service_fn(move |mut req: Request<Incoming>| {
+            let request = activity.begin(req.version());
+            if activity.unsent.load(Ordering::Relaxed) > unsent_cap {
+                req.extensions_mut().insert(Crowded);
+            }
+            let answer = handler(req, peer.clone());
+            let budget = budget.clone();
+            async move {
+                let resp = answer.await;
+                Ok::<_, std::convert::Infallible>(
+                    resp.map(|body| Tracked::new(body, request, &budget)),
+                )
+            }
+        })
+    };
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let mut conn = pin!(conn);
+    let mut dog = Watchdog {
+        limits,
+        activity: activity.clone(),
+        last_tick: 0,
+    };
+    let mut armed = dog.next_check();
+    let mut sleep = pin!(tokio::time::sleep_until(activity.at(armed)));
+    let mut stopping = pin!(stop.changed());
+    let mut draining = false;
+    // After a graceful shutdown began: when to stop waiting for it.
+    let mut closing_by: Option<u64> = None;
+    loop {
+        enum Step {
+            Done(Result<(), BoxError>),
+            Drain,
+            Check,
+        }
+        let step = poll_fn(|cx| {
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Step::Done(r));
+            }
+            if !draining && stopping.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Step::Drain);
+            }
+            // A new head may have started since the timer was set: look sooner.
+            if closing_by.is_none() {
+                let want = dog.next_check();
+                if want < armed {
+                    armed = want;
+                    sleep.as_mut().reset(activity.at(armed));
+                }
+            }
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Step::Check);
+            }
+            Poll::Pending
+        })
+        .await;
+        match step {
+            Step::Done(r) => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, peer = %addr, "connection ended with an error");
+                }
+                return;
+            }
+            Step::Drain => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            Step::Check => {
+                let now = activity.now_ms();
+                if let Some(by) = closing_by {
+                    if now >= by {
+                        // A graceful close that never finished (the client stopped
+                        // reading): cut it.
+                        return;
+                    }
+                    sleep.as_mut().reset(activity.at(by));
+                    continue;
+                }
+                match dog.check(now) {
+                    Verdict::Keep => {
+                        armed = dog.next_check().max(now + 1);
+                        sleep.as_mut().reset(activity.at(armed));
+                    }
+                    Verdict::Idle => {
+                        metrics.closed(Verdict::Idle.reason());
+                        conn.as_mut().graceful_shutdown();
+                        let by = now.saturating_add(ms(dog.limits.send));
+                        closing_by = Some(by);
+                        sleep.as_mut().reset(activity.at(by));
+                    }
+                    cut => {
+                        metrics.closed(cut.reason());
+                        tracing::debug!(reason = cut.reason(), peer = %addr, "closing a client connection");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Verdict {
+    fn reason(self) -> &'static str {
+        match self {
+            Verdict::Keep => "kept",
+            Verdict::Idle => "idle",
+            Verdict::HeaderTimeout => "header_timeout",
+            Verdict::SendTimeout => "send_timeout",
+        }
+    }
+}
