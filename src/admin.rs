@@ -89,6 +89,7 @@ pub fn routes(gw: &Gateway) -> Value {
             json!({
                 "urls": u.settings.urls.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
                 "timeout_ms": u.settings.timeout.map(|t| t.as_millis() as u64),
+                "max_concurrency": u.max_concurrency(),
                 // An upstream without a breaker never opens: it reads as closed.
                 "breaker": u.breaker_state().map_or("closed", |s| s.as_str()),
             }),

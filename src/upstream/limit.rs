@@ -30,6 +30,10 @@ impl InFlight {
         Some(Slot(self.count.clone()))
     }
 
+    pub fn max(&self) -> u32 {
+        self.max
+    }
+
     pub fn current(&self) -> u32 {
         self.count.load(Ordering::Acquire)
     }

@@ -191,6 +191,11 @@ impl Upstream {
         Ok((slot, permit))
     }
 
+    /// Calls in flight allowed at once (`max_concurrency`, or the default).
+    pub fn max_concurrency(&self) -> u32 {
+        self.inflight.as_ref().map_or(u32::MAX, InFlight::max)
+    }
+
     pub fn breaker_state(&self) -> Option<BreakerState> {
         self.breaker.as_ref().map(Breaker::state)
     }

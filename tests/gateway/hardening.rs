@@ -680,3 +680,114 @@ async fn past_max_connections_new_ones_are_refused_and_admin_still_answers() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(gw.get("/b").await.status, 200);
 }
+
+#[tokio::test]
+async fn buffered_answers_share_one_budget_past_which_calls_fail_at_once() {
+    // Every answer: 700 KB of JSON sent at once, then the rest when `release` says so.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let go = release.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let go = go.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let mut start = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{{\"a\":\"",
+                    700_006
+                )
+                .into_bytes();
+                start.extend(std::iter::repeat_n(b'x', 700_000));
+                start.extend_from_slice(b"\r\n");
+                if s.write_all(&start).await.is_err() {
+                    return;
+                }
+                go.notified().await;
+                let _ = s.write_all(b"2\r\n\"}\r\n0\r\n\r\n").await;
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nbuffer_capacity = \"1MiB\"\n{}
+[[routes]]
+name = \"budgeted\"
+path = \"/big/{{n}}\"
+  [[routes.backends]]
+  upstream = \"budgeted\"
+  path = \"/big/{{n}}\"
+",
+        crate::support::upstream("budgeted", &url, "max_response_body = \"4MiB\"")
+    ))
+    .await;
+    let metrics = |gw: &Gateway| {
+        let (client, admin) = (gw.client.clone(), gw.admin.clone());
+        async move {
+            let text = client
+                .get(format!("{admin}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            series(&text, "manifold_buffered_bytes")
+        }
+    };
+    let first = tokio::spawn({
+        let (client, base) = (gw.client.clone(), gw.base.clone());
+        async move { client.get(format!("{base}/big/1")).send().await.unwrap() }
+    });
+    // Wait until the first answer's 700 KB are held.
+    let mut held = 0.0;
+    for _ in 0..500 {
+        held = metrics(&gw).await;
+        if held >= 700_000.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(held >= 700_000.0, "held {held}");
+    // A second answer would pass 1 MiB: it fails as it arrives, at once.
+    let second = gw.get("/big/2").await;
+    second.error(503, "OVERLOADED");
+    assert!(second.elapsed < Duration::from_secs(2));
+    release.notify_waiters();
+    let first = first.await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.bytes().await.unwrap().len(), 700_008);
+    // Let go once answered: room again.
+    let mut left = 1.0;
+    for _ in 0..500 {
+        left = metrics(&gw).await;
+        if left == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(left, 0.0);
+    let line = lines_of(&gw, "budgeted", 2)
+        .await
+        .into_iter()
+        .find(|l| l["status"] == 503)
+        .unwrap();
+    assert_eq!(line["backends"]["budgeted"]["outcome"], "overloaded");
+}
+
+#[tokio::test]
+async fn upstreams_without_max_concurrency_get_a_default_cap() {
+    let up = Upstream::json(json!({"ok": 1})).await;
+    let gw = Gateway::start(&bounded(&up.url(), "")).await;
+    let routes: Value = gw
+        .client
+        .get(format!("{}/routes", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(routes["upstreams"]["bounded"]["max_concurrency"], 1024);
+}
