@@ -32,6 +32,11 @@ pub fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
 /// Prometheus text (OpenMetrics); breaker gauges are read at scrape time.
 fn metrics(gw: &Gateway) -> Response<Body> {
     METRICS.buffers(gw.budget.used(), gw.budget.limit());
+    for r in &gw.routes {
+        if let Some(l) = &r.limiter {
+            METRICS.rate_limit_keys(&r.name, l.keys());
+        }
+    }
     for u in &gw.upstreams {
         let state = match u.breaker_state() {
             Some(BreakerState::Open) => 1,

@@ -228,7 +228,7 @@ fn compile_route(
                         .find(|(old, _)| old.name == r.name && old.rate_limit.as_ref() == Some(l))
                         .and_then(|(_, old)| old.limiter.clone())
                 })
-                .unwrap_or_else(|| Arc::new(RouteLimiter::new(&l.rate, l.key.clone())))
+                .unwrap_or_else(|| Arc::new(RouteLimiter::new(&l.rate, l.key.clone(), l.max_keys)))
         }),
         backends,
     })

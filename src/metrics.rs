@@ -75,6 +75,7 @@ pub struct Metrics {
     connections_closed: Family<ClosedLabels, Counter>,
     buffered: Gauge,
     buffer_capacity: Gauge,
+    rate_limit_keys: Family<RouteName, Gauge>,
 }
 
 /// Why a client connection was closed by one of its bounds, in `ClosedLabels` order.
@@ -152,6 +153,7 @@ impl Metrics {
         let connections_refused = Family::<ListenerLabel, Counter>::default();
         let connections_closed = Family::<ClosedLabels, Counter>::default();
         let buffered = Gauge::default();
+        let rate_limit_keys = Family::<RouteName, Gauge>::default();
         let buffer_capacity = Gauge::default();
         registry.register(
             "http_server_request_duration_seconds",
@@ -218,8 +220,14 @@ impl Metrics {
             "buffer_capacity: past it new upstream calls fail with OVERLOADED",
             buffer_capacity.clone(),
         );
+        registry.register(
+            "manifold_rate_limit_keys",
+            "Keys a route's rate limit remembers now (at most its max_keys)",
+            rate_limit_keys.clone(),
+        );
         Metrics {
             registry,
+            rate_limit_keys,
             connections,
             connections_refused,
             connections_closed,
@@ -337,6 +345,15 @@ impl Metrics {
                     .clone()
             }),
         }
+    }
+
+    /// Keys a route's limiter holds, read at scrape time.
+    pub fn rate_limit_keys(&self, route: &str, keys: u64) {
+        self.rate_limit_keys
+            .get_or_create(&RouteName {
+                route: route.to_string(),
+            })
+            .set(i64::try_from(keys).unwrap_or(i64::MAX));
     }
 
     /// The buffer budget's use and limit, read at scrape time.

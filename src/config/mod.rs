@@ -130,6 +130,8 @@ pub enum LimitKey {
 pub struct RouteRateLimit {
     pub rate: RateConfig,
     pub key: LimitKey,
+    /// Keys remembered at most (least recently used forgotten first).
+    pub max_keys: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -189,6 +191,8 @@ pub const DEFAULT_MAX_HEADER_SIZE: u64 = 32 << 10;
 pub const DEFAULT_BUFFER_CAPACITY: u64 = 256 << 20;
 /// Calls in flight to one upstream when it sets no `max_concurrency` (Envoy's default).
 pub const DEFAULT_MAX_CONCURRENCY: u32 = 1024;
+/// Rate-limit keys a route remembers when it sets no `max_keys`.
+pub const DEFAULT_MAX_KEYS: u64 = 100_000;
 
 impl Config {
     /// Reads and validates a config file.
@@ -726,10 +730,18 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
                 }
             },
         };
+        let max_keys = match r.count(errs, "max_keys") {
+            Some((0, span)) => {
+                errs.push(Diagnostic::new(span, "max_keys must be at least 1").label("zero"));
+                None
+            }
+            other => Some(other.map_or(DEFAULT_MAX_KEYS, |(n, _)| n)),
+        };
         r.finish(errs);
         Some(RouteRateLimit {
             rate: rate?,
             key: key?,
+            max_keys: max_keys?,
         })
     });
     let passthrough = t.bool(errs, "passthrough").unwrap_or(false);

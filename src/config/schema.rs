@@ -222,6 +222,9 @@ fn refine(path: &str) -> Option<Value> {
         "/routes/[]/rate_limit/key" => {
             json!({"pattern": "^(client_ip|global|header:.+)$", "description": "client_ip (default), global, or header:NAME."})
         }
+        "/routes/[]/rate_limit/max_keys" => {
+            json!({"minimum": 1, "description": "Keys remembered at most; the least recently used are forgotten first. Default 100000."})
+        }
         "/routes/[]/passthrough" => {
             json!({"description": "Stream one backend's answer unchanged."})
         }
