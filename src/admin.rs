@@ -10,6 +10,7 @@ use crate::body::Body;
 use crate::gateway::Gateway;
 use crate::metrics::METRICS;
 use crate::proxy::plain;
+use crate::redact;
 use crate::server::Shared;
 use crate::upstream::breaker::BreakerState;
 
@@ -81,7 +82,8 @@ pub fn routes(gw: &Gateway) -> Value {
                     "name": b.name,
                     "upstream": b.upstream,
                     "method": b.method.as_ref().unwrap_or(&r.method).as_str(),
-                    "path": b.path,
+                    // As written: a `${SECRET}` filled in at load is not shown.
+                    "path": b.path_as_written,
                     "optional": b.optional,
                 })).collect::<Vec<_>>(),
             })
@@ -92,7 +94,7 @@ pub fn routes(gw: &Gateway) -> Value {
         upstreams.insert(
             u.name.to_string(),
             json!({
-                "urls": u.settings.urls.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
+                "urls": u.settings.urls.iter().map(|x| redact::url(x.as_str())).collect::<Vec<_>>(),
                 "timeout_ms": u.settings.timeout.map(|t| t.as_millis() as u64),
                 "max_concurrency": u.max_concurrency(),
                 // An upstream without a breaker never opens: it reads as closed.
@@ -139,7 +141,7 @@ pub fn route_table(config: &crate::config::Config) -> String {
                 b.name,
                 method.as_str(),
                 b.upstream,
-                b.path
+                b.path_as_written
             );
             if let Some(g) = &b.group {
                 let _ = write!(out, "  → {g}");

@@ -24,6 +24,7 @@ pub mod openapi;
 pub mod passthrough;
 pub mod proxy;
 pub mod ratelimit;
+pub mod redact;
 pub mod router;
 pub mod server;
 pub mod telemetry;

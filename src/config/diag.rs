@@ -32,6 +32,23 @@ impl Diagnostic {
         }
     }
 
+    /// Masks URL credentials in every text of the diagnostic (see [`crate::redact`]).
+    pub fn redact(&mut self) {
+        let mask = |s: &mut String| {
+            if let std::borrow::Cow::Owned(masked) = crate::redact::in_text(s) {
+                *s = masked;
+            }
+        };
+        mask(&mut self.message);
+        mask(&mut self.label);
+        for n in &mut self.notes {
+            mask(n);
+        }
+        if let Some((_, l)) = &mut self.secondary {
+            mask(l);
+        }
+    }
+
     pub fn label(mut self, label: impl Into<String>) -> Self {
         self.label = label.into();
         self

@@ -164,6 +164,9 @@ pub struct BackendConfig {
     pub upstream_span: Span,
     pub method: Option<Method>,
     pub path: String,
+    /// The path as the file has it (`${ENV}` not filled in), for `/routes` and
+    /// `manifold routes`: a secret from the environment is not shown.
+    pub path_as_written: String,
     pub path_span: Span,
     pub template: Template<Placeholder>,
     pub group: Option<String>,
@@ -239,9 +242,13 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
         Some(c) if errs.is_empty() => Ok(c),
         _ => {
             errs.sort_by_key(|d| d.span.start);
+            // A URL's credentials never reach the terminal, a CI log or a log line.
+            for d in &mut errs {
+                d.redact();
+            }
             Err(Diagnostics {
                 file: file.to_string(),
-                source: text.to_string(),
+                source: crate::redact::in_text(text).into_owned(),
                 items: errs,
             })
         }
@@ -790,6 +797,7 @@ fn read_backend(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<BackendConfi
     let method = t.string(errs, "method");
     let method = method_of(errs, method);
     let path = t.required_string(errs, "path");
+    let path_as_written = t.as_written("path").unwrap_or_default();
     let template = path.as_ref().and_then(|(p, span)| {
         if !p.starts_with('/') {
             errs.push(
@@ -838,6 +846,7 @@ fn read_backend(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<BackendConfi
         upstream_span,
         method: method.flatten(),
         path,
+        path_as_written,
         path_span,
         template: template.unwrap_or(Template { parts: Vec::new() }),
         group,

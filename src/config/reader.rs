@@ -160,6 +160,15 @@ impl<'a, 'i> Table<'a, 'i> {
         );
     }
 
+    /// A string as the file has it, `${ENV}` left as written (no checks: read it with
+    /// [`Table::string`] too).
+    pub fn as_written(&mut self, key: &'static str) -> Option<String> {
+        match self.get(key)?.get_ref() {
+            DeValue::String(s) => Some(s.to_string()),
+            _ => None,
+        }
+    }
+
     /// A string with `${ENV}` filled in.
     pub fn string(&mut self, errs: &mut Errors, key: &'static str) -> Option<(String, Span)> {
         let v = self.typed(key, Kind::String)?;

@@ -110,14 +110,16 @@ pub struct Exporter {
 
 impl Exporter {
     pub fn start(settings: &ExportSettings) -> Result<Exporter, String> {
-        let uri: Uri = settings
-            .endpoint
-            .parse()
-            .map_err(|e| format!("OTLP endpoint `{}`: {e}", settings.endpoint))?;
+        let uri: Uri = settings.endpoint.parse().map_err(|e| {
+            format!(
+                "OTLP endpoint `{}`: {e}",
+                crate::redact::url(&settings.endpoint)
+            )
+        })?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
             return Err(format!(
                 "OTLP endpoint `{}` is not an http(s) URL",
-                settings.endpoint
+                crate::redact::url(&settings.endpoint)
             ));
         }
         let mut headers = Vec::new();
@@ -367,7 +369,7 @@ fn export(rt: &tokio::runtime::Runtime, client: &HttpsClient, post: &mut Post, b
                 METRICS.trace_spans("failed", n);
                 post.failed_this_round = true;
                 if !std::mem::replace(&mut post.failing, true) {
-                    tracing::warn!(error = %e, endpoint = %post.uri, "trace export failing; spans are dropped until the collector answers");
+                    tracing::warn!(error = %e, endpoint = %crate::redact::url(&post.uri.to_string()), "trace export failing; spans are dropped until the collector answers");
                 }
             }
         }
@@ -524,6 +526,11 @@ mod tests {
         let err = |s: ExportSettings| Exporter::start(&s).err().unwrap_or_default();
         assert!(err(settings("localhost:4318/v1/traces", vec![])).contains("OTLP endpoint"));
         assert!(err(settings("ftp://c/v1/traces", vec![])).contains("not an http(s) URL"));
+        let hidden = err(settings("ftp://u:s3cret@c/v1/traces", vec![]));
+        assert!(
+            hidden.contains("ftp://***@c") && !hidden.contains("s3cret"),
+            "{hidden}"
+        );
         assert!(
             err(settings(
                 "http://c:4318/v1/traces",

@@ -45,11 +45,15 @@ pub struct Base {
     prefix: String,
     /// The `host` header every request to it carries (never the userinfo).
     host: HeaderValue,
+    /// `authorization: Basic ...` from the URL's userinfo (`https://user:pass@host`),
+    /// sent with every request to it in place of any forwarded `authorization`.
+    auth: Option<HeaderValue>,
 }
 
 impl Base {
     pub fn new(url: &url::Url) -> Result<Self, String> {
-        let text = url.as_str().trim_end_matches('/');
+        let shown = crate::redact::url(url.as_str());
+        let text = shown.trim_end_matches('/');
         let host = match (url.host_str(), url.port()) {
             (Some(h), Some(p)) => format!("{h}:{p}"),
             (Some(h), None) => h.to_owned(),
@@ -62,6 +66,7 @@ impl Base {
                 .map_err(|e| format!("`{text}` is not a valid URL: {e}"))?,
             prefix: url.path().trim_end_matches('/').to_owned(),
             host: HeaderValue::from_str(&host).map_err(|e| format!("`{text}`: {e}"))?,
+            auth: basic_auth(url),
         })
     }
 
@@ -73,6 +78,23 @@ impl Base {
             Uri::try_from(format!("{}{path_and_query}", self.prefix)).ok()
         }
     }
+}
+
+/// The URL's userinfo as a basic `authorization` value (RFC 7617), marked sensitive so
+/// that no log or trace of the headers shows it.
+fn basic_auth(url: &url::Url) -> Option<HeaderValue> {
+    use base64::Engine;
+    if url.username().is_empty() && url.password().is_none() {
+        return None;
+    }
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).collect::<Vec<u8>>();
+    let mut pair = decode(url.username());
+    pair.push(b':');
+    pair.extend(decode(url.password().unwrap_or("")));
+    let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 struct Idle {
@@ -147,6 +169,10 @@ impl Pool {
     ) -> Result<(Response<Incoming>, Lease), BoxError> {
         let to = &self.bases[base];
         req.headers_mut().insert(header::HOST, to.host.clone());
+        if let Some(auth) = &to.auth {
+            req.headers_mut()
+                .insert(header::AUTHORIZATION, auth.clone());
+        }
         let lease = |sender| Lease {
             pool: self.clone(),
             base,

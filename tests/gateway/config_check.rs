@@ -178,3 +178,31 @@ fn schema_is_locked_by_snapshot() {
     let schema: serde_json::Value = serde_json::from_str(&out).unwrap();
     insta::assert_json_snapshot!("routes_schema", schema);
 }
+
+/// A URL's credentials never show in `check`'s output, even in a broken file.
+#[test]
+fn check_never_prints_url_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.toml");
+    std::fs::write(
+        &file,
+        r#"[telemetry]
+otlp_endpoint = "ftp://collector:s3cret-otlp@otel:4318"
+
+[upstreams.users]
+urls = ["http://svc:s3cret-user@", "gopher://svc:s3cret-other@users:1"]
+
+[[routes]]
+path = "/u"
+  [[routes.backends]]
+  upstream = "users"
+  path = "/u"
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = manifold(&["check", file.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("otlp_endpoint"), "{err}");
+    assert!(!out.contains("s3cret") && !err.contains("s3cret"), "{err}");
+    assert!(err.contains("***"), "{err}");
+}

@@ -791,3 +791,56 @@ async fn upstreams_without_max_concurrency_get_a_default_cap() {
         .unwrap();
     assert_eq!(routes["upstreams"]["bounded"]["max_concurrency"], 1024);
 }
+
+#[tokio::test]
+async fn url_credentials_go_as_basic_auth_and_are_never_shown() {
+    let up = Upstream::json(json!({"ok": 1})).await;
+    let with_auth = up.url().replace("http://", "http://svc%40corp:s3cret@");
+    let gw = Gateway::start(&format!(
+        r#"[upstreams.secretive]
+urls = ["{with_auth}"]
+
+[[routes]]
+name = "secretive"
+path = "/s"
+forward_headers = ["authorization"]
+  [[routes.backends]]
+  upstream = "secretive"
+  path = "/s?key=${{PATH}}"
+"#
+    ))
+    .await;
+    let r = gw
+        .send(
+            gw.client
+                .get(format!("{}/s", gw.base))
+                .header("authorization", "Bearer the-clients"),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    // "svc@corp:s3cret", base64.
+    assert_eq!(seen.headers["authorization"], "Basic c3ZjQGNvcnA6czNjcmV0");
+    assert_eq!(seen.headers.get_all("authorization").iter().count(), 1);
+
+    let routes = gw
+        .client
+        .get(format!("{}/routes", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!routes.contains("s3cret"), "{routes}");
+    let routes: Value = serde_json::from_str(&routes).unwrap();
+    let url = routes["upstreams"]["secretive"]["urls"][0]
+        .as_str()
+        .unwrap();
+    assert!(url.starts_with("http://***@127.0.0.1:"), "{url}");
+    let path = &routes["routes"][0]["backends"][0]["path"];
+    assert_eq!(
+        path, "/s?key=${PATH}",
+        "as written, the environment's value not shown"
+    );
+}
