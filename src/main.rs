@@ -210,10 +210,10 @@ fn run(config: Result<Config, String>, demo: bool, watched: Option<PathBuf>) -> 
             tokio::select! {
                 () = &mut shutdown => break,
                 Some(why) = reloads.events.recv() => {
-                    // Editors write in bursts (truncate, write, rename): wait for quiet.
-                    tokio::time::sleep(Duration::from_millis(150)).await;
-                    while reloads.events.try_recv().is_ok() {}
                     if let Some(path) = &watched {
+                        // Editors and templating tools write in bursts (truncate, then
+                        // write, then rename): read the file once it has settled.
+                        settled(path, &mut reloads.events).await;
                         tracing::info!(trigger = why, "reloading the config");
                         let _ = server.reload_file(path);
                     }
@@ -230,6 +230,37 @@ fn run(config: Result<Config, String>, demo: bool, watched: Option<PathBuf>) -> 
             ExitCode::FAILURE
         }
     })
+}
+
+/// A file is settled once its size and modification time stay the same, with no
+/// change event, for this long.
+const SETTLE_QUIET: Duration = Duration::from_millis(300);
+/// A file that never settles is read after this long anyway (the reload then refuses
+/// it if it is incomplete, and the old config keeps serving).
+const SETTLE_MAX: Duration = Duration::from_secs(5);
+
+/// Waits until the config file has stopped changing: a writer that truncates it and
+/// writes the new text 200 ms later must not have its empty file loaded.
+async fn settled(path: &Path, events: &mut tokio::sync::mpsc::Receiver<&'static str>) {
+    let stat = || {
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()))
+    };
+    let give_up = tokio::time::Instant::now() + SETTLE_MAX;
+    let mut last = stat();
+    loop {
+        tokio::time::sleep(SETTLE_QUIET).await;
+        let mut changed = false;
+        while events.try_recv().is_ok() {
+            changed = true;
+        }
+        let now = stat();
+        if (!changed && now == last) || tokio::time::Instant::now() >= give_up {
+            return;
+        }
+        last = now;
+    }
 }
 
 /// What starts a reload: SIGHUP, or a change to the config file. The watcher lives as

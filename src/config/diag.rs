@@ -98,8 +98,18 @@ impl Diagnostics {
         let files = SimpleFile::new(self.file.as_str(), self.source.as_str());
         let config = term::Config::default();
         for d in &self.items {
+            if self.source.is_empty() {
+                // No text to point into (an empty or unreadable file): the place alone.
+                let mut text = format!("error: {}\n  --> {}:1:1\n", d.message, self.file);
+                for note in &d.notes {
+                    text.push_str(&format!("  = {note}\n"));
+                }
+                text.push('\n');
+                out.get_mut().extend_from_slice(text.as_bytes());
+                continue;
+            }
             let mut labels = Vec::new();
-            if !self.source.is_empty() {
+            {
                 let span = clamp(&self.source, &d.span);
                 labels.push(Label::primary((), span).with_message(d.label.clone()));
                 if let Some((span, msg)) = &d.secondary {

@@ -38,6 +38,15 @@ pub fn check(config: &Config, text: &str, errs: &mut Errors) {
         seen
     };
 
+    // An empty or half-written file would otherwise load as a gateway that answers
+    // 404 to everything, and a reload would count that as a success.
+    if config.routes.is_empty() {
+        errs.push(
+            Diagnostic::new(0..0, "the config has no [[routes]]")
+                .label("a gateway without routes answers 404 to every request")
+                .note("add at least one [[routes]] with a [[routes.backends]]"),
+        );
+    }
     check_routes_table(config, errs);
 
     for route in &config.routes {

@@ -206,3 +206,17 @@ path = "/u"
     assert!(!out.contains("s3cret") && !err.contains("s3cret"), "{err}");
     assert!(err.contains("***"), "{err}");
 }
+
+/// An empty file (a writer caught midway) is not a valid gateway with no routes.
+#[test]
+fn a_config_without_routes_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.toml");
+    for text in ["", "[server]\nlisten = \"127.0.0.1:8080\"\n"] {
+        std::fs::write(&file, text).unwrap();
+        let (code, _, err) = manifold(&["check", file.to_str().unwrap()]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("no [[routes]]"), "{err}");
+        assert!(err.contains("routes.toml:1:1"), "{err}");
+    }
+}

@@ -251,3 +251,100 @@ async fn the_binary_reloads_on_sighup_and_on_file_change() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// A writer that truncates the file and writes the new one 200 ms later (`render >
+/// routes.toml`): the watcher waits for the file to settle, so no request meets an
+/// empty config, and no reload is refused or counted for the empty file.
+#[tokio::test]
+async fn the_watcher_waits_for_a_file_being_written() {
+    let steady = Upstream::json(json!({"ok": true})).await;
+    let port = crate::support::dead_addr().await.port();
+    let admin_port = crate::support::dead_addr().await.port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    let server = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n"
+    );
+    let body = |n: usize| config(&steady.url(), &steady.url(), n).replacen(SERVER, &server, 1);
+    std::fs::write(&path, body(0)).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_manifold"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let status = move |p: &str| {
+        let url = format!("http://127.0.0.1:{port}{p}");
+        let client = reqwest::Client::new();
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    for _ in 0..100 {
+        if status("/a").await == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status("/a").await, 200, "the binary never served");
+
+    // Requests all along, while the file is truncated and then written.
+    let stop = Arc::new(AtomicBool::new(false));
+    let not_ok = Arc::new(AtomicUsize::new(0));
+    let load = tokio::spawn({
+        let (stop, not_ok) = (stop.clone(), not_ok.clone());
+        let status = status.clone();
+        async move {
+            while !stop.load(Ordering::SeqCst) {
+                if status("/a").await != 200 {
+                    not_ok.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    });
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::io::Write::write_all(&mut &file, body(1).as_bytes()).unwrap();
+    drop(file);
+    let mut served = false;
+    for _ in 0..60 {
+        if status("/new/0").await == 200 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    assert!(served, "the new file was loaded");
+    assert_eq!(
+        not_ok.load(Ordering::SeqCst),
+        0,
+        "no request met the empty file"
+    );
+    let metrics = client
+        .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("manifold_config_reloads_total{result=\"error\"} 0"),
+        "{metrics}"
+    );
+    child.kill().await.unwrap();
+}
