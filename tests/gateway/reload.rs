@@ -206,30 +206,37 @@ async fn the_binary_reloads_on_sighup_and_on_file_change() {
 
     // Invalid: refused, the last good config keeps serving.
     std::fs::write(&path, "this is = not [valid").unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(get("/new/1".into()).await, 200);
-    let metrics = client
-        .get(format!("http://127.0.0.1:{admin_port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     // The in-place edit may be seen by both the watcher and SIGHUP: at least, not exactly.
-    let count = |series: &str| -> f64 {
+    let count = |metrics: &str, series: &str| -> f64 {
         metrics
             .lines()
             .find(|l| l.starts_with(series))
             .and_then(|l| l[series.len()..].trim().parse().ok())
             .unwrap_or(0.0)
     };
+    // The watcher reads it once settled (300 ms quiet), then refuses it.
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = client
+            .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if count(&metrics, "manifold_config_reloads_total{result=\"error\"}") >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
-        count("manifold_config_reloads_total{result=\"error\"}") >= 1.0,
+        count(&metrics, "manifold_config_reloads_total{result=\"error\"}") >= 1.0,
         "{metrics}"
     );
+    assert_eq!(get("/new/1".into()).await, 200);
     assert!(
-        count("manifold_config_reloads_total{result=\"ok\"}") >= 2.0,
+        count(&metrics, "manifold_config_reloads_total{result=\"ok\"}") >= 2.0,
         "{metrics}"
     );
     assert_eq!(
@@ -301,7 +308,6 @@ async fn the_watcher_waits_for_a_file_being_written() {
     let not_ok = Arc::new(AtomicUsize::new(0));
     let load = tokio::spawn({
         let (stop, not_ok) = (stop.clone(), not_ok.clone());
-        let status = status.clone();
         async move {
             while !stop.load(Ordering::SeqCst) {
                 if status("/a").await != 200 {
