@@ -9,6 +9,11 @@
 //! Answers already in memory (a merged body, a cached one) are always charged, so the
 //! count stays true, and they push new calls out rather than being dropped.
 //!
+//! An h2 connection multiplexes many requests, so one client could pin the whole budget
+//! with answers it never reads. Each connection therefore has a [`Share`] too
+//! (`buffer_per_connection`): the answers of its requests count against both, and
+//! past its share its new requests are refused before they cost anything.
+//!
 //! One counter per gateway, kept across reloads (the limit is re-read). Charges are
 //! released when dropped, whoever holds them last.
 
@@ -26,7 +31,29 @@ pub struct Charge(Arc<Held>);
 
 struct Held {
     budget: Arc<Budget>,
+    share: Option<Arc<Share>>,
     bytes: AtomicU64,
+}
+
+/// One connection's part of the budget.
+#[derive(Debug)]
+pub struct Share {
+    cap: u64,
+    used: AtomicU64,
+}
+
+impl Share {
+    pub fn new(cap: u64) -> Arc<Self> {
+        Arc::new(Share {
+            cap,
+            used: AtomicU64::new(0),
+        })
+    }
+
+    /// Past its cap: the connection's new requests are refused.
+    pub fn is_full(&self) -> bool {
+        self.used.load(Ordering::Relaxed) > self.cap
+    }
 }
 
 impl Budget {
@@ -55,35 +82,50 @@ impl Budget {
         self.limit.load(Ordering::Relaxed)
     }
 
-    /// A charge of nothing yet, to grow as a body arrives.
-    pub fn start(self: &Arc<Self>) -> Charge {
+    /// A charge of nothing yet, to grow as a body arrives; against `share` too, if any.
+    pub fn start(self: &Arc<Self>, share: Option<&Arc<Share>>) -> Charge {
         Charge(Arc::new(Held {
             budget: self.clone(),
+            share: share.cloned(),
             bytes: AtomicU64::new(0),
         }))
     }
 
     /// Charges bytes that are in memory already, whether or not they fit.
-    pub fn charge(self: &Arc<Self>, bytes: u64) -> Charge {
+    pub fn charge(self: &Arc<Self>, bytes: u64, share: Option<&Arc<Share>>) -> Charge {
         self.used.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(s) = share {
+            s.used.fetch_add(bytes, Ordering::Relaxed);
+        }
         Charge(Arc::new(Held {
             budget: self.clone(),
+            share: share.cloned(),
             bytes: AtomicU64::new(bytes),
         }))
     }
 }
 
 impl Charge {
-    /// Adds `bytes` if they fit in what is left; false (and nothing added) if not.
+    /// Adds `bytes` if they fit in what is left of the budget and of the share; false
+    /// (and nothing added) if not.
     pub fn grow(&self, bytes: u64) -> bool {
-        let budget = &self.0.budget;
+        let held = &self.0;
+        let budget = &held.budget;
         let limit = budget.limit.load(Ordering::Relaxed);
         let before = budget.used.fetch_add(bytes, Ordering::Relaxed);
         if before.saturating_add(bytes) > limit {
             budget.used.fetch_sub(bytes, Ordering::Relaxed);
             return false;
         }
-        self.0.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(share) = &held.share {
+            let before = share.used.fetch_add(bytes, Ordering::Relaxed);
+            if before.saturating_add(bytes) > share.cap {
+                share.used.fetch_sub(bytes, Ordering::Relaxed);
+                budget.used.fetch_sub(bytes, Ordering::Relaxed);
+                return false;
+            }
+        }
+        held.bytes.fetch_add(bytes, Ordering::Relaxed);
         true
     }
 
@@ -94,9 +136,11 @@ impl Charge {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.budget
-            .used
-            .fetch_sub(*self.bytes.get_mut(), Ordering::Relaxed);
+        let bytes = *self.bytes.get_mut();
+        self.budget.used.fetch_sub(bytes, Ordering::Relaxed);
+        if let Some(share) = &self.share {
+            share.used.fetch_sub(bytes, Ordering::Relaxed);
+        }
     }
 }
 
@@ -107,7 +151,7 @@ mod tests {
     #[test]
     fn charges_fit_the_limit_and_are_given_back_by_the_last_holder() {
         let b = Budget::new(100);
-        let c = b.start();
+        let c = b.start(None);
         assert!(c.grow(60));
         assert!(!c.grow(50), "would pass the limit");
         assert_eq!(b.used(), 60);
@@ -115,13 +159,30 @@ mod tests {
         let shared = c.clone();
         drop(c);
         assert_eq!(b.used(), 60, "a clone still holds it");
-        let forced = b.charge(70);
+        let forced = b.charge(70, None);
         assert_eq!(b.used(), 130, "answers in memory are always counted");
         assert!(!b.has_room());
         drop(shared);
         drop(forced);
         assert_eq!(b.used(), 0);
         b.set_limit(10);
-        assert!(!b.start().grow(11));
+        assert!(!b.start(None).grow(11));
+    }
+
+    #[test]
+    fn a_share_caps_one_connection_within_the_budget() {
+        let b = Budget::new(1000);
+        let share = Share::new(100);
+        let c = b.start(Some(&share));
+        assert!(c.grow(80));
+        assert!(!c.grow(30), "past the share");
+        assert_eq!(b.used(), 80, "nothing left behind by the refusal");
+        let other = b.start(None);
+        assert!(other.grow(500), "other connections still have room");
+        let forced = b.charge(40, Some(&share));
+        assert!(share.is_full());
+        drop((c, forced));
+        assert!(!share.is_full());
+        assert_eq!(b.used(), 500);
     }
 }

@@ -13,9 +13,10 @@
 //!   window or h2 stream window stays shut — closes the connection, as nginx's
 //!   `send_timeout` does. (hyper has no way to reset one h2 stream from outside, so the
 //!   whole connection goes; it frees every answer the connection pins.)
-//! - **unsent answers**: a connection whose client has not taken answers of more than
-//!   a sixteenth of `buffer_capacity` gets 503 for its new requests until it does, so
-//!   one h2 client cannot pin the whole budget.
+//! - **`buffer_per_connection`**: what an h2 connection's requests buffer — answers
+//!   being read and answers its client has not taken — counts against its own share of
+//!   `buffer_capacity`; past it its new requests get 503 until it takes them, so one
+//!   h2 client cannot pin the whole budget.
 //!
 //! The requests keep a few counters per connection ([`Activity`]); one timer per
 //! connection, in the connection's own task, acts on them. The request path reads no
@@ -29,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Request, Response, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -42,7 +43,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::body::{Body, BoxError};
-use crate::budget::{Budget, Charge};
+use crate::budget::{Budget, Charge, Share};
 use crate::config::ServerConfig;
 use crate::forward::Peer;
 use crate::metrics::{ConnectionMetrics, METRICS};
@@ -57,8 +58,8 @@ pub struct Limits {
     pub header_read: Duration,
     pub idle: Duration,
     pub send: Duration,
-    /// Bytes of answers not yet taken past which new requests get 503.
-    pub unsent: u64,
+    /// Bytes one connection's requests may buffer (see [`crate::budget::Share`]).
+    pub per_connection: u64,
     pub max_header_size: usize,
     pub budget: Arc<Budget>,
 }
@@ -69,7 +70,7 @@ impl Limits {
             header_read: server.header_read_timeout,
             idle: server.idle_timeout,
             send: server.send_timeout,
-            unsent: (server.buffer_capacity / 16).max(1 << 20),
+            per_connection: server.buffer_per_connection,
             max_header_size: usize::try_from(server.max_header_size).unwrap_or(usize::MAX),
             budget,
         }
@@ -185,12 +186,10 @@ pub struct Activity {
     /// Answers waiting for the client to take more, by the watchdog's epoch parity.
     waiting: [AtomicU32; 2],
     epoch: AtomicU32,
-    /// Bytes of buffered answers handed to hyper and not yet dropped.
-    unsent: AtomicU64,
 }
 
-/// A marker in the request's extensions: its connection pins more unsent answers than
-/// its share of `buffer_capacity`, so the request is refused (503) before it costs more.
+/// A marker in the request's extensions: its connection holds more than its share of
+/// `buffer_capacity`, so the request is refused (503) before it costs more.
 #[derive(Clone, Copy, Debug)]
 pub struct Crowded;
 
@@ -205,7 +204,6 @@ impl Activity {
             h2: AtomicBool::new(false),
             waiting: [AtomicU32::new(0), AtomicU32::new(0)],
             epoch: AtomicU32::new(0),
-            unsent: AtomicU64::new(0),
         })
     }
 
@@ -267,21 +265,16 @@ pub struct Tracked {
     body: Body,
     /// The epoch slot this answer waits in, while it waits on the client.
     waiting: Option<usize>,
-    unsent: u64,
     _charge: Option<Charge>,
     request: RequestGuard,
 }
 
 impl Tracked {
-    fn new(body: Body, request: RequestGuard, budget: &Arc<Budget>) -> Self {
+    fn new(body: Body, request: RequestGuard, budget: &Arc<Budget>, share: &Arc<Share>) -> Self {
         let a = &request.0;
-        let (unsent, charge) = match &body {
-            Body::Full(Some(bytes)) => {
-                let n = bytes.len() as u64;
-                a.unsent.fetch_add(n, Ordering::Relaxed);
-                (n, Some(budget.charge(n)))
-            }
-            _ => (0, None),
+        let charge = match &body {
+            Body::Full(Some(bytes)) => Some(budget.charge(bytes.len() as u64, Some(share))),
+            _ => None,
         };
         // Until hyper first polls it, the answer waits on the client: with an h2
         // stream window of zero, hyper never does.
@@ -289,7 +282,6 @@ impl Tracked {
         Tracked {
             body,
             waiting,
-            unsent,
             _charge: charge,
             request,
         }
@@ -335,15 +327,16 @@ impl Drop for Tracked {
         if let Some(slot) = self.waiting.take() {
             a.waiting[slot].fetch_sub(1, Ordering::Relaxed);
         }
-        a.unsent.fetch_sub(self.unsent, Ordering::Relaxed);
     }
 }
 
 // === impl Watched ===
 
-/// The client's socket, noting when a new HTTP/1 head starts to arrive.
+/// The client's socket, noting when a new HTTP/1 head starts to arrive; what
+/// [`first_head`] read comes first.
 struct Watched {
     io: TcpStream,
+    first: Bytes,
     activity: Arc<Activity>,
 }
 
@@ -354,6 +347,11 @@ impl AsyncRead for Watched {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if !this.first.is_empty() {
+            let n = this.first.len().min(buf.remaining());
+            buf.put_slice(&this.first.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.io).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -394,6 +392,49 @@ impl AsyncWrite for Watched {
 }
 
 // === the connection's task ===
+
+/// Reads a new connection's first request head (or the h2 preface) into a buffer the
+/// size of what arrived, as nginx does: a client that sends half a head, or nothing,
+/// costs a small task and a few hundred bytes until `header_read_timeout`, where
+/// hyper's connection would hold two 8 KB buffers. Stops at `limit` bytes (hyper then
+/// refuses the head). `Err(true)`: no head by `deadline`.
+async fn first_head(
+    stream: &TcpStream,
+    limit: usize,
+    deadline: Instant,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Bytes, bool> {
+    let mut buf = BytesMut::new();
+    let timer = tokio::time::sleep_until(deadline);
+    let mut timer = pin!(timer);
+    loop {
+        tokio::select! {
+            ready = stream.readable() => {
+                if ready.is_err() {
+                    return Err(false);
+                }
+            }
+            () = &mut timer => return Err(true),
+            _ = stop.changed() => return Err(false),
+        }
+        // Grows with what arrives: a few hundred bytes for most heads.
+        buf.reserve(buf.len().max(512));
+        match stream.try_read_buf(&mut buf) {
+            Ok(0) => return Err(false),
+            Ok(_) if head_is_in(&buf) || buf.len() >= limit => return Ok(buf.freeze()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return Err(false),
+        }
+    }
+}
+
+/// A whole HTTP/1 head, or the start of the h2 preface (hyper takes h2 from there).
+fn head_is_in(buf: &[u8]) -> bool {
+    buf.starts_with(b"PRI ")
+        || buf.windows(4).any(|w| w == b"\r\n\r\n")
+        || buf.windows(2).any(|w| w == b"\n\n")
+}
 
 /// Why the watchdog ends a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -491,31 +532,49 @@ pub async fn serve<F, Fut>(
     let activity = Activity::new();
     let metrics = &place.0.metrics;
     let addr = peer.addr;
+    let deadline = activity.accepted + limits.header_read;
+    let first = match first_head(&stream, limits.max_header_size * 2, deadline, &mut stop).await {
+        Ok(head) => head,
+        Err(timed_out) => {
+            if timed_out {
+                metrics.closed(Verdict::HeaderTimeout.reason());
+            }
+            return;
+        }
+    };
     let io = Watched {
         io: stream,
+        first,
         activity: activity.clone(),
     };
     let service = {
         let activity = activity.clone();
         let budget = limits.budget.clone();
-        let unsent_cap = limits.unsent;
+        let share = Share::new(limits.per_connection);
         service_fn(move |mut req: Request<Incoming>| {
             let request = activity.begin(req.version());
-            if activity.unsent.load(Ordering::Relaxed) > unsent_cap {
+            if share.is_full() {
                 req.extensions_mut().insert(Crowded);
             }
-            let answer = handler(req, peer.clone());
-            let budget = budget.clone();
+            let mut peer = peer.clone();
+            // An HTTP/1.1 connection has one request at a time, bounded by its answers'
+            // max_response_body; only h2 multiplexes enough to need the share.
+            if req.version() == Version::HTTP_2 {
+                peer.share = Some(share.clone());
+            }
+            let answer = handler(req, peer);
+            let (budget, share) = (budget.clone(), share.clone());
             async move {
                 let resp = answer.await;
                 Ok::<_, std::convert::Infallible>(
-                    resp.map(|body| Tracked::new(body, request, &budget)),
+                    resp.map(|body| Tracked::new(body, request, &budget, &share)),
                 )
             }
         })
     };
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    let mut conn = pin!(conn);
+    // Boxed: made only once a head is in, so a connection that never sends one costs
+    // a small task, not hyper's connection state.
+    let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), service));
     let mut dog = Watchdog {
         limits,
         activity: activity.clone(),

@@ -42,6 +42,8 @@ pub struct Call<'a> {
     pub deadline: Instant,
     /// The server span: each backend's span goes under it.
     pub span: &'a Span,
+    /// The client connection's part of `buffer_capacity` (h2 connections).
+    pub share: Option<&'a std::sync::Arc<crate::budget::Share>>,
 }
 
 /// How one backend went, for the access log and, later, metrics.
@@ -311,6 +313,7 @@ async fn call_backend(
         span: &span.span,
         span_name: &b.span_name,
         cache_miss,
+        share: call.share,
     };
     let upstream_call = || b.upstream.call(&spec);
     let ((mut reply, mut attempts), mut made_call) = match &key {

@@ -3,8 +3,11 @@
 //! The header set is built once per client request and shared by its backend calls.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::budget::Share;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -176,6 +179,9 @@ fn forwarded_for(client: &HeaderMap, peer: &Peer) -> HeaderValue {
 pub struct Peer {
     pub addr: SocketAddr,
     pub ip_header: HeaderValue,
+    /// The connection's part of `buffer_capacity`, on h2 connections (see
+    /// [`crate::budget`]): what its requests buffer counts against it.
+    pub share: Option<Arc<Share>>,
 }
 
 impl Peer {
@@ -183,7 +189,11 @@ impl Peer {
         // ::ffff:a.b.c.d (an IPv4 client on a dual-stack listener) is written as a.b.c.d.
         let ip_header = HeaderValue::from_str(&addr.ip().to_canonical().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Peer { addr, ip_header }
+        Peer {
+            addr,
+            ip_header,
+            share: None,
+        }
     }
 }
 

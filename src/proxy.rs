@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::access_log::{self, AccessRecord};
 use crate::body::Body;
+use crate::budget::Share;
 use crate::cache::{self, Hints, Lookup};
 use crate::connection::Crowded;
 use crate::error::{CLIENT_CLOSED_REQUEST, ClientFault, GatewayError};
@@ -250,7 +251,18 @@ async fn serve(
     // Boxed: this future is kilobytes, and without the box every level above it (and
     // so every pass-through request, which never gets here) would carry and copy it.
     Box::pin(aggregate(
-        gateway, route, &parts, body, headers, query, params, deadline, request_id, record, span,
+        gateway,
+        route,
+        &parts,
+        body,
+        headers,
+        query,
+        params,
+        deadline,
+        request_id,
+        record,
+        span,
+        peer.share.as_ref(),
     ))
     .await
 }
@@ -269,6 +281,7 @@ async fn aggregate(
     request_id: &HeaderValue,
     record: &mut AccessRecord,
     span: &mut Span,
+    share: Option<&Arc<Share>>,
 ) -> Result<Response<Body>, GatewayError> {
     // A client trickling its body must not hold the answer past the deadline either.
     let reading = async {
@@ -297,6 +310,7 @@ async fn aggregate(
         vary: &vary,
         cache: &gateway.cache,
         span,
+        share,
     };
     let Some(cache_config) = &route.cache else {
         let (bytes, completed, _) = merged(route, &call, record).await?;

@@ -62,6 +62,8 @@ pub struct ServerConfig {
     /// Bytes of upstream answers held in memory at once, across all requests; past it
     /// a new upstream call fails at once (OVERLOADED).
     pub buffer_capacity: u64,
+    /// Of those, what one h2 connection's requests may hold.
+    pub buffer_per_connection: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +194,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_HEADER_SIZE: u64 = 32 << 10;
 pub const DEFAULT_BUFFER_CAPACITY: u64 = 256 << 20;
+pub const DEFAULT_BUFFER_PER_CONNECTION: u64 = 16 << 20;
 /// Calls in flight to one upstream when it sets no `max_concurrency` (Envoy's default).
 pub const DEFAULT_MAX_CONCURRENCY: u32 = 1024;
 /// Rate-limit keys a route remembers when it sets no `max_keys`.
@@ -354,6 +357,7 @@ fn read_server(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<ServerConfig>
         other => other.map(|(n, _)| n),
     };
     let buffer_capacity = t.size(errs, "buffer_capacity").map(|(n, _)| n);
+    let buffer_per_connection = t.size(errs, "buffer_per_connection").map(|(n, _)| n);
     let workers = match t.count(errs, "workers") {
         Some((n, span)) if n == 0 || n > 1024 => {
             errs.push(
@@ -406,6 +410,7 @@ fn read_server(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<ServerConfig>
         max_connections,
         max_header_size: max_header_size.unwrap_or(DEFAULT_MAX_HEADER_SIZE),
         buffer_capacity: buffer_capacity.unwrap_or(DEFAULT_BUFFER_CAPACITY),
+        buffer_per_connection: buffer_per_connection.unwrap_or(DEFAULT_BUFFER_PER_CONNECTION),
     })
 }
 

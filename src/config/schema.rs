@@ -163,6 +163,9 @@ fn refine(path: &str) -> Option<Value> {
         "/server/max_header_size" => {
             json!({"description": "Bytes of a request head (path, query, header names and values), HTTP/1.1 and h2 alike: 414 or 431 past it. Default 32KiB; 1KiB to 1MiB."})
         }
+        "/server/buffer_per_connection" => {
+            json!({"description": "Of buffer_capacity, what one h2 connection's requests may hold (answers being read and answers its client has not taken); past it its new requests get 503. Default 16MiB."})
+        }
         "/server/buffer_capacity" => {
             json!({"description": "Bytes of upstream answers held in memory at once, across all requests; past it new upstream calls fail at once (OVERLOADED). Default 256MiB."})
         }

@@ -24,7 +24,7 @@ pub mod limit;
 pub mod pool;
 
 use crate::body::{BodyWatch, BoxError, RequestBody};
-use crate::budget::{Budget, Charge};
+use crate::budget::{Budget, Charge, Share};
 use crate::config::{DEFAULT_MAX_CONCURRENCY, UpstreamSettings};
 use crate::error::{ClientFault, Failure};
 use breaker::{Breaker, BreakerState, Permit};
@@ -378,7 +378,7 @@ impl Upstream {
                 Err(Failure::BadResponse("an unexpected status"))
             } else {
                 let hints = Hints::from_headers(resp.headers());
-                read_limited(resp, limit, &self.budget)
+                read_limited(resp, limit, &self.budget, spec.share)
                     .await
                     .map(|(body, charge)| (status, body, hints, charge))
             };
@@ -420,6 +420,8 @@ pub struct CallSpec<'a> {
     pub span_name: &'a Arc<str>,
     /// The backend's cache was asked and had nothing (the attempt says so).
     pub cache_miss: bool,
+    /// The client connection's part of `buffer_capacity` (h2), which the answer counts against too.
+    pub share: Option<&'a Arc<Share>>,
 }
 
 /// The client span of one attempt (CONTRACT §6), marked as cut short if the attempt
@@ -531,6 +533,7 @@ async fn read_limited(
     resp: Response<Incoming>,
     limit: u64,
     budget: &Arc<Budget>,
+    share: Option<&Arc<Share>>,
 ) -> Result<(Bytes, Charge), Failure> {
     const TOO_LARGE: Failure = Failure::BadResponse("the body is larger than max_response_body");
     let declared = resp
@@ -542,7 +545,7 @@ async fn read_limited(
         return Err(TOO_LARGE);
     }
     let mut body = resp.into_body();
-    let charge = budget.start();
+    let charge = budget.start(share);
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
