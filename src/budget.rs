@@ -54,6 +54,11 @@ impl Share {
     pub fn is_full(&self) -> bool {
         self.used.load(Ordering::Relaxed) > self.cap
     }
+
+    /// Whether `bytes` more would take it past its cap.
+    pub fn would_pass(&self, bytes: u64) -> bool {
+        self.used.load(Ordering::Relaxed).saturating_add(bytes) > self.cap
+    }
 }
 
 impl Budget {

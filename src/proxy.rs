@@ -84,8 +84,20 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> 
         backends: Vec::new(),
     };
     let head = req.method() == Method::HEAD;
+    let share = peer.share.clone();
     let mut done = Finish::new(shared, gateway.clone(), record, span);
     let mut response = match serve(&gateway, req, peer, &request_id, &mut done).await {
+        // An h2 connection whose client leaves its answers unread gets no more than its
+        // share pinned: an answer that would pass it is let go, and 503 sent instead.
+        Ok(r)
+            if share
+                .as_ref()
+                .is_some_and(|s| s.would_pass(buffered_len(&r))) =>
+        {
+            let e = GatewayError::Crowded;
+            done.record.error = Some(e.code());
+            e.into_response(&request_id)
+        }
         Ok(r) => r,
         Err(e) => {
             done.record.error = Some(e.code());
@@ -102,6 +114,14 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> 
         }
     }
     response
+}
+
+/// Bytes of a buffered answer (0 for a streamed one).
+fn buffered_len(r: &Response<Body>) -> u64 {
+    match r.body() {
+        Body::Full(Some(b)) => b.len() as u64,
+        _ => 0,
+    }
 }
 
 /// Counts, measures and logs a request however it ends: answered, or dropped midway
