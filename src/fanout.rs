@@ -212,7 +212,9 @@ pub fn render(
                 };
                 match lookup(value, path) {
                     Some(Value::String(v)) => push_encoded(&mut s, v),
-                    Some(Value::Number(n)) => s.push_str(&n.to_string()),
+                    // The upstream's exact text (`arbitrary_precision`), encoded like
+                    // every value: `1E+5` must not put a raw `+` in a query.
+                    Some(Value::Number(n)) => push_encoded(&mut s, n.as_str()),
                     Some(Value::Bool(v)) => s.push_str(if *v { "true" } else { "false" }),
                     _ => {
                         return Err(Failure::MissingField {
@@ -225,8 +227,21 @@ pub fn render(
         }
     }
     if let Some(q) = query {
-        s.push(if s.contains('?') { '&' } else { '?' });
-        s.push_str(q);
+        let mut sep = if s.contains('?') { '&' } else { '?' };
+        if b.own_query.is_empty() {
+            s.push(sep);
+            s.push_str(q);
+        } else {
+            for pair in q.split('&') {
+                let name = pair.split('=').next().unwrap_or("");
+                let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+                if !b.own_query.iter().any(|own| *own == name) {
+                    s.push(sep);
+                    s.push_str(pair);
+                    sep = '&';
+                }
+            }
+        }
     }
     Ok(s)
 }

@@ -82,6 +82,9 @@ pub struct Backend {
     pub span_name: Arc<str>,
     /// `backend NAME`: the backend span's name.
     pub backend_span: Arc<str>,
+    /// Query parameters the backend's own path sets: a client's forwarded ones of the
+    /// same name are not added (the route's word wins, and no name comes twice).
+    pub own_query: Vec<String>,
 }
 
 /// Methods a retry may repeat (CONTRACT §5); POST too when the client sent
@@ -289,7 +292,26 @@ fn compile_backend(
         default: b.default.clone(),
         decode: Decode::Value,
         cache_ttl: b.cache_ttl,
+        own_query: own_query_names(&b.path),
     })
+}
+
+/// The names of the query parameters a backend path sets (`/o?customer={id}&limit=5`:
+/// customer, limit), percent-decoded.
+fn own_query_names(path: &str) -> Vec<String> {
+    let Some((_, query)) = path.split_once('?') else {
+        return Vec::new();
+    };
+    query
+        .split('&')
+        .filter_map(|pair| pair.split('=').next())
+        .filter(|name| !name.is_empty())
+        .map(|name| {
+            percent_encoding::percent_decode_str(name)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect()
 }
 
 /// What a route means, without where it sits in the file (spans), so moving or

@@ -18,6 +18,7 @@ pub mod error;
 pub mod fanout;
 pub mod forward;
 pub mod gateway;
+pub mod json;
 pub mod merge;
 pub mod metrics;
 pub mod openapi;

@@ -6,11 +6,15 @@
 //! An answer is decoded only as far as its use needs ([`Decode`]): one that is placed
 //! under a `group` unchanged (at most with a `target`) and that no other backend reads
 //! stays JSON text, checked but never built into a tree, and is copied into the
-//! response as is. Merged responses have their keys in sorted order.
+//! response as is. Either way it is checked by the same rule first ([`crate::json`]),
+//! so an answer is refused or taken alike on every route. Numbers keep their exact
+//! text (serde_json's `arbitrary_precision`). Merged responses have their keys in
+//! sorted order.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
+use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -18,13 +22,15 @@ use serde_json::value::RawValue;
 use crate::error::{BackendError, Failure};
 use crate::fanout::Slot;
 use crate::gateway::{Backend, Route};
+use crate::json;
 
 /// A backend's answer, decoded as far as its use needs.
 #[derive(Debug, Clone)]
 pub enum Answer {
     Value(Value),
-    /// JSON text as the upstream sent it (validated; `target` already applied).
-    Raw(Box<RawValue>),
+    /// JSON text as the upstream sent it (validated; `target` already applied): a
+    /// slice of the upstream's body, not a copy.
+    Raw(Bytes),
 }
 
 /// How far to decode a backend's answer; decided once at load.
@@ -203,29 +209,40 @@ fn rename(value: &mut Value, renames: &[(String, String)]) {
 }
 
 /// Decodes an upstream's 2xx body as the backend's plan says. An empty body is `null`.
-pub fn decode(b: &Backend, body: &[u8]) -> Result<Answer, Failure> {
+pub fn decode(b: &Backend, body: &Bytes) -> Result<Answer, Failure> {
     const NOT_JSON: Failure = Failure::BadResponse("the body is not JSON");
-    if body.iter().all(u8::is_ascii_whitespace) {
+    let start = body.iter().position(|c| !c.is_ascii_whitespace());
+    let Some(start) = start else {
         return Ok(Answer::Value(Value::Null));
-    }
+    };
     // One UTF-8 check of the whole body is cheaper than serde_json's per string.
     let text = std::str::from_utf8(body).map_err(|_| NOT_JSON)?;
+    json::validate(body).map_err(|e| Failure::BadResponse(e.what))?;
     if b.decode == Decode::Raw {
         match &b.shape.target {
             None => {
-                return serde_json::from_str::<Box<RawValue>>(text)
-                    .map(Answer::Raw)
-                    .map_err(|_| NOT_JSON);
+                let end = body.len()
+                    - body
+                        .iter()
+                        .rev()
+                        .take_while(|c| c.is_ascii_whitespace())
+                        .count();
+                return Ok(Answer::Raw(body.slice(start..end)));
             }
             Some(path) => {
                 let mut de = serde_json::Deserializer::from_str(text);
-                if let Ok(found) = TargetSeed(path).deserialize(&mut de)
-                    && de.end().is_ok()
-                {
-                    return Ok(found.map_or(Answer::Value(Value::Null), Answer::Raw));
+                if let Ok(found) = TargetSeed(path).deserialize(&mut de) {
+                    return Ok(match found {
+                        // A slice of the text, so of the body: no copy.
+                        Some(raw) => {
+                            let at = raw.get().as_ptr() as usize - text.as_ptr() as usize;
+                            Answer::Raw(body.slice(at..at + raw.get().len()))
+                        }
+                        None => Answer::Value(Value::Null),
+                    });
                 }
-                // Not JSON, or an array on the way to the target (the target then
-                // applies per element): the general path below decides.
+                // An array on the way to the target (the target then applies per
+                // element): the general path below decides.
             }
         }
     }
@@ -238,7 +255,7 @@ pub fn decode(b: &Backend, body: &[u8]) -> Result<Answer, Failure> {
 struct TargetSeed<'p>(&'p [String]);
 
 impl<'de> DeserializeSeed<'de> for TargetSeed<'_> {
-    type Value = Option<Box<RawValue>>;
+    type Value = Option<&'de RawValue>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
@@ -246,7 +263,7 @@ impl<'de> DeserializeSeed<'de> for TargetSeed<'_> {
 }
 
 impl<'de> Visitor<'de> for TargetSeed<'_> {
-    type Value = Option<Box<RawValue>>;
+    type Value = Option<&'de RawValue>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
@@ -261,7 +278,7 @@ impl<'de> Visitor<'de> for TargetSeed<'_> {
             if !hit {
                 map.next_value::<IgnoredAny>()?;
             } else if rest.is_empty() {
-                found = Some(map.next_value::<Box<RawValue>>()?);
+                found = Some(map.next_value::<&'de RawValue>()?);
             } else {
                 found = map.next_value_seed(TargetSeed(rest))?;
             }
@@ -325,7 +342,7 @@ pub struct Root {
 
 enum Part {
     Value(Value),
-    Raw(Box<RawValue>),
+    Raw(Bytes),
 }
 
 impl Root {
@@ -348,8 +365,8 @@ impl Root {
     }
 
     /// Puts kept text under `key` (a backend's group).
-    pub fn place_raw(&mut self, key: &str, raw: Box<RawValue>) {
-        self.raw_len += raw.get().len();
+    pub fn place_raw(&mut self, key: &str, raw: Bytes) {
+        self.raw_len += raw.len();
         self.entries.insert(key.to_string(), Part::Raw(raw));
     }
 
@@ -368,7 +385,7 @@ impl Root {
                 Part::Value(v) => {
                     let _ = serde_json::to_writer(&mut out, v);
                 }
-                Part::Raw(r) => out.extend_from_slice(r.get().as_bytes()),
+                Part::Raw(r) => out.extend_from_slice(r),
             }
         }
         out.push(b'}');
@@ -506,10 +523,7 @@ mod tests {
         root.place("flags", None, json!({"beta": true, "x": 1}));
         root.place("later", None, json!({"x": 2}));
         root.place("recs", None, json!([1, 2]));
-        root.place_raw(
-            "raw",
-            serde_json::from_str(r#"{"kept" : "as sent"}"#).unwrap(),
-        );
+        root.place_raw("raw", Bytes::from_static(br#"{"kept" : "as sent"}"#));
         let out: Value = serde_json::from_slice(&root.to_bytes()).unwrap();
         assert_eq!(
             out,

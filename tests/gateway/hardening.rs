@@ -844,3 +844,98 @@ forward_headers = ["authorization"]
         "as written, the environment's value not shown"
     );
 }
+
+#[tokio::test]
+async fn an_invalid_answer_is_refused_alike_on_shaped_and_unshaped_routes() {
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let bodies = [
+        deep,
+        r#"{"n": 1e999999}"#.to_string(),
+        r#"{"s": "\ud800"}"#.to_string(),
+    ];
+    for body in bodies {
+        let up = Upstream::start(move |_| {
+            let body = body.clone();
+            async move { crate::support::raw(200, "application/json", body) }
+        })
+        .await;
+        let gw = Gateway::start(&format!(
+            "{}
+[[routes]]
+name = \"unshaped\"
+path = \"/unshaped\"
+  [[routes.backends]]
+  upstream = \"bad_json\"
+  path = \"/\"
+  group = \"data\"
+
+[[routes]]
+name = \"shaped\"
+path = \"/shaped\"
+  [[routes.backends]]
+  upstream = \"bad_json\"
+  path = \"/\"
+  group = \"data\"
+  deny = [\"secret\"]
+",
+            crate::support::upstream("bad_json", &up.url(), "")
+        ))
+        .await;
+        gw.get("/unshaped")
+            .await
+            .error(502, "UPSTREAM_BAD_RESPONSE");
+        gw.get("/shaped").await.error(502, "UPSTREAM_BAD_RESPONSE");
+    }
+}
+
+#[tokio::test]
+async fn numbers_keep_their_exact_text_and_rendered_values_are_encoded() {
+    let up = Upstream::start(|s| async move {
+        if s.uri.path() == "/a" {
+            crate::support::raw(
+                200,
+                "application/json",
+                r#"{"id": 12345678901234567890123456789, "big": 1E+308, "price": 0.10, "name": "x"}"#,
+            )
+        } else {
+            json(200, json!({"ok": true}))
+        }
+    })
+    .await;
+    let gw = Gateway::start(&format!(
+        "{}
+[[routes]]
+name = \"exact\"
+path = \"/exact\"
+forward_query = [\"limit\", \"lang\"]
+  [[routes.backends]]
+  name = \"a\"
+  upstream = \"numbers\"
+  path = \"/a\"
+  group = \"a\"
+  allow = [\"id\", \"big\", \"price\"]
+
+  [[routes.backends]]
+  name = \"b\"
+  upstream = \"numbers\"
+  path = \"/b/{{a.id}}?big={{a.big}}&limit=5\"
+  group = \"b\"
+",
+        crate::support::upstream("numbers", &up.url(), "")
+    ))
+    .await;
+    let r = gw.get("/exact?limit=100&lang=de").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let text = String::from_utf8_lossy(&r.body);
+    assert!(
+        text.contains(r#""id":12345678901234567890123456789"#),
+        "{text}"
+    );
+    // Exact but for the exponent letter, which serde_json writes as `e`.
+    assert!(text.contains(r#""big":1e+308"#), "{text}");
+    assert!(text.contains(r#""price":0.10"#), "{text}");
+    let seen = up.last();
+    assert_eq!(seen.uri.path(), "/b/12345678901234567890123456789");
+    // The backend's own `limit` wins; the client's is not added beside it.
+    assert_eq!(seen.uri.query(), Some("big=1e%2B308&limit=5&lang=de"));
+}
