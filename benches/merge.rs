@@ -46,7 +46,7 @@ fn merge(c: &mut Criterion) {
     let config = manifold::config::parse("bench.toml", CONFIG).expect("bench config is valid");
     let gateway = Gateway::build(config, None, 1).expect("builds");
     let route = &gateway.routes[0];
-    let bodies = [USER, ORDERS, RECS];
+    let bodies = [USER, ORDERS, RECS].map(bytes::Bytes::from_static);
 
     let mut group = c.benchmark_group("dashboard");
     group.throughput(criterion::Throughput::Bytes(
@@ -57,7 +57,7 @@ fn merge(c: &mut Criterion) {
             let results = route
                 .backends
                 .iter()
-                .zip(bodies)
+                .zip(&bodies)
                 .map(|(backend, body)| Some(manifold::merge::decode(backend, black_box(body))))
                 .collect();
             black_box(manifold::merge::assemble(route, results).expect("merges"))

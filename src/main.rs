@@ -165,6 +165,8 @@ fn run(config: Result<Config, String>, demo: bool, watched: Option<PathBuf>) -> 
     runtime.block_on(async move {
         let format = config.telemetry.log_format;
         let (sink, _guard) = manifold::telemetry::init(format);
+        let shutdown = shutdown_signal();
+        let mut reloads = reload_triggers(watched.as_deref());
         // Every client connection and every upstream connection is a descriptor; the
         // soft limit is often 1024 while the hard one allows far more.
         match rlimit::increase_nofile_limit(u64::MAX) {
@@ -203,8 +205,6 @@ fn run(config: Result<Config, String>, demo: bool, watched: Option<PathBuf>) -> 
         if format == LogFormat::Pretty {
             tracing::info!("press Ctrl-C to stop");
         }
-        let mut reloads = reload_triggers(watched.as_deref());
-        let shutdown = wait_for_signal();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -273,9 +273,10 @@ struct Reloads {
 fn reload_triggers(path: Option<&Path>) -> Reloads {
     let (tx, events) = tokio::sync::mpsc::channel(16);
     let hup = tx.clone();
+    // Registered now, not when the task first runs: SIGHUP's default is to terminate.
+    let sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut sighup) = signal(SignalKind::hangup()) else {
+        let Ok(mut sighup) = sighup else {
             return;
         };
         while sighup.recv().await.is_some() {
@@ -319,18 +320,23 @@ fn watch_file(
     Some(watcher)
 }
 
-/// SIGTERM or SIGINT (Ctrl-C).
-async fn wait_for_signal() {
+/// SIGTERM or SIGINT (Ctrl-C), listened for from the moment this is called: a
+/// signal that arrives while the listeners start must drain, not kill, the process.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
