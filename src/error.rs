@@ -189,6 +189,8 @@ pub enum GatewayError {
     /// The request's connection holds more answers its client has not taken than its
     /// share of `buffer_capacity`.
     Crowded,
+    /// No room left in `buffer_capacity` for the merged answer.
+    BufferFull,
     Backend(BackendError),
 }
 
@@ -231,7 +233,7 @@ impl GatewayError {
             GatewayError::ClientClosed => CLIENT_CLOSED_REQUEST,
             GatewayError::BadParameter { .. } => StatusCode::BAD_REQUEST,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            GatewayError::Crowded => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Crowded | GatewayError::BufferFull => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Backend(e) => failure_status(&e.failure),
         }
     }
@@ -248,7 +250,7 @@ impl GatewayError {
             GatewayError::ClientClosed => "CLIENT_CLOSED_REQUEST",
             GatewayError::BadParameter { .. } => "BAD_PARAMETER",
             GatewayError::RateLimited { .. } => "RATE_LIMITED",
-            GatewayError::Crowded => "OVERLOADED",
+            GatewayError::Crowded | GatewayError::BufferFull => "OVERLOADED",
             GatewayError::Backend(e) => failure_code(&e.failure),
         }
     }
@@ -287,6 +289,9 @@ impl GatewayError {
             }
             GatewayError::Crowded => {
                 "this connection holds too many answers its client has not read yet".into()
+            }
+            GatewayError::BufferFull => {
+                "the gateway holds as many answers as it may; try again shortly".into()
             }
             GatewayError::Backend(e) => backend_message(e),
         }

@@ -42,7 +42,8 @@ pub struct Call<'a> {
     pub deadline: Instant,
     /// The server span: each backend's span goes under it.
     pub span: &'a Span,
-    /// The client connection's part of `buffer_capacity` (h2 connections).
+    /// `buffer_capacity`, and the client connection's part of it (h2 connections).
+    pub budget: &'a std::sync::Arc<crate::budget::Budget>,
     pub share: Option<&'a std::sync::Arc<crate::budget::Share>>,
 }
 

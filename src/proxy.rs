@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::access_log::{self, AccessRecord};
 use crate::body::Body;
-use crate::budget::Share;
+use crate::budget::{Charge, Share};
 use crate::cache::{self, Hints, Lookup};
 use crate::connection::Crowded;
 use crate::error::{CLIENT_CLOSED_REQUEST, ClientFault, GatewayError};
@@ -330,6 +330,7 @@ async fn aggregate(
         vary: &vary,
         cache: &gateway.cache,
         span,
+        budget: &gateway.budget,
         share,
     };
     let Some(cache_config) = &route.cache else {
@@ -405,6 +406,13 @@ async fn merged(
     record.backends = reports(route, fan.reports);
     if let Some(e) = fan.required_failure {
         return Err(GatewayError::Backend(e));
+    }
+    // The merged body is about as large as the answers it is made of: room for it
+    // first, while the answers are still held, or 503 instead of growing memory.
+    let size: u64 = fan.charges.iter().map(Charge::bytes).sum();
+    let room = call.budget.start(call.share);
+    if !room.grow(size) {
+        return Err(GatewayError::BufferFull);
     }
     let (bytes, completed) = merge::assemble(route, fan.results).map_err(GatewayError::Backend)?;
     record.partial = !completed;

@@ -683,7 +683,7 @@ async fn past_max_connections_new_ones_are_refused_and_admin_still_answers() {
 
 #[tokio::test]
 async fn buffered_answers_share_one_budget_past_which_calls_fail_at_once() {
-    // Every answer: 700 KB of JSON sent at once, then the rest when `release` says so.
+    // `/big/N`: N × 100 KB of JSON sent at once, then the rest when `release` says so.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let release = std::sync::Arc::new(tokio::sync::Notify::new());
@@ -693,13 +693,19 @@ async fn buffered_answers_share_one_budget_past_which_calls_fail_at_once() {
             let go = go.clone();
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]);
+                let size: usize = head
+                    .split_once("/big/")
+                    .and_then(|(_, rest)| rest.split(' ').next()?.parse().ok())
+                    .unwrap_or(1)
+                    * 100_000;
                 let mut start = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{{\"a\":\"",
-                    700_006
+                    size + 6
                 )
                 .into_bytes();
-                start.extend(std::iter::repeat_n(b'x', 700_000));
+                start.extend(std::iter::repeat_n(b'x', size));
                 start.extend_from_slice(b"\r\n");
                 if s.write_all(&start).await.is_err() {
                     return;
@@ -738,26 +744,27 @@ path = \"/big/{{n}}\"
     };
     let first = tokio::spawn({
         let (client, base) = (gw.client.clone(), gw.base.clone());
-        async move { client.get(format!("{base}/big/1")).send().await.unwrap() }
+        async move { client.get(format!("{base}/big/5")).send().await.unwrap() }
     });
-    // Wait until the first answer's 700 KB are held.
+    // Wait until the first answer's 500 KB are held.
     let mut held = 0.0;
     for _ in 0..500 {
         held = metrics(&gw).await;
-        if held >= 700_000.0 {
+        if held >= 500_000.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(held >= 700_000.0, "held {held}");
-    // A second answer would pass 1 MiB: it fails as it arrives, at once.
-    let second = gw.get("/big/2").await;
+    assert!(held >= 500_000.0, "held {held}");
+    // A second answer of 800 KB would pass 1 MiB: it fails as it arrives, at once.
+    let second = gw.get("/big/8").await;
     second.error(503, "OVERLOADED");
     assert!(second.elapsed < Duration::from_secs(2));
     release.notify_waiters();
+    // The first has room for itself and its merged copy (1 MB of 1 MiB).
     let first = first.await.unwrap();
     assert_eq!(first.status(), 200);
-    assert_eq!(first.bytes().await.unwrap().len(), 700_008);
+    assert_eq!(first.bytes().await.unwrap().len(), 500_008);
     // Let go once answered: room again.
     let mut left = 1.0;
     for _ in 0..500 {
