@@ -137,6 +137,18 @@ impl Charge {
     pub fn bytes(&self) -> u64 {
         self.0.bytes.load(Ordering::Relaxed)
     }
+
+    /// Gives back what is held above `bytes` (the memory shrank).
+    pub fn shrink_to(&self, bytes: u64) {
+        let held = &self.0;
+        let before = held.bytes.load(Ordering::Relaxed);
+        let back = before.saturating_sub(bytes);
+        held.bytes.fetch_sub(back, Ordering::Relaxed);
+        held.budget.used.fetch_sub(back, Ordering::Relaxed);
+        if let Some(share) = &held.share {
+            share.used.fetch_sub(back, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for Held {
@@ -172,6 +184,13 @@ mod tests {
         assert_eq!(b.used(), 0);
         b.set_limit(10);
         assert!(!b.start(None).grow(11));
+        b.set_limit(100);
+        let c = b.start(None);
+        assert!(c.grow(64));
+        c.shrink_to(40);
+        assert_eq!((c.bytes(), b.used()), (40, 40));
+        drop(c);
+        assert_eq!(b.used(), 0);
     }
 
     #[test]

@@ -528,7 +528,9 @@ impl ClientSpan {
 }
 
 /// Reads a whole body, refusing one larger than `limit` bytes without buffering it all,
-/// and one that would pass `buffer_capacity` as it arrives.
+/// and one whose buffer would pass `buffer_capacity` as it grows. What is charged is
+/// the memory taken, not the bytes read: a buffer that doubles as an unannounced body
+/// arrives holds up to twice them (an announced length is reserved exactly).
 async fn read_limited(
     resp: Response<Incoming>,
     limit: u64,
@@ -557,20 +559,41 @@ async fn read_limited(
         if total as u64 > limit {
             return Err(TOO_LARGE);
         }
-        if !charge.grow(chunk.len() as u64) {
+        // Most JSON answers arrive in one chunk: keep it without copying.
+        let held = match first.take() {
+            None if buf.is_empty() => {
+                first = Some(chunk);
+                total
+            }
+            f => {
+                let needed = f.as_ref().map_or(0, Bytes::len) + buf.len() + chunk.len();
+                if buf.capacity() < needed {
+                    buf.reserve(declared.map_or(needed, |d| d as usize).max(needed) - buf.len());
+                }
+                if let Some(f) = f {
+                    buf.extend_from_slice(&f);
+                }
+                buf.extend_from_slice(&chunk);
+                buf.capacity()
+            }
+        };
+        if !charge.grow((held as u64).saturating_sub(charge.bytes())) {
             return Err(Failure::BufferFull);
         }
-        // Most JSON answers arrive in one chunk: keep it without copying.
-        match first.take() {
-            None if buf.is_empty() => first = Some(chunk),
-            Some(f) => {
-                buf.extend_from_slice(&f);
-                buf.extend_from_slice(&chunk);
-            }
-            None => buf.extend_from_slice(&chunk),
-        }
     }
-    Ok((first.unwrap_or_else(|| buf.freeze()), charge))
+    let body = match first {
+        Some(only) => only,
+        // A buffer that doubled past the body is copied down to size, so the answer
+        // holds (and is charged for) no more than itself while it waits to be merged.
+        None if buf.capacity() > buf.len() + buf.len() / 4 => {
+            let exact = Bytes::copy_from_slice(&buf);
+            drop(buf);
+            charge.shrink_to(exact.len() as u64);
+            exact
+        }
+        None => buf.freeze(),
+    };
+    Ok((body, charge))
 }
 
 fn connector(
