@@ -4,6 +4,10 @@ proxies' CPU per request, so a change to the hot path can be judged in a minute.
 
     cargo build --release
     python3 benches/passthrough_ab.py [--rounds 5] [--duration 5] [--bin A --bin B ...]
+    python3 benches/passthrough_ab.py --fanout --bin A --bin B   # the fan-out instead
+
+With --fanout, the binaries serve the benchmark's fan-out of three with a different id
+on every request (distinct-ids.lua: nothing can be coalesced) and nginx is left out.
 
 Each round runs nginx-as-proxy and every manifold binary given (default
 target/release/manifold), in alternating order so machine drift hits all alike; medians.
@@ -40,6 +44,7 @@ def main():
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--bin", action="append", help="a manifold binary (repeat to compare)")
+    ap.add_argument("--fanout", action="store_true", help="fan-out of three, distinct ids, instead of pass-through")
     args = ap.parse_args()
     bins = args.bin or [os.path.join(ROOT, "target/release/manifold")]
     for b in bins:
@@ -67,10 +72,12 @@ def main():
         wait_port(7101)
         time.sleep(0.3)
         nginx_pids = [proxy.pid] + children(proxy.pid)
-        targets = [("nginx", "http://127.0.0.1:7101/api/users/42", nginx_pids, None)]
+        targets = [] if args.fanout else [("nginx", "http://127.0.0.1:7101/api/users/42", nginx_pids, None)]
         config = f"{SHARED}/routes.bench.toml"
+        url = "http://127.0.0.1:7103/api/dashboard/" if args.fanout else "http://127.0.0.1:7103/api/users/42"
+        script = f"{SHARED}/distinct-ids.lua" if args.fanout else None
         for i, b in enumerate(bins):
-            targets.append((f"manifold{i}" if len(bins) > 1 else "manifold", "http://127.0.0.1:7103/api/users/42", None, b))
+            targets.append((f"manifold{i}" if len(bins) > 1 else "manifold", url, None, b))
         results = {t[0]: [] for t in targets}
         for rnd in range(args.rounds):
             order = targets if rnd % 2 == 0 else list(reversed(targets))
@@ -82,7 +89,7 @@ def main():
                     time.sleep(0.3)
                     pids = [gw.pid]
                 before = cpu_seconds(pids)
-                rps, p99 = wrk(url, args.duration, args.connections)
+                rps, p99 = wrk(url, args.duration, args.connections, script if binary else None)
                 cpu_us = (cpu_seconds(pids) - before) / (rps * args.duration) * 1e6
                 results[name].append((rps, p99, cpu_us))
                 if gw:
@@ -97,7 +104,7 @@ def main():
             med = [statistics.median(r[i] for r in runs) for i in range(3)]
             base = base or med[0]
             print(f"{name:<10} {med[0]:>9.0f} {med[1]:>8.2f} {med[2]:>11.1f}  "
-                  f"{' '.join(f'{r[0]:.0f}' for r in runs)}  ({med[0] / base:.2f}x nginx)")
+                  f"{' '.join(f'{r[0]:.0f}' for r in runs)}  ({med[0] / base:.2f}x {targets[0][0]})")
     finally:
         stop_all(procs, work)
 

@@ -275,6 +275,59 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends, an upstream gets only the gateway's own headers,
+        /// the client's accept/trace/idempotency headers and the listed ones — never a
+        /// hop-by-hop header or one the client's `connection` names.
+        #[test]
+        fn only_listed_headers_reach_an_upstream(
+            sent in proptest::collection::vec(("[a-z][a-z-]{0,8}", "[ -~]{0,12}"), 0..12),
+            listed in proptest::collection::vec("[a-z][a-z-]{0,8}", 0..4),
+            connection in proptest::collection::vec("[a-z][a-z-]{0,8}", 0..3),
+            star in proptest::bool::ANY,
+        ) {
+            let mut client = HeaderMap::new();
+            for (name, value) in &sent {
+                if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+                    client.append(n, v);
+                }
+            }
+            if let Ok(v) = HeaderValue::from_str(&connection.join(", ")) {
+                client.insert(header::CONNECTION, v);
+            }
+            let forward = if star {
+                Forward::All
+            } else {
+                Forward::Only(
+                    listed
+                        .iter()
+                        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                        .filter(|n| !is_gateway_owned(n))
+                        .collect(),
+                )
+            };
+            let peer = Peer::new("192.0.2.1:1000".parse().unwrap());
+            let out = upstream_headers(&client, &forward, &HeaderValue::from_static("id"), &peer);
+            let named: Vec<HeaderName> = connection_named(&client).collect();
+            for name in out.keys() {
+                let own = [X_REQUEST_ID, X_FORWARDED_FOR, X_FORWARDED_PROTO];
+                if own.contains(name) {
+                    continue;
+                }
+                proptest::prop_assert!(!is_hop_by_hop(name), "{}", name);
+                proptest::prop_assert!(!named.contains(name), "{}", name);
+                let always = [TRACEPARENT, TRACESTATE, header::ACCEPT, IDEMPOTENCY_KEY];
+                let allowed = always.contains(name)
+                    || match &forward {
+                        Forward::All => true,
+                        Forward::Only(list) => list.contains(name),
+                    };
+                proptest::prop_assert!(allowed, "{} was not listed", name);
+                proptest::prop_assert!(client.contains_key(name), "{} came from nowhere", name);
+            }
+        }
+    }
+
     #[test]
     fn request_id_kept_when_sane() {
         let mut h = HeaderMap::new();

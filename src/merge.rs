@@ -12,12 +12,9 @@
 //! sorted order.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use bytes::Bytes;
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
-use serde_json::value::RawValue;
 
 use crate::error::{BackendError, Failure};
 use crate::fanout::Slot;
@@ -217,10 +214,13 @@ pub fn decode(b: &Backend, body: &Bytes) -> Result<Answer, Failure> {
     };
     // One UTF-8 check of the whole body is cheaper than serde_json's per string.
     let text = std::str::from_utf8(body).map_err(|_| NOT_JSON)?;
-    json::validate(body).map_err(|e| Failure::BadResponse(e.what))?;
+    let bad = |e: json::Invalid| Failure::BadResponse(e.what);
     if b.decode == Decode::Raw {
+        // Validated and, with a target, found in one pass; kept as a slice of the
+        // body, not a copy.
         match &b.shape.target {
             None => {
+                json::validate(body).map_err(bad)?;
                 let end = body.len()
                     - body
                         .iter()
@@ -229,108 +229,19 @@ pub fn decode(b: &Backend, body: &Bytes) -> Result<Answer, Failure> {
                         .count();
                 return Ok(Answer::Raw(body.slice(start..end)));
             }
-            Some(path) => {
-                let mut de = serde_json::Deserializer::from_str(text);
-                if let Ok(found) = TargetSeed(path).deserialize(&mut de) {
-                    return Ok(match found {
-                        // A slice of the text, so of the body: no copy.
-                        Some(raw) => {
-                            let at = raw.get().as_ptr() as usize - text.as_ptr() as usize;
-                            Answer::Raw(body.slice(at..at + raw.get().len()))
-                        }
-                        None => Answer::Value(Value::Null),
-                    });
-                }
-                // An array on the way to the target (the target then applies per
-                // element): the general path below decides.
-            }
+            Some(path) => match json::validate_at(body, path).map_err(bad)? {
+                json::Target::At(r) => return Ok(Answer::Raw(body.slice(r))),
+                json::Target::Missing => return Ok(Answer::Value(Value::Null)),
+                // The target then applies per element: the general path below.
+                json::Target::ThroughArray => {}
+            },
         }
+    } else {
+        json::validate(body).map_err(bad)?;
     }
     serde_json::from_str(text)
         .map(Answer::Value)
         .map_err(|_| NOT_JSON)
-}
-
-/// Finds `target` inside an object without building anything else of it.
-struct TargetSeed<'p>(&'p [String]);
-
-impl<'de> DeserializeSeed<'de> for TargetSeed<'_> {
-    type Value = Option<&'de RawValue>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for TargetSeed<'_> {
-    type Value = Option<&'de RawValue>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let Some((seg, rest)) = self.0.split_first() else {
-            return Err(de::Error::custom("empty target"));
-        };
-        let mut found = None;
-        while let Some(hit) = map.next_key_seed(KeyIs(seg))? {
-            if !hit {
-                map.next_value::<IgnoredAny>()?;
-            } else if rest.is_empty() {
-                found = Some(map.next_value::<&'de RawValue>()?);
-            } else {
-                found = map.next_value_seed(TargetSeed(rest))?;
-            }
-        }
-        Ok(found)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
-        Err(de::Error::custom("array on the target path"))
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-}
-
-/// Compares an object key with `self.0` without allocating it.
-struct KeyIs<'a>(&'a str);
-
-impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
-    type Value = bool;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for KeyIs<'_> {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object key")
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<bool, E> {
-        Ok(v == self.0)
-    }
 }
 
 /// The response object being built: sorted keys, values either trees or kept text.
@@ -533,23 +444,6 @@ mod tests {
             String::from_utf8(root.to_bytes())
                 .unwrap()
                 .contains(r#"{"kept" : "as sent"}"#)
-        );
-    }
-
-    #[test]
-    fn target_seed_finds_nested_text_and_skips_the_rest() {
-        let path = s(&["data", "items"]);
-        let mut de = serde_json::Deserializer::from_str(
-            r#"{"x": [1, {"items": 0}], "data": {"items": [1, {"a": "b"}], "z": 1}}"#,
-        );
-        let found = TargetSeed(&path).deserialize(&mut de).unwrap().unwrap();
-        assert_eq!(found.get(), r#"[1, {"a": "b"}]"#);
-        let mut de = serde_json::Deserializer::from_str(r#"{"data": 5}"#);
-        assert!(TargetSeed(&path).deserialize(&mut de).unwrap().is_none());
-        let mut de = serde_json::Deserializer::from_str(r#"{"data": [{"items": 1}]}"#);
-        assert!(
-            TargetSeed(&path).deserialize(&mut de).is_err(),
-            "arrays fall back to the general path"
         );
     }
 

@@ -147,6 +147,32 @@ mod tests {
         assert_eq!(s, "a%20b%2Fc%3Fd%26e%3Df%23g%25%C3%A9");
     }
 
+    proptest::proptest! {
+        /// Any text parses or is refused with an offset inside it; never a panic.
+        #[test]
+        fn parsing_never_panics(s in ".{0,64}") {
+            match Template::parse(&s) {
+                Ok(t) => {
+                    for p in t.placeholders() {
+                        proptest::prop_assert!(s[p.offset..].starts_with('{'), "placeholder at {}", p.offset);
+                    }
+                }
+                Err((offset, _)) => proptest::prop_assert!(offset <= s.len()),
+            }
+        }
+
+        /// An encoded value holds only unreserved characters and `%XX`, and decodes
+        /// back to itself: a value can never add a path segment or a query parameter.
+        #[test]
+        fn encoded_values_round_trip(value in "\\PC{0,32}") {
+            let mut out = String::new();
+            push_encoded(&mut out, &value);
+            proptest::prop_assert!(out.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b)));
+            let back = percent_encoding::percent_decode_str(&out).decode_utf8().unwrap();
+            proptest::prop_assert_eq!(back, value);
+        }
+    }
+
     #[test]
     fn route_param_names() {
         assert_eq!(

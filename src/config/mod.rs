@@ -873,3 +873,98 @@ fn read_backend(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<BackendConfi
         passthrough,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    /// Lines a config is made of: real section headers and keys with values of any
+    /// shape, plus noise.
+    fn config_ish() -> impl Strategy<Value = String> {
+        let header = proptest::sample::select(vec![
+            "[server]",
+            "[telemetry]",
+            "[upstreams.u]",
+            "[upstreams.v]",
+            "[[routes]]",
+            "[[routes.backends]]",
+            "[routes.cache]",
+            "[nope]",
+        ])
+        .prop_map(str::to_string);
+        let key = proptest::sample::select(vec![
+            "listen",
+            "admin_listen",
+            "default_timeout",
+            "max_request_body",
+            "workers",
+            "header_read_timeout",
+            "max_header_size",
+            "buffer_capacity",
+            "max_connections",
+            "trusted_proxies",
+            "urls",
+            "timeout",
+            "max_concurrency",
+            "circuit_breaker",
+            "retry",
+            "rate_limit",
+            "path",
+            "method",
+            "name",
+            "upstream",
+            "group",
+            "target",
+            "allow",
+            "deny",
+            "rename",
+            "optional",
+            "default",
+            "cache_ttl",
+            "cache",
+            "passthrough",
+            "forward_headers",
+            "forward_query",
+            "sample_ratio",
+            "log_format",
+        ]);
+        let value = prop_oneof![
+            "\"[ -~]{0,16}\"".prop_map(|s| s),
+            Just("\"${MANIFOLD_PROPTEST_UNSET}\"".to_string()),
+            Just("\"/u/{id}?x={a.b}\"".to_string()),
+            Just("\"http://127.0.0.1:1\"".to_string()),
+            Just("\"250ms\"".to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            Just("1.5".to_string()),
+            Just("true".to_string()),
+            Just("[\"a\", \"http://x\"]".to_string()),
+            Just("{ per_second = 1, burst = 0, key = \"header:x\" }".to_string()),
+            Just("{ attempts = 0 }".to_string()),
+            Just("{ ttl = \"1s\" }".to_string()),
+        ];
+        let line = prop_oneof![
+            header,
+            (key, value).prop_map(|(k, v)| format!("{k} = {v}")),
+            "[ -~]{0,20}",
+        ];
+        proptest::collection::vec(line, 0..24).prop_map(|lines| lines.join("\n"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any text loads or is refused with diagnostics that point inside it and
+        /// render; never a panic.
+        #[test]
+        fn loading_never_panics(text in config_ish()) {
+            if let Err(d) = super::parse("p.toml", &text) {
+                prop_assert!(!d.items.is_empty());
+                for item in &d.items {
+                    prop_assert!(item.span.start <= text.len() && item.span.end <= text.len() + 1);
+                }
+                let rendered = d.render();
+                prop_assert!(rendered.contains("p.toml"));
+            }
+        }
+    }
+}
