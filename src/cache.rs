@@ -229,11 +229,17 @@ impl<T: Clone> Coalescer<T> {
         self.inflight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `call` unless an identical one is in flight; returns the result and
+    /// Makes the call unless an identical one is in flight; returns the result and
     /// whether this caller made the call.
-    pub async fn run<F>(&self, key: &str, call: F) -> (T, bool)
+    ///
+    /// It takes the call's maker, not the call, and awaits it in one place: a future
+    /// passed in is stored next to the future awaiting it (rustc cannot overlap the
+    /// two), which made this future three calls large (8 KB) and every fan-out branch
+    /// that holds it copy kilobytes on its way into the task set.
+    pub async fn run<F, Fut>(&self, key: &str, call: F) -> (T, bool)
     where
-        F: std::future::Future<Output = T>,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = T>,
     {
         // Look up and register under one lock, so two callers cannot both lead.
         let (waiting, tx) = {
@@ -247,20 +253,18 @@ impl<T: Clone> Coalescer<T> {
                 }
             }
         };
-        if let Some(mut rx) = waiting {
-            if let Ok(value) = rx.wait_for(Option::is_some).await
-                && let Some(v) = value.clone()
-            {
-                return (v, false);
-            }
-            // The leader went away without an answer: make the call ourselves.
-            return (call.await, true);
+        if let Some(mut rx) = waiting
+            && let Ok(value) = rx.wait_for(Option::is_some).await
+            && let Some(v) = value.clone()
+        {
+            return (v, false);
         }
-        let _leading = Leading {
+        // Leading, or the leader went away without an answer: make the call ourselves.
+        let _leading = tx.is_some().then_some(Leading {
             coalescer: self,
             key,
-        };
-        let result = call.await;
+        });
+        let result = call().await;
         if let Some(tx) = tx {
             let _ = tx.send(Some(result.clone()));
         }
@@ -334,7 +338,7 @@ mod tests {
         for _ in 0..20 {
             let (c, calls) = (c.clone(), calls.clone());
             tasks.push(tokio::spawn(async move {
-                c.run("k", async {
+                c.run("k", || async {
                     calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     7
@@ -356,14 +360,14 @@ mod tests {
         let leader = {
             let c = c.clone();
             tokio::spawn(async move {
-                c.run("k", async { std::future::pending::<u32>().await })
+                c.run("k", || async { std::future::pending::<u32>().await })
                     .await
             })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
         let follower = {
             let c = c.clone();
-            tokio::spawn(async move { c.run("k", async { 9 }).await })
+            tokio::spawn(async move { c.run("k", || async { 9 }).await })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
         leader.abort();

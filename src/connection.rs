@@ -562,7 +562,9 @@ pub async fn serve<F, Fut>(
             if req.version() == Version::HTTP_2 {
                 peer.share = Some(share.clone());
             }
-            let answer = handler(req, peer);
+            // Boxed: the request future is kilobytes, and hyper moves what the service
+            // returns twice on its way in; a pointer moves for free.
+            let answer = Box::pin(handler(req, peer));
             let (budget, share) = (budget.clone(), share.clone());
             async move {
                 let resp = answer.await;

@@ -333,7 +333,7 @@ async fn call_backend(
     };
     let upstream_call = || b.upstream.call(&spec);
     let ((mut reply, mut attempts), mut made_call) = match &key {
-        Some(key) => b.upstream.coalescer.run(key, upstream_call()).await,
+        Some(key) => b.upstream.coalescer.run(key, upstream_call).await,
         None => (upstream_call().await, true),
     };
     // A shared call timed out on its leader's deadline; ours may be later.
