@@ -263,6 +263,8 @@ impl Drop for RequestGuard {
 /// connection's share of it) until hyper is done with it.
 pub struct Tracked {
     body: Body,
+    /// The most of a buffered answer handed to hyper at once.
+    piece: usize,
     /// The epoch slot this answer waits in, while it waits on the client.
     waiting: Option<usize>,
     _charge: Option<Charge>,
@@ -270,7 +272,13 @@ pub struct Tracked {
 }
 
 impl Tracked {
-    fn new(body: Body, request: RequestGuard, budget: &Arc<Budget>, share: &Arc<Share>) -> Self {
+    fn new(
+        body: Body,
+        request: RequestGuard,
+        budget: &Arc<Budget>,
+        share: &Arc<Share>,
+        version: Version,
+    ) -> Self {
         let a = &request.0;
         let charge = match &body {
             Body::Full(Some(bytes)) => Some(budget.charge(bytes.len() as u64, Some(share))),
@@ -279,8 +287,17 @@ impl Tracked {
         // Until hyper first polls it, the answer waits on the client: with an h2
         // stream window of zero, hyper never does.
         let waiting = (!body.is_end_stream()).then(|| a.wait());
+        // h2 buffers up to 400 KB a stream beyond its window, for up to 100 streams:
+        // pieces of one DATA frame keep that small. HTTP/1.1's write queue holds a few
+        // pieces; larger ones there mean fewer, larger writes.
+        let piece = if version == Version::HTTP_2 {
+            16 << 10
+        } else {
+            64 << 10
+        };
         Tracked {
             body,
+            piece,
             waiting,
             _charge: charge,
             request,
@@ -303,7 +320,16 @@ impl HttpBody for Tracked {
         if let Some(slot) = this.waiting.take() {
             a.waiting[slot].fetch_sub(1, Ordering::Relaxed);
         }
-        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        // A buffered answer goes out a piece at a time: given whole, hyper would move
+        // all of it into its own write queue (HTTP/1.1) or into h2's send buffer at the
+        // first byte of window, where neither `buffer_capacity` nor `send_timeout`
+        // sees it. In pieces, what the client has not taken stays here, counted.
+        let frame = match &mut this.body {
+            Body::Full(Some(bytes)) if bytes.len() > this.piece => {
+                Poll::Ready(Some(Ok(Frame::data(bytes.split_to(this.piece)))))
+            }
+            body => Pin::new(body).poll_frame(cx),
+        };
         // A frame handed over waits on the client until hyper asks again or, if it was
         // the last, lets the answer go. Pending waits on the upstream, not the client.
         if matches!(frame, Poll::Ready(Some(Ok(_)))) {
@@ -552,7 +578,8 @@ pub async fn serve<F, Fut>(
         let budget = limits.budget.clone();
         let share = Share::new(limits.per_connection);
         service_fn(move |mut req: Request<Incoming>| {
-            let request = activity.begin(req.version());
+            let version = req.version();
+            let request = activity.begin(version);
             if share.is_full() {
                 req.extensions_mut().insert(Crowded);
             }
@@ -569,7 +596,7 @@ pub async fn serve<F, Fut>(
             async move {
                 let resp = answer.await;
                 Ok::<_, std::convert::Infallible>(
-                    resp.map(|body| Tracked::new(body, request, &budget, &share)),
+                    resp.map(|body| Tracked::new(body, request, &budget, &share, version)),
                 )
             }
         })

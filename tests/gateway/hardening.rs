@@ -947,3 +947,43 @@ forward_query = [\"limit\", \"lang\"]
     // The backend's own `limit` wins; the client's is not added beside it.
     assert_eq!(seen.uri.query(), Some("big=1e%2B308&limit=5&lang=de"));
 }
+
+// A window of one byte lets hyper start on an answer; what the client has not taken
+// must still be counted and still time out.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_opens_its_window_a_crack_is_still_bounded() {
+    let big = json!({"blob": "x".repeat(300_000)});
+    let up = Upstream::json(big).await;
+    let gw = Gateway::start(&bounded(&up.url(), "buffer_per_connection = \"1MiB\"")).await;
+    let (mut send, conn) = h2_client(&gw, 1).await;
+    let started = tokio::time::Instant::now();
+    let mut pinned = Vec::new();
+    for _ in 0..2 {
+        let req = http::Request::get(format!("{}/b", gw.base))
+            .body(())
+            .unwrap();
+        let resp = send.send_request(req, true).unwrap().0.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        pinned.push(resp);
+    }
+    // Both answers are still held, and counted.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let metrics = gw
+        .client
+        .get(format!("{}/metrics", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        series(&metrics, "manifold_buffered_bytes") >= 600_000.0,
+        "{metrics}"
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(200), conn)
+        .await
+        .expect("the gateway closed the connection");
+    let waited = secs(started.elapsed());
+    assert!((30.0..61.0).contains(&waited), "cut after {waited} s");
+}
