@@ -356,8 +356,33 @@ fn read_server(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<ServerConfig>
         }
         other => other.map(|(n, _)| n),
     };
-    let buffer_capacity = t.size(errs, "buffer_capacity").map(|(n, _)| n);
-    let buffer_per_connection = t.size(errs, "buffer_per_connection").map(|(n, _)| n);
+    // Below 64 KiB every buffered answer but the smallest would be refused.
+    let at_least_64k = |errs: &mut Errors, v: Option<(u64, Span)>, key: &str| match v {
+        Some((n, span)) if n < 64 << 10 => {
+            errs.push(
+                Diagnostic::new(span, format!("{key} must be at least 64KiB"))
+                    .label("too small to hold an answer"),
+            );
+            None
+        }
+        v => v,
+    };
+    let buffer_capacity = t.size(errs, "buffer_capacity");
+    let buffer_capacity = at_least_64k(errs, buffer_capacity, "buffer_capacity").map(|(n, _)| n);
+    let buffer_per_connection = t.size(errs, "buffer_per_connection");
+    let buffer_per_connection = at_least_64k(errs, buffer_per_connection, "buffer_per_connection");
+    if let Some((n, span)) = &buffer_per_connection
+        && *n > buffer_capacity.unwrap_or(DEFAULT_BUFFER_CAPACITY)
+    {
+        errs.push(
+            Diagnostic::new(
+                span.clone(),
+                "buffer_per_connection is larger than buffer_capacity",
+            )
+            .label("a connection's share cannot pass the whole"),
+        );
+    }
+    let buffer_per_connection = buffer_per_connection.map(|(n, _)| n);
     let workers = match t.count(errs, "workers") {
         Some((n, span)) if n == 0 || n > 1024 => {
             errs.push(

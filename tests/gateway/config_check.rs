@@ -225,3 +225,47 @@ fn a_config_without_routes_is_an_error() {
         assert!(err.contains("routes.toml:1:1"), "{err}");
     }
 }
+
+/// Buffer bounds that would refuse every answer, or a share larger than the whole, are
+/// config errors.
+#[test]
+fn buffer_bounds_must_hold_an_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.toml");
+    std::fs::write(
+        &file,
+        r#"[server]
+buffer_capacity = "1MiB"
+buffer_per_connection = "2MiB"
+
+[upstreams.u]
+urls = ["http://127.0.0.1:1"]
+
+[[routes]]
+path = "/u"
+  [[routes.backends]]
+  upstream = "u"
+  path = "/u"
+"#,
+    )
+    .unwrap();
+    let (code, _, err) = manifold(&["check", file.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("buffer_per_connection is larger than buffer_capacity"),
+        "{err}"
+    );
+    std::fs::write(
+        &file,
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("\"1MiB\"", "\"1KiB\""),
+    )
+    .unwrap();
+    let (code, _, err) = manifold(&["check", file.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("buffer_capacity must be at least 64KiB"),
+        "{err}"
+    );
+}
