@@ -246,6 +246,15 @@ impl Parser<'_> {
         let start = self.at + 1;
         self.string()?;
         let key = &self.text[start..self.at - 1];
+        // serde_json reads an object with one of these keys as a number or raw text of
+        // its own (`arbitrary_precision`, `raw_value`): parsed, such an answer would
+        // mean something else than the text kept. Refused alike on every route.
+        if key.starts_with(b"$serde_json::private::") {
+            return Err(Invalid {
+                at: start,
+                what: "a key serde_json reserves",
+            });
+        }
         self.ws();
         if self.peek() != Some(b':') {
             return Err(self.fail("expected `:`"));
@@ -538,6 +547,23 @@ mod tests {
         assert!(
             validate_at(br#"{"a": 1e999}"#, &path("b")).is_err(),
             "still validates"
+        );
+    }
+
+    #[test]
+    fn keys_serde_json_reserves_are_refused() {
+        for text in [
+            r#"{"$serde_json::private::Number": "12"}"#,
+            r#"{"a": {"$serde_json::private::RawValue": [1]}}"#,
+        ] {
+            assert_eq!(
+                validate(text.as_bytes()).unwrap_err().what,
+                "a key serde_json reserves"
+            );
+        }
+        assert!(
+            validate(br#"{"a": "$serde_json::private::Number"}"#).is_ok(),
+            "as a value"
         );
     }
 

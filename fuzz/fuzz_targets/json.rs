@@ -64,6 +64,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    // Keys serde_json reserves are refused by the validator and read as numbers or raw
+    // text by serde_json itself (a unit test in src/json.rs covers them).
+    if text.contains("$serde_json::private::") {
+        return;
+    }
     let ours = manifold::json::validate(data).is_ok();
     let theirs = serde_json::from_str::<Value>(text).is_ok_and(|v| finite_everywhere(&v));
     assert_eq!(ours, theirs, "validator and serde_json disagree");

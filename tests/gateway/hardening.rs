@@ -147,15 +147,7 @@ async fn a_client_cannot_open_an_upstreams_breaker_with_bad_uploads() {
     let r = gw.get("/read").await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(gw.breaker("blameless").await, "closed");
-    let metrics = gw
-        .client
-        .get(format!("{}/metrics", gw.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     let errors = series(
         &metrics,
         r#"manifold_upstream_request_duration_seconds_count{upstream="blameless",outcome="error"}"#,
@@ -345,15 +337,7 @@ passthrough = true
             .iter()
             .any(|l| l["status"] == 405 && l["method"] == "DELETE")
     );
-    let metrics = gw
-        .client
-        .get(format!("{}/metrics", gw.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     let counted = series(
         &metrics,
         r#"http_server_request_duration_seconds_count{route="head-merged",method="DELETE",status="4xx"}"#,
@@ -497,15 +481,7 @@ async fn every_http1_connection_has_a_bounded_life() {
     let idled = secs(at - answered) - 40.0 - 10.0;
     assert!((60.0..61.5).contains(&idled), "closed after {idled} s idle");
 
-    let metrics = gw
-        .client
-        .get(format!("{}/metrics", gw.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         series(
             &metrics,
@@ -615,15 +591,7 @@ async fn a_client_that_takes_no_answer_is_cut_off_and_cannot_pin_more() {
         "send_timeout 30s: cut after {waited} s"
     );
     // The pinned answers were let go.
-    let metrics = gw
-        .client
-        .get(format!("{}/metrics", gw.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert_eq!(
         series(&metrics, "manifold_buffered_bytes"),
         0.0,
@@ -661,15 +629,7 @@ async fn past_max_connections_new_ones_are_refused_and_admin_still_answers() {
     assert_eq!(health.status(), 200);
     let metrics = health.text().await.unwrap_or_default();
     let _ = metrics;
-    let metrics = gw
-        .client
-        .get(format!("{}/metrics", gw.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         series(
             &metrics,
@@ -729,20 +689,7 @@ path = \"/big/{{n}}\"
         crate::support::upstream("budgeted", &url, "max_response_body = \"4MiB\"")
     ))
     .await;
-    let metrics = |gw: &Gateway| {
-        let (client, admin) = (gw.client.clone(), gw.admin.clone());
-        async move {
-            let text = client
-                .get(format!("{admin}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            series(&text, "manifold_buffered_bytes")
-        }
-    };
+    let metrics = async |gw: &Gateway| series(&gw.metrics().await, "manifold_buffered_bytes");
     let first = tokio::spawn({
         let (client, base) = (gw.client.clone(), gw.base.clone());
         async move { client.get(format!("{base}/big/5")).send().await.unwrap() }
@@ -968,15 +915,7 @@ async fn a_client_that_opens_its_window_a_crack_is_still_bounded() {
     }
     // Both answers are still held, and counted.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let metrics = gw
-        .client
-        .get(format!("{}/metrics", gw.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         series(&metrics, "manifold_buffered_bytes") >= 600_000.0,
         "{metrics}"

@@ -244,6 +244,18 @@ impl Gateway {
             .to_string()
     }
 
+    /// The admin `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn access_lines(&self) -> Vec<Value> {
         self.logs
             .lock()
