@@ -58,9 +58,11 @@ fn merge(c: &mut Criterion) {
                 .backends
                 .iter()
                 .zip(&bodies)
-                .map(|(backend, body)| Some(manifold::merge::decode(backend, black_box(body))))
+                .map(|(backend, body)| {
+                    Some(manifold::merge::decode(&backend.plan, black_box(body)))
+                })
                 .collect();
-            black_box(manifold::merge::assemble(route, results).expect("merges"))
+            black_box(manifold::merge::assemble(route.plans(), results).expect("merges"))
         })
     });
     group.finish();

@@ -13,8 +13,9 @@ use opentelemetry::trace::TraceId;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
+use crate::cache::Hints;
 use crate::config::LogFormat;
-use crate::fanout::Report;
+use crate::error::Outcome;
 
 /// Where whole log lines go. Each call gets exactly one line, newline included.
 pub type LogSink = Arc<dyn Fn(&[u8]) + Send + Sync>;
@@ -36,6 +37,36 @@ pub struct AccessRecord {
     /// The route cache's verdict (`hit`, `miss`, `stale`) on routes with `cache`.
     pub cache: Option<&'static str>,
     pub backends: Vec<(Arc<str>, Report)>,
+}
+
+/// How one backend went: its part of the access line.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub outcome: Outcome,
+    /// The upstream's status, when an answer came.
+    pub status: Option<u16>,
+    pub elapsed: Duration,
+    /// Calls sent to the upstream (more than one when retried; 0 when the backend
+    /// never called out: answered from cache, shared another request's call, or
+    /// refused by the breaker or a limit).
+    pub attempts: u32,
+    /// For backends with `cache_ttl`: `hit` or `miss`.
+    pub cache: Option<&'static str>,
+    /// What the upstream's `cache-control` allows (for the route cache).
+    pub hints: Hints,
+}
+
+impl Report {
+    pub fn new(outcome: Outcome, status: Option<u16>, elapsed: Duration, attempts: u32) -> Self {
+        Report {
+            outcome,
+            status,
+            elapsed,
+            attempts,
+            cache: None,
+            hints: Hints::default(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -80,7 +111,7 @@ impl Serialize for Backends<'_> {
             map.serialize_entry(
                 &**name,
                 &BackendLine {
-                    outcome: r.outcome,
+                    outcome: r.outcome.as_str(),
                     status: r.status,
                     duration_ms: ms(r.elapsed),
                     attempts: r.attempts,
@@ -150,7 +181,7 @@ pub fn write(sink: &LogSink, format: LogFormat, r: &AccessRecord) {
             let backends: Vec<String> = r
                 .backends
                 .iter()
-                .map(|(n, b)| format!("{n}={}", b.outcome))
+                .map(|(n, b)| format!("{n}={}", b.outcome.as_str()))
                 .collect();
             let trace = r
                 .trace_id

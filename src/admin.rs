@@ -6,15 +6,13 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 
-use crate::body::Body;
-use crate::gateway::Gateway;
+use crate::body::{Body, Never};
+use crate::gateway::{Gateway, Live};
 use crate::metrics::METRICS;
-use crate::proxy::plain;
 use crate::redact;
-use crate::server::Shared;
 use crate::upstream::breaker::BreakerState;
 
-pub fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+pub fn handle(shared: &Live, req: Request<Incoming>) -> Response<Body<Never>> {
     match req.uri().path() {
         "/health" => plain(StatusCode::OK, r#"{"status":"ok"}"#),
         "/ready" if shared.ready.load(Ordering::SeqCst) => {
@@ -31,7 +29,7 @@ pub fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
 }
 
 /// Prometheus text (OpenMetrics); breaker gauges are read at scrape time.
-fn metrics(gw: &Gateway) -> Response<Body> {
+fn metrics(gw: &Gateway) -> Response<Body<Never>> {
     METRICS.buffers(gw.budget.used(), gw.budget.limit());
     for r in &gw.routes {
         if let Some(l) = &r.limiter {
@@ -54,7 +52,7 @@ fn metrics(gw: &Gateway) -> Response<Body> {
     r
 }
 
-fn json_response(v: &Value) -> Response<Body> {
+fn json_response(v: &Value) -> Response<Body<Never>> {
     let mut r = Response::new(Body::from(serde_json::to_vec_pretty(v).unwrap_or_default()));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -153,4 +151,15 @@ pub fn route_table(config: &crate::config::Config) -> String {
         }
     }
     out
+}
+
+/// A fixed JSON answer.
+fn plain(status: StatusCode, body: &'static str) -> Response<Body<Never>> {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }

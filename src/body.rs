@@ -15,55 +15,35 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::error::ClientFault;
-
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A body that is either buffered whole or streamed by `S`. One type for both
-/// directions, so the buffered case (the hot path) is written once. Plain `Body` is
-/// what the server sends a client.
-pub enum Body<S = Upstream> {
+/// directions, so the buffered case (the hot path) is written once: a client's
+/// answer streams an upstream's body (`upstream::Streamed`), an upstream's request a
+/// passthrough client's ([`ClientBody`]), an admin answer nothing ([`Never`]).
+pub enum Body<S> {
     Full(Option<Bytes>),
     Stream(S),
 }
 
-/// A request body for an upstream: buffered, or a passthrough client's body, capped
-/// at `max_request_body`.
-pub type RequestBody = Body<ClientBody>;
+/// A stream that never exists: bodies that are always buffered.
+pub enum Never {}
 
-/// A passthrough route's upstream body, streamed as it arrives. The call holds its
-/// place under the upstream's `max_concurrency`, and its connection, until the body
-/// ends.
-pub struct Upstream {
-    body: IdleTimeout<Incoming>,
-    _held: crate::upstream::Held,
-}
-
-impl Upstream {
-    pub fn new(body: IdleTimeout<Incoming>, held: crate::upstream::Held) -> Self {
-        Upstream { body, _held: held }
-    }
-}
-
-impl HttpBody for Upstream {
+impl HttpBody for Never {
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        _: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.inner.size_hint()
+        match *self.get_mut() {}
     }
 }
+
+/// A request body for an upstream: buffered, or a passthrough client's body, capped
+/// at `max_request_body`.
+pub type RequestBody = Body<ClientBody>;
 
 impl<S> Body<S> {
     pub fn empty() -> Self {
@@ -118,6 +98,52 @@ where
         match self {
             Body::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Body::Stream(body) => body.size_hint(),
+        }
+    }
+}
+
+/// A failure the client caused while sending its request body. It is the client's,
+/// never the upstream's: no breaker hears of it and no upstream error is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFault {
+    /// The body passed `max_request_body`.
+    TooLarge,
+    /// Malformed framing (a bad chunk, for instance).
+    Malformed,
+    /// The client closed the connection or reset the stream before its body ended.
+    Gone,
+    /// The body did not arrive before the deadline.
+    Slow,
+}
+
+impl ClientFault {
+    /// The fault behind a client body's read error.
+    pub fn of(e: &hyper::Error) -> ClientFault {
+        if e.is_incomplete_message() || e.is_canceled() || e.is_body_write_aborted() {
+            return ClientFault::Gone;
+        }
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                use std::io::ErrorKind::*;
+                if matches!(
+                    io.kind(),
+                    UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+                ) {
+                    return ClientFault::Gone;
+                }
+            }
+            cause = c.source();
+        }
+        ClientFault::Malformed
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            ClientFault::TooLarge => "the client's body passed max_request_body",
+            ClientFault::Malformed => "the client's body could not be read",
+            ClientFault::Gone => "the client went away before its body ended",
+            ClientFault::Slow => "the client's body did not arrive in time",
         }
     }
 }
@@ -303,5 +329,13 @@ where
                 }
             }
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -11,7 +11,7 @@
 //! freshness is judged on tokio's clock at lookup.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -276,13 +276,11 @@ impl<T: Clone> Coalescer<T> {
     }
 }
 
-/// Shared by the whole gateway and kept across reloads.
-pub type Shared = Arc<Cache>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use std::sync::Arc;
 
     #[test]
     fn cache_control_hints() {

@@ -261,8 +261,8 @@ impl Drop for RequestGuard {
 /// An answer on its way to the client: it tells the connection while it waits for
 /// the client to take it, and holds its bytes against `buffer_capacity` (and the
 /// connection's share of it) until hyper is done with it.
-pub struct Tracked {
-    body: Body,
+pub struct Tracked<S> {
+    body: Body<S>,
     /// The most of a buffered answer handed to hyper at once.
     piece: usize,
     /// The epoch slot this answer waits in, while it waits on the client.
@@ -271,9 +271,13 @@ pub struct Tracked {
     request: RequestGuard,
 }
 
-impl Tracked {
+impl<S> Tracked<S>
+where
+    S: HttpBody<Data = Bytes> + Unpin,
+    S::Error: Into<BoxError>,
+{
     fn new(
-        body: Body,
+        body: Body<S>,
         request: RequestGuard,
         budget: &Arc<Budget>,
         share: &Arc<Share>,
@@ -305,7 +309,11 @@ impl Tracked {
     }
 }
 
-impl HttpBody for Tracked {
+impl<S> HttpBody for Tracked<S>
+where
+    S: HttpBody<Data = Bytes> + Unpin,
+    S::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -347,7 +355,7 @@ impl HttpBody for Tracked {
     }
 }
 
-impl Drop for Tracked {
+impl<S> Drop for Tracked<S> {
     fn drop(&mut self) {
         let a = &self.request.0;
         if let Some(slot) = self.waiting.take() {
@@ -543,7 +551,7 @@ impl Watchdog {
 
 /// Serves one accepted connection until it ends, is ended by its bounds, or is
 /// drained (`stop`). `handler` answers each request.
-pub async fn serve<F, Fut>(
+pub async fn serve<F, Fut, S>(
     stream: TcpStream,
     peer: Peer,
     limits: Limits,
@@ -553,7 +561,9 @@ pub async fn serve<F, Fut>(
     handler: F,
 ) where
     F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
+    Fut: Future<Output = Response<Body<S>>> + Send + 'static,
+    S: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    S::Error: Into<BoxError>,
 {
     let activity = Activity::new();
     let metrics = &place.0.metrics;

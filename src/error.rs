@@ -9,7 +9,62 @@ use std::time::Duration;
 use http::{HeaderValue, Response, StatusCode, header};
 use serde::Serialize;
 
-use crate::body::Body;
+use crate::body::{Body, ClientFault};
+
+/// How one backend call went: the `outcome` of metrics, access log lines and spans
+/// (CONTRACT §6). The upstream histogram counts the first six; `dependency_failed`
+/// (never called) and `client_error` (the client's own body failed the call) are the
+/// request's, never the upstream's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// The upstream answered 4xx.
+    Rejected,
+    Error,
+    Timeout,
+    CircuitOpen,
+    Overloaded,
+    DependencyFailed,
+    ClientError,
+}
+
+impl Outcome {
+    /// The outcomes an upstream's calls end with, in `manifold_upstream_request_duration_seconds` order.
+    pub const UPSTREAM: [Outcome; 6] = [
+        Outcome::Ok,
+        Outcome::Rejected,
+        Outcome::Error,
+        Outcome::Timeout,
+        Outcome::CircuitOpen,
+        Outcome::Overloaded,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Rejected => "rejected",
+            Outcome::Error => "error",
+            Outcome::Timeout => "timeout",
+            Outcome::CircuitOpen => "circuit_open",
+            Outcome::Overloaded => "overloaded",
+            Outcome::DependencyFailed => "dependency_failed",
+            Outcome::ClientError => "client_error",
+        }
+    }
+
+    /// The outcome of a call that ended with `result`.
+    pub fn of<T>(result: &Result<T, Failure>) -> Outcome {
+        result
+            .as_ref()
+            .map_or_else(Failure::outcome, |_| Outcome::Ok)
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Why one backend call failed.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,12 +78,15 @@ pub enum Failure {
     Overloaded,
     /// The gateway holds as many answers as `buffer_capacity` allows.
     BufferFull,
-    /// Could not connect, or the connection broke.
-    Connect,
+    /// Could not connect, or the connection broke: the transport's own words, for
+    /// the log (never the client's answer).
+    Connect(Arc<str>),
     /// The upstream answered 5xx.
     ServerError(StatusCode),
-    /// Not JSON, a redirect, or too large.
+    /// A redirect, an unexpected status, or too large.
     BadResponse(&'static str),
+    /// The body is not JSON: why, and at which byte.
+    NotJson(crate::json::Invalid),
     /// The upstream answered 4xx.
     Rejected(StatusCode),
     /// `{dep.field}` could not be filled: the dependency failed or lacks the field.
@@ -40,36 +98,65 @@ pub enum Failure {
         dep: Arc<str>,
         field: Arc<str>,
     },
+    /// The backend's rendered path is not a valid URL: the gateway's doing, not the
+    /// upstream's, so no call was made.
+    InvalidTarget,
+    /// The client's own request body failed the call (see [`ClientFault`]).
+    Client(ClientFault),
 }
 
 impl Failure {
-    /// The label used in access logs and metrics (`outcome`).
-    pub fn outcome(&self) -> &'static str {
+    /// A transport error, named by its innermost cause ("Connection refused (os error
+    /// 111)"), which says more than hyper's outer "client error (Connect)".
+    pub fn connect(e: &(dyn std::error::Error + 'static)) -> Failure {
+        let mut inner: &(dyn std::error::Error + 'static) = e;
+        while let Some(next) = inner.source() {
+            inner = next;
+        }
+        Failure::Connect(Arc::from(inner.to_string()))
+    }
+
+    /// The label used in access logs, metrics and spans.
+    pub fn outcome(&self) -> Outcome {
         match self {
-            Failure::Timeout => "timeout",
-            Failure::CircuitOpen { .. } => "circuit_open",
-            Failure::Overloaded | Failure::BufferFull => "overloaded",
-            Failure::Connect | Failure::ServerError(_) | Failure::BadResponse(_) => "error",
-            Failure::Rejected(_) => "rejected",
-            Failure::Dependency { .. } | Failure::MissingField { .. } => "dependency_failed",
+            Failure::Timeout => Outcome::Timeout,
+            Failure::CircuitOpen { .. } => Outcome::CircuitOpen,
+            Failure::Overloaded | Failure::BufferFull => Outcome::Overloaded,
+            Failure::Connect(_)
+            | Failure::ServerError(_)
+            | Failure::BadResponse(_)
+            | Failure::NotJson(_)
+            | Failure::InvalidTarget => Outcome::Error,
+            Failure::Rejected(_) => Outcome::Rejected,
+            Failure::Dependency { .. } | Failure::MissingField { .. } => Outcome::DependencyFailed,
+            Failure::Client(_) => Outcome::ClientError,
         }
     }
 
-    /// A short description for span status messages.
+    /// What went wrong, for span status messages and the log: the cause an operator
+    /// needs, never a client's address or a secret.
     pub fn describe(&self) -> String {
         match self {
             Failure::Timeout => "no answer in time".into(),
             Failure::CircuitOpen { .. } => "circuit breaker open".into(),
             Failure::Overloaded => "at its concurrency or rate limit".into(),
             Failure::BufferFull => "buffer_capacity reached: no room for its answer".into(),
-            Failure::Connect => "could not connect, or the connection broke".into(),
+            Failure::Connect(cause) => {
+                format!("could not connect, or the connection broke: {cause}")
+            }
             Failure::ServerError(s) => format!("answered {}", s.as_u16()),
             Failure::BadResponse(why) => format!("bad response: {why}"),
+            Failure::NotJson(e) => format!(
+                "bad response: the body is not JSON: {} at byte {}",
+                e.what, e.at
+            ),
             Failure::Rejected(s) => format!("rejected with {}", s.as_u16()),
             Failure::Dependency { dep, .. } => format!("backend `{dep}` it reads from failed"),
             Failure::MissingField { dep, field } => {
                 format!("backend `{dep}` has no usable field `{field}`")
             }
+            Failure::InvalidTarget => "the rendered backend path is not a valid URL".into(),
+            Failure::Client(fault) => fault.describe().into(),
         }
     }
 
@@ -77,70 +164,8 @@ impl Failure {
     pub fn is_upstream_fault(&self) -> bool {
         matches!(
             self,
-            Failure::Timeout | Failure::Connect | Failure::ServerError(_)
+            Failure::Timeout | Failure::Connect(_) | Failure::ServerError(_)
         )
-    }
-}
-
-/// The `outcome` of a backend call that the client's own request failed (see
-/// [`ClientFault`]), in the access log and on spans.
-pub const CLIENT_ERROR: &str = "client_error";
-
-/// A failure the client caused while sending its request body. It is the client's,
-/// never the upstream's: no breaker hears of it and no upstream error is counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientFault {
-    /// The body passed `max_request_body`.
-    TooLarge,
-    /// Malformed framing (a bad chunk, for instance).
-    Malformed,
-    /// The client closed the connection or reset the stream before its body ended.
-    Gone,
-    /// The body did not arrive before the deadline.
-    Slow,
-}
-
-impl ClientFault {
-    /// The fault behind a client body's read error.
-    pub fn of(e: &hyper::Error) -> ClientFault {
-        if e.is_incomplete_message() || e.is_canceled() || e.is_body_write_aborted() {
-            return ClientFault::Gone;
-        }
-        let mut cause = std::error::Error::source(e);
-        while let Some(c) = cause {
-            if let Some(io) = c.downcast_ref::<std::io::Error>() {
-                use std::io::ErrorKind::*;
-                if matches!(
-                    io.kind(),
-                    UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
-                ) {
-                    return ClientFault::Gone;
-                }
-            }
-            cause = c.source();
-        }
-        ClientFault::Malformed
-    }
-
-    pub fn describe(self) -> &'static str {
-        match self {
-            ClientFault::TooLarge => "the client's body passed max_request_body",
-            ClientFault::Malformed => "the client's body could not be read",
-            ClientFault::Gone => "the client went away before its body ended",
-            ClientFault::Slow => "the client's body did not arrive in time",
-        }
-    }
-
-    /// The client's answer; `limit` is the route's `max_request_body`.
-    pub fn into_error(self, limit: u64) -> GatewayError {
-        match self {
-            ClientFault::TooLarge => GatewayError::PayloadTooLarge { limit },
-            ClientFault::Malformed => GatewayError::BadRequest {
-                reason: "the request body could not be read",
-            },
-            ClientFault::Gone => GatewayError::ClientClosed,
-            ClientFault::Slow => GatewayError::RequestTimeout,
-        }
     }
 }
 
@@ -221,6 +246,19 @@ fn retry_after_secs(d: Duration) -> u64 {
 }
 
 impl GatewayError {
+    /// The client's answer to a fault of its own; `limit` is the route's
+    /// `max_request_body`.
+    pub fn client(fault: ClientFault, limit: u64) -> GatewayError {
+        match fault {
+            ClientFault::TooLarge => GatewayError::PayloadTooLarge { limit },
+            ClientFault::Malformed => GatewayError::BadRequest {
+                reason: "the request body could not be read",
+            },
+            ClientFault::Gone => GatewayError::ClientClosed,
+            ClientFault::Slow => GatewayError::RequestTimeout,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::RouteNotFound => StatusCode::NOT_FOUND,
@@ -298,7 +336,7 @@ impl GatewayError {
     }
 
     /// The client response: status, JSON error body, and the headers the contract names.
-    pub fn into_response(self, request_id: &HeaderValue) -> Response<Body> {
+    pub fn into_response<S>(self, request_id: &HeaderValue) -> Response<Body<S>> {
         let id = request_id.to_str().unwrap_or("");
         let backend = match &self {
             GatewayError::Backend(e) => Some(blamed(e)),
@@ -363,10 +401,14 @@ fn failure_status(f: &Failure) -> StatusCode {
         Failure::CircuitOpen { .. } | Failure::Overloaded | Failure::BufferFull => {
             StatusCode::SERVICE_UNAVAILABLE
         }
-        Failure::Connect | Failure::ServerError(_) => StatusCode::BAD_GATEWAY,
-        Failure::BadResponse(_) | Failure::MissingField { .. } => StatusCode::BAD_GATEWAY,
+        Failure::Connect(_) | Failure::ServerError(_) => StatusCode::BAD_GATEWAY,
+        Failure::BadResponse(_) | Failure::NotJson(_) | Failure::MissingField { .. } => {
+            StatusCode::BAD_GATEWAY
+        }
         Failure::Rejected(s) => *s,
         Failure::Dependency { .. } => StatusCode::BAD_GATEWAY,
+        Failure::InvalidTarget => StatusCode::INTERNAL_SERVER_ERROR,
+        Failure::Client(fault) => GatewayError::client(*fault, 0).status(),
     }
 }
 
@@ -375,9 +417,15 @@ fn failure_code(f: &Failure) -> &'static str {
         Failure::Timeout => "UPSTREAM_TIMEOUT",
         Failure::CircuitOpen { .. } => "CIRCUIT_OPEN",
         Failure::Overloaded | Failure::BufferFull => "OVERLOADED",
-        Failure::Connect | Failure::ServerError(_) | Failure::Dependency { .. } => "UPSTREAM_ERROR",
-        Failure::BadResponse(_) | Failure::MissingField { .. } => "UPSTREAM_BAD_RESPONSE",
+        Failure::Connect(_) | Failure::ServerError(_) | Failure::Dependency { .. } => {
+            "UPSTREAM_ERROR"
+        }
+        Failure::BadResponse(_) | Failure::NotJson(_) | Failure::MissingField { .. } => {
+            "UPSTREAM_BAD_RESPONSE"
+        }
         Failure::Rejected(_) => "UPSTREAM_REJECTED",
+        Failure::InvalidTarget => "INTERNAL_ERROR",
+        Failure::Client(fault) => GatewayError::client(*fault, 0).code(),
     }
 }
 
@@ -390,13 +438,19 @@ fn backend_message(e: &BackendError) -> String {
         Failure::BufferFull => {
             format!("{who} was not called: the gateway is holding as many answers as it may")
         }
-        Failure::Connect => format!("{who} could not be reached"),
+        Failure::Connect(_) => format!("{who} could not be reached"),
         Failure::ServerError(s) => format!("{who} answered {}", s.as_u16()),
-        Failure::BadResponse(why) => format!("{who} sent a bad response: {why}"),
+        Failure::BadResponse(why) | Failure::NotJson(crate::json::Invalid { what: why, .. }) => {
+            format!("{who} sent a bad response: {why}")
+        }
+        Failure::InvalidTarget => {
+            format!("{who} was not called: its rendered path is not a valid URL")
+        }
+        Failure::Client(fault) => fault.describe().into(),
         Failure::Rejected(s) => format!("{who} rejected the request with {}", s.as_u16()),
         Failure::Dependency { dep, cause } => format!(
             "{who} could not run: backend `{dep}`, which it depends on, failed ({})",
-            root_cause(cause).outcome().replace('_', " ")
+            root_cause(cause).outcome().as_str().replace('_', " ")
         ),
         Failure::MissingField { dep, field } => {
             format!(
@@ -429,7 +483,7 @@ mod tests {
                 }),
             },
         });
-        let resp = e.into_response(&HeaderValue::from_static("id"));
+        let resp = e.into_response::<crate::body::Never>(&HeaderValue::from_static("id"));
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(resp.headers()[header::RETRY_AFTER], "3");
     }

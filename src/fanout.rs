@@ -4,25 +4,25 @@
 //! run concurrently from the start. A required backend's failure ends the request at
 //! once (the calls still running are dropped, which cancels them).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::{HeaderMap, HeaderValue, Method};
-use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::budget::Charge;
+use crate::access_log::Report;
+use crate::backend;
+use crate::budget::{Budget, Charge, Share};
 use crate::cache::{Cache, Hints, Lookup};
-use crate::error::{BackendError, Failure};
+use crate::error::{BackendError, Failure, Outcome};
 use crate::gateway::{Backend, Route, carries_body, is_idempotent};
-use crate::merge::{self, Answer, lookup};
+use crate::merge::{self, Answer, Input};
 use crate::metrics::METRICS;
-use crate::template::{Part, push_encoded};
 use crate::trace::{Pending, Span};
 use crate::upstream::CallSpec;
-use opentelemetry::trace::SpanKind;
 
 /// What a request brings to its backend calls.
 pub struct Call<'a> {
@@ -43,29 +43,14 @@ pub struct Call<'a> {
     /// The server span: each backend's span goes under it.
     pub span: &'a Span,
     /// `buffer_capacity`, and the client connection's part of it (h2 connections).
-    pub budget: &'a std::sync::Arc<crate::budget::Budget>,
-    pub share: Option<&'a std::sync::Arc<crate::budget::Share>>,
+    pub budget: &'a Arc<Budget>,
+    pub share: Option<&'a Arc<Share>>,
+    pub request_id: &'a HeaderValue,
 }
-
-/// How one backend went, for the access log and, later, metrics.
-#[derive(Debug, Clone)]
-pub struct Report {
-    pub outcome: &'static str,
-    pub status: Option<u16>,
-    pub elapsed: Duration,
-    /// Calls made (more than one when retried; 0 when the backend never called out).
-    pub attempts: u32,
-    /// For backends with `cache_ttl`: `hit` or `miss`.
-    pub cache: Option<&'static str>,
-    /// What the upstream's `cache-control` allows (for the route cache).
-    pub hints: Hints,
-}
-
-pub type Slot = Option<Result<Answer, Failure>>;
 
 pub struct Fanout {
     /// One per backend: `None` when it never ran (the request ended first).
-    pub results: Vec<Slot>,
+    pub results: Vec<Input>,
     pub reports: Vec<Option<Report>>,
     /// The first required backend to fail, which decides the request's error.
     pub required_failure: Option<BackendError>,
@@ -98,22 +83,18 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
                 }
                 started[i] = Some(Instant::now());
                 progressed = true;
-                let span = backend_span(call.span, b);
-                match render(route, b, call.params, call.query, &out.results) {
-                    Ok(path) => {
-                        let span = Pending::new(span, call.deadline);
-                        running.push(call_backend(i, b, path, call, span));
-                    }
+                let mut span = Pending::new(backend::span(call.span, b), call.deadline);
+                match backend::render(route, b, call.params, call.query, &out.results) {
+                    Ok(path) => running.push(call_backend(i, b, path, call, span)),
                     Err(failure) => {
-                        end_backend_span(&mut Pending::new(span, call.deadline), Err(&failure), 0);
-                        out.reports[i] = Some(Report {
-                            outcome: failure.outcome(),
-                            status: None,
-                            elapsed: Duration::ZERO,
-                            attempts: 0,
-                            cache: None,
-                            hints: Hints::default(),
-                        });
+                        let report = Report::new(failure.outcome(), None, Duration::ZERO, 0);
+                        out.reports[i] = Some(backend::end(
+                            Some(&mut span),
+                            b,
+                            call.request_id,
+                            Some(&failure),
+                            report,
+                        ));
                         if settle(route, &mut out, i, Err(failure)) {
                             return out;
                         }
@@ -146,14 +127,15 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
                         continue;
                     }
                     if let (Some(began), None) = (began, &out.reports[i]) {
-                        out.reports[i] = Some(Report {
-                            outcome: "timeout",
-                            status: None,
-                            elapsed: now - *began,
-                            attempts: 1,
-                            cache: None,
-                            hints: Hints::default(),
-                        });
+                        // Its call is cut short with the request (the span says so).
+                        let report = Report::new(Outcome::Timeout, None, now - *began, 1);
+                        out.reports[i] = Some(backend::end(
+                            None,
+                            &route.backends[i],
+                            call.request_id,
+                            Some(&Failure::Timeout),
+                            report,
+                        ));
                     }
                     if settle(route, &mut out, i, Err(Failure::Timeout)) {
                         return out;
@@ -173,7 +155,7 @@ fn settle(route: &Route, out: &mut Fanout, i: usize, result: Result<Answer, Fail
         && out.required_failure.is_none()
     {
         out.required_failure = Some(BackendError {
-            backend: b.name.clone(),
+            backend: b.plan.name.clone(),
             upstream: b.upstream.name.clone(),
             failure: failure.clone(),
         });
@@ -182,98 +164,6 @@ fn settle(route: &Route, out: &mut Fanout, i: usize, result: Result<Answer, Fail
     }
     out.results[i] = Some(result);
     false
-}
-
-/// The backend's path and query with parameters and fields filled in, or why not.
-pub fn render(
-    route: &Route,
-    b: &Backend,
-    params: &[String],
-    query: Option<&str>,
-    results: &[Slot],
-) -> Result<String, Failure> {
-    let mut s = String::with_capacity(64);
-    for part in &b.template.parts {
-        match part {
-            Part::Lit(l) => s.push_str(l),
-            Part::Param(i) => push_encoded(&mut s, params.get(*i).map_or("", String::as_str)),
-            Part::Field { backend, path } => {
-                let dep = &results[*backend];
-                let value = match dep {
-                    Some(Ok(Answer::Value(v))) => v,
-                    // Backends others read from always decode to a value (see gateway.rs).
-                    Some(Ok(Answer::Raw(_))) => &Value::Null,
-                    Some(Err(cause)) => {
-                        return Err(Failure::Dependency {
-                            dep: route.backends[*backend].name.clone(),
-                            cause: Box::new(cause.clone()),
-                        });
-                    }
-                    None => return Err(Failure::Timeout),
-                };
-                match lookup(value, path) {
-                    Some(Value::String(v)) => push_encoded(&mut s, v),
-                    // The upstream's exact text (`arbitrary_precision`), encoded like
-                    // every value: `1E+5` must not put a raw `+` in a query.
-                    Some(Value::Number(n)) => push_encoded(&mut s, n.as_str()),
-                    Some(Value::Bool(v)) => s.push_str(if *v { "true" } else { "false" }),
-                    _ => {
-                        return Err(Failure::MissingField {
-                            dep: route.backends[*backend].name.clone(),
-                            field: path.join(".").into(),
-                        });
-                    }
-                }
-            }
-        }
-    }
-    if let Some(q) = query {
-        let mut sep = if s.contains('?') { '&' } else { '?' };
-        if b.own_query.is_empty() {
-            s.push(sep);
-            s.push_str(q);
-        } else {
-            for pair in q.split('&') {
-                let name = pair.split('=').next().unwrap_or("");
-                let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
-                if !b.own_query.iter().any(|own| *own == name) {
-                    s.push(sep);
-                    s.push_str(pair);
-                    sep = '&';
-                }
-            }
-        }
-    }
-    Ok(s)
-}
-
-pub fn backend_span(parent: &Span, b: &Backend) -> Span {
-    parent.child(&b.backend_span, SpanKind::Internal, |a| {
-        a.str("manifold.backend", &b.name);
-        a.str("manifold.upstream", &b.upstream.name);
-        if b.optional {
-            a.bool("manifold.optional", true);
-        }
-    })
-}
-
-/// Records a backend's outcome on its span and ends it.
-pub fn end_backend_span(pending: &mut Pending, result: Result<(), &Failure>, attempts: u32) {
-    let span = pending.finish();
-    if !span.is_on() {
-        return;
-    }
-    span.record(|a| {
-        a.int("manifold.attempts", i64::from(attempts));
-        a.str(
-            "manifold.outcome",
-            result.map_or_else(Failure::outcome, |()| "ok"),
-        );
-    });
-    if let Err(f) = result {
-        span.fail(f.outcome(), || f.describe());
-    }
-    span.end();
 }
 
 async fn call_backend(
@@ -295,23 +185,19 @@ async fn call_backend(
     if let (Some(_), Some(key)) = (b.cache_ttl, &key)
         && let Lookup::Fresh(entry) = call.cache.lookup(key).await
     {
-        let result = merge::decode(b, &entry.body);
+        let result = merge::decode(&b.plan, &entry.body);
         METRICS.cache_result("backend", "hit");
         span.span.record(|a| a.str("manifold.cache", "hit"));
-        end_backend_span(&mut span, result.as_ref().map(|_| ()), 0);
+        let mut report = Report::new(Outcome::of(&result), None, started.elapsed(), 0);
+        report.cache = Some("hit");
         // A route answer built on this one must not outlive it.
         let left = entry.fresh_for.saturating_sub(entry.stored.elapsed());
-        let report = Report {
-            outcome: result.as_ref().map_or_else(Failure::outcome, |_| "ok"),
-            status: None,
-            elapsed: started.elapsed(),
-            attempts: 0,
-            cache: Some("hit"),
-            hints: Hints {
-                no_store: false,
-                max_age: Some(left),
-            },
+        report.hints = Hints {
+            no_store: false,
+            max_age: Some(left),
         };
+        let failure = result.as_ref().err();
+        let report = backend::end(Some(&mut span), b, call.request_id, failure, report);
         return (i, result, report, None);
     }
     let cache_miss = b.cache_ttl.is_some() && key.is_some();
@@ -330,8 +216,10 @@ async fn call_backend(
         span_name: &b.span_name,
         cache_miss,
         share: call.share,
+        request_id: call.request_id,
+        backend: &b.plan.name,
     };
-    let upstream_call = || b.upstream.call(&spec);
+    let upstream_call = || b.upstream.call_buffered(&spec);
     let ((mut reply, mut attempts), mut made_call) = match &key {
         Some(key) => b.upstream.coalescer.run(key, upstream_call).await,
         None => (upstream_call().await, true),
@@ -347,7 +235,7 @@ async fn call_backend(
         Ok((status, body, h, charge)) => {
             held = Some(charge);
             hints = h;
-            let decoded = merge::decode(b, &body);
+            let decoded = merge::decode(&b.plan, &body);
             // Only answers that decoded are kept: a bad body is not served again.
             if let (Some(ttl), Some(key), true, true) =
                 (b.cache_ttl, key, made_call, decoded.is_ok())
@@ -366,20 +254,21 @@ async fn call_backend(
             (status, Err(f))
         }
     };
+    // A coalesced caller made no call of its own: its answer came from an identical
+    // call another request made.
     let attempts = if made_call { attempts } else { 0 };
     if !made_call {
-        // Its answer came from an identical call another request made.
         span.span.record(|a| a.bool("manifold.coalesced", true));
     }
-    end_backend_span(&mut span, result.as_ref().map(|_| ()), attempts);
-    let report = Report {
-        outcome: result.as_ref().map_or_else(Failure::outcome, |_| "ok"),
-        status,
-        elapsed: started.elapsed(),
-        // A coalesced caller made no call of its own.
-        attempts,
-        cache: b.cache_ttl.map(|_| "miss"),
-        hints,
-    };
+    let mut report = Report::new(Outcome::of(&result), status, started.elapsed(), attempts);
+    report.cache = b.cache_ttl.map(|_| "miss");
+    report.hints = hints;
+    let report = backend::end(
+        Some(&mut span),
+        b,
+        call.request_id,
+        result.as_ref().err(),
+        report,
+    );
     (i, result, report, held)
 }

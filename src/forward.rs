@@ -220,6 +220,11 @@ pub fn forwarded_query<'q>(
     }
 }
 
+/// The request's declared body length, if it declares a valid one.
+pub fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,16 +6,18 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::{HeaderName, Method};
-use serde_json::Value;
 
+use crate::access_log::LogSink;
 use crate::budget::Budget;
 use crate::cache::Cache;
 use crate::config::{BackendConfig, CacheConfig, Config, RouteConfig};
 use crate::forward::Forward;
-use crate::merge::{Decode, Shape};
+use crate::merge::{Decode, Plan, Shape};
 use crate::metrics::{METRICS, RouteMetrics};
 use crate::ratelimit::RouteLimiter;
 use crate::router::Router;
@@ -36,6 +38,17 @@ pub struct Gateway {
     /// `buffer_capacity`: bytes of answers held at once. One for the server's life; a
     /// reload sets its limit.
     pub budget: Arc<Budget>,
+}
+
+/// The gateway that serves now (swapped whole on reload), and what every connection
+/// of both listeners shares.
+pub struct Live {
+    pub gateway: ArcSwap<Gateway>,
+    /// `/ready`: true once a config is loaded, false again while draining.
+    pub ready: AtomicBool,
+    pub log_sink: LogSink,
+    /// `max_connections` when the config sets none (from the descriptor limit).
+    pub default_max_connections: usize,
 }
 
 pub struct Route {
@@ -66,17 +79,14 @@ pub struct Route {
 }
 
 pub struct Backend {
-    pub name: Arc<str>,
+    /// Its name, group, shaping and default: how its answer joins the response.
+    pub plan: Plan,
     pub upstream: Arc<Upstream>,
     pub method: Method,
     pub template: Template<usize>,
     /// Indices of the backends whose answers this one's path reads.
     pub deps: Vec<usize>,
-    pub shape: Shape,
-    pub group: Option<String>,
     pub optional: bool,
-    pub default: Option<Value>,
-    pub decode: Decode,
     pub cache_ttl: Option<Duration>,
     /// `METHOD /path/{template}` without the query: the client spans' name.
     pub span_name: Arc<str>,
@@ -99,6 +109,13 @@ pub fn is_idempotent(m: &Method) -> bool {
 /// POST, PUT and PATCH carry the client's body to a backend (CONTRACT §3).
 pub fn carries_body(m: &Method) -> bool {
     matches!(*m, Method::POST | Method::PUT | Method::PATCH)
+}
+
+impl Route {
+    /// The backends' merge plans, in declaration order.
+    pub fn plans(&self) -> impl Iterator<Item = &Plan> {
+        self.backends.iter().map(|b| &b.plan)
+    }
 }
 
 impl Gateway {
@@ -184,8 +201,9 @@ fn compile_route(
         .flat_map(|b| b.deps.iter().copied())
         .collect();
     for (i, b) in backends.iter_mut().enumerate() {
-        if b.group.is_some() && b.shape.keeps_text() && !read_by_others.contains(&i) {
-            b.decode = Decode::Raw;
+        let plan = &mut b.plan;
+        if plan.group.is_some() && plan.shape.keeps_text() && !read_by_others.contains(&i) {
+            plan.decode = Decode::Raw;
         }
     }
     let forward_headers = Forward::from_list(
@@ -218,7 +236,11 @@ fn compile_route(
         passthrough: r.passthrough,
         max_request_body: config.server.max_request_body,
         wants_body: backends.iter().any(|b| carries_body(&b.method)),
-        cache_prefix: format!("r|{}|{:016x}|", r.name, fingerprint(&route_identity(r))),
+        cache_prefix: format!(
+            "r|{}|{:016x}|",
+            r.name,
+            crate::config::fingerprint(&route_identity(r))
+        ),
         metrics: METRICS.route(&r.name, r.method.as_str()),
         cache: r.cache.clone(),
         limiter: r.rate_limit.as_ref().map(|l| {
@@ -279,18 +301,20 @@ fn compile_backend(
     let method = b.method.clone().unwrap_or_else(|| r.method.clone());
     let template_path = b.path.split('?').next().unwrap_or_default();
     Ok(Backend {
-        name: Arc::from(b.name.as_str()),
+        plan: Plan {
+            name: Arc::from(b.name.as_str()),
+            group: b.group.clone(),
+            shape: Shape::new(b.target.as_deref(), &b.allow, &b.deny, &b.rename),
+            decode: Decode::Value,
+            default: b.default.clone(),
+        },
         upstream,
         span_name: Arc::from(format!("{method} {template_path}")),
         backend_span: Arc::from(format!("backend {}", b.name)),
         method,
         template: Template { parts },
         deps,
-        shape: Shape::new(b.target.as_deref(), &b.allow, &b.deny, &b.rename),
-        group: b.group.clone(),
         optional: b.optional,
-        default: b.default.clone(),
-        decode: Decode::Value,
         cache_ttl: b.cache_ttl,
         own_query: own_query_names(&b.path),
     })
@@ -347,15 +371,6 @@ fn route_identity(r: &RouteConfig) -> String {
         ));
     }
     s
-}
-
-/// A stable hash of a config section's text, for cache key prefixes.
-pub fn fingerprint(text: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    // DefaultHasher::new() has fixed keys: the same text hashes the same in every run.
-    let mut h = std::hash::DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! manifold: a config-driven API gateway and backend-for-frontend aggregator.
 //!
-//! A request's path through the crate, in order: [`server`] accepts it, [`proxy`]
+//! A request's path through the crate, in order: [`server`] accepts it, [`handler`]
 //! matches it with [`router`] and runs the route: [`fanout`] calls the backends through
 //! their [`upstream`] clients and [`merge`] shapes and joins the answers, or
 //! [`passthrough`] streams one. [`error`] is the one place a failure becomes a status.
@@ -8,6 +8,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod backend;
 pub mod body;
 pub mod budget;
 pub mod cache;
@@ -18,17 +19,19 @@ pub mod error;
 pub mod fanout;
 pub mod forward;
 pub mod gateway;
+pub mod handler;
 pub mod json;
 pub mod merge;
 pub mod metrics;
 pub mod openapi;
 pub mod passthrough;
-pub mod proxy;
 pub mod ratelimit;
 pub mod redact;
 pub mod router;
 pub mod server;
 pub mod telemetry;
 pub mod template;
+pub mod tls;
 pub mod trace;
 pub mod upstream;
+pub mod worker;

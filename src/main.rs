@@ -160,7 +160,7 @@ fn run(config: Result<Config, String>, demo: bool, watched: Option<PathBuf>) -> 
         .server
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let loops = match manifold::server::spawn_workers(workers) {
+    let loops = match manifold::worker::spawn(workers) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("cannot start worker threads: {e}");

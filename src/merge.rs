@@ -16,10 +16,22 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::error::{BackendError, Failure};
-use crate::fanout::Slot;
-use crate::gateway::{Backend, Route};
+use crate::error::Failure;
 use crate::json;
+
+/// What merging needs to know of one backend, compiled at load (a backend embeds it).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub name: std::sync::Arc<str>,
+    pub group: Option<String>,
+    pub shape: Shape,
+    pub decode: Decode,
+    /// Stands in for a failed optional backend's answer.
+    pub default: Option<Value>,
+}
+
+/// One backend's result: `None` when it never ran (the request ended first).
+pub type Input = Option<Result<Answer, Failure>>;
 
 /// A backend's answer, decoded as far as its use needs.
 #[derive(Debug, Clone)]
@@ -206,15 +218,19 @@ fn rename(value: &mut Value, renames: &[(String, String)]) {
 }
 
 /// Decodes an upstream's 2xx body as the backend's plan says. An empty body is `null`.
-pub fn decode(b: &Backend, body: &Bytes) -> Result<Answer, Failure> {
-    const NOT_JSON: Failure = Failure::BadResponse("the body is not JSON");
+pub fn decode(b: &Plan, body: &Bytes) -> Result<Answer, Failure> {
     let start = body.iter().position(|c| !c.is_ascii_whitespace());
     let Some(start) = start else {
         return Ok(Answer::Value(Value::Null));
     };
     // One UTF-8 check of the whole body is cheaper than serde_json's per string.
-    let text = std::str::from_utf8(body).map_err(|_| NOT_JSON)?;
-    let bad = |e: json::Invalid| Failure::BadResponse(e.what);
+    let text = std::str::from_utf8(body).map_err(|e| {
+        Failure::NotJson(json::Invalid {
+            at: e.valid_up_to(),
+            what: "invalid UTF-8",
+        })
+    })?;
+    let bad = Failure::NotJson;
     if b.decode == Decode::Raw {
         // Validated and, with a target, found in one pass; kept as a slice of the
         // body, not a copy.
@@ -239,9 +255,13 @@ pub fn decode(b: &Backend, body: &Bytes) -> Result<Answer, Failure> {
     } else {
         json::validate(body).map_err(bad)?;
     }
-    serde_json::from_str(text)
-        .map(Answer::Value)
-        .map_err(|_| NOT_JSON)
+    serde_json::from_str(text).map(Answer::Value).map_err(|e| {
+        // The rule above let through what serde refused: not expected, still not JSON.
+        Failure::NotJson(json::Invalid {
+            at: e.column(),
+            what: "refused by the decoder",
+        })
+    })
 }
 
 /// The response object being built: sorted keys, values either trees or kept text.
@@ -306,26 +326,19 @@ impl Root {
 
 /// Joins a route's backend results into one response body, in declaration order.
 ///
-/// Returns the body and whether every backend answered (`x-manifold-completed`).
-/// Failed optional backends are left out, or replaced by their `default`. When every
-/// backend failed, the route fails as if its first backend were required.
-pub fn assemble(route: &Route, results: Vec<Slot>) -> Result<(Vec<u8>, bool), BackendError> {
-    let all_failed = results.iter().all(|r| !matches!(r, Some(Ok(_))));
-    if all_failed {
-        let first = &route.backends[0];
-        let failure = match results.into_iter().next() {
-            Some(Some(Err(f))) => f,
-            _ => Failure::Timeout,
-        };
-        return Err(BackendError {
-            backend: first.name.clone(),
-            upstream: first.upstream.name.clone(),
-            failure,
-        });
+/// Returns the body and whether every backend answered (`x-manifold-completed`), or
+/// `None` when none did (the route then fails as if its first backend were required).
+/// Failed optional backends are left out, or replaced by their `default`.
+pub fn assemble<'p>(
+    plans: impl IntoIterator<Item = &'p Plan>,
+    results: Vec<Input>,
+) -> Option<(Vec<u8>, bool)> {
+    if results.iter().all(|r| !matches!(r, Some(Ok(_)))) {
+        return None;
     }
     let mut root = Root::default();
     let mut completed = true;
-    for (b, result) in route.backends.iter().zip(results) {
+    for (b, result) in plans.into_iter().zip(results) {
         match result {
             Some(Ok(Answer::Value(v))) => root.place(&b.name, b.group.as_deref(), b.shape.apply(v)),
             Some(Ok(Answer::Raw(raw))) => match &b.group {
@@ -340,7 +353,7 @@ pub fn assemble(route: &Route, results: Vec<Slot>) -> Result<(Vec<u8>, bool), Ba
             }
         }
     }
-    Ok((root.to_bytes(), completed))
+    Some((root.to_bytes(), completed))
 }
 
 /// Reads `field.sub` of an answer for a `{backend.field}` placeholder.

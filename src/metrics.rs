@@ -4,9 +4,9 @@
 //! One registry for the process. Handles are made when a config is compiled (per route,
 //! per upstream), so the request path only does atomic observes: no label hashing, no
 //! lock, no allocation. Labels are bounded: route names or templates (`unmatched` when
-//! no route matched), upstream names, status classes, fixed outcome words.
+//! no route matched), upstream names, status codes (100–599), fixed outcome words.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -14,6 +14,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::error::Outcome;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -108,23 +110,16 @@ fn histogram() -> Histogram {
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
-/// Status classes, indexed by the first digit (1xx..5xx).
-const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Status codes a request histogram can carry: 100 to 599.
+const STATUSES: usize = 500;
 
-/// Upstream outcomes, in [`OUTCOMES`] order.
-pub const OUTCOMES: [&str; 6] = [
-    "ok",
-    "rejected",
-    "error",
-    "timeout",
-    "circuit_open",
-    "overloaded",
-];
-
-/// One route's request histograms, one per status class.
+/// One route's request histograms, one per status code sent, each made at its first
+/// use (a labelled lookup once) and an atomic observe after that: no series for codes
+/// a route never sends, and no lookup on the request path.
 #[derive(Clone)]
 pub struct RouteMetrics {
-    by_class: [Histogram; 5],
+    labels: Arc<(String, String)>,
+    by_status: Arc<[OnceLock<Histogram>]>,
     rate_limited: Counter,
 }
 
@@ -157,7 +152,7 @@ impl Metrics {
         let buffer_capacity = Gauge::default();
         registry.register(
             "http_server_request_duration_seconds",
-            "Time to answer client requests, by route, method and status class",
+            "Time to answer client requests, by route, method and status code",
             requests.clone(),
         );
         registry.register(
@@ -245,15 +240,7 @@ impl Metrics {
     }
 
     pub fn route(&self, route: &str, method: &str) -> RouteMetrics {
-        let by_class = CLASSES.map(|class| {
-            self.requests
-                .get_or_create(&RequestLabels {
-                    route: route.to_string(),
-                    method: method.to_string(),
-                    status: class.to_string(),
-                })
-                .clone()
-        });
+        let by_status = (0..STATUSES).map(|_| OnceLock::new()).collect();
         let rate_limited = self
             .rate_limited
             .get_or_create(&RouteName {
@@ -261,17 +248,18 @@ impl Metrics {
             })
             .clone();
         RouteMetrics {
-            by_class,
+            labels: Arc::new((route.to_string(), method.to_string())),
+            by_status,
             rate_limited,
         }
     }
 
     pub fn upstream(&self, name: &str) -> UpstreamMetrics {
-        let by_outcome = OUTCOMES.map(|outcome| {
+        let by_outcome = Outcome::UPSTREAM.map(|outcome| {
             self.upstream
                 .get_or_create(&UpstreamLabels {
                     upstream: name.to_string(),
-                    outcome: outcome.to_string(),
+                    outcome: outcome.as_str().to_string(),
                 })
                 .clone()
         });
@@ -296,7 +284,7 @@ impl Metrics {
             .get_or_create(&RequestLabels {
                 route: route.into(),
                 method: method.into(),
-                status: class(status).into(),
+                status: status.to_string(),
             })
             .observe(secs);
     }
@@ -386,13 +374,23 @@ impl Metrics {
     }
 }
 
-fn class(status: u16) -> &'static str {
-    CLASSES[usize::from((status / 100).clamp(1, 5) - 1)]
-}
-
 impl RouteMetrics {
     pub fn observe(&self, status: u16, secs: f64) {
-        self.by_class[usize::from((status / 100).clamp(1, 5) - 1)].observe(secs);
+        let i = usize::from(status.clamp(100, 599) - 100);
+        let Some(cell) = self.by_status.get(i) else {
+            return;
+        };
+        cell.get_or_init(|| {
+            METRICS
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: self.labels.0.clone(),
+                    method: self.labels.1.clone(),
+                    status: (i + 100).to_string(),
+                })
+                .clone()
+        })
+        .observe(secs);
     }
 
     pub fn rate_limited(&self) {
@@ -401,9 +399,12 @@ impl RouteMetrics {
 }
 
 impl UpstreamMetrics {
-    pub fn observe(&self, outcome: &str, secs: f64) {
-        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
-            self.by_outcome[i].observe(secs);
+    /// Counts a call's end; outcomes that are not the upstream's (`client_error`,
+    /// `dependency_failed`) are not counted here.
+    pub fn observe(&self, outcome: Outcome, secs: f64) {
+        // `Outcome::UPSTREAM` lists the first variants in order.
+        if let Some(h) = self.by_outcome.get(outcome as usize) {
+            h.observe(secs);
         }
     }
 }

@@ -9,15 +9,14 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::access_log::AccessRecord;
-use crate::body::{Body, ClientBody, IdleTimeout, RequestBody, Upstream};
-use crate::error::{BackendError, CLIENT_ERROR, Failure, GatewayError};
-use crate::fanout::{self, Report};
-use crate::forward::{HOP_BY_HOP, X_REQUEST_ID, connection_named, is_hop_by_hop};
+use crate::access_log::{AccessRecord, Report};
+use crate::backend;
+use crate::body::{Body, ClientBody, IdleTimeout, RequestBody};
+use crate::error::{BackendError, Failure, GatewayError, Outcome};
+use crate::forward::{HOP_BY_HOP, X_REQUEST_ID, connection_named, content_length, is_hop_by_hop};
 use crate::gateway::Route;
-use crate::proxy::content_length;
 use crate::trace::{Pending, Span};
-use crate::upstream::{SendError, classify};
+use crate::upstream::Streamed;
 
 #[allow(clippy::too_many_arguments)]
 pub async fn forward(
@@ -30,24 +29,34 @@ pub async fn forward(
     deadline: Instant,
     record: &mut AccessRecord,
     span: &Span,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body<Streamed>>, GatewayError> {
     let backend = &route.backends[0];
     let upstream = &backend.upstream;
     // Ends when the response head is in (or the call failed): the body streams after.
-    let mut span = Pending::new(fanout::backend_span(span, backend), deadline);
-    let fail = |span: &mut Pending, failure: Failure, attempts: u32| {
-        fanout::end_backend_span(span, Err(&failure), attempts);
+    let mut span = Pending::new(backend::span(span, backend), deadline);
+    let blame = |failure| {
         GatewayError::Backend(BackendError {
-            backend: backend.name.clone(),
+            backend: backend.plan.name.clone(),
             upstream: upstream.name.clone(),
             failure,
         })
     };
-    let (base, uri) = match fanout::render(route, backend, params, query, &[])
+    let (base, uri) = match backend::render(route, backend, params, query, &[])
         .and_then(|path| upstream.target(path))
     {
         Ok(target) => target,
-        Err(f) => return Err(fail(&mut span, f, 0)),
+        Err(f) => {
+            let report = Report::new(f.outcome(), None, std::time::Duration::ZERO, 0);
+            let report = backend::end(
+                Some(&mut span),
+                backend,
+                &record.request_id,
+                Some(&f),
+                report,
+            );
+            record.backends.push((backend.plan.name.clone(), report));
+            return Err(blame(f));
+        }
     };
 
     let mut req = Request::new(RequestBody::Full(None));
@@ -72,90 +81,45 @@ pub async fn forward(
     }
     *req.headers_mut() = headers;
 
-    let started = Instant::now();
-    let sent = upstream
-        .send(
+    let tried = upstream
+        .call_streamed(
             base,
             req,
-            started,
             deadline,
             &span.span,
             &backend.span_name,
             watch.as_ref(),
         )
         .await;
-    let (resp, held, elapsed) = match sent {
-        Ok(answer) => answer,
-        Err(SendError::Client(fault)) => {
-            record.backends.push((
-                backend.name.clone(),
-                Report {
-                    outcome: CLIENT_ERROR,
-                    status: None,
-                    elapsed: started.elapsed(),
-                    attempts: 1,
-                    cache: None,
-                    hints: Default::default(),
-                },
-            ));
-            let span = span.finish();
-            if span.is_on() {
-                span.record(|a| {
-                    a.int("manifold.attempts", 1);
-                    a.str("manifold.outcome", CLIENT_ERROR);
-                });
-                span.end();
-            }
-            return Err(fault.into_error(route.max_request_body));
+    let status = tried
+        .answer
+        .as_ref()
+        .map(|(resp, _)| resp.status().as_u16());
+    let report = Report::new(
+        Outcome::of(&tried.verdict),
+        status,
+        tried.elapsed,
+        u32::from(tried.sent),
+    );
+    let failure = tried.verdict.as_ref().err();
+    let report = backend::end(
+        Some(&mut span),
+        backend,
+        &record.request_id,
+        failure,
+        report,
+    );
+    record.backends.push((backend.plan.name.clone(), report));
+    let (resp, held) = match (tried.answer, tried.verdict) {
+        (Some(answer), _) => answer,
+        (None, Err(Failure::Client(fault))) => {
+            return Err(GatewayError::client(fault, route.max_request_body));
         }
-        Err(e) => {
-            let failure = match e {
-                SendError::Refused(f) => f,
-                SendError::Timeout => Failure::Timeout,
-                SendError::Transport(_) | SendError::Client(_) => Failure::Connect,
-            };
-            let attempts = u32::from(!matches!(
-                failure,
-                Failure::CircuitOpen { .. } | Failure::Overloaded
-            ));
-            record.backends.push((
-                backend.name.clone(),
-                Report {
-                    outcome: failure.outcome(),
-                    status: None,
-                    elapsed: started.elapsed(),
-                    attempts,
-                    cache: None,
-                    hints: Default::default(),
-                },
-            ));
-            return Err(fail(&mut span, failure, attempts));
-        }
+        (None, Err(f)) => return Err(blame(f)),
+        (None, Ok(_)) => return Err(blame(Failure::BadResponse("no answer"))),
     };
-    let status = resp.status();
-    let verdict = classify(status).map(|_| ());
-    fanout::end_backend_span(&mut span, verdict.as_ref().copied(), 1);
-    record.backends.push((
-        backend.name.clone(),
-        Report {
-            outcome: verdict.as_ref().map_or_else(Failure::outcome, |()| "ok"),
-            status: Some(status.as_u16()),
-            elapsed,
-            attempts: 1,
-            cache: None,
-            hints: Default::default(),
-        },
-    ));
-    if let Err(failure @ Failure::BadResponse(_)) = verdict {
-        // An unsolicited 101: nothing here asked to switch protocols.
-        return Err(GatewayError::Backend(BackendError {
-            backend: backend.name.clone(),
-            upstream: upstream.name.clone(),
-            failure,
-        }));
-    }
     let idle = upstream.idle_timeout();
-    let mut out = resp.map(|b| Body::Stream(Upstream::new(IdleTimeout::new(b, idle), held)));
+    let mut out = resp.map(|b| Body::Stream(Streamed::new(IdleTimeout::new(b, idle), held)));
     // RFC 9112 §6.3: with `transfer-encoding`, `content-length` is not the length (the
     // chunked body was read as such); passed on, it would cut the body short.
     if out.headers().contains_key(header::TRANSFER_ENCODING) {

@@ -7,7 +7,6 @@
 //! each accepting on its own `SO_REUSEPORT` socket and calling upstreams through its own
 //! pools, so a request never hops threads. Tests run everything on their own runtime.
 
-use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,25 +24,15 @@ use crate::access_log::LogSink;
 use crate::config::Config;
 use crate::connection::{self, Connections, Limits};
 use crate::forward::Peer;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Live};
 use crate::metrics::METRICS;
-use crate::{admin, proxy};
-
-/// State shared by every connection of both listeners.
-pub struct Shared {
-    pub gateway: ArcSwap<Gateway>,
-    /// `/ready`: true once a config is loaded, false again while draining.
-    pub ready: AtomicBool,
-    pub log_sink: LogSink,
-    /// `max_connections` when the config sets none (from the descriptor limit).
-    pub default_max_connections: usize,
-}
+use crate::{admin, handler};
 
 /// A running gateway: its bound addresses and the means to stop it.
 pub struct Server {
     pub addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
-    pub shared: Arc<Shared>,
+    pub shared: Arc<Live>,
     stop: watch::Sender<bool>,
     /// The admin listener outlives the public drain so `/ready` can say 503 meanwhile.
     stop_admin: watch::Sender<bool>,
@@ -60,7 +49,7 @@ impl Server {
     }
 
     /// As [`Server::start`], with the public listener served by `workers` (one
-    /// `SO_REUSEPORT` socket each; see [`spawn_workers`]). Empty: the current runtime.
+    /// `SO_REUSEPORT` socket each; see [`crate::worker::spawn`]). Empty: the current runtime.
     pub async fn start_on(
         config: Config,
         log_sink: LogSink,
@@ -70,7 +59,7 @@ impl Server {
         let admin_listen = config.server.admin_listen;
         let grace = config.server.shutdown_grace;
         let gateway = Gateway::build(config, None, workers.len().max(1))?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Live {
             gateway: ArcSwap::from_pointee(gateway),
             ready: AtomicBool::new(false),
             log_sink,
@@ -126,7 +115,7 @@ impl Server {
                 shared.clone(),
                 conns.clone(),
                 None,
-                move |req, peer| proxy::handle(s.clone(), req, peer),
+                move |req, peer| handler::handle(s.clone(), req, peer),
             )));
         }
 
@@ -230,18 +219,20 @@ const ADMIN_MAX_CONNECTIONS: usize = 256;
 
 /// Accepts connections until `stop`, each served under the bounds of the config live
 /// when it was accepted; then waits (up to `grace`) for the open ones to finish.
-async fn accept_loop<F, Fut>(
+async fn accept_loop<F, Fut, S>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
-    shared: Arc<Shared>,
+    shared: Arc<Live>,
     conns: Arc<Connections>,
     max: Option<usize>,
     handler: F,
 ) -> bool
 where
     F: Fn(http::Request<hyper::body::Incoming>, Peer) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = http::Response<crate::body::Body>> + Send + 'static,
+    Fut: std::future::Future<Output = http::Response<crate::body::Body<S>>> + Send + 'static,
+    S: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    S::Error: Into<crate::body::BoxError>,
 {
     // The builder follows the config: made again after a reload changed it.
     let mut current: Option<(Arc<Gateway>, Limits, Arc<auto::Builder<TokioExecutor>>)> = None;
@@ -312,43 +303,4 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
-}
-
-thread_local! {
-    static WORKER: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Which worker loop this thread is (0 outside workers).
-pub fn worker_index() -> usize {
-    WORKER.with(Cell::get)
-}
-
-/// Starts `n` single-threaded event loops on their own threads; they run until exit.
-pub fn spawn_workers(n: usize) -> std::io::Result<Vec<Handle>> {
-    let mut handles = Vec::with_capacity(n);
-    for i in 0..n {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name(format!("manifold-worker-{i}"))
-            .spawn(move || {
-                WORKER.with(|w| w.set(i));
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => {
-                        let _ = tx.send(Ok(rt.handle().clone()));
-                        rt.block_on(std::future::pending::<()>());
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                    }
-                }
-            })?;
-        let handle = rx
-            .recv()
-            .map_err(|_| std::io::Error::other("a worker thread died while starting"))??;
-        handles.push(handle);
-    }
-    Ok(handles)
 }

@@ -130,7 +130,7 @@ impl Exporter {
                 .map_err(|_| format!("OTLP header `{k}` has a value that is not valid"))?;
             headers.push((name, value));
         }
-        let tls = crate::upstream::tls_config(None)?;
+        let tls = crate::tls::client_config(None)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let resource = Resource {
             attributes: vec![
@@ -226,14 +226,7 @@ fn run(rx: Receiver<Msg>, queued: &AtomicUsize, mut post: Post, tls: rustls::Cli
         tracing::error!("cannot start the trace export runtime; spans are dropped");
         return;
     };
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
+    let https = crate::tls::connector(tls, None, None);
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())

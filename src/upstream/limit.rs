@@ -11,7 +11,7 @@ pub struct InFlight {
 }
 
 /// One call's place under the cap, given back when dropped.
-pub struct Slot(Arc<AtomicU32>);
+pub struct Ticket(Arc<AtomicU32>);
 
 impl InFlight {
     pub fn new(max: u32) -> Self {
@@ -21,13 +21,13 @@ impl InFlight {
         }
     }
 
-    pub fn try_acquire(&self) -> Option<Slot> {
+    pub fn try_acquire(&self) -> Option<Ticket> {
         let before = self.count.fetch_add(1, Ordering::AcqRel);
         if before >= self.max {
             self.count.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        Some(Slot(self.count.clone()))
+        Some(Ticket(self.count.clone()))
     }
 
     pub fn max(&self) -> u32 {
@@ -39,7 +39,7 @@ impl InFlight {
     }
 }
 
-impl Drop for Slot {
+impl Drop for Ticket {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }

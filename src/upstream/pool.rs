@@ -154,7 +154,7 @@ impl Pool {
     }
 
     fn list(&self) -> (usize, &Mutex<List>) {
-        let slot = crate::server::worker_index() % self.idle.len();
+        let slot = crate::worker::index() % self.idle.len();
         (slot, &self.idle[slot])
     }
 

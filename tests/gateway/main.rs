@@ -3,6 +3,7 @@
 mod support;
 
 mod caching;
+mod causes;
 mod chaos;
 mod config_check;
 mod demo;

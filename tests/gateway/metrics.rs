@@ -90,12 +90,24 @@ cache = {{ ttl = \"30s\" }}
             ),
         )
     };
-    assert_eq!(requests("metrics-route", "2xx"), Some(3.0), "{text}");
-    assert_eq!(requests("metrics-limited", "4xx"), Some(1.0));
-    assert_eq!(requests("metrics-failing", "5xx"), Some(2.0));
+    // `status` is the code sent, as OpenTelemetry's http.response.status_code: a 429
+    // and a 404 are told apart, and so are a 502 and the breaker's 503.
+    assert_eq!(requests("metrics-route", "200"), Some(3.0), "{text}");
+    assert_eq!(requests("metrics-limited", "200"), Some(1.0));
+    assert_eq!(requests("metrics-limited", "429"), Some(1.0));
+    assert_eq!(requests("metrics-failing", "502"), Some(1.0));
+    assert_eq!(requests("metrics-failing", "503"), Some(1.0));
     assert!(
-        requests("unmatched", "4xx").unwrap_or(0.0) >= 1.0,
+        requests("unmatched", "404").unwrap_or(0.0) >= 1.0,
         "unmatched requests are labelled, never by raw path"
+    );
+    assert!(
+        !text.contains("status=\"2xx\"") && !text.contains("status=\"5xx\""),
+        "no status classes: {text}"
+    );
+    assert!(
+        !text.contains("route=\"metrics-route\",method=\"GET\",status=\"404\""),
+        "no series for a code a route never sent"
     );
     assert!(
         !text.contains("no-such-route"),

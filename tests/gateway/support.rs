@@ -168,6 +168,76 @@ pub struct Gateway {
     pub client: reqwest::Client,
 }
 
+/// The gateway's own log events (not access lines) of every test in this binary, as
+/// JSON: tests find theirs by request id. Installed once, at debug level for manifold.
+static EVENTS: std::sync::OnceLock<Arc<Mutex<Vec<Value>>>> = std::sync::OnceLock::new();
+
+fn capture_events() -> Arc<Mutex<Vec<Value>>> {
+    EVENTS
+        .get_or_init(|| {
+            let events = Arc::new(Mutex::new(Vec::new()));
+            let to = events.clone();
+            let writer = move || Line {
+                buf: Vec::new(),
+                to: to.clone(),
+            };
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("warn,manifold=debug"))
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_writer(writer)
+                .try_init();
+            events
+        })
+        .clone()
+}
+
+/// One formatted event, kept as JSON when dropped.
+struct Line {
+    buf: Vec<u8>,
+    to: Arc<Mutex<Vec<Value>>>,
+}
+
+impl std::io::Write for Line {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        for line in self.buf.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            if let Ok(v) = serde_json::from_slice(line) {
+                self.to.lock().unwrap().push(v);
+            }
+        }
+    }
+}
+
+/// The gateway's log events that carry `request_id`, waiting up to 2 s for `n`.
+pub async fn events_for(request_id: &str, n: usize) -> Vec<Value> {
+    let events = capture_events();
+    for _ in 0..200 {
+        let found: Vec<Value> = events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["request_id"] == request_id)
+            .cloned()
+            .collect();
+        if found.len() >= n {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("fewer than {n} log events for request {request_id}");
+}
+
 /// The `[server]` block tests use: both listeners on ephemeral ports.
 pub const SERVER: &str = "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n";
 
@@ -179,6 +249,7 @@ impl Gateway {
         } else {
             format!("{SERVER}{config}")
         };
+        capture_events();
         let config = match manifold::config::parse("test.toml", &text) {
             Ok(c) => c,
             Err(d) => panic!("test config is invalid:\n{}", d.render()),

@@ -1,30 +1,36 @@
-//! One client request through a route: match, check, fan out (or stream), merge, answer.
+//! The request handler: one client request through a route — match, check, fan out
+//! (or stream), merge, answer.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::access_log::{self, AccessRecord};
+use crate::access_log::{self, AccessRecord, Report};
 use crate::body::Body;
+use crate::body::ClientFault;
 use crate::budget::{Charge, Share};
 use crate::cache::{self, Hints, Lookup};
 use crate::connection::Crowded;
-use crate::error::{CLIENT_CLOSED_REQUEST, ClientFault, GatewayError};
+use crate::error::{BackendError, CLIENT_CLOSED_REQUEST, Failure, GatewayError};
 use crate::fanout::{self, Call};
 use crate::forward::{self, Peer, X_MANIFOLD_CACHE, X_MANIFOLD_COMPLETED, X_REQUEST_ID};
-use crate::gateway::{Gateway, Route};
+use crate::gateway::{Gateway, Live, Route};
 use crate::metrics::METRICS;
 use crate::router::Match;
-use crate::server::Shared;
 use crate::trace::{self, Span};
+use crate::upstream::Streamed;
 use crate::{merge, passthrough};
 
 /// Serves one request on the public listener. Never fails: errors become responses.
-pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+pub async fn handle(
+    shared: Arc<Live>,
+    req: Request<Incoming>,
+    peer: Peer,
+) -> Response<Body<Streamed>> {
     let gateway = shared.gateway.load_full();
     let request_id = forward::request_id(req.headers());
     let mut span = match &gateway.tracing {
@@ -117,7 +123,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> 
 }
 
 /// Bytes of a buffered answer (0 for a streamed one).
-fn buffered_len(r: &Response<Body>) -> u64 {
+fn buffered_len(r: &Response<Body<Streamed>>) -> u64 {
     match r.body() {
         Body::Full(Some(b)) => b.len() as u64,
         _ => 0,
@@ -128,7 +134,7 @@ fn buffered_len(r: &Response<Body>) -> u64 {
 /// (client gone, HTTP/2 stream reset, drain cut short) — then with status 499, as
 /// nginx logs a client that closed the request.
 pub struct Finish {
-    shared: Arc<Shared>,
+    shared: Arc<Live>,
     gateway: Arc<Gateway>,
     pub record: AccessRecord,
     /// The server span; it ends with the request.
@@ -138,7 +144,7 @@ pub struct Finish {
 }
 
 impl Finish {
-    fn new(shared: Arc<Shared>, gateway: Arc<Gateway>, record: AccessRecord, span: Span) -> Self {
+    fn new(shared: Arc<Live>, gateway: Arc<Gateway>, record: AccessRecord, span: Span) -> Self {
         METRICS.inflight.inc();
         Finish {
             shared,
@@ -206,7 +212,7 @@ async fn serve(
     peer: Peer,
     request_id: &HeaderValue,
     done: &mut Finish,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body<Streamed>>, GatewayError> {
     let Finish {
         record,
         span,
@@ -243,7 +249,7 @@ async fn serve(
             })?;
     }
     let params = decode_params(raw_params.iter())?;
-    let declared = content_length(&parts.headers);
+    let declared = forward::content_length(&parts.headers);
     if declared.is_some_and(|n| n > route.max_request_body) {
         return Err(GatewayError::PayloadTooLarge {
             limit: route.max_request_body,
@@ -302,7 +308,7 @@ async fn aggregate(
     record: &mut AccessRecord,
     span: &mut Span,
     share: Option<&Arc<Share>>,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body<Streamed>>, GatewayError> {
     // A client trickling its body must not hold the answer past the deadline either.
     let reading = async {
         if route.wants_body {
@@ -332,6 +338,7 @@ async fn aggregate(
         span,
         budget: &gateway.budget,
         share,
+        request_id,
     };
     let Some(cache_config) = &route.cache else {
         let (bytes, completed, _) = merged(route, &call, record).await?;
@@ -404,6 +411,10 @@ async fn merged(
         .flatten()
         .fold(Hints::default(), |acc, r| acc.join(r.hints));
     record.backends = reports(route, fan.reports);
+    let first_failure = match fan.results.first() {
+        Some(Some(Err(f))) => f.clone(),
+        _ => Failure::Timeout,
+    };
     if let Some(e) = fan.required_failure {
         return Err(GatewayError::Backend(e));
     }
@@ -414,7 +425,15 @@ async fn merged(
     if !room.grow(size) {
         return Err(GatewayError::BufferFull);
     }
-    let (bytes, completed) = merge::assemble(route, fan.results).map_err(GatewayError::Backend)?;
+    // None answered: the route fails as if its first backend were required.
+    let Some((bytes, completed)) = merge::assemble(route.plans(), fan.results) else {
+        let first = &route.backends[0];
+        return Err(GatewayError::Backend(BackendError {
+            backend: first.plan.name.clone(),
+            upstream: first.upstream.name.clone(),
+            failure: first_failure,
+        }));
+    };
     record.partial = !completed;
     Ok((Bytes::from(bytes), completed, hints))
 }
@@ -424,7 +443,7 @@ fn json_response(
     completed: bool,
     request_id: &HeaderValue,
     cache: Option<&'static str>,
-) -> Response<Body> {
+) -> Response<Body<Streamed>> {
     let mut resp = Response::new(Body::from(body));
     let h = resp.headers_mut();
     h.insert(
@@ -442,12 +461,12 @@ fn json_response(
     resp
 }
 
-fn reports(route: &Route, reports: Vec<Option<fanout::Report>>) -> Vec<(Arc<str>, fanout::Report)> {
+fn reports(route: &Route, reports: Vec<Option<Report>>) -> Vec<(Arc<str>, Report)> {
     route
         .backends
         .iter()
         .zip(reports)
-        .filter_map(|(b, r)| r.map(|r| (b.name.clone(), r)))
+        .filter_map(|(b, r)| r.map(|r| (b.plan.name.clone(), r)))
         .collect()
 }
 
@@ -502,10 +521,6 @@ pub fn decode_params<'a>(
     Ok(out)
 }
 
-pub fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
-}
-
 /// The client's body, with its content-type, for backends that carry it; 413 past the limit.
 async fn read_body(
     h: &HeaderMap,
@@ -524,7 +539,7 @@ async fn read_body(
                 let fault = e
                     .downcast_ref::<hyper::Error>()
                     .map_or(ClientFault::Malformed, ClientFault::of);
-                fault.into_error(limit)
+                GatewayError::client(fault, limit)
             }
         })?
         .to_bytes();
@@ -536,15 +551,4 @@ async fn read_body(
         .cloned()
         .unwrap_or(HeaderValue::from_static("application/octet-stream"));
     Ok(Some((collected, content_type)))
-}
-
-/// A bare status response (used by the admin listener).
-pub fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut r = Response::new(Body::from(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
 }

@@ -1,0 +1,287 @@
+//! One attempt at an upstream, the one path every call takes: the guards, the call
+//! within its deadline, then one verdict that the breaker, the metrics and the client
+//! span all hear. A streamed call takes the answer as it comes; a buffered one reads
+//! its body inside the same attempt (see [`Upstream::call_buffered`]).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::Upstream;
+use super::breaker::BreakerState;
+use super::span::ClientSpan;
+use super::stream::Held;
+use crate::body::{BodyWatch, RequestBody};
+use crate::budget::{Budget, Charge, Share};
+use crate::error::{Failure, Outcome};
+use crate::trace::Span;
+
+/// Whether the caller takes the answer as it streams or reads it whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// Passthrough: any status is an answer to pass on (4xx and 5xx still count as
+    /// failures), except an unsolicited 101.
+    Streamed,
+    /// Fan-out: the answer must be a 2xx, and its body is read within the attempt.
+    Buffered,
+}
+
+/// What one attempt is for.
+pub(super) struct Try<'a> {
+    /// Which of the upstream's `urls`.
+    pub base: usize,
+    /// 1 for the first attempt, 2 for the first retry...
+    pub n: u32,
+    /// The backend span this attempt's client span goes under, and its name.
+    pub parent: &'a Span,
+    pub span_name: &'a Arc<str>,
+    /// The backend's cache was asked and had nothing.
+    pub cache_miss: bool,
+    pub route_deadline: Instant,
+    /// The caller's own timer ends the whole call at the route deadline (a fan-out's),
+    /// so no second timer is needed unless a breaker must hear of a timeout.
+    pub bounded: bool,
+    /// A passthrough client's body streamed along: a call it failed is the client's.
+    pub client: Option<&'a BodyWatch>,
+}
+
+/// How an attempt ended.
+pub struct Tried<T> {
+    /// What the caller gets: the answer, when there is one to use (a streamed 503 is an
+    /// answer and a failure at once).
+    pub answer: Option<T>,
+    /// The verdict the breaker, the metrics and the span heard: the status, or why not.
+    pub verdict: Result<StatusCode, Failure>,
+    /// The call went past the guards (the breaker, limits and budget let it through).
+    pub sent: bool,
+    pub elapsed: Duration,
+}
+
+impl<T> Tried<T> {
+    /// The answer, or the failure that took its place.
+    pub fn into_result(self) -> Result<T, Failure> {
+        match (self.answer, self.verdict) {
+            (Some(answer), Ok(_)) => Ok(answer),
+            (_, Err(f)) => Err(f),
+            (None, Ok(_)) => Err(Failure::BadResponse("no answer")),
+        }
+    }
+}
+
+/// An answer's status as a verdict: 5xx and 4xx are failures, and so is a 101 that
+/// nothing asked for; a buffered call wants a 2xx.
+pub(super) fn classify(status: StatusCode, mode: Mode) -> Result<StatusCode, Failure> {
+    if status.is_server_error() {
+        Err(Failure::ServerError(status))
+    } else if status.is_client_error() {
+        Err(Failure::Rejected(status))
+    } else if status == StatusCode::SWITCHING_PROTOCOLS {
+        Err(Failure::BadResponse(
+            "an unsolicited 101 Switching Protocols",
+        ))
+    } else if mode == Mode::Buffered && status.is_redirection() {
+        Err(Failure::BadResponse("a redirect"))
+    } else if mode == Mode::Buffered && !status.is_success() {
+        Err(Failure::BadResponse("an unexpected status"))
+    } else {
+        Ok(status)
+    }
+}
+
+impl Upstream {
+    /// One attempt: the guards (rate limit, `max_concurrency`, breaker; for a buffered
+    /// call, room in `buffer_capacity`), the call until the attempt deadline with
+    /// `then` taking the answer, and the verdict. With a breaker, the timer is the
+    /// attempt's own even when it equals the route deadline, so the breaker hears of
+    /// the timeout before the caller drops the call.
+    pub(super) async fn attempt<T, F, Fut>(
+        &self,
+        mut req: Request<RequestBody>,
+        t: &Try<'_>,
+        mode: Mode,
+        then: F,
+    ) -> Tried<T>
+    where
+        F: FnOnce(Response<Incoming>, Held) -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let started = Instant::now();
+        let deadline = self.attempt_deadline(started, t.route_deadline);
+        let mut span = ClientSpan::start(
+            self,
+            t.parent,
+            t.span_name,
+            req.method(),
+            &self.pool.bases()[t.base],
+            req.uri(),
+            t.n,
+            t.cache_miss,
+            deadline,
+        );
+        span.inject(req.headers_mut());
+        let guards = if mode == Mode::Buffered && !self.budget.has_room() {
+            Err(Failure::BufferFull)
+        } else {
+            self.guards()
+        };
+        span.breaker(match &guards {
+            Ok((_, Some(permit))) => Some(permit.state()),
+            Err(Failure::CircuitOpen { .. }) => Some(BreakerState::Open),
+            // No breaker, or shed by a load guard before the breaker was asked.
+            _ => self.breaker_state(),
+        });
+        let (ticket, permit) = match guards {
+            Ok(g) => g,
+            Err(f) => {
+                let elapsed = started.elapsed();
+                self.metrics.observe(f.outcome(), elapsed.as_secs_f64());
+                span.finish(Err(&f));
+                return Tried {
+                    answer: None,
+                    verdict: Err(f),
+                    sent: false,
+                    elapsed,
+                };
+            }
+        };
+        let base = t.base;
+        let work = async {
+            let (resp, lease) = match self.pool.send(base, req).await {
+                Ok(answer) => answer,
+                Err(e) => return (None, Err(Failure::connect(&*e))),
+            };
+            match classify(resp.status(), mode) {
+                // Nothing to read: the lease goes back now (a short error body is
+                // usually in with the head, so the connection stays usable).
+                Err(f) if mode == Mode::Buffered || matches!(f, Failure::BadResponse(_)) => {
+                    (None, Err(f))
+                }
+                verdict => {
+                    let held = Held {
+                        _ticket: ticket,
+                        _conn: lease,
+                    };
+                    match then(resp, held).await {
+                        Ok(answer) => (Some(answer), verdict),
+                        Err(f) => (None, Err(f)),
+                    }
+                }
+            }
+        };
+        let (answer, verdict) = if permit.is_none() && t.bounded && deadline >= t.route_deadline {
+            // No breaker needs to hear of a timeout, and the caller's timer already
+            // bounds this call: one timer fewer per call on the hot path.
+            work.await
+        } else {
+            tokio::time::timeout_at(deadline, work)
+                .await
+                .unwrap_or((None, Err(Failure::Timeout)))
+        };
+        // A transport error or timeout while the client's upload failed or stalled is
+        // the client's doing.
+        let verdict = match (verdict, t.client) {
+            (Err(f @ (Failure::Connect(_) | Failure::Timeout)), Some(watch)) => {
+                match watch.fault(f == Failure::Timeout) {
+                    Some(fault) => Err(Failure::Client(fault)),
+                    None => Err(f),
+                }
+            }
+            (verdict, _) => verdict,
+        };
+        let elapsed = started.elapsed();
+        if let Err(Failure::Client(fault)) = &verdict {
+            // Dropped unrecorded: the breaker counts neither a success nor a fault, and
+            // the upstream's metrics never see it.
+            drop(permit);
+            span.client_fault(*fault);
+        } else {
+            if let Some(p) = permit {
+                p.record(matches!(&verdict, Err(f) if f.is_upstream_fault()));
+            }
+            self.metrics
+                .observe(Outcome::of(&verdict), elapsed.as_secs_f64());
+            span.finish(verdict.as_ref().copied());
+        }
+        Tried {
+            answer,
+            verdict,
+            sent: true,
+            elapsed,
+        }
+    }
+}
+
+/// Reads a whole body, refusing one larger than `limit` bytes without buffering it all,
+/// and one whose buffer would pass `buffer_capacity` as it grows. What is charged is
+/// the memory taken, not the bytes read: a buffer that doubles as an unannounced body
+/// arrives holds up to twice them (an announced length is reserved exactly).
+pub(super) async fn read_limited(
+    resp: Response<Incoming>,
+    limit: u64,
+    budget: &Arc<Budget>,
+    share: Option<&Arc<Share>>,
+) -> Result<(Bytes, Charge), Failure> {
+    const TOO_LARGE: Failure = Failure::BadResponse("the body is larger than max_response_body");
+    let declared = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(TOO_LARGE);
+    }
+    let mut body = resp.into_body();
+    let charge = budget.start(share);
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Failure::connect(&e))?;
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        let total = buf.len() + first.as_ref().map_or(0, Bytes::len) + chunk.len();
+        if total as u64 > limit {
+            return Err(TOO_LARGE);
+        }
+        // Most JSON answers arrive in one chunk: keep it without copying.
+        let held = match first.take() {
+            None if buf.is_empty() => {
+                first = Some(chunk);
+                total
+            }
+            f => {
+                let needed = f.as_ref().map_or(0, Bytes::len) + buf.len() + chunk.len();
+                if buf.capacity() < needed {
+                    buf.reserve(declared.map_or(needed, |d| d as usize).max(needed) - buf.len());
+                }
+                if let Some(f) = f {
+                    buf.extend_from_slice(&f);
+                }
+                buf.extend_from_slice(&chunk);
+                buf.capacity()
+            }
+        };
+        if !charge.grow((held as u64).saturating_sub(charge.bytes())) {
+            return Err(Failure::BufferFull);
+        }
+    }
+    let body = match first {
+        Some(only) => only,
+        // A buffer that doubled past the body is copied down to size, so the answer
+        // holds (and is charged for) no more than itself while it waits to be merged.
+        None if buf.capacity() > buf.len() + buf.len() / 4 => {
+            let exact = Bytes::copy_from_slice(&buf);
+            drop(buf);
+            charge.shrink_to(exact.len() as u64);
+            exact
+        }
+        None => buf.freeze(),
+    };
+    Ok((body, charge))
+}

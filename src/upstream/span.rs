@@ -1,0 +1,105 @@
+//! The client span of one attempt (CONTRACT §6).
+
+use std::sync::Arc;
+
+use http::{HeaderMap, Method, StatusCode, Uri};
+use opentelemetry::trace::SpanKind;
+use tokio::time::Instant;
+
+use super::Upstream;
+use super::breaker::BreakerState;
+use super::pool::Base;
+use crate::body::ClientFault;
+use crate::error::Failure;
+use crate::trace::{Pending, Span};
+
+/// An attempt's span, marked as cut short if the attempt is dropped before it ends.
+pub(super) struct ClientSpan(Pending);
+
+impl ClientSpan {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn start(
+        up: &Upstream,
+        parent: &Span,
+        name: &Arc<str>,
+        method: &Method,
+        base: &Base,
+        target: &Uri,
+        attempt: u32,
+        cache_miss: bool,
+        deadline: Instant,
+    ) -> ClientSpan {
+        let span = parent.child(name, SpanKind::Client, |a| {
+            a.str("http.request.method", method.as_str());
+            // Pieces that are strings already, so no formatting here.
+            let uri = &base.origin;
+            let full = (uri.scheme_str(), uri.authority(), target.path_and_query());
+            if let (Some(scheme), Some(authority), Some(pq)) = full {
+                a.concat(
+                    "url.full",
+                    &[scheme, "://", authority.as_str(), pq.as_str()],
+                );
+            }
+            if let Some(host) = uri.host() {
+                a.str("server.address", host);
+            }
+            let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+                Some("https") => 443,
+                _ => 80,
+            });
+            a.int("server.port", i64::from(port));
+            a.str("manifold.upstream", &up.name);
+            a.int("manifold.attempt", i64::from(attempt));
+            if attempt > 1 {
+                a.int("http.request.resend_count", i64::from(attempt - 1));
+            }
+            if cache_miss {
+                a.str("manifold.cache", "miss");
+            }
+        });
+        ClientSpan(Pending::new(span, deadline))
+    }
+
+    /// The breaker's state as this attempt met it: `closed` or `half_open` (the
+    /// probe) when let through, `open` when refused.
+    pub(super) fn breaker(&mut self, state: Option<BreakerState>) {
+        if let Some(state) = state {
+            self.0
+                .span
+                .record(|a| a.str("manifold.breaker.state", state.as_str()));
+        }
+    }
+
+    pub(super) fn inject(&self, headers: &mut HeaderMap) {
+        self.0.span.inject(headers);
+    }
+
+    /// Ends a call the client's body failed: not an error of the upstream's.
+    pub(super) fn client_fault(&mut self, fault: ClientFault) {
+        let span = self.0.finish();
+        if span.is_on() {
+            span.record(|a| a.str("manifold.client_fault", fault.describe()));
+            span.end();
+        }
+    }
+
+    /// Records how the attempt went and ends the span.
+    pub(super) fn finish(&mut self, result: Result<StatusCode, &Failure>) {
+        let span = self.0.finish();
+        if !span.is_on() {
+            return;
+        }
+        match result {
+            Ok(status) => {
+                span.record(|a| a.int("http.response.status_code", i64::from(status.as_u16())));
+            }
+            Err(f) => {
+                if let Failure::ServerError(s) | Failure::Rejected(s) = f {
+                    span.record(|a| a.int("http.response.status_code", i64::from(s.as_u16())));
+                }
+                span.fail(f.outcome().as_str(), || f.describe());
+            }
+        }
+        span.end();
+    }
+}
