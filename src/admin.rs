@@ -1,4 +1,5 @@
-//! The admin listener: `/health`, `/ready`, `/routes`. Never on the public port.
+//! The admin listener: `/health`, `/ready`, `/routes`, `/metrics`. Never on the public
+//! port.
 
 use std::sync::atomic::Ordering;
 
@@ -7,6 +8,8 @@ use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 
 use crate::body::{Body, Never};
+use crate::error::GatewayError;
+use crate::forward;
 use crate::gateway::{Gateway, Live};
 use crate::metrics::METRICS;
 use crate::redact;
@@ -21,10 +24,8 @@ pub fn handle(shared: &Live, req: Request<Incoming>) -> Response<Body<Never>> {
         "/ready" => plain(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not_ready"}"#),
         "/routes" => json_response(&routes(&shared.gateway.load())),
         "/metrics" => metrics(&shared.gateway.load()),
-        _ => plain(
-            StatusCode::NOT_FOUND,
-            r#"{"error":{"code":"ROUTE_NOT_FOUND","message":"admin endpoints: /health /ready /routes /metrics"}}"#,
-        ),
+        // The contract's error body, with the request id like every other error.
+        _ => GatewayError::RouteNotFound.into_response(&forward::request_id(req.headers())),
     }
 }
 

@@ -1,8 +1,9 @@
 //! A config compiled once into an immutable value: router, routes, per-upstream clients.
 //!
-//! The server holds the current `Gateway` behind an atomic pointer; a reload builds a
-//! new one (reusing the `Upstream`s whose settings did not change, so their pools and,
-//! later, breakers and caches survive) and swaps it in without a lock on the request path.
+//! The server holds the current `Gateway` behind an atomic pointer ([`Live`]); a reload
+//! builds a new one, reusing the upstreams (pools, breakers, limits), route limiters,
+//! cache and trace exporter whose settings did not change, and swaps it in without a
+//! lock on the request path.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -72,7 +72,7 @@ fn main() -> ExitCode {
                 load(&cli.config)
             } else {
                 manifold::config::parse("routes.toml (bundled)", BUNDLED_ROUTES)
-                    .map_err(|d| d.render())
+                    .map_err(|d| StartError::Config(d.render()))
             };
             run(
                 config,
@@ -98,8 +98,24 @@ fn transparent_huge_pages() {
     }
 }
 
-fn load(path: &Path) -> Result<Config, String> {
-    Config::load(path).map_err(|d| d.render())
+/// Why the gateway did not start: printed once, on stderr, and the exit code is 1.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    /// Every problem in the config file, rendered with file:line:col.
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot start worker threads: {0}")]
+    Workers(#[source] std::io::Error),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot start the demo upstreams: {0}")]
+    Demo(String),
+    #[error(transparent)]
+    Server(#[from] manifold::server::StartError),
+}
+
+fn load(path: &Path) -> Result<Config, StartError> {
+    Config::load(path).map_err(|d| StartError::Config(d.render()))
 }
 
 fn check(path: &Path) -> ExitCode {
@@ -132,7 +148,6 @@ fn routes(path: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Runs the gateway until SIGTERM/SIGINT; `watched` is reloaded on SIGHUP and on change.
 fn openapi(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(c) => {
@@ -148,36 +163,37 @@ fn openapi(path: &Path) -> ExitCode {
 }
 
 /// Runs the gateway until SIGTERM/SIGINT; `watched` is reloaded on SIGHUP and on change.
-fn run(config: Result<Config, String>, demo: bool, watched: Option<PathBuf>) -> ExitCode {
-    let config = match config {
-        Ok(c) => c,
-        Err(text) => {
+/// The one exit path for a gateway that could not start.
+fn run(config: Result<Config, StartError>, demo: bool, watched: Option<PathBuf>) -> ExitCode {
+    match serve(config, demo, watched) {
+        Ok(code) => code,
+        Err(e) => {
+            let text = e.to_string();
             eprint!("{text}");
-            return ExitCode::FAILURE;
+            if !text.ends_with('\n') {
+                eprintln!();
+            }
+            ExitCode::FAILURE
         }
-    };
+    }
+}
+
+fn serve(
+    config: Result<Config, StartError>,
+    demo: bool,
+    watched: Option<PathBuf>,
+) -> Result<ExitCode, StartError> {
+    let config = config?;
     let workers = config
         .server
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let loops = match manifold::worker::spawn(workers) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("cannot start worker threads: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let loops = manifold::worker::spawn(workers).map_err(StartError::Workers)?;
     // This loop runs signals, the admin listener and the demo services.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+        .map_err(StartError::Runtime)?;
     runtime.block_on(async move {
         let format = config.telemetry.log_format;
         let (sink, _guard) = manifold::telemetry::init(format);
@@ -190,22 +206,14 @@ fn run(config: Result<Config, String>, demo: bool, watched: Option<PathBuf>) -> 
             Err(e) => tracing::warn!(error = %e, "cannot raise the descriptor limit"),
         }
         if demo {
-            match manifold::demo::start(&config).await {
-                Ok(addrs) => tracing::info!(?addrs, "demo upstreams are serving"),
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::FAILURE;
-                }
-            }
+            let addrs = manifold::demo::start(&config)
+                .await
+                .map_err(StartError::Demo)?;
+            tracing::info!(?addrs, "demo upstreams are serving");
         }
-        let server = match Server::start_on(config, sink, &loops).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start");
-                eprintln!("{e}");
-                return ExitCode::FAILURE;
-            }
-        };
+        let server = Server::start_on(config, sink, &loops)
+            .await
+            .inspect_err(|e| tracing::error!(error = %e, "cannot start"))?;
         if demo {
             let mut text = String::from("\nmanifold demo is up. Try:\n\n");
             for line in manifold::demo::curl_lines(server.addr) {
@@ -241,9 +249,9 @@ fn run(config: Result<Config, String>, demo: bool, watched: Option<PathBuf>) -> 
         server.shutdown();
         if server.wait().await {
             tracing::info!("drained; bye");
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         } else {
-            ExitCode::FAILURE
+            Ok(ExitCode::FAILURE)
         }
     })
 }

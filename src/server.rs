@@ -28,6 +28,22 @@ use crate::gateway::{Gateway, Live};
 use crate::metrics::METRICS;
 use crate::{admin, handler};
 
+/// Why a server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config loaded but could not be compiled for serving.
+    #[error("{0}")]
+    Compile(String),
+    #[error("cannot listen on {addr}{what}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        /// ` (admin)` for the admin listener.
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// A running gateway: its bound addresses and the means to stop it.
 pub struct Server {
     pub addr: SocketAddr,
@@ -44,7 +60,7 @@ pub struct Server {
 
 impl Server {
     /// Compiles the config, binds both listeners and serves on the current runtime.
-    pub async fn start(config: Config, log_sink: LogSink) -> Result<Server, String> {
+    pub async fn start(config: Config, log_sink: LogSink) -> Result<Server, StartError> {
         Self::start_on(config, log_sink, &[]).await
     }
 
@@ -54,11 +70,12 @@ impl Server {
         config: Config,
         log_sink: LogSink,
         workers: &[Handle],
-    ) -> Result<Server, String> {
+    ) -> Result<Server, StartError> {
         let listen = config.server.listen;
         let admin_listen = config.server.admin_listen;
         let grace = config.server.shutdown_grace;
-        let gateway = Gateway::build(config, None, workers.len().max(1))?;
+        let gateway =
+            Gateway::build(config, None, workers.len().max(1)).map_err(StartError::Compile)?;
         let shared = Arc::new(Live {
             gateway: ArcSwap::from_pointee(gateway),
             ready: AtomicBool::new(false),
@@ -71,10 +88,13 @@ impl Server {
         // The admin port first: if it is taken, fail before accepting any client.
         let admin = match admin_listen {
             Some(a) => {
-                let l = TcpListener::bind(a)
-                    .await
-                    .map_err(|e| format!("cannot listen on {a} (admin): {e}"))?;
-                let admin_addr = l.local_addr().map_err(|e| e.to_string())?;
+                let failed = |source| StartError::Listen {
+                    addr: a,
+                    what: " (admin)",
+                    source,
+                };
+                let l = TcpListener::bind(a).await.map_err(failed)?;
+                let admin_addr = l.local_addr().map_err(failed)?;
                 let s = shared.clone();
                 let task = tokio::spawn(accept_loop(
                     l,
@@ -104,9 +124,14 @@ impl Server {
         for handle in loops {
             // Registering the socket with a loop's I/O driver needs that loop's context.
             let _entered = handle.enter();
-            let listener = bind(addr).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            let failed = |source| StartError::Listen {
+                addr: listen,
+                what: "",
+                source,
+            };
+            let listener = bind(addr).map_err(failed)?;
             // With port 0, every loop must share the port the first one was given.
-            addr = listener.local_addr().map_err(|e| e.to_string())?;
+            addr = listener.local_addr().map_err(failed)?;
             let s = shared.clone();
             public.push(handle.spawn(accept_loop(
                 listener,

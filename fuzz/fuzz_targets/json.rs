@@ -68,6 +68,16 @@ impl<'de> serde::Deserialize<'de> for Finite {
             fn visit_bool<E>(self, _: bool) -> Result<Finite, E> {
                 Ok(Finite(true))
             }
+            // Integers that fit come as such even with `arbitrary_precision`.
+            fn visit_u64<E>(self, _: u64) -> Result<Finite, E> {
+                Ok(Finite(true))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Finite, E> {
+                Ok(Finite(true))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Finite, E> {
+                Ok(Finite(v.is_finite()))
+            }
             fn visit_str<E>(self, _: &str) -> Result<Finite, E> {
                 Ok(Finite(true))
             }

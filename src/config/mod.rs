@@ -1,4 +1,5 @@
-//! `routes.toml`: the types, loading, and the cross-field checks.
+//! `routes.toml`: loading and the cross-field checks; the types it loads into are in
+//! [`types`].
 //!
 //! Loading never stops at the first problem: [`parse`] returns every diagnostic it can
 //! find (syntax, unknown keys, wrong types, bad durations, unknown upstreams, bad
@@ -8,6 +9,7 @@
 pub mod diag;
 pub mod reader;
 pub mod schema;
+mod types;
 mod validate;
 
 use std::net::SocketAddr;
@@ -20,185 +22,9 @@ use url::Url;
 
 pub use diag::{Diagnostic, Diagnostics, Span};
 use reader::{Errors, Table};
+pub use types::*;
 
-use crate::template::{Placeholder, Template};
-
-/// A whole, validated config file.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub server: ServerConfig,
-    pub telemetry: TelemetryConfig,
-    pub upstreams: Vec<UpstreamConfig>,
-    pub routes: Vec<RouteConfig>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServerConfig {
-    pub listen: SocketAddr,
-    pub admin_listen: Option<SocketAddr>,
-    pub default_timeout: Duration,
-    pub max_request_body: u64,
-    pub trusted_proxies: Vec<IpNet>,
-    pub shutdown_grace: Duration,
-    /// Event loops (threads), each with its own listener socket and upstream pools.
-    /// `None`: one per CPU.
-    pub workers: Option<usize>,
-    /// Bytes the response cache (route and backend answers) may hold.
-    pub cache_capacity: u64,
-    /// How long a client may take from connecting (or from the end of its previous
-    /// request) to sending a whole request head.
-    pub header_read_timeout: Duration,
-    /// How long a kept-alive HTTP/1 connection, or an h2 connection with no open
-    /// stream, may sit idle before it is closed (h2: GOAWAY).
-    pub idle_timeout: Duration,
-    /// How long an answer may wait for the client to take any of it before the
-    /// connection is closed.
-    pub send_timeout: Duration,
-    /// Open client connections past which new ones are closed at once. `None`: half
-    /// the descriptor limit (see [`default_max_connections`]).
-    pub max_connections: Option<usize>,
-    /// Bytes of a request head (path, query, header names and values): 414/431 past it.
-    pub max_header_size: u64,
-    /// Bytes of upstream answers held in memory at once, across all requests; past it
-    /// a new upstream call fails at once (OVERLOADED).
-    pub buffer_capacity: u64,
-    /// Of those, what one h2 connection's requests may hold.
-    pub buffer_per_connection: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Json,
-    Pretty,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct TelemetryConfig {
-    pub service_name: String,
-    pub log_format: LogFormat,
-    pub access_log: bool,
-    pub otlp_endpoint: Option<String>,
-    pub sample_ratio: f64,
-}
-
-#[derive(Debug, Clone)]
-pub struct UpstreamConfig {
-    pub name: String,
-    pub name_span: Span,
-    pub settings: UpstreamSettings,
-}
-
-/// Everything that defines an upstream's client state. Reload keeps an upstream's
-/// breaker, pool and limiter when these compare equal (spans excluded on purpose).
-#[derive(Debug, Clone, PartialEq)]
-pub struct UpstreamSettings {
-    pub urls: Vec<Url>,
-    /// Per attempt; `None` leaves only the route deadline.
-    pub timeout: Option<Duration>,
-    pub max_concurrency: Option<u32>,
-    pub circuit_breaker: Option<BreakerConfig>,
-    pub retry: Option<RetryConfig>,
-    pub rate_limit: Option<RateConfig>,
-    pub ca_file: Option<PathBuf>,
-    pub max_response_body: u64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct BreakerConfig {
-    pub consecutive_failures: u32,
-    pub open_for: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetryConfig {
-    pub attempts: u32,
-    pub backoff: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RateConfig {
-    pub per_second: f64,
-    pub burst: u32,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum LimitKey {
-    ClientIp,
-    Header(http::HeaderName),
-    Global,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RouteRateLimit {
-    pub rate: RateConfig,
-    pub key: LimitKey,
-    /// Keys remembered at most (least recently used forgotten first).
-    pub max_keys: u64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct CacheConfig {
-    pub ttl: Duration,
-    pub stale_if_error: Option<Duration>,
-}
-
-#[derive(Debug, Clone)]
-pub struct RouteConfig {
-    pub name: String,
-    pub method: Method,
-    pub path: String,
-    pub path_span: Span,
-    pub span: Span,
-    pub timeout: Option<Duration>,
-    pub forward_headers: Vec<String>,
-    pub forward_query: Vec<String>,
-    pub cache: Option<CacheConfig>,
-    pub rate_limit: Option<RouteRateLimit>,
-    pub passthrough: bool,
-    pub backends: Vec<BackendConfig>,
-}
-
-#[derive(Debug, Clone)]
-pub struct BackendConfig {
-    pub name: String,
-    pub name_span: Span,
-    pub upstream: String,
-    pub upstream_span: Span,
-    pub method: Option<Method>,
-    pub path: String,
-    /// The path as the file has it (`${ENV}` not filled in), for `/routes` and
-    /// `manifold routes`: a secret from the environment is not shown.
-    pub path_as_written: String,
-    pub path_span: Span,
-    pub template: Template<Placeholder>,
-    pub group: Option<String>,
-    pub target: Option<String>,
-    pub allow: Vec<String>,
-    pub deny: Vec<String>,
-    pub rename: Vec<(String, String)>,
-    pub optional: bool,
-    pub default: Option<serde_json::Value>,
-    pub cache_ttl: Option<Duration>,
-    pub passthrough: bool,
-}
-
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
-pub const DEFAULT_MAX_REQUEST_BODY: u64 = 1 << 20;
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-pub const DEFAULT_MAX_RESPONSE_BODY: u64 = 16 << 20;
-pub const DEFAULT_CACHE_CAPACITY: u64 = 64 << 20;
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
-pub const DEFAULT_MAX_HEADER_SIZE: u64 = 32 << 10;
-pub const DEFAULT_BUFFER_CAPACITY: u64 = 256 << 20;
-pub const DEFAULT_BUFFER_PER_CONNECTION: u64 = 16 << 20;
-/// Calls in flight to one upstream when it sets no `max_concurrency` (Envoy's default).
-pub const DEFAULT_MAX_CONCURRENCY: u32 = 1024;
-/// Rate-limit keys a route remembers when it sets no `max_keys`.
-pub const DEFAULT_MAX_KEYS: u64 = 100_000;
+use crate::template::Template;
 
 impl Config {
     /// Reads and validates a config file.

@@ -16,5 +16,6 @@ mod passthrough;
 mod pool;
 mod reload;
 mod resilience;
+mod scenarios;
 mod server;
 mod tracing;

@@ -75,6 +75,9 @@ async fn admin_health_ready_and_routes() {
     // admin endpoints are not on the public port
     let r = gw.get("/health").await;
     r.error(404, "ROUTE_NOT_FOUND");
+    // An unknown admin path gets the contract's error body, request id included.
+    let r = gw.send(c.get(format!("{}/nothing", gw.admin))).await;
+    r.error(404, "ROUTE_NOT_FOUND");
 }
 
 #[tokio::test]
