@@ -21,7 +21,7 @@ use ipnet::IpNet;
 use url::Url;
 
 pub use diag::{Diagnostic, Diagnostics, Span};
-use reader::{Errors, Table};
+use reader::{Errors, Key, Table, key};
 pub use types::*;
 
 use crate::template::Template;
@@ -110,7 +110,13 @@ fn socket_addr(
 /// Reads best-effort values: a bad field records a diagnostic and falls back to its
 /// default, so the cross-field checks still run and report their problems too.
 fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Config> {
-    let server = match root.table(errs, "server") {
+    let server = match root.table(
+        errs,
+        key(
+            "server",
+            "Listeners, request limits and the bounds of client connections.",
+        ),
+    ) {
         Some(mut t) => {
             let s = read_server(&mut t, errs);
             t.finish(errs);
@@ -118,7 +124,7 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Config> {
         }
         None => read_server(&mut Table::empty("[server]"), errs),
     };
-    let telemetry = match root.table(errs, "telemetry") {
+    let telemetry = match root.table(errs, key("telemetry", "Logs and traces.")) {
         Some(mut t) => {
             let s = read_telemetry(&mut t, errs);
             t.finish(errs);
@@ -127,7 +133,13 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Config> {
         None => read_telemetry(&mut Table::empty("[telemetry]"), errs),
     };
     let mut upstreams = Vec::new();
-    for (name, name_span, mut t) in root.named_tables(errs, "upstreams") {
+    for (name, name_span, mut t) in root.named_tables(
+        errs,
+        key(
+            "upstreams",
+            "Upstream services by name: where they are and how to call them.",
+        ),
+    ) {
         if let Some(settings) = read_upstream(&mut t, errs) {
             upstreams.push(UpstreamConfig {
                 name,
@@ -138,7 +150,13 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Config> {
         t.finish(errs);
     }
     let mut routes = Vec::new();
-    for mut t in root.table_array(errs, "routes") {
+    for mut t in root.table_array(
+        errs,
+        key(
+            "routes",
+            "Public routes: a path, its backends and how their answers merge.",
+        ),
+    ) {
         if let Some(r) = read_route(&mut t, errs) {
             routes.push(r);
         }
@@ -153,50 +171,82 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Config> {
 }
 
 fn read_server(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<ServerConfig> {
-    let listen = t.string(errs, "listen");
+    let listen = t.string(
+        errs,
+        key(
+            "listen",
+            "Public listener, ip:port (HTTP/1.1 and h2c). Default 127.0.0.1:8080.",
+        ),
+    );
     let listen = socket_addr(errs, listen, "listen");
-    let admin = t.string(errs, "admin_listen");
+    let admin = t.string(errs, key("admin_listen", "Admin listener for /health, /ready, /routes and /metrics. Default 127.0.0.1:9901; never the public port."));
     let admin = socket_addr(errs, admin, "admin_listen");
-    let default_timeout = positive_duration(t, errs, "default_timeout");
-    let max_request_body = t.size(errs, "max_request_body").map(|(n, _)| n);
-    let shutdown_grace = t.duration(errs, "shutdown_grace").map(|(d, _)| d);
-    let cache_capacity = t.size(errs, "cache_capacity").map(|(n, _)| n);
-    let header_read_timeout = positive_duration(t, errs, "header_read_timeout");
-    let idle_timeout = positive_duration(t, errs, "idle_timeout");
-    let send_timeout = positive_duration(t, errs, "send_timeout");
-    let max_connections = match t.count(errs, "max_connections") {
-        Some((0, span)) => {
-            errs.push(Diagnostic::new(span, "max_connections must be at least 1").label("zero"));
-            None
-        }
-        Some((n, _)) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
-        None => None,
-    };
-    let max_header_size = match t.size(errs, "max_header_size") {
-        Some((n, span)) if !(1024..=1 << 20).contains(&n) => {
-            errs.push(
-                Diagnostic::new(span, "max_header_size must be between 1KiB and 1MiB")
-                    .label("out of range"),
-            );
-            None
-        }
-        other => other.map(|(n, _)| n),
-    };
+    let default_timeout = positive_duration(
+        t,
+        errs,
+        key(
+            "default_timeout",
+            "Route deadline when a route sets none. Default 2s.",
+        ),
+    );
+    let max_request_body = t
+        .size(
+            errs,
+            key(
+                "max_request_body",
+                "Larger request bodies get 413. Default 1MiB.",
+            ),
+        )
+        .map(|(n, _)| n);
+    let shutdown_grace = t
+        .duration(
+            errs,
+            key(
+                "shutdown_grace",
+                "How long a drain waits for in-flight requests. Default 10s.",
+            ),
+        )
+        .map(|(d, _)| d);
+    let cache_capacity = t
+        .size(
+            errs,
+            key(
+                "cache_capacity",
+                "Bytes the route and backend caches may hold together. Default 64MiB.",
+            ),
+        )
+        .map(|(n, _)| n);
+    let header_read_timeout = positive_duration(
+        t,
+        errs,
+        key(
+            "header_read_timeout",
+            "Time a client has, from connecting or from the first byte of its next request, to send a whole request head. Default 10s.",
+        ),
+    );
+    let idle_timeout = positive_duration(
+        t,
+        errs,
+        key(
+            "idle_timeout",
+            "A kept-alive HTTP/1.1 connection with no request, or an h2 connection with no open stream, is closed after this long (h2: GOAWAY). Default 60s.",
+        ),
+    );
+    let send_timeout = positive_duration(
+        t,
+        errs,
+        key(
+            "send_timeout",
+            "A connection whose client takes none of an answer for this long is closed. Default 30s.",
+        ),
+    );
+    let max_connections = t
+        .count(errs, key("max_connections", "Open client connections; past it new ones are closed at once. Default: half the descriptor limit.").at_least(1.0))
+        .map(|(n, _)| usize::try_from(n).unwrap_or(usize::MAX));
+    let max_header_size = t.size(errs, key("max_header_size", "Bytes of a request head (path, query, header names and values), HTTP/1.1 and h2 alike: 414 or 431 past it. Default 32KiB.").between(1024.0, 1048576.0)).map(|(n, _)| n);
     // Below 64 KiB every buffered answer but the smallest would be refused.
-    let at_least_64k = |errs: &mut Errors, v: Option<(u64, Span)>, key: &str| match v {
-        Some((n, span)) if n < 64 << 10 => {
-            errs.push(
-                Diagnostic::new(span, format!("{key} must be at least 64KiB"))
-                    .label("too small to hold an answer"),
-            );
-            None
-        }
-        v => v,
-    };
-    let buffer_capacity = t.size(errs, "buffer_capacity");
-    let buffer_capacity = at_least_64k(errs, buffer_capacity, "buffer_capacity").map(|(n, _)| n);
-    let buffer_per_connection = t.size(errs, "buffer_per_connection");
-    let buffer_per_connection = at_least_64k(errs, buffer_per_connection, "buffer_per_connection");
+    let buffer_capacity = t.size(errs, key("buffer_capacity", "Bytes of upstream answers held in memory at once, across all requests; past it new upstream calls fail at once (OVERLOADED). Default 256MiB.").at_least(65536.0)).map(|(n, _)| n);
+    let buffer_per_connection = t.size(errs, key("buffer_per_connection", "Of buffer_capacity, what one h2 connection's requests may hold (answers being read and answers its client has not taken); past it its new requests get 503. Default 16MiB.").at_least(65536.0));
     if let Some((n, span)) = &buffer_per_connection
         && *n > buffer_capacity.unwrap_or(DEFAULT_BUFFER_CAPACITY)
     {
@@ -209,18 +259,9 @@ fn read_server(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<ServerConfig>
         );
     }
     let buffer_per_connection = buffer_per_connection.map(|(n, _)| n);
-    let workers = match t.count(errs, "workers") {
-        Some((n, span)) if n == 0 || n > 1024 => {
-            errs.push(
-                Diagnostic::new(span, "workers must be between 1 and 1024").label("out of range"),
-            );
-            None
-        }
-        Some((n, _)) => Some(n as usize),
-        None => None,
-    };
+    let workers = t.count(errs, key("workers", "Event loops (threads), each with its own listening socket and upstream pools. Default: one per CPU.").between(1.0, 1024.0)).map(|(n, _)| n as usize);
     let mut trusted = Vec::new();
-    for (s, span) in t.string_list(errs, "trusted_proxies").unwrap_or_default() {
+    for (s, span) in t.string_list(errs, key("trusted_proxies", "Peers (IPs or CIDR ranges) whose x-forwarded-for is believed when finding the client_ip of a rate limit.")).unwrap_or_default() {
         let parsed = s
             .parse::<IpNet>()
             .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from));
@@ -266,16 +307,13 @@ fn read_server(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<ServerConfig>
 }
 
 /// `Some(None)` when absent, `None` when present but bad.
-fn positive_duration(
-    t: &mut Table<'_, '_>,
-    errs: &mut Errors,
-    key: &'static str,
-) -> Option<Option<Duration>> {
-    let present = t.get(key).is_some();
-    match t.duration(errs, key) {
+fn positive_duration(t: &mut Table<'_, '_>, errs: &mut Errors, k: Key) -> Option<Option<Duration>> {
+    let present = t.get(k).is_some();
+    match t.duration(errs, k) {
         Some((d, span)) if d.is_zero() => {
             errs.push(
-                Diagnostic::new(span, format!("`{key}` must be longer than zero")).label("zero"),
+                Diagnostic::new(span, format!("`{}` must be longer than zero", k.name))
+                    .label("zero"),
             );
             None
         }
@@ -286,8 +324,16 @@ fn positive_duration(
 }
 
 fn read_telemetry(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<TelemetryConfig> {
-    let service_name = t.string(errs, "service_name").map(|(s, _)| s);
-    let log_format = match t.string(errs, "log_format") {
+    let service_name = t
+        .string(
+            errs,
+            key(
+                "service_name",
+                "service.name of the spans. Default manifold.",
+            ),
+        )
+        .map(|(s, _)| s);
+    let log_format = match t.string(errs, key("log_format", "json (default) or pretty.")) {
         None => LogFormat::Json,
         Some((s, _)) if s == "json" => LogFormat::Json,
         Some((s, _)) if s == "pretty" => LogFormat::Pretty,
@@ -299,8 +345,13 @@ fn read_telemetry(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<TelemetryC
             LogFormat::Json
         }
     };
-    let access_log = t.bool(errs, "access_log").unwrap_or(true);
-    let otlp_endpoint = match t.string(errs, "otlp_endpoint") {
+    let access_log = t
+        .bool(
+            errs,
+            key("access_log", "One line per request. Default true."),
+        )
+        .unwrap_or(true);
+    let otlp_endpoint = match t.string(errs, key("otlp_endpoint", "OTLP/HTTP collector base URL; spans go to {this}/v1/traces. Default: OTEL_EXPORTER_OTLP_ENDPOINT, else tracing is off.")) {
         Some((s, span)) => match Url::parse(&s) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {
                 Some(s.trim_end_matches('/').to_string())
@@ -315,17 +366,7 @@ fn read_telemetry(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<TelemetryC
         },
         None => None,
     };
-    let sample_ratio = match t.number(errs, "sample_ratio") {
-        Some((r, span)) if !(0.0..=1.0).contains(&r) => {
-            errs.push(
-                Diagnostic::new(span, "sample_ratio must be between 0.0 and 1.0")
-                    .label("out of range"),
-            );
-            1.0
-        }
-        Some((r, _)) => r,
-        None => 1.0,
-    };
+    let sample_ratio = t.number(errs, key("sample_ratio", "Share of new traces sampled (parent-based: a client's sampled flag wins). Default 1.0.").between(0.0, 1.0)).map_or(1.0, |(r, _)| r);
     Some(TelemetryConfig {
         service_name: service_name.unwrap_or_else(|| "manifold".to_string()),
         log_format,
@@ -336,9 +377,23 @@ fn read_telemetry(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<TelemetryC
 }
 
 fn read_upstream(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<UpstreamSettings> {
+    const URLS: Key = key(
+        "urls",
+        "One or more http(s) base URLs, called round-robin. user:password@ in a URL is sent as basic auth.",
+    );
+    const CONSECUTIVE_FAILURES: Key = key(
+        "consecutive_failures",
+        "Faults in a row that open the breaker.",
+    )
+    .at_least(1.0);
+    const OPEN_FOR: Key = key(
+        "open_for",
+        "How long the breaker stays open before its probe.",
+    );
+    const ATTEMPTS: Key = key("attempts", "Total attempts, the first one included.").at_least(1.0);
     let mut urls = Vec::new();
-    t.require("urls");
-    match t.string_list(errs, "urls") {
+    t.require(URLS);
+    match t.string_list(errs, URLS) {
         Some(list) if list.is_empty() => errs.push(
             Diagnostic::new(t.span(), format!("{} needs at least one url", t.name))
                 .label("empty `urls`"),
@@ -366,37 +421,34 @@ fn read_upstream(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<UpstreamSet
                 }
             }
         }
-        None if t.get("urls").is_none() => t.missing(errs, "urls"),
+        None if t.get(URLS).is_none() => t.missing(errs, "urls"),
         None => {}
     }
-    let timeout = positive_duration(t, errs, "timeout").flatten();
-    let max_concurrency = match t.count(errs, "max_concurrency") {
-        Some((0, span)) => {
-            errs.push(Diagnostic::new(span, "max_concurrency must be at least 1").label("zero"));
-            None
-        }
-        Some((n, _)) => Some(n.min(u32::MAX as u64) as u32),
-        None => None,
-    };
-    let circuit_breaker = t.table(errs, "circuit_breaker").and_then(|mut b| {
-        let failures = b.count(errs, "consecutive_failures");
-        let open_for = b.duration(errs, "open_for");
+    let timeout = positive_duration(
+        t,
+        errs,
+        key(
+            "timeout",
+            "Bound of each attempt (connect, head and body); the route deadline still applies.",
+        ),
+    )
+    .flatten();
+    let max_concurrency = t
+        .count(errs, key("max_concurrency", "Calls in flight to this upstream at once; past it a call fails at once (OVERLOADED). Default 1024.").at_least(1.0))
+        .map(|(n, _)| n.min(u32::MAX as u64) as u32);
+    let circuit_breaker = t.table(errs, key("circuit_breaker", "Opens after consecutive faults (connect error, timeout, 5xx); after open_for one probe decides.")).and_then(|mut b| {
+        let failures = b.count(errs, CONSECUTIVE_FAILURES);
+        let open_for = b.duration(errs, OPEN_FOR);
         let out = match (failures, open_for) {
-            (Some((0, span)), _) => {
-                errs.push(
-                    Diagnostic::new(span, "consecutive_failures must be at least 1").label("zero"),
-                );
-                None
-            }
             (Some((n, _)), Some((d, _))) => Some(BreakerConfig {
                 consecutive_failures: n.min(u32::MAX as u64) as u32,
                 open_for: d,
             }),
             (f, o) => {
-                if f.is_none() && b.get("consecutive_failures").is_none() {
+                if f.is_none() && b.get(CONSECUTIVE_FAILURES).is_none() {
                     b.missing(errs, "consecutive_failures");
                 }
-                if o.is_none() && b.get("open_for").is_none() {
+                if o.is_none() && b.get(OPEN_FOR).is_none() {
                     b.missing(errs, "open_for");
                 }
                 None
@@ -405,26 +457,16 @@ fn read_upstream(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<UpstreamSet
         b.finish(errs);
         out
     });
-    let retry = t.table(errs, "retry").and_then(|mut r| {
-        let attempts = r.count(errs, "attempts");
-        let backoff = r.duration(errs, "backoff").map(|(d, _)| d);
+    let retry = t.table(errs, key("retry", "Attempts for idempotent calls (and POST with idempotency-key) after a connect error, a timeout or a 502/503/504.")).and_then(|mut r| {
+        let attempts = r.count(errs, ATTEMPTS);
+        let backoff = r.duration(errs, key("backoff", "Wait between attempts. Default 0.")).map(|(d, _)| d);
         let out = match attempts {
-            Some((0, span)) => {
-                errs.push(
-                    Diagnostic::new(
-                        span,
-                        "retry attempts counts every try and must be at least 1",
-                    )
-                    .label("zero"),
-                );
-                None
-            }
             Some((n, _)) => Some(RetryConfig {
                 attempts: n.min(16) as u32,
                 backoff: backoff.unwrap_or(Duration::ZERO),
             }),
             None => {
-                if r.get("attempts").is_none() {
+                if r.get(ATTEMPTS).is_none() {
                     r.missing(errs, "attempts");
                 }
                 None
@@ -433,31 +475,53 @@ fn read_upstream(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<UpstreamSet
         r.finish(errs);
         out
     });
-    let rate_limit = t.table(errs, "rate_limit").and_then(|mut r| {
-        let rate = read_rate(&mut r, errs);
-        r.finish(errs);
-        rate
-    });
-    let ca_file =
-        t.string(errs, "ca_file")
-            .and_then(|(s, span)| match std::fs::read_to_string(&s) {
-                Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(PathBuf::from(s)),
-                Ok(_) => {
-                    errs.push(
-                        Diagnostic::new(span, format!("ca_file `{s}` holds no PEM certificate"))
-                            .label("not a PEM file"),
-                    );
-                    None
-                }
-                Err(e) => {
-                    errs.push(
-                        Diagnostic::new(span, format!("cannot read ca_file `{s}`: {e}"))
-                            .label("unreadable"),
-                    );
-                    None
-                }
-            });
-    let max_response_body = t.size(errs, "max_response_body").map(|(n, _)| n);
+    let rate_limit = t
+        .table(
+            errs,
+            key(
+                "rate_limit",
+                "Limit of calls to this upstream, shared by every route (OVERLOADED past it).",
+            ),
+        )
+        .and_then(|mut r| {
+            let rate = read_rate(&mut r, errs);
+            r.finish(errs);
+            rate
+        });
+    let ca_file = t
+        .string(
+            errs,
+            key(
+                "ca_file",
+                "Extra CA certificates (PEM) trusted for https urls.",
+            ),
+        )
+        .and_then(|(s, span)| match std::fs::read_to_string(&s) {
+            Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(PathBuf::from(s)),
+            Ok(_) => {
+                errs.push(
+                    Diagnostic::new(span, format!("ca_file `{s}` holds no PEM certificate"))
+                        .label("not a PEM file"),
+                );
+                None
+            }
+            Err(e) => {
+                errs.push(
+                    Diagnostic::new(span, format!("cannot read ca_file `{s}`: {e}"))
+                        .label("unreadable"),
+                );
+                None
+            }
+        });
+    let max_response_body = t
+        .size(
+            errs,
+            key(
+                "max_response_body",
+                "Larger answers fail the backend (502) before they are buffered. Default 16MiB.",
+            ),
+        )
+        .map(|(n, _)| n);
     Some(UpstreamSettings {
         urls,
         timeout,
@@ -471,17 +535,20 @@ fn read_upstream(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<UpstreamSet
 }
 
 fn read_rate(r: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RateConfig> {
-    let per_second = r.number(errs, "per_second");
-    let burst = r.count(errs, "burst");
+    const PER_SECOND: Key = key(
+        "per_second",
+        "Requests per second allowed (GCRA); fractions allowed, at least one a day.",
+    )
+    .at_least(1.0 / 86_400.0);
+    let per_second = r.number(errs, PER_SECOND);
+    let burst = r.count(
+        errs,
+        key(
+            "burst",
+            "Requests allowed at once above the steady rate. Default: per_second rounded up.",
+        ),
+    );
     match per_second {
-        // Below one per day the period overflows nothing but means nothing either.
-        Some((n, span)) if n < 1.0 / 86_400.0 => {
-            errs.push(
-                Diagnostic::new(span, "per_second must be at least one per day (0.0000116)")
-                    .label("too small"),
-            );
-            None
-        }
         Some((n, span)) => {
             let burst = burst.map_or((n.ceil() as u32).max(1), |(b, _)| {
                 b.clamp(1, u32::MAX as u64) as u32
@@ -503,7 +570,7 @@ fn read_rate(r: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RateConfig> {
             })
         }
         None => {
-            if r.get("per_second").is_none() {
+            if r.get(PER_SECOND).is_none() {
                 r.missing(errs, "per_second");
             }
             None
@@ -529,10 +596,26 @@ fn method_of(errs: &mut Errors, value: Option<(String, Span)>) -> Option<Option<
 }
 
 fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
-    let name = t.string(errs, "name");
-    let method = t.string(errs, "method");
+    const TTL: Key = key(
+        "ttl",
+        "How long an answer is fresh (shortened by the upstreams' cache-control).",
+    );
+    let name = t.string(
+        errs,
+        key(
+            "name",
+            "Labels metrics, logs and spans. Default \"METHOD path\".",
+        ),
+    );
+    let method = t.string(
+        errs,
+        key(
+            "method",
+            "HTTP method. Default GET; a GET route also answers HEAD.",
+        ),
+    );
     let method = method_of(errs, method);
-    let path = t.required_string(errs, "path");
+    let path = t.required_string(errs, key("path", "Path with {param} segments."));
     if let Some((p, span)) = &path
         && !p.starts_with('/')
     {
@@ -541,8 +624,23 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
                 .label("add a leading `/`"),
         );
     }
-    let timeout = positive_duration(t, errs, "timeout");
-    let forward_headers = t.string_list(errs, "forward_headers").unwrap_or_default();
+    let timeout = positive_duration(
+        t,
+        errs,
+        key(
+            "timeout",
+            "Deadline for the whole request. Default: server.default_timeout.",
+        ),
+    );
+    let forward_headers = t
+        .string_list(
+            errs,
+            key(
+                "forward_headers",
+                "Client headers that reach upstreams; [\"*\"] for all but hop-by-hop ones.",
+            ),
+        )
+        .unwrap_or_default();
     for (h, span) in &forward_headers {
         if h == "*" {
             continue;
@@ -560,22 +658,46 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
             Ok(_) => {}
         }
     }
-    let forward_query = t.string_list(errs, "forward_query").unwrap_or_default();
-    let cache = t.table(errs, "cache").and_then(|mut c| {
-        let ttl = c.duration(errs, "ttl");
-        let stale = c.duration(errs, "stale_if_error").map(|(d, _)| d);
-        if ttl.is_none() && c.get("ttl").is_none() {
-            c.missing(errs, "ttl");
-        }
-        c.finish(errs);
-        ttl.map(|(ttl, _)| CacheConfig {
-            ttl,
-            stale_if_error: stale,
-        })
-    });
-    let rate_limit = t.table(errs, "rate_limit").and_then(|mut r| {
+    let forward_query = t
+        .string_list(
+            errs,
+            key(
+                "forward_query",
+                "Client query parameters that reach upstreams; [\"*\"] for all.",
+            ),
+        )
+        .unwrap_or_default();
+    let cache = t
+        .table(
+            errs,
+            key(
+                "cache",
+                "Keep complete 200 answers of this route (GET, merged).",
+            ),
+        )
+        .and_then(|mut c| {
+            let ttl = c.duration(errs, TTL);
+            let stale = c
+                .duration(
+                    errs,
+                    key(
+                        "stale_if_error",
+                        "How long past ttl an answer may stand in when a fresh attempt fails.",
+                    ),
+                )
+                .map(|(d, _)| d);
+            if ttl.is_none() && c.get(TTL).is_none() {
+                c.missing(errs, "ttl");
+            }
+            c.finish(errs);
+            ttl.map(|(ttl, _)| CacheConfig {
+                ttl,
+                stale_if_error: stale,
+            })
+        });
+    let rate_limit = t.table(errs, key("rate_limit", "Requests per key: 429 with retry-after past it.")).and_then(|mut r| {
         let rate = read_rate(&mut r, errs);
-        let key = match r.string(errs, "key") {
+        let limit_key = match r.string(errs, key("key", "client_ip (default), global, or header:NAME.")) {
             None => Some(LimitKey::ClientIp),
             Some((k, _)) if k == "client_ip" => Some(LimitKey::ClientIp),
             Some((k, _)) if k == "global" => Some(LimitKey::Global),
@@ -593,24 +715,32 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
                 }
             },
         };
-        let max_keys = match r.count(errs, "max_keys") {
-            Some((0, span)) => {
-                errs.push(Diagnostic::new(span, "max_keys must be at least 1").label("zero"));
-                None
-            }
-            other => Some(other.map_or(DEFAULT_MAX_KEYS, |(n, _)| n)),
-        };
+        let max_keys = r.count(errs, key("max_keys", "Keys remembered at most; the least recently used are forgotten first. Default 100000.").at_least(1.0)).map_or(DEFAULT_MAX_KEYS, |(n, _)| n);
         r.finish(errs);
         Some(RouteRateLimit {
             rate: rate?,
-            key: key?,
-            max_keys: max_keys?,
+            key: limit_key?,
+            max_keys,
         })
     });
-    let passthrough = t.bool(errs, "passthrough").unwrap_or(false);
+    let passthrough = t
+        .bool(
+            errs,
+            key(
+                "passthrough",
+                "Stream one backend's answer unchanged, bodies both ways.",
+            ),
+        )
+        .unwrap_or(false);
     let route_method = method.clone().flatten().unwrap_or(Method::GET);
     let mut backends = Vec::new();
-    let tables = t.table_array(errs, "backends");
+    let tables = t.table_array(
+        errs,
+        key(
+            "backends",
+            "Backends, called concurrently (or after the ones they read from).",
+        ),
+    );
     // `backends = []` as much as no key: a route must call something.
     if tables.is_empty() {
         errs.push(
@@ -648,12 +778,25 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
 }
 
 fn read_backend(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<BackendConfig> {
-    let name = t.string(errs, "name");
-    let upstream = t.required_string(errs, "upstream");
-    let method = t.string(errs, "method");
+    const PATH: Key = key(
+        "path",
+        "Path and query of the call; {param} and {backend.field} are filled in, percent-encoded.",
+    );
+    let name = t.string(
+        errs,
+        key(
+            "name",
+            "Unique in the route; labels logs and spans. Default: its group, else its upstream.",
+        ),
+    );
+    let upstream = t.required_string(errs, key("upstream", "The [upstreams.NAME] it calls."));
+    let method = t.string(
+        errs,
+        key("method", "HTTP method of the call. Default: the route's."),
+    );
     let method = method_of(errs, method);
-    let path = t.required_string(errs, "path");
-    let path_as_written = t.as_written("path").unwrap_or_default();
+    let path = t.required_string(errs, PATH);
+    let path_as_written = t.as_written(PATH).unwrap_or_default();
     let template = path.as_ref().and_then(|(p, span)| {
         if !p.starts_with('/') {
             errs.push(
@@ -673,10 +816,17 @@ fn read_backend(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<BackendConfi
             }
         }
     });
-    let group = t.string(errs, "group").map(|(s, _)| s);
-    let target = t.string(errs, "target").map(|(s, _)| s);
-    let allow = t.string_list(errs, "allow");
-    let deny = t.string_list(errs, "deny");
+    let group = t
+        .string(
+            errs,
+            key("group", "Place the answer under this key of the response."),
+        )
+        .map(|(s, _)| s);
+    let target = t
+        .string(errs, key("target", "Keep only the value at this dot path."))
+        .map(|(s, _)| s);
+    let allow = t.string_list(errs, key("allow", "Keep only these fields (dot paths)."));
+    let deny = t.string_list(errs, key("deny", "Drop these fields (dot paths)."));
     if let (Some(_), Some(d)) = (&allow, &deny) {
         let span = d.first().map(|(_, s)| s.clone()).unwrap_or(t.span());
         errs.push(
@@ -684,11 +834,42 @@ fn read_backend(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<BackendConfi
                 .label("remove one of them"),
         );
     }
-    let rename = t.string_map(errs, "rename").unwrap_or_default();
-    let optional = t.bool(errs, "optional").unwrap_or(false);
-    let default = t.get("default").map(|v| reader::to_json(v, errs));
-    let cache_ttl = t.duration(errs, "cache_ttl").map(|(d, _)| d);
-    let passthrough = t.bool(errs, "passthrough").unwrap_or(false);
+    let rename = t
+        .string_map(errs, key("rename", "Rename fields: { from = \"to\" }."))
+        .unwrap_or_default();
+    let optional = t
+        .bool(
+            errs,
+            key(
+                "optional",
+                "Its failure leaves it out and marks the answer partial instead of failing it.",
+            ),
+        )
+        .unwrap_or(false);
+    let default = t
+        .get(key(
+            "default",
+            "Stands in for the answer when the backend fails (makes it optional).",
+        ))
+        .map(|v| reader::to_json(v, errs));
+    let cache_ttl = t
+        .duration(
+            errs,
+            key(
+                "cache_ttl",
+                "Keep the upstream's 2xx answers to GETs this long.",
+            ),
+        )
+        .map(|(d, _)| d);
+    let passthrough = t
+        .bool(
+            errs,
+            key(
+                "passthrough",
+                "Marks the route as passthrough (as the route's own key does).",
+            ),
+        )
+        .unwrap_or(false);
     let (upstream, upstream_span) = upstream?;
     let (path, path_span) = path?;
     let (name, name_span) = match name {

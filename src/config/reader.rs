@@ -16,6 +16,27 @@ pub type Errors = Vec<Diagnostic>;
 /// The longest duration any key accepts.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// A bound of a size key as a file would write it: `64KiB`, `1MiB`, `1000`.
+fn show_size(n: f64) -> String {
+    let n = n as u64;
+    match n {
+        0 => "0".into(),
+        n if n % (1 << 30) == 0 => format!("{}GiB", n >> 30),
+        n if n % (1 << 20) == 0 => format!("{}MiB", n >> 20),
+        n if n % (1 << 10) == 0 => format!("{}KiB", n >> 10),
+        n => n.to_string(),
+    }
+}
+
+/// A bound of a number key: `0.0`, `1.0`, `0.0000116`.
+fn show_number(n: f64) -> String {
+    if n != 0.0 && n.abs() < 0.001 {
+        format!("{n:.7}")
+    } else {
+        format!("{n:.1}")
+    }
+}
+
 /// How messages name the document's root table.
 pub const ROOT: &str = "the top level";
 
@@ -47,11 +68,50 @@ pub enum Kind {
     TableArray,
 }
 
+/// A key as the loader reads it: its name, what it means (the schema's description,
+/// written where the loader reads the key) and the bounds the loader holds it to (the
+/// schema's `minimum` and `maximum`), so the schema cannot say what `check` does not.
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+/// `key("timeout", "Deadline for the whole request.")`.
+pub const fn key(name: &'static str, about: &'static str) -> Key {
+    Key {
+        name,
+        about,
+        min: None,
+        max: None,
+    }
+}
+
+impl Key {
+    /// Values below `min` are refused (counts, sizes and numbers).
+    pub const fn at_least(mut self, min: f64) -> Key {
+        self.min = Some(min);
+        self
+    }
+
+    /// Values outside `min..=max` are refused.
+    pub const fn between(mut self, min: f64, max: f64) -> Key {
+        self.min = Some(min);
+        self.max = Some(max);
+        self
+    }
+}
+
 /// One key the loader asked for, where, and how.
 #[derive(Debug, Clone)]
 pub struct Field {
     pub path: String,
     pub key: &'static str,
+    pub about: &'static str,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
     pub kind: Kind,
     pub required: bool,
 }
@@ -87,12 +147,15 @@ impl<'a, 'i> Table<'a, 'i> {
         t
     }
 
-    fn note(&self, key: &'static str, kind: Kind, required: bool) {
+    fn note(&self, k: Key, kind: Kind, required: bool) {
         RECORDING.with(|r| {
             if let Some(fields) = r.borrow_mut().as_mut() {
                 fields.push(Field {
                     path: self.path.clone(),
-                    key,
+                    key: k.name,
+                    about: k.about,
+                    min: k.min,
+                    max: k.max,
                     kind,
                     required,
                 });
@@ -101,14 +164,46 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// Marks `key` as required in the schema (for keys whose absence the caller checks).
-    pub fn require(&self, key: &'static str) {
-        self.note(key, Kind::Any, true);
+    pub fn require(&self, k: Key) {
+        self.note(k, Kind::Any, true);
     }
 
     /// The value of `key`, noted (for the schema) as read with `kind`.
-    fn typed(&mut self, key: &'static str, kind: Kind) -> Option<&'a Spanned<DeValue<'i>>> {
-        self.note(key, kind, false);
-        self.lookup(key)
+    fn typed(&mut self, k: Key, kind: Kind) -> Option<&'a Spanned<DeValue<'i>>> {
+        self.note(k, kind, false);
+        self.lookup(k.name)
+    }
+
+    /// `n` if it is within the key's bounds, else a diagnostic; `show` writes a bound
+    /// as the file would (`64KiB`, `1`, `0.5`).
+    fn bounded<T>(
+        &self,
+        errs: &mut Errors,
+        k: Key,
+        n: f64,
+        value: T,
+        span: Span,
+        show: fn(f64) -> String,
+    ) -> Option<(T, Span)> {
+        let low = k.min.is_some_and(|min| n < min);
+        let high = k.max.is_some_and(|max| n > max);
+        if !low && !high {
+            return Some((value, span));
+        }
+        let message = match (k.min, k.max) {
+            (Some(min), Some(max)) => {
+                format!("{} must be between {} and {}", k.name, show(min), show(max))
+            }
+            (Some(min), None) => format!("{} must be at least {}", k.name, show(min)),
+            (None, Some(max)) => format!("{} must be at most {}", k.name, show(max)),
+            (None, None) => return Some((value, span)),
+        };
+        errs.push(Diagnostic::new(span, message).label(if low {
+            "too small"
+        } else {
+            "too large"
+        }));
+        None
     }
 
     fn lookup(&mut self, key: &'static str) -> Option<&'a Spanned<DeValue<'i>>> {
@@ -131,9 +226,9 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// The raw value of `key` (any type), marking it as known.
-    pub fn get(&mut self, key: &'static str) -> Option<&'a Spanned<DeValue<'i>>> {
-        self.note(key, Kind::Any, false);
-        self.lookup(key)
+    pub fn get(&mut self, k: Key) -> Option<&'a Spanned<DeValue<'i>>> {
+        self.note(k, Kind::Any, false);
+        self.lookup(k.name)
     }
 
     fn wrong_type(&self, errs: &mut Errors, key: &str, v: &Spanned<DeValue<'_>>, want: &str) {
@@ -162,16 +257,17 @@ impl<'a, 'i> Table<'a, 'i> {
 
     /// A string as the file has it, `${ENV}` left as written (no checks: read it with
     /// [`Table::string`] too).
-    pub fn as_written(&mut self, key: &'static str) -> Option<String> {
-        match self.get(key)?.get_ref() {
+    pub fn as_written(&mut self, k: Key) -> Option<String> {
+        match self.get(k)?.get_ref() {
             DeValue::String(s) => Some(s.to_string()),
             _ => None,
         }
     }
 
     /// A string with `${ENV}` filled in.
-    pub fn string(&mut self, errs: &mut Errors, key: &'static str) -> Option<(String, Span)> {
-        let v = self.typed(key, Kind::String)?;
+    pub fn string(&mut self, errs: &mut Errors, k: Key) -> Option<(String, Span)> {
+        let key = k.name;
+        let v = self.typed(k, Kind::String)?;
         match v.get_ref() {
             DeValue::String(s) => expand_env(s, v.span(), errs).map(|s| (s, v.span())),
             _ => {
@@ -181,23 +277,21 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
-    pub fn required_string(
-        &mut self,
-        errs: &mut Errors,
-        key: &'static str,
-    ) -> Option<(String, Span)> {
-        self.note(key, Kind::String, true);
+    pub fn required_string(&mut self, errs: &mut Errors, k: Key) -> Option<(String, Span)> {
+        let key = k.name;
+        self.note(k, Kind::String, true);
         let present = self.table.iter().any(|(k, _)| k.get_ref().as_ref() == key);
         if !present {
             self.used.push(key);
             self.missing(errs, key);
             return None;
         }
-        self.string(errs, key)
+        self.string(errs, k)
     }
 
-    pub fn bool(&mut self, errs: &mut Errors, key: &'static str) -> Option<bool> {
-        let v = self.typed(key, Kind::Bool)?;
+    pub fn bool(&mut self, errs: &mut Errors, k: Key) -> Option<bool> {
+        let key = k.name;
+        let v = self.typed(k, Kind::Bool)?;
         match v.get_ref() {
             DeValue::Boolean(b) => Some(*b),
             _ => {
@@ -208,12 +302,13 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// A non-negative integer.
-    pub fn count(&mut self, errs: &mut Errors, key: &'static str) -> Option<(u64, Span)> {
-        let v = self.typed(key, Kind::Count)?;
+    pub fn count(&mut self, errs: &mut Errors, k: Key) -> Option<(u64, Span)> {
+        let key = k.name;
+        let v = self.typed(k, Kind::Count)?;
         match v.get_ref() {
             DeValue::Integer(i) => {
                 match u64::from_str_radix(&i.as_str().replace('_', ""), i.radix()) {
-                    Ok(n) => Some((n, v.span())),
+                    Ok(n) => self.bounded(errs, k, n as f64, n, v.span(), |b| b.to_string()),
                     Err(_) => {
                         errs.push(
                             Diagnostic::new(
@@ -234,8 +329,9 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// A number (integer or float).
-    pub fn number(&mut self, errs: &mut Errors, key: &'static str) -> Option<(f64, Span)> {
-        let v = self.typed(key, Kind::Number)?;
+    pub fn number(&mut self, errs: &mut Errors, k: Key) -> Option<(f64, Span)> {
+        let key = k.name;
+        let v = self.typed(k, Kind::Number)?;
         let parsed = match v.get_ref() {
             DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
                 .ok()
@@ -247,7 +343,7 @@ impl<'a, 'i> Table<'a, 'i> {
             }
         };
         match parsed {
-            Some(n) if n.is_finite() => Some((n, v.span())),
+            Some(n) if n.is_finite() => self.bounded(errs, k, n, n, v.span(), show_number),
             _ => {
                 errs.push(Diagnostic::new(
                     v.span(),
@@ -259,8 +355,9 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// A duration string such as `"250ms"`, `"2s"`, `"1m"`.
-    pub fn duration(&mut self, errs: &mut Errors, key: &'static str) -> Option<(Duration, Span)> {
-        let v = self.typed(key, Kind::Duration)?;
+    pub fn duration(&mut self, errs: &mut Errors, k: Key) -> Option<(Duration, Span)> {
+        let key = k.name;
+        let v = self.typed(k, Kind::Duration)?;
         let DeValue::String(s) = v.get_ref() else {
             self.wrong_type(errs, key, v, "a duration string like \"250ms\"");
             return None;
@@ -296,8 +393,9 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// A size: bytes as an integer, or a string such as `"1MiB"`, `"512KiB"`, `"10MB"`.
-    pub fn size(&mut self, errs: &mut Errors, key: &'static str) -> Option<(u64, Span)> {
-        let v = self.typed(key, Kind::Size)?;
+    pub fn size(&mut self, errs: &mut Errors, k: Key) -> Option<(u64, Span)> {
+        let key = k.name;
+        let v = self.typed(k, Kind::Size)?;
         let parsed = match v.get_ref() {
             DeValue::Integer(i) => {
                 u64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok()
@@ -312,7 +410,7 @@ impl<'a, 'i> Table<'a, 'i> {
             }
         };
         match parsed {
-            Some(n) => Some((n, v.span())),
+            Some(n) => self.bounded(errs, k, n as f64, n, v.span(), show_size),
             None => {
                 errs.push(
                     Diagnostic::new(v.span(), format!("bad size for `{key}` in {}", self.name))
@@ -327,12 +425,9 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// An array of strings.
-    pub fn string_list(
-        &mut self,
-        errs: &mut Errors,
-        key: &'static str,
-    ) -> Option<Vec<(String, Span)>> {
-        let v = self.typed(key, Kind::StringList)?;
+    pub fn string_list(&mut self, errs: &mut Errors, k: Key) -> Option<Vec<(String, Span)>> {
+        let key = k.name;
+        let v = self.typed(k, Kind::StringList)?;
         let DeValue::Array(items) = v.get_ref() else {
             self.wrong_type(errs, key, v, "an array of strings");
             return None;
@@ -365,12 +460,9 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// A table whose keys are the user's own (e.g. `rename = { a = "b" }`), string values.
-    pub fn string_map(
-        &mut self,
-        errs: &mut Errors,
-        key: &'static str,
-    ) -> Option<Vec<(String, String)>> {
-        let v = self.typed(key, Kind::StringMap)?;
+    pub fn string_map(&mut self, errs: &mut Errors, k: Key) -> Option<Vec<(String, String)>> {
+        let key = k.name;
+        let v = self.typed(k, Kind::StringMap)?;
         let DeValue::Table(t) = v.get_ref() else {
             self.wrong_type(errs, key, v, "a table of strings");
             return None;
@@ -400,13 +492,14 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// A sub-table (`[a.b]` or inline `{ ... }`).
-    pub fn table(&mut self, errs: &mut Errors, key: &'static str) -> Option<Table<'a, 'i>> {
+    pub fn table(&mut self, errs: &mut Errors, k: Key) -> Option<Table<'a, 'i>> {
+        let key = k.name;
         let name = if self.name == ROOT {
             format!("[{key}]")
         } else {
             format!("`{key}` of {}", self.name)
         };
-        let v = self.typed(key, Kind::Table)?;
+        let v = self.typed(k, Kind::Table)?;
         match v.get_ref() {
             DeValue::Table(t) => {
                 Some(self.child(t, v.span(), name, format!("{}/{key}", self.path)))
@@ -422,9 +515,10 @@ impl<'a, 'i> Table<'a, 'i> {
     pub fn named_tables(
         &mut self,
         errs: &mut Errors,
-        key: &'static str,
+        k: Key,
     ) -> Vec<(String, Span, Table<'a, 'i>)> {
-        let Some(v) = self.typed(key, Kind::NamedTables) else {
+        let key = k.name;
+        let Some(v) = self.typed(k, Kind::NamedTables) else {
             return Vec::new();
         };
         let DeValue::Table(t) = v.get_ref() else {
@@ -458,9 +552,10 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// An array of tables (`[[routes]]`), in file order.
-    pub fn table_array(&mut self, errs: &mut Errors, key: &'static str) -> Vec<Table<'a, 'i>> {
+    pub fn table_array(&mut self, errs: &mut Errors, k: Key) -> Vec<Table<'a, 'i>> {
+        let key = k.name;
         let parent = self.name.clone();
-        let Some(v) = self.typed(key, Kind::TableArray) else {
+        let Some(v) = self.typed(k, Kind::TableArray) else {
             return Vec::new();
         };
         let DeValue::Array(items) = v.get_ref() else {

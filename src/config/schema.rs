@@ -3,14 +3,15 @@
 //!
 //! It is made by running the real loader over a probe file that has every section and
 //! recording which keys its getters ask for (`reader::record`): a key the loader reads
-//! is in the schema, and nothing else is. Descriptions and a few constraints (enums,
-//! patterns) are layered on top here.
+//! is in the schema, and nothing else is. Each key's description and bounds come from
+//! the loader too (the `Key` its reader is called with), so the schema says what
+//! `check` enforces; a few structural constraints (enums, patterns) are added here.
 
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use super::reader::{Field, Kind, record};
+use super::reader::{Kind, record};
 
 /// Every section, so every getter runs once. Values only need to reach the getters.
 const PROBE: &str = r#"
@@ -31,29 +32,47 @@ rate_limit = { per_second = 1 }
   rename = { a = "b" }
 "#;
 
-pub fn schema() -> Value {
+/// What the loader asked of one key, merged over every read of it.
+struct Seen {
+    kind: Kind,
+    required: bool,
+    about: &'static str,
+    min: Option<f64>,
+    max: Option<f64>,
+}
+
+type Tables = BTreeMap<String, BTreeMap<&'static str, Seen>>;
+
+fn fields() -> Tables {
     let fields = record(|| {
         let _ = super::parse("probe.toml", PROBE);
     });
-    // Per table path: key -> (kind, required). A typed read wins over a presence check.
-    let mut tables: BTreeMap<String, BTreeMap<&'static str, (Kind, bool)>> = BTreeMap::new();
-    for Field {
-        path,
-        key,
-        kind,
-        required,
-    } in fields
-    {
+    // Per table path: key -> what was asked. A typed read wins over a presence check.
+    let mut tables: Tables = BTreeMap::new();
+    for f in fields {
         let entry = tables
-            .entry(path)
+            .entry(f.path)
             .or_default()
-            .entry(key)
-            .or_insert((kind, required));
-        if entry.0 == Kind::Any {
-            entry.0 = kind;
+            .entry(f.key)
+            .or_insert(Seen {
+                kind: f.kind,
+                required: f.required,
+                about: f.about,
+                min: f.min,
+                max: f.max,
+            });
+        if entry.kind == Kind::Any {
+            entry.kind = f.kind;
         }
-        entry.1 |= required;
+        entry.required |= f.required;
+        entry.min = entry.min.or(f.min);
+        entry.max = entry.max.or(f.max);
     }
+    tables
+}
+
+pub fn schema() -> Value {
+    let tables = fields();
     let mut root = object(&tables, "");
     if let Value::Object(m) = &mut root {
         m.insert(
@@ -65,13 +84,13 @@ pub fn schema() -> Value {
     root
 }
 
-fn object(tables: &BTreeMap<String, BTreeMap<&'static str, (Kind, bool)>>, path: &str) -> Value {
+fn object(tables: &Tables, path: &str) -> Value {
     let mut properties = Map::new();
     let mut required = Vec::new();
     if let Some(keys) = tables.get(path) {
-        for (key, (kind, req)) in keys {
+        for (key, seen) in keys {
             let child = format!("{path}/{key}");
-            let mut s = match kind {
+            let mut s = match seen.kind {
                 Kind::Any => json!({}),
                 Kind::String => json!({"type": "string"}),
                 Kind::Bool => json!({"type": "boolean"}),
@@ -96,13 +115,15 @@ fn object(tables: &BTreeMap<String, BTreeMap<&'static str, (Kind, bool)>>, path:
                     json!({"type": "array", "items": object(tables, &format!("{child}/[]"))})
                 }
             };
-            if let (Value::Object(m), Some(extra)) = (&mut s, refine(&child))
-                && let Value::Object(extra) = extra
-            {
-                m.extend(extra);
+            bounds(&mut s, seen);
+            if let Value::Object(m) = &mut s {
+                m.insert("description".into(), json!(seen.about));
+                if let Some(Value::Object(extra)) = refine(&child) {
+                    m.extend(extra);
+                }
             }
             properties.insert((*key).to_string(), s);
-            if *req {
+            if seen.required {
                 required.push(json!(key));
             }
         }
@@ -120,146 +141,43 @@ fn object(tables: &BTreeMap<String, BTreeMap<&'static str, (Kind, bool)>>, path:
     out
 }
 
-/// Descriptions and constraints, by schema path (`/routes/[]/timeout`).
+/// The key's bounds as the loader holds it to them: on the integer of a count, on
+/// the number of bytes of a size (its string form is checked by the loader).
+fn bounds(s: &mut Value, seen: &Seen) {
+    let target = match seen.kind {
+        Kind::Count | Kind::Number => Some(&mut *s),
+        Kind::Size => s.get_mut("oneOf").and_then(|o| o.get_mut(0)),
+        _ => None,
+    };
+    let Some(Value::Object(m)) = target else {
+        return;
+    };
+    let number = |n: f64| {
+        if seen.kind == Kind::Number {
+            json!(n)
+        } else {
+            json!(n as u64)
+        }
+    };
+    if let Some(min) = seen.min {
+        m.insert("minimum".into(), number(min));
+    }
+    if let Some(max) = seen.max {
+        m.insert("maximum".into(), number(max));
+    }
+}
+
+/// Structural constraints the types alone do not say, by schema path.
 fn refine(path: &str) -> Option<Value> {
     let v = match path {
-        "/server" => json!({"description": "Listeners and request limits."}),
-        "/server/listen" => {
-            json!({"description": "Public listener, ip:port (HTTP/1.1 and h2c). Default 127.0.0.1:8080."})
-        }
-        "/server/admin_listen" => {
-            json!({"description": "Admin listener for /health /ready /metrics /routes. Default 127.0.0.1:9901; never the public port."})
-        }
-        "/server/default_timeout" => {
-            json!({"description": "Route deadline when a route sets none. Default 2s."})
-        }
-        "/server/max_request_body" => {
-            json!({"description": "Larger request bodies get 413. Default 1MiB."})
-        }
-        "/server/trusted_proxies" => {
-            json!({"description": "Peers (IPs or CIDRs) whose X-Forwarded-For is believed for client_ip rate limits."})
-        }
-        "/server/shutdown_grace" => {
-            json!({"description": "How long a drain waits for in-flight requests. Default 10s."})
-        }
-        "/server/workers" => {
-            json!({"description": "Event loops (threads). Default: one per CPU.", "minimum": 1, "maximum": 1024})
-        }
-        "/server/cache_capacity" => {
-            json!({"description": "Bytes the route and backend caches may hold together. Default 64MiB."})
-        }
-        "/server/header_read_timeout" => {
-            json!({"description": "Time a client has, from connecting or from its previous answer, to send a whole request head. Default 10s."})
-        }
-        "/server/idle_timeout" => {
-            json!({"description": "A kept-alive HTTP/1 connection, or an h2 connection with no open stream, is closed after this long idle (h2: GOAWAY). Default 60s."})
-        }
-        "/server/send_timeout" => {
-            json!({"description": "A connection whose client takes none of an answer for this long is closed. Default 30s."})
-        }
-        "/server/max_connections" => {
-            json!({"minimum": 1, "description": "Open client connections; past it new ones are closed at once. Default: half the descriptor limit."})
-        }
-        "/server/max_header_size" => {
-            json!({"description": "Bytes of a request head (path, query, header names and values), HTTP/1.1 and h2 alike: 414 or 431 past it. Default 32KiB; 1KiB to 1MiB."})
-        }
-        "/server/buffer_per_connection" => {
-            json!({"description": "Of buffer_capacity, what one h2 connection's requests may hold (answers being read and answers its client has not taken); past it its new requests get 503. Default 16MiB."})
-        }
-        "/server/buffer_capacity" => {
-            json!({"description": "Bytes of upstream answers held in memory at once, across all requests; past it new upstream calls fail at once (OVERLOADED). Default 256MiB."})
-        }
-        "/telemetry" => json!({"description": "Logs and traces."}),
-        "/telemetry/log_format" => {
-            json!({"enum": ["json", "pretty"], "description": "Default json."})
-        }
-        "/telemetry/access_log" => json!({"description": "One line per request. Default true."}),
-        "/telemetry/otlp_endpoint" => {
-            json!({"description": "Collector base URL; spans go to {this}/v1/traces (OTLP/HTTP)."})
-        }
-        "/telemetry/sample_ratio" => {
-            json!({"minimum": 0, "maximum": 1, "description": "Parent-based sampling ratio. Default 1.0."})
-        }
-        "/upstreams" => json!({"description": "Upstream services by name."}),
-        "/upstreams/*/urls" => {
-            json!({"minItems": 1, "description": "One or more http(s) base URLs, round-robin."})
-        }
-        "/upstreams/*/timeout" => {
-            json!({"description": "Per attempt; the route deadline still applies."})
-        }
-        "/upstreams/*/max_concurrency" => {
-            json!({"minimum": 1, "description": "Calls in flight; past it a call fails at once (OVERLOADED)."})
-        }
-        "/upstreams/*/circuit_breaker" => {
-            json!({"description": "Opens after consecutive faults; one probe after open_for."})
-        }
-        "/upstreams/*/retry" => {
-            json!({"description": "Total attempts for idempotent calls (or POST with idempotency-key)."})
-        }
-        "/upstreams/*/rate_limit" => {
-            json!({"description": "Protects the upstream across all routes (OVERLOADED past it)."})
-        }
-        "/upstreams/*/ca_file" => json!({"description": "Extra CA (PEM) for https urls."}),
-        "/upstreams/*/max_response_body" => {
-            json!({"description": "Larger JSON answers fail the backend. Default 16MiB."})
-        }
-        "/routes" => json!({"description": "Public routes."}),
-        "/routes/[]/name" => {
-            json!({"description": "Default \"METHOD path\"; labels metrics and logs."})
-        }
+        "/telemetry/log_format" => json!({"enum": ["json", "pretty"]}),
+        "/upstreams/*/urls" => json!({"minItems": 1}),
         "/routes/[]/method" | "/routes/[]/backends/[]/method" => {
-            json!({"pattern": "^[A-Za-z]+$", "description": "HTTP method. Default GET (backends: the route's)."})
+            json!({"pattern": "^[A-Za-z]+$"})
         }
-        "/routes/[]/path" => json!({"pattern": "^/", "description": "Path with {param} segments."}),
-        "/routes/[]/timeout" => json!({"description": "Deadline for the whole request."}),
-        "/routes/[]/forward_headers" => {
-            json!({"description": "Client headers that reach upstreams; [\"*\"] for all."})
-        }
-        "/routes/[]/forward_query" => {
-            json!({"description": "Client query params that reach upstreams; [\"*\"] for all."})
-        }
-        "/routes/[]/cache" => {
-            json!({"description": "Keep complete 200 answers (merged GET routes)."})
-        }
-        "/routes/[]/rate_limit" => json!({"description": "Per-key limit: 429 past it."}),
-        "/routes/[]/rate_limit/key" => {
-            json!({"pattern": "^(client_ip|global|header:.+)$", "description": "client_ip (default), global, or header:NAME."})
-        }
-        "/routes/[]/rate_limit/max_keys" => {
-            json!({"minimum": 1, "description": "Keys remembered at most; the least recently used are forgotten first. Default 100000."})
-        }
-        "/routes/[]/passthrough" => {
-            json!({"description": "Stream one backend's answer unchanged."})
-        }
-        "/routes/[]/backends" => {
-            json!({"minItems": 1, "description": "Backends, called concurrently (or after the ones they read from)."})
-        }
-        "/routes/[]/backends/[]/name" => {
-            json!({"description": "Unique in the route; default group, else upstream."})
-        }
-        "/routes/[]/backends/[]/path" => {
-            json!({"pattern": "^/", "description": "Path and query; {param} and {backend.field} are filled in."})
-        }
-        "/routes/[]/backends/[]/group" => json!({"description": "Nest the answer under this key."}),
-        "/routes/[]/backends/[]/target" => {
-            json!({"description": "Keep only this field (dot path)."})
-        }
-        "/routes/[]/backends/[]/allow" => {
-            json!({"description": "Keep only these fields (dot paths)."})
-        }
-        "/routes/[]/backends/[]/deny" => json!({"description": "Drop these fields (dot paths)."}),
-        "/routes/[]/backends/[]/rename" => {
-            json!({"description": "Rename fields: { from = \"to\" }."})
-        }
-        "/routes/[]/backends/[]/optional" => {
-            json!({"description": "Its failure leaves it out; the answer is marked partial."})
-        }
-        "/routes/[]/backends/[]/default" => {
-            json!({"description": "Value used when it fails (implies optional)."})
-        }
-        "/routes/[]/backends/[]/cache_ttl" => {
-            json!({"description": "Keep the upstream's 2xx answers (GET backends)."})
-        }
+        "/routes/[]/path" | "/routes/[]/backends/[]/path" => json!({"pattern": "^/"}),
+        "/routes/[]/rate_limit/key" => json!({"pattern": "^(client_ip|global|header:.+)$"}),
+        "/routes/[]/backends" => json!({"minItems": 1}),
         _ => return None,
     };
     Some(v)
@@ -304,5 +222,119 @@ mod tests {
             assert!(backend["properties"][key].is_object(), "backend key {key}");
         }
         assert_eq!(backend["properties"]["rename"]["type"], "object");
+    }
+
+    /// Every property, with its schema path.
+    fn properties<'v>(v: &'v Value, path: &str, out: &mut Vec<(String, &'v Value)>) {
+        if let Some(Value::Object(props)) = v.get("properties") {
+            for (k, p) in props {
+                let child = format!("{path}/{k}");
+                out.push((child.clone(), p));
+                properties(p, &child, out);
+            }
+        }
+        for nested in ["additionalProperties", "items"] {
+            if let Some(n) = v.get(nested).filter(|n| n.is_object()) {
+                let child = format!("{path}/{}", if nested == "items" { "[]" } else { "*" });
+                properties(n, &child, out);
+            }
+        }
+    }
+
+    #[test]
+    fn every_key_has_a_description() {
+        let s = schema();
+        let mut all = Vec::new();
+        properties(&s, "", &mut all);
+        assert!(all.len() > 60, "{} keys", all.len());
+        for (path, p) in all {
+            let about = p["description"].as_str().unwrap_or_default();
+            assert!(about.len() > 10, "{path} has no description");
+        }
+    }
+
+    /// The probe with `key = value` set in the table at `path`.
+    fn probe_with(path: &str, key: &str, value: &str) -> String {
+        let line = format!("{key} = {value}");
+        let (old, new) = match path {
+            "/server" => ("[server]".to_string(), format!("[server]\n{line}")),
+            "/telemetry" => ("[telemetry]".to_string(), format!("[telemetry]\n{line}")),
+            "/upstreams/*" => (
+                "[upstreams.u]".to_string(),
+                format!("[upstreams.u]\n{line}"),
+            ),
+            "/upstreams/*/circuit_breaker" => (
+                "consecutive_failures = 1".to_string(),
+                format!("consecutive_failures = 1, {line}").replace(
+                    "consecutive_failures = 1, consecutive_failures",
+                    "consecutive_failures",
+                ),
+            ),
+            "/upstreams/*/retry" => (
+                "retry = { attempts = 1 }".to_string(),
+                format!("retry = {{ {line} }}"),
+            ),
+            "/upstreams/*/rate_limit" => (
+                "rate_limit = { per_second = 1 }\n[[routes]]".to_string(),
+                format!("rate_limit = {{ {line} }}\n[[routes]]"),
+            ),
+            "/routes/[]/rate_limit" => (
+                "rate_limit = { per_second = 1 }\n  [[routes.backends]]".to_string(),
+                format!("rate_limit = {{ per_second = 1, {line} }}\n  [[routes.backends]]")
+                    .replace("per_second = 1, per_second", "per_second"),
+            ),
+            other => panic!("no probe for bounded keys under {other}: add one here"),
+        };
+        assert!(PROBE.contains(&old), "probe has {old}");
+        PROBE.replacen(&old, &new, 1)
+    }
+
+    #[test]
+    fn the_schema_bounds_are_what_check_enforces() {
+        let mut checked = 0;
+        for (path, keys) in fields() {
+            for (key, seen) in keys {
+                if seen.min.is_none() && seen.max.is_none() {
+                    continue;
+                }
+                let show = |n: f64| match seen.kind {
+                    Kind::Number => format!("{n:?}"),
+                    _ => format!("{}", n as u64),
+                };
+                let loads =
+                    |v: f64| super::super::parse("t.toml", &probe_with(&path, key, &show(v)));
+                let step = if seen.kind == Kind::Number { 1e-9 } else { 1.0 };
+                if let Some(min) = seen.min {
+                    assert!(
+                        loads(min).is_ok(),
+                        "{path}/{key} = {min} (its minimum) loads"
+                    );
+                    let below = loads(min - step).expect_err("below the minimum is refused");
+                    assert!(
+                        below.render().contains(key),
+                        "{path}/{key}: {}",
+                        below.render()
+                    );
+                }
+                if let Some(max) = seen.max {
+                    assert!(
+                        loads(max).is_ok(),
+                        "{path}/{key} = {max} (its maximum) loads"
+                    );
+                    assert!(loads(max + step).is_err(), "{path}/{key} above the maximum");
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 10, "{checked} bounded keys");
+        let s = schema();
+        assert_eq!(
+            s["properties"]["server"]["properties"]["workers"]["minimum"],
+            1
+        );
+        assert_eq!(
+            s["properties"]["server"]["properties"]["buffer_capacity"]["oneOf"][0]["minimum"],
+            65536
+        );
     }
 }

@@ -103,7 +103,7 @@ impl Upstream {
     pub(super) async fn attempt<T, F, Fut>(
         &self,
         mut req: Request<RequestBody>,
-        t: &Try<'_>,
+        t: Try<'_>,
         mode: Mode,
         then: F,
     ) -> Tried<T>
