@@ -7,22 +7,22 @@ use codespan_reporting::files::SimpleFile;
 use codespan_reporting::term::{self, termcolor::NoColor};
 
 /// Byte range into the config source.
-pub type Span = Range<usize>;
+pub type SourceSpan = Range<usize>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
     pub message: String,
-    pub span: Span,
+    pub span: SourceSpan,
     /// Short text printed under the offending snippet.
     pub label: String,
     /// Extra lines: "first defined here", hints, the accepted values.
     pub notes: Vec<String>,
     /// A second place worth pointing at (e.g. the first definition of a duplicate).
-    pub secondary: Option<(Span, String)>,
+    pub secondary: Option<(SourceSpan, String)>,
 }
 
 impl Diagnostic {
-    pub fn new(span: Span, message: impl Into<String>) -> Self {
+    pub fn new(span: SourceSpan, message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
             span,
@@ -59,7 +59,7 @@ impl Diagnostic {
         self
     }
 
-    pub fn also(mut self, span: Span, label: impl Into<String>) -> Self {
+    pub fn also(mut self, span: SourceSpan, label: impl Into<String>) -> Self {
         self.secondary = Some((span, label.into()));
         self
     }
@@ -162,7 +162,7 @@ fn floor_char_boundary(s: &str, offset: usize) -> usize {
     o
 }
 
-fn clamp(source: &str, span: &Span) -> Span {
+fn clamp(source: &str, span: &SourceSpan) -> SourceSpan {
     let start = floor_char_boundary(source, span.start);
     let end = floor_char_boundary(source, span.end).max(start);
     start..end

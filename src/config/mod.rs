@@ -20,7 +20,7 @@ use http::Method;
 use ipnet::IpNet;
 use url::Url;
 
-pub use diag::{Diagnostic, Diagnostics, Span};
+pub use diag::{Diagnostic, Diagnostics, SourceSpan};
 use reader::{Errors, Key, Table, key};
 pub use types::*;
 
@@ -86,7 +86,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
 
 fn socket_addr(
     errs: &mut Errors,
-    value: Option<(String, Span)>,
+    value: Option<(String, SourceSpan)>,
     key: &str,
 ) -> Option<Option<SocketAddr>> {
     let Some((s, span)) = value else {
@@ -578,7 +578,7 @@ fn read_rate(r: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RateConfig> {
     }
 }
 
-fn method_of(errs: &mut Errors, value: Option<(String, Span)>) -> Option<Option<Method>> {
+fn method_of(errs: &mut Errors, value: Option<(String, SourceSpan)>) -> Option<Option<Method>> {
     let Some((s, span)) = value else {
         return Some(None);
     };

@@ -9,7 +9,7 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::diag::{Diagnostic, Span};
+use super::diag::{Diagnostic, SourceSpan};
 
 pub type Errors = Vec<Diagnostic>;
 
@@ -43,7 +43,7 @@ pub const ROOT: &str = "the top level";
 /// One TOML table being read; remembers which keys were asked for.
 pub struct Table<'a, 'i> {
     table: &'a DeTable<'i>,
-    span: Span,
+    span: SourceSpan,
     /// How messages name this table, e.g. `[upstreams.users]`.
     pub name: String,
     used: Vec<&'static str>,
@@ -131,7 +131,7 @@ pub fn record(f: impl FnOnce()) -> Vec<Field> {
 }
 
 impl<'a, 'i> Table<'a, 'i> {
-    pub fn new(table: &'a DeTable<'i>, span: Span, name: impl Into<String>) -> Self {
+    pub fn new(table: &'a DeTable<'i>, span: SourceSpan, name: impl Into<String>) -> Self {
         Self {
             table,
             span,
@@ -141,7 +141,7 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
-    fn child(&self, table: &'a DeTable<'i>, span: Span, name: String, path: String) -> Self {
+    fn child(&self, table: &'a DeTable<'i>, span: SourceSpan, name: String, path: String) -> Self {
         let mut t = Table::new(table, span, name);
         t.path = path;
         t
@@ -182,9 +182,9 @@ impl<'a, 'i> Table<'a, 'i> {
         k: Key,
         n: f64,
         value: T,
-        span: Span,
+        span: SourceSpan,
         show: fn(f64) -> String,
-    ) -> Option<(T, Span)> {
+    ) -> Option<(T, SourceSpan)> {
         let low = k.min.is_some_and(|min| n < min);
         let high = k.max.is_some_and(|max| n > max);
         if !low && !high {
@@ -221,7 +221,7 @@ impl<'a, 'i> Table<'a, 'i> {
         Table::new(&EMPTY, 0..0, name)
     }
 
-    pub fn span(&self) -> Span {
+    pub fn span(&self) -> SourceSpan {
         self.span.clone()
     }
 
@@ -265,7 +265,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// A string with `${ENV}` filled in.
-    pub fn string(&mut self, errs: &mut Errors, k: Key) -> Option<(String, Span)> {
+    pub fn string(&mut self, errs: &mut Errors, k: Key) -> Option<(String, SourceSpan)> {
         let key = k.name;
         let v = self.typed(k, Kind::String)?;
         match v.get_ref() {
@@ -277,7 +277,7 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
-    pub fn required_string(&mut self, errs: &mut Errors, k: Key) -> Option<(String, Span)> {
+    pub fn required_string(&mut self, errs: &mut Errors, k: Key) -> Option<(String, SourceSpan)> {
         let key = k.name;
         self.note(k, Kind::String, true);
         let present = self.table.iter().any(|(k, _)| k.get_ref().as_ref() == key);
@@ -302,7 +302,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// A non-negative integer.
-    pub fn count(&mut self, errs: &mut Errors, k: Key) -> Option<(u64, Span)> {
+    pub fn count(&mut self, errs: &mut Errors, k: Key) -> Option<(u64, SourceSpan)> {
         let key = k.name;
         let v = self.typed(k, Kind::Count)?;
         match v.get_ref() {
@@ -329,7 +329,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// A number (integer or float).
-    pub fn number(&mut self, errs: &mut Errors, k: Key) -> Option<(f64, Span)> {
+    pub fn number(&mut self, errs: &mut Errors, k: Key) -> Option<(f64, SourceSpan)> {
         let key = k.name;
         let v = self.typed(k, Kind::Number)?;
         let parsed = match v.get_ref() {
@@ -355,7 +355,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// A duration string such as `"250ms"`, `"2s"`, `"1m"`.
-    pub fn duration(&mut self, errs: &mut Errors, k: Key) -> Option<(Duration, Span)> {
+    pub fn duration(&mut self, errs: &mut Errors, k: Key) -> Option<(Duration, SourceSpan)> {
         let key = k.name;
         let v = self.typed(k, Kind::Duration)?;
         let DeValue::String(s) = v.get_ref() else {
@@ -393,7 +393,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// A size: bytes as an integer, or a string such as `"1MiB"`, `"512KiB"`, `"10MB"`.
-    pub fn size(&mut self, errs: &mut Errors, k: Key) -> Option<(u64, Span)> {
+    pub fn size(&mut self, errs: &mut Errors, k: Key) -> Option<(u64, SourceSpan)> {
         let key = k.name;
         let v = self.typed(k, Kind::Size)?;
         let parsed = match v.get_ref() {
@@ -425,7 +425,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// An array of strings.
-    pub fn string_list(&mut self, errs: &mut Errors, k: Key) -> Option<Vec<(String, Span)>> {
+    pub fn string_list(&mut self, errs: &mut Errors, k: Key) -> Option<Vec<(String, SourceSpan)>> {
         let key = k.name;
         let v = self.typed(k, Kind::StringList)?;
         let DeValue::Array(items) = v.get_ref() else {
@@ -516,7 +516,7 @@ impl<'a, 'i> Table<'a, 'i> {
         &mut self,
         errs: &mut Errors,
         k: Key,
-    ) -> Vec<(String, Span, Table<'a, 'i>)> {
+    ) -> Vec<(String, SourceSpan, Table<'a, 'i>)> {
         let key = k.name;
         let Some(v) = self.typed(k, Kind::NamedTables) else {
             return Vec::new();
@@ -641,7 +641,7 @@ pub fn to_json(v: &Spanned<DeValue<'_>>, errs: &mut Errors) -> serde_json::Value
 }
 
 /// Fills `${NAME}` from the environment; a missing variable is an error at the string.
-pub fn expand_env(s: &str, span: Span, errs: &mut Errors) -> Option<String> {
+pub fn expand_env(s: &str, span: SourceSpan, errs: &mut Errors) -> Option<String> {
     if !s.contains("${") {
         return Some(s.to_string());
     }

@@ -9,7 +9,7 @@ use http::Method;
 use ipnet::IpNet;
 use url::Url;
 
-use super::diag::Span;
+use super::diag::SourceSpan;
 use crate::template::{Placeholder, Template};
 
 /// A whole, validated config file.
@@ -73,7 +73,7 @@ pub struct TelemetryConfig {
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: String,
-    pub name_span: Span,
+    pub name_span: SourceSpan,
     pub settings: UpstreamSettings,
 }
 
@@ -136,8 +136,8 @@ pub struct RouteConfig {
     pub name: String,
     pub method: Method,
     pub path: String,
-    pub path_span: Span,
-    pub span: Span,
+    pub path_span: SourceSpan,
+    pub span: SourceSpan,
     pub timeout: Option<Duration>,
     pub forward_headers: Vec<String>,
     pub forward_query: Vec<String>,
@@ -150,15 +150,15 @@ pub struct RouteConfig {
 #[derive(Debug, Clone)]
 pub struct BackendConfig {
     pub name: String,
-    pub name_span: Span,
+    pub name_span: SourceSpan,
     pub upstream: String,
-    pub upstream_span: Span,
+    pub upstream_span: SourceSpan,
     pub method: Option<Method>,
     pub path: String,
     /// The path as the file has it (`${ENV}` not filled in), for `/routes` and
     /// `manifold routes`: a secret from the environment is not shown.
     pub path_as_written: String,
-    pub path_span: Span,
+    pub path_span: SourceSpan,
     pub template: Template<Placeholder>,
     pub group: Option<String>,
     pub target: Option<String>,

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::diag::{Diagnostic, Span};
+use super::diag::{Diagnostic, SourceSpan};
 use super::reader::Errors;
 use super::{BackendConfig, Config, RouteConfig};
 use crate::template::route_params;
@@ -11,7 +11,7 @@ use crate::template::route_params;
 /// The span of `len` bytes at `offset` inside a string value whose span (quotes
 /// included) is `span`. Falls back to the whole value when the source text differs
 /// from the value (escapes, `${ENV}`), so the caret is never misplaced.
-pub fn inner_span(span: &Span, offset: usize, len: usize) -> Span {
+pub fn inner_span(span: &SourceSpan, offset: usize, len: usize) -> SourceSpan {
     let start = span.start + 1 + offset;
     if start + len < span.end {
         start..start + len
@@ -21,8 +21,8 @@ pub fn inner_span(span: &Span, offset: usize, len: usize) -> Span {
 }
 
 pub fn check(config: &Config, text: &str, errs: &mut Errors) {
-    let upstreams: HashMap<&str, &Span> = {
-        let mut seen: HashMap<&str, &Span> = HashMap::new();
+    let upstreams: HashMap<&str, &SourceSpan> = {
+        let mut seen: HashMap<&str, &SourceSpan> = HashMap::new();
         for u in &config.upstreams {
             // TOML itself rejects duplicate table keys; this stays as a guard for merged configs.
             if let Some(first) = seen.insert(u.name.as_str(), &u.name_span) {
@@ -97,7 +97,7 @@ fn check_routes_table(config: &Config, errs: &mut Errors) {
 
 fn check_route(
     route: &RouteConfig,
-    upstreams: &HashMap<&str, &Span>,
+    upstreams: &HashMap<&str, &SourceSpan>,
     text: &str,
     errs: &mut Errors,
 ) {
@@ -262,7 +262,7 @@ fn check_route(
     }
 }
 
-fn placeholder_span(text: &str, span: &Span, raw: &str, offset: usize, len: usize) -> Span {
+fn placeholder_span(text: &str, span: &SourceSpan, raw: &str, offset: usize, len: usize) -> SourceSpan {
     let quoted = text
         .get(span.clone())
         .is_some_and(|s| s.len() == raw.len() + 2 && &s[1..s.len() - 1] == raw);
