@@ -262,7 +262,13 @@ fn check_route(
     }
 }
 
-fn placeholder_span(text: &str, span: &SourceSpan, raw: &str, offset: usize, len: usize) -> SourceSpan {
+fn placeholder_span(
+    text: &str,
+    span: &SourceSpan,
+    raw: &str,
+    offset: usize,
+    len: usize,
+) -> SourceSpan {
     let quoted = text
         .get(span.clone())
         .is_some_and(|s| s.len() == raw.len() + 2 && &s[1..s.len() - 1] == raw);
