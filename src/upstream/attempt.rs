@@ -24,7 +24,7 @@ use crate::trace::Span;
 
 /// Whether the caller takes the answer as it streams or reads it whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Mode {
+pub enum Mode {
     /// Passthrough: any status is an answer to pass on (4xx and 5xx still count as
     /// failures), except an unsolicited 101.
     Streamed,
@@ -76,7 +76,7 @@ impl<T> Tried<T> {
 
 /// An answer's status as a verdict: 5xx and 4xx are failures, and so is a 101 that
 /// nothing asked for; a buffered call wants a 2xx.
-pub(super) fn classify(status: StatusCode, mode: Mode) -> Result<StatusCode, Failure> {
+pub fn classify(status: StatusCode, mode: Mode) -> Result<StatusCode, Failure> {
     if status.is_server_error() {
         Err(Failure::ServerError(status))
     } else if status.is_client_error() {
@@ -151,12 +151,19 @@ impl Upstream {
             }
         };
         let base = t.base;
-        let work = async {
-            let (resp, lease) = match self.pool.send(base, req).await {
-                Ok(answer) => answer,
-                Err(e) => return (None, Err(Failure::connect(&*e))),
-            };
-            match classify(resp.status(), mode) {
+        // No breaker needs to hear of a timeout, and the caller's timer already bounds
+        // the call: one timer fewer per call on the hot path. (Each branch makes its
+        // own future: one bound to a local first would be stored twice in this one.)
+        let unbounded = permit.is_none() && t.bounded && deadline >= t.route_deadline;
+        let head = if unbounded {
+            Ok(self.pool.send(base, req).await)
+        } else {
+            tokio::time::timeout_at(deadline, self.pool.send(base, req)).await
+        };
+        let (answer, verdict) = match head {
+            Err(_) => (None, Err(Failure::Timeout)),
+            Ok(Err(e)) => (None, Err(Failure::connect(&*e))),
+            Ok(Ok((resp, lease))) => match classify(resp.status(), mode) {
                 // Nothing to read: the lease goes back now (a short error body is
                 // usually in with the head, so the connection stays usable).
                 Err(f) if mode == Mode::Buffered || matches!(f, Failure::BadResponse(_)) => {
@@ -167,21 +174,21 @@ impl Upstream {
                         _ticket: ticket,
                         _conn: lease,
                     };
-                    match then(resp, held).await {
+                    // A streamed answer is taken as it is; a buffered one's body is
+                    // read under the same deadline.
+                    let taken = if mode == Mode::Streamed || unbounded {
+                        then(resp, held).await
+                    } else {
+                        tokio::time::timeout_at(deadline, then(resp, held))
+                            .await
+                            .unwrap_or(Err(Failure::Timeout))
+                    };
+                    match taken {
                         Ok(answer) => (Some(answer), verdict),
                         Err(f) => (None, Err(f)),
                     }
                 }
-            }
-        };
-        let (answer, verdict) = if permit.is_none() && t.bounded && deadline >= t.route_deadline {
-            // No breaker needs to hear of a timeout, and the caller's timer already
-            // bounds this call: one timer fewer per call on the hot path.
-            work.await
-        } else {
-            tokio::time::timeout_at(deadline, work)
-                .await
-                .unwrap_or((None, Err(Failure::Timeout)))
+            },
         };
         // A transport error or timeout while the client's upload failed or stalled is
         // the client's doing.
