@@ -310,7 +310,9 @@ async fn aggregate(
     share: Option<&Arc<Share>>,
 ) -> Result<Response<Body<Streamed>>, GatewayError> {
     // A client trickling its body must not hold the answer past the deadline either.
-    let reading = async {
+    // (Made inside the call that awaits it: bound to a local first, it would be
+    // stored twice in this future.)
+    let client_body = tokio::time::timeout_at(deadline, async {
         if route.wants_body {
             read_body(&parts.headers, body, route.max_request_body).await
         } else if !http_body::Body::is_end_stream(&body) {
@@ -321,10 +323,9 @@ async fn aggregate(
         } else {
             Ok(None)
         }
-    };
-    let client_body = tokio::time::timeout_at(deadline, reading)
-        .await
-        .map_err(|_| GatewayError::RequestTimeout)??;
+    })
+    .await
+    .map_err(|_| GatewayError::RequestTimeout)??;
     let vary = cache::vary(&parts.headers, &route.forward_headers);
     let call = Call {
         headers: &headers,

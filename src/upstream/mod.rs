@@ -216,8 +216,8 @@ impl Upstream {
             bounded: false,
             client,
         };
-        self.attempt(req, t, Mode::Streamed, |resp, held| async move {
-            Ok((resp, held))
+        self.attempt(req, t, Mode::Streamed, |resp, held| {
+            std::future::ready(Ok((resp, held)))
         })
     }
 
