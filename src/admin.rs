@@ -31,6 +31,7 @@ pub fn handle(shared: &Live, req: Request<Incoming>) -> Response<Body<Never>> {
 
 /// Prometheus text (OpenMetrics); breaker gauges are read at scrape time.
 fn metrics(gw: &Gateway) -> Response<Body<Never>> {
+    METRICS.sample_process();
     METRICS.buffers(gw.budget.used(), gw.budget.limit());
     for r in &gw.routes {
         if let Some(l) = &r.limiter {
@@ -101,7 +102,7 @@ pub fn routes(gw: &Gateway) -> Value {
             }),
         );
     }
-    json!({ "routes": routes, "upstreams": upstreams })
+    json!({ "config": {"fingerprint": gw.config.version()}, "routes": routes, "upstreams": upstreams })
 }
 
 /// `manifold routes`: the compiled route table, one block per route.

@@ -122,10 +122,11 @@ fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(c) => {
             println!(
-                "{}: ok ({} routes, {} upstreams)",
+                "{}: ok ({} routes, {} upstreams, fingerprint {})",
                 path.display(),
                 c.routes.len(),
-                c.upstreams.len()
+                c.upstreams.len(),
+                c.version()
             );
             ExitCode::SUCCESS
         }

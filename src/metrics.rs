@@ -6,6 +6,7 @@
 //! lock, no allocation. Labels are bounded: route names or templates (`unmatched` when
 //! no route matched), upstream names, status codes (100–599), fixed outcome words.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, LazyLock, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -57,6 +58,16 @@ struct ListenerLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FingerprintLabel {
+    fingerprint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClosedLabels {
     listener: String,
     reason: String,
@@ -78,6 +89,21 @@ pub struct Metrics {
     buffered: Gauge,
     buffer_capacity: Gauge,
     rate_limit_keys: Family<RouteName, Gauge>,
+    config_info: Family<FingerprintLabel, Gauge>,
+    config_reloaded_at: Gauge<f64, AtomicU64>,
+    process: Process,
+}
+
+/// The standard process metrics (as Prometheus' client libraries name them), read
+/// from /proc at scrape time.
+struct Process {
+    resident: Gauge,
+    open_fds: Gauge,
+    max_fds: Gauge,
+    start_time: Gauge<f64, AtomicU64>,
+    cpu: Counter<f64, AtomicU64>,
+    /// CPU seconds already counted, so a scrape adds only what is new.
+    cpu_counted: std::sync::Mutex<f64>,
 }
 
 /// Why a client connection was closed by one of its bounds, in `ClosedLabels` order.
@@ -220,7 +246,66 @@ impl Metrics {
             "Keys a route's rate limit remembers now (at most its max_keys)",
             rate_limit_keys.clone(),
         );
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        registry.register(
+            "manifold_build_info",
+            "Always 1; the label says which manifold this is",
+            build_info,
+        );
+        let config_info = Family::<FingerprintLabel, Gauge>::default();
+        registry.register(
+            "manifold_config_info",
+            "Always 1, for the config serving now; fingerprint is the start of the file's SHA-256 (sha256sum routes.toml)",
+            config_info.clone(),
+        );
+        let config_reloaded_at = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "manifold_config_last_reload_success_timestamp_seconds",
+            "When the config serving now was loaded (Unix time): at start or by the last reload that succeeded",
+            config_reloaded_at.clone(),
+        );
+        let process = Process {
+            resident: Gauge::default(),
+            open_fds: Gauge::default(),
+            max_fds: Gauge::default(),
+            start_time: Gauge::default(),
+            cpu: Counter::default(),
+            cpu_counted: std::sync::Mutex::new(0.0),
+        };
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            process.resident.clone(),
+        );
+        registry.register(
+            "process_open_fds",
+            "Number of open file descriptors",
+            process.open_fds.clone(),
+        );
+        registry.register(
+            "process_max_fds",
+            "Maximum number of open file descriptors",
+            process.max_fds.clone(),
+        );
+        registry.register(
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch, in seconds",
+            process.start_time.clone(),
+        );
+        registry.register(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent, in seconds",
+            process.cpu.clone(),
+        );
         Metrics {
+            config_info,
+            config_reloaded_at,
+            process,
             registry,
             rate_limit_keys,
             connections,
@@ -359,6 +444,54 @@ impl Metrics {
             .set(state);
     }
 
+    /// The config that serves now: its fingerprint, and when it was loaded.
+    pub fn config_loaded(&self, fingerprint: &str) {
+        self.config_info.clear();
+        self.config_info
+            .get_or_create(&FingerprintLabel {
+                fingerprint: fingerprint.to_string(),
+            })
+            .set(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.config_reloaded_at.set(now.as_secs_f64());
+    }
+
+    /// Reads the process metrics (Linux `/proc`; elsewhere they stay 0).
+    pub fn sample_process(&self) {
+        let p = &self.process;
+        if let Some(status) = read("/proc/self/status") {
+            let rss_kib = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok());
+            if let Some(kib) = rss_kib {
+                p.resident.set(kib * 1024);
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            // Less the one this read holds open.
+            p.open_fds.set(dir.count().saturating_sub(1) as i64);
+        }
+        if let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+            p.max_fds.set(i64::try_from(soft).unwrap_or(i64::MAX));
+        }
+        if let Some((cpu, start)) = read("/proc/self/stat").and_then(|s| cpu_and_start(&s)) {
+            let mut counted = p
+                .cpu_counted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if cpu > *counted {
+                p.cpu.inc_by(cpu - *counted);
+                *counted = cpu;
+            }
+            if let Some(boot) = read("/proc/stat").and_then(|s| boot_time(&s)) {
+                p.start_time.set(boot + start);
+            }
+        }
+    }
+
     /// The text exposition (OpenMetrics).
     pub fn encode(&self) -> String {
         // Both series exist from the start, so dashboards see 0 rather than no data.
@@ -372,6 +505,35 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+fn read(path: &str) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}
+
+/// Clock ticks per second of `/proc` times (`getconf CLK_TCK`).
+fn ticks() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// CPU seconds (user + system) and seconds from boot to start, from `/proc/self/stat`.
+fn cpu_and_start(stat: &str) -> Option<(f64, f64)> {
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name, field 3 (state) is index 0: utime is field 14, stime 15, starttime 22.
+    let num = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    let t = ticks();
+    Some(((num(11)? + num(12)?) / t, num(19)? / t))
+}
+
+/// Boot time (Unix seconds), from `/proc/stat`.
+fn boot_time(stat: &str) -> Option<f64> {
+    stat.lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 impl RouteMetrics {

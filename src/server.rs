@@ -74,8 +74,10 @@ impl Server {
         let listen = config.server.listen;
         let admin_listen = config.server.admin_listen;
         let grace = config.server.shutdown_grace;
+        let version = config.version();
         let gateway =
             Gateway::build(config, None, workers.len().max(1)).map_err(StartError::Compile)?;
+        METRICS.config_loaded(&version);
         let shared = Arc::new(Live {
             gateway: ArcSwap::from_pointee(gateway),
             ready: AtomicBool::new(false),
@@ -145,7 +147,12 @@ impl Server {
         }
 
         shared.ready.store(true, Ordering::SeqCst);
-        tracing::info!(%addr, admin = ?admin.as_ref().map(|a| a.0), workers = loops.len(), "manifold is serving");
+        tracing::info!(
+            %addr,
+            admin = admin.as_ref().map(|a| tracing::field::display(a.0)),
+            workers = loops.len(),
+            "manifold is serving"
+        );
         Ok(Server {
             addr,
             admin_addr: admin.as_ref().map(|a| a.0),
@@ -174,8 +181,10 @@ impl Server {
                 "listen, admin_listen, workers and shutdown_grace apply at the next restart"
             );
         }
+        let version = config.version();
         let gateway = Gateway::build(config, Some(&current), self.workers)?;
         self.shared.gateway.store(Arc::new(gateway));
+        METRICS.config_loaded(&version);
         Ok(())
     }
 
@@ -198,10 +207,16 @@ impl Server {
         };
         METRICS.reload(result.is_ok());
         match &result {
-            Ok(()) => tracing::info!(file = %path.display(), "config reloaded"),
-            Err(e) => {
-                tracing::error!(error = %e, "config reload refused; the previous config keeps serving")
-            }
+            Ok(()) => tracing::info!(
+                file = %path.display(),
+                fingerprint = %self.shared.gateway.load().config.version(),
+                "config reloaded"
+            ),
+            Err(e) => tracing::error!(
+                error = %e,
+                serving = %self.shared.gateway.load().config.version(),
+                "config reload refused; the previous config keeps serving"
+            ),
         }
         result
     }

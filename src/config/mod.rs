@@ -68,7 +68,10 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
         None
     };
     match config {
-        Some(c) if errs.is_empty() => Ok(c),
+        Some(mut c) if errs.is_empty() => {
+            c.fingerprint = file_version(text);
+            Ok(c)
+        }
         _ => {
             errs.sort_by_key(|d| d.span.start);
             // A URL's credentials never reach the terminal, a CI log or a log line.
@@ -167,6 +170,7 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Config> {
         telemetry: telemetry?,
         upstreams,
         routes,
+        fingerprint: 0,
     })
 }
 
@@ -906,6 +910,14 @@ fn read_backend(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<BackendConfi
     })
 }
 
+/// The first 8 bytes of the text's SHA-256, as a number (see [`Config::fingerprint`]).
+pub fn file_version(text: &str) -> u64 {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_be_bytes(first)
+}
+
 /// A stable hash of a config section's text, for cache key prefixes.
 pub fn fingerprint(text: &str) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -918,6 +930,15 @@ pub fn fingerprint(text: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+
+    #[test]
+    fn the_file_version_is_the_start_of_its_sha256() {
+        // sha256("abc") = ba7816bf8f01cfea414140de…
+        assert_eq!(
+            format!("{:016x}", super::file_version("abc")),
+            "ba7816bf8f01cfea"
+        );
+    }
 
     /// Lines a config is made of: real section headers and keys with values of any
     /// shape, plus noise.

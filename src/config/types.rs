@@ -19,6 +19,18 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    /// The first 8 bytes of the SHA-256 of the file as written (before `${ENV}` is
+    /// filled in): which version of the file serves. Shown as 16 hex digits, the start
+    /// of `sha256sum routes.toml`, by `manifold check`, `/routes` and
+    /// `manifold_config_info{fingerprint}`.
+    pub fingerprint: u64,
+}
+
+impl Config {
+    /// The fingerprint as 16 hex digits.
+    pub fn version(&self) -> String {
+        format!("{:016x}", self.fingerprint)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

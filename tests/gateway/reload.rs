@@ -179,6 +179,71 @@ async fn the_binary_reloads_on_sighup_and_on_file_change() {
         false
     };
     assert!(until_served("/a".into()).await, "the binary never served");
+    // Which file version serves: the start of its SHA-256, as `sha256sum` prints it.
+    let sha = |path: &std::path::Path| -> String {
+        let out = std::process::Command::new("sha256sum")
+            .arg(path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)[..16].to_string()
+    };
+    let scrape = || {
+        let client = client.clone();
+        async move {
+            client
+                .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let first_version = sha(&path);
+    let at_start = scrape().await;
+    let series = |m: &str, s: &str| -> Option<f64> {
+        m.lines()
+            .find(|l| l.starts_with(s) && l[s.len()..].starts_with(' '))
+            .and_then(|l| l[s.len()..].trim().parse().ok())
+    };
+    assert_eq!(
+        series(
+            &at_start,
+            &format!("manifold_config_info{{fingerprint=\"{first_version}\"}}")
+        ),
+        Some(1.0),
+        "{at_start}"
+    );
+    let loaded_at = series(
+        &at_start,
+        "manifold_config_last_reload_success_timestamp_seconds",
+    )
+    .expect("a load time");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - loaded_at).abs() < 60.0, "{loaded_at} vs {now}");
+    assert_eq!(
+        series(
+            &at_start,
+            &format!(
+                "manifold_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        Some(1.0)
+    );
+    // The standard process metrics, read from /proc at scrape time.
+    let rss = series(&at_start, "process_resident_memory_bytes").unwrap_or(0.0);
+    assert!(rss > 1e6, "RSS {rss}");
+    let fds = series(&at_start, "process_open_fds").unwrap_or(0.0);
+    let max_fds = series(&at_start, "process_max_fds").unwrap_or(0.0);
+    assert!(fds > 5.0 && max_fds > fds, "fds {fds} of {max_fds}");
+    let started = series(&at_start, "process_start_time_seconds").unwrap_or(0.0);
+    assert!((now - started).abs() < 60.0, "started {started}, now {now}");
+    assert!(series(&at_start, "process_cpu_seconds_total").is_some_and(|c| c > 0.0));
 
     // In place, then SIGHUP.
     std::fs::write(&path, body(1)).unwrap();
@@ -238,6 +303,32 @@ async fn the_binary_reloads_on_sighup_and_on_file_change() {
     assert!(
         count(&metrics, "manifold_config_reloads_total{result=\"ok\"}") >= 2.0,
         "{metrics}"
+    );
+    // After the refused file, the metrics still name the version that serves: the last
+    // good one, loaded after the first.
+    let good = body(2);
+    let good_path = dir.path().join("good.toml");
+    std::fs::write(&good_path, &good).unwrap();
+    let served = sha(&good_path);
+    assert_ne!(served, first_version);
+    assert_eq!(
+        count(
+            &metrics,
+            &format!("manifold_config_info{{fingerprint=\"{served}\"}}")
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(&first_version),
+        "only the config serving now is listed"
+    );
+    assert!(
+        series(
+            &metrics,
+            "manifold_config_last_reload_success_timestamp_seconds"
+        )
+        .is_some_and(|t| t >= loaded_at)
     );
     assert_eq!(
         client
