@@ -121,11 +121,14 @@ fn load(path: &Path) -> Result<Config, StartError> {
 fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(c) => {
+            let plural = |n: usize, one: &str, many: &str| {
+                format!("{n} {}", if n == 1 { one } else { many })
+            };
             println!(
-                "{}: ok ({} routes, {} upstreams, fingerprint {})",
+                "{}: ok ({}, {}, fingerprint {})",
                 path.display(),
-                c.routes.len(),
-                c.upstreams.len(),
+                plural(c.routes.len(), "route", "routes"),
+                plural(c.upstreams.len(), "upstream", "upstreams"),
                 c.version()
             );
             ExitCode::SUCCESS
