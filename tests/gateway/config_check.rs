@@ -106,26 +106,33 @@ fn missing_env_variable_is_an_error_and_a_set_one_fills_in() {
     assert!(d.render().contains("env.toml:2:9"), "{}", d.render());
 }
 
-/// The ConfigMap carries the same routes.toml as deploy/kubernetes/routes.toml.
+/// The ConfigMap is made from deploy/kubernetes/routes.toml (one copy, no drift), with
+/// the fixed name the Deployment mounts, and that file is a valid config.
 #[test]
-fn the_configmap_holds_the_shipped_routes_toml() {
+fn the_kustomization_makes_the_configmap_from_the_shipped_routes_toml() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
-    let yaml = std::fs::read_to_string(root.join("configmap.yaml")).unwrap();
-    let toml = std::fs::read_to_string(root.join("routes.toml")).unwrap();
-    let start =
-        yaml.find("  routes.toml: |\n").expect("a routes.toml key") + "  routes.toml: |\n".len();
-    let embedded: String = yaml[start..]
-        .lines()
-        .map(|l| l.strip_prefix("    ").unwrap_or(l.trim_start()))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    assert_eq!(
-        embedded.trim_end(),
-        toml.trim_end(),
-        "configmap.yaml and routes.toml drifted apart"
+    let kustomization = std::fs::read_to_string(root.join("kustomization.yaml")).unwrap();
+    assert!(kustomization.contains("configMapGenerator:"));
+    assert!(kustomization.contains("- name: manifold-config"));
+    assert!(kustomization.contains("- routes.toml"));
+    assert!(
+        kustomization.contains("disableNameSuffixHash: true"),
+        "a fixed name, so an edit reloads in place"
     );
-    manifold::config::parse("configmap.yaml", &embedded)
-        .expect("the ConfigMap's routes.toml is valid");
+    let deployment = std::fs::read_to_string(root.join("deployment.yaml")).unwrap();
+    assert!(deployment.contains("name: manifold-config"));
+    assert!(
+        !root.join("configmap.yaml").exists(),
+        "no second copy of routes.toml"
+    );
+    let toml = std::fs::read_to_string(root.join("routes.toml")).unwrap();
+    manifold::config::parse("deploy/kubernetes/routes.toml", &toml)
+        .expect("the shipped routes.toml is valid");
+    let service = std::fs::read_to_string(root.join("service.yaml")).unwrap();
+    assert!(
+        !service.contains("9901") && !service.contains("targetPort: admin"),
+        "the admin port stays off the public Service"
+    );
 }
 
 #[test]
