@@ -594,13 +594,7 @@ impl<'a, 'i> Table<'a, 'i> {
             }
             let mut d = Diagnostic::new(k.span(), format!("unknown key `{key}` in {}", self.name))
                 .label("unknown key");
-            let best = self
-                .used
-                .iter()
-                .map(|cand| (strsim::jaro_winkler(key, cand), *cand))
-                .filter(|(score, _)| *score > 0.8)
-                .max_by(|a, b| a.0.total_cmp(&b.0));
-            if let Some((_, cand)) = best {
+            if let Some(cand) = closest(key, self.used.iter().copied()) {
                 d.label = format!("did you mean `{cand}`?");
             }
             let mut known: Vec<&str> = self.used.clone();
@@ -611,6 +605,17 @@ impl<'a, 'i> Table<'a, 'i> {
             errs.push(d);
         }
     }
+}
+
+/// The candidate most like `name`, if one is close enough to be a likely typo
+/// (`prodcut` → `product`, `timout` → `timeout`).
+pub fn closest<'c>(name: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+    candidates
+        .into_iter()
+        .map(|cand| (strsim::jaro_winkler(name, cand), cand))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, cand)| cand)
 }
 
 /// Converts a TOML value to JSON (for `default = ...`), filling `${ENV}` in strings.

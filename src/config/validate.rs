@@ -117,7 +117,12 @@ fn check_route(
                 b.upstream_span.clone(),
                 format!("unknown upstream `{}`", b.upstream),
             )
-            .label("no [upstreams.*] table has this name");
+            .label(
+                match super::reader::closest(&b.upstream, upstreams.keys().copied()) {
+                    Some(like) => format!("did you mean `{like}`?"),
+                    None => "no [upstreams.*] table has this name".to_string(),
+                },
+            );
             let mut known: Vec<&str> = upstreams.keys().copied().collect();
             known.sort_unstable();
             d = d.note(if known.is_empty() {
@@ -217,7 +222,10 @@ fn check_route(
                 None if params.iter().any(|p| p == &ph.text) => {}
                 None => errs.push(
                     Diagnostic::new(span, format!("`{{{}}}` names no path parameter of route {}", ph.text, route.name))
-                        .label("unknown parameter")
+                        .label(match super::reader::closest(&ph.text, params.iter().map(String::as_str)) {
+                            Some(like) => format!("did you mean `{{{like}}}`?"),
+                            None => "unknown parameter".to_string(),
+                        })
                         .note(if params.is_empty() {
                             format!("the route path `{}` has no parameters; use {{backend.field}} to read another backend's answer", route.path)
                         } else {
@@ -235,7 +243,10 @@ fn check_route(
                         known.dedup();
                         errs.push(
                             Diagnostic::new(span, format!("`{{{}}}` names neither a path parameter nor a backend of route {}", ph.text, route.name))
-                                .label(format!("no backend `{dep}`"))
+                                .label(match super::reader::closest(dep, known.iter().copied()) {
+                                    Some(like) => format!("no backend `{dep}`: did you mean `{like}`?"),
+                                    None => format!("no backend `{dep}`"),
+                                })
                                 .note(format!(
                                     "path parameters: {}; other backends: {}",
                                     if params.is_empty() { "none".into() } else { params.join(", ") },

@@ -276,3 +276,30 @@ path = "/u"
         "{err}"
     );
 }
+
+/// A misspelt upstream, backend or path parameter gets the likely name, as keys do.
+#[test]
+fn misspelt_names_get_a_did_you_mean() {
+    let text = r#"
+[upstreams.brands]
+urls = ["http://127.0.0.1:1"]
+[[routes]]
+path = "/p/{product_id}"
+  [[routes.backends]]
+  name = "product"
+  upstream = "brand"
+  path = "/p/{prodct_id}"
+  [[routes.backends]]
+  upstream = "brands"
+  path = "/b/{prodcut.brand}"
+"#;
+    let out = manifold::config::parse("typo.toml", text)
+        .expect_err("three names are wrong")
+        .render();
+    assert!(out.contains("did you mean `brands`?"), "{out}");
+    assert!(out.contains("did you mean `{product_id}`?"), "{out}");
+    assert!(
+        out.contains("no backend `prodcut`: did you mean `product`?"),
+        "{out}"
+    );
+}
