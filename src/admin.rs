@@ -137,11 +137,11 @@ pub fn route_table(config: &crate::config::Config) -> String {
             let method = b.method.as_ref().unwrap_or(&r.method);
             let _ = write!(
                 out,
-                "  ├─ {:<16} {} {}{}",
+                "  ├─ {:<16} {} {} (upstream {})",
                 b.name,
                 method.as_str(),
-                b.upstream,
-                b.path_as_written
+                b.path_as_written,
+                b.upstream
             );
             if let Some(g) = &b.group {
                 let _ = write!(out, "  → {g}");

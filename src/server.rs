@@ -172,14 +172,16 @@ impl Server {
         let current = self.shared.gateway.load_full();
         let old = &current.config.server;
         let new = &config.server;
-        if old.listen != new.listen
-            || old.admin_listen != new.admin_listen
-            || old.workers != new.workers
-            || old.shutdown_grace != new.shutdown_grace
-        {
-            tracing::warn!(
-                "listen, admin_listen, workers and shutdown_grace apply at the next restart"
-            );
+        let fixed = [
+            ("listen", old.listen != new.listen),
+            ("admin_listen", old.admin_listen != new.admin_listen),
+            ("workers", old.workers != new.workers),
+            ("shutdown_grace", old.shutdown_grace != new.shutdown_grace),
+        ];
+        for (key, changed) in fixed {
+            if changed {
+                tracing::warn!(key, "server.{key} changed: it applies at the next restart");
+            }
         }
         let version = config.version();
         let gateway = Gateway::build(config, Some(&current), self.workers)?;

@@ -15,8 +15,10 @@ pub fn init(format: LogFormat) -> (LogSink, WorkerGuard) {
     let filter = EnvFilter::try_from_env("MANIFOLD_LOG").unwrap_or_else(|_| {
         EnvFilter::new("info,opentelemetry=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn")
     });
+    // Colour codes only for a person at a terminal, never into a file or a collector.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_writer(writer.clone());
     let _ = match format {
         LogFormat::Json => builder

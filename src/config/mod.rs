@@ -30,9 +30,26 @@ impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, Diagnostics> {
         let display = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let bytes = std::fs::read(path).map_err(|e| {
             Diagnostics::whole_file(&display, format!("cannot read {display}: {e}"))
         })?;
+        let text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            // Pointed at: the first byte that is not UTF-8, in the text up to there.
+            Err(e) => {
+                let at = e.utf8_error().valid_up_to();
+                let source = String::from_utf8_lossy(e.as_bytes()).into_owned();
+                return Err(Diagnostics {
+                    file: display,
+                    source: crate::redact::in_text(&source).into_owned(),
+                    items: vec![
+                        Diagnostic::new(at..at + 1, "the file is not UTF-8 text")
+                            .label("this byte")
+                            .note("save routes.toml as UTF-8"),
+                    ],
+                });
+            }
+        };
         parse(&display, &text)
     }
 

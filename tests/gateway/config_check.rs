@@ -303,3 +303,31 @@ path = "/p/{product_id}"
         "{out}"
     );
 }
+
+/// A file that is not UTF-8 is pointed at, like any other mistake.
+#[test]
+fn a_file_that_is_not_utf8_gets_a_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latin1.toml");
+    std::fs::write(&path, b"[server]\nlisten = \"127.0.0.1:8080\"\n# caf\xe9\n").unwrap();
+    let out = manifold::config::Config::load(&path)
+        .expect_err("not UTF-8")
+        .render();
+    assert!(out.contains("latin1.toml:3:6"), "{out}");
+    assert!(out.contains("not UTF-8"), "{out}");
+}
+
+/// `manifold routes` shows a backend's path and its upstream apart.
+#[test]
+fn the_route_table_keeps_upstream_and_path_apart() {
+    let config = manifold::config::parse(
+        "t.toml",
+        "[upstreams.users]\nurls = [\"http://127.0.0.1:1\"]\n[[routes]]\npath = \"/u/{id}\"\n  [[routes.backends]]\n  upstream = \"users\"\n  path = \"/users/{id}\"\n",
+    )
+    .unwrap();
+    let table = manifold::admin::route_table(&config);
+    assert!(
+        table.contains("GET /users/{id} (upstream users)"),
+        "{table}"
+    );
+}
