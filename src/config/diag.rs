@@ -146,7 +146,14 @@ impl Diagnostics {
             .iter()
             .map(|d| {
                 let (line, col) = self.location(d.span.start);
-                format!("{}:{line}:{col}: {}", self.file, d.message)
+                // The hint travels with the message: a "did you mean" is the fix.
+                let hint =
+                    if d.label.starts_with("did you mean") || d.label.contains(": did you mean") {
+                        format!(" ({})", d.label)
+                    } else {
+                        String::new()
+                    };
+                format!("{}:{line}:{col}: {}{hint}", self.file, d.message)
             })
             .collect()
     }
@@ -190,5 +197,22 @@ mod tests {
         };
         assert_eq!(d.location(10), (1, 10));
         assert!(d.render().contains("mid-character span"));
+    }
+}
+
+#[cfg(test)]
+mod one_line_tests {
+    #[test]
+    fn a_refused_reload_line_keeps_the_hint() {
+        let d = crate::config::parse("r.toml", "[server]\nlisen = \"127.0.0.1:1\"\n")
+            .expect_err("a misspelt key");
+        let lines = d.one_line_each();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("r.toml:2:1: unknown key `lisen`")
+                    && l.ends_with("(did you mean `listen`?)")),
+            "{lines:?}"
+        );
     }
 }
