@@ -43,7 +43,15 @@ enum Command {
     /// Print the compiled route table.
     Routes { file: Option<PathBuf> },
     /// Print an OpenAPI 3.1 document of the public routes.
-    Openapi { file: Option<PathBuf> },
+    Openapi {
+        file: Option<PathBuf>,
+        /// The API's title (default: telemetry.service_name).
+        #[arg(long)]
+        title: Option<String>,
+        /// The API's version (default: the config file's fingerprint).
+        #[arg(long)]
+        api_version: Option<String>,
+    },
     /// Print the JSON Schema of routes.toml (for editor completion).
     Schema,
 }
@@ -57,7 +65,17 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Check { file } => check(&file.unwrap_or(cli.config)),
         Command::Routes { file } => routes(&file.unwrap_or(cli.config)),
-        Command::Openapi { file } => openapi(&file.unwrap_or(cli.config)),
+        Command::Openapi {
+            file,
+            title,
+            api_version,
+        } => openapi(
+            &file.unwrap_or(cli.config),
+            &manifold::openapi::Info {
+                title,
+                version: api_version,
+            },
+        ),
         Command::Schema => {
             let schema = manifold::config::schema::schema();
             println!(
@@ -152,10 +170,10 @@ fn routes(path: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn openapi(path: &Path) -> ExitCode {
+fn openapi(path: &Path, info: &manifold::openapi::Info) -> ExitCode {
     match Config::load(path) {
         Ok(c) => {
-            let doc = manifold::openapi::document(&c);
+            let doc = manifold::openapi::document_with(&c, info);
             println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
             ExitCode::SUCCESS
         }

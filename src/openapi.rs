@@ -10,7 +10,18 @@ use serde_json::{Map, Value, json};
 use crate::config::{Config, RouteConfig};
 use crate::template::route_params;
 
+/// What the operator says about the API (`manifold openapi --title --api-version`).
+#[derive(Debug, Default)]
+pub struct Info {
+    pub title: Option<String>,
+    pub version: Option<String>,
+}
+
 pub fn document(config: &Config) -> Value {
+    document_with(config, &Info::default())
+}
+
+pub fn document_with(config: &Config, info: &Info) -> Value {
     let mut paths = Map::new();
     for r in &config.routes {
         let path = r.path.replace("{*", "{");
@@ -22,8 +33,9 @@ pub fn document(config: &Config) -> Value {
     json!({
         "openapi": "3.1.0",
         "info": {
-            "title": config.telemetry.service_name,
-            "version": env!("CARGO_PKG_VERSION"),
+            "title": info.title.clone().unwrap_or_else(|| config.telemetry.service_name.clone()),
+            // The API's version is the operator's to say; by default, the config file's.
+            "version": info.version.clone().unwrap_or_else(|| config.version()),
             "description": "Routes served by manifold. Merged routes answer one JSON object; passthrough routes answer what their upstream does."
         },
         "paths": paths,
@@ -76,6 +88,77 @@ pub fn document(config: &Config) -> Value {
     })
 }
 
+/// The merged answer's shape, as far as the config tells it: each `group` is a
+/// top-level key (required when its backend is required or has a `default`), and an
+/// `allow` list names an answer's fields (renamed as `rename` says). Answers merged
+/// into the root without an `allow` list may add keys of their own.
+fn merged_schema(r: &RouteConfig) -> Value {
+    let mut properties = Map::new();
+    let mut required = Vec::new();
+    let mut open = false;
+    for b in &r.backends {
+        let fields = allowed_fields(b);
+        let always_there = !b.optional || b.default.is_some();
+        match &b.group {
+            Some(g) => {
+                let mut s = match (&fields, &b.target) {
+                    (Some(f), None) => json!({"type": "object", "properties": f}),
+                    _ => json!({}),
+                };
+                s["description"] = json!(format!("The answer of backend `{}`.", b.name));
+                properties.insert(g.clone(), s);
+                if always_there {
+                    required.push(json!(g));
+                }
+            }
+            None => match (fields, &b.target) {
+                // An object answer's allowed fields join the root.
+                (Some(Value::Object(f)), None) => {
+                    for (k, v) in f {
+                        properties.insert(k, v);
+                    }
+                }
+                _ => open = true,
+            },
+        }
+    }
+    let mut schema = json!({"type": "object", "properties": properties});
+    if !required.is_empty() {
+        schema["required"] = Value::Array(required);
+    }
+    if !open {
+        schema["additionalProperties"] = json!(false);
+    }
+    schema
+}
+
+/// The top-level fields an `allow` list keeps, after `rename`: `{name: {}}`, or an
+/// object schema for a field only part of which is kept (`profile.city`).
+fn allowed_fields(b: &crate::config::BackendConfig) -> Option<Value> {
+    if b.allow.is_empty() {
+        return None;
+    }
+    let mut out = Map::new();
+    for path in &b.allow {
+        let (top, rest) = match path.split_once('.') {
+            Some((top, rest)) => (top, Some(rest)),
+            None => (path.as_str(), None),
+        };
+        let name = b
+            .rename
+            .iter()
+            .find(|(from, _)| from == top)
+            .map_or(top, |(_, to)| to.as_str());
+        let entry = out.entry(name.to_string()).or_insert_with(|| json!({}));
+        if let Some(rest) = rest {
+            let inner = rest.split('.').next().unwrap_or(rest);
+            entry["type"] = json!("object");
+            entry["properties"][inner] = json!({});
+        }
+    }
+    Some(Value::Object(out))
+}
+
 fn operation(config: &Config, r: &RouteConfig) -> Value {
     let mut parameters: Vec<Value> = route_params(&r.path)
         .into_iter()
@@ -108,7 +191,7 @@ fn operation(config: &Config, r: &RouteConfig) -> Value {
         json!({
             "description": format!("The merged answer of: {}.", r.backends.iter().map(|b| b.name.as_str()).collect::<Vec<_>>().join(", ")),
             "headers": ok_headers,
-            "content": {"application/json": {"schema": {"type": "object"}}}
+            "content": {"application/json": {"schema": merged_schema(r)}}
         })
     };
     let mut responses = Map::new();

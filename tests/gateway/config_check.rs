@@ -161,7 +161,35 @@ fn openapi_describes_the_public_routes() {
     );
     let ok = &dashboard["responses"]["200"];
     assert!(ok["headers"]["x-manifold-completed"].is_object());
-    assert!(ok["content"]["application/json"].is_object());
+    // The merged answer's top-level keys are known from the config: generated clients
+    // get typed fields, not a bare object.
+    let answer = &ok["content"]["application/json"]["schema"];
+    assert_eq!(answer["type"], "object");
+    assert_eq!(answer["additionalProperties"], false);
+    let user = &answer["properties"]["user"]["properties"];
+    for field in ["id", "name", "avatar_url"] {
+        assert!(user[field].is_object(), "user.{field} in {answer}");
+    }
+    assert!(user["avatar"].is_null(), "renamed: {answer}");
+    let required = answer["required"].as_array().unwrap();
+    assert!(required.contains(&serde_json::json!("user")));
+    assert!(
+        required.contains(&serde_json::json!("recommendations")),
+        "optional, but its default stands in: {answer}"
+    );
+    // The API's title and version are the operator's to set.
+    let (code, out, _) = manifold(&[
+        "openapi",
+        "routes.toml",
+        "--title",
+        "Shop BFF",
+        "--api-version",
+        "2.1.0",
+    ]);
+    assert_eq!(code, 0);
+    let titled: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(titled["info"]["title"], "Shop BFF");
+    assert_eq!(titled["info"]["version"], "2.1.0");
     assert_eq!(
         dashboard["responses"]["504"]["$ref"],
         "#/components/responses/Error"
