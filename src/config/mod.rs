@@ -645,6 +645,17 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
                 .label("add a leading `/`"),
         );
     }
+    // From here on, messages name the route as everything after loading does.
+    if let Some((p, _)) = &path {
+        let shown = match &name {
+            Some((n, _)) => n.clone(),
+            None => format!(
+                "{} {p}",
+                method.clone().flatten().unwrap_or(Method::GET).as_str()
+            ),
+        };
+        t.name = format!("route {shown}");
+    }
     let timeout = positive_duration(
         t,
         errs,
@@ -843,6 +854,17 @@ fn read_backend(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<BackendConfi
             key("group", "Place the answer under this key of the response."),
         )
         .map(|(s, _)| s);
+    // Messages name the backend as the rest of the file does: `backend NAME of route R`
+    // (its name defaults to its group, else its upstream).
+    let shown = name
+        .as_ref()
+        .map(|(n, _)| n.clone())
+        .or_else(|| group.clone())
+        .or_else(|| upstream.as_ref().map(|(u, _)| u.clone()));
+    if let Some(shown) = shown {
+        let route = t.name.split_once(" of ").map_or("", |(_, r)| r).to_string();
+        t.name = format!("backend {shown} of {route}");
+    }
     let target = t
         .string(errs, key("target", "Keep only the value at this dot path."))
         .map(|(s, _)| s);

@@ -359,3 +359,35 @@ fn the_route_table_keeps_upstream_and_path_apart() {
         "{table}"
     );
 }
+
+/// Messages name tables one way: `route NAME`, `backend NAME of route NAME`.
+#[test]
+fn messages_name_routes_and_backends_one_way() {
+    let text = r#"
+[upstreams.u]
+urls = ["http://127.0.0.1:1"]
+[[routes]]
+name = "product_page"
+path = "/p"
+cache = { ttl = "1s", tll = "2s" }
+  [[routes.backends]]
+  upstream = "u"
+  path = "/"
+  grup = "x"
+[[routes]]
+path = "/empty"
+"#;
+    let out = manifold::config::parse("names.toml", text)
+        .expect_err("three mistakes")
+        .render();
+    assert!(
+        out.contains("unknown key `tll` in `cache` of route product_page"),
+        "{out}"
+    );
+    assert!(
+        out.contains("unknown key `grup` in backend u of route product_page"),
+        "{out}"
+    );
+    assert!(out.contains("route GET /empty has no backends"), "{out}");
+    assert!(!out.contains("[[routes]] #"), "{out}");
+}
