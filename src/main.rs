@@ -231,7 +231,8 @@ fn serve(
             let addrs = manifold::demo::start(&config)
                 .await
                 .map_err(StartError::Demo)?;
-            tracing::info!(?addrs, "demo upstreams are serving");
+            let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            tracing::info!(addrs = %addrs.join(", "), "demo upstreams are serving");
         }
         let server = Server::start_on(config, sink, &loops)
             .await

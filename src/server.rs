@@ -327,7 +327,7 @@ where
     tokio::select! {
         () = conns.drained() => true,
         _ = tokio::time::sleep(grace) => {
-            tracing::warn!(grace = ?grace, open = conns.open(), "shutdown grace ran out; cutting remaining connections");
+            tracing::warn!(grace = %humantime::format_duration(grace), open = conns.open(), "shutdown grace ran out; cutting remaining connections");
             false
         }
     }
