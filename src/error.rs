@@ -211,6 +211,8 @@ pub enum GatewayError {
     RateLimited {
         retry_after: Duration,
     },
+    /// A CORS preflight from an origin, or for a method, the route does not allow.
+    CorsRejected,
     /// The request's connection holds more answers its client has not taken than its
     /// share of `buffer_capacity`.
     Crowded,
@@ -271,6 +273,7 @@ impl GatewayError {
             GatewayError::ClientClosed => CLIENT_CLOSED_REQUEST,
             GatewayError::BadParameter { .. } => StatusCode::BAD_REQUEST,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::CorsRejected => StatusCode::FORBIDDEN,
             GatewayError::Crowded | GatewayError::BufferFull => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Backend(e) => failure_status(&e.failure),
         }
@@ -288,6 +291,7 @@ impl GatewayError {
             GatewayError::ClientClosed => "CLIENT_CLOSED_REQUEST",
             GatewayError::BadParameter { .. } => "BAD_PARAMETER",
             GatewayError::RateLimited { .. } => "RATE_LIMITED",
+            GatewayError::CorsRejected => "CORS_REJECTED",
             GatewayError::Crowded | GatewayError::BufferFull => "OVERLOADED",
             GatewayError::Backend(e) => failure_code(&e.failure),
         }
@@ -324,6 +328,9 @@ impl GatewayError {
                     "rate limit exceeded; retry in {} s",
                     retry_after_secs(*retry_after)
                 )
+            }
+            GatewayError::CorsRejected => {
+                "this origin, or this method, is not allowed to call this path".into()
             }
             GatewayError::Crowded => {
                 "this connection holds too many answers its client has not read yet".into()

@@ -16,7 +16,8 @@ use http::{HeaderName, Method};
 use crate::access_log::LogSink;
 use crate::budget::Budget;
 use crate::cache::Cache;
-use crate::config::{BackendConfig, CacheConfig, Config, RouteConfig};
+use crate::config::{BackendConfig, CacheConfig, Config, RouteConfig, RouteCors};
+use crate::cors::Cors;
 use crate::forward::Forward;
 use crate::merge::{Decode, Plan, Shape};
 use crate::metrics::{METRICS, RouteMetrics};
@@ -39,6 +40,8 @@ pub struct Gateway {
     /// `buffer_capacity`: bytes of answers held at once. One for the server's life; a
     /// reload sets its limit.
     pub budget: Arc<Budget>,
+    /// Some route has CORS: only then does a request's `origin` get looked at.
+    pub any_cors: bool,
 }
 
 /// The gateway that serves now (swapped whole on reload), and what every connection
@@ -76,6 +79,8 @@ pub struct Route {
     /// a reload that changes the route never serves answers cached under the old one.
     pub cache_prefix: String,
     pub metrics: RouteMetrics,
+    /// `[cors]` or the route's own; `None` with `cors = false` or no CORS at all.
+    pub cors: Option<Arc<Cors>>,
     pub backends: Vec<Backend>,
 }
 
@@ -171,7 +176,9 @@ impl Gateway {
             },
         };
         budget.set_limit(config.server.buffer_capacity);
+        let any_cors = routes.iter().any(|r| r.cors.is_some());
         Ok(Gateway {
+            any_cors,
             budget,
             tracing,
             router,
@@ -243,6 +250,11 @@ fn compile_route(
             crate::config::fingerprint(&route_identity(r))
         ),
         metrics: METRICS.route(&r.name, r.method.as_str()),
+        cors: match &r.cors {
+            RouteCors::Off => None,
+            RouteCors::Own(c) => Some(Arc::new(Cors::new(c))),
+            RouteCors::Inherit => config.cors.as_ref().map(|c| Arc::new(Cors::new(c))),
+        },
         cache: r.cache.clone(),
         limiter: r.rate_limit.as_ref().map(|l| {
             previous

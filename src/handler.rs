@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -91,6 +91,16 @@ pub async fn handle(
     };
     let head = req.method() == Method::HEAD;
     let share = peer.share.clone();
+    // Looked at only when some route has CORS: a gateway without it pays nothing.
+    let (origin, preflight) = if gateway.any_cors {
+        let h = req.headers();
+        let preflight = req.method() == Method::OPTIONS
+            && h.contains_key(header::ORIGIN)
+            && h.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        (h.get(header::ORIGIN).cloned(), preflight)
+    } else {
+        (None, false)
+    };
     let mut done = Finish::new(shared, gateway.clone(), record, span);
     let mut response = match serve(&gateway, req, peer, &request_id, &mut done).await {
         // An h2 connection whose client leaves its answers unread gets no more than its
@@ -111,6 +121,16 @@ pub async fn handle(
         }
     };
     done.record.status = response.status().as_u16();
+    // Every answer of a route with CORS, errors included, except a preflight's own 204.
+    if gateway.any_cors
+        && let Some(cors) = done
+            .record
+            .route_index
+            .and_then(|i| gateway.routes[i].cors.as_deref())
+        && !(preflight && response.status() == StatusCode::NO_CONTENT)
+    {
+        cors.decorate(origin.as_ref(), response.headers_mut());
+    }
     if head {
         // The GET answer's headers, with the length it would have, and no body.
         if let Body::Full(Some(bytes)) = response.body() {
@@ -120,6 +140,50 @@ pub async fn handle(
         }
     }
     response
+}
+
+/// A CORS preflight (CONTRACT §7), answered here: it reaches no upstream, needs no
+/// token and is not rate limited. `None` when the request is not one, or the route it
+/// asks about has no CORS (then the OPTIONS request is routed like any other).
+fn preflight(
+    gateway: &Gateway,
+    parts: &http::request::Parts,
+    request_id: &HeaderValue,
+    record: &mut AccessRecord,
+) -> Result<Option<Response<Body<Streamed>>>, GatewayError> {
+    let h = &parts.headers;
+    let (Some(origin), Some(wanted)) = (
+        h.get(header::ORIGIN),
+        h.get(header::ACCESS_CONTROL_REQUEST_METHOD),
+    ) else {
+        return Ok(None);
+    };
+    let path = parts.uri.path();
+    let Ok(wanted) = Method::from_bytes(wanted.as_bytes()) else {
+        return Err(GatewayError::CorsRejected);
+    };
+    let (route, served) = match gateway.router.find(&wanted, path) {
+        Match::NotFound => return Err(GatewayError::RouteNotFound),
+        Match::Found { route, .. } => (route, true),
+        Match::MethodNotAllowed { route, .. } => (route, false),
+    };
+    let r = &gateway.routes[route];
+    let Some(cors) = &r.cors else {
+        return Ok(None);
+    };
+    record.route_index = Some(route);
+    record.route = Some(r.name.clone());
+    let methods = gateway.router.methods_at(path);
+    match methods {
+        Some(methods) if served && cors.allows(origin) => {
+            let mut resp = Response::new(Body::empty());
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            cors.preflight(origin, methods, resp.headers_mut());
+            resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+            Ok(Some(resp))
+        }
+        _ => Err(GatewayError::CorsRejected),
+    }
 }
 
 /// Bytes of a buffered answer (0 for a streamed one).
@@ -223,6 +287,12 @@ async fn serve(
     check_head(&parts, gateway.config.server.max_header_size)?;
     if parts.extensions.get::<Crowded>().is_some() {
         return Err(GatewayError::Crowded);
+    }
+    if gateway.any_cors
+        && parts.method == Method::OPTIONS
+        && let Some(answer) = preflight(gateway, &parts, request_id, record)?
+    {
+        return Ok(answer);
     }
     let (route, raw_params) = match gateway.router.find(&parts.method, parts.uri.path()) {
         Match::Found { route, params } => {

@@ -14,6 +14,7 @@ pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod connection;
+pub mod cors;
 pub mod demo;
 pub mod error;
 pub mod fanout;

@@ -53,7 +53,7 @@ pub fn document_with(config: &Config, info: &Info) -> Value {
                                     "UPSTREAM_TIMEOUT", "CIRCUIT_OPEN", "OVERLOADED", "UPSTREAM_ERROR",
                                     "UPSTREAM_BAD_RESPONSE", "UPSTREAM_REJECTED", "RATE_LIMITED",
                                     "ROUTE_NOT_FOUND", "METHOD_NOT_ALLOWED", "PAYLOAD_TOO_LARGE",
-                                    "BAD_PARAMETER", "REQUEST_TIMEOUT", "BAD_REQUEST"
+                                    "BAD_PARAMETER", "REQUEST_TIMEOUT", "BAD_REQUEST", "CORS_REJECTED"
                                 ]},
                                 "message": {"type": "string"},
                                 "backend": {"type": "string", "description": "The backend to blame, when one is."},

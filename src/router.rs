@@ -63,6 +63,13 @@ impl Router {
         Ok(Router { paths, entries })
     }
 
+    /// The methods some route serves at `path` (with HEAD where GET is served), for a
+    /// CORS preflight's `access-control-allow-methods`.
+    pub fn methods_at(&self, path: &str) -> Option<&HeaderValue> {
+        let m = self.paths.at(path).ok()?;
+        Some(&self.entries[*m.value].allow)
+    }
+
     /// The route for `method` at `path`. A HEAD request finds the GET route when no
     /// route serves HEAD itself.
     pub fn find<'p>(&'p self, method: &Method, path: &'p str) -> Match<'p> {

@@ -152,6 +152,19 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Config> {
         }
         None => read_telemetry(&mut Table::empty("[telemetry]"), errs),
     };
+    let cors = root
+        .table(
+            errs,
+            key(
+                "cors",
+                "CORS for browsers on other origins, for every route that sets none of its own.",
+            ),
+        )
+        .and_then(|mut t| {
+            let c = read_cors(&mut t, errs);
+            t.finish(errs);
+            c
+        });
     let mut upstreams = Vec::new();
     for (name, name_span, mut t) in root.named_tables(
         errs,
@@ -187,6 +200,7 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Config> {
         telemetry: telemetry?,
         upstreams,
         routes,
+        cors,
         fingerprint: 0,
     })
 }
@@ -764,6 +778,33 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
             ),
         )
         .unwrap_or(false);
+    const CORS: Key = key(
+        "cors",
+        "This route's own CORS table (replacing [cors] whole), or false for none.",
+    );
+    let cors = match t.get(CORS).map(|v| v.get_ref()) {
+        None => RouteCors::Inherit,
+        Some(toml::de::DeValue::Boolean(false)) => RouteCors::Off,
+        Some(toml::de::DeValue::Boolean(true)) => {
+            errs.push(
+                Diagnostic::new(
+                    t.span(),
+                    format!("`cors = true` in {} means nothing", t.name),
+                )
+                .label("a cors table, or false")
+                .note("leave it out to use [cors], give a table of its own, or set false for none"),
+            );
+            RouteCors::Inherit
+        }
+        Some(_) => match t.table(errs, CORS) {
+            Some(mut c) => {
+                let own = read_cors(&mut c, errs);
+                c.finish(errs);
+                own.map_or(RouteCors::Inherit, RouteCors::Own)
+            }
+            None => RouteCors::Inherit,
+        },
+    };
     let route_method = method.clone().flatten().unwrap_or(Method::GET);
     let mut backends = Vec::new();
     let tables = t.table_array(
@@ -805,7 +846,110 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
         cache,
         rate_limit,
         passthrough,
+        cors,
         backends,
+    })
+}
+
+/// A `[cors]` table or a route's own `cors` table.
+fn read_cors(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<CorsConfig> {
+    const ORIGINS: Key = key(
+        "allow_origins",
+        "Origins allowed: exact (https://app.example.com), one leading *. label (https://*.example.com), or [\"*\"].",
+    );
+    t.require(ORIGINS);
+    let origins = t.string_list(errs, ORIGINS);
+    let allow_headers = t
+        .string_list(
+            errs,
+            key(
+                "allow_headers",
+                "Request headers a preflight allows (access-control-allow-headers).",
+            ),
+        )
+        .unwrap_or_default();
+    let expose_headers = t
+        .string_list(
+            errs,
+            key(
+                "expose_headers",
+                "Answer headers a browser's script may read (access-control-expose-headers).",
+            ),
+        )
+        .unwrap_or_default();
+    let credentials = t.bool(
+        errs,
+        key(
+            "allow_credentials",
+            "Allow cookies and authorization with the request (access-control-allow-credentials). Default false; never with [\"*\"].",
+        ),
+    );
+    let max_age = t
+        .duration(
+            errs,
+            key(
+                "max_age",
+                "How long a browser may keep a preflight's answer (access-control-max-age).",
+            ),
+        )
+        .map(|(d, _)| d);
+    let Some(origins) = origins else {
+        t.missing(errs, "allow_origins");
+        return None;
+    };
+    let mut ok = true;
+    for (o, span) in &origins {
+        if let Err(why) = crate::cors::check_origin(o) {
+            errs.push(
+                Diagnostic::new(
+                    span.clone(),
+                    format!("`{o}` is not an origin pattern: {why}"),
+                )
+                .label("expected e.g. \"https://app.example.com\" or \"https://*.example.com\""),
+            );
+            ok = false;
+        }
+    }
+    let any = origins.iter().any(|(o, _)| o == "*");
+    if any && origins.len() > 1 {
+        errs.push(
+            Diagnostic::new(
+                t.span(),
+                format!("\"*\" in allow_origins of {} stands alone", t.name),
+            )
+            .label("[\"*\"] allows every origin; list origins or \"*\", not both"),
+        );
+        ok = false;
+    }
+    if any && credentials == Some(true) {
+        errs.push(
+            Diagnostic::new(t.span(), format!("{} allows credentials from every origin", t.name))
+                .label("allow_credentials with allow_origins = [\"*\"]")
+                .note("browsers refuse credentials with a wildcard origin, and any site could act as its user: list the origins"),
+        );
+        ok = false;
+    }
+    for (h, span) in allow_headers.iter().chain(&expose_headers) {
+        if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            errs.push(
+                Diagnostic::new(span.clone(), format!("`{h}` is not a header name"))
+                    .label("bad header name"),
+            );
+            ok = false;
+        }
+    }
+    ok.then(|| CorsConfig {
+        allow_origins: origins.into_iter().map(|(o, _)| o).collect(),
+        allow_headers: allow_headers
+            .into_iter()
+            .map(|(h, _)| h.to_ascii_lowercase())
+            .collect(),
+        expose_headers: expose_headers
+            .into_iter()
+            .map(|(h, _)| h.to_ascii_lowercase())
+            .collect(),
+        allow_credentials: credentials.unwrap_or(false),
+        max_age,
     })
 }
 

@@ -17,6 +17,8 @@ use super::reader::{Kind, record};
 const PROBE: &str = r#"
 [server]
 [telemetry]
+[cors]
+allow_origins = ["https://a.test"]
 [upstreams.u]
 urls = ["http://127.0.0.1:1"]
 circuit_breaker = { consecutive_failures = 1, open_for = "1s" }
@@ -25,6 +27,7 @@ rate_limit = { per_second = 1 }
 [[routes]]
 path = "/p"
 cache = { ttl = "1s" }
+cors = { allow_origins = ["https://a.test"] }
 rate_limit = { per_second = 1 }
   [[routes.backends]]
   upstream = "u"
@@ -178,6 +181,8 @@ fn refine(path: &str) -> Option<Value> {
         "/routes/[]/path" | "/routes/[]/backends/[]/path" => json!({"pattern": "^/"}),
         "/routes/[]/rate_limit/key" => json!({"pattern": "^(client_ip|global|header:.+)$"}),
         "/routes/[]/backends" => json!({"minItems": 1}),
+        // A table of its own, or `false` for no CORS on the route.
+        "/routes/[]/cors" => json!({"type": ["object", "boolean"]}),
         _ => return None,
     };
     Some(v)

@@ -19,6 +19,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    /// `[cors]`: for every route that does not set its own.
+    pub cors: Option<CorsConfig>,
     /// The first 8 bytes of the SHA-256 of the file as written (before `${ENV}` is
     /// filled in): which version of the file serves. Shown as 16 hex digits, the start
     /// of `sha256sum routes.toml`, by `manifold check`, `/routes` and
@@ -156,7 +158,23 @@ pub struct RouteConfig {
     pub cache: Option<CacheConfig>,
     pub rate_limit: Option<RouteRateLimit>,
     pub passthrough: bool,
+    /// The route's own `cors` table, `cors = false`, or `[cors]` (when unset).
+    pub cors: RouteCors,
     pub backends: Vec<BackendConfig>,
+}
+
+pub use crate::cors::CorsConfig;
+
+/// What a route says about CORS.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum RouteCors {
+    /// Nothing: `[cors]` applies, if there is one.
+    #[default]
+    Inherit,
+    /// `cors = false`: no CORS on this route.
+    Off,
+    /// Its own table, which replaces `[cors]` whole.
+    Own(CorsConfig),
 }
 
 #[derive(Debug, Clone)]

@@ -391,3 +391,50 @@ path = "/empty"
     assert!(out.contains("route GET /empty has no backends"), "{out}");
     assert!(!out.contains("[[routes]] #"), "{out}");
 }
+
+/// CORS mistakes are load errors: credentials for every origin, a pattern that is not
+/// an origin, `cors = true`.
+#[test]
+fn cors_mistakes_are_refused_at_load() {
+    let text = r#"
+[cors]
+allow_origins = ["*"]
+allow_credentials = true
+
+[upstreams.u]
+urls = ["http://127.0.0.1:1"]
+
+[[routes]]
+path = "/a"
+cors = { allow_origins = ["app.example.com", "https://a.*.example.com"] }
+  [[routes.backends]]
+  upstream = "u"
+  path = "/"
+
+[[routes]]
+path = "/b"
+cors = true
+  [[routes.backends]]
+  upstream = "u"
+  path = "/"
+"#;
+    let out = manifold::config::parse("cors.toml", text)
+        .expect_err("four mistakes")
+        .render();
+    assert!(
+        out.contains("allows credentials from every origin"),
+        "{out}"
+    );
+    assert!(
+        out.contains("`app.example.com` is not an origin pattern"),
+        "{out}"
+    );
+    assert!(
+        out.contains("`https://a.*.example.com` is not an origin pattern"),
+        "{out}"
+    );
+    assert!(
+        out.contains("`cors = true` in route GET /b means nothing"),
+        "{out}"
+    );
+}

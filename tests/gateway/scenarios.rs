@@ -324,3 +324,8 @@ async fn header_hygiene() {
 async fn routing() {
     family("routing").await;
 }
+
+#[tokio::test]
+async fn cors() {
+    family("cors").await;
+}
