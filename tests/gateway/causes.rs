@@ -9,21 +9,6 @@ use serde_json::{Value, json};
 
 use crate::support::{Gateway, Upstream, dead_addr, events_for, json, raw, upstream};
 
-/// The access line of the request with `id`, waiting up to 2 s for it.
-async fn access_line(gw: &Gateway, id: &str) -> Value {
-    for _ in 0..200 {
-        if let Some(l) = gw
-            .access_lines()
-            .into_iter()
-            .find(|l| l["request_id"] == id)
-        {
-            return l;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("no access line for {id}");
-}
-
 /// The "backend failed" events of a request.
 async fn failures_of(id: &str, n: usize) -> Vec<Value> {
     let found: Vec<Value> = events_for(id, n)
@@ -67,13 +52,13 @@ passthrough = true
     let first = gw.get("/m").await;
     first.error(502, "UPSTREAM_ERROR");
     let id = first.header("x-request-id").unwrap();
-    assert_eq!(access_line(&gw, id).await["backends"]["svc"]["attempts"], 1);
+    assert_eq!(gw.access_line(id).await["backends"]["svc"]["attempts"], 1);
 
     for path in ["/m", "/p"] {
         let r = gw.get(path).await;
         r.error(503, "CIRCUIT_OPEN");
         let id = r.header("x-request-id").unwrap();
-        let line = access_line(&gw, id).await;
+        let line = gw.access_line(id).await;
         let svc = &line["backends"]["svc"];
         assert_eq!(svc["outcome"], "circuit_open", "{path}: {line}");
         assert_eq!(svc["attempts"], 0, "{path}: nothing was sent: {line}");
@@ -218,8 +203,5 @@ path = \"/r\"
         failed[0]["level"], "INFO",
         "an optional backend: {failed:?}"
     );
-    assert_eq!(
-        access_line(&gw, id).await["backends"]["main"]["attempts"],
-        2
-    );
+    assert_eq!(gw.access_line(id).await["backends"]["main"]["attempts"], 2);
 }

@@ -272,24 +272,11 @@ async fn the_binary_reloads_on_sighup_and_on_file_change() {
     // Invalid: refused, the last good config keeps serving.
     std::fs::write(&path, "this is = not [valid").unwrap();
     // The in-place edit may be seen by both the watcher and SIGHUP: at least, not exactly.
-    let count = |metrics: &str, series: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(series))
-            .and_then(|l| l[series.len()..].trim().parse().ok())
-            .unwrap_or(0.0)
-    };
+    let count = |m: &str, s: &str| series(m, s).unwrap_or(0.0);
     // The watcher reads it once settled (300 ms quiet), then refuses it.
     let mut metrics = String::new();
     for _ in 0..100 {
-        metrics = client
-            .get(format!("http://127.0.0.1:{admin_port}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        metrics = scrape().await;
         if count(&metrics, "manifold_config_reloads_total{result=\"error\"}") >= 1.0 {
             break;
         }

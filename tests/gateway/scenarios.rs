@@ -267,26 +267,12 @@ async fn run(file: &Path) {
         }
         if !e.access.is_empty() {
             let id = r.header("x-request-id").unwrap_or_default().to_string();
-            let line = access_line(&gw, &id).await;
+            let line = gw.access_line(&id).await;
             for (path, want) in &e.access {
                 assert_eq!(at(&line, path), &json_of(want), "{what}: access {path}");
             }
         }
     }
-}
-
-async fn access_line(gw: &Gateway, id: &str) -> Value {
-    for _ in 0..200 {
-        if let Some(l) = gw
-            .access_lines()
-            .into_iter()
-            .find(|l| l["request_id"] == id)
-        {
-            return l;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("no access line for {id}");
 }
 
 async fn family(dir: &str) {

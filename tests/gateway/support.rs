@@ -327,6 +327,21 @@ impl Gateway {
             .unwrap()
     }
 
+    /// The access line of the request with `id`, waiting up to 2 s for it.
+    pub async fn access_line(&self, id: &str) -> Value {
+        for _ in 0..200 {
+            if let Some(l) = self
+                .access_lines()
+                .into_iter()
+                .find(|l| l["request_id"] == id)
+            {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no access line for {id}");
+    }
+
     pub fn access_lines(&self) -> Vec<Value> {
         self.logs
             .lock()
