@@ -152,10 +152,12 @@ impl Gateway {
             upstreams.insert(u.name.as_str(), up.clone());
             ordered.push(up);
         }
+        // `[cors]` compiled once, shared by every route that takes it.
+        let cors = config.cors.as_ref().map(|c| Arc::new(Cors::new(c)));
         let routes = config
             .routes
             .iter()
-            .map(|r| compile_route(&config, r, &upstreams, previous))
+            .map(|r| compile_route(&config, r, &upstreams, previous, cors.as_ref()))
             .collect::<Result<Vec<_>, String>>()?;
         let router = Router::new(
             routes
@@ -195,6 +197,7 @@ fn compile_route(
     r: &RouteConfig,
     upstreams: &HashMap<&str, Arc<Upstream>>,
     previous: Option<&Gateway>,
+    cors: Option<&Arc<Cors>>,
 ) -> Result<Route, String> {
     let params = route_params(&r.path);
     let mut backends = r
@@ -253,7 +256,7 @@ fn compile_route(
         cors: match &r.cors {
             RouteCors::Off => None,
             RouteCors::Own(c) => Some(Arc::new(Cors::new(c))),
-            RouteCors::Inherit => config.cors.as_ref().map(|c| Arc::new(Cors::new(c))),
+            RouteCors::Inherit => cors.cloned(),
         },
         cache: r.cache.clone(),
         limiter: r.rate_limit.as_ref().map(|l| {
