@@ -366,15 +366,15 @@ impl<S> Drop for Tracked<S> {
 
 // === impl Watched ===
 
-/// The client's socket, noting when a new HTTP/1 head starts to arrive; what
-/// [`first_head`] read comes first.
-struct Watched {
-    io: TcpStream,
+/// The client's socket (or its TLS session), noting when a new HTTP/1 head starts to
+/// arrive; what [`first_head`] read comes first.
+struct Watched<I> {
+    io: I,
     first: Bytes,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -395,7 +395,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -550,14 +550,17 @@ impl Watchdog {
 }
 
 /// Serves one accepted connection until it ends, is ended by its bounds, or is
-/// drained (`stop`). `handler` answers each request.
+/// drained (`stop`). `handler` answers each request. With `tls`, the handshake comes
+/// first and counts against `header_read_timeout` like the head after it.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<F, Fut, S>(
     stream: TcpStream,
-    peer: Peer,
+    mut peer: Peer,
     limits: Limits,
     builder: Arc<auto::Builder<TokioExecutor>>,
     place: Admitted,
     mut stop: watch::Receiver<bool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     handler: F,
 ) where
     F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + 'static,
@@ -567,22 +570,76 @@ pub async fn serve<F, Fut, S>(
 {
     let activity = Activity::new();
     let metrics = &place.0.metrics;
-    let addr = peer.addr;
     let deadline = activity.accepted + limits.header_read;
-    let first = match first_head(&stream, limits.max_header_size * 2, deadline, &mut stop).await {
-        Ok(head) => head,
-        Err(timed_out) => {
-            if timed_out {
-                metrics.closed(Verdict::HeaderTimeout.reason());
+    let Some(acceptor) = tls else {
+        let first = match first_head(&stream, limits.max_header_size * 2, deadline, &mut stop).await
+        {
+            Ok(head) => head,
+            Err(timed_out) => {
+                if timed_out {
+                    metrics.closed(Verdict::HeaderTimeout.reason());
+                }
+                return;
             }
+        };
+        let io = Watched {
+            io: stream,
+            first,
+            activity: activity.clone(),
+        };
+        return run(io, activity, peer, limits, builder, place, stop, handler).await;
+    };
+    let addr = peer.addr;
+    let handshake = tokio::select! {
+        r = acceptor.accept(stream) => r,
+        () = tokio::time::sleep_until(deadline) => {
+            metrics.closed(Verdict::HeaderTimeout.reason());
+            return;
+        }
+        _ = stop.changed() => return,
+    };
+    let session = match handshake {
+        Ok(session) => session,
+        Err(e) => {
+            // A scanner, a client that does not trust the certificate, plain HTTP on
+            // the TLS port: the client's problem, counted, not logged above debug.
+            metrics.closed(REASON_TLS);
+            tracing::debug!(error = %e, peer = %addr, "TLS handshake failed");
             return;
         }
     };
+    peer.tls = true;
     let io = Watched {
-        io: stream,
-        first,
+        io: session,
+        first: Bytes::new(),
         activity: activity.clone(),
     };
+    run(io, activity, peer, limits, builder, place, stop, handler).await
+}
+
+/// Why a connection closed when its TLS handshake failed.
+const REASON_TLS: &str = "tls_handshake";
+
+/// Serves the connection once it is readable as HTTP (plain, or TLS once shaken hands).
+#[allow(clippy::too_many_arguments)]
+async fn run<I, F, Fut, S>(
+    io: Watched<I>,
+    activity: Arc<Activity>,
+    peer: Peer,
+    limits: Limits,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    place: Admitted,
+    mut stop: watch::Receiver<bool>,
+    handler: F,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body<S>>> + Send + 'static,
+    S: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    S::Error: Into<BoxError>,
+{
+    let metrics = &place.0.metrics;
+    let addr = peer.addr;
     let service = {
         let activity = activity.clone();
         let budget = limits.budget.clone();

@@ -124,7 +124,8 @@ pub fn upstream_headers(
     }
     out.insert(X_REQUEST_ID, request_id.clone());
     out.insert(X_FORWARDED_FOR, forwarded_for(client, peer));
-    out.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = if peer.tls { "https" } else { "http" };
+    out.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     // Usually empty: no `connection` header, or only `keep-alive` / `close`.
     let named: Vec<HeaderName> = connection_named(client).collect();
     match forward {
@@ -182,6 +183,8 @@ pub struct Peer {
     /// The connection's part of `buffer_capacity`, on h2 connections (see
     /// [`crate::budget`]): what its requests buffer counts against it.
     pub share: Option<Arc<Share>>,
+    /// The connection is TLS (upstreams see `x-forwarded-proto: https`).
+    pub tls: bool,
 }
 
 impl Peer {
@@ -193,6 +196,7 @@ impl Peer {
             addr,
             ip_header,
             share: None,
+            tls: false,
         }
     }
 }

@@ -35,4 +35,5 @@ pub mod template;
 pub mod tls;
 pub mod trace;
 pub mod upstream;
+pub mod watch;
 pub mod worker;

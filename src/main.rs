@@ -314,7 +314,7 @@ async fn settled(path: &Path, events: &mut tokio::sync::mpsc::Receiver<&'static 
 /// long as this value.
 struct Reloads {
     events: tokio::sync::mpsc::Receiver<&'static str>,
-    _watcher: Option<notify::RecommendedWatcher>,
+    _watcher: Option<manifold::watch::FileWatch>,
 }
 
 fn reload_triggers(path: Option<&Path>) -> Reloads {
@@ -330,41 +330,16 @@ fn reload_triggers(path: Option<&Path>) -> Reloads {
             let _ = hup.try_send("SIGHUP");
         }
     });
-    let watcher = path.and_then(|p| watch_file(p, tx));
+    // A watch that cannot be set up is logged; SIGHUP still reloads.
+    let watcher = path.and_then(|p| {
+        manifold::watch::FileWatch::start(&[p.to_path_buf()], "config file", move || {
+            let _ = tx.try_send("file changed");
+        })
+    });
     Reloads {
         events,
         _watcher: watcher,
     }
-}
-
-/// Watches the file's directory, not the file: editors and ConfigMap updates replace
-/// the file (a rename), which a watch on the old inode would miss.
-fn watch_file(
-    path: &Path,
-    tx: tokio::sync::mpsc::Sender<&'static str>,
-) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let absolute = std::fs::canonicalize(path).ok()?;
-    let dir = absolute.parent()?.to_path_buf();
-    let name = absolute.file_name()?.to_os_string();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        // Kubernetes swaps a `..data` symlink, so any change there counts too.
-        let ours = event
-            .paths
-            .iter()
-            .any(|p| p.file_name().is_some_and(|f| f == name || f == "..data"));
-        if ours && !matches!(event.kind, notify::EventKind::Access(_)) {
-            let _ = tx.try_send("file changed");
-        }
-    })
-    .map_err(|e| tracing::warn!(error = %e, "cannot watch the config file; SIGHUP still reloads"))
-    .ok()?;
-    if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
-        tracing::warn!(error = %e, dir = %dir.display(), "cannot watch the config directory; SIGHUP still reloads");
-        return None;
-    }
-    Some(watcher)
 }
 
 /// SIGTERM or SIGINT (Ctrl-C), listened for from the moment this is called: a

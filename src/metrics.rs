@@ -82,6 +82,7 @@ pub struct Metrics {
     rate_limited: Family<RouteName, Counter>,
     pub inflight: Gauge,
     reloads: Family<ResultLabel, Counter>,
+    tls_reloads: Family<ResultLabel, Counter>,
     trace_spans: Family<ResultLabel, Counter>,
     connections: Family<ListenerLabel, Gauge>,
     connections_refused: Family<ListenerLabel, Counter>,
@@ -107,14 +108,14 @@ struct Process {
 }
 
 /// Why a client connection was closed by one of its bounds, in `ClosedLabels` order.
-pub const CLOSE_REASONS: [&str; 3] = ["header_timeout", "idle", "send_timeout"];
+pub const CLOSE_REASONS: [&str; 4] = ["header_timeout", "idle", "send_timeout", "tls_handshake"];
 
 /// One listener's connection counts.
 #[derive(Clone)]
 pub struct ConnectionMetrics {
     pub open: Gauge,
     pub refused: Counter,
-    closed: [Counter; 3],
+    closed: [Counter; CLOSE_REASONS.len()],
 }
 
 impl ConnectionMetrics {
@@ -169,6 +170,7 @@ impl Metrics {
         let rate_limited = Family::<RouteName, Counter>::default();
         let inflight = Gauge::default();
         let reloads = Family::<ResultLabel, Counter>::default();
+        let tls_reloads = Family::<ResultLabel, Counter>::default();
         let trace_spans = Family::<ResultLabel, Counter>::default();
         let connections = Family::<ListenerLabel, Gauge>::default();
         let connections_refused = Family::<ListenerLabel, Counter>::default();
@@ -210,6 +212,11 @@ impl Metrics {
             "manifold_config_reloads",
             "Config reloads by result (ok, error)",
             reloads.clone(),
+        );
+        registry.register(
+            "manifold_tls_certificate_reloads",
+            "Listener certificates re-read because their files changed, by result (ok: serving the new pair; error: unusable, the previous one keeps serving)",
+            tls_reloads.clone(),
         );
         registry.register(
             "manifold_trace_spans",
@@ -320,6 +327,7 @@ impl Metrics {
             rate_limited,
             inflight,
             reloads,
+            tls_reloads,
             trace_spans,
         }
     }
@@ -385,6 +393,14 @@ impl Metrics {
 
     pub fn reload(&self, ok: bool) {
         self.reloads
+            .get_or_create(&ResultLabel {
+                result: if ok { "ok" } else { "error" }.into(),
+            })
+            .inc();
+    }
+
+    pub fn tls_reload(&self, ok: bool) {
+        self.tls_reloads
             .get_or_create(&ResultLabel {
                 result: if ok { "ok" } else { "error" }.into(),
             })

@@ -26,6 +26,7 @@ use crate::connection::{self, Connections, Limits};
 use crate::forward::Peer;
 use crate::gateway::{Gateway, Live};
 use crate::metrics::METRICS;
+use crate::tls::Certs;
 use crate::{admin, handler};
 
 /// Why a server did not start.
@@ -56,6 +57,10 @@ pub struct Server {
     admin: Option<JoinHandle<bool>>,
     /// Event loops serving the public listener (one upstream pool each).
     workers: usize,
+    /// The listener's certificate, with `[server] tls`; swapped on reload and when its
+    /// files change.
+    certs: Option<Arc<Certs>>,
+    cert_watch: std::sync::Mutex<Option<crate::watch::FileWatch>>,
 }
 
 impl Server {
@@ -75,6 +80,14 @@ impl Server {
         let admin_listen = config.server.admin_listen;
         let grace = config.server.shutdown_grace;
         let version = config.version();
+        let tls_files = config.server.tls.clone();
+        let certs = tls_files.as_ref().map(|t| Certs::new(t.pair.clone()));
+        let acceptor = match &certs {
+            Some(c) => Some(tokio_rustls::TlsAcceptor::from(
+                crate::tls::server_config(c.clone()).map_err(StartError::Compile)?,
+            )),
+            None => None,
+        };
         let gateway =
             Gateway::build(config, None, workers.len().max(1)).map_err(StartError::Compile)?;
         METRICS.config_loaded(&version);
@@ -105,6 +118,9 @@ impl Server {
                     shared.clone(),
                     Connections::new("admin"),
                     Some(ADMIN_MAX_CONNECTIONS),
+                    // The admin listener stays cleartext: probes and scrapes come from
+                    // inside the cluster.
+                    None,
                     move |req, _peer| {
                         let s = s.clone();
                         async move { admin::handle(&s, req) }
@@ -142,13 +158,19 @@ impl Server {
                 shared.clone(),
                 conns.clone(),
                 None,
+                acceptor.clone(),
                 move |req, peer| handler::handle(s.clone(), req, peer),
             )));
         }
 
+        let cert_watch = match (&certs, &tls_files) {
+            (Some(c), Some(files)) => watch_certs(c.clone(), files, shared.clone()),
+            _ => None,
+        };
         shared.ready.store(true, Ordering::SeqCst);
         tracing::info!(
             %addr,
+            tls = certs.is_some(),
             admin = admin.as_ref().map(|a| tracing::field::display(a.0)),
             workers = loops.len(),
             "manifold is serving"
@@ -162,6 +184,8 @@ impl Server {
             public,
             admin: admin.map(|a| a.1),
             workers: loops.len().max(1),
+            certs,
+            cert_watch: std::sync::Mutex::new(cert_watch),
         })
     }
 
@@ -177,6 +201,7 @@ impl Server {
             ("admin_listen", old.admin_listen != new.admin_listen),
             ("workers", old.workers != new.workers),
             ("shutdown_grace", old.shutdown_grace != new.shutdown_grace),
+            ("tls", old.tls.is_some() != new.tls.is_some()),
         ];
         for (key, changed) in fixed {
             if changed {
@@ -184,8 +209,20 @@ impl Server {
             }
         }
         let version = config.version();
+        let tls = config.server.tls.clone();
+        let moved =
+            tls.as_ref().map(|t| (&t.cert, &t.key)) != old.tls.as_ref().map(|t| (&t.cert, &t.key));
         let gateway = Gateway::build(config, Some(&current), self.workers)?;
         self.shared.gateway.store(Arc::new(gateway));
+        // The reload re-read the certificate files (an unusable pair refused it).
+        if let (Some(certs), Some(files)) = (&self.certs, tls) {
+            if moved && let Ok(mut watch) = self.cert_watch.lock() {
+                *watch = watch_certs(certs.clone(), &files, self.shared.clone());
+            }
+            if certs.set(files.pair) {
+                tracing::info!(cert = %files.cert.display(), "TLS certificate replaced");
+            }
+        }
         METRICS.config_loaded(&version);
         Ok(())
     }
@@ -255,12 +292,43 @@ impl Server {
     }
 }
 
+/// Re-reads the certificate and key when either file changes (written in place,
+/// replaced by a rename, or a Kubernetes secret's `..data` link swapped) and serves
+/// them from the next handshake; a pair that cannot serve is logged and the old one
+/// keeps serving. The paths are those of the config that was live at the change.
+fn watch_certs(
+    certs: Arc<Certs>,
+    files: &crate::config::TlsFiles,
+    shared: Arc<Live>,
+) -> Option<crate::watch::FileWatch> {
+    let paths = [files.cert.clone(), files.key.clone()];
+    crate::watch::FileWatch::start(&paths, "TLS certificate", move || {
+        let gateway = shared.gateway.load();
+        let Some(files) = &gateway.config.server.tls else {
+            return;
+        };
+        match crate::tls::load_pair(&files.cert, &files.key) {
+            Ok(pair) => {
+                if certs.set(pair) {
+                    METRICS.tls_reload(true);
+                    tracing::info!(cert = %files.cert.display(), "TLS certificate replaced");
+                }
+            }
+            Err((_, e)) => {
+                METRICS.tls_reload(false);
+                tracing::error!(error = %e, "the changed TLS certificate cannot be used; the previous one keeps serving");
+            }
+        }
+    })
+}
+
 /// Admin connections open at once: probes and scrapes need few, and the admin
 /// listener must keep answering while the public one is saturated.
 const ADMIN_MAX_CONNECTIONS: usize = 256;
 
 /// Accepts connections until `stop`, each served under the bounds of the config live
 /// when it was accepted; then waits (up to `grace`) for the open ones to finish.
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop<F, Fut, S>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
@@ -268,6 +336,7 @@ async fn accept_loop<F, Fut, S>(
     shared: Arc<Live>,
     conns: Arc<Connections>,
     max: Option<usize>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     handler: F,
 ) -> bool
 where
@@ -317,6 +386,7 @@ where
                     builder,
                     place,
                     stop.clone(),
+                    tls.clone(),
                     handler.clone(),
                 ));
             }

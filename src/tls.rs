@@ -1,13 +1,16 @@
-//! TLS client set-up, shared by upstream calls and the trace exporter.
+//! TLS: the client set-up shared by upstream calls and the trace exporter, and the
+//! public listener's certificate (loaded, checked, swapped when its files change).
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use rustls_pki_types::CertificateDer;
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// The platform's roots (as browsers and curl trust them), plus `ca_file` if set.
 pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
@@ -51,4 +54,99 @@ pub fn connector(
         .https_or_http()
         .enable_http1()
         .wrap_connector(http)
+}
+
+// === the listener's certificate ===
+
+/// Which of the two files a [`load_pair`] error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairFile {
+    Cert,
+    /// The key, or the key and certificate together (they do not match).
+    Key,
+}
+
+/// Reads a PEM certificate chain and its private key and checks that they belong
+/// together: a pair that could not serve a handshake is refused here, at load.
+pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, (PairFile, String)> {
+    use rustls_pki_types::pem::Error as Pem;
+    let read = |what: &str, path: &Path, e: Pem| match e {
+        Pem::Io(e) => format!("cannot read {what} {}: {e}", path.display()),
+        Pem::NoItemsFound => format!("{} holds no PEM {what}", path.display()),
+        e => format!("{what} {} is not valid PEM: {e}", path.display()),
+    };
+    let on_cert = |e| (PairFile::Cert, read("certificate", cert, e));
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(on_cert)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(on_cert)?;
+    let Some(leaf) = chain.first() else {
+        return Err(on_cert(Pem::NoItemsFound));
+    };
+    rustls::server::ParsedCertificate::try_from(leaf).map_err(|e| {
+        let m = format!("certificate {} cannot be used: {e}", cert.display());
+        (PairFile::Cert, m)
+    })?;
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| (PairFile::Key, read("private key", key, e)))?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let pair = CertifiedKey::from_der(chain, private, &provider).map_err(|e| {
+        let m = match e {
+            rustls::Error::InconsistentKeys(_) => format!(
+                "the key {} does not belong to the certificate {}",
+                key.display(),
+                cert.display()
+            ),
+            e => format!("private key {} cannot be used: {e}", key.display()),
+        };
+        (PairFile::Key, m)
+    })?;
+    Ok(Arc::new(pair))
+}
+
+/// The listener's current certificate: every handshake takes the one in place when it
+/// starts, so a swap needs no restart and cuts no connection.
+#[derive(Debug)]
+pub struct Certs(ArcSwap<CertifiedKey>);
+
+impl Certs {
+    pub fn new(pair: Arc<CertifiedKey>) -> Arc<Self> {
+        Arc::new(Certs(ArcSwap::new(pair)))
+    }
+
+    /// Serves `pair` from the next handshake on; false when it is the one serving.
+    pub fn set(&self, pair: Arc<CertifiedKey>) -> bool {
+        let same = self.0.load().cert == pair.cert;
+        if !same {
+            self.0.store(pair);
+        }
+        !same
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Certs {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// TLS sessions remembered for resumption by id (TLS 1.2 clients without tickets).
+const SESSION_CACHE: usize = 4096;
+
+/// The public listener's TLS: 1.2 and 1.3, ALPN `h2` then `http/1.1`, resumption by
+/// ticket (stateless; its keys rotate every few hours) and by session id. No 0-RTT:
+/// early data could be replayed. One config for every worker loop, so a client that
+/// comes back on another loop's socket resumes too.
+pub fn server_config(certs: Arc<Certs>) -> Result<Arc<rustls::ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("cannot set up TLS: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+        .map_err(|e| format!("cannot set up TLS session tickets: {e}"))?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
+    Ok(Arc::new(config))
 }

@@ -13,7 +13,7 @@ mod types;
 mod validate;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use http::Method;
@@ -75,7 +75,9 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
     }
     let config = if errs.is_empty() {
         let mut root = Table::new(doc.get_ref(), doc.span(), reader::ROOT);
-        let config = read_config(&mut root, &mut errs);
+        // Relative file paths (tls, jwks_file, ca_file) are the config file's neighbours.
+        let base = Path::new(file).parent().unwrap_or(Path::new(""));
+        let config = read_config(&mut root, &mut errs, base);
         root.finish(&mut errs);
         if let Some(config) = &config {
             validate::check(config, text, &mut errs);
@@ -129,7 +131,7 @@ fn socket_addr(
 
 /// Reads best-effort values: a bad field records a diagnostic and falls back to its
 /// default, so the cross-field checks still run and report their problems too.
-fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Config> {
+fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Option<Config> {
     let server = match root.table(
         errs,
         key(
@@ -138,11 +140,11 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Config> {
         ),
     ) {
         Some(mut t) => {
-            let s = read_server(&mut t, errs);
+            let s = read_server(&mut t, errs, base);
             t.finish(errs);
             s
         }
-        None => read_server(&mut Table::empty("[server]"), errs),
+        None => read_server(&mut Table::empty("[server]"), errs, base),
     };
     let telemetry = match root.table(errs, key("telemetry", "Logs and traces.")) {
         Some(mut t) => {
@@ -173,7 +175,7 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Config> {
             "Upstream services by name: where they are and how to call them.",
         ),
     ) {
-        if let Some(settings) = read_upstream(&mut t, errs) {
+        if let Some(settings) = read_upstream(&mut t, errs, base) {
             upstreams.push(UpstreamConfig {
                 name,
                 name_span,
@@ -205,7 +207,7 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Config> {
     })
 }
 
-fn read_server(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<ServerConfig> {
+fn read_server(t: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Option<ServerConfig> {
     let listen = t.string(
         errs,
         key(
@@ -318,6 +320,19 @@ fn read_server(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<ServerConfig>
                 .note("give admin_listen its own port, e.g. \"127.0.0.1:9901\""),
         );
     }
+    let tls = t
+        .table(
+            errs,
+            key(
+                "tls",
+                "The public listener speaks TLS 1.2/1.3 (ALPN h2, http/1.1) with this certificate and key; both re-read when they change.",
+            ),
+        )
+        .and_then(|mut tt| {
+            let tls = read_tls(&mut tt, errs, base);
+            tt.finish(errs);
+            tls
+        });
     let default_listen = DEFAULT_LISTEN.parse().ok()?;
     let default_admin = DEFAULT_ADMIN_LISTEN.parse().ok()?;
     Some(ServerConfig {
@@ -338,7 +353,44 @@ fn read_server(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<ServerConfig>
         max_header_size: max_header_size.unwrap_or(DEFAULT_MAX_HEADER_SIZE),
         buffer_capacity: buffer_capacity.unwrap_or(DEFAULT_BUFFER_CAPACITY),
         buffer_per_connection: buffer_per_connection.unwrap_or(DEFAULT_BUFFER_PER_CONNECTION),
+        tls,
     })
+}
+
+/// `tls = { cert, key }`: both files read and checked to belong together now, so a
+/// pair that could not serve is a load error (and a refused reload).
+fn read_tls(t: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Option<TlsFiles> {
+    let cert = t.required_string(
+        errs,
+        key(
+            "cert",
+            "PEM certificate chain, leaf first; relative to the config file's directory.",
+        ),
+    );
+    let key_file = t.required_string(
+        errs,
+        key(
+            "key",
+            "PEM private key (PKCS#8, PKCS#1 or SEC1) of the certificate; relative to the config file's directory.",
+        ),
+    );
+    let ((cert, cert_span), (key_file, key_span)) = (cert?, key_file?);
+    let (cert, key_file) = (base.join(cert), base.join(key_file));
+    match crate::tls::load_pair(&cert, &key_file) {
+        Ok(pair) => Some(TlsFiles {
+            cert,
+            key: key_file,
+            pair,
+        }),
+        Err((file, e)) => {
+            let span = match file {
+                crate::tls::PairFile::Cert => cert_span,
+                crate::tls::PairFile::Key => key_span,
+            };
+            errs.push(Diagnostic::new(span, e).label("unusable"));
+            None
+        }
+    }
 }
 
 /// `Some(None)` when absent, `None` when present but bad.
@@ -411,7 +463,11 @@ fn read_telemetry(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<TelemetryC
     })
 }
 
-fn read_upstream(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<UpstreamSettings> {
+fn read_upstream(
+    t: &mut Table<'_, '_>,
+    errs: &mut Errors,
+    base: &Path,
+) -> Option<UpstreamSettings> {
     const URLS: Key = key(
         "urls",
         "One or more http(s) base URLs, called round-robin. user:password@ in a URL is sent as basic auth.",
@@ -531,8 +587,8 @@ fn read_upstream(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<UpstreamSet
                 "Extra CA certificates (PEM) trusted for https urls.",
             ),
         )
-        .and_then(|(s, span)| match std::fs::read_to_string(&s) {
-            Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(PathBuf::from(s)),
+        .and_then(|(s, span)| match std::fs::read_to_string(base.join(&s)) {
+            Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(base.join(s)),
             Ok(_) => {
                 errs.push(
                     Diagnostic::new(span, format!("ca_file `{s}` holds no PEM certificate"))

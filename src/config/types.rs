@@ -67,6 +67,25 @@ pub struct ServerConfig {
     pub buffer_capacity: u64,
     /// Of those, what one h2 connection's requests may hold.
     pub buffer_per_connection: u64,
+    /// `tls`: the public listener speaks TLS with this certificate.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The listener's certificate and key: where they are (relative paths already made
+/// relative to the config file's directory) and the pair as loaded and checked.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub pair: std::sync::Arc<rustls::sign::CertifiedKey>,
+}
+
+/// Two configs name the same TLS when they name the same files and those held the
+/// same certificate when each was loaded.
+impl PartialEq for TlsFiles {
+    fn eq(&self, other: &Self) -> bool {
+        self.cert == other.cert && self.key == other.key && self.pair.cert == other.pair.cert
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{Gateway, Upstream, json};
+use crate::support::{Gateway, Upstream, json, series};
 
 /// Reads what the gateway sends until it closes the connection (at most 10 s).
 async fn read_to_close(s: &mut TcpStream) -> String {
@@ -50,13 +50,6 @@ async fn lines_of(gw: &Gateway, route: &str, n: usize) -> Vec<Value> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("fewer than {n} access lines for {route}");
-}
-
-fn series(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l[series.len()..].trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn upload_routes(url: &str, upstream: &str) -> String {

@@ -18,4 +18,5 @@ mod reload;
 mod resilience;
 mod scenarios;
 mod server;
+mod tls;
 mod tracing;

@@ -422,3 +422,11 @@ pub async fn raw_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// The value of one series (name and labels as exposed) in a metrics text; 0 if absent.
+pub fn series(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l[series.len()..].trim().parse().ok())
+        .unwrap_or(0.0)
+}
