@@ -36,6 +36,9 @@ pub struct AccessRecord {
     pub partial: bool,
     /// The route cache's verdict (`hit`, `miss`, `stale`) on routes with `cache`.
     pub cache: Option<&'static str>,
+    /// The token check's result on routes with `auth` (`ok`, `missing`, `invalid`,
+    /// `forbidden`, `unavailable`).
+    pub auth: Option<&'static str>,
     pub backends: Vec<(Arc<str>, Report)>,
 }
 
@@ -88,6 +91,8 @@ struct Line<'a> {
     partial: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     cache: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth: Option<&'static str>,
     backends: Backends<'a>,
 }
 
@@ -151,6 +156,7 @@ pub fn write(sink: &LogSink, format: LogFormat, r: &AccessRecord) {
                 error: r.error,
                 partial: r.partial,
                 cache: r.cache,
+                auth: r.auth,
                 backends: Backends(&r.backends),
             };
             match serde_json::to_vec(&line) {

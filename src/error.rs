@@ -218,7 +218,34 @@ pub enum GatewayError {
     Crowded,
     /// No room left in `buffer_capacity` for the merged answer.
     BufferFull,
+    /// The route's token check failed.
+    Auth(AuthFailure),
     Backend(BackendError),
+}
+
+/// Why a route's token check failed (CONTRACT §7's table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `authorization: Bearer` token.
+    Missing,
+    /// A token that does not verify; the reason is safe to show (never the token).
+    Invalid(&'static str),
+    /// A scope the route asks for is missing.
+    Forbidden,
+    /// No key to check with: the JWKS could not be fetched and none is held.
+    Unavailable,
+}
+
+impl AuthFailure {
+    /// The word of `manifold_auth_total{result}` and the access log's `auth`.
+    pub fn result(&self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Invalid(_) => "invalid",
+            AuthFailure::Forbidden => "forbidden",
+            AuthFailure::Unavailable => "unavailable",
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -275,6 +302,11 @@ impl GatewayError {
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::CorsRejected => StatusCode::FORBIDDEN,
             GatewayError::Crowded | GatewayError::BufferFull => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Auth(a) => match a {
+                AuthFailure::Missing | AuthFailure::Invalid(_) => StatusCode::UNAUTHORIZED,
+                AuthFailure::Forbidden => StatusCode::FORBIDDEN,
+                AuthFailure::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            },
             GatewayError::Backend(e) => failure_status(&e.failure),
         }
     }
@@ -293,6 +325,12 @@ impl GatewayError {
             GatewayError::RateLimited { .. } => "RATE_LIMITED",
             GatewayError::CorsRejected => "CORS_REJECTED",
             GatewayError::Crowded | GatewayError::BufferFull => "OVERLOADED",
+            GatewayError::Auth(a) => match a {
+                AuthFailure::Missing => "UNAUTHORIZED",
+                AuthFailure::Invalid(_) => "INVALID_TOKEN",
+                AuthFailure::Forbidden => "FORBIDDEN",
+                AuthFailure::Unavailable => "AUTH_UNAVAILABLE",
+            },
             GatewayError::Backend(e) => failure_code(&e.failure),
         }
     }
@@ -338,6 +376,14 @@ impl GatewayError {
             GatewayError::BufferFull => {
                 "the gateway holds as many answers as it may; try again shortly".into()
             }
+            GatewayError::Auth(a) => match a {
+                AuthFailure::Missing => "this route needs a bearer token".into(),
+                AuthFailure::Invalid(why) => (*why).into(),
+                AuthFailure::Forbidden => "the token lacks a scope this route needs".into(),
+                AuthFailure::Unavailable => {
+                    "the keys to check the token with cannot be had; try again shortly".into()
+                }
+            },
             GatewayError::Backend(e) => backend_message(e),
         }
     }
@@ -376,6 +422,17 @@ impl GatewayError {
         };
         if let Some(d) = retry {
             h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(d)));
+        }
+        if let GatewayError::Auth(a) = &self {
+            let challenge = match a {
+                AuthFailure::Missing => Some("Bearer"),
+                AuthFailure::Invalid(_) => Some(r#"Bearer error="invalid_token""#),
+                AuthFailure::Forbidden => Some(r#"Bearer error="insufficient_scope""#),
+                AuthFailure::Unavailable => None,
+            };
+            if let Some(c) = challenge {
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
+            }
         }
         if let GatewayError::MethodNotAllowed { allow } = self {
             h.insert(header::ALLOW, allow);

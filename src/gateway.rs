@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use http::{HeaderName, Method};
 
 use crate::access_log::LogSink;
+use crate::auth::{Auth, Validator};
 use crate::budget::Budget;
 use crate::cache::Cache;
 use crate::config::{BackendConfig, CacheConfig, Config, RouteConfig, RouteCors};
@@ -42,6 +43,9 @@ pub struct Gateway {
     pub budget: Arc<Budget>,
     /// Some route has CORS: only then does a request's `origin` get looked at.
     pub any_cors: bool,
+    /// `[auth.jwt.*]`, kept (keys, verified tokens, refresh task) by a reload that
+    /// leaves a validator's settings unchanged.
+    pub validators: Vec<Arc<Validator>>,
 }
 
 /// The gateway that serves now (swapped whole on reload), and what every connection
@@ -81,6 +85,8 @@ pub struct Route {
     pub metrics: RouteMetrics,
     /// `[cors]` or the route's own; `None` with `cors = false` or no CORS at all.
     pub cors: Option<Arc<Cors>>,
+    /// The route's token check.
+    pub auth: Option<Auth>,
     pub backends: Vec<Backend>,
 }
 
@@ -154,10 +160,18 @@ impl Gateway {
         }
         // `[cors]` compiled once, shared by every route that takes it.
         let cors = config.cors.as_ref().map(|c| Arc::new(Cors::new(c)));
+        let mut validators = Vec::with_capacity(config.jwt.len());
+        for v in &config.jwt {
+            let kept = previous.and_then(|p| p.validators.iter().find(|old| old.config == *v));
+            validators.push(match kept {
+                Some(old) => old.clone(),
+                None => Validator::start(v.clone())?,
+            });
+        }
         let routes = config
             .routes
             .iter()
-            .map(|r| compile_route(&config, r, &upstreams, previous, cors.as_ref()))
+            .map(|r| compile_route(&config, r, &upstreams, previous, cors.as_ref(), &validators))
             .collect::<Result<Vec<_>, String>>()?;
         let router = Router::new(
             routes
@@ -180,6 +194,7 @@ impl Gateway {
         budget.set_limit(config.server.buffer_capacity);
         let any_cors = routes.iter().any(|r| r.cors.is_some());
         Ok(Gateway {
+            validators,
             any_cors,
             budget,
             tracing,
@@ -198,13 +213,43 @@ fn compile_route(
     upstreams: &HashMap<&str, Arc<Upstream>>,
     previous: Option<&Gateway>,
     cors: Option<&Arc<Cors>>,
+    validators: &[Arc<Validator>],
 ) -> Result<Route, String> {
     let params = route_params(&r.path);
+    // `{jwt.NAME}` placeholders read claims: they are filled like path parameters,
+    // from the values the handler appends after the route's own.
+    let mut path_claims: Vec<String> = Vec::new();
+    for b in &r.backends {
+        for ph in b.template.placeholders() {
+            if let Some(claim) = ph.text.strip_prefix("jwt.")
+                && !path_claims.iter().any(|c| c == claim)
+            {
+                path_claims.push(claim.to_string());
+            }
+        }
+    }
+    let mut values = params.clone();
+    values.extend(path_claims.iter().map(|c| format!("jwt.{c}")));
     let mut backends = r
         .backends
         .iter()
-        .map(|b| compile_backend(r, b, &params, upstreams))
+        .map(|b| compile_backend(r, b, &values, upstreams))
         .collect::<Result<Vec<_>, String>>()?;
+    let auth = match &r.auth {
+        None => None,
+        Some(a) => Some(Auth {
+            validator: validators
+                .iter()
+                .find(|v| v.config.name == a.jwt)
+                .cloned()
+                .ok_or_else(|| format!("route {}: unknown validator {}", r.name, a.jwt))?,
+            scopes: a.scopes.clone(),
+            claims_to_headers: a.claims_to_headers.clone(),
+            optional: a.optional,
+            path_claims,
+            metrics: METRICS.auth(&r.name),
+        }),
+    };
     // An answer another backend reads, or that shaping rewrites, needs a JSON tree;
     // one only placed under its group can stay text (see merge::Decode).
     let read_by_others: Vec<usize> = backends
@@ -258,6 +303,7 @@ fn compile_route(
             RouteCors::Own(c) => Some(Arc::new(Cors::new(c))),
             RouteCors::Inherit => cors.cloned(),
         },
+        auth,
         cache: r.cache.clone(),
         limiter: r.rate_limit.as_ref().map(|l| {
             previous
@@ -290,6 +336,12 @@ fn compile_backend(
     for part in &b.template.parts {
         parts.push(match part {
             Part::Lit(s) => Part::Lit(s.clone()),
+            Part::Param(ph) if ph.text.starts_with("jwt.") => Part::Param(
+                params
+                    .iter()
+                    .position(|p| *p == ph.text)
+                    .ok_or_else(|| format!("route {}: unknown claim {}", r.name, ph.text))?,
+            ),
             Part::Param(ph) => match ph.text.split_once('.') {
                 None => {
                     Part::Param(params.iter().position(|p| *p == ph.text).ok_or_else(|| {

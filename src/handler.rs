@@ -87,6 +87,7 @@ pub async fn handle(
         error: None,
         partial: false,
         cache: None,
+        auth: None,
         backends: Vec::new(),
     };
     let head = req.method() == Method::HEAD;
@@ -242,10 +243,13 @@ impl Drop for Finish {
                     "the client went away before the answer".to_owned()
                 });
             }
-            let (cache, partial) = (self.record.cache, self.record.partial);
+            let (cache, partial, auth) = (self.record.cache, self.record.partial, self.record.auth);
             self.span.record(|a| {
                 if let Some(c) = cache {
                     a.str("manifold.cache", c);
+                }
+                if let Some(r) = auth {
+                    a.str("manifold.auth", r);
                 }
                 if partial {
                     a.bool("manifold.partial", true);
@@ -318,15 +322,66 @@ async fn serve(
                 GatewayError::RateLimited { retry_after }
             })?;
     }
-    let params = decode_params(raw_params.iter())?;
+    // The token, after the rate limit (a flood of bad tokens is limited) and before
+    // the cache (a cached answer never reaches a client whose token failed).
+    let (params, identity) = match &route.auth {
+        None => (decode_params(raw_params.iter())?, None),
+        Some(auth) => {
+            // Boxed: a key fetch may be awaited in there, and routes without auth must
+            // not carry (and copy) that future's room.
+            let claims = match Box::pin(auth.check(&parts.headers)).await {
+                Ok(c) => c,
+                Err(e) => {
+                    auth.metrics.count(e.result());
+                    record.auth = Some(e.result());
+                    return Err(GatewayError::Auth(e));
+                }
+            };
+            let result = if claims.is_some() { "ok" } else { "missing" };
+            auth.metrics.count(result);
+            record.auth = Some(result);
+            if let Some(limiter) = &route.limiter
+                && let Some(claim) = limiter.claim()
+            {
+                let value = claims
+                    .as_deref()
+                    .and_then(|c| crate::auth::claim_text(c, claim));
+                limiter
+                    .check_claim(value.as_deref())
+                    .map_err(|retry_after| {
+                        route.metrics.rate_limited();
+                        GatewayError::RateLimited { retry_after }
+                    })?;
+            }
+            let mut params = decode_params(raw_params.iter())?;
+            let identity = claims_reaching_upstreams(auth, claims.as_deref(), &mut params)?;
+            (params, Some((claims, identity)))
+        }
+    };
     let declared = forward::content_length(&parts.headers);
     if declared.is_some_and(|n| n > route.max_request_body) {
         return Err(GatewayError::PayloadTooLarge {
             limit: route.max_request_body,
         });
     }
-    let headers =
+    let mut headers =
         forward::upstream_headers(&parts.headers, &route.forward_headers, request_id, &peer);
+    let identity = match (&route.auth, identity) {
+        (Some(auth), Some((claims, identity))) => {
+            // Only the token's word: a client's own header of that name never passes.
+            for (claim, name) in &auth.claims_to_headers {
+                headers.remove(name);
+                if let Some(v) = claims
+                    .as_deref()
+                    .and_then(|c| crate::auth::claim_header(c, claim))
+                {
+                    headers.insert(name.clone(), v);
+                }
+            }
+            identity
+        }
+        _ => String::new(),
+    };
     let query = forward::forwarded_query(parts.uri.query(), &route.forward_query);
     let deadline = *started + route.deadline;
 
@@ -353,7 +408,7 @@ async fn serve(
         body,
         headers,
         query,
-        params,
+        (params, identity),
         deadline,
         request_id,
         record,
@@ -372,7 +427,7 @@ async fn aggregate(
     body: Incoming,
     headers: HeaderMap,
     query: Option<std::borrow::Cow<'_, str>>,
-    params: Vec<String>,
+    (params, identity): (Vec<String>, String),
     deadline: Instant,
     request_id: &HeaderValue,
     record: &mut AccessRecord,
@@ -396,7 +451,9 @@ async fn aggregate(
     })
     .await
     .map_err(|_| GatewayError::RequestTimeout)??;
-    let vary = cache::vary(&parts.headers, &route.forward_headers);
+    let mut vary = cache::vary(&parts.headers, &route.forward_headers);
+    // Claims that reach upstreams are part of every cache key, like forwarded headers.
+    vary.push_str(&identity);
     let call = Call {
         headers: &headers,
         query: query.as_deref(),
@@ -539,6 +596,39 @@ fn reports(route: &Route, reports: Vec<Option<Report>>) -> Vec<(Arc<str>, Report
         .zip(reports)
         .filter_map(|(b, r)| r.map(|r| (b.plan.name.clone(), r)))
         .collect()
+}
+
+/// Appends the claims the backends' paths read to `params` (after the route's own),
+/// and returns the claims that reach upstreams as a cache-key part. A claim a path
+/// needs and the token lacks fails the token: it never becomes an empty segment.
+fn claims_reaching_upstreams(
+    auth: &crate::auth::Auth,
+    claims: Option<&serde_json::Map<String, serde_json::Value>>,
+    params: &mut Vec<String>,
+) -> Result<String, GatewayError> {
+    let mut identity = String::new();
+    let Some(claims) = claims else {
+        return Ok(identity);
+    };
+    for claim in &auth.path_claims {
+        let value = crate::auth::claim_text(claims, claim).ok_or(GatewayError::Auth(
+            crate::error::AuthFailure::Invalid("the token lacks a claim this route reads"),
+        ))?;
+        params.push(value.into_owned());
+        identity.push_str("\njwt.");
+        identity.push_str(claim);
+        identity.push(':');
+        identity.push_str(params.last().map_or("", String::as_str));
+    }
+    for (claim, _) in &auth.claims_to_headers {
+        identity.push_str("\njwt.");
+        identity.push_str(claim);
+        identity.push(':');
+        if let Some(v) = crate::auth::claim_text(claims, claim) {
+            identity.push_str(&v);
+        }
+    }
+    Ok(identity)
 }
 
 /// What every request head must be before it is routed: one `host` for HTTP/1.1

@@ -48,6 +48,18 @@ struct RouteName {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteResult {
+    route: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ValidatorResult {
+    validator: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: String,
 }
@@ -83,6 +95,8 @@ pub struct Metrics {
     pub inflight: Gauge,
     reloads: Family<ResultLabel, Counter>,
     tls_reloads: Family<ResultLabel, Counter>,
+    auth: Family<RouteResult, Counter>,
+    jwks: Family<ValidatorResult, Counter>,
     trace_spans: Family<ResultLabel, Counter>,
     connections: Family<ListenerLabel, Gauge>,
     connections_refused: Family<ListenerLabel, Counter>,
@@ -150,6 +164,31 @@ pub struct RouteMetrics {
     rate_limited: Counter,
 }
 
+/// The results of a route's token checks, in [`AUTH_RESULTS`] order.
+#[derive(Clone)]
+pub struct AuthMetrics {
+    by_result: [Counter; 5],
+}
+
+/// `manifold_auth_total{result}`: a valid token (or none on an `optional` route with
+/// `missing`), and the failures of CONTRACT §7's table.
+pub const AUTH_RESULTS: [&str; 5] = ["ok", "missing", "invalid", "forbidden", "unavailable"];
+
+impl AuthMetrics {
+    pub fn count(&self, result: &str) {
+        if let Some(i) = AUTH_RESULTS.iter().position(|r| *r == result) {
+            self.by_result[i].inc();
+        }
+    }
+}
+
+/// One token validator's key fetches (or file reads).
+#[derive(Clone)]
+pub struct JwksMetrics {
+    pub ok: Counter,
+    pub error: Counter,
+}
+
 /// One upstream's call histograms, one per outcome.
 #[derive(Clone)]
 pub struct UpstreamMetrics {
@@ -171,6 +210,18 @@ impl Metrics {
         let inflight = Gauge::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let tls_reloads = Family::<ResultLabel, Counter>::default();
+        let auth = Family::<RouteResult, Counter>::default();
+        let jwks = Family::<ValidatorResult, Counter>::default();
+        registry.register(
+            "manifold_auth",
+            "Token checks by route and result (ok, missing, invalid, forbidden, unavailable)",
+            auth.clone(),
+        );
+        registry.register(
+            "manifold_jwks_refresh",
+            "Key set fetches (JWKS URL) and reads (JWKS file) by validator and result (ok, error)",
+            jwks.clone(),
+        );
         let trace_spans = Family::<ResultLabel, Counter>::default();
         let connections = Family::<ListenerLabel, Gauge>::default();
         let connections_refused = Family::<ListenerLabel, Counter>::default();
@@ -328,6 +379,8 @@ impl Metrics {
             inflight,
             reloads,
             tls_reloads,
+            auth,
+            jwks,
             trace_spans,
         }
     }
@@ -344,6 +397,34 @@ impl Metrics {
             labels: Arc::new((route.to_string(), method.to_string())),
             by_status,
             rate_limited,
+        }
+    }
+
+    /// Made when a route with `auth` is compiled: every result shows from the start.
+    pub fn auth(&self, route: &str) -> AuthMetrics {
+        let by_result = AUTH_RESULTS.map(|result| {
+            self.auth
+                .get_or_create(&RouteResult {
+                    route: route.to_string(),
+                    result: result.to_string(),
+                })
+                .clone()
+        });
+        AuthMetrics { by_result }
+    }
+
+    pub fn jwks(&self, validator: &str) -> JwksMetrics {
+        let one = |result: &str| {
+            self.jwks
+                .get_or_create(&ValidatorResult {
+                    validator: validator.to_string(),
+                    result: result.to_string(),
+                })
+                .clone()
+        };
+        JwksMetrics {
+            ok: one("ok"),
+            error: one("error"),
         }
     }
 

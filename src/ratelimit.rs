@@ -138,7 +138,28 @@ impl RouteLimiter {
             LimitKey::Header(name) => self
                 .hasher
                 .hash_one(headers.get(name).map_or(&[][..], |v| v.as_bytes())),
+            // Checked after the token, with [`RouteLimiter::check_claim`].
+            LimitKey::Claim(_) => return Ok(()),
         };
+        self.check_hash(hash)
+    }
+
+    /// A limit keyed on a claim (`claim:NAME`) waits for the token: this is its check,
+    /// with the claim's value (none: one shared bucket, as for a missing header).
+    pub fn check_claim(&self, value: Option<&str>) -> Result<(), Duration> {
+        use std::hash::BuildHasher;
+        self.check_hash(self.hasher.hash_one(value.unwrap_or("").as_bytes()))
+    }
+
+    /// The claim this limit is keyed on, if it is.
+    pub fn claim(&self) -> Option<&str> {
+        match &self.key {
+            LimitKey::Claim(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn check_hash(&self, hash: u64) -> Result<(), Duration> {
         let now = u64::try_from(self.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let shard = &self.shards[(hash >> 59) as usize % SHARDS];
         let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);

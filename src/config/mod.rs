@@ -167,6 +167,28 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Opti
             t.finish(errs);
             c
         });
+    let mut jwt = Vec::new();
+    if let Some(mut auth) = root.table(
+        errs,
+        key(
+            "auth",
+            "Token validation: validators routes refer to by name.",
+        ),
+    ) {
+        for (name, _span, mut t) in auth.named_tables(
+            errs,
+            key(
+                "jwt",
+                "JWT validators by name: where their keys are and what a token must hold.",
+            ),
+        ) {
+            if let Some(v) = read_jwt(name, &mut t, errs, base) {
+                jwt.push(v);
+            }
+            t.finish(errs);
+        }
+        auth.finish(errs);
+    }
     let mut upstreams = Vec::new();
     for (name, name_span, mut t) in root.named_tables(
         errs,
@@ -203,6 +225,7 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Opti
         upstreams,
         routes,
         cors,
+        jwt,
         fingerprint: 0,
     })
 }
@@ -799,10 +822,17 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
         });
     let rate_limit = t.table(errs, key("rate_limit", "Requests per key: 429 with retry-after past it.")).and_then(|mut r| {
         let rate = read_rate(&mut r, errs);
-        let limit_key = match r.string(errs, key("key", "client_ip (default), global, or header:NAME.")) {
+        let limit_key = match r.string(errs, key("key", "client_ip (default), global, header:NAME, or claim:NAME (a validated claim of the route's token).")) {
             None => Some(LimitKey::ClientIp),
             Some((k, _)) if k == "client_ip" => Some(LimitKey::ClientIp),
             Some((k, _)) if k == "global" => Some(LimitKey::Global),
+            Some((k, span)) if k.starts_with("claim:") => match k["claim:".len()..].trim() {
+                "" => {
+                    errs.push(Diagnostic::new(span, "`claim:` names no claim").label("e.g. \"claim:sub\""));
+                    None
+                }
+                claim => Some(LimitKey::Claim(claim.to_string())),
+            },
             Some((k, span)) => match k
                 .strip_prefix("header:")
                 .map(|h| http::HeaderName::from_bytes(h.trim().as_bytes()))
@@ -811,7 +841,7 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
                 _ => {
                     errs.push(
                         Diagnostic::new(span, format!("unknown rate limit key `{k}`"))
-                            .label("expected \"client_ip\", \"global\" or \"header:NAME\""),
+                            .label("expected \"client_ip\", \"global\", \"header:NAME\" or \"claim:NAME\""),
                     );
                     None
                 }
@@ -861,6 +891,55 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
             None => RouteCors::Inherit,
         },
     };
+    let mut auth_span = 0..0;
+    let mut auth_jwt_span = 0..0;
+    let auth = t
+        .table(
+            errs,
+            key(
+                "auth",
+                "This route's token check: { jwt = \"NAME\", scopes, claims_to_headers, optional }.",
+            ),
+        )
+        .and_then(|mut a| {
+            auth_span = a.span();
+            let jwt = a.required_string(errs, key("jwt", "The [auth.jwt.NAME] validator that checks the token."));
+            let scopes = a
+                .string_list(errs, key("scopes", "Scopes the token must hold, each in its `scope` claim (space-separated) or `scp` array; 403 otherwise."))
+                .unwrap_or_default();
+            let pairs = a
+                .string_map(errs, key("claims_to_headers", "Validated claims sent to every backend as headers: { claim = \"header-name\" }."))
+                .unwrap_or_default();
+            let mut claims_to_headers = Vec::with_capacity(pairs.len());
+            for (claim, h) in pairs {
+                match http::HeaderName::from_bytes(h.as_bytes()) {
+                    Ok(name) if !crate::forward::is_gateway_owned(&name) && name != http::header::AUTHORIZATION => {
+                        claims_to_headers.push((claim, name));
+                    }
+                    Ok(_) => errs.push(
+                        Diagnostic::new(a.span(), format!("claims_to_headers cannot set `{h}`"))
+                            .label("a header the gateway sets itself")
+                            .note("host, content-length, authorization, x-request-id, x-forwarded-for, x-forwarded-proto and hop-by-hop headers cannot carry a claim"),
+                    ),
+                    Err(_) => errs.push(
+                        Diagnostic::new(a.span(), format!("`{h}` in claims_to_headers is not a header name"))
+                            .label("bad header name"),
+                    ),
+                }
+            }
+            let optional = a
+                .bool(errs, key("optional", "Let a request without a token through (no claims); a bad token still fails. Default false."))
+                .unwrap_or(false);
+            a.finish(errs);
+            let (jwt, span) = jwt?;
+            auth_jwt_span = span;
+            Some(RouteAuth {
+                jwt,
+                scopes: scopes.into_iter().map(|(s, _)| s).collect(),
+                claims_to_headers,
+                optional,
+            })
+        });
     let route_method = method.clone().flatten().unwrap_or(Method::GET);
     let mut backends = Vec::new();
     let tables = t.table_array(
@@ -903,7 +982,199 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
         rate_limit,
         passthrough,
         cors,
+        auth,
+        auth_span,
+        auth_jwt_span,
         backends,
+    })
+}
+
+/// `[auth.jwt.NAME]`: exactly one key source; algorithms that fit it.
+fn read_jwt(
+    name: String,
+    t: &mut Table<'_, '_>,
+    errs: &mut Errors,
+    base: &Path,
+) -> Option<JwtConfig> {
+    let url = t.string(errs, key("jwks_url", "Where the JWKS is (http:// or https://): fetched at start, every refresh, and on an unknown kid."));
+    let file = t.string(errs, key("jwks_file", "A JWKS file, read at load and again when it changes; relative to the config file's directory."));
+    let secret = t.string(
+        errs,
+        key(
+            "secret",
+            "An HMAC secret for HS256/384/512, usually \"${ENV}\"; never shown.",
+        ),
+    );
+    let given = [url.is_some(), file.is_some(), secret.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if given != 1 {
+        errs.push(
+            Diagnostic::new(
+                t.span(),
+                format!(
+                    "{} needs exactly one of jwks_url, jwks_file and secret",
+                    t.name
+                ),
+            )
+            .label(if given == 0 {
+                "no key source"
+            } else {
+                "more than one key source"
+            }),
+        );
+    }
+    let mut source = None;
+    if let Some((u, span)) = url {
+        match Url::parse(&u) {
+            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
+                source = Some(KeySource::Url(parsed))
+            }
+            _ => errs.push(
+                Diagnostic::new(
+                    span,
+                    format!(
+                        "jwks_url `{}` is not an http(s) URL",
+                        crate::redact::url(&u)
+                    ),
+                )
+                .label("not a URL"),
+            ),
+        }
+    }
+    if let Some((f, span)) = file {
+        let path = base.join(&f);
+        match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| crate::auth::parse_jwks(&t))
+        {
+            Ok(_) => source = Some(KeySource::File(path)),
+            Err(e) => errs.push(
+                Diagnostic::new(span, format!("jwks_file `{f}` cannot be used: {e}"))
+                    .label("unusable"),
+            ),
+        }
+    }
+    if let Some((s, span)) = secret {
+        if s.len() < 32 {
+            errs.push(
+                Diagnostic::new(span, "the secret is shorter than 32 bytes")
+                    .label("too short to resist guessing")
+                    .note("an HS256 secret should be at least 256 bits of random data"),
+            );
+        } else {
+            source = Some(KeySource::Secret(Secret(s)));
+        }
+    }
+    const ALGORITHMS: Key = key(
+        "algorithms",
+        "Algorithms accepted (required): a token's alg must be listed and be its key's. HS* only with secret; RS*, PS*, ES256/384, EdDSA only with a JWKS.",
+    );
+    t.require(ALGORITHMS);
+    let listed = t.string_list(errs, ALGORITHMS);
+    let mut algorithms = Vec::new();
+    match &listed {
+        None if t.get(ALGORITHMS).is_none() => t.missing(errs, "algorithms"),
+        Some(list) if list.is_empty() => errs.push(
+            Diagnostic::new(t.span(), "algorithms is empty")
+                .label("list the algorithms your tokens use"),
+        ),
+        _ => {}
+    }
+    for (a, span) in listed.unwrap_or_default() {
+        match a.parse::<jsonwebtoken::Algorithm>() {
+            Ok(alg) => {
+                let hmac = crate::auth::family(alg) == jsonwebtoken::AlgorithmFamily::Hmac;
+                match &source {
+                    Some(KeySource::Secret(_)) if !hmac => errs.push(Diagnostic::new(span, format!("{a} needs a public key; a secret only checks HS256/384/512")).label("not an HMAC algorithm")),
+                    Some(KeySource::Url(_) | KeySource::File(_)) if hmac => errs.push(
+                        Diagnostic::new(span, format!("{a} is checked with a secret, not a JWKS"))
+                            .label("HMAC with a public key set")
+                            .note("listing HS* next to public keys is how alg-confusion attacks work; use `secret` for HMAC tokens"),
+                    ),
+                    _ => algorithms.push(alg),
+                }
+            }
+            Err(_) => errs.push(
+                Diagnostic::new(span, format!("unknown algorithm `{a}`"))
+                    .label("not a JWS algorithm")
+                    .note("HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA (`none` never)"),
+            ),
+        }
+    }
+    let issuer = t
+        .string(errs, key("issuer", "The token's iss must equal it."))
+        .map(|(s, _)| s);
+    let audience = t
+        .string_list(
+            errs,
+            key("audience", "The token's aud must hold one of them."),
+        )
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    let leeway = t
+        .duration(
+            errs,
+            key(
+                "leeway",
+                "Clock skew allowed on exp, nbf and iat. Default 30s.",
+            ),
+        )
+        .map_or(DEFAULT_LEEWAY, |(d, _)| d);
+    let refresh = positive_duration(
+        t,
+        errs,
+        key(
+            "refresh",
+            "How often the JWKS URL is fetched again. Default 10m.",
+        ),
+    )
+    .flatten()
+    .unwrap_or(DEFAULT_JWKS_REFRESH);
+    let refresh_cooldown = positive_duration(
+        t,
+        errs,
+        key(
+            "refresh_cooldown",
+            "An unknown kid fetches the JWKS again at most once per this. Default 30s.",
+        ),
+    )
+    .flatten()
+    .unwrap_or(DEFAULT_JWKS_COOLDOWN);
+    let ca_file = t
+        .string(
+            errs,
+            key(
+                "ca_file",
+                "Extra CA certificates (PEM) trusted for an https jwks_url.",
+            ),
+        )
+        .and_then(|(s, span)| match std::fs::read_to_string(base.join(&s)) {
+            Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(base.join(s)),
+            _ => {
+                errs.push(
+                    Diagnostic::new(span, format!("ca_file `{s}` is not a readable PEM file"))
+                        .label("unusable"),
+                );
+                None
+            }
+        });
+    if algorithms.is_empty() {
+        return None;
+    }
+    Some(JwtConfig {
+        name,
+        source: source?,
+        issuer,
+        audience,
+        algorithms,
+        leeway,
+        refresh,
+        refresh_cooldown,
+        ca_file,
     })
 }
 

@@ -20,6 +20,9 @@ tls = { cert = "c.pem", key = "k.pem" }
 [telemetry]
 [cors]
 allow_origins = ["https://a.test"]
+[auth.jwt.p]
+secret = "probe-secret-of-thirty-two-bytes-or-more"
+algorithms = ["HS256"]
 [upstreams.u]
 urls = ["http://127.0.0.1:1"]
 circuit_breaker = { consecutive_failures = 1, open_for = "1s" }
@@ -29,6 +32,7 @@ rate_limit = { per_second = 1 }
 path = "/p"
 cache = { ttl = "1s" }
 cors = { allow_origins = ["https://a.test"] }
+auth = { jwt = "p" }
 rate_limit = { per_second = 1 }
   [[routes.backends]]
   upstream = "u"
@@ -180,7 +184,9 @@ fn refine(path: &str) -> Option<Value> {
             json!({"pattern": "^[A-Za-z]+$"})
         }
         "/routes/[]/path" | "/routes/[]/backends/[]/path" => json!({"pattern": "^/"}),
-        "/routes/[]/rate_limit/key" => json!({"pattern": "^(client_ip|global|header:.+)$"}),
+        "/routes/[]/rate_limit/key" => {
+            json!({"pattern": "^(client_ip|global|header:.+|claim:.+)$"})
+        }
         "/routes/[]/backends" => json!({"minItems": 1}),
         // A table of its own, or `false` for no CORS on the route.
         "/routes/[]/cors" => json!({"type": ["object", "boolean"]}),
@@ -293,9 +299,11 @@ mod tests {
         };
         assert!(PROBE.contains(&old), "probe has {old}");
         // The probe's certificate files do not exist: without them the probe loads.
-        PROBE
-            .replacen(&old, &new, 1)
-            .replacen("tls = { cert = \"c.pem\", key = \"k.pem\" }\n", "", 1)
+        PROBE.replacen(&old, &new, 1).replacen(
+            "tls = { cert = \"c.pem\", key = \"k.pem\" }\n",
+            "",
+            1,
+        )
     }
 
     #[test]

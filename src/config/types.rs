@@ -21,6 +21,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[cors]`: for every route that does not set its own.
     pub cors: Option<CorsConfig>,
+    /// `[auth.jwt.NAME]`: token validators routes refer to by name.
+    pub jwt: Vec<JwtConfig>,
     /// The first 8 bytes of the SHA-256 of the file as written (before `${ENV}` is
     /// filled in): which version of the file serves. Shown as 16 hex digits, the start
     /// of `sha256sum routes.toml`, by `manifold check`, `/routes` and
@@ -148,6 +150,8 @@ pub enum LimitKey {
     ClientIp,
     Header(http::HeaderName),
     Global,
+    /// A validated claim of the route's token (`claim:sub`): checked after the token.
+    Claim(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -179,9 +183,15 @@ pub struct RouteConfig {
     pub passthrough: bool,
     /// The route's own `cors` table, `cors = false`, or `[cors]` (when unset).
     pub cors: RouteCors,
+    /// `auth`: the route's token check.
+    pub auth: Option<RouteAuth>,
+    /// Where `auth` is, and where its `jwt` names the validator.
+    pub auth_span: SourceSpan,
+    pub auth_jwt_span: SourceSpan,
     pub backends: Vec<BackendConfig>,
 }
 
+pub use crate::auth::{JwtConfig, KeySource, RouteAuth, Secret};
 pub use crate::cors::CorsConfig;
 
 /// What a route says about CORS.
@@ -237,3 +247,7 @@ pub const DEFAULT_BUFFER_PER_CONNECTION: u64 = 16 << 20;
 pub const DEFAULT_MAX_CONCURRENCY: u32 = 1024;
 /// Rate-limit keys a route remembers when it sets no `max_keys`.
 pub const DEFAULT_MAX_KEYS: u64 = 100_000;
+/// Clock skew allowed on a token's exp, nbf and iat.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(600);
+pub const DEFAULT_JWKS_COOLDOWN: Duration = Duration::from_secs(30);

@@ -51,6 +51,68 @@ pub fn check(config: &Config, text: &str, errs: &mut Errors) {
 
     for route in &config.routes {
         check_route(route, &upstreams, text, errs);
+        check_auth(config, route, errs);
+    }
+}
+
+/// A route's `auth` names a validator, and what reads claims has them for sure.
+fn check_auth(config: &Config, route: &RouteConfig, errs: &mut Errors) {
+    if let Some(auth) = &route.auth
+        && !config.jwt.iter().any(|v| v.name == auth.jwt)
+    {
+        let known = config.jwt.iter().map(|v| v.name.as_str());
+        errs.push(
+            Diagnostic::new(
+                route.auth_jwt_span.clone(),
+                format!("no validator `{}` in [auth.jwt]", auth.jwt),
+            )
+            .label(match super::reader::closest(&auth.jwt, known) {
+                Some(like) => format!("did you mean `{like}`?"),
+                None => "unknown validator".to_string(),
+            })
+            .note(format!("define it as [auth.jwt.{}]", auth.jwt)),
+        );
+    }
+    // A missing claim must never turn into an empty path segment or one shared bucket.
+    let sure = route.auth.as_ref().is_some_and(|a| !a.optional);
+    let why = if route.auth.is_some() {
+        "with `optional = true` a request may carry no token"
+    } else {
+        "the route has no `auth`"
+    };
+    if !sure {
+        for b in &route.backends {
+            if b.template
+                .placeholders()
+                .any(|p| p.text.starts_with("jwt."))
+            {
+                errs.push(
+                    Diagnostic::new(
+                        b.path_span.clone(),
+                        format!(
+                            "backend {} of route {} reads a token claim, but {why}",
+                            b.name, route.name
+                        ),
+                    )
+                    .label("{jwt.*} needs a token on every request")
+                    .note("add auth = { jwt = \"NAME\" } to the route, without optional = true"),
+                );
+            }
+        }
+        if let Some(l) = &route.rate_limit
+            && matches!(l.key, super::LimitKey::Claim(_))
+        {
+            errs.push(
+                Diagnostic::new(
+                    route.span.clone(),
+                    format!(
+                        "route {}'s rate limit is keyed on a claim, but {why}",
+                        route.name
+                    ),
+                )
+                .label("claim: keys need a token on every request"),
+            );
+        }
     }
 }
 
@@ -218,6 +280,10 @@ fn check_route(
     for (i, b) in route.backends.iter().enumerate() {
         for ph in b.template.placeholders() {
             let span = placeholder_span(text, &b.path_span, &b.path, ph.offset, ph.text.len() + 2);
+            // `{jwt.NAME}`: a claim of the route's token (see check_auth).
+            if ph.text.starts_with("jwt.") {
+                continue;
+            }
             match ph.text.split_once('.') {
                 None if params.iter().any(|p| p == &ph.text) => {}
                 None => errs.push(

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod auth;
 mod caching;
 mod causes;
 mod chaos;

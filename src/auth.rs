@@ -1,0 +1,590 @@
+//! Bearer tokens: named JWT validators (`[auth.jwt.NAME]`), their keys, and a
+//! route's check (`auth = { jwt, scopes, claims_to_headers, optional }`).
+//!
+//! A token is never trusted to say how it should be checked: its `alg` must be one the
+//! validator lists *and* the algorithm of the key it names (an RSA key never checks an
+//! HS256 signature; `none` is not an algorithm here), keys come only from the
+//! validator's own source (a token's `jku`/`jwk` headers are ignored), and `exp` is
+//! required.
+//!
+//! Signature checks are the expensive part (an RS256 verify is tens of µs), so a
+//! verified token is remembered, by its whole text, until its `exp` (bounded LRU):
+//! the next request with it costs a hash lookup and a clock read. A key set fetched
+//! again invalidates what was verified with the previous one.
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, header};
+use http_body_util::{BodyExt, Empty, Limited};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+use crate::error::AuthFailure;
+use crate::metrics::{JwksMetrics, METRICS};
+
+// === settings (read by `config`) ===
+
+/// A secret that never shows in a log, a debug print or `/routes`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Where a validator's keys come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeySource {
+    /// A JWKS fetched at start, every `refresh`, and on an unknown `kid`.
+    Url(url::Url),
+    /// A JWKS file, read at load and again when it changes.
+    File(PathBuf),
+    /// One HMAC secret (HS256/384/512).
+    Secret(Secret),
+}
+
+/// `[auth.jwt.NAME]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwtConfig {
+    pub name: String,
+    pub source: KeySource,
+    /// `iss` must equal it.
+    pub issuer: Option<String>,
+    /// `aud` must hold one of them (none: `aud` is not checked).
+    pub audience: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub leeway: Duration,
+    pub refresh: Duration,
+    pub refresh_cooldown: Duration,
+    /// Extra CA certificates for an `https://` JWKS URL.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A route's `auth`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteAuth {
+    pub jwt: String,
+    pub scopes: Vec<String>,
+    /// (claim, header): a validated claim sent to every backend as this header.
+    pub claims_to_headers: Vec<(String, http::HeaderName)>,
+    /// A request without a token passes (with no claims); a bad token still fails.
+    pub optional: bool,
+}
+
+/// The algorithm's family: which kind of key checks it.
+pub fn family(alg: Algorithm) -> AlgorithmFamily {
+    match alg {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => AlgorithmFamily::Hmac,
+        Algorithm::ES256 | Algorithm::ES384 => AlgorithmFamily::Ec,
+        Algorithm::EdDSA => AlgorithmFamily::Ed,
+        _ => AlgorithmFamily::Rsa,
+    }
+}
+
+// === keys ===
+
+/// One verification key of a key set.
+struct Key {
+    kid: Option<String>,
+    /// The JWK's own `alg`, when it names one: a token must use exactly it.
+    alg: Option<Algorithm>,
+    key: DecodingKey,
+}
+
+impl Key {
+    fn checks(&self, alg: Algorithm) -> bool {
+        self.key.family() == family(alg) && self.alg.is_none_or(|a| a == alg)
+    }
+}
+
+/// The keys a validator holds now. `generation` changes with every set taken in, so
+/// tokens verified under an older set are checked again.
+struct KeySet {
+    generation: u64,
+    keys: Vec<Key>,
+}
+
+/// Parses a JWKS document (`{"keys": [...]}`). Keys it cannot use (encryption keys,
+/// unknown types) are skipped; a set with no usable key is an error.
+pub fn parse_jwks(text: &[u8]) -> Result<usize, String> {
+    parse_keys(text).map(|k| k.len())
+}
+
+fn parse_keys(text: &[u8]) -> Result<Vec<Key>, String> {
+    let doc: Value = serde_json::from_slice(text).map_err(|e| format!("not JSON: {e}"))?;
+    let Some(list) = doc.get("keys").and_then(Value::as_array) else {
+        return Err("no `keys` array: not a JWKS".into());
+    };
+    let mut keys = Vec::with_capacity(list.len());
+    for entry in list {
+        if entry.get("use").and_then(Value::as_str) == Some("enc") {
+            continue;
+        }
+        let Ok(jwk) = serde_json::from_value::<jsonwebtoken::jwk::Jwk>(entry.clone()) else {
+            continue;
+        };
+        let Ok(key) = DecodingKey::from_jwk(&jwk) else {
+            continue;
+        };
+        // An HMAC secret in a JWKS would let anyone who reads the JWKS sign tokens.
+        if key.family() == AlgorithmFamily::Hmac {
+            continue;
+        }
+        let alg = jwk
+            .common
+            .key_algorithm
+            .and_then(|a| a.to_string().parse::<Algorithm>().ok());
+        keys.push(Key {
+            kid: jwk.common.key_id.clone(),
+            alg,
+            key,
+        });
+    }
+    if keys.is_empty() {
+        return Err("the JWKS holds no usable signing key".into());
+    }
+    Ok(keys)
+}
+
+// === validators ===
+
+/// Verified tokens remembered per validator.
+const VERIFIED: usize = 10_000;
+/// A JWKS fetch's whole time, and its largest body.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_JWKS: usize = 1 << 20;
+
+/// A token verified earlier: its claims, and until when they hold.
+#[derive(Clone)]
+struct Verified {
+    claims: Arc<Map<String, Value>>,
+    exp: u64,
+    nbf: Option<u64>,
+    generation: u64,
+}
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Empty<Bytes>,
+>;
+
+/// One named validator: its settings, its keys, and the tokens it verified lately.
+pub struct Validator {
+    pub config: JwtConfig,
+    /// One prepared `Validation` per allowed algorithm.
+    validations: Vec<(Algorithm, Validation)>,
+    keys: ArcSwap<KeySet>,
+    verified: Mutex<lru::LruCache<Arc<str>, Verified, foldhash::fast::RandomState>>,
+    /// One fetch at a time; requests with an unknown `kid` wait on it.
+    fetching: tokio::sync::Mutex<()>,
+    /// When an unknown `kid` last caused a fetch (the cooldown's start).
+    kid_fetch: Mutex<Option<Instant>>,
+    client: Option<Client>,
+    metrics: JwksMetrics,
+    /// The refresh task (URL) or the file watch (file); ended with the validator.
+    background: Mutex<Option<Background>>,
+}
+
+enum Background {
+    Task(tokio::task::JoinHandle<()>),
+    Watch(#[allow(dead_code)] crate::watch::FileWatch),
+}
+
+impl Drop for Validator {
+    fn drop(&mut self) {
+        if let Ok(mut b) = self.background.lock()
+            && let Some(Background::Task(t)) = b.take()
+        {
+            t.abort();
+        }
+    }
+}
+
+impl Validator {
+    /// Builds a validator and starts keeping its keys: a URL is fetched now (in the
+    /// background: a failure is logged, not fatal) and every `refresh`; a file is read
+    /// now and watched.
+    pub fn start(config: JwtConfig) -> Result<Arc<Validator>, String> {
+        let mut validations = Vec::with_capacity(config.algorithms.len());
+        for &alg in &config.algorithms {
+            let mut v = Validation::new(alg);
+            v.leeway = config.leeway.as_secs();
+            v.validate_nbf = true;
+            v.set_required_spec_claims(&["exp"]);
+            match &config.issuer {
+                Some(iss) => v.set_issuer(&[iss]),
+                None => v.iss = None,
+            }
+            if config.audience.is_empty() {
+                v.validate_aud = false;
+            } else {
+                v.set_audience(&config.audience);
+            }
+            validations.push((alg, v));
+        }
+        let (keys, client) = match &config.source {
+            KeySource::Secret(s) => {
+                let key = DecodingKey::from_secret(s.0.as_bytes())
+                    .map_err(|e| format!("auth.jwt.{}: unusable secret: {e}", config.name))?;
+                (
+                    vec![Key {
+                        kid: None,
+                        alg: None,
+                        key,
+                    }],
+                    None,
+                )
+            }
+            KeySource::File(path) => {
+                let text = std::fs::read(path).map_err(|e| {
+                    format!(
+                        "auth.jwt.{}: cannot read {}: {e}",
+                        config.name,
+                        path.display()
+                    )
+                })?;
+                let keys = parse_keys(&text)
+                    .map_err(|e| format!("auth.jwt.{}: {}: {e}", config.name, path.display()))?;
+                (keys, None)
+            }
+            KeySource::Url(_) => {
+                let tls = crate::tls::client_config(config.ca_file.as_deref())?;
+                let connector = crate::tls::connector(tls, Some(FETCH_TIMEOUT), None);
+                // No pooling: fetches are minutes apart, and may come from any loop.
+                let client = hyper_util::client::legacy::Client::builder(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .pool_max_idle_per_host(0)
+                .build(connector);
+                (Vec::new(), Some(client))
+            }
+        };
+        let validator = Arc::new(Validator {
+            metrics: METRICS.jwks(&config.name),
+            validations,
+            keys: ArcSwap::from_pointee(KeySet {
+                generation: 1,
+                keys,
+            }),
+            verified: Mutex::new(lru::LruCache::with_hasher(
+                NonZeroUsize::new(VERIFIED).unwrap_or(NonZeroUsize::MIN),
+                foldhash::fast::RandomState::default(),
+            )),
+            fetching: tokio::sync::Mutex::new(()),
+            kid_fetch: Mutex::new(None),
+            client,
+            background: Mutex::new(None),
+            config,
+        });
+        let background = match &validator.config.source {
+            KeySource::Secret(_) => None,
+            KeySource::Url(_) => {
+                let weak = Arc::downgrade(&validator);
+                Some(Background::Task(tokio::spawn(refresh_loop(weak))))
+            }
+            KeySource::File(path) => {
+                let weak = Arc::downgrade(&validator);
+                crate::watch::FileWatch::start(std::slice::from_ref(path), "JWKS file", move || {
+                    if let Some(v) = weak.upgrade() {
+                        v.reread_file();
+                    }
+                })
+                .map(Background::Watch)
+            }
+        };
+        if let Ok(mut b) = validator.background.lock() {
+            *b = background;
+        }
+        Ok(validator)
+    }
+
+    fn take_keys(&self, keys: Vec<Key>) {
+        let generation = self.keys.load().generation + 1;
+        self.keys.store(Arc::new(KeySet { generation, keys }));
+    }
+
+    fn reread_file(&self) {
+        let KeySource::File(path) = &self.config.source else {
+            return;
+        };
+        let read = std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| parse_keys(&t));
+        match read {
+            Ok(keys) => {
+                tracing::info!(validator = %self.config.name, keys = keys.len(), "JWKS file read again");
+                self.take_keys(keys);
+                self.metrics.ok.inc();
+            }
+            Err(e) => {
+                self.metrics.error.inc();
+                tracing::error!(validator = %self.config.name, file = %path.display(), error = %e, "the changed JWKS file cannot be used; keeping the keys it had");
+            }
+        }
+    }
+
+    /// Fetches the JWKS now; a failure keeps the keys there were.
+    async fn fetch(&self) -> bool {
+        let (KeySource::Url(url), Some(client)) = (&self.config.source, &self.client) else {
+            return false;
+        };
+        let result = tokio::time::timeout(FETCH_TIMEOUT, async {
+            let uri: http::Uri = url.as_str().parse().map_err(|e| format!("{e}"))?;
+            let req = http::Request::get(uri)
+                .header(header::ACCEPT, "application/json")
+                .body(Empty::new())
+                .map_err(|e| e.to_string())?;
+            let resp = client.request(req).await.map_err(|e| innermost(&e))?;
+            if !resp.status().is_success() {
+                return Err(format!("answered {}", resp.status().as_u16()));
+            }
+            let body = Limited::new(resp.into_body(), MAX_JWKS)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the body: {e}"))?
+                .to_bytes();
+            parse_keys(&body)
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} s", FETCH_TIMEOUT.as_secs())));
+        match result {
+            Ok(keys) => {
+                tracing::debug!(validator = %self.config.name, keys = keys.len(), "JWKS fetched");
+                self.take_keys(keys);
+                self.metrics.ok.inc();
+                true
+            }
+            Err(e) => {
+                self.metrics.error.inc();
+                let held = self.keys.load().keys.len();
+                tracing::warn!(validator = %self.config.name, url = %crate::redact::url(url.as_str()), error = %e, keys_held = held, "JWKS fetch failed; keeping the keys it had");
+                false
+            }
+        }
+    }
+
+    /// A token named a `kid` this validator does not hold (or it holds no key at all):
+    /// fetch again, unless a fetch for that reason ran within `refresh_cooldown`.
+    /// Requests that arrive meanwhile wait for the one fetch and use its keys.
+    async fn refetch_for_unknown_kid(&self, seen: u64) {
+        if self.client.is_none() {
+            return;
+        }
+        let _one = self.fetching.lock().await;
+        if self.keys.load().generation != seen {
+            return; // fetched while this request waited
+        }
+        {
+            let mut last = self
+                .kid_fetch
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if last.is_some_and(|t| t.elapsed() < self.config.refresh_cooldown) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        self.fetch().await;
+    }
+
+    /// The claims of a valid token (`Bearer` value), or why not.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Map<String, Value>>, AuthFailure> {
+        let now = jsonwebtoken::get_current_timestamp();
+        let leeway = self.config.leeway.as_secs();
+        let generation = self.keys.load().generation;
+        if let Some(hit) = self
+            .verified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(token)
+            .cloned()
+            && hit.generation == generation
+        {
+            if hit.exp.saturating_add(leeway) < now {
+                return Err(AuthFailure::Invalid("the token has expired"));
+            }
+            if hit.nbf.is_none_or(|nbf| nbf <= now.saturating_add(leeway)) {
+                return Ok(hit.claims);
+            }
+        }
+        let head = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthFailure::Invalid("the token is not a well-formed JWT"))?;
+        let Some((alg, validation)) = self.validations.iter().find(|(a, _)| *a == head.alg) else {
+            return Err(AuthFailure::Invalid("the token's algorithm is not allowed"));
+        };
+        let mut set = self.keys.load_full();
+        let named = |set: &KeySet| match (&head.kid, &self.config.source) {
+            // A secret is the validator's one key, whatever the token names.
+            (_, KeySource::Secret(_)) | (None, _) => !set.keys.is_empty(),
+            (Some(kid), _) => set.keys.iter().any(|k| k.kid.as_ref() == Some(kid)),
+        };
+        if !named(&set) {
+            self.refetch_for_unknown_kid(set.generation).await;
+            set = self.keys.load_full();
+            if set.keys.is_empty() {
+                return Err(AuthFailure::Unavailable);
+            }
+            if !named(&set) {
+                return Err(AuthFailure::Invalid("the token's key (kid) is unknown"));
+            }
+        }
+        let secret = matches!(self.config.source, KeySource::Secret(_));
+        let candidates = set
+            .keys
+            .iter()
+            .filter(|k| secret || head.kid.is_none() || k.kid.as_ref() == head.kid.as_ref());
+        let mut last = AuthFailure::Invalid("the token's algorithm is not its key's");
+        for key in candidates {
+            if !key.checks(*alg) {
+                continue;
+            }
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
+                Ok(data) => {
+                    let claims = Arc::new(data.claims);
+                    let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+                    let nbf = claims.get("nbf").and_then(Value::as_u64);
+                    self.verified
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .put(
+                            Arc::from(token),
+                            Verified {
+                                claims: claims.clone(),
+                                exp,
+                                nbf,
+                                generation: set.generation,
+                            },
+                        );
+                    return Ok(claims);
+                }
+                Err(e) => last = AuthFailure::Invalid(why(e.kind())),
+            }
+        }
+        Err(last)
+    }
+}
+
+/// A transport error by its innermost cause ("Connection refused (os error 111)").
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    inner.to_string()
+}
+
+/// What to tell the client about a token that failed (never the token itself).
+fn why(kind: &jsonwebtoken::errors::ErrorKind) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match kind {
+        K::ExpiredSignature => "the token has expired",
+        K::ImmatureSignature => "the token is not valid yet (nbf)",
+        K::InvalidIssuer => "the token's issuer is not accepted",
+        K::InvalidAudience => "the token's audience is not accepted",
+        K::MissingRequiredClaim(_) => "the token has no exp claim",
+        K::InvalidClaimFormat(_) => "a claim of the token has the wrong type",
+        K::InvalidSignature => "the token's signature does not verify",
+        K::InvalidAlgorithm => "the token's algorithm is not its key's",
+        _ => "the token is not a well-formed JWT",
+    }
+}
+
+/// Fetches the JWKS at start and every `refresh` (every `refresh_cooldown` while no key
+/// is held), until the validator is gone.
+async fn refresh_loop(validator: Weak<Validator>) {
+    loop {
+        let Some(v) = validator.upgrade() else { return };
+        let ok = {
+            let _one = v.fetching.lock().await;
+            v.fetch().await
+        };
+        let wait = if ok || !v.keys.load().keys.is_empty() {
+            v.config.refresh
+        } else {
+            v.config.refresh_cooldown
+        };
+        drop(v);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+// === a route's check ===
+
+/// A route's token check, compiled: its validator and what it asks of the claims.
+pub struct Auth {
+    pub validator: Arc<Validator>,
+    pub scopes: Vec<String>,
+    pub claims_to_headers: Vec<(String, http::HeaderName)>,
+    pub optional: bool,
+    /// Claims the route's backend paths read (`{jwt.NAME}`), in placeholder order.
+    pub path_claims: Vec<String>,
+    pub metrics: crate::metrics::AuthMetrics,
+}
+
+/// What a route's check found: the token's claims, or none (optional, no token).
+pub type Claims = Option<Arc<Map<String, Value>>>;
+
+impl Auth {
+    /// Checks the request's `authorization` header.
+    pub async fn check(&self, headers: &HeaderMap) -> Result<Claims, AuthFailure> {
+        let Some(token) = bearer(headers) else {
+            return if self.optional {
+                Ok(None)
+            } else {
+                Err(AuthFailure::Missing)
+            };
+        };
+        let claims = self.validator.verify(token).await?;
+        if !self.scopes.iter().all(|s| has_scope(&claims, s)) {
+            return Err(AuthFailure::Forbidden);
+        }
+        Ok(Some(claims))
+    }
+}
+
+/// The token of an `authorization: Bearer …` header; any other scheme is no token.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// A scope is granted by the space-separated `scope` claim or the `scp` claim (an
+/// array, or a space-separated string).
+fn has_scope(claims: &Map<String, Value>, want: &str) -> bool {
+    let in_text = |v: &Value| v.as_str().is_some_and(|s| s.split(' ').any(|x| x == want));
+    claims.get("scope").is_some_and(in_text)
+        || claims.get("scp").is_some_and(|v| match v {
+            Value::Array(items) => items.iter().any(|i| i.as_str() == Some(want)),
+            other => in_text(other),
+        })
+}
+
+/// A claim as text for a path, a query value, a header or a key: strings as they
+/// are, numbers as written, booleans; anything else (absent, null, arrays, objects)
+/// has no text.
+pub fn claim_text<'c>(
+    claims: &'c Map<String, Value>,
+    name: &str,
+) -> Option<std::borrow::Cow<'c, str>> {
+    match claims.get(name)? {
+        Value::String(s) => Some(s.as_str().into()),
+        Value::Number(n) => Some(n.as_str().into()),
+        Value::Bool(b) => Some(if *b { "true" } else { "false" }.into()),
+        _ => None,
+    }
+}
+
+/// A claim as a header value, if it can be one.
+pub fn claim_header(claims: &Map<String, Value>, name: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&claim_text(claims, name)?).ok()
+}
