@@ -78,6 +78,12 @@ pub fn routes(gw: &Gateway) -> Value {
                 "timeout_ms": r.deadline.as_millis() as u64,
                 "passthrough": r.passthrough,
                 "cache": rc.cache.as_ref().map(|c| json!({"ttl_ms": c.ttl.as_millis() as u64})),
+                "auth": rc.auth.as_ref().map(|a| json!({
+                    "jwt": a.jwt,
+                    "scopes": a.scopes,
+                    "optional": a.optional,
+                    "claims_to_headers": a.claims_to_headers.iter().map(|(c, h)| (c.clone(), Value::from(h.as_str()))).collect::<Map<_, _>>(),
+                })),
                 "backends": rc.backends.iter().map(|b| json!({
                     "name": b.name,
                     "upstream": b.upstream,
@@ -102,7 +108,42 @@ pub fn routes(gw: &Gateway) -> Value {
             }),
         );
     }
-    json!({ "config": {"fingerprint": gw.config.version()}, "routes": routes, "upstreams": upstreams })
+    let mut validators = Map::new();
+    for v in &gw.validators {
+        let c = &v.config;
+        let (source, at) = match &c.source {
+            crate::auth::KeySource::Url(u) => {
+                ("jwks_url", Some(redact::url(u.as_str()).into_owned()))
+            }
+            crate::auth::KeySource::File(p) => ("jwks_file", Some(p.display().to_string())),
+            // Never the secret itself.
+            crate::auth::KeySource::Secret(_) => ("secret", None),
+        };
+        validators.insert(
+            c.name.clone(),
+            json!({
+                "source": source,
+                "at": at,
+                "algorithms": c.algorithms.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>(),
+                "issuer": c.issuer,
+                "audience": c.audience,
+                "keys": v.keys_held(),
+            }),
+        );
+    }
+    let tls = gw
+        .config
+        .server
+        .tls
+        .as_ref()
+        .map(|t| json!({"cert": t.cert.display().to_string()}));
+    json!({
+        "config": {"fingerprint": gw.config.version()},
+        "tls": tls,
+        "auth": {"jwt": validators},
+        "routes": routes,
+        "upstreams": upstreams,
+    })
 }
 
 /// `manifold routes`: the compiled route table, one block per route.
@@ -131,6 +172,15 @@ pub fn route_table(config: &crate::config::Config) -> String {
                 "  limit {}/s burst {}",
                 l.rate.per_second, l.rate.burst
             );
+        }
+        if let Some(a) = &r.auth {
+            let _ = write!(out, "  auth {}", a.jwt);
+            if !a.scopes.is_empty() {
+                let _ = write!(out, " [{}]", a.scopes.join(" "));
+            }
+            if a.optional {
+                out.push_str(" (optional)");
+            }
         }
         out.push('\n');
         for b in &r.backends {

@@ -156,8 +156,10 @@ fn parse_keys(text: &[u8]) -> Result<Vec<Key>, String> {
 
 // === validators ===
 
-/// Verified tokens remembered per validator.
+/// Verified tokens remembered per validator, and the longest remembered: at most
+/// about 40 MB however large tokens get (they are bounded by `max_header_size`).
 const VERIFIED: usize = 10_000;
+const MAX_REMEMBERED: usize = 4096;
 /// A JWKS fetch's whole time, and its largest body.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_JWKS: usize = 1 << 20;
@@ -306,6 +308,11 @@ impl Validator {
         Ok(validator)
     }
 
+    /// Keys held now (`/routes`): 0 means tokens get 503 until a fetch succeeds.
+    pub fn keys_held(&self) -> usize {
+        self.keys.load().keys.len()
+    }
+
     fn take_keys(&self, keys: Vec<Key>) {
         let generation = self.keys.load().generation + 1;
         self.keys.store(Arc::new(KeySet { generation, keys }));
@@ -451,6 +458,9 @@ impl Validator {
                     let claims = Arc::new(data.claims);
                     let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
                     let nbf = claims.get("nbf").and_then(Value::as_u64);
+                    if token.len() > MAX_REMEMBERED {
+                        return Ok(claims);
+                    }
                     self.verified
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)

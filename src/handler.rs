@@ -329,7 +329,15 @@ async fn serve(
         Some(auth) => {
             // Boxed: a key fetch may be awaited in there, and routes without auth must
             // not carry (and copy) that future's room.
-            let claims = match Box::pin(auth.check(&parts.headers)).await {
+            // Within the route deadline: a JWKS fetch the check waits for is bounded
+            // by it too (no key in time is AUTH_UNAVAILABLE).
+            let by = *started + route.deadline;
+            let checked = Box::pin(async {
+                tokio::time::timeout_at(by, auth.check(&parts.headers))
+                    .await
+                    .unwrap_or(Err(crate::error::AuthFailure::Unavailable))
+            });
+            let claims = match checked.await {
                 Ok(c) => c,
                 Err(e) => {
                     auth.metrics.count(e.result());

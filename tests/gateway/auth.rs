@@ -108,6 +108,7 @@ struct Idp {
     server: Upstream,
     keys: Arc<Mutex<Vec<Value>>>,
     down: Arc<AtomicBool>,
+    hung: Arc<AtomicBool>,
 }
 
 impl Idp {
@@ -116,10 +117,14 @@ impl Idp {
             keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>(),
         ));
         let down = Arc::new(AtomicBool::new(false));
-        let (s, d) = (set.clone(), down.clone());
+        let hung = Arc::new(AtomicBool::new(false));
+        let (s, d, h) = (set.clone(), down.clone(), hung.clone());
         let server = Upstream::start(move |_| {
-            let (s, d) = (s.clone(), d.clone());
+            let (s, d, h) = (s.clone(), d.clone(), h.clone());
             async move {
+                if h.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
                 if d.load(Ordering::SeqCst) {
                     return reply(503, json!({"down": true}));
                 }
@@ -131,6 +136,7 @@ impl Idp {
             server,
             keys: set,
             down,
+            hung,
         }
     }
 
@@ -679,6 +685,10 @@ auth = {{ jwt = "internal" }}
         .await
         .unwrap();
     assert!(!routes.contains("0123456789abcdef"), "{routes}");
+    let routes: Value = serde_json::from_str(&routes).unwrap();
+    assert_eq!(routes["auth"]["jwt"]["internal"]["source"], "secret");
+    assert_eq!(routes["auth"]["jwt"]["internal"]["keys"], 1);
+    assert_eq!(routes["routes"][0]["auth"]["jwt"], "internal");
     assert!(!gw.metrics().await.contains("0123456789abcdef"));
 }
 
@@ -898,4 +908,45 @@ fn token_settings_that_cannot_work_are_load_errors() {
         )
     ));
     assert!(e.contains("claims_to_headers cannot set `host`"), "{e}");
+}
+
+#[tokio::test]
+async fn a_passthrough_route_checks_the_token_and_passes_its_claims() {
+    let key = SigningKey::ec("k");
+    let idp = Idp::start(&[&key]).await;
+    let up = users().await;
+    let text = format!(
+        r#"
+[auth.jwt.idp]
+jwks_url = "{}"
+algorithms = ["ES256"]
+
+[upstreams.users]
+urls = ["{}"]
+
+[[routes]]
+name = "auth-pass"
+path = "/files/{{*rest}}"
+passthrough = true
+auth = {{ jwt = "idp", claims_to_headers = {{ sub = "x-user-id" }} }}
+  [[routes.backends]]
+  upstream = "users"
+  path = "/store/{{jwt.sub}}/{{rest}}"
+"#,
+        idp.url(),
+        up.url()
+    );
+    let gw = Gateway::start(&text).await;
+    until_fetched(&idp, 1).await;
+    get_with(&gw, "/files/a.txt", None)
+        .await
+        .error(401, "UNAUTHORIZED");
+    assert_eq!(up.hits(), 0);
+    let token = key.sign(&json!({"sub": "alice", "exp": now() + 60}));
+    let a = get_with(&gw, "/files/a.txt", Some(&format!("Bearer {token}"))).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json()["path"], "/store/alice/a.txt");
+    assert_eq!(a.json()["x_user_id"], "alice");
+    // The token itself reaches no upstream unless forward_headers lists authorization.
+    assert!(up.last().headers.get("authorization").is_none());
 }
