@@ -474,6 +474,18 @@ async fn a_jwks_down_at_start_gives_503_until_it_is_back() {
         bearer(&gw, &key.sign(&claims("b", json!({})))).await.status,
         200
     );
+
+    // Hung: a token that needs a fetch waits no longer than the route's deadline (2 s).
+    idp.down.store(false, Ordering::SeqCst);
+    idp.hung.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    let t0 = tokio::time::Instant::now();
+    let stranger = SigningKey::ec("stranger").sign(&claims("a", json!({})));
+    bearer(&gw, &stranger).await.error(503, "AUTH_UNAVAILABLE");
+    let waited = t0.elapsed().as_secs_f64();
+    assert!((1.9..2.5).contains(&waited), "waited {waited} s");
+    // Meanwhile tokens of known keys do not wait for it.
+    assert_eq!(bearer(&gw, &token).await.status, 200);
 }
 
 #[tokio::test]
