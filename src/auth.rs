@@ -455,6 +455,18 @@ impl Validator {
             }
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
                 Ok(data) => {
+                    // jsonwebtoken leaves `iat` alone; a token issued in the future
+                    // (past the leeway) is as wrong as one not valid yet.
+                    if data
+                        .claims
+                        .get("iat")
+                        .and_then(Value::as_u64)
+                        .is_some_and(|iat| iat > now.saturating_add(leeway))
+                    {
+                        return Err(AuthFailure::Invalid(
+                            "the token was issued in the future (iat)",
+                        ));
+                    }
                     let claims = Arc::new(data.claims);
                     let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
                     let nbf = claims.get("nbf").and_then(Value::as_u64);

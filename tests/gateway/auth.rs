@@ -10,7 +10,7 @@ use aws_lc_rs::encoding::AsDer;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use crate::support::{Gateway, Upstream, json as reply, series};
+use crate::support::{Gateway, Upstream, all_events, json as reply, series};
 
 /// A signing key and its public JWK.
 struct SigningKey {
@@ -285,6 +285,11 @@ async fn every_row_of_the_status_table() {
             "not valid yet",
         ),
         (
+            "issued in the future",
+            rsa.sign(&claims("a", json!({"iat": now() + 300}))),
+            "issued in the future",
+        ),
+        (
             "wrong issuer",
             rsa.sign(&claims("a", json!({"iss": "https://evil.test/"}))),
             "issuer",
@@ -443,6 +448,16 @@ async fn a_jwks_down_at_start_gives_503_until_it_is_back() {
     let token = key.sign(&claims("a", json!({})));
     let a = bearer(&gw, &token).await;
     a.error(503, "AUTH_UNAVAILABLE");
+    // The failed fetch is logged with its cause (and the URL it went to).
+    let port = idp.server.addr.port().to_string();
+    let logged = all_events().into_iter().any(|e| {
+        e["message"] == "JWKS fetch failed; keeping the keys it had"
+            && e["error"] == "answered 503"
+            && e["url"].as_str().is_some_and(|u| u.contains(&port))
+    });
+    assert!(logged, "a JWKS fetch failure is logged with its cause");
+    // No log line of any test ever holds a token.
+    assert!(all_events().iter().all(|e| !e.to_string().contains("eyJ")));
     assert_eq!(a.header("www-authenticate"), None);
     assert_eq!(up.hits(), 0);
     // Still within the cooldown: no new fetch per request.

@@ -430,3 +430,8 @@ pub fn series(text: &str, series: &str) -> f64 {
         .and_then(|l| l[series.len()..].trim().parse().ok())
         .unwrap_or(0.0)
 }
+
+/// Every log event the gateways of this test binary wrote so far.
+pub fn all_events() -> Vec<Value> {
+    capture_events().lock().unwrap().clone()
+}

@@ -594,3 +594,29 @@ async fn a_refused_attempt_says_the_breaker_was_open_and_a_dropped_trace_takes_i
     );
     assert!(seen.headers.contains_key("traceparent"));
 }
+
+#[tokio::test]
+async fn the_token_checks_result_is_on_the_server_span() {
+    let collector = Collector::start().await;
+    let up = Upstream::json(json!({"ok": true})).await;
+    // SAFETY: a name no other test reads, set before the gateway starts.
+    unsafe {
+        std::env::set_var(
+            "MANIFOLD_TEST_JWT_SECRET_SPAN",
+            "a-span-test-secret-of-32-bytes-or-more",
+        )
+    };
+    let gw = Gateway::start(&format!(
+        "{}\n[auth.jwt.s]\nsecret = \"${{MANIFOLD_TEST_JWT_SECRET_SPAN}}\"\nalgorithms = [\"HS256\"]\n{}\n[[routes]]\npath = \"/guarded\"\nauth = {{ jwt = \"s\" }}\n  [[routes.backends]]\n  upstream = \"up\"\n  path = \"/x\"\n",
+        telemetry(&collector.url, 1.0),
+        upstream("up", &up.url(), ""),
+    ))
+    .await;
+    let denied = gw.get("/guarded").await;
+    assert_eq!(denied.status, 401);
+    let spans = spans_at_least(&gw, &collector, 1).await;
+    let server = one(&spans, "GET /guarded");
+    assert_eq!(server.attr("manifold.auth"), "missing");
+    assert_eq!(server.attr("http.response.status_code"), "401");
+    assert!(!server.error, "a 401 is the client's, not a server error");
+}
