@@ -589,32 +589,38 @@ pub async fn serve<F, Fut, S>(
         };
         return run(io, activity, peer, limits, builder, place, stop, handler).await;
     };
-    let addr = peer.addr;
-    let handshake = tokio::select! {
-        r = acceptor.accept(stream) => r,
-        () = tokio::time::sleep_until(deadline) => {
-            metrics.closed(Verdict::HeaderTimeout.reason());
-            return;
-        }
-        _ = stop.changed() => return,
-    };
-    let session = match handshake {
-        Ok(session) => session,
-        Err(e) => {
-            // A scanner, a client that does not trust the certificate, plain HTTP on
-            // the TLS port: the client's problem, counted, not logged above debug.
-            metrics.closed(REASON_TLS);
-            tracing::debug!(error = %e, peer = %addr, "TLS handshake failed");
-            return;
-        }
-    };
-    peer.tls = true;
-    let io = Watched {
-        io: session,
-        first: Bytes::new(),
-        activity: activity.clone(),
-    };
-    run(io, activity, peer, limits, builder, place, stop, handler).await
+    // Boxed: a TLS session is kilobytes, and a plain connection's task must not carry
+    // room for it (nor for the TLS variant of `run`).
+    Box::pin(async move {
+        let addr = peer.addr;
+        let metrics = &place.0.metrics;
+        let handshake = tokio::select! {
+            r = acceptor.accept(stream) => r,
+            () = tokio::time::sleep_until(deadline) => {
+                metrics.closed(Verdict::HeaderTimeout.reason());
+                return;
+            }
+            _ = stop.changed() => return,
+        };
+        let session = match handshake {
+            Ok(session) => session,
+            Err(e) => {
+                // A scanner, a client that does not trust the certificate, plain HTTP
+                // on the TLS port: the client's problem, counted, not logged above debug.
+                metrics.closed(REASON_TLS);
+                tracing::debug!(error = %e, peer = %addr, "TLS handshake failed");
+                return;
+            }
+        };
+        peer.tls = true;
+        let io = Watched {
+            io: session,
+            first: Bytes::new(),
+            activity: activity.clone(),
+        };
+        run(io, activity, peer, limits, builder, place, stop, handler).await;
+    })
+    .await;
 }
 
 /// Why a connection closed when its TLS handshake failed.
