@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, header};
+use http::{HeaderMap, header};
 use http_body_util::{BodyExt, Empty, Limited};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::{Map, Value};
@@ -604,9 +604,4 @@ pub fn claim_text<'c>(
         Value::Bool(b) => Some(if *b { "true" } else { "false" }.into()),
         _ => None,
     }
-}
-
-/// A claim as a header value, if it can be one.
-pub fn claim_header(claims: &Map<String, Value>, name: &str) -> Option<HeaderValue> {
-    HeaderValue::from_str(&claim_text(claims, name)?).ok()
 }

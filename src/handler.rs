@@ -323,49 +323,17 @@ async fn serve(
             })?;
     }
     // The token, after the rate limit (a flood of bad tokens is limited) and before
-    // the cache (a cached answer never reaches a client whose token failed).
-    let (params, identity) = match &route.auth {
-        None => (decode_params(raw_params.iter())?, None),
+    // the cache (a cached answer never reaches a client whose token failed). Boxed:
+    // a key fetch may be awaited in there, and a route without auth must not carry
+    // (and copy) that future's room.
+    let claims = match &route.auth {
+        None => None,
         Some(auth) => {
-            // Boxed: a key fetch may be awaited in there, and routes without auth must
-            // not carry (and copy) that future's room.
-            // Within the route deadline: a JWKS fetch the check waits for is bounded
-            // by it too (no key in time is AUTH_UNAVAILABLE).
             let by = *started + route.deadline;
-            let checked = Box::pin(async {
-                tokio::time::timeout_at(by, auth.check(&parts.headers))
-                    .await
-                    .unwrap_or(Err(crate::error::AuthFailure::Unavailable))
-            });
-            let claims = match checked.await {
-                Ok(c) => c,
-                Err(e) => {
-                    auth.metrics.count(e.result());
-                    record.auth = Some(e.result());
-                    return Err(GatewayError::Auth(e));
-                }
-            };
-            let result = if claims.is_some() { "ok" } else { "missing" };
-            auth.metrics.count(result);
-            record.auth = Some(result);
-            if let Some(limiter) = &route.limiter
-                && let Some(claim) = limiter.claim()
-            {
-                let value = claims
-                    .as_deref()
-                    .and_then(|c| crate::auth::claim_text(c, claim));
-                limiter
-                    .check_claim(value.as_deref())
-                    .map_err(|retry_after| {
-                        route.metrics.rate_limited();
-                        GatewayError::RateLimited { retry_after }
-                    })?;
-            }
-            let mut params = decode_params(raw_params.iter())?;
-            let identity = claims_reaching_upstreams(auth, claims.as_deref(), &mut params)?;
-            (params, Some((claims, identity)))
+            Box::pin(authorize(route, auth, &parts.headers, by, record)).await?
         }
     };
+    let mut params = decode_params(raw_params.iter())?;
     let declared = forward::content_length(&parts.headers);
     if declared.is_some_and(|n| n > route.max_request_body) {
         return Err(GatewayError::PayloadTooLarge {
@@ -374,22 +342,11 @@ async fn serve(
     }
     let mut headers =
         forward::upstream_headers(&parts.headers, &route.forward_headers, request_id, &peer);
-    let identity = match (&route.auth, identity) {
-        (Some(auth), Some((claims, identity))) => {
-            // Only the token's word: a client's own header of that name never passes.
-            for (claim, name) in &auth.claims_to_headers {
-                headers.remove(name);
-                if let Some(v) = claims
-                    .as_deref()
-                    .and_then(|c| crate::auth::claim_header(c, claim))
-                {
-                    headers.insert(name.clone(), v);
-                }
-            }
-            identity
-        }
-        _ => String::new(),
+    let identity = match &route.auth {
+        None => String::new(),
+        Some(auth) => apply_claims(auth, claims.as_deref(), &mut params, &mut headers)?,
     };
+    drop(claims);
     let query = forward::forwarded_query(parts.uri.query(), &route.forward_query);
     let deadline = *started + route.deadline;
 
@@ -606,14 +563,57 @@ fn reports(route: &Route, reports: Vec<Option<Report>>) -> Vec<(Arc<str>, Report
         .collect()
 }
 
-/// Appends the claims the backends' paths read to `params` (after the route's own),
-/// and returns the claims that reach upstreams as a cache-key part. A claim a path
-/// needs and the token lacks fails the token: it never becomes an empty segment.
-fn claims_reaching_upstreams(
+/// The route's token check within its deadline (a JWKS fetch it waits for is bounded
+/// by it too: no key in time is `AUTH_UNAVAILABLE`), counted and noted for the access
+/// line; then a rate limit keyed on a claim, which needs the token.
+async fn authorize(
+    route: &Route,
+    auth: &crate::auth::Auth,
+    headers: &http::HeaderMap,
+    by: Instant,
+    record: &mut AccessRecord,
+) -> Result<crate::auth::Claims, GatewayError> {
+    let checked = tokio::time::timeout_at(by, auth.check(headers))
+        .await
+        .unwrap_or(Err(crate::error::AuthFailure::Unavailable));
+    let result = match &checked {
+        Ok(Some(_)) => "ok",
+        Ok(None) => "missing",
+        Err(e) => e.result(),
+    };
+    auth.metrics.count(result);
+    record.auth = Some(result);
+    let claims = checked.map_err(GatewayError::Auth)?;
+    if let Some(limiter) = &route.limiter
+        && let Some(claim) = limiter.claim()
+    {
+        let value = claims
+            .as_deref()
+            .and_then(|c| crate::auth::claim_text(c, claim));
+        limiter
+            .check_claim(value.as_deref())
+            .map_err(|retry_after| {
+                route.metrics.rate_limited();
+                GatewayError::RateLimited { retry_after }
+            })?;
+    }
+    Ok(claims)
+}
+
+/// What of the token reaches upstreams: the claims the backends' paths read, appended
+/// to `params` after the route's own (a claim a path needs and the token lacks fails
+/// the token: it never becomes an empty segment), and `claims_to_headers` (only the
+/// token's word: a client's own header of that name never passes). Returns those
+/// claims as a cache-key part, like forwarded headers.
+fn apply_claims(
     auth: &crate::auth::Auth,
     claims: Option<&serde_json::Map<String, serde_json::Value>>,
     params: &mut Vec<String>,
+    headers: &mut http::HeaderMap,
 ) -> Result<String, GatewayError> {
+    for (_, name) in &auth.claims_to_headers {
+        headers.remove(name);
+    }
     let mut identity = String::new();
     let Some(claims) = claims else {
         return Ok(identity);
@@ -622,18 +622,21 @@ fn claims_reaching_upstreams(
         let value = crate::auth::claim_text(claims, claim).ok_or(GatewayError::Auth(
             crate::error::AuthFailure::Invalid("the token lacks a claim this route reads"),
         ))?;
-        params.push(value.into_owned());
         identity.push_str("\njwt.");
         identity.push_str(claim);
         identity.push(':');
-        identity.push_str(params.last().map_or("", String::as_str));
+        identity.push_str(&value);
+        params.push(value.into_owned());
     }
-    for (claim, _) in &auth.claims_to_headers {
+    for (claim, name) in &auth.claims_to_headers {
         identity.push_str("\njwt.");
         identity.push_str(claim);
         identity.push(':');
         if let Some(v) = crate::auth::claim_text(claims, claim) {
             identity.push_str(&v);
+            if let Ok(v) = http::HeaderValue::from_str(&v) {
+                headers.insert(name.clone(), v);
+            }
         }
     }
     Ok(identity)
