@@ -435,6 +435,10 @@ async fn unknown_kids_fetch_once_per_cooldown_and_a_rotated_key_is_taken_at_once
             r#"manifold_jwks_refresh_total{validator="idp",result="ok"}"#
         ) >= 3.0
     );
+    // And every `refresh` (10m) on its own, with no token asking.
+    let fetched = idp.fetches();
+    tokio::time::sleep(Duration::from_secs(601)).await;
+    until_fetched(&idp, fetched + 1).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -968,7 +972,7 @@ passthrough = true
 auth = {{ jwt = "idp", claims_to_headers = {{ sub = "x-user-id" }} }}
   [[routes.backends]]
   upstream = "users"
-  path = "/store/{{jwt.sub}}/{{rest}}"
+  path = "/store/{{jwt.sub}}/{{rest}}?by={{jwt.sub}}"
 "#,
         idp.url(),
         up.url()
@@ -983,6 +987,11 @@ auth = {{ jwt = "idp", claims_to_headers = {{ sub = "x-user-id" }} }}
     let a = get_with(&gw, "/files/a.txt", Some(&format!("Bearer {token}"))).await;
     assert_eq!(a.status, 200);
     assert_eq!(a.json()["path"], "/store/alice/a.txt");
+    assert_eq!(
+        up.last().uri.query(),
+        Some("by=alice"),
+        "claims fill queries too"
+    );
     assert_eq!(a.json()["x_user_id"], "alice");
     // The token itself reaches no upstream unless forward_headers lists authorization.
     assert!(up.last().headers.get("authorization").is_none());
