@@ -246,13 +246,14 @@ impl Validator {
                 )
             }
             KeySource::File(path) => {
-                let text = std::fs::read(path).map_err(|e| {
-                    format!(
-                        "auth.jwt.{}: cannot read {}: {e}",
-                        config.name,
-                        path.display()
-                    )
-                })?;
+                let text =
+                    crate::watch::read_bounded(path, crate::watch::MAX_FILE).map_err(|e| {
+                        format!(
+                            "auth.jwt.{}: cannot read {}: {e}",
+                            config.name,
+                            path.display()
+                        )
+                    })?;
                 let keys = parse_keys(&text)
                     .map_err(|e| format!("auth.jwt.{}: {}: {e}", config.name, path.display()))?;
                 (keys, None)
@@ -322,7 +323,7 @@ impl Validator {
         let KeySource::File(path) = &self.config.source else {
             return;
         };
-        let read = std::fs::read(path)
+        let read = crate::watch::read_bounded(path, crate::watch::MAX_FILE)
             .map_err(|e| e.to_string())
             .and_then(|t| parse_keys(&t));
         match read {

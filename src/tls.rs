@@ -17,9 +17,9 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Str
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut extra = Vec::new();
     if let Some(path) = ca_file {
-        for cert in CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("ca_file {}: {e}", path.display()))?
-        {
+        let pem = crate::watch::read_bounded(path, crate::watch::MAX_FILE)
+            .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
             extra.push(cert.map_err(|e| format!("ca_file {}: {e}", path.display()))?);
         }
     }
@@ -76,8 +76,9 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, (PairFile
         e => format!("{what} {} is not valid PEM: {e}", path.display()),
     };
     let on_cert = |e| (PairFile::Cert, read("certificate", cert, e));
-    let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(on_cert)?
+    let bounded = |path: &Path| crate::watch::read_bounded(path, crate::watch::MAX_FILE);
+    let cert_pem = bounded(cert).map_err(|e| on_cert(Pem::Io(e)))?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(on_cert)?;
     let Some(leaf) = chain.first() else {
@@ -87,8 +88,9 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, (PairFile
         let m = format!("certificate {} cannot be used: {e}", cert.display());
         (PairFile::Cert, m)
     })?;
-    let private = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| (PairFile::Key, read("private key", key, e)))?;
+    let on_key = |e| (PairFile::Key, read("private key", key, e));
+    let key_pem = bounded(key).map_err(|e| on_key(Pem::Io(e)))?;
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(on_key)?;
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let pair = CertifiedKey::from_der(chain, private, &provider).map_err(|e| {
         let m = match e {

@@ -106,3 +106,23 @@ async fn settle(events: &mut mpsc::Receiver<()>) {
         }
     }
 }
+
+/// Reads a file the config names (the config itself, a certificate, a key, a JWKS,
+/// CA certificates), at most `limit` bytes: `/dev/zero` named by mistake must give an
+/// error, not an out-of-memory.
+pub fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(std::io::Error::other(format!("larger than {limit} bytes")));
+    }
+    Ok(out)
+}
+
+/// The most of a certificate, key, JWKS or CA file read.
+pub const MAX_FILE: u64 = 1 << 20;
+/// The most of a config file read.
+pub const MAX_CONFIG: u64 = 16 << 20;

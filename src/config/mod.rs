@@ -30,7 +30,7 @@ impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, Diagnostics> {
         let display = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| {
+        let bytes = crate::watch::read_bounded(path, crate::watch::MAX_CONFIG).map_err(|e| {
             Diagnostics::whole_file(&display, format!("cannot read {display}: {e}"))
         })?;
         let text = match String::from_utf8(bytes) {
@@ -610,21 +610,25 @@ fn read_upstream(
                 "Extra CA certificates (PEM) trusted for https urls.",
             ),
         )
-        .and_then(|(s, span)| match std::fs::read_to_string(base.join(&s)) {
-            Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(base.join(s)),
-            Ok(_) => {
-                errs.push(
-                    Diagnostic::new(span, format!("ca_file `{s}` holds no PEM certificate"))
-                        .label("not a PEM file"),
-                );
-                None
-            }
-            Err(e) => {
-                errs.push(
-                    Diagnostic::new(span, format!("cannot read ca_file `{s}`: {e}"))
-                        .label("unreadable"),
-                );
-                None
+        .and_then(|(s, span)| {
+            match crate::watch::read_bounded(&base.join(&s), crate::watch::MAX_FILE)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+            {
+                Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(base.join(s)),
+                Ok(_) => {
+                    errs.push(
+                        Diagnostic::new(span, format!("ca_file `{s}` holds no PEM certificate"))
+                            .label("not a PEM file"),
+                    );
+                    None
+                }
+                Err(e) => {
+                    errs.push(
+                        Diagnostic::new(span, format!("cannot read ca_file `{s}`: {e}"))
+                            .label("unreadable"),
+                    );
+                    None
+                }
             }
         });
     let max_response_body = t
@@ -1045,7 +1049,7 @@ fn read_jwt(
     }
     if let Some((f, span)) = file {
         let path = base.join(&f);
-        match std::fs::read(&path)
+        match crate::watch::read_bounded(&path, crate::watch::MAX_FILE)
             .map_err(|e| e.to_string())
             .and_then(|t| crate::auth::parse_jwks(&t))
         {
@@ -1152,14 +1156,18 @@ fn read_jwt(
                 "Extra CA certificates (PEM) trusted for an https jwks_url.",
             ),
         )
-        .and_then(|(s, span)| match std::fs::read_to_string(base.join(&s)) {
-            Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(base.join(s)),
-            _ => {
-                errs.push(
-                    Diagnostic::new(span, format!("ca_file `{s}` is not a readable PEM file"))
-                        .label("unusable"),
-                );
-                None
+        .and_then(|(s, span)| {
+            match crate::watch::read_bounded(&base.join(&s), crate::watch::MAX_FILE)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+            {
+                Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(base.join(s)),
+                _ => {
+                    errs.push(
+                        Diagnostic::new(span, format!("ca_file `{s}` is not a readable PEM file"))
+                            .label("unusable"),
+                    );
+                    None
+                }
             }
         });
     if algorithms.is_empty() {

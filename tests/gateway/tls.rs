@@ -316,6 +316,10 @@ fn unusable_certificates_and_keys_are_config_errors_at_their_place() {
     let key_body: String = b.key.lines().nth(1).unwrap().to_string();
     assert!(!mismatch.contains(&key_body));
 
+    // A device named by mistake is an error, not a hang or an out-of-memory.
+    let endless = tls_errors(dir.path(), "/dev/zero", "a.key");
+    assert!(endless.contains("larger than 1048576 bytes"), "{endless}");
+
     let half = tls_errors(dir.path(), "a.crt", "");
     assert!(half.contains("cannot read private key"), "{half}");
 }
