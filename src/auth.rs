@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{HeaderMap, header};
+use http::{HeaderMap, HeaderValue, header};
 use http_body_util::{BodyExt, Empty, Limited};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::{Map, Value};
@@ -186,7 +186,7 @@ pub struct Validator {
     keys: ArcSwap<KeySet>,
     verified: Mutex<lru::LruCache<Arc<str>, Verified, foldhash::fast::RandomState>>,
     /// One fetch at a time; requests with an unknown `kid` wait on it.
-    fetching: tokio::sync::Mutex<()>,
+    fetching: Arc<tokio::sync::Mutex<()>>,
     /// When an unknown `kid` last caused a fetch (the cooldown's start).
     kid_fetch: Mutex<Option<Instant>>,
     client: Option<Client>,
@@ -214,7 +214,13 @@ impl Validator {
     /// Builds a validator and starts keeping its keys: a URL is fetched now (in the
     /// background: a failure is logged, not fatal) and every `refresh`; a file is read
     /// now and watched.
-    pub fn start(config: JwtConfig) -> Result<Arc<Validator>, String> {
+    /// `previous`: the validator of the same name before a reload; when its keys come
+    /// from the same place, they carry over (a JWKS down at the reload must not cost
+    /// the keys held).
+    pub fn start(
+        config: JwtConfig,
+        previous: Option<&Arc<Validator>>,
+    ) -> Result<Arc<Validator>, String> {
         let mut validations = Vec::with_capacity(config.algorithms.len());
         for &alg in &config.algorithms {
             let mut v = Validation::new(alg);
@@ -270,18 +276,25 @@ impl Validator {
                 (Vec::new(), Some(client))
             }
         };
-        let validator = Arc::new(Validator {
-            metrics: METRICS.jwks(&config.name),
-            validations,
-            keys: ArcSwap::from_pointee(KeySet {
+        let carried = previous
+            .filter(|p| p.config.source == config.source && p.config.ca_file == config.ca_file)
+            .map(|p| p.keys.load_full());
+        let keys = match carried {
+            Some(set) if !set.keys.is_empty() && matches!(config.source, KeySource::Url(_)) => set,
+            _ => Arc::new(KeySet {
                 generation: 1,
                 keys,
             }),
+        };
+        let validator = Arc::new(Validator {
+            metrics: METRICS.jwks(&config.name),
+            validations,
+            keys: ArcSwap::new(keys),
             verified: Mutex::new(lru::LruCache::with_hasher(
                 NonZeroUsize::new(VERIFIED).unwrap_or(NonZeroUsize::MIN),
                 foldhash::fast::RandomState::default(),
             )),
-            fetching: tokio::sync::Mutex::new(()),
+            fetching: Arc::new(tokio::sync::Mutex::new(())),
             kid_fetch: Mutex::new(None),
             client,
             background: Mutex::new(None),
@@ -382,11 +395,11 @@ impl Validator {
     /// A token named a `kid` this validator does not hold (or it holds no key at all):
     /// fetch again, unless a fetch for that reason ran within `refresh_cooldown`.
     /// Requests that arrive meanwhile wait for the one fetch and use its keys.
-    async fn refetch_for_unknown_kid(&self, seen: u64) {
+    async fn refetch_for_unknown_kid(self: &Arc<Self>, seen: u64) {
         if self.client.is_none() {
             return;
         }
-        let _one = self.fetching.lock().await;
+        let one = self.fetching.clone().lock_owned().await;
         if self.keys.load().generation != seen {
             return; // fetched while this request waited
         }
@@ -400,11 +413,21 @@ impl Validator {
             }
             *last = Some(Instant::now());
         }
-        self.fetch().await;
+        // Its own task: the fetch goes on when the request that asked for it gives up
+        // at its deadline, and the keys it brings serve the requests after it.
+        let validator = self.clone();
+        let fetch = tokio::spawn(async move {
+            let _one = one;
+            validator.fetch().await;
+        });
+        let _ = fetch.await;
     }
 
     /// The claims of a valid token (`Bearer` value), or why not.
-    pub async fn verify(&self, token: &str) -> Result<Arc<Map<String, Value>>, AuthFailure> {
+    pub async fn verify(
+        self: &Arc<Self>,
+        token: &str,
+    ) -> Result<Arc<Map<String, Value>>, AuthFailure> {
         let now = jsonwebtoken::get_current_timestamp();
         let leeway = self.config.leeway.as_secs();
         let generation = self.keys.load().generation;
@@ -569,8 +592,35 @@ impl Auth {
         if !self.scopes.iter().all(|s| has_scope(&claims, s)) {
             return Err(AuthFailure::Forbidden);
         }
+        // What the route sends upstream must be sendable: a path claim a safe,
+        // non-empty segment (never `..`), a header claim a header value.
+        for claim in &self.path_claims {
+            match claim_text(&claims, claim) {
+                Some(v) if is_segment(&v) => {}
+                _ => {
+                    return Err(AuthFailure::Invalid(
+                        "a claim this route reads is missing or cannot be a path segment",
+                    ));
+                }
+            }
+        }
+        for (claim, _) in &self.claims_to_headers {
+            if let Some(v) = claim_text(&claims, claim)
+                && HeaderValue::from_str(&v).is_err()
+            {
+                return Err(AuthFailure::Invalid(
+                    "a claim this route sends cannot be a header value",
+                ));
+            }
+        }
         Ok(Some(claims))
     }
+}
+
+/// A claim value that may fill a path segment: not empty, not `.` or `..` (which an
+/// upstream would resolve to another resource), no control characters.
+fn is_segment(v: &str) -> bool {
+    !v.is_empty() && v != "." && v != ".." && !v.chars().any(char::is_control)
 }
 
 /// The token of an `authorization: Bearer …` header; any other scheme is no token.

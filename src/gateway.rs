@@ -162,10 +162,11 @@ impl Gateway {
         let cors = config.cors.as_ref().map(|c| Arc::new(Cors::new(c)));
         let mut validators = Vec::with_capacity(config.jwt.len());
         for v in &config.jwt {
-            let kept = previous.and_then(|p| p.validators.iter().find(|old| old.config == *v));
-            validators.push(match kept {
-                Some(old) => old.clone(),
-                None => Validator::start(v.clone())?,
+            let before =
+                previous.and_then(|p| p.validators.iter().find(|old| old.config.name == v.name));
+            validators.push(match before {
+                Some(old) if old.config == *v => old.clone(),
+                before => Validator::start(v.clone(), before)?,
             });
         }
         let routes = config

@@ -54,7 +54,7 @@ pub async fn handle(
         let client = std::str::from_utf8(&ip[..ip_len]).unwrap_or_default();
         span.record(|a| {
             a.str("url.path", req.uri().path());
-            a.str("url.scheme", "http");
+            a.str("url.scheme", if peer.tls { "https" } else { "http" });
             a.str("network.protocol.version", version);
             a.str("client.address", client);
             a.str(
@@ -344,7 +344,7 @@ async fn serve(
         forward::upstream_headers(&parts.headers, &route.forward_headers, request_id, &peer);
     let identity = match &route.auth {
         None => String::new(),
-        Some(auth) => apply_claims(auth, claims.as_deref(), &mut params, &mut headers)?,
+        Some(auth) => apply_claims(auth, claims.as_deref(), &mut params, &mut headers),
     };
     drop(claims);
     let query = forward::forwarded_query(parts.uri.query(), &route.forward_query);
@@ -573,9 +573,17 @@ async fn authorize(
     by: Instant,
     record: &mut AccessRecord,
 ) -> Result<crate::auth::Claims, GatewayError> {
+    // Out of time means waiting for a key fetch: with keys held, the token named an
+    // unknown one (401); with none, there is nothing to check with (503).
     let checked = tokio::time::timeout_at(by, auth.check(headers))
         .await
-        .unwrap_or(Err(crate::error::AuthFailure::Unavailable));
+        .unwrap_or_else(|_| {
+            Err(if auth.validator.keys_held() > 0 {
+                crate::error::AuthFailure::Invalid("the token's key (kid) is unknown")
+            } else {
+                crate::error::AuthFailure::Unavailable
+            })
+        });
     let result = match &checked {
         Ok(Some(_)) => "ok",
         Ok(None) => "missing",
@@ -601,45 +609,38 @@ async fn authorize(
 }
 
 /// What of the token reaches upstreams: the claims the backends' paths read, appended
-/// to `params` after the route's own (a claim a path needs and the token lacks fails
-/// the token: it never becomes an empty segment), and `claims_to_headers` (only the
-/// token's word: a client's own header of that name never passes). Returns those
-/// claims as a cache-key part, like forwarded headers.
+/// to `params` after the route's own, and `claims_to_headers` (only the token's word:
+/// a client's own header of that name never passes). [`crate::auth::Auth::check`]
+/// made sure each is sendable. Returns those claims as a cache-key part, like
+/// forwarded headers; each value length-prefixed, so no two claim sets read alike.
 fn apply_claims(
     auth: &crate::auth::Auth,
     claims: Option<&serde_json::Map<String, serde_json::Value>>,
     params: &mut Vec<String>,
     headers: &mut http::HeaderMap,
-) -> Result<String, GatewayError> {
+) -> String {
+    use std::fmt::Write;
     for (_, name) in &auth.claims_to_headers {
         headers.remove(name);
     }
     let mut identity = String::new();
     let Some(claims) = claims else {
-        return Ok(identity);
+        return identity;
     };
     for claim in &auth.path_claims {
-        let value = crate::auth::claim_text(claims, claim).ok_or(GatewayError::Auth(
-            crate::error::AuthFailure::Invalid("the token lacks a claim this route reads"),
-        ))?;
-        identity.push_str("\njwt.");
-        identity.push_str(claim);
-        identity.push(':');
-        identity.push_str(&value);
+        let value = crate::auth::claim_text(claims, claim).unwrap_or_default();
+        let _ = write!(identity, "\njwt.{claim}:{}:{value}", value.len());
         params.push(value.into_owned());
     }
     for (claim, name) in &auth.claims_to_headers {
-        identity.push_str("\njwt.");
-        identity.push_str(claim);
-        identity.push(':');
-        if let Some(v) = crate::auth::claim_text(claims, claim) {
-            identity.push_str(&v);
-            if let Ok(v) = http::HeaderValue::from_str(&v) {
-                headers.insert(name.clone(), v);
-            }
+        let value = crate::auth::claim_text(claims, claim);
+        let v = value.as_deref().unwrap_or("");
+        let _ = write!(identity, "\njwt.{claim}:{}:{v}", v.len());
+        if let Some(v) = value.and_then(|v| http::HeaderValue::from_str(&v).ok()) {
+            headers.insert(name.clone(), v);
         }
     }
-    Ok(identity)
+    identity
 }
 
 /// What every request head must be before it is routed: one `host` for HTTP/1.1

@@ -25,6 +25,7 @@ pub fn in_text(text: &str) -> Cow<'_, str> {
         found.push((start, end));
         from = end;
     }
+    found.extend(inline_secrets(text));
     if found.is_empty() {
         return Cow::Borrowed(text);
     }
@@ -34,6 +35,36 @@ pub fn in_text(text: &str) -> Cow<'_, str> {
     }
     // Only whole characters were replaced, by ASCII: still UTF-8.
     Cow::Owned(String::from_utf8(bytes).unwrap_or_default())
+}
+
+/// The byte ranges of `secret = "..."` values written inline (a `${ENV}` reference
+/// is not a secret and stays readable), so a diagnostic near one never prints it.
+fn inline_secrets(text: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    while let Some(i) = text.get(from..).and_then(|t| t.find("secret")) {
+        let at = from + i;
+        from = at + "secret".len();
+        let before_ok = at == 0 || matches!(bytes[at - 1], b' ' | b'\t' | b'\n' | b'{' | b',');
+        let rest = &text[from..];
+        let trimmed = rest.trim_start_matches([' ', '\t']);
+        let Some(after_eq) = trimmed.strip_prefix('=') else {
+            continue;
+        };
+        let value = after_eq.trim_start_matches([' ', '\t']);
+        let Some(quote) = value.chars().next().filter(|c| *c == '"' || *c == '\'') else {
+            continue;
+        };
+        let start = text.len() - value.len() + 1;
+        let Some(len) = text[start..].find([quote, '\n']) else {
+            continue;
+        };
+        if before_ok && !text[start..].starts_with("${") {
+            out.push((start, start + len));
+        }
+    }
+    out
 }
 
 /// The byte range of the first userinfo at or after `from`: what lies between a
@@ -60,6 +91,21 @@ fn userinfo(text: &str, from: usize) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inline_secrets_are_masked_and_env_references_kept() {
+        let text = "[auth.jwt.a]\nsecret = \"hunter2hunter2\"\n[auth.jwt.b]\nsecret=\"${JWT_SECRET}\"\nx = { secret = 'abc' }\nmy_secret = \"kept\"\n";
+        let masked = in_text(text);
+        assert_eq!(masked.len(), text.len(), "same length: spans stay right");
+        assert!(
+            !masked.contains("hunter2") && !masked.contains("'abc'"),
+            "{masked}"
+        );
+        assert!(
+            masked.contains("${JWT_SECRET}") && masked.contains("\"kept\""),
+            "{masked}"
+        );
+    }
 
     #[test]
     fn userinfo_is_masked_in_urls_and_text() {

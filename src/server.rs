@@ -164,7 +164,7 @@ impl Server {
         }
 
         let cert_watch = match (&certs, &tls_files) {
-            (Some(c), Some(files)) => watch_certs(c.clone(), files, shared.clone()),
+            (Some(c), Some(files)) => watch_certs(c.clone(), files),
             _ => None,
         };
         shared.ready.store(true, Ordering::SeqCst);
@@ -217,7 +217,7 @@ impl Server {
         // The reload re-read the certificate files (an unusable pair refused it).
         if let (Some(certs), Some(files)) = (&self.certs, tls) {
             if moved && let Ok(mut watch) = self.cert_watch.lock() {
-                *watch = watch_certs(certs.clone(), &files, self.shared.clone());
+                *watch = watch_certs(certs.clone(), &files);
             }
             if certs.set(files.pair) {
                 tracing::info!(cert = %files.cert.display(), "TLS certificate replaced");
@@ -295,31 +295,30 @@ impl Server {
 /// Re-reads the certificate and key when either file changes (written in place,
 /// replaced by a rename, or a Kubernetes secret's `..data` link swapped) and serves
 /// them from the next handshake; a pair that cannot serve is logged and the old one
-/// keeps serving. The paths are those of the config that was live at the change.
+/// keeps serving. The files are those the listener was last given (at start, or by a
+/// reload that named others), whatever a later reload says about `tls`.
 fn watch_certs(
     certs: Arc<Certs>,
     files: &crate::config::TlsFiles,
-    shared: Arc<Live>,
 ) -> Option<crate::watch::FileWatch> {
-    let paths = [files.cert.clone(), files.key.clone()];
-    crate::watch::FileWatch::start(&paths, "TLS certificate", move || {
-        let gateway = shared.gateway.load();
-        let Some(files) = &gateway.config.server.tls else {
-            return;
-        };
-        match crate::tls::load_pair(&files.cert, &files.key) {
+    let (cert, key) = (files.cert.clone(), files.key.clone());
+    let paths = [cert.clone(), key.clone()];
+    crate::watch::FileWatch::start(
+        &paths,
+        "TLS certificate",
+        move || match crate::tls::load_pair(&cert, &key) {
             Ok(pair) => {
                 if certs.set(pair) {
                     METRICS.tls_reload(true);
-                    tracing::info!(cert = %files.cert.display(), "TLS certificate replaced");
+                    tracing::info!(cert = %cert.display(), "TLS certificate replaced");
                 }
             }
             Err((_, e)) => {
                 METRICS.tls_reload(false);
                 tracing::error!(error = %e, "the changed TLS certificate cannot be used; the previous one keeps serving");
             }
-        }
-    })
+        },
+    )
 }
 
 /// Admin connections open at once: probes and scrapes need few, and the admin

@@ -2,7 +2,7 @@
 //! storm, rotation, down at start, file re-read), claims in paths, headers, cache keys
 //! and rate-limit keys, and the order rate limit → token → cache.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -108,7 +108,8 @@ struct Idp {
     server: Upstream,
     keys: Arc<Mutex<Vec<Value>>>,
     down: Arc<AtomicBool>,
-    hung: Arc<AtomicBool>,
+    /// Seconds the JWKS takes to answer.
+    delay: Arc<AtomicU64>,
 }
 
 impl Idp {
@@ -117,13 +118,14 @@ impl Idp {
             keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>(),
         ));
         let down = Arc::new(AtomicBool::new(false));
-        let hung = Arc::new(AtomicBool::new(false));
-        let (s, d, h) = (set.clone(), down.clone(), hung.clone());
+        let delay = Arc::new(AtomicU64::new(0));
+        let (s, d, h) = (set.clone(), down.clone(), delay.clone());
         let server = Upstream::start(move |_| {
             let (s, d, h) = (s.clone(), d.clone(), h.clone());
             async move {
-                if h.load(Ordering::SeqCst) {
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                let wait = h.load(Ordering::SeqCst);
+                if wait > 0 {
+                    tokio::time::sleep(Duration::from_secs(wait)).await;
                 }
                 if d.load(Ordering::SeqCst) {
                     return reply(503, json!({"down": true}));
@@ -136,7 +138,7 @@ impl Idp {
             server,
             keys: set,
             down,
-            hung,
+            delay,
         }
     }
 
@@ -384,10 +386,8 @@ async fn unknown_kids_fetch_once_per_cooldown_and_a_rotated_key_is_taken_at_once
     let up = users().await;
     let gw = Gateway::start(&config("auth-kids", &idp.url(), &up.url(), "", "")).await;
     until_fetched(&idp, 1).await;
-    assert_eq!(
-        bearer(&gw, &old.sign(&claims("a", json!({})))).await.status,
-        200
-    );
+    let old_token = old.sign(&claims("a", json!({})));
+    assert_eq!(bearer(&gw, &old_token).await.status, 200);
 
     // The IdP rotates: a token with the new kid is accepted at once (one fetch).
     let new = SigningKey::ec("new");
@@ -421,13 +421,9 @@ async fn unknown_kids_fetch_once_per_cooldown_and_a_rotated_key_is_taken_at_once
     let statuses = futures_util::future::join_all(burst).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(idp.fetches(), 3);
-    // The key that left the set no longer verifies (the cached verdict went with it).
-    assert_eq!(
-        bearer(&gw, &old.sign(&claims("a", json!({"jti": "fresh"}))))
-            .await
-            .status,
-        401
-    );
+    // The key that left the set no longer verifies: the very token verified (and
+    // remembered) at the start is refused now.
+    bearer(&gw, &old_token).await.error(401, "INVALID_TOKEN");
     let m = gw.metrics().await;
     assert!(
         series(
@@ -494,17 +490,34 @@ async fn a_jwks_down_at_start_gives_503_until_it_is_back() {
         200
     );
 
-    // Hung: a token that needs a fetch waits no longer than the route's deadline (2 s).
+    // Slow: a JWKS answering in 3 s, past the route's 2 s deadline. The token that asked
+    // waits no longer than the deadline (401: keys are held, its kid is not among
+    // them); the fetch goes on without it, and the key it brings serves the next one.
     idp.down.store(false, Ordering::SeqCst);
-    idp.hung.store(true, Ordering::SeqCst);
+    idp.delay.store(3, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(31)).await;
+    let rotated = SigningKey::ec("rotated");
+    idp.publish(&[&key, &rotated]);
+    let fetches = idp.fetches();
     let t0 = tokio::time::Instant::now();
-    let stranger = SigningKey::ec("stranger").sign(&claims("a", json!({})));
-    bearer(&gw, &stranger).await.error(503, "AUTH_UNAVAILABLE");
+    let first = rotated.sign(&claims("a", json!({})));
+    bearer(&gw, &first).await.error(401, "INVALID_TOKEN");
     let waited = t0.elapsed().as_secs_f64();
     assert!((1.9..2.5).contains(&waited), "waited {waited} s");
     // Meanwhile tokens of known keys do not wait for it.
     assert_eq!(bearer(&gw, &token).await.status, 200);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        bearer(&gw, &rotated.sign(&claims("b", json!({}))))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        idp.fetches(),
+        fetches + 1,
+        "one fetch, finished after its request left"
+    );
 }
 
 #[tokio::test]
@@ -711,8 +724,8 @@ auth = {{ jwt = "internal" }}
     get_with(&gw, "/x", Some(&format!("Bearer {wrong}")))
         .await
         .error(401, "INVALID_TOKEN");
-    let rsa = SigningKey::ec("k").sign(&json!({"exp": now() + 60}));
-    get_with(&gw, "/x", Some(&format!("Bearer {rsa}")))
+    let es256 = SigningKey::ec("k").sign(&json!({"exp": now() + 60}));
+    get_with(&gw, "/x", Some(&format!("Bearer {es256}")))
         .await
         .error(401, "INVALID_TOKEN");
     // The secret is nowhere to be read.
@@ -995,4 +1008,118 @@ auth = {{ jwt = "idp", claims_to_headers = {{ sub = "x-user-id" }} }}
     assert_eq!(a.json()["x_user_id"], "alice");
     // The token itself reaches no upstream unless forward_headers lists authorization.
     assert!(up.last().headers.get("authorization").is_none());
+}
+
+#[tokio::test]
+async fn a_backend_cache_keeps_users_apart_when_a_claim_goes_as_a_header() {
+    let key = SigningKey::ec("k");
+    let idp = Idp::start(&[&key]).await;
+    let up = users().await;
+    let text = format!(
+        r#"
+[auth.jwt.idp]
+jwks_url = "{}"
+algorithms = ["ES256"]
+
+[upstreams.users]
+urls = ["{}"]
+
+[[routes]]
+name = "auth-backend-cache"
+path = "/whoami"
+auth = {{ jwt = "idp", claims_to_headers = {{ sub = "x-user-id" }} }}
+  [[routes.backends]]
+  upstream = "users"
+  path = "/me"
+  cache_ttl = "60s"
+"#,
+        idp.url(),
+        up.url()
+    );
+    let gw = Gateway::start(&text).await;
+    until_fetched(&idp, 1).await;
+    let call = |sub: &str| {
+        format!(
+            "Bearer {}",
+            key.sign(&json!({"sub": sub, "exp": now() + 60}))
+        )
+    };
+    let alice = get_with(&gw, "/whoami", Some(&call("alice"))).await;
+    assert_eq!(alice.json()["x_user_id"], "alice");
+    let bob = get_with(&gw, "/whoami", Some(&call("bob"))).await;
+    assert_eq!(bob.json()["x_user_id"], "bob", "not alice's cached answer");
+    assert_eq!(up.hits(), 2);
+    let again = get_with(&gw, "/whoami", Some(&call("alice"))).await;
+    assert_eq!(again.json()["x_user_id"], "alice");
+    assert_eq!(up.hits(), 2, "alice's own answer came from the cache");
+}
+
+#[tokio::test]
+async fn a_claim_that_cannot_be_a_path_segment_fails_the_token() {
+    let key = SigningKey::ec("k");
+    let idp = Idp::start(&[&key]).await;
+    let up = users().await;
+    let gw = Gateway::start(&config("auth-segments", &idp.url(), &up.url(), "", "")).await;
+    until_fetched(&idp, 1).await;
+    for sub in [
+        json!(".."),
+        json!("."),
+        json!(""),
+        json!("a\u{7}b"),
+        json!(["x"]),
+        json!(null),
+    ] {
+        let token = key.sign(&claims("ignored", json!({ "sub": sub.clone() })));
+        let a = bearer(&gw, &token).await;
+        let e = a.error(401, "INVALID_TOKEN");
+        // (A `sub` that is not a string fails the token's own claim checks first.)
+        if !sub.is_array() {
+            assert!(
+                e["message"].as_str().unwrap().contains("path segment"),
+                "{sub}: {e}"
+            );
+        }
+    }
+    assert_eq!(up.hits(), 0, "no upstream saw /users/.. or /users/");
+    let m = gw.metrics().await;
+    assert_eq!(
+        series(
+            &m,
+            r#"manifold_auth_total{route="auth-segments",result="invalid"}"#
+        ),
+        6.0
+    );
+    assert_eq!(
+        series(
+            &m,
+            r#"manifold_auth_total{route="auth-segments",result="ok"}"#
+        ),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_a_validator_keeps_the_keys_it_held() {
+    let key = SigningKey::ec("k");
+    let idp = Idp::start(&[&key]).await;
+    let up = users().await;
+    let gw = Gateway::start(&config("auth-reload", &idp.url(), &up.url(), "", "")).await;
+    until_fetched(&idp, 1).await;
+    let token = key.sign(&claims("a", json!({})));
+    assert_eq!(bearer(&gw, &token).await.status, 200);
+    // The IdP goes down, and a reload changes the validator (its leeway).
+    idp.down.store(true, Ordering::SeqCst);
+    let text = format!(
+        "{}{}",
+        crate::support::SERVER,
+        config("auth-reload", &idp.url(), &up.url(), "", "")
+            .replace("leeway = \"30s\"", "leeway = \"45s\"")
+    );
+    let changed = manifold::config::parse("reload.toml", &text).unwrap();
+    gw.server.reload(changed).unwrap();
+    assert_eq!(
+        bearer(&gw, &key.sign(&claims("b", json!({})))).await.status,
+        200,
+        "the keys carried over the reload"
+    );
 }
