@@ -137,13 +137,18 @@ pub fn routes(gw: &Gateway) -> Value {
         .tls
         .as_ref()
         .map(|t| json!({"cert": t.cert.display().to_string()}));
-    json!({
+    let mut out = json!({
         "config": {"fingerprint": gw.config.version()},
         "tls": tls,
         "auth": {"jwt": validators},
         "routes": routes,
         "upstreams": upstreams,
-    })
+    });
+    // Only with `[shared]`; never the Redis URL's password.
+    if let Some(s) = &gw.shared {
+        out["shared"] = json!({"redis": if s.is_up() { "up" } else { "down" }});
+    }
+    out
 }
 
 /// `manifold routes`: the compiled route table, one block per route.

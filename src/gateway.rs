@@ -24,6 +24,7 @@ use crate::merge::{Decode, Plan, Shape};
 use crate::metrics::{METRICS, RouteMetrics};
 use crate::ratelimit::RouteLimiter;
 use crate::router::Router;
+use crate::shared::Shared;
 use crate::template::{Part, Template, route_params};
 use crate::trace::{TraceSettings, Tracing};
 use crate::upstream::Upstream;
@@ -46,6 +47,8 @@ pub struct Gateway {
     /// `[auth.jwt.*]`, kept (keys, verified tokens, refresh task) by a reload that
     /// leaves a validator's settings unchanged.
     pub validators: Vec<Arc<Validator>>,
+    /// `[shared]`: the replicas' Redis.
+    pub shared: Option<Arc<Shared>>,
 }
 
 /// The gateway that serves now (swapped whole on reload), and what every connection
@@ -160,6 +163,12 @@ impl Gateway {
         }
         // `[cors]` compiled once, shared by every route that takes it.
         let cors = config.cors.as_ref().map(|c| Arc::new(Cors::new(c)));
+        // One Redis client for the server's life while `[shared]` is unchanged.
+        let shared = match (&config.shared, previous.and_then(|p| p.shared.as_ref())) {
+            (None, _) => None,
+            (Some(c), Some(old)) if old.config == *c => Some(old.clone()),
+            (Some(c), _) => Some(Shared::start(c.clone())?),
+        };
         let mut validators = Vec::with_capacity(config.jwt.len());
         for v in &config.jwt {
             let before =
@@ -172,7 +181,17 @@ impl Gateway {
         let routes = config
             .routes
             .iter()
-            .map(|r| compile_route(&config, r, &upstreams, previous, cors.as_ref(), &validators))
+            .map(|r| {
+                compile_route(
+                    &config,
+                    r,
+                    &upstreams,
+                    previous,
+                    cors.as_ref(),
+                    &validators,
+                    shared.as_ref(),
+                )
+            })
             .collect::<Result<Vec<_>, String>>()?;
         let router = Router::new(
             routes
@@ -195,6 +214,7 @@ impl Gateway {
         budget.set_limit(config.server.buffer_capacity);
         let any_cors = routes.iter().any(|r| r.cors.is_some());
         Ok(Gateway {
+            shared,
             validators,
             any_cors,
             budget,
@@ -215,6 +235,7 @@ fn compile_route(
     previous: Option<&Gateway>,
     cors: Option<&Arc<Cors>>,
     validators: &[Arc<Validator>],
+    shared: Option<&Arc<Shared>>,
 ) -> Result<Route, String> {
     let params = route_params(&r.path);
     // `{jwt.NAME}` placeholders read claims: they are filled like path parameters,
@@ -308,6 +329,7 @@ fn compile_route(
         cache: r.cache.clone(),
         limiter: r.rate_limit.as_ref().map(|l| {
             previous
+                .filter(|p| p.config.shared == config.shared)
                 .and_then(|p| {
                     p.config
                         .routes
@@ -316,7 +338,16 @@ fn compile_route(
                         .find(|(old, _)| old.name == r.name && old.rate_limit.as_ref() == Some(l))
                         .and_then(|(_, old)| old.limiter.clone())
                 })
-                .unwrap_or_else(|| Arc::new(RouteLimiter::new(&l.rate, l.key.clone(), l.max_keys)))
+                .unwrap_or_else(|| {
+                    // In Redis: the route and a fingerprint of its limit, so a changed
+                    // limit never inherits another's state.
+                    let base = shared.map(|s| {
+                        let limit = format!("{:?}", (&l.rate, &l.key));
+                        let fp = crate::config::fingerprint(&limit);
+                        (s.clone(), format!("rl:{}:{fp:016x}:", r.name))
+                    });
+                    Arc::new(RouteLimiter::new(&l.rate, l.key.clone(), l.max_keys, base))
+                })
         }),
         backends,
     })

@@ -315,12 +315,16 @@ async fn serve(
     span.record(|a| a.str("http.route", &route.template));
     if let Some(limiter) = &route.limiter {
         let trusted = &gateway.config.server.trusted_proxies;
-        limiter
-            .check(&parts.headers, peer.addr.ip(), trusted)
-            .map_err(|retry_after| {
-                route.metrics.rate_limited();
-                GatewayError::RateLimited { retry_after }
-            })?;
+        let decided = if limiter.is_shared() {
+            // Boxed: only routes whose limit lives in Redis carry that future.
+            Box::pin(limiter.check_shared(&parts.headers, peer.addr.ip(), trusted)).await
+        } else {
+            limiter.check(&parts.headers, peer.addr.ip(), trusted)
+        };
+        decided.map_err(|retry_after| {
+            route.metrics.rate_limited();
+            GatewayError::RateLimited { retry_after }
+        })?;
     }
     // The token, after the rate limit (a flood of bad tokens is limited) and before
     // the cache (a cached answer never reaches a client whose token failed). Boxed:
@@ -598,12 +602,15 @@ async fn authorize(
         let value = claims
             .as_deref()
             .and_then(|c| crate::auth::claim_text(c, claim));
-        limiter
-            .check_claim(value.as_deref())
-            .map_err(|retry_after| {
-                route.metrics.rate_limited();
-                GatewayError::RateLimited { retry_after }
-            })?;
+        let decided = if limiter.is_shared() {
+            limiter.check_claim_shared(value.as_deref()).await
+        } else {
+            limiter.check_claim(value.as_deref())
+        };
+        decided.map_err(|retry_after| {
+            route.metrics.rate_limited();
+            GatewayError::RateLimited { retry_after }
+        })?;
     }
     Ok(claims)
 }

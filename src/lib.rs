@@ -31,6 +31,7 @@ pub mod ratelimit;
 pub mod redact;
 pub mod router;
 pub mod server;
+pub mod shared;
 pub mod telemetry;
 pub mod template;
 pub mod tls;

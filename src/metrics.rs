@@ -60,6 +60,12 @@ struct ValidatorResult {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpResult {
+    op: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: String,
 }
@@ -97,6 +103,8 @@ pub struct Metrics {
     tls_reloads: Family<ResultLabel, Counter>,
     auth: Family<RouteResult, Counter>,
     jwks: Family<ValidatorResult, Counter>,
+    shared_up: Gauge,
+    shared_ops: Family<OpResult, Counter>,
     trace_spans: Family<ResultLabel, Counter>,
     connections: Family<ListenerLabel, Gauge>,
     connections_refused: Family<ListenerLabel, Counter>,
@@ -189,6 +197,25 @@ pub struct JwksMetrics {
     pub error: Counter,
 }
 
+/// `[shared]`: whether Redis is usable now, and its operations by result.
+#[derive(Clone)]
+pub struct SharedMetrics {
+    pub up: Gauge,
+    ops: Family<OpResult, Counter>,
+}
+
+impl SharedMetrics {
+    /// `op`: `rate_limit`, `cache_get`, `cache_set`; `result`: `ok`, `error`, `timeout`.
+    pub fn count(&self, op: &str, result: &str) {
+        self.ops
+            .get_or_create(&OpResult {
+                op: op.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+}
+
 /// One upstream's call histograms, one per outcome.
 #[derive(Clone)]
 pub struct UpstreamMetrics {
@@ -212,6 +239,18 @@ impl Metrics {
         let tls_reloads = Family::<ResultLabel, Counter>::default();
         let auth = Family::<RouteResult, Counter>::default();
         let jwks = Family::<ValidatorResult, Counter>::default();
+        let shared_up = Gauge::default();
+        let shared_ops = Family::<OpResult, Counter>::default();
+        registry.register(
+            "manifold_shared_up",
+            "1 while the [shared] Redis answers, 0 while each replica decides alone",
+            shared_up.clone(),
+        );
+        registry.register(
+            "manifold_shared_ops",
+            "Operations on the [shared] Redis by op (rate_limit, cache_get, cache_set) and result (ok, error, timeout)",
+            shared_ops.clone(),
+        );
         registry.register(
             "manifold_auth",
             "Token checks by route and result (ok, missing, invalid, forbidden, unavailable)",
@@ -381,6 +420,8 @@ impl Metrics {
             tls_reloads,
             auth,
             jwks,
+            shared_up,
+            shared_ops,
             trace_spans,
         }
     }
@@ -411,6 +452,13 @@ impl Metrics {
                 .clone()
         });
         AuthMetrics { by_result }
+    }
+
+    pub fn shared(&self) -> SharedMetrics {
+        SharedMetrics {
+            up: self.shared_up.clone(),
+            ops: self.shared_ops.clone(),
+        }
     }
 
     pub fn jwks(&self, validator: &str) -> JwksMetrics {

@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::num::NonZeroUsize;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use governor::clock::Clock;
@@ -22,6 +22,7 @@ use lru::LruCache;
 
 use crate::config::{LimitKey, RateConfig};
 use crate::forward::X_FORWARDED_FOR;
+use crate::shared::Shared;
 
 /// Governor's clock, read from tokio so a paused test clock drives the buckets.
 #[derive(Clone, Debug, Default)]
@@ -81,6 +82,8 @@ pub struct RouteLimiter {
     tolerance: u64,
     global: Bucket,
     born: tokio::time::Instant,
+    /// With `[shared]`: where the replicas decide together, and this limit's keys there.
+    shared: Option<(Arc<Shared>, String)>,
 }
 
 const SHARDS: usize = 8;
@@ -101,7 +104,14 @@ fn gcra(tat: &mut Tat, now: u64, interval: u64, tolerance: u64) -> Result<(), Du
 }
 
 impl RouteLimiter {
-    pub fn new(rate: &RateConfig, key: LimitKey, max_keys: u64) -> Self {
+    /// `shared`: the replicas' Redis and the start of this limit's keys there (route
+    /// name and a fingerprint of the limit, so a changed limit starts afresh).
+    pub fn new(
+        rate: &RateConfig,
+        key: LimitKey,
+        max_keys: u64,
+        shared: Option<(Arc<Shared>, String)>,
+    ) -> Self {
         let interval = u64::try_from(Duration::from_secs_f64(1.0 / rate.per_second).as_nanos())
             .unwrap_or(u64::MAX)
             .max(1);
@@ -120,7 +130,55 @@ impl RouteLimiter {
             tolerance,
             global: Bucket::new(rate),
             born: tokio::time::Instant::now(),
+            shared,
         }
+    }
+
+    /// Decided in Redis when it answers (then awaited: [`RouteLimiter::check_shared`]).
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// As [`RouteLimiter::check`], decided for all replicas in Redis; this replica's
+    /// own buckets decide while Redis cannot.
+    pub async fn check_shared(
+        &self,
+        headers: &HeaderMap,
+        peer: IpAddr,
+        trusted: &[IpNet],
+    ) -> Result<(), Duration> {
+        let suffix = match &self.key {
+            LimitKey::Global => "global".to_string(),
+            LimitKey::ClientIp => client_ip(headers, peer, trusted).to_string(),
+            LimitKey::Header(name) => {
+                stable_hash(headers.get(name).map_or(&[][..], |v| v.as_bytes()))
+            }
+            LimitKey::Claim(_) => return Ok(()),
+        };
+        match self.decide_shared(&suffix).await {
+            Some(decided) => decided,
+            None => self.check(headers, peer, trusted),
+        }
+    }
+
+    /// As [`RouteLimiter::check_claim`], decided in Redis when it answers.
+    pub async fn check_claim_shared(&self, value: Option<&str>) -> Result<(), Duration> {
+        let suffix = stable_hash(value.unwrap_or("").as_bytes());
+        match self.decide_shared(&suffix).await {
+            Some(decided) => decided,
+            None => self.check_claim(value),
+        }
+    }
+
+    async fn decide_shared(&self, suffix: &str) -> Option<Result<(), Duration>> {
+        let (shared, base) = self.shared.as_ref()?;
+        shared
+            .rate_limit(
+                &format!("{base}{suffix}"),
+                Duration::from_nanos(self.interval),
+                Duration::from_nanos(self.tolerance),
+            )
+            .await
     }
 
     /// `Err(wait)` when this request's key is over its limit.
@@ -174,6 +232,15 @@ impl RouteLimiter {
             .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len() as u64)
             .sum()
     }
+}
+
+/// A key value as every replica hashes it (the per-process seeded hash would not
+/// agree): the raw value never lands in Redis.
+fn stable_hash(value: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    value.hash(&mut h);
+    format!("{:016x}", h.finish())
 }
 
 /// The client's address for rate limiting (see the module docs).
@@ -236,6 +303,7 @@ mod tests {
             &rate(1.0, 1),
             LimitKey::Header(http::HeaderName::from_static("x-api-key")),
             100,
+            None,
         );
         let mut h = HeaderMap::new();
         h.insert("x-api-key", HeaderValue::from_static("a"));
@@ -256,6 +324,7 @@ mod tests {
             &rate(0.001, 1),
             LimitKey::Header(http::HeaderName::from_static("x-api-key")),
             100,
+            None,
         );
         let peer: IpAddr = "192.0.2.1".parse().unwrap();
         let mut h = HeaderMap::new();
@@ -279,7 +348,7 @@ mod tests {
         for (per_second, burst) in [(2.0, 3), (10.0, 1), (0.5, 4), (1000.0, 50)] {
             let r = rate(per_second, burst);
             let reference = Bucket::new(&r);
-            let ours = RouteLimiter::new(&r, LimitKey::ClientIp, 10);
+            let ours = RouteLimiter::new(&r, LimitKey::ClientIp, 10, None);
             let peer: IpAddr = "192.0.2.1".parse().unwrap();
             let mut seed: u64 = 7;
             for _ in 0..2_000 {

@@ -167,6 +167,19 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Opti
             t.finish(errs);
             c
         });
+    let shared = root
+        .table(
+            errs,
+            key(
+                "shared",
+                "Rate limits shared by every replica through Redis.",
+            ),
+        )
+        .and_then(|mut t| {
+            let s = read_shared(&mut t, errs);
+            t.finish(errs);
+            s
+        });
     let mut jwt = Vec::new();
     if let Some(mut auth) = root.table(
         errs,
@@ -226,6 +239,7 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Opti
         routes,
         cors,
         jwt,
+        shared,
         fingerprint: 0,
     })
 }
@@ -990,6 +1004,73 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
         auth_span,
         auth_jwt_span,
         backends,
+    })
+}
+
+/// `[shared]`: where the replicas' Redis is.
+fn read_shared(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<SharedConfig> {
+    let redis = t.required_string(
+        errs,
+        key(
+            "redis",
+            "redis://[:password@]host:port/db (usually \"${REDIS_URL}\"); the password is never shown.",
+        ),
+    );
+    let key_prefix = t
+        .string(
+            errs,
+            key(
+                "key_prefix",
+                "Start of every key: replicas with the same Redis and prefix share state. Default \"manifold:\".",
+            ),
+        )
+        .map_or_else(|| DEFAULT_SHARED_PREFIX.to_string(), |(p, _)| p);
+    let timeout = positive_duration(
+        t,
+        errs,
+        key(
+            "timeout",
+            "Per Redis operation; past it the replica decides alone. Default 20ms.",
+        ),
+    )
+    .flatten()
+    .unwrap_or(DEFAULT_SHARED_TIMEOUT);
+    let max_entry = t
+        .size(
+            errs,
+            key(
+                "max_entry",
+                "Larger cached answers stay local. Default 256KiB.",
+            ),
+        )
+        .map_or(DEFAULT_SHARED_MAX_ENTRY, |(n, _)| n);
+    let (url, span) = redis?;
+    match Url::parse(&url) {
+        Ok(u) if u.scheme() == "redis" && u.host_str().is_some() => {}
+        Ok(u) if u.scheme() == "rediss" => {
+            errs.push(
+                Diagnostic::new(span, "rediss:// is not supported yet")
+                    .label("TLS to Redis comes with the shared caches")
+                    .note("use redis:// on a private network for now"),
+            );
+            return None;
+        }
+        _ => {
+            errs.push(
+                Diagnostic::new(
+                    span,
+                    format!("`{}` is not a redis:// URL", crate::redact::url(&url)),
+                )
+                .label("expected redis://[:password@]host:port/db"),
+            );
+            return None;
+        }
+    }
+    Some(SharedConfig {
+        redis: url,
+        key_prefix,
+        timeout,
+        max_entry,
     })
 }
 

@@ -20,6 +20,8 @@ tls = { cert = "c.pem", key = "k.pem" }
 [telemetry]
 [cors]
 allow_origins = ["https://a.test"]
+[shared]
+redis = "redis://127.0.0.1:6379/0"
 [auth.jwt.p]
 secret = "probe-secret-of-thirty-two-bytes-or-more"
 algorithms = ["HS256"]

@@ -23,6 +23,8 @@ pub struct Config {
     pub cors: Option<CorsConfig>,
     /// `[auth.jwt.NAME]`: token validators routes refer to by name.
     pub jwt: Vec<JwtConfig>,
+    /// `[shared]`: rate limits decided in Redis, across replicas.
+    pub shared: Option<SharedConfig>,
     /// The first 8 bytes of the SHA-256 of the file as written (before `${ENV}` is
     /// filled in): which version of the file serves. Shown as 16 hex digits, the start
     /// of `sha256sum routes.toml`, by `manifold check`, `/routes` and
@@ -193,6 +195,7 @@ pub struct RouteConfig {
 
 pub use crate::auth::{JwtConfig, KeySource, RouteAuth, Secret};
 pub use crate::cors::CorsConfig;
+pub use crate::shared::SharedConfig;
 
 /// What a route says about CORS.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -251,3 +254,6 @@ pub const DEFAULT_MAX_KEYS: u64 = 100_000;
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(600);
 pub const DEFAULT_JWKS_COOLDOWN: Duration = Duration::from_secs(30);
+pub const DEFAULT_SHARED_PREFIX: &str = "manifold:";
+pub const DEFAULT_SHARED_TIMEOUT: Duration = Duration::from_millis(20);
+pub const DEFAULT_SHARED_MAX_ENTRY: u64 = 256 << 10;

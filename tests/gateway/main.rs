@@ -19,5 +19,6 @@ mod reload;
 mod resilience;
 mod scenarios;
 mod server;
+mod shared;
 mod tls;
 mod tracing;

@@ -1,0 +1,213 @@
+//! State shared across replicas through Redis (`[shared]`): rate limits decided in one
+//! place for every replica.
+//!
+//! Redis is never in the critical path of a failure: an operation gets `timeout`; the
+//! first that fails or times out marks Redis `down`, and while it is down no operation
+//! is attempted — each replica decides alone with its own limiters (the same limits) —
+//! while one background task reconnects with backoff. The first successful PING marks
+//! it `up` again. Each change of state is one log line and `manifold_shared_up`.
+//!
+//! Every script touches one key, so the keys could live in a Redis Cluster as they are.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use redis::aio::MultiplexedConnection;
+
+use crate::metrics::{METRICS, SharedMetrics};
+
+/// `[shared]`.
+#[derive(Clone, PartialEq)]
+pub struct SharedConfig {
+    /// `redis://[:password@]host:port/db`; shown only through [`crate::redact::url`].
+    pub redis: String,
+    pub key_prefix: String,
+    pub timeout: Duration,
+    pub max_entry: u64,
+}
+
+impl std::fmt::Debug for SharedConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedConfig")
+            .field("redis", &crate::redact::url(&self.redis))
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .field("max_entry", &self.max_entry)
+            .finish()
+    }
+}
+
+/// GCRA on Redis's own clock (so the replicas' clocks do not matter): the key holds
+/// the theoretical arrival time in µs. Returns 0 when admitted, else the µs to wait.
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local wait = tat - tolerance - now
+if wait > 0 then return wait end
+local next = tat + interval
+redis.call('SET', KEYS[1], next, 'PX', math.ceil((next - now) / 1000) + 1000)
+return 0
+";
+
+/// Reconnect attempts start this far apart and double up to [`BACKOFF_MAX`], so Redis
+/// back is seen within about that long.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// The replicas' Redis, as this replica sees it.
+pub struct Shared {
+    pub config: SharedConfig,
+    client: redis::Client,
+    conn: ArcSwapOption<MultiplexedConnection>,
+    /// A reconnect loop is running.
+    reconnecting: AtomicBool,
+    script: redis::Script,
+    metrics: SharedMetrics,
+    /// Where reconnects run: the loop the gateway was built on (a connection's driver
+    /// task lives there, and worker loops send to it).
+    runtime: tokio::runtime::Handle,
+}
+
+/// What one Redis operation came to.
+enum Op<T> {
+    Ok(T),
+    /// Down (no attempt made), failed, or timed out: decide locally.
+    Unavailable,
+}
+
+impl Shared {
+    /// Starts connecting in the background; until connected, Redis counts as down.
+    pub fn start(config: SharedConfig) -> Result<Arc<Shared>, String> {
+        let client = redis::Client::open(config.redis.as_str()).map_err(|e| {
+            format!(
+                "[shared] redis {}: {}",
+                crate::redact::url(&config.redis),
+                crate::redact::in_text(&e.to_string())
+            )
+        })?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| "[shared] needs a running event loop".to_string())?;
+        let shared = Arc::new(Shared {
+            client,
+            conn: ArcSwapOption::empty(),
+            reconnecting: AtomicBool::new(false),
+            script: redis::Script::new(GCRA),
+            metrics: METRICS.shared(),
+            runtime,
+            config,
+        });
+        shared.metrics.up.set(0);
+        shared.reconnect();
+        Ok(shared)
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.conn.load().is_some()
+    }
+
+    /// Marks Redis down (once) and starts the reconnect loop.
+    fn went_down(self: &Arc<Self>, why: &str) {
+        if self.conn.swap(None).is_some() {
+            self.metrics.up.set(0);
+            tracing::warn!(redis = %crate::redact::url(&self.config.redis), cause = %why, "shared state: redis is down; each replica limits alone until it is back");
+        }
+        self.reconnect();
+    }
+
+    fn reconnect(self: &Arc<Self>) {
+        if self.reconnecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = Arc::downgrade(self);
+        self.runtime.spawn(async move {
+            let mut wait = BACKOFF_MIN;
+            loop {
+                let Some(s) = shared.upgrade() else { return };
+                let connected = tokio::time::timeout(BACKOFF_MAX, async {
+                    let mut conn = s.client.get_multiplexed_async_connection().await?;
+                    redis::cmd("PING").query_async::<String>(&mut conn).await?;
+                    Ok::<_, redis::RedisError>(conn)
+                })
+                .await;
+                match connected {
+                    Ok(Ok(conn)) => {
+                        s.conn.store(Some(Arc::new(conn)));
+                        s.metrics.up.set(1);
+                        s.reconnecting.store(false, Ordering::Release);
+                        tracing::info!(redis = %crate::redact::url(&s.config.redis), "shared state: redis is up");
+                        return;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %crate::redact::in_text(&e.to_string()), "shared state: reconnect failed"),
+                    Err(_) => tracing::debug!("shared state: reconnect timed out"),
+                }
+                drop(s);
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(BACKOFF_MAX);
+            }
+        });
+    }
+
+    /// Runs one operation within `timeout`, counting it; a failure marks Redis down.
+    async fn run<T, F, Fut>(self: &Arc<Self>, op: &'static str, f: F) -> Op<T>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let Some(conn) = self.conn.load_full() else {
+            return Op::Unavailable;
+        };
+        match tokio::time::timeout(self.config.timeout, f((*conn).clone())).await {
+            Ok(Ok(v)) => {
+                self.metrics.count(op, "ok");
+                Op::Ok(v)
+            }
+            Ok(Err(e)) => {
+                self.metrics.count(op, "error");
+                self.went_down(&crate::redact::in_text(&e.to_string()));
+                Op::Unavailable
+            }
+            Err(_) => {
+                self.metrics.count(op, "timeout");
+                self.went_down(&format!("no answer within {:?}", self.config.timeout));
+                Op::Unavailable
+            }
+        }
+    }
+
+    /// One GCRA decision on `key` (the prefix is added here): `None` when Redis cannot
+    /// decide now (the caller decides locally), else admitted or the wait.
+    pub async fn rate_limit(
+        self: &Arc<Self>,
+        key: &str,
+        interval: Duration,
+        tolerance: Duration,
+    ) -> Option<Result<(), Duration>> {
+        let full = format!("{}{key}", self.config.key_prefix);
+        let interval_us = u64::try_from(interval.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let tolerance_us = u64::try_from(tolerance.as_micros()).unwrap_or(u64::MAX);
+        let script = &self.script;
+        let decided = self
+            .run("rate_limit", |mut conn| async move {
+                script
+                    .key(full)
+                    .arg(interval_us)
+                    .arg(tolerance_us)
+                    .invoke_async::<u64>(&mut conn)
+                    .await
+            })
+            .await;
+        match decided {
+            Op::Ok(0) => Some(Ok(())),
+            Op::Ok(wait) => Some(Err(Duration::from_micros(wait))),
+            Op::Unavailable => None,
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! `[shared]` (CONTRACT §8), on a real `redis-server` started per test: replicas share
+//! one rate-limit budget; Redis down, hung or refusing never fails a request.
+
+use std::net::TcpListener as StdListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{Gateway, SERVER, Upstream, all_events, series};
+
+/// A `redis-server` on a free port of 127.0.0.1, killed when dropped.
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+    password: Option<String>,
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Redis {
+    fn start(port: u16, password: Option<&str>) -> Redis {
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
+        if let Some(p) = password {
+            cmd.args(["--requirepass", p]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (apt-get install redis-server; .ci/run does it)");
+        let r = Redis {
+            port,
+            child: Some(child),
+            password: password.map(str::to_string),
+        };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not listen on {port}");
+    }
+
+    fn url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        self.kill();
+    }
+}
+
+/// A route `/limited` with a global limit, on a gateway sharing through `redis_url`.
+fn config(redis_url: &str, upstream: &str, per_second: u32, burst: u32) -> String {
+    format!(
+        r#"{SERVER}
+[shared]
+redis = "{redis_url}"
+key_prefix = "test-{prefix}:"
+timeout = "50ms"
+
+[upstreams.u]
+urls = ["{upstream}"]
+
+[[routes]]
+name = "limited"
+path = "/limited"
+rate_limit = {{ per_second = {per_second}, burst = {burst}, key = "global" }}
+  [[routes.backends]]
+  upstream = "u"
+  path = "/x"
+"#,
+        prefix = free_port()
+    )
+}
+
+async fn redis_state(gw: &Gateway) -> String {
+    let routes: Value = gw
+        .client
+        .get(format!("{}/routes", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    routes["shared"]["redis"]
+        .as_str()
+        .unwrap_or("absent")
+        .to_string()
+}
+
+async fn until_state(gw: &Gateway, want: &str) {
+    for _ in 0..400 {
+        if redis_state(gw).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("redis never became {want} for the gateway");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_admit_what_one_would() {
+    let redis = Redis::start(free_port(), None);
+    let up = Upstream::json(json!({"ok": true})).await;
+    let text = config(&redis.url(), &up.url(), 100, 20);
+    let replicas = [
+        Gateway::start(&text).await,
+        Gateway::start(&text).await,
+        Gateway::start(&text).await,
+    ];
+    for gw in &replicas {
+        until_state(gw, "up").await;
+    }
+    let replicas = Arc::new(replicas);
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let run_for = Duration::from_secs(2);
+    let mut clients = Vec::new();
+    for c in 0..12 {
+        let (replicas, admitted, sent) = (replicas.clone(), admitted.clone(), sent.clone());
+        clients.push(tokio::spawn(async move {
+            let mut i = c;
+            while started.elapsed() < run_for {
+                // Round robin over the replicas, as a Service's balancing would.
+                let gw = &replicas[i % 3];
+                i += 1;
+                sent.fetch_add(1, Ordering::Relaxed);
+                if gw.get("/limited").await.status == 200 {
+                    admitted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let admitted = admitted.load(Ordering::Relaxed) as f64;
+    let budget = 20.0 + 100.0 * elapsed;
+    let offered = sent.load(Ordering::Relaxed) as f64;
+    eprintln!(
+        "admitted {admitted} of {budget:.1} ({:+.2} %), offered {offered}",
+        (admitted / budget - 1.0) * 100.0
+    );
+    assert!(
+        offered > 2.0 * budget,
+        "the offered load ({offered}) must pass the limit"
+    );
+    // One replica alone admits the budget; three sharing must not admit three times it.
+    assert!(
+        admitted <= budget * 1.05 + 2.0 && admitted >= budget * 0.9,
+        "admitted {admitted} of a budget of {budget:.0} over {elapsed:.2} s"
+    );
+    let m = replicas[0].metrics().await;
+    assert_eq!(series(&m, "manifold_shared_up"), 1.0);
+    assert!(
+        series(
+            &m,
+            r#"manifold_shared_ops_total{op="rate_limit",result="ok"}"#
+        ) > 0.0
+    );
+    drop(redis);
+}
+
+#[tokio::test]
+async fn redis_down_at_start_then_up_then_hung_never_holds_a_request() {
+    let port = free_port();
+    let up = Upstream::json(json!({"ok": true})).await;
+    let gw = Gateway::start(&config(
+        &format!("redis://127.0.0.1:{port}/0"),
+        &up.url(),
+        1,
+        3,
+    ))
+    .await;
+    // Down at start: this replica limits alone, at once.
+    assert_eq!(redis_state(&gw).await, "down");
+    let mut statuses = Vec::new();
+    let t0 = Instant::now();
+    for _ in 0..4 {
+        statuses.push(gw.get("/limited").await.status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429], "the same limit, alone");
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "no waiting on a dead Redis"
+    );
+
+    // Redis comes: the shared budget resumes within 5 s.
+    let redis = Redis::start(port, None);
+    let t0 = Instant::now();
+    until_state(&gw, "up").await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "up after {:?}",
+        t0.elapsed()
+    );
+    let m = gw.metrics().await;
+    assert_eq!(series(&m, "manifold_shared_up"), 1.0);
+
+    // Hung (SIGSTOP): each request waits at most the timeout (50 ms) once, then none.
+    redis.signal("-STOP");
+    let t0 = Instant::now();
+    let first = gw.get("/limited").await.status;
+    assert!(first == 200 || first == 429);
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "waited {:?}",
+        t0.elapsed()
+    );
+    until_state(&gw, "down").await;
+    let t0 = Instant::now();
+    for _ in 0..5 {
+        gw.get("/limited").await;
+    }
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "down: no attempt, no wait"
+    );
+    let m = gw.metrics().await;
+    assert!(
+        series(
+            &m,
+            r#"manifold_shared_ops_total{op="rate_limit",result="timeout"}"#
+        ) >= 1.0
+    );
+    assert_eq!(series(&m, "manifold_shared_up"), 0.0);
+    redis.signal("-CONT");
+    until_state(&gw, "up").await;
+
+    // Killed: the same.
+    let mut redis = redis;
+    redis.kill();
+    gw.get("/limited").await;
+    until_state(&gw, "down").await;
+    // One line per change of state (up, down, up, down), this Redis's only.
+    let ours = format!(":{port}/");
+    let changes: Vec<String> = all_events()
+        .iter()
+        .filter(|e| e["redis"].as_str().is_some_and(|r| r.contains(&ours)))
+        .filter_map(|e| e["message"].as_str().map(str::to_string))
+        .filter(|m| m.starts_with("shared state: redis is"))
+        .collect();
+    assert_eq!(changes.len(), 4, "{changes:?}");
+}
+
+#[tokio::test]
+async fn the_redis_password_is_never_shown() {
+    let redis = Redis::start(free_port(), Some("s3cret-pass-word"));
+    let up = Upstream::json(json!({"ok": true})).await;
+    let gw = Gateway::start(&config(&redis.url(), &up.url(), 10, 10)).await;
+    until_state(&gw, "up").await;
+    assert_eq!(gw.get("/limited").await.status, 200);
+    // A wrong password: down, and still nothing of either password anywhere.
+    let wrong = format!("redis://:not-the-pass-word@127.0.0.1:{}/0", redis.port);
+    let gw2 = Gateway::start(&config(&wrong, &up.url(), 10, 10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(redis_state(&gw2).await, "down");
+    assert_eq!(gw2.get("/limited").await.status, 200, "decided alone");
+    for g in [&gw, &gw2] {
+        let routes = g
+            .client
+            .get(format!("{}/routes", g.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let metrics = g.metrics().await;
+        for text in [&routes, &metrics] {
+            assert!(!text.contains("s3cret-pass-word") && !text.contains("not-the-pass-word"));
+        }
+    }
+    for e in all_events() {
+        let line = e.to_string();
+        assert!(
+            !line.contains("s3cret-pass-word") && !line.contains("not-the-pass-word"),
+            "{line}"
+        );
+    }
+    // check's output for a bad [shared] never shows it either.
+    let bad = "[shared]\nredis = \"http://:s3cret-pass-word@host/\"\n[upstreams.u]\nurls = [\"http://127.0.0.1:1\"]\n[[routes]]\npath = \"/x\"\n  [[routes.backends]]\n  upstream = \"u\"\n  path = \"/x\"\n";
+    let e = manifold::config::parse("shared.toml", bad)
+        .unwrap_err()
+        .render();
+    assert!(
+        e.contains("not a redis:// URL") && !e.contains("s3cret-pass-word"),
+        "{e}"
+    );
+}
