@@ -11,7 +11,7 @@
 //! freshness is judged on tokio's clock at lookup.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,7 +20,10 @@ use moka::future::Cache as Moka;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use arc_swap::ArcSwapOption;
+
 use crate::forward::Forward;
+use crate::shared::Shared;
 
 #[derive(Clone, Debug)]
 pub struct Entry {
@@ -41,6 +44,14 @@ pub enum Lookup {
 #[derive(Clone)]
 pub struct Cache {
     inner: Moka<String, Entry>,
+    /// With `[shared]`: the replicas' Redis, behind this replica's own entries.
+    shared: Arc<ArcSwapOption<SharedCache>>,
+}
+
+/// The shared tier: Redis, and the largest answer stored there.
+pub struct SharedCache {
+    pub shared: Arc<Shared>,
+    pub max_entry: u64,
 }
 
 struct Lifetime;
@@ -52,7 +63,8 @@ impl moka::Expiry<String, Entry> for Lifetime {
         e: &Entry,
         _: std::time::Instant,
     ) -> Option<Duration> {
-        Some(e.fresh_for + e.stale_for)
+        // An entry read from Redis arrives with some of its life spent.
+        Some((e.fresh_for + e.stale_for).saturating_sub(e.stored.elapsed()))
     }
 }
 
@@ -65,20 +77,54 @@ impl Cache {
             })
             .expire_after(Lifetime)
             .build();
-        Cache { inner }
+        Cache {
+            inner,
+            shared: Arc::new(ArcSwapOption::empty()),
+        }
     }
 
+    /// Puts Redis behind this cache (or takes it away): set by every config build.
+    pub fn share(&self, shared: Option<SharedCache>) {
+        self.shared.store(shared.map(Arc::new));
+    }
+
+    /// This replica's entry, else (with `[shared]`, Redis up) the replicas' one, which
+    /// is then kept here too with the expiry it was stored with.
     pub async fn lookup(&self, key: &str) -> Lookup {
-        match self.inner.get(key).await {
+        let found = match self.inner.get(key).await {
+            Some(e) => Some(e),
+            None => self.lookup_shared(key).await,
+        };
+        match found {
             Some(e) if e.stored.elapsed() < e.fresh_for => Lookup::Fresh(e),
             Some(e) if e.stored.elapsed() < e.fresh_for + e.stale_for => Lookup::Stale(e),
             _ => Lookup::Miss,
         }
     }
 
+    async fn lookup_shared(&self, key: &str) -> Option<Entry> {
+        let tier = self.shared.load_full()?;
+        if !tier.shared.is_up() {
+            return None;
+        }
+        let bytes = tier.shared.cache_get(key).await??;
+        let entry = decode(&bytes)?;
+        self.inner.insert(key.to_string(), entry.clone()).await;
+        Some(entry)
+    }
+
     pub async fn store(&self, key: String, body: Bytes, fresh_for: Duration, stale_for: Duration) {
         if fresh_for.is_zero() {
             return;
+        }
+        if let Some(tier) = self.shared.load_full()
+            && body.len() as u64 <= tier.max_entry
+        {
+            tier.shared.cache_set(
+                &key,
+                encode(&body, fresh_for, stale_for),
+                fresh_for + stale_for,
+            );
         }
         let entry = Entry {
             body,
@@ -93,6 +139,43 @@ impl Cache {
     pub fn weighted_size(&self) -> u64 {
         self.inner.weighted_size()
     }
+}
+
+/// An entry as Redis holds it: when it was stored (Unix ms, so any replica can age
+/// it), its fresh and stale times (ms), then the body.
+fn encode(body: &[u8], fresh_for: Duration, stale_for: Duration) -> Vec<u8> {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, ms);
+    let mut out = Vec::with_capacity(24 + body.len());
+    out.extend_from_slice(&now.to_be_bytes());
+    out.extend_from_slice(&ms(fresh_for).to_be_bytes());
+    out.extend_from_slice(&ms(stale_for).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// The entry [`encode`] wrote, aged by this replica's clock; `None` when it is not one.
+fn decode(bytes: &[u8]) -> Option<Entry> {
+    let word = |i: usize| -> Option<u64> {
+        Some(u64::from_be_bytes(bytes.get(i..i + 8)?.try_into().ok()?))
+    };
+    let (stored, fresh, stale) = (word(0)?, word(8)?, word(16)?);
+    let now = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_millis(),
+    )
+    .ok()?;
+    let age = Duration::from_millis(now.saturating_sub(stored));
+    Some(Entry {
+        body: Bytes::copy_from_slice(bytes.get(24..)?),
+        stored: Instant::now().checked_sub(age)?,
+        fresh_for: Duration::from_millis(fresh),
+        stale_for: Duration::from_millis(stale),
+    })
 }
 
 /// What an upstream's `cache-control` allows.
@@ -279,6 +362,48 @@ impl<T: Clone> Coalescer<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A copy read from Redis keeps the expiry it was stored with, aged by the time
+    /// since it was stored (by wall clock: replicas share no monotonic one).
+    #[test]
+    fn an_entry_from_redis_keeps_its_expiry() {
+        let now_ms = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap();
+        let stored_ago = |secs: u64, fresh: u64, stale: u64| {
+            let mut b = Vec::new();
+            b.extend_from_slice(&(now_ms - secs * 1000).to_be_bytes());
+            b.extend_from_slice(&(fresh * 1000).to_be_bytes());
+            b.extend_from_slice(&(stale * 1000).to_be_bytes());
+            b.extend_from_slice(b"{}");
+            decode(&b).unwrap()
+        };
+        let e = stored_ago(30, 60, 0);
+        let left = e.fresh_for.saturating_sub(e.stored.elapsed());
+        assert!(
+            (29..=30).contains(&left.as_secs()),
+            "{left:?} of its 60 s left"
+        );
+        assert_eq!(&e.body[..], b"{}");
+        let old = stored_ago(90, 60, 60);
+        assert!(old.stored.elapsed() > old.fresh_for, "stale by now");
+        assert!(old.stored.elapsed() < old.fresh_for + old.stale_for);
+        let round = decode(&encode(
+            b"abc",
+            Duration::from_secs(5),
+            Duration::from_secs(7),
+        ))
+        .unwrap();
+        assert_eq!(
+            (&round.body[..], round.fresh_for, round.stale_for),
+            (&b"abc"[..], Duration::from_secs(5), Duration::from_secs(7))
+        );
+        assert!(decode(b"short").is_none());
+    }
     use http::HeaderValue;
     use std::sync::Arc;
 

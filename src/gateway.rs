@@ -211,6 +211,10 @@ impl Gateway {
                 _ => Some(Arc::new(Tracing::build(settings)?)),
             },
         };
+        cache.share(shared.as_ref().map(|s| crate::cache::SharedCache {
+            shared: s.clone(),
+            max_entry: s.config.max_entry,
+        }));
         budget.set_limit(config.server.buffer_capacity);
         let any_cors = routes.iter().any(|r| r.cors.is_some());
         Ok(Gateway {

@@ -1,5 +1,5 @@
 //! State shared across replicas through Redis (`[shared]`): rate limits decided in one
-//! place for every replica.
+//! place for every replica, and cached answers any replica can serve.
 //!
 //! Redis is never in the critical path of a failure: an operation gets `timeout`; the
 //! first that fails or times out marks Redis `down`, and while it is down no operation
@@ -209,5 +209,61 @@ impl Shared {
             Op::Ok(wait) => Some(Err(Duration::from_micros(wait))),
             Op::Unavailable => None,
         }
+    }
+}
+
+impl Shared {
+    /// The Redis key of a cache key: hashed, because a cache key holds forwarded header
+    /// values (an `authorization`, say) that must not be readable in Redis.
+    fn cache_key(&self, key: &str) -> String {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
+        let mut out = String::with_capacity(self.config.key_prefix.len() + 2 + 64);
+        out.push_str(&self.config.key_prefix);
+        out.push_str("c:");
+        for b in digest.as_ref() {
+            use std::fmt::Write;
+            let _ = write!(out, "{b:02x}");
+        }
+        out
+    }
+
+    /// A cached value: `None` when Redis cannot answer now, `Some(None)` on a miss.
+    pub async fn cache_get(self: &Arc<Self>, key: &str) -> Option<Option<Vec<u8>>> {
+        let full = self.cache_key(key);
+        match self
+            .run("cache_get", |mut conn| async move {
+                redis::cmd("GET")
+                    .arg(full)
+                    .query_async::<Option<Vec<u8>>>(&mut conn)
+                    .await
+            })
+            .await
+        {
+            Op::Ok(v) => Some(v),
+            Op::Unavailable => None,
+        }
+    }
+
+    /// Stores a value for `ttl`, in the background: the answer does not wait for it.
+    pub fn cache_set(self: &Arc<Self>, key: &str, value: Vec<u8>, ttl: Duration) {
+        if !self.is_up() {
+            return;
+        }
+        let full = self.cache_key(key);
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let _ = shared
+                .run("cache_set", |mut conn| async move {
+                    redis::cmd("SET")
+                        .arg(full)
+                        .arg(value)
+                        .arg("PX")
+                        .arg(ms)
+                        .query_async::<()>(&mut conn)
+                        .await
+                })
+                .await;
+        });
     }
 }

@@ -333,3 +333,130 @@ async fn the_redis_password_is_never_shown() {
         "{e}"
     );
 }
+
+/// Two replicas of a gateway with a route cache and a backend cache, sharing Redis.
+fn cached(redis_url: &str, upstream: &str, max_entry: &str) -> String {
+    format!(
+        r#"{SERVER}
+[shared]
+redis = "{redis_url}"
+key_prefix = "cache-{prefix}:"
+timeout = "50ms"
+max_entry = "{max_entry}"
+
+[upstreams.u]
+urls = ["{upstream}"]
+
+[[routes]]
+name = "cached"
+path = "/cached/{{id}}"
+cache = {{ ttl = "60s" }}
+forward_headers = ["x-tenant"]
+  [[routes.backends]]
+  upstream = "u"
+  path = "/things/{{id}}"
+
+[[routes]]
+name = "backend-cached"
+path = "/b/{{id}}"
+  [[routes.backends]]
+  upstream = "u"
+  path = "/parts/{{id}}"
+  cache_ttl = "60s"
+"#,
+        prefix = free_port()
+    )
+}
+
+#[tokio::test]
+async fn a_cached_answer_is_served_by_every_replica() {
+    let redis = Redis::start(free_port(), None);
+    let up = Upstream::start(|seen| async move {
+        let tenant = seen
+            .headers
+            .get("x-tenant")
+            .map(|v| v.to_str().unwrap().to_string());
+        crate::support::json(
+            200,
+            json!({"path": seen.uri.path(), "tenant": tenant, "pad": "x".repeat(2000)}),
+        )
+    })
+    .await;
+    let text = cached(&redis.url(), &up.url(), "1KiB");
+    let small = cached(&redis.url(), &up.url(), "64KiB");
+    // The answers are ~2 KB: over `max_entry` for the first pair, under it for the second.
+    let (a, b) = (Gateway::start(&small).await, Gateway::start(&small).await);
+    for gw in [&a, &b] {
+        until_state(gw, "up").await;
+    }
+    let first = a
+        .send(
+            a.client
+                .get(format!("{}/cached/1", a.base))
+                .header("x-tenant", "t1"),
+        )
+        .await;
+    assert_eq!(first.header("x-manifold-cache"), Some("miss"));
+    assert_eq!(up.hits(), 1);
+    // The set happens after the answer: give it a moment.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let other = b
+        .send(
+            b.client
+                .get(format!("{}/cached/1", b.base))
+                .header("x-tenant", "t1"),
+        )
+        .await;
+    assert_eq!(
+        other.header("x-manifold-cache"),
+        Some("hit"),
+        "served from Redis"
+    );
+    assert_eq!(other.body, first.body);
+    assert_eq!(up.hits(), 1, "no second upstream call");
+    // Another tenant (a forwarded header) never gets it.
+    let t2 = b
+        .send(
+            b.client
+                .get(format!("{}/cached/1", b.base))
+                .header("x-tenant", "t2"),
+        )
+        .await;
+    assert_eq!(t2.header("x-manifold-cache"), Some("miss"));
+    assert_eq!(t2.json()["tenant"], "t2");
+    assert_eq!(up.hits(), 2);
+
+    // A backend's cache_ttl answer, the same.
+    a.get("/b/7").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let hits = up.hits();
+    assert_eq!(b.get("/b/7").await.status, 200);
+    assert_eq!(up.hits(), hits, "the backend answer came from Redis");
+    let m = b.metrics().await;
+    assert!(
+        series(
+            &m,
+            r#"manifold_shared_ops_total{op="cache_get",result="ok"}"#
+        ) >= 2.0
+    );
+
+    // Answers over max_entry stay local.
+    let (c, d) = (Gateway::start(&text).await, Gateway::start(&text).await);
+    for gw in [&c, &d] {
+        until_state(gw, "up").await;
+    }
+    c.get("/cached/9").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let hits = up.hits();
+    assert_eq!(
+        d.get("/cached/9").await.header("x-manifold-cache"),
+        Some("miss")
+    );
+    assert_eq!(up.hits(), hits + 1);
+    assert_eq!(
+        c.get("/cached/9").await.header("x-manifold-cache"),
+        Some("hit"),
+        "local"
+    );
+    drop(redis);
+}
