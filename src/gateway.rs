@@ -145,30 +145,39 @@ impl Gateway {
             Some(p) => p.budget.clone(),
             None => Budget::new(config.server.buffer_capacity),
         };
-        let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
-        let mut ordered = Vec::with_capacity(config.upstreams.len());
-        for u in &config.upstreams {
-            let kept = previous.and_then(|p| {
-                p.upstreams
-                    .iter()
-                    .find(|old| *old.name == u.name && old.settings == u.settings)
-                    .cloned()
-            });
-            let up = match kept {
-                Some(up) => up,
-                None => Arc::new(Upstream::build(&u.name, &u.settings, workers, &budget)?),
-            };
-            upstreams.insert(u.name.as_str(), up.clone());
-            ordered.push(up);
-        }
-        // `[cors]` compiled once, shared by every route that takes it.
-        let cors = config.cors.as_ref().map(|c| Arc::new(Cors::new(c)));
         // One Redis client for the server's life while `[shared]` is unchanged.
         let shared = match (&config.shared, previous.and_then(|p| p.shared.as_ref())) {
             (None, _) => None,
             (Some(c), Some(old)) if old.config == *c => Some(old.clone()),
             (Some(c), _) => Some(Shared::start(c.clone())?),
         };
+        let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
+        let mut ordered = Vec::with_capacity(config.upstreams.len());
+        for u in &config.upstreams {
+            // A changed `[shared]` rebuilds only the upstreams whose limit it decides.
+            let kept = previous
+                .filter(|p| p.config.shared == config.shared || u.settings.rate_limit.is_none())
+                .and_then(|p| {
+                    p.upstreams
+                        .iter()
+                        .find(|old| *old.name == u.name && old.settings == u.settings)
+                        .cloned()
+                });
+            let up = match kept {
+                Some(up) => up,
+                None => Arc::new(Upstream::build(
+                    &u.name,
+                    &u.settings,
+                    workers,
+                    &budget,
+                    shared.as_ref(),
+                )?),
+            };
+            upstreams.insert(u.name.as_str(), up.clone());
+            ordered.push(up);
+        }
+        // `[cors]` compiled once, shared by every route that takes it.
+        let cors = config.cors.as_ref().map(|c| Arc::new(Cors::new(c)));
         let mut validators = Vec::with_capacity(config.jwt.len());
         for v in &config.jwt {
             let before =

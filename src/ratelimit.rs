@@ -48,6 +48,13 @@ fn quota(rate: &RateConfig) -> Quota {
     )
 }
 
+/// A limit's GCRA cell interval and burst tolerance: what a shared decision in Redis
+/// is made with, the same as the local buckets'.
+pub fn gcra_params(rate: &RateConfig) -> (Duration, Duration) {
+    let interval = Duration::from_secs_f64(1.0 / rate.per_second).max(Duration::from_nanos(1));
+    (interval, interval.saturating_mul(rate.burst.max(1) - 1))
+}
+
 /// A limit on one thing: an upstream, or a whole route (`global`).
 pub struct Bucket(Direct);
 

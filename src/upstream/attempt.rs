@@ -125,10 +125,20 @@ impl Upstream {
             deadline,
         );
         span.inject(req.headers_mut());
+        // A limit shared in Redis is decided there first (boxed: only upstreams with
+        // one carry that future).
+        let shared = if self.shared_rate.is_some() {
+            Box::pin(self.shared_rate()).await
+        } else {
+            None
+        };
         let guards = if mode == Mode::Buffered && !self.budget.has_room() {
             Err(Failure::BufferFull)
         } else {
-            self.guards()
+            match shared {
+                Some(Err(f)) => Err(f),
+                decided => self.guards(decided.is_some()),
+            }
         };
         span.breaker(match &guards {
             Ok((_, Some(permit))) => Some(permit.state()),

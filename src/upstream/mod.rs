@@ -33,6 +33,7 @@ use crate::config::{DEFAULT_MAX_CONCURRENCY, UpstreamSettings};
 use crate::error::Failure;
 use crate::metrics::{METRICS, UpstreamMetrics};
 use crate::ratelimit::Bucket;
+use crate::shared::Shared;
 use crate::trace::Span;
 use attempt::{Mode, Try, read_limited};
 use breaker::{Breaker, BreakerState, Permit};
@@ -51,6 +52,9 @@ pub struct Upstream {
     inflight: Option<InFlight>,
     /// The upstream's own `rate_limit`, shared by every route that calls it.
     rate: Option<Bucket>,
+    /// With `[shared]`: the same limit decided for all replicas in Redis (the local
+    /// bucket decides while Redis cannot).
+    shared_rate: Option<SharedRate>,
     /// Identical GETs in flight share one call (CONTRACT §5).
     pub coalescer: Coalescer<(Reply, u32)>,
     metrics: UpstreamMetrics,
@@ -79,12 +83,21 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle-read bound for streamed (passthrough) bodies when the upstream sets no timeout.
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// An upstream limit decided in Redis: where, and its GCRA parameters.
+struct SharedRate {
+    shared: Arc<Shared>,
+    key: String,
+    interval: Duration,
+    tolerance: Duration,
+}
+
 impl Upstream {
     pub fn build(
         name: &str,
         settings: &UpstreamSettings,
         workers: usize,
         budget: &Arc<Budget>,
+        shared: Option<&Arc<Shared>>,
     ) -> Result<Self, String> {
         let tls = crate::tls::client_config(settings.ca_file.as_deref())
             .map_err(|e| format!("upstream {name}: {e}"))?;
@@ -120,6 +133,19 @@ impl Upstream {
                 settings.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY),
             )),
             rate: settings.rate_limit.as_ref().map(Bucket::new),
+            shared_rate: match (shared, &settings.rate_limit) {
+                (Some(shared), Some(rate)) => {
+                    let (interval, tolerance) = crate::ratelimit::gcra_params(rate);
+                    let fp = crate::config::fingerprint(&format!("{rate:?}"));
+                    Some(SharedRate {
+                        shared: shared.clone(),
+                        key: format!("url:{name}:{fp:016x}"),
+                        interval,
+                        tolerance,
+                    })
+                }
+                _ => None,
+            },
             coalescer: Coalescer::default(),
             metrics: METRICS.upstream(name),
             cache_prefix: format!(
@@ -158,11 +184,13 @@ impl Upstream {
         self.settings.timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT)
     }
 
-    /// The upstream's rate limit, its place under `max_concurrency`, then the
-    /// breaker's leave: load checks first, so a call shed for load never uses up a
-    /// half-open probe.
-    fn guards(&self) -> Result<(Option<Ticket>, Option<Permit<'_>>), Failure> {
-        if let Some(rate) = &self.rate {
+    /// The upstream's rate limit (unless Redis `decided` it for all replicas), its
+    /// place under `max_concurrency`, then the breaker's leave: load checks first, so a
+    /// call shed for load never uses up a half-open probe.
+    fn guards(&self, decided: bool) -> Result<(Option<Ticket>, Option<Permit<'_>>), Failure> {
+        if let Some(rate) = &self.rate
+            && !decided
+        {
             rate.check().map_err(|_| Failure::Overloaded)?;
         }
         let slot = match &self.inflight {
@@ -177,6 +205,14 @@ impl Upstream {
             None => None,
         };
         Ok((slot, permit))
+    }
+
+    /// With a limit shared in Redis: its decision (`None`: Redis cannot decide now, the
+    /// local bucket will).
+    async fn shared_rate(&self) -> Option<Result<(), Failure>> {
+        let r = self.shared_rate.as_ref()?;
+        let decided = r.shared.rate_limit(&r.key, r.interval, r.tolerance).await?;
+        Some(decided.map_err(|_| Failure::Overloaded))
     }
 
     /// Calls in flight allowed at once (`max_concurrency`, or the default).

@@ -460,3 +460,50 @@ async fn a_cached_answer_is_served_by_every_replica() {
     );
     drop(redis);
 }
+
+#[tokio::test]
+async fn an_upstream_limit_is_one_budget_across_replicas() {
+    let redis = Redis::start(free_port(), None);
+    let up = Upstream::json(json!({"ok": true})).await;
+    let text = format!(
+        r#"{SERVER}
+[shared]
+redis = "{}"
+key_prefix = "up-{}:"
+
+[upstreams.u]
+urls = ["{}"]
+rate_limit = {{ per_second = 0.01, burst = 10 }}
+
+[[routes]]
+path = "/x"
+  [[routes.backends]]
+  upstream = "u"
+  path = "/x"
+"#,
+        redis.url(),
+        free_port(),
+        up.url()
+    );
+    let (a, b) = (Gateway::start(&text).await, Gateway::start(&text).await);
+    for gw in [&a, &b] {
+        until_state(gw, "up").await;
+    }
+    let mut ok = 0;
+    for i in 0..30 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let r = gw.get("/x").await;
+        match r.status {
+            200 => ok += 1,
+            503 => {
+                r.error(503, "OVERLOADED");
+            }
+            s => panic!("status {s}"),
+        }
+    }
+    assert_eq!(
+        ok, 10,
+        "one burst of 10 for both replicas together, not 10 each"
+    );
+    assert_eq!(up.hits(), 10);
+}
