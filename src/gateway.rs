@@ -149,7 +149,7 @@ impl Gateway {
         let shared = match (&config.shared, previous.and_then(|p| p.shared.as_ref())) {
             (None, _) => None,
             (Some(c), Some(old)) if old.config == *c => Some(old.clone()),
-            (Some(c), _) => Some(Shared::start(c.clone())?),
+            (Some(c), _) => Some(Shared::start(c.clone(), workers)?),
         };
         let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
         let mut ordered = Vec::with_capacity(config.upstreams.len());

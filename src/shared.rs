@@ -64,7 +64,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 pub struct Shared {
     pub config: SharedConfig,
     client: redis::Client,
+    /// The connection the reconnect loop made (its driver on the loop the gateway was
+    /// built on); `None` while Redis is down.
     conn: ArcSwapOption<MultiplexedConnection>,
+    /// One connection per worker loop, made on that loop once Redis is up, so an
+    /// operation never hops threads (through the shared one it costs two wake-ups).
+    local: Vec<(ArcSwapOption<MultiplexedConnection>, AtomicBool)>,
     /// A reconnect loop is running.
     reconnecting: AtomicBool,
     script: redis::Script,
@@ -83,7 +88,8 @@ enum Op<T> {
 
 impl Shared {
     /// Starts connecting in the background; until connected, Redis counts as down.
-    pub fn start(config: SharedConfig) -> Result<Arc<Shared>, String> {
+    /// `workers`: the event loops that will call it (one connection each).
+    pub fn start(config: SharedConfig, workers: usize) -> Result<Arc<Shared>, String> {
         let client = redis::Client::open(config.redis.as_str()).map_err(|e| {
             format!(
                 "[shared] redis {}: {}",
@@ -96,6 +102,9 @@ impl Shared {
         let shared = Arc::new(Shared {
             client,
             conn: ArcSwapOption::empty(),
+            local: (0..workers.max(1))
+                .map(|_| (ArcSwapOption::empty(), AtomicBool::new(false)))
+                .collect(),
             reconnecting: AtomicBool::new(false),
             script: redis::Script::new(GCRA),
             metrics: METRICS.shared(),
@@ -113,6 +122,9 @@ impl Shared {
 
     /// Marks Redis down (once) and starts the reconnect loop.
     fn went_down(self: &Arc<Self>, why: &str) {
+        for (conn, _) in &self.local {
+            conn.store(None);
+        }
         if self.conn.swap(None).is_some() {
             self.metrics.up.set(0);
             tracing::warn!(redis = %crate::redact::url(&self.config.redis), cause = %why, "shared state: redis is down; each replica limits alone until it is back");
@@ -153,13 +165,39 @@ impl Shared {
         });
     }
 
+    /// This loop's own connection when it has one; else the shared one (and this
+    /// loop's is made in the background). `None` while Redis is down.
+    fn connection(self: &Arc<Self>) -> Option<Arc<MultiplexedConnection>> {
+        let shared = self.conn.load_full()?;
+        let (local, connecting) = &self.local[crate::worker::index() % self.local.len()];
+        if let Some(c) = local.load_full() {
+            return Some(c);
+        }
+        if !connecting.swap(true, Ordering::AcqRel) {
+            let s = self.clone();
+            tokio::spawn(async move {
+                let slot = crate::worker::index() % s.local.len();
+                let made =
+                    tokio::time::timeout(BACKOFF_MAX, s.client.get_multiplexed_async_connection())
+                        .await;
+                if let Ok(Ok(conn)) = made
+                    && s.conn.load().is_some()
+                {
+                    s.local[slot].0.store(Some(Arc::new(conn)));
+                }
+                s.local[slot].1.store(false, Ordering::Release);
+            });
+        }
+        Some(shared)
+    }
+
     /// Runs one operation within `timeout`, counting it; a failure marks Redis down.
     async fn run<T, F, Fut>(self: &Arc<Self>, op: &'static str, f: F) -> Op<T>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let Some(conn) = self.conn.load_full() else {
+        let Some(conn) = self.connection() else {
             return Op::Unavailable;
         };
         match tokio::time::timeout(self.config.timeout, f((*conn).clone())).await {
