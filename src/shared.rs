@@ -26,6 +26,8 @@ pub struct SharedConfig {
     pub key_prefix: String,
     pub timeout: Duration,
     pub max_entry: u64,
+    /// For `rediss://`: CA certificates (PEM) trusted besides the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for SharedConfig {
@@ -35,6 +37,7 @@ impl std::fmt::Debug for SharedConfig {
             .field("key_prefix", &self.key_prefix)
             .field("timeout", &self.timeout)
             .field("max_entry", &self.max_entry)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -54,6 +57,22 @@ local next = tat + interval
 redis.call('SET', KEYS[1], next, 'PX', math.ceil((next - now) / 1000) + 1000)
 return 0
 ";
+
+/// The system's trusted roots as PEM (what the redis client's TLS set-up takes).
+fn system_roots_pem() -> Vec<u8> {
+    use base64::Engine;
+    let mut out = Vec::new();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        out.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+        out.extend_from_slice(b"-----END CERTIFICATE-----\n");
+    }
+    out
+}
 
 /// Reconnect attempts start this far apart and double up to [`BACKOFF_MAX`], so Redis
 /// back is seen within about that long.
@@ -90,13 +109,35 @@ impl Shared {
     /// Starts connecting in the background; until connected, Redis counts as down.
     /// `workers`: the event loops that will call it (one connection each).
     pub fn start(config: SharedConfig, workers: usize) -> Result<Arc<Shared>, String> {
-        let client = redis::Client::open(config.redis.as_str()).map_err(|e| {
+        let failed = |e: String| {
             format!(
                 "[shared] redis {}: {}",
                 crate::redact::url(&config.redis),
-                crate::redact::in_text(&e.to_string())
+                crate::redact::in_text(&e)
             )
-        })?;
+        };
+        let client = match &config.ca_file {
+            Some(ca) if config.redis.starts_with("rediss://") => {
+                // The redis client takes its TLS roots whole: the system's, then ours.
+                let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+                let mut pem = system_roots_pem();
+                let extra = crate::watch::read_bounded(ca, crate::watch::MAX_FILE)
+                    .map_err(|e| failed(format!("ca_file {}: {e}", ca.display())))?;
+                pem.extend_from_slice(&extra);
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                redis::Client::build_with_tls(config.redis.as_str(), certs)
+                    .map_err(|e| failed(e.to_string()))?
+            }
+            _ => {
+                if config.redis.starts_with("rediss://") {
+                    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+                }
+                redis::Client::open(config.redis.as_str()).map_err(|e| failed(e.to_string()))?
+            }
+        };
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| "[shared] needs a running event loop".to_string())?;
         let shared = Arc::new(Shared {
@@ -112,7 +153,7 @@ impl Shared {
             config,
         });
         shared.metrics.up.set(0);
-        shared.reconnect();
+        shared.reconnect(true);
         Ok(shared)
     }
 
@@ -127,18 +168,21 @@ impl Shared {
         }
         if self.conn.swap(None).is_some() {
             self.metrics.up.set(0);
-            tracing::warn!(redis = %crate::redact::url(&self.config.redis), cause = %why, "shared state: redis is down; each replica limits alone until it is back");
+            tracing::warn!(redis = %crate::redact::url(&self.config.redis), cause = %why, "shared state: redis is down; each replica limits alone until it is up");
         }
-        self.reconnect();
+        self.reconnect(false);
     }
 
-    fn reconnect(self: &Arc<Self>) {
+    /// `initial`: the first connection since start, whose failure is logged (once) as
+    /// the first state, down; later failures were logged when Redis went down.
+    fn reconnect(self: &Arc<Self>, initial: bool) {
         if self.reconnecting.swap(true, Ordering::AcqRel) {
             return;
         }
         let shared = Arc::downgrade(self);
         self.runtime.spawn(async move {
             let mut wait = BACKOFF_MIN;
+            let mut first_failure = initial;
             loop {
                 let Some(s) = shared.upgrade() else { return };
                 let connected = tokio::time::timeout(BACKOFF_MAX, async {
@@ -155,8 +199,21 @@ impl Shared {
                         tracing::info!(redis = %crate::redact::url(&s.config.redis), "shared state: redis is up");
                         return;
                     }
-                    Ok(Err(e)) => tracing::debug!(error = %crate::redact::in_text(&e.to_string()), "shared state: reconnect failed"),
-                    Err(_) => tracing::debug!("shared state: reconnect timed out"),
+                    Ok(Err(e)) => {
+                        let cause = crate::redact::in_text(&e.to_string()).into_owned();
+                        if std::mem::take(&mut first_failure) {
+                            tracing::warn!(redis = %crate::redact::url(&s.config.redis), cause = %cause, "shared state: redis is down; each replica limits alone until it is up");
+                        } else {
+                            tracing::debug!(error = %cause, "shared state: reconnect failed");
+                        }
+                    }
+                    Err(_) => {
+                        if std::mem::take(&mut first_failure) {
+                            tracing::warn!(redis = %crate::redact::url(&s.config.redis), cause = "no connection within 2 s", "shared state: redis is down; each replica limits alone until it is up");
+                        } else {
+                            tracing::debug!("shared state: reconnect timed out");
+                        }
+                    }
                 }
                 drop(s);
                 tokio::time::sleep(wait).await;

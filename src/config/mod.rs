@@ -176,7 +176,7 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Opti
             ),
         )
         .and_then(|mut t| {
-            let s = read_shared(&mut t, errs);
+            let s = read_shared(&mut t, errs, base);
             t.finish(errs);
             s
         });
@@ -1008,7 +1008,7 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
 }
 
 /// `[shared]`: where the replicas' Redis is.
-fn read_shared(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<SharedConfig> {
+fn read_shared(t: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Option<SharedConfig> {
     let redis = t.required_string(
         errs,
         key(
@@ -1044,24 +1044,39 @@ fn read_shared(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<SharedConfig>
             ),
         )
         .map_or(DEFAULT_SHARED_MAX_ENTRY, |(n, _)| n);
+    let ca_file = t
+        .string(
+            errs,
+            key(
+                "ca_file",
+                "For rediss://: CA certificates (PEM) trusted besides the system's; relative to the config file's directory.",
+            ),
+        )
+        .and_then(|(s, span)| {
+            let path = base.join(&s);
+            match crate::watch::read_bounded(&path, crate::watch::MAX_FILE) {
+                Ok(b) if String::from_utf8_lossy(&b).contains("-----BEGIN CERTIFICATE-----") => {
+                    Some(path)
+                }
+                _ => {
+                    errs.push(
+                        Diagnostic::new(span, format!("ca_file `{s}` is not a readable PEM file"))
+                            .label("unusable"),
+                    );
+                    None
+                }
+            }
+        });
     let (url, span) = redis?;
     match Url::parse(&url) {
-        Ok(u) if u.scheme() == "redis" && u.host_str().is_some() => {}
-        Ok(u) if u.scheme() == "rediss" => {
-            errs.push(
-                Diagnostic::new(span, "rediss:// is not supported yet")
-                    .label("TLS to Redis comes with the shared caches")
-                    .note("use redis:// on a private network for now"),
-            );
-            return None;
-        }
+        Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host_str().is_some() => {}
         _ => {
             errs.push(
                 Diagnostic::new(
                     span,
                     format!("`{}` is not a redis:// URL", crate::redact::url(&url)),
                 )
-                .label("expected redis://[:password@]host:port/db"),
+                .label("expected redis:// or rediss://[:password@]host:port/db"),
             );
             return None;
         }
@@ -1071,6 +1086,7 @@ fn read_shared(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<SharedConfig>
         key_prefix,
         timeout,
         max_entry,
+        ca_file,
     })
 }
 
