@@ -103,7 +103,12 @@ pub async fn handle(
         (None, false)
     };
     let mut done = Finish::new(shared, gateway.clone(), record, span);
-    let mut response = match serve(&gateway, req, peer, &request_id, &mut done).await {
+    let served = if gateway.shared.is_some() {
+        crate::shared::with_budget(serve(&gateway, req, peer, &request_id, &mut done)).await
+    } else {
+        serve(&gateway, req, peer, &request_id, &mut done).await
+    };
+    let mut response = match served {
         // An h2 connection whose client leaves its answers unread gets no more than its
         // share pinned: an answer that would pass it is let go, and 503 sent instead.
         Ok(r)

@@ -98,6 +98,31 @@ pub struct Shared {
     runtime: tokio::runtime::Handle,
 }
 
+tokio::task_local! {
+    /// When the request running on this task must stop waiting on Redis: set at its
+    /// first operation, `timeout` later, so all of a request's operations together wait
+    /// at most `timeout` (the contract's bound), not `timeout` each.
+    static REQUEST_BUDGET: std::cell::Cell<Option<tokio::time::Instant>>;
+}
+
+/// Runs a request with its Redis time budget (see [`REQUEST_BUDGET`]).
+pub async fn with_budget<F: std::future::Future>(f: F) -> F::Output {
+    REQUEST_BUDGET.scope(std::cell::Cell::new(None), f).await
+}
+
+/// This operation's deadline: `timeout` from now, or the request's budget if sooner.
+/// `true` when the request's budget is what bounds it.
+fn op_deadline(timeout: Duration) -> (tokio::time::Instant, bool) {
+    let own = tokio::time::Instant::now() + timeout;
+    REQUEST_BUDGET
+        .try_with(|b| {
+            let until = *b.get().get_or_insert(own);
+            b.set(Some(until));
+            (until.min(own), until < own)
+        })
+        .unwrap_or((own, false))
+}
+
 /// What one Redis operation came to.
 enum Op<T> {
     Ok(T),
@@ -257,7 +282,12 @@ impl Shared {
         let Some(conn) = self.connection() else {
             return Op::Unavailable;
         };
-        match tokio::time::timeout(self.config.timeout, f((*conn).clone())).await {
+        let (until, budget_bound) = op_deadline(self.config.timeout);
+        if budget_bound && until <= tokio::time::Instant::now() {
+            // This request has waited on Redis as long as it may: decide locally.
+            return Op::Unavailable;
+        }
+        match tokio::time::timeout_at(until, f((*conn).clone())).await {
             Ok(Ok(v)) => {
                 self.metrics.count(op, "ok");
                 Op::Ok(v)
@@ -269,7 +299,11 @@ impl Shared {
             }
             Err(_) => {
                 self.metrics.count(op, "timeout");
-                self.went_down(&format!("no answer within {:?}", self.config.timeout));
+                // Cut short by the request's budget, Redis was not given its whole
+                // `timeout`: not a reason to call it down.
+                if !budget_bound {
+                    self.went_down(&format!("no answer within {:?}", self.config.timeout));
+                }
                 Op::Unavailable
             }
         }
@@ -360,5 +394,29 @@ impl Shared {
                 })
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// All of a request's Redis operations together wait at most `timeout`.
+    #[tokio::test(start_paused = true)]
+    async fn a_requests_operations_share_one_timeout() {
+        let timeout = Duration::from_millis(20);
+        with_budget(async {
+            let t0 = tokio::time::Instant::now();
+            let (first, bound) = op_deadline(timeout);
+            assert_eq!((first - t0, bound), (timeout, false));
+            tokio::time::sleep(Duration::from_millis(15)).await;
+            let (second, bound) = op_deadline(timeout);
+            assert_eq!(second, first, "the second gets what is left: 5 ms");
+            assert!(bound);
+        })
+        .await;
+        // Outside a request (a cache write after the answer): its own timeout.
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(op_deadline(timeout), (t0 + timeout, false));
     }
 }

@@ -588,3 +588,58 @@ path = "/x"
     assert_eq!(redis_state(&c).await, "down");
     assert_eq!(c.get("/x").await.status, 200);
 }
+
+#[tokio::test]
+async fn stale_if_error_holds_across_replicas() {
+    let redis = Redis::start(free_port(), None);
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = failing.clone();
+    let up = Upstream::start(move |_| {
+        let f = f.clone();
+        async move {
+            if f.load(Ordering::SeqCst) {
+                crate::support::json(503, json!({"down": true}))
+            } else {
+                crate::support::json(200, json!({"fresh": true}))
+            }
+        }
+    })
+    .await;
+    let text = format!(
+        r#"{SERVER}
+[shared]
+redis = "{}"
+key_prefix = "stale-{}:"
+timeout = "50ms"
+
+[upstreams.u]
+urls = ["{}"]
+
+[[routes]]
+path = "/s"
+cache = {{ ttl = "1s", stale_if_error = "60s" }}
+  [[routes.backends]]
+  upstream = "u"
+  path = "/s"
+"#,
+        redis.url(),
+        free_port(),
+        up.url()
+    );
+    let (a, b) = (Gateway::start(&text).await, Gateway::start(&text).await);
+    for gw in [&a, &b] {
+        until_state(gw, "up").await;
+    }
+    assert_eq!(a.get("/s").await.header("x-manifold-cache"), Some("miss"));
+    // Past its ttl (Redis keeps it for ttl + stale_if_error, on its own clock).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    failing.store(true, Ordering::SeqCst);
+    let stale = b.get("/s").await;
+    assert_eq!(stale.status, 200);
+    assert_eq!(
+        stale.header("x-manifold-cache"),
+        Some("stale"),
+        "B stood in with A's answer"
+    );
+    assert_eq!(stale.json()["fresh"], true);
+}
