@@ -147,7 +147,10 @@ async fn until_state(gw: &Gateway, want: &str) {
 async fn three_replicas_admit_what_one_would() {
     let redis = Redis::start(free_port(), None);
     let up = Upstream::json(json!({"ok": true})).await;
-    let text = config(&redis.url(), &up.url(), 100, 20);
+    // A generous timeout: on a loaded test machine a slow answer must not hand the
+    // decisions to each replica (that is another test's subject).
+    let text =
+        config(&redis.url(), &up.url(), 100, 20).replace("timeout = \"50ms\"", "timeout = \"2s\"");
     let replicas = [
         Gateway::start(&text).await,
         Gateway::start(&text).await,
@@ -342,7 +345,7 @@ fn cached(redis_url: &str, upstream: &str, max_entry: &str) -> String {
 [shared]
 redis = "{redis_url}"
 key_prefix = "cache-{prefix}:"
-timeout = "50ms"
+timeout = "2s"
 max_entry = "{max_entry}"
 
 [upstreams.u]
@@ -471,6 +474,7 @@ async fn an_upstream_limit_is_one_budget_across_replicas() {
 [shared]
 redis = "{}"
 key_prefix = "up-{}:"
+timeout = "2s"
 
 [upstreams.u]
 urls = ["{}"]
@@ -554,7 +558,7 @@ async fn rediss_with_a_ca_file_shares_the_budget() {
 redis = "rediss://127.0.0.1:{port}/0"
 ca_file = "{ca}"
 key_prefix = "tls-{prefix}:"
-timeout = "500ms"
+timeout = "2s"
 
 [upstreams.u]
 urls = ["{}"]
@@ -610,7 +614,7 @@ async fn stale_if_error_holds_across_replicas() {
 [shared]
 redis = "{}"
 key_prefix = "stale-{}:"
-timeout = "50ms"
+timeout = "2s"
 
 [upstreams.u]
 urls = ["{}"]
