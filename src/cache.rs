@@ -83,6 +83,14 @@ impl Cache {
         }
     }
 
+    /// Redis stands behind this cache and answers now.
+    pub fn shared_up(&self) -> bool {
+        self.shared
+            .load()
+            .as_ref()
+            .is_some_and(|t| t.shared.is_up())
+    }
+
     /// Puts Redis behind this cache (or takes it away): set by every config build.
     pub fn share(&self, shared: Option<SharedCache>) {
         self.shared.store(shared.map(Arc::new));
@@ -91,9 +99,24 @@ impl Cache {
     /// This replica's entry, else (with `[shared]`, Redis up) the replicas' one, which
     /// is then kept here too with the expiry it was stored with.
     pub async fn lookup(&self, key: &str) -> Lookup {
+        self.lookup_with(key, None).await
+    }
+
+    /// As [`Cache::lookup`], with Redis's answer for `key` already fetched (`Some`:
+    /// read together with the route's rate limit, in one round trip).
+    pub async fn lookup_with(&self, key: &str, fetched: Option<Option<Vec<u8>>>) -> Lookup {
         let found = match self.inner.get(key).await {
             Some(e) => Some(e),
-            None => self.lookup_shared(key).await,
+            None => match fetched {
+                Some(bytes) => match bytes.as_deref().and_then(decode) {
+                    Some(entry) => {
+                        self.inner.insert(key.to_string(), entry.clone()).await;
+                        Some(entry)
+                    }
+                    None => None,
+                },
+                None => self.lookup_shared(key).await,
+            },
         };
         match found {
             Some(e) if e.stored.elapsed() < e.fresh_for => Lookup::Fresh(e),
@@ -365,6 +388,23 @@ mod tests {
 
     /// A copy read from Redis keeps the expiry it was stored with, aged by the time
     /// since it was stored (by wall clock: replicas share no monotonic one).
+    /// An entry read with the route's rate limit is used as read: no second look.
+    #[tokio::test]
+    async fn a_prefetched_entry_is_used_as_read() {
+        let c = Cache::new(1 << 20);
+        let bytes = encode(b"{\"a\":1}", Duration::from_secs(60), Duration::ZERO);
+        match c.lookup_with("k", Some(Some(bytes))).await {
+            Lookup::Fresh(e) => assert_eq!(&e.body[..], b"{\"a\":1}"),
+            _ => panic!("the prefetched entry is served"),
+        }
+        // And it is kept here now.
+        assert!(matches!(c.lookup("k").await, Lookup::Fresh(_)));
+        assert!(matches!(
+            c.lookup_with("other", Some(None)).await,
+            Lookup::Miss
+        ));
+    }
+
     #[test]
     fn an_entry_from_redis_keeps_its_expiry() {
         let now_ms = u64::try_from(

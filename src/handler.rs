@@ -318,11 +318,28 @@ async fn serve(
     record.route = Some(route.name.clone());
     span.rename(&route.span_name);
     span.record(|a| a.str("http.route", &route.template));
+    // With `[shared]`, a limited route's cache entry is read in the limit's round
+    // trip (when its key is known now: no token's claims in it).
+    let mut prefetched = None;
     if let Some(limiter) = &route.limiter {
         let trusted = &gateway.config.server.trusted_proxies;
         let decided = if limiter.is_shared() {
+            let cache_key = (route.cache.is_some()
+                && route.auth.is_none()
+                && !route.passthrough
+                && parts.method == Method::GET
+                && gateway.cache.shared_up())
+            .then(|| route_cache_key(route, &parts, ""));
             // Boxed: only routes whose limit lives in Redis carry that future.
-            Box::pin(limiter.check_shared(&parts.headers, peer.addr.ip(), trusted)).await
+            let (decided, entry) = Box::pin(limiter.check_shared(
+                &parts.headers,
+                peer.addr.ip(),
+                trusted,
+                cache_key.as_deref(),
+            ))
+            .await;
+            prefetched = entry;
+            decided
         } else {
             limiter.check(&parts.headers, peer.addr.ip(), trusted)
         };
@@ -382,7 +399,7 @@ async fn serve(
         body,
         headers,
         query,
-        (params, identity),
+        (params, identity, prefetched),
         deadline,
         request_id,
         record,
@@ -401,7 +418,7 @@ async fn aggregate(
     body: Incoming,
     headers: HeaderMap,
     query: Option<std::borrow::Cow<'_, str>>,
-    (params, identity): (Vec<String>, String),
+    (params, identity, prefetched): (Vec<String>, String, Option<Option<Vec<u8>>>),
     deadline: Instant,
     request_id: &HeaderValue,
     record: &mut AccessRecord,
@@ -449,14 +466,8 @@ async fn aggregate(
 
     // The route cache: complete answers only; a stale one stands in when a fresh
     // attempt fails, within `stale_if_error`.
-    let key = format!(
-        "{}{}?{}{}",
-        route.cache_prefix,
-        parts.uri.path(),
-        query.as_deref().unwrap_or(""),
-        vary
-    );
-    let stale = match gateway.cache.lookup(&key).await {
+    let key = route_cache_key(route, parts, &identity);
+    let stale = match gateway.cache.lookup_with(&key, prefetched).await {
         Lookup::Fresh(entry) => {
             record.cache = Some("hit");
             METRICS.cache_result("route", "hit");
@@ -653,6 +664,20 @@ fn apply_claims(
         }
     }
     identity
+}
+
+/// A route cache entry's key: the route (name and definition's fingerprint), the path,
+/// the forwarded query, and the values that reach upstreams (forwarded headers, then
+/// the token's claims, `identity`).
+fn route_cache_key(route: &Route, parts: &http::request::Parts, identity: &str) -> String {
+    let query = forward::forwarded_query(parts.uri.query(), &route.forward_query);
+    format!(
+        "{}{}?{}{}{identity}",
+        route.cache_prefix,
+        parts.uri.path(),
+        query.as_deref().unwrap_or(""),
+        cache::vary(&parts.headers, &route.forward_headers),
+    )
 }
 
 /// What every request head must be before it is routed: one `host` for HTTP/1.1

@@ -148,24 +148,38 @@ impl RouteLimiter {
 
     /// As [`RouteLimiter::check`], decided for all replicas in Redis; this replica's
     /// own buckets decide while Redis cannot.
+    ///
+    /// With `cache_key` (a route cache shared in Redis), that entry is read in the same
+    /// round trip and handed back (`Some`: Redis's answer, entry or none).
     pub async fn check_shared(
         &self,
         headers: &HeaderMap,
         peer: IpAddr,
         trusted: &[IpNet],
-    ) -> Result<(), Duration> {
+        cache_key: Option<&str>,
+    ) -> (Result<(), Duration>, Option<Option<Vec<u8>>>) {
         let suffix = match &self.key {
             LimitKey::Global => "global".to_string(),
             LimitKey::ClientIp => client_ip(headers, peer, trusted).to_string(),
             LimitKey::Header(name) => {
                 stable_hash(headers.get(name).map_or(&[][..], |v| v.as_bytes()))
             }
-            LimitKey::Claim(_) => return Ok(()),
+            LimitKey::Claim(_) => return (Ok(()), None),
         };
-        match self.decide_shared(&suffix).await {
-            Some(decided) => decided,
-            None => self.check(headers, peer, trusted),
-        }
+        let together = match (&self.shared, cache_key) {
+            (Some((shared, base)), Some(ck)) => {
+                let (i, t) = (
+                    Duration::from_nanos(self.interval),
+                    Duration::from_nanos(self.tolerance),
+                );
+                shared
+                    .rate_limit_and_get(&format!("{base}{suffix}"), i, t, ck)
+                    .await
+                    .map(|(decided, entry)| (decided, Some(entry)))
+            }
+            _ => self.decide_shared(&suffix).await.map(|d| (d, None)),
+        };
+        together.unwrap_or_else(|| (self.check(headers, peer, trusted), None))
     }
 
     /// As [`RouteLimiter::check_claim`], decided in Redis when it answers.

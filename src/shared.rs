@@ -213,6 +213,9 @@ impl Shared {
                 let connected = tokio::time::timeout(BACKOFF_MAX, async {
                     let mut conn = s.client.get_multiplexed_async_connection().await?;
                     redis::cmd("PING").query_async::<String>(&mut conn).await?;
+                    // Pipelines do not load a script on NOSCRIPT as a lone call does:
+                    // load it now (after every reconnect: a restarted Redis forgot it).
+                    s.script.prepare_invoke().load_async(&mut conn).await?;
                     Ok::<_, redis::RedisError>(conn)
                 })
                 .await;
@@ -342,6 +345,47 @@ impl Shared {
 }
 
 impl Shared {
+    /// A GCRA decision on `key` and a read of the cache entry `cache_key`, in one round
+    /// trip: what a limited route with a shared cache needs before anything else.
+    /// `None` when Redis cannot answer now.
+    pub async fn rate_limit_and_get(
+        self: &Arc<Self>,
+        key: &str,
+        interval: Duration,
+        tolerance: Duration,
+        cache_key: &str,
+    ) -> Option<(Result<(), Duration>, Option<Vec<u8>>)> {
+        let full = format!("{}{key}", self.config.key_prefix);
+        let cached = self.cache_key(cache_key);
+        let interval_us = u64::try_from(interval.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let tolerance_us = u64::try_from(tolerance.as_micros()).unwrap_or(u64::MAX);
+        let script = &self.script;
+        let answered = self
+            .run("rate_limit", |mut conn| async move {
+                redis::pipe()
+                    .invoke_script(script.key(full).arg(interval_us).arg(tolerance_us))
+                    .cmd("GET")
+                    .arg(cached)
+                    .query_async::<(u64, Option<Vec<u8>>)>(&mut conn)
+                    .await
+            })
+            .await;
+        match answered {
+            Op::Ok((wait, entry)) => {
+                self.metrics.count("cache_get", "ok");
+                let decided = if wait == 0 {
+                    Ok(())
+                } else {
+                    Err(Duration::from_micros(wait))
+                };
+                Some((decided, entry))
+            }
+            Op::Unavailable => None,
+        }
+    }
+
     /// The Redis key of a cache key: hashed, because a cache key holds forwarded header
     /// values (an `authorization`, say) that must not be readable in Redis.
     fn cache_key(&self, key: &str) -> String {

@@ -361,6 +361,15 @@ forward_headers = ["x-tenant"]
   path = "/things/{{id}}"
 
 [[routes]]
+name = "limited-cached"
+path = "/lc/{{id}}"
+cache = {{ ttl = "60s" }}
+rate_limit = {{ per_second = 1000, burst = 1000, key = "client_ip" }}
+  [[routes.backends]]
+  upstream = "u"
+  path = "/things/{{id}}"
+
+[[routes]]
 name = "backend-cached"
 path = "/b/{{id}}"
   [[routes.backends]]
@@ -429,6 +438,30 @@ async fn a_cached_answer_is_served_by_every_replica() {
     assert_eq!(t2.header("x-manifold-cache"), Some("miss"));
     assert_eq!(t2.json()["tenant"], "t2");
     assert_eq!(up.hits(), 2);
+
+    // A limited route: its entry comes back with the limit's decision, one round trip.
+    let before = series(
+        &b.metrics().await,
+        r#"manifold_shared_ops_total{op="cache_get",result="ok"}"#,
+    );
+    assert_eq!(
+        a.get("/lc/5").await.header("x-manifold-cache"),
+        Some("miss")
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let hits = up.hits();
+    let lc = b.get("/lc/5").await;
+    assert_eq!(
+        lc.header("x-manifold-cache"),
+        Some("hit"),
+        "read with the limit"
+    );
+    assert_eq!(up.hits(), hits);
+    let after = series(
+        &b.metrics().await,
+        r#"manifold_shared_ops_total{op="cache_get",result="ok"}"#,
+    );
+    assert!(after > before);
 
     // A backend's cache_ttl answer, the same.
     a.get("/b/7").await;
