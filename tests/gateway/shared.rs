@@ -680,3 +680,54 @@ cache = {{ ttl = "1s", stale_if_error = "60s" }}
     );
     assert_eq!(stale.json()["fresh"], true);
 }
+
+/// Under load, Redis stopped (SIGSTOP), resumed, killed and restarted: not one request
+/// fails or waits much past `timeout`, and the shared budget comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_failing_under_load_fails_no_request() {
+    let port = free_port();
+    let mut redis = Redis::start(port, None);
+    let up = Upstream::json(json!({"ok": true})).await;
+    let gw = Arc::new(Gateway::start(&config(&redis.url(), &up.url(), 100_000, 100_000)).await);
+    until_state(&gw, "up").await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let slowest = Arc::new(std::sync::Mutex::new(Duration::ZERO));
+    let served = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (gw, stop, slowest, served) =
+            (gw.clone(), stop.clone(), slowest.clone(), served.clone());
+        clients.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                let status = gw.get("/limited").await.status;
+                assert_eq!(status, 200, "no request fails because of Redis");
+                let took = t0.elapsed();
+                let mut s = slowest.lock().unwrap();
+                *s = (*s).max(took);
+                served.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.signal("-STOP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.signal("-CONT");
+    until_state(&gw, "up").await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _again = Redis::start(port, None);
+    until_state(&gw, "up").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let slowest = *slowest.lock().unwrap();
+    // timeout is 50 ms; the rest is the gateway and the test machine.
+    assert!(
+        slowest < Duration::from_millis(1000),
+        "slowest request {slowest:?}"
+    );
+    assert!(served.load(Ordering::Relaxed) > 100);
+}
