@@ -729,15 +729,7 @@ auth = {{ jwt = "internal" }}
         .await
         .error(401, "INVALID_TOKEN");
     // The secret is nowhere to be read.
-    let routes = gw
-        .client
-        .get(format!("{}/routes", gw.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let routes = gw.routes_text().await;
     assert!(!routes.contains("0123456789abcdef"), "{routes}");
     let routes: Value = serde_json::from_str(&routes).unwrap();
     assert_eq!(routes["auth"]["jwt"]["internal"]["source"], "secret");

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::support::{Gateway, SERVER, Upstream, all_events, series};
+use crate::support::{Gateway, Pki, SERVER, Upstream, all_events, series};
 
 /// A `redis-server` on a free port of 127.0.0.1, killed when dropped.
 struct Redis {
@@ -118,16 +118,7 @@ rate_limit = {{ per_second = {per_second}, burst = {burst}, key = "global" }}
 }
 
 async fn redis_state(gw: &Gateway) -> String {
-    let routes: Value = gw
-        .client
-        .get(format!("{}/routes", gw.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    routes["shared"]["redis"]
+    gw.routes().await["shared"]["redis"]
         .as_str()
         .unwrap_or("absent")
         .to_string()
@@ -306,15 +297,7 @@ async fn the_redis_password_is_never_shown() {
     assert_eq!(redis_state(&gw2).await, "down");
     assert_eq!(gw2.get("/limited").await.status, 200, "decided alone");
     for g in [&gw, &gw2] {
-        let routes = g
-            .client
-            .get(format!("{}/routes", g.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let routes = g.routes_text().await;
         let metrics = g.metrics().await;
         for text in [&routes, &metrics] {
             assert!(!text.contains("s3cret-pass-word") && !text.contains("not-the-pass-word"));
@@ -548,26 +531,13 @@ path = "/x"
 
 #[tokio::test]
 async fn rediss_with_a_ca_file_shares_the_budget() {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
     let dir = tempfile::tempdir().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let mut leaf =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-    leaf.use_authority_key_identifier_extension = true;
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    let pki = Pki::new();
+    let pair = pki.pair();
     let path = |n: &str| dir.path().join(n).display().to_string();
-    std::fs::write(path("ca.pem"), ca_cert.pem()).unwrap();
-    std::fs::write(path("cert.pem"), leaf_cert.pem()).unwrap();
-    std::fs::write(path("key.pem"), leaf_key.serialize_pem()).unwrap();
+    std::fs::write(path("ca.pem"), &pki.root_pem).unwrap();
+    std::fs::write(path("cert.pem"), &pair.cert).unwrap();
+    std::fs::write(path("key.pem"), &pair.key).unwrap();
     let port = free_port();
     let (cert, key, ca) = (path("cert.pem"), path("key.pem"), path("ca.pem"));
     let _redis = Redis::start_with(

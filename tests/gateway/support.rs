@@ -298,17 +298,26 @@ impl Gateway {
         }
     }
 
-    /// An upstream's breaker state as the admin `/routes` shows it.
-    pub async fn breaker(&self, upstream: &str) -> String {
-        let routes: Value = self
-            .client
+    /// The admin `/routes` answer, as sent.
+    pub async fn routes_text(&self) -> String {
+        self.client
             .get(format!("{}/routes", self.admin))
             .send()
             .await
             .unwrap()
-            .json()
+            .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// The admin `/routes` answer.
+    pub async fn routes(&self) -> Value {
+        serde_json::from_str(&self.routes_text().await).unwrap()
+    }
+
+    /// An upstream's breaker state as the admin `/routes` shows it.
+    pub async fn breaker(&self, upstream: &str) -> String {
+        let routes = self.routes().await;
         routes["upstreams"][upstream]["breaker"]
             .as_str()
             .unwrap()
@@ -434,4 +443,53 @@ pub fn series(text: &str, series: &str) -> f64 {
 /// Every log event the gateways of this test binary wrote so far.
 pub fn all_events() -> Vec<Value> {
     capture_events().lock().unwrap().clone()
+}
+
+/// A test certificate authority, and certificates it signs for 127.0.0.1 and localhost.
+pub struct Pki {
+    pub root: rustls::pki_types::CertificateDer<'static>,
+    /// The root as PEM (a `ca_file`).
+    pub root_pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+/// One certificate and its key, as PEM, and the certificate as DER.
+pub struct Pair {
+    pub cert: String,
+    pub key: String,
+    pub der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let root = ca.self_signed(&key).unwrap();
+        Pki {
+            root_pem: root.pem(),
+            root: root.der().clone(),
+            issuer: Issuer::new(ca, key),
+        }
+    }
+
+    pub fn pair(&self) -> Pair {
+        let mut leaf =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+                .unwrap();
+        leaf.use_authority_key_identifier_extension = true;
+        leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = leaf.signed_by(&key, &self.issuer).unwrap();
+        Pair {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
 }

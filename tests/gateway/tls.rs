@@ -8,58 +8,24 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::support::{Gateway, Upstream, series};
+use crate::support::{Gateway, Pair, Pki, Upstream, series};
 
-/// A test CA and the certificates it signs for 127.0.0.1 and localhost.
-struct Pki {
-    root: CertificateDer<'static>,
-    issuer: Issuer<'static, KeyPair>,
+/// A client trusting the test CA, offering `alpn` and `versions`.
+trait Client {
+    fn client(
+        &self,
+        alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Arc<rustls::ClientConfig>;
 }
 
-/// One certificate and its key, as PEM.
-struct Pair {
-    cert: String,
-    key: String,
-    der: CertificateDer<'static>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate().unwrap();
-        let root = ca.self_signed(&key).unwrap().der().clone();
-        Pki {
-            root,
-            issuer: Issuer::new(ca, key),
-        }
-    }
-
-    fn pair(&self) -> Pair {
-        let mut leaf =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-        leaf.use_authority_key_identifier_extension = true;
-        leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate().unwrap();
-        let cert = leaf.signed_by(&key, &self.issuer).unwrap();
-        Pair {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-            der: cert.der().clone(),
-        }
-    }
-
+impl Client for Pki {
     fn client(
         &self,
         alpn: &[&[u8]],
