@@ -329,7 +329,11 @@ async fn serve(
                 && !route.passthrough
                 && parts.method == Method::GET
                 && gateway.cache.shared_up())
-            .then(|| route_cache_key(route, &parts, ""));
+            .then(|| {
+                let query = forward::forwarded_query(parts.uri.query(), &route.forward_query);
+                let vary = cache::vary(&parts.headers, &route.forward_headers);
+                route_cache_key(route, parts.uri.path(), query.as_deref(), &vary)
+            });
             // Boxed: only routes whose limit lives in Redis carry that future.
             let (decided, entry) = Box::pin(limiter.check_shared(
                 &parts.headers,
@@ -466,7 +470,7 @@ async fn aggregate(
 
     // The route cache: complete answers only; a stale one stands in when a fresh
     // attempt fails, within `stale_if_error`.
-    let key = route_cache_key(route, parts, &identity);
+    let key = route_cache_key(route, parts.uri.path(), query.as_deref(), &vary);
     let stale = match gateway.cache.lookup_with(&key, prefetched).await {
         Lookup::Fresh(entry) => {
             record.cache = Some("hit");
@@ -667,17 +671,10 @@ fn apply_claims(
 }
 
 /// A route cache entry's key: the route (name and definition's fingerprint), the path,
-/// the forwarded query, and the values that reach upstreams (forwarded headers, then
-/// the token's claims, `identity`).
-fn route_cache_key(route: &Route, parts: &http::request::Parts, identity: &str) -> String {
-    let query = forward::forwarded_query(parts.uri.query(), &route.forward_query);
-    format!(
-        "{}{}?{}{}{identity}",
-        route.cache_prefix,
-        parts.uri.path(),
-        query.as_deref().unwrap_or(""),
-        cache::vary(&parts.headers, &route.forward_headers),
-    )
+/// the forwarded query, and `vary`: the values that reach upstreams (forwarded headers,
+/// then the token's claims).
+fn route_cache_key(route: &Route, path: &str, query: Option<&str>, vary: &str) -> String {
+    format!("{}{path}?{}{vary}", route.cache_prefix, query.unwrap_or(""))
 }
 
 /// What every request head must be before it is routed: one `host` for HTTP/1.1
