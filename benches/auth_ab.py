@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import cpu_seconds, stop_all, wait_port, wrk
+from benchlib import cpu_seconds, stop_all, upstream_nginx, wait_port, wrk
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -105,11 +105,7 @@ def main():
         lua(f"{work}/one.lua", tokens[:1])
         lua(f"{work}/many.lua", tokens)
 
-        text = open(f"{SHARED}/upstream-nginx.conf.tmpl").read()
-        text = text.replace("__DIR__", work).replace("__DATA__", f"{SHARED}/upstream").replace("__WORKERS__", "1")
-        open(f"{work}/upstream-nginx.conf", "w").write(text)
-        start(["nginx", "-p", work, "-c", f"{work}/upstream-nginx.conf"])
-        wait_port(7001)
+        upstream_nginx(work, SHARED, start)
 
         cases = [("none", "plain.toml", "none.lua"),
                  ("rs256-one-token", "auth.toml", "one.lua"),

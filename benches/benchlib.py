@@ -48,3 +48,22 @@ def stop_all(procs, work):
         except ProcessLookupError:
             pass
     shutil.rmtree(work, ignore_errors=True)
+
+
+def children(pid):
+    """The child processes of `pid` (nginx's workers under its master)."""
+    try:
+        return [int(p) for p in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        return []
+
+
+def upstream_nginx(work, shared, start):
+    """The benchmark's upstream (nginx serving ../shared/bench/upstream on :7001, one
+    worker), started with `start` (which keeps the process for cleanup); returns it."""
+    text = open(f"{shared}/upstream-nginx.conf.tmpl").read()
+    text = text.replace("__DIR__", work).replace("__DATA__", f"{shared}/upstream").replace("__WORKERS__", "1")
+    open(f"{work}/upstream-nginx.conf", "w").write(text)
+    p = start(["nginx", "-p", work, "-c", f"{work}/upstream-nginx.conf"])
+    wait_port(7001)
+    return p

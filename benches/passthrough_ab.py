@@ -24,18 +24,11 @@ import sys
 import tempfile
 import time
 
-from benchlib import cpu_seconds, stop_all, wait_port, wrk
+from benchlib import children, cpu_seconds, stop_all, wait_port, wrk
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SHARED = os.path.join(ROOT, "..", "shared", "bench")
-
-
-def children(pid):
-    try:
-        return [int(p) for p in open(f"/proc/{pid}/task/{pid}/children").read().split()]
-    except OSError:
-        return []
 
 
 def main():

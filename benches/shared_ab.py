@@ -29,7 +29,7 @@ import threading
 import time
 import urllib.request
 
-from benchlib import cpu_seconds, stop_all, wait_port, wrk
+from benchlib import cpu_seconds, stop_all, upstream_nginx, wait_port, wrk
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -66,11 +66,7 @@ def main():
         rport = free_port()
         redis = start(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         wait_port(rport)
-        text = open(f"{SHARED}/upstream-nginx.conf.tmpl").read()
-        text = text.replace("__DIR__", work).replace("__DATA__", f"{SHARED}/upstream").replace("__WORKERS__", "1")
-        open(f"{work}/upstream-nginx.conf", "w").write(text)
-        start(["nginx", "-p", work, "-c", f"{work}/upstream-nginx.conf"])
-        wait_port(7001)
+        upstream_nginx(work, SHARED, start)
         base = open(f"{SHARED}/routes.bench.toml").read()
 
         # 1. Accuracy.

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import cpu_seconds, stop_all, wait_port
+from benchlib import children, cpu_seconds, stop_all, upstream_nginx, wait_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -61,13 +61,6 @@ http {
   }
 }
 """
-
-
-def children(pid):
-    try:
-        return [int(p) for p in open(f"/proc/{pid}/task/{pid}/children").read().split()]
-    except OSError:
-        return []
 
 
 def h2load(url, duration, h1):
@@ -115,10 +108,7 @@ def main():
                         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
                         "-keyout", f"{work}/key.pem", "-out", f"{work}/cert.pem"],
                        check=True, capture_output=True)
-        text = open(f"{SHARED}/upstream-nginx.conf.tmpl").read()
-        text = text.replace("__DIR__", work).replace("__DATA__", f"{SHARED}/upstream").replace("__WORKERS__", "1")
-        open(f"{work}/upstream-nginx.conf", "w").write(text)
-        start(["nginx", "-p", work, "-c", f"{work}/upstream-nginx.conf"])
+        upstream_nginx(work, SHARED, start)
         open(f"{work}/tls-nginx.conf", "w").write(NGINX_TLS.replace("__DIR__", work))
         routes = open(f"{SHARED}/routes.bench.toml").read().replace(
             'admin_listen = "127.0.0.1:7113"',

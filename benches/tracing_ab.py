@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import cpu_seconds, stop_all, wait_port, wrk
+from benchlib import cpu_seconds, stop_all, upstream_nginx, wait_port, wrk
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -51,10 +51,7 @@ def main():
         procs.remove(p)
 
     try:
-        text = open(f"{SHARED}/upstream-nginx.conf.tmpl").read()
-        text = text.replace("__DIR__", work).replace("__DATA__", f"{SHARED}/upstream").replace("__WORKERS__", "1")
-        open(f"{work}/upstream.conf", "w").write(text)
-        start(["nginx", "-p", work, "-c", f"{work}/upstream.conf"])
+        upstream_nginx(work, SHARED, start)
         start([sink, "127.0.0.1:4318"])
         wait_port(7001)
         wait_port(4318)
