@@ -45,6 +45,9 @@ fn metrics(gw: &Gateway) -> Response<Body<Never>> {
             _ => 0,
         };
         METRICS.breaker_state(&u.name, state);
+        for i in 0..u.hosts.count() {
+            METRICS.host_state(&u.name, u.hosts.label(i), u.hosts.state(i).gauge());
+        }
     }
     let mut r = Response::new(Body::from(METRICS.encode().into_bytes()));
     r.headers_mut().insert(
@@ -105,6 +108,11 @@ pub fn routes(gw: &Gateway) -> Value {
                 "max_concurrency": u.max_concurrency(),
                 // An upstream without a breaker never opens: it reads as closed.
                 "breaker": u.breaker_state().map_or("closed", |s| s.as_str()),
+                "balance": u.hosts.balance().as_str(),
+                "hosts": (0..u.hosts.count()).map(|i| json!({
+                    "host": u.hosts.label(i),
+                    "state": u.hosts.state(i).as_str(),
+                })).collect::<Vec<_>>(),
             }),
         );
     }

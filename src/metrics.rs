@@ -37,6 +37,18 @@ struct UpstreamName {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HostLabels {
+    upstream: String,
+    host: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamResult {
+    upstream: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheLabels {
     cache: String,
     result: String,
@@ -96,6 +108,9 @@ pub struct Metrics {
     requests: Family<RequestLabels, Histogram, fn() -> Histogram>,
     upstream: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
     breaker: Family<UpstreamName, Gauge>,
+    host_state: Family<HostLabels, Gauge>,
+    hedges: Family<UpstreamResult, Counter>,
+    budget_exhausted: Family<UpstreamName, Counter>,
     cache: Family<CacheLabels, Counter>,
     rate_limited: Family<RouteName, Counter>,
     pub inflight: Gauge,
@@ -232,6 +247,24 @@ impl Metrics {
             histogram as fn() -> Histogram,
         );
         let breaker = Family::<UpstreamName, Gauge>::default();
+        let host_state = Family::<HostLabels, Gauge>::default();
+        let hedges = Family::<UpstreamResult, Counter>::default();
+        let budget_exhausted = Family::<UpstreamName, Counter>::default();
+        registry.register(
+            "manifold_upstream_host_state",
+            "Each upstream host: 0 in rotation, 1 ejected (outlier), 2 unhealthy (health check)",
+            host_state.clone(),
+        );
+        registry.register(
+            "manifold_hedges",
+            "Hedged attempts by upstream and result: won (its answer was used), lost",
+            hedges.clone(),
+        );
+        registry.register(
+            "manifold_retry_budget_exhausted",
+            "Retries and hedges not sent because the upstream's retry budget was spent",
+            budget_exhausted.clone(),
+        );
         let cache = Family::<CacheLabels, Counter>::default();
         let rate_limited = Family::<RouteName, Counter>::default();
         let inflight = Gauge::default();
@@ -413,6 +446,9 @@ impl Metrics {
             requests,
             upstream,
             breaker,
+            host_state,
+            hedges,
+            budget_exhausted,
             cache,
             rate_limited,
             inflight,
@@ -587,6 +623,35 @@ impl Metrics {
                 upstream: upstream.to_string(),
             })
             .set(state);
+    }
+
+    /// A host's state (0 in rotation, 1 ejected, 2 unhealthy), read at scrape time.
+    pub fn host_state(&self, upstream: &str, host: &str, state: i64) {
+        self.host_state
+            .get_or_create(&HostLabels {
+                upstream: upstream.to_string(),
+                host: host.to_string(),
+            })
+            .set(state);
+    }
+
+    /// A hedge's end: `won` when its answer was the one used.
+    pub fn hedge(&self, upstream: &str, won: bool) {
+        self.hedges
+            .get_or_create(&UpstreamResult {
+                upstream: upstream.to_string(),
+                result: if won { "won" } else { "lost" },
+            })
+            .inc();
+    }
+
+    /// A retry or hedge the budget did not allow.
+    pub fn retry_budget_exhausted(&self, upstream: &str) {
+        self.budget_exhausted
+            .get_or_create(&UpstreamName {
+                upstream: upstream.to_string(),
+            })
+            .inc();
     }
 
     /// The config that serves now: its fingerprint, and when it was loaded.

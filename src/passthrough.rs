@@ -42,7 +42,7 @@ pub async fn forward(
         })
     };
     let (base, uri) = match backend::render(route, backend, params, query, &[])
-        .and_then(|path| upstream.target(path))
+        .and_then(|path| upstream.target(path, None))
     {
         Ok(target) => target,
         Err(f) => {

@@ -588,10 +588,12 @@ fn read_upstream(
     let retry = t.table(errs, key("retry", "Attempts for idempotent calls (and POST with idempotency-key) after a connect error, a timeout or a 502/503/504.")).and_then(|mut r| {
         let attempts = r.count(errs, ATTEMPTS);
         let backoff = r.duration(errs, key("backoff", "Wait between attempts. Default 0.")).map(|(d, _)| d);
+        let budget = percent(&mut r, errs, key("budget", "Retries plus hedges per 10 s, as a share of first attempts (\"20%\"); at least 3 per window. Default: unbudgeted.")).map(|(f, _)| f);
         let out = match attempts {
             Some((n, _)) => Some(RetryConfig {
                 attempts: n.min(16) as u32,
                 backoff: backoff.unwrap_or(Duration::ZERO),
+                budget,
             }),
             None => {
                 if r.get(ATTEMPTS).is_none() {
@@ -654,6 +656,133 @@ fn read_upstream(
             ),
         )
         .map(|(n, _)| n);
+    let balance = match t.string(
+        errs,
+        key(
+            "balance",
+            "round_robin (default) or least_request: of two hosts drawn at random, the one with fewer calls in flight.",
+        ),
+    ) {
+        None => Balance::RoundRobin,
+        Some((s, _)) if s == "round_robin" => Balance::RoundRobin,
+        Some((s, _)) if s == "least_request" => Balance::LeastRequest,
+        Some((s, span)) => {
+            errs.push(
+                Diagnostic::new(span, format!("unknown balance `{s}`"))
+                    .label("expected \"round_robin\" or \"least_request\""),
+            );
+            Balance::RoundRobin
+        }
+    };
+    let outlier = t
+        .table(
+            errs,
+            key(
+                "outlier",
+                "Passive ejection: a host failing (connect error, timeout, 5xx) consecutive_failures times in a row leaves the rotation for eject_for.",
+            ),
+        )
+        .map(|mut o| {
+            let consecutive_failures = o
+                .count(
+                    errs,
+                    key("consecutive_failures", "Failures in a row that eject a host. Default 5.")
+                        .at_least(1.0),
+                )
+                .map_or(5, |(n, _)| n.min(u32::MAX as u64) as u32);
+            let eject_for = positive_duration(
+                &mut o,
+                errs,
+                key(
+                    "eject_for",
+                    "First ejection; then probation as long, a failure in it ejects for twice the last (at most 10x). Default 30s.",
+                ),
+            )
+            .flatten()
+            .unwrap_or(Duration::from_secs(30));
+            let max_ejected = percent(
+                &mut o,
+                errs,
+                key(
+                    "max_ejected",
+                    "Share of the hosts ejected at once at most, rounded down (\"50%\"). Default 50%.",
+                ),
+            )
+            .map_or(0.5, |(f, _)| f);
+            o.finish(errs);
+            OutlierConfig {
+                consecutive_failures,
+                eject_for,
+                max_ejected,
+            }
+        });
+    let health_check = t
+        .table(
+            errs,
+            key(
+                "health_check",
+                "Active checks: GET path on every host every interval, from each replica; 2xx within timeout is healthy.",
+            ),
+        )
+        .and_then(|mut h| {
+            const PATH: Key = key("path", "Path probed on every host, e.g. \"/healthz\".");
+            h.require(PATH);
+            let path = h.string(errs, PATH);
+            let interval = positive_duration(&mut h, errs, key("interval", "Time between probes of a host. Default 5s."))
+                .flatten()
+                .unwrap_or(Duration::from_secs(5));
+            let timeout = positive_duration(&mut h, errs, key("timeout", "Bound of one probe. Default 1s."))
+                .flatten()
+                .unwrap_or(Duration::from_secs(1));
+            let unhealthy = h
+                .count(errs, key("unhealthy", "Failed probes in a row that take a host out. Default 3.").at_least(1.0))
+                .map_or(3, |(n, _)| n.min(u32::MAX as u64) as u32);
+            let healthy = h
+                .count(errs, key("healthy", "Good probes in a row that bring it back. Default 2.").at_least(1.0))
+                .map_or(2, |(n, _)| n.min(u32::MAX as u64) as u32);
+            let path = match path {
+                Some((p, span)) if !p.starts_with('/') || http::uri::PathAndQuery::try_from(p.as_str()).is_err() => {
+                    errs.push(
+                        Diagnostic::new(span, format!("health_check path `{p}` is not a path"))
+                            .label("expected e.g. \"/healthz\""),
+                    );
+                    None
+                }
+                Some((p, _)) => Some(p),
+                None => {
+                    if h.get(PATH).is_none() {
+                        h.missing(errs, "path");
+                    }
+                    None
+                }
+            };
+            h.finish(errs);
+            Some(HealthCheckConfig {
+                path: path?,
+                interval,
+                timeout,
+                unhealthy,
+                healthy,
+            })
+        });
+    let hedge = t
+        .table(
+            errs,
+            key(
+                "hedge",
+                "Retryable calls only: no answer after `after` -> one more attempt on another host (uses one of retry.attempts); the first answer wins.",
+            ),
+        )
+        .and_then(|mut h| {
+            const AFTER: Key = key("after", "How long the first attempt has to answer before the hedge goes.");
+            h.require(AFTER);
+            let after = positive_duration(&mut h, errs, AFTER).flatten();
+            if after.is_none() && h.get(AFTER).is_none() {
+                h.missing(errs, "after");
+            }
+            h.finish(errs);
+            after.map(|after| HedgeConfig { after })
+        });
     Some(UpstreamSettings {
         urls,
         timeout,
@@ -663,7 +792,33 @@ fn read_upstream(
         rate_limit,
         ca_file,
         max_response_body: max_response_body.unwrap_or(DEFAULT_MAX_RESPONSE_BODY),
+        balance,
+        outlier,
+        health_check,
+        hedge,
     })
+}
+
+/// A share written as a percentage (`"20%"`), as a fraction of one.
+fn percent(t: &mut Table<'_, '_>, errs: &mut Errors, k: Key) -> Option<(f64, SourceSpan)> {
+    let (s, span) = t.string(errs, k)?;
+    match s
+        .trim()
+        .strip_suffix('%')
+        .and_then(|n| n.trim().parse::<f64>().ok())
+    {
+        Some(n) if (0.0..=100.0).contains(&n) => Some((n / 100.0, span)),
+        _ => {
+            errs.push(
+                Diagnostic::new(
+                    span,
+                    format!("`{}` must be a percentage from 0% to 100%", k.name),
+                )
+                .label("expected e.g. \"20%\""),
+            );
+            None
+        }
+    }
 }
 
 fn read_rate(r: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RateConfig> {

@@ -28,8 +28,12 @@ algorithms = ["HS256"]
 [upstreams.u]
 urls = ["http://127.0.0.1:1"]
 circuit_breaker = { consecutive_failures = 1, open_for = "1s" }
-retry = { attempts = 1 }
+retry = { attempts = 1, budget = "20%" }
 rate_limit = { per_second = 1 }
+balance = "round_robin"
+outlier = { consecutive_failures = 5 }
+health_check = { path = "/healthz" }
+hedge = { after = "50ms" }
 [[routes]]
 path = "/p"
 cache = { ttl = "1s" }

@@ -127,6 +127,53 @@ pub struct UpstreamSettings {
     pub rate_limit: Option<RateConfig>,
     pub ca_file: Option<PathBuf>,
     pub max_response_body: u64,
+    pub balance: Balance,
+    pub outlier: Option<OutlierConfig>,
+    pub health_check: Option<HealthCheckConfig>,
+    pub hedge: Option<HedgeConfig>,
+}
+
+/// How a call picks one of an upstream's hosts (CONTRACT §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    /// Of two hosts drawn at random, the one with fewer calls in flight.
+    LeastRequest,
+}
+
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastRequest => "least_request",
+        }
+    }
+}
+
+/// Passive outlier ejection: hosts whose calls keep failing leave the rotation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierConfig {
+    pub consecutive_failures: u32,
+    pub eject_for: Duration,
+    /// Share of the hosts (0..=1) that may be ejected at once, rounded down.
+    pub max_ejected: f64,
+}
+
+/// Active health checks: `GET path` to every host every `interval`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy: u32,
+    pub healthy: u32,
+}
+
+/// One more attempt on another host when the first has not answered after `after`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HedgeConfig {
+    pub after: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -139,6 +186,9 @@ pub struct BreakerConfig {
 pub struct RetryConfig {
     pub attempts: u32,
     pub backoff: Duration,
+    /// Retries plus hedges allowed per upstream and 10 s, as a share of first
+    /// attempts (at least 3); `None`: unbudgeted.
+    pub budget: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

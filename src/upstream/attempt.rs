@@ -49,6 +49,8 @@ pub(super) struct Try<'a> {
     pub bounded: bool,
     /// A passthrough client's body streamed along: a call it failed is the client's.
     pub client: Option<&'a BodyWatch>,
+    /// A hedge (CONTRACT §9): its span says so.
+    pub hedge: bool,
 }
 
 /// How an attempt ended.
@@ -124,6 +126,9 @@ impl Upstream {
             t.cache_miss,
             deadline,
         );
+        if t.hedge {
+            span.hedge();
+        }
         span.inject(req.headers_mut());
         // A limit shared in Redis is decided there first (boxed: only upstreams with
         // one carry that future).
@@ -165,6 +170,7 @@ impl Upstream {
         // the call: one timer fewer per call on the hot path. (Each branch makes its
         // own future: one bound to a local first would be stored twice in this one.)
         let unbounded = permit.is_none() && t.bounded && deadline >= t.route_deadline;
+        let load = self.hosts.start(base);
         let head = if unbounded {
             Ok(self.pool.send(base, req).await)
         } else {
@@ -183,6 +189,7 @@ impl Upstream {
                     let held = Held {
                         _ticket: ticket,
                         _conn: lease,
+                        _load: load,
                     };
                     // A streamed answer is taken as it is; a buffered one's body is
                     // read under the same deadline.
@@ -218,9 +225,11 @@ impl Upstream {
             drop(permit);
             span.client_fault(*fault);
         } else {
+            let fault = matches!(&verdict, Err(f) if f.is_upstream_fault());
             if let Some(p) = permit {
-                p.record(matches!(&verdict, Err(f) if f.is_upstream_fault()));
+                p.record(fault);
             }
+            self.hosts.record(base, fault);
             self.metrics
                 .observe(Outcome::of(&verdict), elapsed.as_secs_f64());
             span.finish(verdict.as_ref().copied());

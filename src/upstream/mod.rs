@@ -8,7 +8,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,8 +17,11 @@ use tokio::time::Instant;
 
 mod attempt;
 pub mod breaker;
+mod health;
+pub mod hosts;
 pub mod limit;
 pub mod pool;
+mod retry_budget;
 mod span;
 mod stream;
 
@@ -37,8 +39,10 @@ use crate::shared::Shared;
 use crate::trace::Span;
 use attempt::{Mode, Try, read_limited};
 use breaker::{Breaker, BreakerState, Permit};
+use hosts::Hosts;
 use limit::{InFlight, Ticket};
 use pool::{Base, Pool};
+use retry_budget::RetryBudget;
 
 pub struct Upstream {
     pub name: Arc<str>,
@@ -47,7 +51,8 @@ pub struct Upstream {
     /// loop that opened it, so sharing them across loops would turn every answer into
     /// a cross-thread wake-up (measured: the largest cost after malloc).
     pool: Arc<Pool>,
-    next: AtomicUsize,
+    /// Which of the `urls` a call goes to, and which are out of the rotation.
+    pub hosts: Arc<Hosts>,
     breaker: Option<Breaker>,
     inflight: Option<InFlight>,
     /// The upstream's own `rate_limit`, shared by every route that calls it.
@@ -63,6 +68,8 @@ pub struct Upstream {
     pub cache_prefix: String,
     /// `buffer_capacity`, which every buffered answer is read against.
     budget: Arc<Budget>,
+    /// `retry.budget`: retries and hedges as a share of first attempts.
+    retry_budget: Option<RetryBudget>,
 }
 
 /// A 2xx answer (status, body, what its `cache-control` allows), or why not.
@@ -101,30 +108,40 @@ impl Upstream {
     ) -> Result<Self, String> {
         let tls = crate::tls::client_config(settings.ca_file.as_deref())
             .map_err(|e| format!("upstream {name}: {e}"))?;
-        let bases = settings
+        let bases: Vec<Base> = settings
             .urls
             .iter()
             .map(Base::new)
             .collect::<Result<_, _>>()
             .map_err(|e| format!("upstream {name}: {e}"))?;
+        let hosts = Arc::new(Hosts::new(
+            Arc::from(name),
+            bases.iter().map(Base::label).collect(),
+            settings.balance,
+            settings.outlier.clone(),
+        ));
+        let pool = Arc::new(Pool::new(
+            crate::tls::connector(
+                tls,
+                Some(
+                    settings
+                        .timeout
+                        .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+                        .min(DEFAULT_CONNECT_TIMEOUT),
+                ),
+                Some(Duration::from_secs(60)),
+            ),
+            bases,
+            workers,
+        ));
+        if let Some(check) = &settings.health_check {
+            health::spawn(Arc::downgrade(&hosts), pool.clone(), check.clone());
+        }
         Ok(Upstream {
             name: Arc::from(name),
             settings: settings.clone(),
-            pool: Arc::new(Pool::new(
-                crate::tls::connector(
-                    tls,
-                    Some(
-                        settings
-                            .timeout
-                            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
-                            .min(DEFAULT_CONNECT_TIMEOUT),
-                    ),
-                    Some(Duration::from_secs(60)),
-                ),
-                bases,
-                workers,
-            )),
-            next: AtomicUsize::new(0),
+            pool,
+            hosts,
             breaker: settings
                 .circuit_breaker
                 .clone()
@@ -153,19 +170,23 @@ impl Upstream {
                 crate::config::fingerprint(&format!("{settings:?}"))
             ),
             budget: budget.clone(),
+            retry_budget: settings
+                .retry
+                .as_ref()
+                .and_then(|r| r.budget)
+                .map(RetryBudget::new),
         })
     }
 
-    /// Where a rendered path (`/users/42?x=1`) goes: one of `urls`, round-robin, and
-    /// the request target there.
-    pub fn target(&self, path_and_query: String) -> Result<(usize, Uri), Failure> {
-        let bases = self.pool.bases();
-        let i = if bases.len() == 1 {
-            0
-        } else {
-            self.next.fetch_add(1, Ordering::Relaxed) % bases.len()
-        };
-        match bases[i].target(path_and_query) {
+    /// Where a rendered path (`/users/42?x=1`) goes: one of `urls` as `balance` picks
+    /// it (another than `avoid` when there is one), and the request target there.
+    pub fn target(
+        &self,
+        path_and_query: String,
+        avoid: Option<usize>,
+    ) -> Result<(usize, Uri), Failure> {
+        let i = self.hosts.pick(avoid);
+        match self.pool.bases()[i].target(path_and_query) {
             Some(uri) => Ok((i, uri)),
             None => Err(Failure::InvalidTarget),
         }
@@ -242,6 +263,9 @@ impl Upstream {
         span_name: &'a Arc<str>,
         client: Option<&'a BodyWatch>,
     ) -> impl Future<Output = Tried<(Response<Incoming>, Held)>> + 'a {
+        if let Some(b) = &self.retry_budget {
+            b.first();
+        }
         let t = Try {
             base,
             n: 1,
@@ -251,6 +275,7 @@ impl Upstream {
             route_deadline,
             bounded: false,
             client,
+            hedge: false,
         };
         self.attempt(req, t, Mode::Streamed, |resp, held| {
             std::future::ready(Ok((resp, held)))
@@ -259,45 +284,182 @@ impl Upstream {
 
     /// A call whose answer must be a 2xx, read whole, retried as `retry` allows when
     /// `retryable` (an idempotent method, or POST with `idempotency-key`): only after
-    /// a connect error, a timeout or a 502/503/504, and never past the route deadline.
+    /// a connect error, a timeout or a 502/503/504, never past the route deadline, and
+    /// within the retry budget. With `hedge`, see [`Upstream::call_hedged`].
     /// Returns the result and the number of attempts sent (refused ones are not).
     pub async fn call_buffered(&self, spec: &CallSpec<'_>) -> (Reply, u32) {
         let (attempts, backoff) = match (&self.settings.retry, spec.retryable) {
             (Some(r), true) => (r.attempts.max(1), r.backoff),
             _ => (1, Duration::ZERO),
         };
+        if let Some(b) = &self.retry_budget {
+            b.first();
+        }
+        if let Some(h) = &self.settings.hedge
+            && attempts > 1
+        {
+            return Box::pin(self.call_hedged(spec, attempts, backoff, h.after)).await;
+        }
         let mut n = 0;
         let mut sent = 0;
+        let mut host = None;
         loop {
             n += 1;
-            let result = match self.target(spec.path.to_owned()) {
+            let result = match self.target(spec.path.to_owned(), host) {
                 Ok((base, uri)) => {
-                    let tried = self.buffered_attempt(spec, base, uri, n).await;
+                    host = Some(base);
+                    let tried = self.buffered_attempt(spec, base, uri, n, false).await;
                     sent += u32::from(tried.sent);
                     tried.into_result()
                 }
                 Err(f) => Err(f),
             };
             let retry = match &result {
-                Err(f)
-                    if n < attempts
-                        && retries_on(f)
-                        && Instant::now() + backoff < spec.deadline =>
-                {
-                    f
-                }
+                Err(f) if self.may_retry(f, n, attempts, backoff, spec) => f,
                 _ => return (result, sent),
             };
-            // Logged here, once: the caller logs only the attempt that ends the call.
-            tracing::info!(
-                request_id = spec.request_id.to_str().unwrap_or_default(),
-                backend = spec.backend,
-                upstream = %self.name,
-                attempt = n,
-                outcome = %retry.outcome(),
-                cause = %retry.describe(),
-                "attempt failed; retrying"
-            );
+            self.log_retry(spec, n, retry);
+            if !backoff.is_zero() {
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    }
+
+    /// Whether a failed attempt `n` of `attempts` goes again: a failure worth it, time
+    /// left, and room in the budget (spent here).
+    fn may_retry(
+        &self,
+        f: &Failure,
+        n: u32,
+        attempts: u32,
+        backoff: Duration,
+        spec: &CallSpec<'_>,
+    ) -> bool {
+        n < attempts
+            && retries_on(f)
+            && Instant::now() + backoff < spec.deadline
+            && self.spend_budget()
+    }
+
+    /// One retry or hedge out of the budget; false (and counted) when it is spent.
+    fn spend_budget(&self) -> bool {
+        match &self.retry_budget {
+            Some(b) if !b.try_spend() => {
+                METRICS.retry_budget_exhausted(&self.name);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Logged here, once: the caller logs only the attempt that ends the call.
+    fn log_retry(&self, spec: &CallSpec<'_>, n: u32, failure: &Failure) {
+        tracing::info!(
+            request_id = spec.request_id.to_str().unwrap_or_default(),
+            backend = spec.backend,
+            upstream = %self.name,
+            attempt = n,
+            outcome = %failure.outcome(),
+            cause = %failure.describe(),
+            "attempt failed; retrying"
+        );
+    }
+
+    /// A buffered call with hedging (CONTRACT §9). Each round is one attempt (the
+    /// first, or a retry) and, if it has not answered after `after`, one hedge on
+    /// another host: the first good answer wins and the other attempt is dropped
+    /// (hyper closes a connection whose answer was left midway, so only one that
+    /// finished cleanly is reused). A failure waits for the other attempt of its
+    /// round; when both failed, the round's last failure decides the retry. A hedge
+    /// is an attempt like any other: it uses one of `attempts`, goes through the
+    /// guards, has its span, and spends the retry budget.
+    async fn call_hedged(
+        &self,
+        spec: &CallSpec<'_>,
+        attempts: u32,
+        backoff: Duration,
+        after: Duration,
+    ) -> (Reply, u32) {
+        use futures_util::StreamExt;
+        use futures_util::stream::FuturesUnordered;
+        type Racing<'a> = std::pin::Pin<
+            Box<dyn Future<Output = (bool, Tried<(StatusCode, Bytes, Hints, Charge)>)> + Send + 'a>,
+        >;
+        let mut n = 0;
+        let mut sent = 0;
+        let mut host = None;
+        loop {
+            n += 1;
+            let (base, uri) = match self.target(spec.path.to_owned(), host) {
+                Ok(t) => t,
+                Err(f) => return (Err(f), sent),
+            };
+            host = Some(base);
+            let mut racing: FuturesUnordered<Racing<'_>> = FuturesUnordered::new();
+            racing.push(Box::pin(async move {
+                (
+                    false,
+                    self.buffered_attempt(spec, base, uri, n, false).await,
+                )
+            }));
+            let hedge_at = Instant::now() + after;
+            let mut hedged = false;
+            let mut hedge_sent = false;
+            let mut last = None;
+            while !racing.is_empty() {
+                let may_hedge = !hedged && n < attempts && hedge_at < spec.deadline;
+                let done = if may_hedge {
+                    tokio::select! {
+                        done = racing.next() => done,
+                        () = tokio::time::sleep_until(hedge_at) => {
+                            hedged = true;
+                            if !self.spend_budget() {
+                                continue;
+                            }
+                            n += 1;
+                            match self.target(spec.path.to_owned(), Some(base)) {
+                                Ok((other, uri)) => {
+                                    tracing::debug!(
+                                        request_id = spec.request_id.to_str().unwrap_or_default(),
+                                        backend = spec.backend,
+                                        upstream = %self.name,
+                                        attempt = n,
+                                        "no answer yet; hedging"
+                                    );
+                                    hedge_sent = true;
+                                    racing.push(Box::pin(async move {
+                                        (true, self.buffered_attempt(spec, other, uri, n, true).await)
+                                    }));
+                                }
+                                Err(f) => last = Some(Err(f)),
+                            }
+                            continue;
+                        }
+                    }
+                } else {
+                    racing.next().await
+                };
+                let Some((is_hedge, tried)) = done else { break };
+                sent += u32::from(tried.sent);
+                let result = tried.into_result();
+                if result.is_ok() {
+                    if hedge_sent {
+                        METRICS.hedge(&self.name, is_hedge);
+                    }
+                    // The other attempt, cancelled now, was sent too.
+                    return (result, sent + racing.len() as u32);
+                }
+                last = Some(result);
+            }
+            if hedge_sent {
+                METRICS.hedge(&self.name, false);
+            }
+            let result = last.unwrap_or(Err(Failure::BadResponse("no answer")));
+            let retry = match &result {
+                Err(f) if self.may_retry(f, n, attempts, backoff, spec) => f,
+                _ => return (result, sent),
+            };
+            self.log_retry(spec, n, retry);
             if !backoff.is_zero() {
                 tokio::time::sleep(backoff).await;
             }
@@ -310,6 +472,7 @@ impl Upstream {
         base: usize,
         uri: Uri,
         n: u32,
+        hedge: bool,
     ) -> Tried<(StatusCode, Bytes, Hints, Charge)> {
         let mut req = Request::new(RequestBody::Full(None));
         *req.method_mut() = spec.method.clone();
@@ -329,6 +492,7 @@ impl Upstream {
             route_deadline: spec.deadline,
             bounded: true,
             client: None,
+            hedge,
         };
         let limit = self.settings.max_response_body;
         self.attempt(req, t, Mode::Buffered, |resp, held| async move {

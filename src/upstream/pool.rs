@@ -70,6 +70,18 @@ impl Base {
         })
     }
 
+    /// `host:port`, as `/routes` and the host metrics name it.
+    pub fn label(&self) -> String {
+        let port = self
+            .origin
+            .port_u16()
+            .unwrap_or(match self.origin.scheme_str() {
+                Some("https") => 443,
+                _ => 80,
+            });
+        format!("{}:{port}", self.origin.host().unwrap_or_default())
+    }
+
     /// The request target for a rendered path and query (`/users/42?x=1`).
     pub fn target(&self, path_and_query: String) -> Option<Uri> {
         if self.prefix.is_empty() {
@@ -193,6 +205,25 @@ impl Pool {
         let mut sender = Box::pin(self.connect(&to.origin)).await?;
         let resp = sender.send_request(req).await?;
         Ok((resp, lease(sender)))
+    }
+
+    /// Sends `req` to `bases()[base]` on a connection of its own, closed after the
+    /// answer (health probes: nothing shared with calls).
+    pub async fn send_once(
+        &self,
+        base: usize,
+        mut req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        let to = &self.bases[base];
+        req.headers_mut().insert(header::HOST, to.host.clone());
+        req.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        if let Some(auth) = &to.auth {
+            req.headers_mut()
+                .insert(header::AUTHORIZATION, auth.clone());
+        }
+        let mut sender = self.connect(&to.origin).await?;
+        Ok(sender.send_request(req).await?)
     }
 
     /// Gives a connection back for the next call on this loop.

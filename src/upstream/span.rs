@@ -70,6 +70,11 @@ impl ClientSpan {
         }
     }
 
+    /// Marks a hedged attempt.
+    pub(super) fn hedge(&mut self) {
+        self.0.span.record(|a| a.bool("manifold.hedge", true));
+    }
+
     pub(super) fn inject(&self, headers: &mut HeaderMap) {
         self.0.span.inject(headers);
     }

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::hosts::Load;
 use super::limit::Ticket;
 use super::pool::Lease;
 use crate::body::{BoxError, IdleTimeout};
@@ -16,6 +17,8 @@ use crate::body::{BoxError, IdleTimeout};
 pub struct Held {
     pub(super) _ticket: Option<Ticket>,
     pub(super) _conn: Lease,
+    /// The call's count in its host's in-flight calls (least_request).
+    pub(super) _load: Option<Load>,
 }
 
 /// The upstream's body on its way to the client. It keeps the call's place under the

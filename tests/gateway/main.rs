@@ -22,3 +22,4 @@ mod server;
 mod shared;
 mod tls;
 mod tracing;
+mod traffic;

@@ -244,6 +244,17 @@ pub const SERVER: &str = "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"1
 impl Gateway {
     /// Starts a gateway on `config` (a `[server]` block on port 0 is prepended unless present).
     pub async fn start(config: &str) -> Gateway {
+        Self::start_on(config, &[]).await
+    }
+
+    /// As [`Gateway::start`], the public listener served by `n` worker loops of their
+    /// own (real time), the rest (admin, probes, background tasks) on the test's.
+    pub async fn start_with_workers(config: &str, n: usize) -> Gateway {
+        let workers = manifold::worker::spawn(n).unwrap();
+        Self::start_on(config, &workers).await
+    }
+
+    async fn start_on(config: &str, workers: &[tokio::runtime::Handle]) -> Gateway {
         let text = if config.contains("[server]") {
             config.to_string()
         } else {
@@ -262,7 +273,9 @@ impl Gateway {
                 .unwrap()
                 .push(String::from_utf8_lossy(line).trim_end().to_string());
         });
-        let server = Server::start(config, sink).await.expect("gateway starts");
+        let server = Server::start_on(config, sink, workers)
+            .await
+            .expect("gateway starts");
         let base = format!("http://{}", server.addr);
         let admin = format!("http://{}", server.admin_addr.unwrap());
         let client = reqwest::Client::builder()

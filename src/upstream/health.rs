@@ -1,0 +1,105 @@
+//! Active health checks (CONTRACT §9): one prober per upstream and replica, on the
+//! loop that built the gateway (not one per worker), probing every host with
+//! `GET path` each `interval`.
+//!
+//! A probe goes on a connection of its own, opened for it and closed after it: it
+//! carries nothing of any client's (no forwarded header, no trace context), and it
+//! checks what a new call would meet (connect, TLS, answer) rather than an old
+//! connection that happens to be open. At one probe per host per `interval` the
+//! handshakes cost nothing worth keeping connections for.
+
+use std::sync::{Arc, Weak};
+
+use http::{HeaderValue, Method, Request, header};
+
+use super::hosts::Hosts;
+use super::pool::Pool;
+use crate::body::RequestBody;
+use crate::config::HealthCheckConfig;
+
+const USER_AGENT: &str = "manifold-health-check";
+
+/// Starts the prober; it ends once the upstream is dropped (a reload that replaced it).
+pub(super) fn spawn(hosts: Weak<Hosts>, pool: Arc<Pool>, check: HealthCheckConfig) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return;
+    }
+    tokio::spawn(async move {
+        let n = pool.bases().len();
+        // Probes in a row that passed (> 0) or failed (< 0), per host.
+        let mut streak = vec![0i64; n];
+        let mut tick = tokio::time::interval(check.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if hosts.strong_count() == 0 {
+                return;
+            }
+            let results =
+                futures_util::future::join_all((0..n).map(|i| probe(&pool, i, &check))).await;
+            let Some(hosts) = hosts.upgrade() else { return };
+            for (i, result) in results.into_iter().enumerate() {
+                let s = &mut streak[i];
+                match result {
+                    Ok(()) => *s = if *s > 0 { *s + 1 } else { 1 },
+                    Err(cause) => {
+                        *s = if *s < 0 { *s - 1 } else { -1 };
+                        tracing::debug!(upstream = hosts.upstream(), host = hosts.label(i), %cause, "health probe failed");
+                        if -*s == i64::from(check.unhealthy) {
+                            tracing::warn!(
+                                upstream = hosts.upstream(),
+                                host = hosts.label(i),
+                                %cause,
+                                probes = check.unhealthy,
+                                "health probes failing"
+                            );
+                        }
+                    }
+                }
+                if *s <= -i64::from(check.unhealthy) {
+                    hosts.set_healthy(i, false);
+                } else if *s >= i64::from(check.healthy) {
+                    hosts.set_healthy(i, true);
+                }
+            }
+        }
+    });
+}
+
+/// One probe of host `i`: a 2xx within `timeout`, or why not.
+async fn probe(pool: &Arc<Pool>, i: usize, check: &HealthCheckConfig) -> Result<(), String> {
+    let Some(uri) = pool.bases()[i].target(check.path.clone()) else {
+        return Err("the path is not a valid request target".into());
+    };
+    let mut req = Request::new(RequestBody::Full(None));
+    *req.method_mut() = Method::GET;
+    *req.uri_mut() = uri;
+    req.headers_mut()
+        .insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+    let call = async {
+        let resp = pool.send_once(i, req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        // Read (at most 64 KiB of it, within the timeout) so the upstream sees the
+        // answer taken; the connection closes after it either way.
+        let mut body = resp.into_body();
+        let mut read = 0;
+        while let Some(Ok(frame)) = http_body_util::BodyExt::frame(&mut body).await {
+            read += frame.data_ref().map_or(0, |d| d.len());
+            if read > 64 * 1024 {
+                break;
+            }
+        }
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("status {}", status.as_u16()))
+        }
+    };
+    match tokio::time::timeout(check.timeout, call).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "no answer within {}",
+            humantime::format_duration(check.timeout)
+        )),
+    }
+}
