@@ -80,6 +80,7 @@ pub fn routes(gw: &Gateway) -> Value {
                 "path": r.path,
                 "timeout_ms": r.deadline.as_millis() as u64,
                 "passthrough": r.passthrough,
+                "websocket": r.websocket.is_some(),
                 "cache": rc.cache.as_ref().map(|c| json!({"ttl_ms": c.ttl.as_millis() as u64})),
                 "auth": rc.auth.as_ref().map(|a| json!({
                     "jwt": a.jwt,

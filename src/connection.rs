@@ -107,6 +107,29 @@ pub struct Connections {
     metrics: ConnectionMetrics,
     /// Woken when the last connection closes (the drain waits for it).
     drained: Notify,
+    /// Of `open`, the WebSocket tunnels (a connection whose upgrade went through).
+    tunnels: AtomicUsize,
+    /// Turned true when the drain's grace ends: every tunnel closes.
+    cut: watch::Sender<bool>,
+}
+
+/// In the extensions of an HTTP/1 request that asks for an upgrade: where a tunnel
+/// made of its connection is counted, and told to close.
+#[derive(Clone)]
+pub struct TunnelHome(pub Arc<Connections>);
+
+/// A tunnel's place among its listener's connections (the connection it came from
+/// gives its own back once hyper lets go of it), and its drain signal.
+pub struct TunnelPlace {
+    conns: Arc<Connections>,
+    pub cut: watch::Receiver<bool>,
+}
+
+impl Drop for TunnelPlace {
+    fn drop(&mut self) {
+        self.conns.tunnels.fetch_sub(1, Ordering::AcqRel);
+        drop(Admitted(self.conns.clone()));
+    }
 }
 
 /// One admitted connection's place; given back when dropped.
@@ -119,7 +142,31 @@ impl Connections {
             open: AtomicUsize::new(0),
             metrics: METRICS.connections(listener),
             drained: Notify::new(),
+            tunnels: AtomicUsize::new(0),
+            cut: watch::channel(false).0,
         })
+    }
+
+    /// A place for a tunnel made of an admitted connection (not refused: the
+    /// connection had one).
+    pub fn tunnel(self: &Arc<Self>) -> TunnelPlace {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        self.metrics.open.inc();
+        self.tunnels.fetch_add(1, Ordering::AcqRel);
+        TunnelPlace {
+            conns: self.clone(),
+            cut: self.cut.subscribe(),
+        }
+    }
+
+    /// Tunnels open now.
+    pub fn tunnels(&self) -> usize {
+        self.tunnels.load(Ordering::Acquire)
+    }
+
+    /// Closes every tunnel (the end of the drain's grace).
+    pub fn cut_tunnels(&self) {
+        self.cut.send_replace(true);
     }
 
     /// A place for a new connection, unless `max` are open already.
@@ -647,6 +694,7 @@ async fn run<I, F, Fut, S>(
     let metrics = &place.0.metrics;
     let addr = peer.addr;
     let service = {
+        let home = TunnelHome(place.0.clone());
         let activity = activity.clone();
         let budget = limits.budget.clone();
         let share = Share::new(limits.per_connection);
@@ -655,6 +703,10 @@ async fn run<I, F, Fut, S>(
             let request = activity.begin(version);
             if share.is_full() {
                 req.extensions_mut().insert(Crowded);
+            }
+            // Only HTTP/1 upgrades: h2c upgrades are the listener's own business.
+            if version == Version::HTTP_11 && req.headers().contains_key(http::header::UPGRADE) {
+                req.extensions_mut().insert(home.clone());
             }
             let mut peer = peer.clone();
             // An HTTP/1.1 connection has one request at a time, bounded by its answers'
@@ -676,7 +728,7 @@ async fn run<I, F, Fut, S>(
     };
     // Boxed: made only once a head is in, so a connection that never sends one costs
     // a small task, not hyper's connection state.
-    let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), service));
+    let mut conn = Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
     let mut dog = Watchdog {
         limits,
         activity: activity.clone(),

@@ -76,6 +76,10 @@ pub struct Route {
     pub forward_headers: Forward<HeaderName>,
     pub forward_query: Forward<String>,
     pub passthrough: bool,
+    /// `websocket = true`: upgrade requests become tunnels, open ones counted here.
+    pub websocket: Option<prometheus_client::metrics::gauge::Gauge>,
+    /// How long a tunnel may carry no bytes either way.
+    pub tunnel_idle: Duration,
     pub max_request_body: u64,
     /// Some backend calls with a method that carries the client's body.
     pub wants_body: bool,
@@ -325,6 +329,8 @@ fn compile_route(
         forward_headers,
         forward_query: Forward::from_list(r.forward_query.clone(), |q| q == "*"),
         passthrough: r.passthrough,
+        websocket: r.websocket.then(|| METRICS.websocket_tunnels(&r.name)),
+        tunnel_idle: r.idle_timeout,
         max_request_body: config.server.max_request_body,
         wants_body: backends.iter().any(|b| carries_body(&b.method)),
         cache_prefix: format!(

@@ -292,7 +292,7 @@ async fn serve(
         started,
         ..
     } = done;
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     check_head(&parts, gateway.config.server.max_header_size)?;
     if parts.extensions.get::<Crowded>().is_some() {
         return Err(GatewayError::Crowded);
@@ -318,6 +318,13 @@ async fn serve(
     record.route = Some(route.name.clone());
     span.rename(&route.span_name);
     span.record(|a| a.str("http.route", &route.template));
+    // Only HTTP/1.1 requests with an `upgrade` header carry the mark looked at here.
+    let upgrade = crate::websocket::is_upgrade(&parts);
+    if upgrade && route.websocket.is_none() {
+        return Err(GatewayError::BadRequest {
+            reason: "this route does not accept WebSocket upgrades",
+        });
+    }
     // With `[shared]`, a limited route's cache entry is read in the limit's round
     // trip (when its key is known now: no token's claims in it).
     let mut prefetched = None;
@@ -380,6 +387,27 @@ async fn serve(
     let query = forward::forwarded_query(parts.uri.query(), &route.forward_query);
     let deadline = *started + route.deadline;
 
+    if upgrade {
+        // A browser does not apply CORS to WebSockets: an origin the route's CORS does
+        // not allow is refused here.
+        if let (Some(cors), Some(origin)) = (&route.cors, parts.headers.get(header::ORIGIN))
+            && !cors.allows(origin)
+        {
+            return Err(GatewayError::CorsRejected);
+        }
+        let query = query.map(|q| q.into_owned());
+        return Box::pin(crate::websocket::tunnel(
+            route,
+            &mut parts,
+            headers,
+            query.as_deref(),
+            &params,
+            deadline,
+            record,
+            span,
+        ))
+        .await;
+    }
     if route.passthrough {
         return passthrough::forward(
             route,

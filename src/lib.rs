@@ -3,7 +3,7 @@
 //! A request's path through the crate, in order: [`server`] accepts it, [`handler`]
 //! matches it with [`router`] and runs the route: [`fanout`] calls the backends through
 //! their [`upstream`] clients and [`merge`] shapes and joins the answers, or
-//! [`passthrough`] streams one. [`error`] is the one place a failure becomes a status.
+//! [`passthrough`] streams one ([`websocket`] tunnels an upgrade). [`error`] is the one place a failure becomes a status.
 //! [`gateway`] holds a config compiled for serving; [`config`] loads and checks it.
 
 pub mod access_log;
@@ -38,4 +38,5 @@ pub mod tls;
 pub mod trace;
 pub mod upstream;
 pub mod watch;
+pub mod websocket;
 pub mod worker;

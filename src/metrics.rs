@@ -111,6 +111,7 @@ pub struct Metrics {
     host_state: Family<HostLabels, Gauge>,
     hedges: Family<UpstreamResult, Counter>,
     budget_exhausted: Family<UpstreamName, Counter>,
+    websocket_tunnels: Family<RouteName, Gauge>,
     cache: Family<CacheLabels, Counter>,
     rate_limited: Family<RouteName, Counter>,
     pub inflight: Gauge,
@@ -250,6 +251,12 @@ impl Metrics {
         let host_state = Family::<HostLabels, Gauge>::default();
         let hedges = Family::<UpstreamResult, Counter>::default();
         let budget_exhausted = Family::<UpstreamName, Counter>::default();
+        let websocket_tunnels = Family::<RouteName, Gauge>::default();
+        registry.register(
+            "manifold_websocket_tunnels",
+            "WebSocket tunnels open now, by route",
+            websocket_tunnels.clone(),
+        );
         registry.register(
             "manifold_upstream_host_state",
             "Each upstream host: 0 in rotation, 1 ejected (outlier), 2 unhealthy (health check)",
@@ -449,6 +456,7 @@ impl Metrics {
             host_state,
             hedges,
             budget_exhausted,
+            websocket_tunnels,
             cache,
             rate_limited,
             inflight,
@@ -643,6 +651,15 @@ impl Metrics {
                 result: if won { "won" } else { "lost" },
             })
             .inc();
+    }
+
+    /// The open-tunnels gauge of a `websocket = true` route (0 from the start).
+    pub fn websocket_tunnels(&self, route: &str) -> Gauge {
+        self.websocket_tunnels
+            .get_or_create(&RouteName {
+                route: route.to_string(),
+            })
+            .clone()
     }
 
     /// A retry or hedge the budget did not allow.

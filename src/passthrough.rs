@@ -16,7 +16,7 @@ use crate::error::{BackendError, Failure, GatewayError, Outcome};
 use crate::forward::{HOP_BY_HOP, X_REQUEST_ID, connection_named, content_length, is_hop_by_hop};
 use crate::gateway::Route;
 use crate::trace::{Pending, Span};
-use crate::upstream::Streamed;
+use crate::upstream::{Held, Streamed, Tried};
 
 #[allow(clippy::too_many_arguments)]
 pub async fn forward(
@@ -34,30 +34,7 @@ pub async fn forward(
     let upstream = &backend.upstream;
     // Ends when the response head is in (or the call failed): the body streams after.
     let mut span = Pending::new(backend::span(span, backend), deadline);
-    let blame = |failure| {
-        GatewayError::Backend(BackendError {
-            backend: backend.plan.name.clone(),
-            upstream: upstream.name.clone(),
-            failure,
-        })
-    };
-    let (base, uri) = match backend::render(route, backend, params, query, &[])
-        .and_then(|path| upstream.target(path, None))
-    {
-        Ok(target) => target,
-        Err(f) => {
-            let report = Report::new(f.outcome(), None, std::time::Duration::ZERO, 0);
-            let report = backend::end(
-                Some(&mut span),
-                backend,
-                &record.request_id,
-                Some(&f),
-                report,
-            );
-            record.backends.push((backend.plan.name.clone(), report));
-            return Err(blame(f));
-        }
-    };
+    let (base, uri) = target(route, params, query, record, &mut span)?;
 
     let mut req = Request::new(RequestBody::Full(None));
     // HEAD on a GET route asks the upstream for the head alone.
@@ -91,6 +68,52 @@ pub async fn forward(
             watch.as_ref(),
         )
         .await;
+    let (resp, held) = report(route, tried, record, &mut span)?;
+    Ok(answer(resp, held, route, &record.request_id))
+}
+
+/// The failure of the route's one backend, blamed on it.
+fn blame(route: &Route, failure: Failure) -> GatewayError {
+    let backend = &route.backends[0];
+    GatewayError::Backend(BackendError {
+        backend: backend.plan.name.clone(),
+        upstream: backend.upstream.name.clone(),
+        failure,
+    })
+}
+
+/// Where the route's one backend call goes: its host and request target (a failure
+/// is reported as the backend's).
+pub(crate) fn target(
+    route: &Route,
+    params: &[String],
+    query: Option<&str>,
+    record: &mut AccessRecord,
+    span: &mut Pending,
+) -> Result<(usize, http::Uri), GatewayError> {
+    let backend = &route.backends[0];
+    match backend::render(route, backend, params, query, &[])
+        .and_then(|path| backend.upstream.target(path, None))
+    {
+        Ok(target) => Ok(target),
+        Err(f) => {
+            let report = Report::new(f.outcome(), None, std::time::Duration::ZERO, 0);
+            let report = backend::end(Some(span), backend, &record.request_id, Some(&f), report);
+            record.backends.push((backend.plan.name.clone(), report));
+            Err(blame(route, f))
+        }
+    }
+}
+
+/// Reports how the call went (access line, span) and hands back the answer, or the
+/// failure that took its place.
+pub(crate) fn report(
+    route: &Route,
+    tried: Tried<(Response<Incoming>, Held)>,
+    record: &mut AccessRecord,
+    span: &mut Pending,
+) -> Result<(Response<Incoming>, Held), GatewayError> {
+    let backend = &route.backends[0];
     let status = tried
         .answer
         .as_ref()
@@ -102,23 +125,27 @@ pub async fn forward(
         u32::from(tried.sent),
     );
     let failure = tried.verdict.as_ref().err();
-    let report = backend::end(
-        Some(&mut span),
-        backend,
-        &record.request_id,
-        failure,
-        report,
-    );
+    let report = backend::end(Some(span), backend, &record.request_id, failure, report);
     record.backends.push((backend.plan.name.clone(), report));
-    let (resp, held) = match (tried.answer, tried.verdict) {
-        (Some(answer), _) => answer,
+    match (tried.answer, tried.verdict) {
+        (Some(answer), _) => Ok(answer),
         (None, Err(Failure::Client(fault))) => {
-            return Err(GatewayError::client(fault, route.max_request_body));
+            Err(GatewayError::client(fault, route.max_request_body))
         }
-        (None, Err(f)) => return Err(blame(f)),
-        (None, Ok(_)) => return Err(blame(Failure::BadResponse("no answer"))),
-    };
-    let idle = upstream.idle_timeout();
+        (None, Err(f)) => Err(blame(route, f)),
+        (None, Ok(_)) => Err(blame(route, Failure::BadResponse("no answer"))),
+    }
+}
+
+/// The upstream's answer as the client gets it: streamed, hop-by-hop headers gone,
+/// with the request id.
+pub(crate) fn answer(
+    resp: Response<Incoming>,
+    held: Held,
+    route: &Route,
+    request_id: &HeaderValue,
+) -> Response<Body<Streamed>> {
+    let idle = route.backends[0].upstream.idle_timeout();
     let mut out = resp.map(|b| Body::Stream(Streamed::new(IdleTimeout::new(b, idle), held)));
     // RFC 9112 §6.3: with `transfer-encoding`, `content-length` is not the length (the
     // chunked body was read as such); passed on, it would cut the body short.
@@ -126,9 +153,8 @@ pub async fn forward(
         out.headers_mut().remove(header::CONTENT_LENGTH);
     }
     strip_hop_by_hop(out.headers_mut());
-    out.headers_mut()
-        .insert(X_REQUEST_ID, record.request_id.clone());
-    Ok(out)
+    out.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+    out
 }
 
 /// Removes hop-by-hop headers, including any the `connection` header names.

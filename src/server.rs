@@ -396,8 +396,27 @@ where
     tokio::select! {
         () = conns.drained() => true,
         _ = tokio::time::sleep(grace) => {
-            tracing::warn!(grace = %humantime::format_duration(grace), open = conns.open(), "shutdown grace ran out; cutting remaining connections");
-            false
+            // WebSocket tunnels live until a side closes: they are closed now, and do
+            // not count as requests cut short.
+            let tunnels = conns.tunnels();
+            conns.cut_tunnels();
+            let cut = conns.open().saturating_sub(tunnels);
+            if tunnels > 0 {
+                tracing::info!(tunnels, "shutdown grace ended; closing WebSocket tunnels");
+            }
+            if cut > 0 {
+                tracing::warn!(grace = %humantime::format_duration(grace), open = cut, "shutdown grace ran out; cutting remaining connections");
+            }
+            // The tunnels close both sides as they hear of it (on their own loops).
+            if tunnels > 0 {
+                let closing = async {
+                    while conns.tunnels() > 0 {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
+            }
+            cut == 0
         }
     }
 }

@@ -1037,6 +1037,27 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
             ),
         )
         .unwrap_or(false);
+    const WEBSOCKET: Key = key(
+        "websocket",
+        "Carry `upgrade: websocket` requests to the upstream and splice both ways after its 101 (passthrough routes).",
+    );
+    const IDLE_TIMEOUT: Key = key(
+        "idle_timeout",
+        "A WebSocket tunnel with no bytes either way for this long is closed. Default 5m.",
+    );
+    let websocket_span = t.get(WEBSOCKET).map(|v| v.span());
+    let websocket = t.bool(errs, WEBSOCKET).unwrap_or(false);
+    let idle_span = t.get(IDLE_TIMEOUT).map(|v| v.span());
+    let idle_timeout = positive_duration(t, errs, IDLE_TIMEOUT).flatten();
+    if let Some(span) = idle_span.filter(|_| !websocket) {
+        errs.push(
+            Diagnostic::new(
+                span,
+                "`idle_timeout` applies only to `websocket = true` routes",
+            )
+            .label("no tunnels on this route"),
+        );
+    }
     const CORS: Key = key(
         "cors",
         "This route's own CORS table (replacing [cors] whole), or false for none.",
@@ -1137,6 +1158,13 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
     }
     let (path, path_span) = path?;
     let passthrough = passthrough || backends.iter().any(|b| b.passthrough);
+    if let Some(span) = websocket_span.filter(|_| websocket && !passthrough) {
+        errs.push(
+            Diagnostic::new(span, "`websocket = true` needs `passthrough = true`")
+                .label("a tunnel carries one upstream's bytes unchanged")
+                .note("add `passthrough = true` to the route"),
+        );
+    }
     Some(RouteConfig {
         name: name
             .map(|(n, _)| n)
@@ -1154,6 +1182,8 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
         cache,
         rate_limit,
         passthrough,
+        websocket,
+        idle_timeout: idle_timeout.unwrap_or(DEFAULT_TUNNEL_IDLE),
         cors,
         auth,
         auth_span,
@@ -1161,6 +1191,9 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
         backends,
     })
 }
+
+/// How long a WebSocket tunnel may stay silent when the route sets no `idle_timeout`.
+pub const DEFAULT_TUNNEL_IDLE: Duration = Duration::from_secs(300);
 
 /// `[shared]`: where the replicas' Redis is.
 fn read_shared(t: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Option<SharedConfig> {

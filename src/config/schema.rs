@@ -29,11 +29,11 @@ algorithms = ["HS256"]
 urls = ["http://127.0.0.1:1"]
 circuit_breaker = { consecutive_failures = 1, open_for = "1s" }
 retry = { attempts = 1, budget = "20%" }
-rate_limit = { per_second = 1 }
 balance = "round_robin"
 outlier = { consecutive_failures = 5 }
 health_check = { path = "/healthz" }
 hedge = { after = "50ms" }
+rate_limit = { per_second = 1 }
 [[routes]]
 path = "/p"
 cache = { ttl = "1s" }
@@ -44,6 +44,14 @@ rate_limit = { per_second = 1 }
   upstream = "u"
   path = "/"
   rename = { a = "b" }
+[[routes]]
+path = "/w"
+passthrough = true
+websocket = true
+idle_timeout = "5m"
+  [[routes.backends]]
+  upstream = "u"
+  path = "/"
 "#;
 
 /// What the loader asked of one key, merged over every read of it.
@@ -289,8 +297,16 @@ mod tests {
                 ),
             ),
             "/upstreams/*/retry" => (
-                "retry = { attempts = 1 }".to_string(),
+                "retry = { attempts = 1, budget = \"20%\" }".to_string(),
                 format!("retry = {{ {line} }}"),
+            ),
+            "/upstreams/*/outlier" => (
+                "outlier = { consecutive_failures = 5 }".to_string(),
+                format!("outlier = {{ {line} }}"),
+            ),
+            "/upstreams/*/health_check" => (
+                "health_check = { path = \"/healthz\" }".to_string(),
+                format!("health_check = {{ path = \"/healthz\", {line} }}"),
             ),
             "/upstreams/*/rate_limit" => (
                 "rate_limit = { per_second = 1 }\n[[routes]]".to_string(),

@@ -233,6 +233,10 @@ pub struct RouteConfig {
     pub cache: Option<CacheConfig>,
     pub rate_limit: Option<RouteRateLimit>,
     pub passthrough: bool,
+    /// `websocket = true`: upgrade requests are tunnelled (passthrough routes).
+    pub websocket: bool,
+    /// How long a tunnel may carry no bytes either way.
+    pub idle_timeout: Duration,
     /// The route's own `cors` table, `cors = false`, or `[cors]` (when unset).
     pub cors: RouteCors,
     /// `auth`: the route's token check.

@@ -30,6 +30,9 @@ pub enum Mode {
     Streamed,
     /// Fan-out: the answer must be a 2xx, and its body is read within the attempt.
     Buffered,
+    /// A WebSocket handshake: on a connection of its own, where a 101 is the answer
+    /// hoped for (any other is passed on, like a streamed one).
+    Upgrade,
 }
 
 /// What one attempt is for.
@@ -83,6 +86,8 @@ pub fn classify(status: StatusCode, mode: Mode) -> Result<StatusCode, Failure> {
         Err(Failure::ServerError(status))
     } else if status.is_client_error() {
         Err(Failure::Rejected(status))
+    } else if status == StatusCode::SWITCHING_PROTOCOLS && mode == Mode::Upgrade {
+        Ok(status)
     } else if status == StatusCode::SWITCHING_PROTOCOLS {
         Err(Failure::BadResponse(
             "an unsolicited 101 Switching Protocols",
@@ -171,7 +176,10 @@ impl Upstream {
         // own future: one bound to a local first would be stored twice in this one.)
         let unbounded = permit.is_none() && t.bounded && deadline >= t.route_deadline;
         let load = self.hosts.start(base);
-        let head = if unbounded {
+        let head = if mode == Mode::Upgrade {
+            // Boxed: only tunnels carry this future.
+            tokio::time::timeout_at(deadline, Box::pin(self.pool.send_upgrade(base, req))).await
+        } else if unbounded {
             Ok(self.pool.send(base, req).await)
         } else {
             tokio::time::timeout_at(deadline, self.pool.send(base, req)).await
@@ -193,7 +201,7 @@ impl Upstream {
                     };
                     // A streamed answer is taken as it is; a buffered one's body is
                     // read under the same deadline.
-                    let taken = if mode == Mode::Streamed || unbounded {
+                    let taken = if mode != Mode::Buffered || unbounded {
                         then(resp, held).await
                     } else {
                         tokio::time::timeout_at(deadline, then(resp, held))

@@ -282,6 +282,34 @@ impl Upstream {
         })
     }
 
+    /// A WebSocket handshake to `bases[base]` (CONTRACT §9): one attempt on a new
+    /// connection, bounded by the route deadline; a 101's answer can be upgraded
+    /// (`hyper::upgrade::on`), any other is passed on as a passthrough answer.
+    pub async fn call_upgrade(
+        &self,
+        base: usize,
+        req: Request<RequestBody>,
+        route_deadline: Instant,
+        span: &Span,
+        span_name: &Arc<str>,
+    ) -> Tried<(Response<Incoming>, Held)> {
+        let t = Try {
+            base,
+            n: 1,
+            parent: span,
+            span_name,
+            cache_miss: false,
+            route_deadline,
+            bounded: false,
+            client: None,
+            hedge: false,
+        };
+        self.attempt(req, t, Mode::Upgrade, |resp, held| {
+            std::future::ready(Ok((resp, held)))
+        })
+        .await
+    }
+
     /// A call whose answer must be a 2xx, read whole, retried as `retry` allows when
     /// `retryable` (an idempotent method, or POST with `idempotency-key`): only after
     /// a connect error, a timeout or a 502/503/504, never past the route deadline, and

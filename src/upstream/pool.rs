@@ -142,11 +142,16 @@ pub struct Lease {
     pool: Arc<Pool>,
     base: usize,
     sender: Option<Sender>,
+    /// False for a connection that is never given back (an upgrade's): its sender
+    /// only keeps it open while the call needs it.
+    reuse: bool,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(sender) = self.sender.take() {
+        if let Some(sender) = self.sender.take()
+            && self.reuse
+        {
             self.pool.put(self.base, sender);
         }
     }
@@ -189,6 +194,7 @@ impl Pool {
             pool: self.clone(),
             base,
             sender: Some(sender),
+            reuse: true,
         };
         let req = match self.checkout(base) {
             Some(mut sender) => match sender.try_send_request(req).await {
@@ -205,6 +211,41 @@ impl Pool {
         let mut sender = Box::pin(self.connect(&to.origin)).await?;
         let resp = sender.send_request(req).await?;
         Ok((resp, lease(sender)))
+    }
+
+    /// Sends an upgrade request (`upgrade: websocket`) to `bases()[base]` on a new
+    /// connection that can be handed over after a 101 (`hyper::upgrade::on` on the
+    /// answer); it never goes back to the pool.
+    pub async fn send_upgrade(
+        self: &Arc<Self>,
+        base: usize,
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Lease), BoxError> {
+        let to = &self.bases[base];
+        req.headers_mut().insert(header::HOST, to.host.clone());
+        if let Some(auth) = &to.auth {
+            req.headers_mut()
+                .insert(header::AUTHORIZATION, auth.clone());
+        }
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
+        let io = connector.call(to.origin.clone()).await?;
+        let (mut sender, conn) = http1::Builder::new().handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream upgrade connection ended");
+            }
+        });
+        let resp = sender.send_request(req).await?;
+        Ok((
+            resp,
+            Lease {
+                pool: self.clone(),
+                base,
+                sender: Some(sender),
+                reuse: false,
+            },
+        ))
     }
 
     /// Sends `req` to `bases()[base]` on a connection of its own, closed after the

@@ -23,3 +23,4 @@ mod shared;
 mod tls;
 mod tracing;
 mod traffic;
+mod websocket;

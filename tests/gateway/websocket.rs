@@ -1,0 +1,421 @@
+//! WebSockets on `websocket = true` routes (CONTRACT §9): a real echo upstream (hyper
+//! with its upgrade, tungstenite frames) and a real client (tokio-tungstenite).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::{WebSocketStream, client_async};
+
+use crate::support::{Gateway, Upstream, series};
+
+/// An upstream that echoes WebSocket messages back, answers plain requests with
+/// JSON, and refuses upgrades with `refuse` when set. Records each request's headers.
+struct Echo {
+    addr: std::net::SocketAddr,
+    seen: Arc<Mutex<Vec<(String, HeaderMap)>>>,
+    /// WebSocket sessions whose connection ended under the upstream.
+    ended: Arc<AtomicUsize>,
+}
+
+impl Echo {
+    async fn start(refuse: Option<u16>) -> Echo {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let ended = Arc::new(AtomicUsize::new(0));
+        let ends = ended.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let log = log.clone();
+                let ends = ends.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |mut req: Request<Incoming>| {
+                        let ends = ends.clone();
+                        log.lock()
+                            .unwrap()
+                            .push((req.uri().to_string(), req.headers().clone()));
+                        async move {
+                            let key = req.headers().get("sec-websocket-key").cloned();
+                            let Some(key) = key else {
+                                let mut r = Response::new(Full::new(Bytes::from(
+                                    json!({"plain": true}).to_string(),
+                                )));
+                                r.headers_mut()
+                                    .insert("content-type", "application/json".parse().unwrap());
+                                return Ok::<_, std::convert::Infallible>(r);
+                            };
+                            if let Some(status) = refuse {
+                                let mut r = Response::new(Full::new(Bytes::from(
+                                    json!({"refused": true}).to_string(),
+                                )));
+                                *r.status_mut() = StatusCode::from_u16(status).unwrap();
+                                return Ok(r);
+                            }
+                            let on = hyper::upgrade::on(&mut req);
+                            tokio::spawn(async move {
+                                let io = TokioIo::new(on.await.unwrap());
+                                let mut ws =
+                                    WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+                                while let Some(Ok(m)) = ws.next().await {
+                                    if m.is_close() {
+                                        break;
+                                    }
+                                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                                        break;
+                                    }
+                                }
+                                ends.fetch_add(1, Ordering::SeqCst);
+                            });
+                            let mut r = Response::new(Full::new(Bytes::new()));
+                            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                            let h = r.headers_mut();
+                            h.insert("upgrade", "websocket".parse().unwrap());
+                            h.insert("connection", "Upgrade".parse().unwrap());
+                            h.insert(
+                                "sec-websocket-accept",
+                                derive_accept_key(key.as_bytes()).parse().unwrap(),
+                            );
+                            h.insert("sec-websocket-protocol", "chat".parse().unwrap());
+                            Ok(r)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Echo { addr, seen, ended }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn last(&self) -> (String, HeaderMap) {
+        self.seen.lock().unwrap().last().cloned().unwrap()
+    }
+}
+
+fn config(echo: &Echo, route_extra: &str, extra: &str) -> String {
+    format!(
+        "{extra}
+[upstreams.notify]
+urls = [\"{}\"]
+
+[[routes]]
+path = \"/ws/{{room}}\"
+passthrough = true
+websocket = true
+{route_extra}
+  [[routes.backends]]
+  upstream = \"notify\"
+  path = \"/socket/{{room}}\"
+",
+        echo.url()
+    )
+}
+
+type Ws = WebSocketStream<TcpStream>;
+type Handshake =
+    Result<(Ws, http::Response<Option<Vec<u8>>>), tokio_tungstenite::tungstenite::Error>;
+
+/// Opens a WebSocket to the gateway at `path` with extra request headers.
+async fn connect(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Handshake {
+    let addr = gw.server.addr;
+    let mut req = http::Request::builder()
+        .uri(format!("ws://{addr}{path}"))
+        .header("host", addr.to_string())
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header(
+            "sec-websocket-key",
+            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+        )
+        .header("sec-websocket-protocol", "chat");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let stream = TcpStream::connect(addr).await.unwrap();
+    client_async(req.body(()).unwrap(), stream).await
+}
+
+/// The status and body of a refused handshake.
+fn refused(r: Handshake) -> (u16, serde_json::Value) {
+    match r {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp.body().clone().unwrap_or_default();
+            (
+                resp.status().as_u16(),
+                serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+            )
+        }
+        Err(e) => panic!("not an HTTP refusal: {e}"),
+        Ok(_) => panic!("the upgrade went through"),
+    }
+}
+
+async fn echo_round(ws: &mut Ws, m: Message) {
+    ws.send(m.clone()).await.unwrap();
+    let back = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("an echo")
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, m);
+}
+
+fn tunnels(metrics: &str, route: &str) -> f64 {
+    let s = format!("manifold_websocket_tunnels{{route=\"{route}\"}}");
+    assert!(metrics.contains(&s), "{s} in the metrics");
+    series(metrics, &s)
+}
+
+#[tokio::test]
+async fn messages_go_both_ways_unchanged_and_the_handshake_follows_the_header_rules() {
+    let echo = Echo::start(None).await;
+    let gw = Gateway::start(&config(&echo, "name = \"ws-echo\"", "")).await;
+    let (mut ws, resp) = connect(
+        &gw,
+        "/ws/lobby",
+        &[
+            ("origin", "https://app.test"),
+            ("cookie", "session=secret"),
+            ("x-custom", "no"),
+        ],
+    )
+    .await
+    .expect("the upgrade goes through");
+    assert_eq!(resp.status(), 101);
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "chat");
+    assert!(resp.headers().contains_key("x-request-id"));
+    assert_eq!(tunnels(&gw.metrics().await, "ws-echo"), 1.0);
+
+    echo_round(&mut ws, Message::text("hello")).await;
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    echo_round(&mut ws, Message::binary(big)).await;
+    for i in 0..50 {
+        echo_round(&mut ws, Message::text(format!("n{i}"))).await;
+    }
+
+    let (target, h) = echo.last();
+    assert_eq!(target, "/socket/lobby");
+    assert_eq!(h["upgrade"], "websocket");
+    assert_eq!(h["connection"], "upgrade");
+    assert_eq!(h["sec-websocket-version"], "13");
+    assert_eq!(h["sec-websocket-protocol"], "chat");
+    assert!(h.contains_key("sec-websocket-key"));
+    assert_eq!(h["origin"], "https://app.test");
+    assert!(h.contains_key("x-request-id"));
+    assert!(h.contains_key("x-forwarded-for"));
+    assert!(!h.contains_key("cookie"), "not forwarded unless configured");
+    assert!(!h.contains_key("x-custom"));
+
+    ws.close(None).await.unwrap();
+    // The tunnel ends with the client's close.
+    let mut gone = false;
+    for _ in 0..100 {
+        if tunnels(&gw.metrics().await, "ws-echo") == 0.0 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gone, "the gauge falls back to 0");
+}
+
+#[tokio::test]
+async fn a_plain_request_is_proxied_and_a_refused_upgrade_is_passed_on() {
+    let echo = Echo::start(None).await;
+    let gw = Gateway::start(&config(&echo, "", "")).await;
+    let r = gw.get("/ws/lobby").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json!({"plain": true}));
+
+    let refusing = Echo::start(Some(403)).await;
+    let gw = Gateway::start(&config(&refusing, "", "")).await;
+    let (status, body) = refused(connect(&gw, "/ws/lobby", &[]).await);
+    assert_eq!(status, 403);
+    assert_eq!(body, json!({"refused": true}));
+}
+
+#[tokio::test]
+async fn an_upgrade_on_a_route_without_websocket_is_400() {
+    let echo = Echo::start(None).await;
+    let gw = Gateway::start(&format!(
+        "[upstreams.notify]
+urls = [\"{}\"]
+[[routes]]
+path = \"/ws/{{room}}\"
+passthrough = true
+  [[routes.backends]]
+  upstream = \"notify\"
+  path = \"/socket/{{room}}\"
+",
+        echo.url()
+    ))
+    .await;
+    let (status, body) = refused(connect(&gw, "/ws/lobby", &[]).await);
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "BAD_REQUEST");
+    assert!(echo.seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn cors_origin_rate_limit_and_token_apply_to_the_handshake() {
+    let echo = Echo::start(None).await;
+    let gw = Gateway::start(&config(
+        &echo,
+        "cors = { allow_origins = [\"https://app.test\"] }\nrate_limit = { per_second = 0.001, burst = 2, key = \"global\" }",
+        "",
+    ))
+    .await;
+    let (status, body) = refused(connect(&gw, "/ws/a", &[("origin", "https://evil.test")]).await);
+    assert_eq!(status, 403);
+    assert_eq!(body["error"]["code"], "CORS_REJECTED");
+    let (ws, _) = connect(&gw, "/ws/a", &[("origin", "https://app.test")])
+        .await
+        .expect("an allowed origin passes");
+    drop(ws);
+    let (status, body) = refused(connect(&gw, "/ws/a", &[("origin", "https://app.test")]).await);
+    assert_eq!(status, 429);
+    assert_eq!(body["error"]["code"], "RATE_LIMITED");
+    assert_eq!(echo.seen.lock().unwrap().len(), 1);
+
+    // A token route: no token, no tunnel.
+    let secret = "websocket-test-secret-of-enough-length";
+    let gw = Gateway::start(&config(
+        &echo,
+        "auth = { jwt = \"idp\" }",
+        &format!("[auth.jwt.idp]\nsecret = \"{secret}\"\nalgorithms = [\"HS256\"]\n"),
+    ))
+    .await;
+    let (status, body) = refused(connect(&gw, "/ws/a", &[]).await);
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "UNAUTHORIZED");
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "ada", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let (mut ws, _) = connect(
+        &gw,
+        "/ws/a",
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await
+    .expect("a valid token passes");
+    echo_round(&mut ws, Message::text("with a token")).await;
+}
+
+/// Reads until the tunnel is closed under the client: true if it closed.
+async fn closed(ws: &mut Ws) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(30), ws.next()).await,
+        Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_))))
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_tunnel_closes_after_idle_timeout_and_the_route_deadline_covers_only_the_handshake()
+ {
+    let echo = Echo::start(None).await;
+    let gw = Gateway::start(&config(
+        &echo,
+        "name = \"ws-idle\"\nidle_timeout = \"2s\"\ntimeout = \"100ms\"",
+        "",
+    ))
+    .await;
+    let (mut ws, _) = connect(&gw, "/ws/a", &[]).await.unwrap();
+    // Talking every second for five: far past the 100 ms deadline and the 2 s idle bound.
+    for i in 0..5 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        echo_round(&mut ws, Message::text(format!("{i}"))).await;
+    }
+    let quiet = tokio::time::Instant::now();
+    assert!(closed(&mut ws).await, "a silent tunnel is closed");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        echo.ended.load(Ordering::SeqCst),
+        1,
+        "on the upstream's side too"
+    );
+    let after = quiet.elapsed();
+    assert!(
+        after >= Duration::from_secs(2) && after < Duration::from_millis(2100),
+        "closed {after:?} after the last byte"
+    );
+    assert_eq!(tunnels(&gw.metrics().await, "ws-idle"), 0.0);
+}
+
+#[tokio::test]
+async fn drain_closes_tunnels_when_the_grace_ends_without_failing_the_drain() {
+    let echo = Echo::start(None).await;
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\n{}",
+        config(&echo, "", "")
+    ))
+    .await;
+    let (mut ws, _) = connect(&gw, "/ws/a", &[]).await.unwrap();
+    echo_round(&mut ws, Message::text("before")).await;
+    let started = tokio::time::Instant::now();
+    gw.server.shutdown();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Still carried during the grace.
+    echo_round(&mut ws, Message::text("during the grace")).await;
+    let Gateway { server, .. } = gw;
+    let waiting = tokio::spawn(server.wait());
+    assert!(closed(&mut ws).await, "closed at the end of the grace");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        echo.ended.load(Ordering::SeqCst),
+        1,
+        "on the upstream's side too"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(950));
+    assert!(
+        waiting.await.unwrap(),
+        "cut tunnels do not make the drain fail"
+    );
+}
+
+#[tokio::test]
+async fn upgrade_requests_need_websocket_and_passthrough_in_config() {
+    let bad = "[upstreams.u]\nurls = [\"http://127.0.0.1:1\"]\n[[routes]]\npath = \"/a\"\nwebsocket = true\n  [[routes.backends]]\n  upstream = \"u\"\n  path = \"/\"\n[[routes]]\npath = \"/b\"\nidle_timeout = \"1m\"\npassthrough = true\n  [[routes.backends]]\n  upstream = \"u\"\n  path = \"/\"\n";
+    let d = manifold::config::parse("ws.toml", bad)
+        .unwrap_err()
+        .render();
+    assert!(
+        d.contains("`websocket = true` needs `passthrough = true`"),
+        "{d}"
+    );
+    assert!(
+        d.contains("`idle_timeout` applies only to `websocket = true` routes"),
+        "{d}"
+    );
+    let _ = Upstream::json(json!({})).await;
+}
