@@ -110,6 +110,7 @@ pub fn routes(gw: &Gateway) -> Value {
                 // An upstream without a breaker never opens: it reads as closed.
                 "breaker": u.breaker_state().map_or("closed", |s| s.as_str()),
                 "balance": u.hosts.balance().as_str(),
+                "protocol": u.settings.protocol.as_str(),
                 "hosts": (0..u.hosts.count()).map(|i| json!({
                     "host": u.hosts.label(i),
                     "state": u.hosts.state(i).as_str(),

@@ -266,7 +266,7 @@ impl Validator {
             }
             KeySource::Url(_) => {
                 let tls = crate::tls::client_config(config.ca_file.as_deref())?;
-                let connector = crate::tls::connector(tls, Some(FETCH_TIMEOUT), None);
+                let connector = crate::tls::connector(tls, Some(FETCH_TIMEOUT), None, false);
                 // No pooling: fetches are minutes apart, and may come from any loop.
                 let client = hyper_util::client::legacy::Client::builder(
                     hyper_util::rt::TokioExecutor::new(),

@@ -37,11 +37,13 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Str
     Ok(config)
 }
 
-/// A connector for `http://` and `https://` URLs alike (HTTP/1.1), with Nagle off.
+/// A connector for `http://` and `https://` URLs alike, with Nagle off. TLS offers
+/// ALPN `http/1.1`, or `h2` first with `h2`.
 pub fn connector(
     tls: rustls::ClientConfig,
     connect_timeout: Option<Duration>,
     keepalive: Option<Duration>,
+    h2: bool,
 ) -> HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     // The TLS wrapper decides per URL; the inner connector must accept https too.
@@ -49,11 +51,14 @@ pub fn connector(
     http.set_nodelay(true);
     http.set_keepalive(keepalive);
     http.set_connect_timeout(connect_timeout);
-    hyper_rustls::HttpsConnectorBuilder::new()
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http)
+        .https_or_http();
+    if h2 {
+        builder.enable_all_versions().wrap_connector(http)
+    } else {
+        builder.enable_http1().wrap_connector(http)
+    }
 }
 
 // === the listener's certificate ===

@@ -783,6 +783,57 @@ fn read_upstream(
             h.finish(errs);
             after.map(|after| HedgeConfig { after })
         });
+    let protocol = match t.string(
+        errs,
+        key(
+            "protocol",
+            "http1 (default), h2 (TLS, ALPN; https urls) or h2c (cleartext, prior knowledge; http urls): HTTP/2 calls share one connection per host per worker.",
+        ),
+    ) {
+        None => Protocol::Http1,
+        Some((s, span)) => {
+            let p = match s.as_str() {
+                "http1" => Some(Protocol::Http1),
+                "h2" => Some(Protocol::H2),
+                "h2c" => Some(Protocol::H2c),
+                _ => None,
+            };
+            match p {
+                None => {
+                    errs.push(
+                        Diagnostic::new(span, format!("unknown protocol `{s}`"))
+                            .label("expected \"http1\", \"h2\" or \"h2c\""),
+                    );
+                    Protocol::Http1
+                }
+                Some(p) => {
+                    let wrong = match p {
+                        Protocol::H2 => urls.iter().find(|u| u.scheme() != "https"),
+                        Protocol::H2c => urls.iter().find(|u| u.scheme() != "http"),
+                        Protocol::Http1 => None,
+                    };
+                    if let Some(u) = wrong {
+                        let (want, why) = if p == Protocol::H2 {
+                            ("https", "h2 is negotiated in the TLS handshake (ALPN)")
+                        } else {
+                            ("http", "h2c is HTTP/2 without TLS")
+                        };
+                        errs.push(
+                            Diagnostic::new(
+                                span,
+                                format!(
+                                    "protocol `{s}` needs {want}:// urls, and `{}` is not one",
+                                    crate::redact::url(u.as_str())
+                                ),
+                            )
+                            .label(why),
+                        );
+                    }
+                    p
+                }
+            }
+        }
+    };
     Some(UpstreamSettings {
         urls,
         timeout,
@@ -796,6 +847,7 @@ fn read_upstream(
         outlier,
         health_check,
         hedge,
+        protocol,
     })
 }
 

@@ -30,6 +30,7 @@ urls = ["http://127.0.0.1:1"]
 circuit_breaker = { consecutive_failures = 1, open_for = "1s" }
 retry = { attempts = 1, budget = "20%" }
 balance = "round_robin"
+protocol = "http1"
 outlier = { consecutive_failures = 5 }
 health_check = { path = "/healthz" }
 hedge = { after = "50ms" }

@@ -131,6 +131,29 @@ pub struct UpstreamSettings {
     pub outlier: Option<OutlierConfig>,
     pub health_check: Option<HealthCheckConfig>,
     pub hedge: Option<HedgeConfig>,
+    pub protocol: Protocol,
+}
+
+/// How calls to an upstream's hosts are carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// HTTP/1.1, one call per connection at a time (a pool of them).
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS, negotiated by ALPN (HTTP/1.1 if the host offers only that).
+    H2,
+    /// HTTP/2 over cleartext with prior knowledge.
+    H2c,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2 => "h2",
+            Protocol::H2c => "h2c",
+        }
+    }
 }
 
 /// How a call picks one of an upstream's hosts (CONTRACT §9).

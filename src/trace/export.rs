@@ -226,7 +226,7 @@ fn run(rx: Receiver<Msg>, queued: &AtomicUsize, mut post: Post, tls: rustls::Cli
         tracing::error!("cannot start the trace export runtime; spans are dropped");
         return;
     };
-    let https = crate::tls::connector(tls, None, None);
+    let https = crate::tls::connector(tls, None, None, false);
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())

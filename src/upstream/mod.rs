@@ -31,7 +31,7 @@ pub use stream::{Held, Streamed};
 use crate::body::{BodyWatch, RequestBody};
 use crate::budget::{Budget, Charge, Share};
 use crate::cache::{Coalescer, Hints};
-use crate::config::{DEFAULT_MAX_CONCURRENCY, UpstreamSettings};
+use crate::config::{DEFAULT_MAX_CONCURRENCY, Protocol, UpstreamSettings};
 use crate::error::Failure;
 use crate::metrics::{METRICS, UpstreamMetrics};
 use crate::ratelimit::Bucket;
@@ -130,9 +130,11 @@ impl Upstream {
                         .min(DEFAULT_CONNECT_TIMEOUT),
                 ),
                 Some(Duration::from_secs(60)),
+                settings.protocol == Protocol::H2,
             ),
             bases,
             workers,
+            settings.protocol,
         ));
         if let Some(check) = &settings.health_check {
             health::spawn(Arc::downgrade(&hosts), pool.clone(), check.clone());

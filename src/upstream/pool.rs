@@ -1,4 +1,6 @@
-//! Keep-alive HTTP/1.1 connections to one upstream, one idle list per worker loop.
+//! Connections to one upstream's hosts, per worker loop: kept-alive HTTP/1.1
+//! connections in an idle list, or (`protocol = "h2"`/`"h2c"`) one HTTP/2 connection
+//! per host whose streams every call of the loop shares.
 //!
 //! Built on `hyper::client::conn::http1` rather than hyper-util's pooled client: that
 //! client keys its pool by hashing the scheme and authority, takes a lock shared by
@@ -15,17 +17,23 @@
 //! them open forever here. The sweeps are the idle clock: taking and giving back a
 //! connection read no time.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 use http::{HeaderValue, Request, Response, Uri, header};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::http2;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service;
 
-use crate::body::{BoxError, RequestBody};
+use crate::body::{Body, BoxError, RequestBody};
+use crate::config::Protocol;
 
 /// How long an unused connection stays open (give or take a tenth).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -35,6 +43,17 @@ const SWEEPS: u32 = 10;
 const MAX_IDLE: usize = 512;
 
 type Sender = SendRequest<RequestBody>;
+type H2Sender = http2::SendRequest<RequestBody>;
+type Connecting = Shared<BoxFuture<'static, Result<(u64, H2Sender), SharedError>>>;
+
+/// Names HTTP/2 connections, so a failed call drops the one it used, not its successor.
+static H2_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// HTTP/2 pings on a connection with calls in flight, and how long one may go
+/// unanswered before the connection is taken for dead (its calls fail, the next
+/// call opens a new one).
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a call goes: one of an upstream's `urls`.
 #[derive(Debug)]
@@ -124,6 +143,17 @@ struct List {
     sweeps: u32,
     /// A sweep task runs on this loop.
     sweeping: bool,
+    /// HTTP/2: this loop's one connection per host (by base), or the one being made.
+    h2: Vec<H2Slot>,
+}
+
+#[derive(Default)]
+enum H2Slot {
+    #[default]
+    Empty,
+    Ready(u64, H2Sender),
+    /// Every call that finds the connection being made waits for that one.
+    Connecting(Connecting),
 }
 
 pub struct Pool {
@@ -132,7 +162,29 @@ pub struct Pool {
     bases: Vec<Base>,
     /// One list per worker loop.
     idle: Vec<Mutex<List>>,
+    protocol: Protocol,
+    /// Per base: `h2` was answered with ALPN `http/1.1`, so calls there use HTTP/1.1.
+    fallback: Vec<AtomicBool>,
 }
+
+/// A connect failure every caller waiting on one HTTP/2 connection gets.
+#[derive(Clone, Debug)]
+struct SharedError(Arc<BoxError>);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&**self.0)
+    }
+}
+
+/// The connection a `h2` host negotiated is HTTP/1.1: given to the pool; call again.
+const FELL_BACK: &str = "the host negotiated HTTP/1.1";
 
 /// A connection out of the pool for one call, given back to its loop's list when
 /// dropped, whether its answer was read or not. hyper is the guard against reuse too
@@ -158,11 +210,18 @@ impl Drop for Lease {
 }
 
 impl Pool {
-    pub fn new(connector: HttpsConnector<HttpConnector>, bases: Vec<Base>, workers: usize) -> Self {
+    pub fn new(
+        connector: HttpsConnector<HttpConnector>,
+        bases: Vec<Base>,
+        workers: usize,
+        protocol: Protocol,
+    ) -> Self {
         Pool {
             connector,
+            fallback: bases.iter().map(|_| AtomicBool::new(false)).collect(),
             bases,
             idle: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
+            protocol,
         }
     }
 
@@ -184,6 +243,10 @@ impl Pool {
         base: usize,
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Lease), BoxError> {
+        if self.protocol != Protocol::Http1 && !self.fallback[base].load(Ordering::Relaxed) {
+            // Boxed: HTTP/1.1 upstreams do not carry the room for it.
+            return Box::pin(self.send_h2(base, req)).await;
+        }
         let to = &self.bases[base];
         req.headers_mut().insert(header::HOST, to.host.clone());
         if let Some(auth) = &to.auth {
@@ -249,22 +312,196 @@ impl Pool {
     }
 
     /// Sends `req` to `bases()[base]` on a connection of its own, closed after the
-    /// answer (health probes: nothing shared with calls).
+    /// answer (health probes: nothing shared with calls), in the upstream's protocol.
     pub async fn send_once(
         &self,
         base: usize,
         mut req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, BoxError> {
         let to = &self.bases[base];
-        req.headers_mut().insert(header::HOST, to.host.clone());
-        req.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
         if let Some(auth) = &to.auth {
             req.headers_mut()
                 .insert(header::AUTHORIZATION, auth.clone());
         }
-        let mut sender = self.connect(&to.origin).await?;
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
+        let io = connector.call(to.origin.clone()).await?;
+        let h2 = match self.protocol {
+            Protocol::Http1 => false,
+            Protocol::H2c => true,
+            Protocol::H2 => io.connected().is_negotiated_h2(),
+        };
+        if h2 {
+            let mut parts = to.origin.clone().into_parts();
+            parts.path_and_query = req.uri().path_and_query().cloned();
+            *req.uri_mut() = Uri::from_parts(parts)?;
+            let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .handshake(io)
+                .await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            return Ok(sender.send_request(req).await?);
+        }
+        req.headers_mut().insert(header::HOST, to.host.clone());
+        req.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let (mut sender, conn) = http1::Builder::new().handshake(io).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
         Ok(sender.send_request(req).await?)
+    }
+
+    /// An HTTP/2 call: a stream on this loop's connection to the host (made by the
+    /// first call that needs it; the others wait for it). A call the connection never
+    /// sent (it was closed or dead), or that the upstream refused unprocessed (a
+    /// GOAWAY whose last stream id is below it, or REFUSED_STREAM), goes once more on
+    /// a new connection, when its body can be sent again.
+    async fn send_h2(
+        self: &Arc<Self>,
+        base: usize,
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Lease), BoxError> {
+        let to = &self.bases[base];
+        // HTTP/2 names the host in `:authority`, from an absolute target.
+        let mut parts = to.origin.clone().into_parts();
+        parts.path_and_query = req.uri().path_and_query().cloned();
+        *req.uri_mut() = Uri::from_parts(parts)?;
+        req.headers_mut().remove(header::HOST);
+        if let Some(auth) = &to.auth {
+            req.headers_mut()
+                .insert(header::AUTHORIZATION, auth.clone());
+        }
+        let mut spare = replayable(&req);
+        let mut again = true;
+        loop {
+            let (id, mut sender) = match self.h2_sender(base).await {
+                Ok(conn) => conn,
+                Err(e) if e.to_string() == FELL_BACK => {
+                    // HTTP/1.1 wants the origin form (`/path?query`).
+                    if let Some(pq) = req.uri().path_and_query().cloned() {
+                        *req.uri_mut() = Uri::from(pq);
+                    }
+                    return Box::pin(self.send(base, req)).await;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let lease = Lease {
+                        pool: self.clone(),
+                        base,
+                        sender: None,
+                        reuse: false,
+                    };
+                    return Ok((resp, lease));
+                }
+                Err(mut e) => {
+                    let unsent = e
+                        .take_message()
+                        .or_else(|| not_processed(e.error()).then(|| spare.take()).flatten());
+                    // A stream the upstream reset for its own reasons leaves the
+                    // connection be; a closed one, or one that takes no calls, goes.
+                    if unsent.is_some() || sender.is_closed() {
+                        self.forget_h2(base, id);
+                    }
+                    match unsent {
+                        Some(r) if again => {
+                            tracing::debug!(error = %e.error(), "HTTP/2 call not taken; sending it on a new connection");
+                            again = false;
+                            spare = replayable(&r);
+                            req = r;
+                        }
+                        _ => return Err(e.into_error().into()),
+                    }
+                }
+            }
+        }
+    }
+
+    /// This loop's HTTP/2 connection to `base`, made if there is none (or it closed).
+    async fn h2_sender(self: &Arc<Self>, base: usize) -> Result<(u64, H2Sender), SharedError> {
+        let connecting = {
+            let mut list = self.list().1.lock().unwrap_or_else(PoisonError::into_inner);
+            if list.h2.len() < self.bases.len() {
+                list.h2.resize_with(self.bases.len(), H2Slot::default);
+            }
+            match &list.h2[base] {
+                H2Slot::Ready(id, s) if !s.is_closed() => return Ok((*id, s.clone())),
+                H2Slot::Connecting(f) => f.clone(),
+                _ => {
+                    let f = self.clone().connect_h2(base).boxed().shared();
+                    list.h2[base] = H2Slot::Connecting(f.clone());
+                    f
+                }
+            }
+        };
+        let result = connecting.clone().await;
+        let mut list = self.list().1.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = list.h2.get_mut(base)
+            && matches!(slot, H2Slot::Connecting(f) if f.ptr_eq(&connecting))
+        {
+            *slot = match &result {
+                Ok((id, s)) => H2Slot::Ready(*id, s.clone()),
+                Err(_) => H2Slot::Empty,
+            };
+        }
+        result
+    }
+
+    /// Drops this loop's HTTP/2 connection `id` to `base` (a call on it failed): the
+    /// next call opens a new one. One made since by another call stays.
+    fn forget_h2(&self, base: usize, id: u64) {
+        let mut list = self.list().1.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = list.h2.get_mut(base)
+            && matches!(slot, H2Slot::Ready(current, _) if *current == id)
+        {
+            *slot = H2Slot::Empty;
+        }
+    }
+
+    /// Opens an HTTP/2 connection to `base` (h2c, or h2 by ALPN). A `h2` host that
+    /// answers ALPN with HTTP/1.1 is called over HTTP/1.1 from then on (logged once):
+    /// this connection goes to the idle list and the caller is told [`FELL_BACK`].
+    async fn connect_h2(self: Arc<Self>, base: usize) -> Result<(u64, H2Sender), SharedError> {
+        let shared = |e: BoxError| SharedError(Arc::new(e));
+        let origin = self.bases[base].origin.clone();
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(shared)?;
+        let io = connector.call(origin).await.map_err(shared)?;
+        if self.protocol == Protocol::H2 && !io.connected().is_negotiated_h2() {
+            if !self.fallback[base].swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    host = %self.bases[base].label(),
+                    "upstream host offers no h2 in ALPN; calling it over HTTP/1.1"
+                );
+            }
+            let (sender, conn) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(|e| shared(e.into()))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            self.put(base, sender);
+            return Err(shared(FELL_BACK.into()));
+        }
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(H2_PING_INTERVAL)
+            .keep_alive_timeout(H2_PING_TIMEOUT)
+            .handshake(io)
+            .await
+            .map_err(|e| shared(e.into()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        Ok((H2_IDS.fetch_add(1, Ordering::Relaxed), sender))
     }
 
     /// Gives a connection back for the next call on this loop.
@@ -317,6 +554,32 @@ impl Pool {
         });
         Ok(sender)
     }
+}
+
+/// A copy of a request whose body is whole (or absent), to send again.
+fn replayable(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+    let Body::Full(bytes) = req.body() else {
+        return None;
+    };
+    let mut copy = Request::new(Body::Full(bytes.clone()));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+/// The upstream did not process the stream (RFC 9113 §6.8, §8.7): it was above the
+/// last stream id of a GOAWAY, or refused with REFUSED_STREAM.
+fn not_processed(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return (h2.is_go_away() && h2.is_remote())
+                || h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Closes a loop's connections idle past `IDLE_TIMEOUT`, looking every tenth of it

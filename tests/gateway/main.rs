@@ -10,6 +10,7 @@ mod config_check;
 mod demo;
 mod failures;
 mod fanout;
+mod h2_upstream;
 mod hardening;
 mod hygiene;
 mod metrics;
