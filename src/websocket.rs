@@ -53,10 +53,18 @@ pub fn is_upgrade(parts: &Parts) -> bool {
             .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
 }
 
-/// The handshake's headers beyond §3's: the client's `sec-websocket-*` and `origin`.
+/// The handshake's headers beyond §3's: the client's `sec-websocket-*` and `origin`,
+/// in place of any copy `forward_headers` already made (a repeated
+/// `sec-websocket-key` fails the handshake at most servers).
 fn handshake_headers(client: &HeaderMap, out: &mut HeaderMap) {
+    let wanted = |name: &http::HeaderName| {
+        name.as_str().starts_with("sec-websocket-") || name == header::ORIGIN
+    };
+    for name in client.keys().filter(|n| wanted(n)) {
+        out.remove(name);
+    }
     for (name, value) in client {
-        if name.as_str().starts_with("sec-websocket-") || name == header::ORIGIN {
+        if wanted(name) {
             out.append(name.clone(), value.clone());
         }
     }
@@ -115,7 +123,6 @@ pub async fn tunnel(
     out.headers_mut()
         .insert(X_REQUEST_ID, record.request_id.clone());
     let upstream_side = hyper::upgrade::on(&mut resp);
-    let place = home.0.tunnel();
     let gauge = route.websocket.clone();
     let idle = route.tunnel_idle;
     let name = route.name.clone();
@@ -137,6 +144,9 @@ pub async fn tunnel(
                 return;
             }
         };
+        // Counted as a tunnel from here (its connection's own place goes as hyper lets
+        // go of it): a drain ending now cuts a tunnel, not a request.
+        let place = home.0.tunnel();
         if let Some(g) = &gauge {
             g.inc();
         }

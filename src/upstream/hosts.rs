@@ -2,8 +2,10 @@
 //! are out of the rotation, ejected after failing calls (`outlier`) or failing the
 //! active probes (`health_check`, see [`super::health`]).
 //!
-//! State is per replica and shared by its worker loops (atomics; the one lock is taken
-//! only when a host's failures reach the threshold). With nothing out of the rotation
+//! State is per replica and shared by its worker loops: atomics read on every pick,
+//! and a per-host lock taken only to change a host's state (an ejection, its end, a
+//! health verdict), so concurrent changes from several loops and the prober count
+//! each host in or out exactly once. With nothing out of the rotation
 //! a pick reads no clock: one counter for round robin, two in-flight counts for
 //! least_request. An ejection ends by time; whoever looks first (a pick, `/routes`, a
 //! scrape) brings the host back on probation.
@@ -75,6 +77,9 @@ struct Host {
     /// Milliseconds since `epoch` (+1) until which the host is ejected; 0: it is not.
     ejected_until: AtomicU64,
     unhealthy: AtomicBool,
+    /// Counted in `Hosts::out` now (see [`Hosts::settle`]).
+    counted_out: AtomicBool,
+    /// Taken for every change of state (rare), never to read it.
     ejection: Mutex<Ejection>,
 }
 
@@ -106,6 +111,7 @@ impl Hosts {
                     failures: AtomicU32::new(0),
                     ejected_until: AtomicU64::new(0),
                     unhealthy: AtomicBool::new(false),
+                    counted_out: AtomicBool::new(false),
                     ejection: Mutex::default(),
                 })
                 .collect(),
@@ -220,22 +226,30 @@ impl Hosts {
             }
             return;
         }
-        let failures = h.failures.fetch_add(1, Ordering::Relaxed) + 1;
         let now = self.now_ms();
-        // Brings a host whose ejection ran out back first (on probation).
+        // Brings a host whose ejection ran out back first (on probation); failures of
+        // calls that were under way when it left do not count towards the next one.
         if self.state_at(i, now) != HostState::Ok && h.ejected_until.load(Ordering::Acquire) != 0 {
-            // Still ejected: a call that was under way when it left.
             return;
         }
+        let failures = h.failures.fetch_add(1, Ordering::Relaxed) + 1;
         let mut e = h.ejection.lock().unwrap_or_else(PoisonError::into_inner);
         let probation = now < e.probation_until;
-        if !probation && failures < o.consecutive_failures {
+        if (!probation && failures < o.consecutive_failures)
+            || h.ejected_until.load(Ordering::Acquire) != 0
+        {
             return;
         }
-        if h.ejected_until.load(Ordering::Acquire) != 0 {
-            return;
-        }
-        if self.ejected.load(Ordering::Acquire) >= self.max_ejected {
+        // A place among the `max_ejected`, taken in one step: two hosts reaching their
+        // threshold at once on two loops cannot both pass a full count.
+        let max = self.max_ejected;
+        if self
+            .ejected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
             tracing::debug!(upstream = %self.upstream, host = %h.label, failures,
                 "host not ejected: max_ejected hosts are out already");
             return;
@@ -250,10 +264,7 @@ impl Hosts {
         e.probation_until = until + o.eject_for.as_millis() as u64;
         h.failures.store(0, Ordering::Relaxed);
         h.ejected_until.store(until, Ordering::Release);
-        self.ejected.fetch_add(1, Ordering::AcqRel);
-        if !h.unhealthy.load(Ordering::Acquire) {
-            self.out.fetch_add(1, Ordering::AcqRel);
-        }
+        self.settle(h);
         drop(e);
         tracing::warn!(
             upstream = %self.upstream,
@@ -265,20 +276,30 @@ impl Hosts {
         );
     }
 
+    /// Counts host `h` in `out` if it is ejected or unhealthy, and not if neither:
+    /// called with its `ejection` lock held after either changed, so the count moves
+    /// exactly once per change whichever loop (or the prober) made it.
+    fn settle(&self, h: &Host) {
+        let out =
+            h.unhealthy.load(Ordering::Acquire) || h.ejected_until.load(Ordering::Acquire) != 0;
+        if h.counted_out.swap(out, Ordering::AcqRel) != out {
+            if out {
+                self.out.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.out.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
     /// Sets what the active health check says of host `i`; logs a change.
     pub fn set_healthy(&self, i: usize, healthy: bool) {
         let h = &self.hosts[i];
+        let e = h.ejection.lock().unwrap_or_else(PoisonError::into_inner);
         if h.unhealthy.swap(!healthy, Ordering::AcqRel) != healthy {
             return;
         }
-        let ejected = h.ejected_until.load(Ordering::Acquire) != 0;
-        if !ejected {
-            if healthy {
-                self.out.fetch_sub(1, Ordering::AcqRel);
-            } else {
-                self.out.fetch_add(1, Ordering::AcqRel);
-            }
-        }
+        self.settle(h);
+        drop(e);
         if healthy {
             tracing::info!(upstream = %self.upstream, host = %h.label, "upstream host healthy again");
         } else {
@@ -295,28 +316,22 @@ impl Hosts {
     fn state_at(&self, i: usize, now: u64) -> HostState {
         let h = &self.hosts[i];
         let until = h.ejected_until.load(Ordering::Acquire);
-        let ejected = if until == 0 {
-            false
-        } else if now < until {
-            true
-        } else {
-            // One looker wins the return.
-            if h.ejected_until
-                .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
+        let ejected = until != 0 && now < until;
+        if until != 0 && !ejected {
+            // One looker brings it back (the others find it done under the lock).
+            let e = h.ejection.lock().unwrap_or_else(PoisonError::into_inner);
+            if h.ejected_until.load(Ordering::Acquire) == until {
+                h.ejected_until.store(0, Ordering::Release);
                 self.ejected.fetch_sub(1, Ordering::AcqRel);
-                if !h.unhealthy.load(Ordering::Acquire) {
-                    self.out.fetch_sub(1, Ordering::AcqRel);
-                }
+                self.settle(h);
+                drop(e);
                 tracing::info!(
                     upstream = %self.upstream,
                     host = %h.label,
                     "upstream host back in rotation (on probation)"
                 );
             }
-            false
-        };
+        }
         if h.unhealthy.load(Ordering::Acquire) {
             HostState::Unhealthy
         } else if ejected {
@@ -453,6 +468,39 @@ mod tests {
         // Only one host in rotation, and the hedge avoids it: it goes there anyway
         // rather than to an ejected host.
         assert_eq!(h.pick(Some(0)), 0);
+    }
+
+    #[test]
+    fn counts_stay_exact_under_concurrent_changes() {
+        // Ejections and health verdicts from several threads at once: afterwards the
+        // hosts counted out are exactly those that are out, and never more ejected
+        // than max_ejected allows (one of three at 34 %).
+        for _ in 0..50 {
+            let h = hosts(3, Balance::RoundRobin, outlier(1, 3600, 0.34));
+            std::thread::scope(|s| {
+                for t in 0..4 {
+                    let h = &h;
+                    s.spawn(move || {
+                        for k in 0..200 {
+                            let i = (t + k) % 3;
+                            if k % 3 == 0 {
+                                h.set_healthy(i, k % 2 == 0);
+                            } else {
+                                h.record(i, true);
+                            }
+                            let _ = h.pick(None);
+                        }
+                    });
+                }
+            });
+            let out = (0..3).filter(|&i| h.state(i) != HostState::Ok).count();
+            assert_eq!(h.out.load(Ordering::SeqCst), out);
+            let ejected = (0..3)
+                .filter(|&i| h.hosts[i].ejected_until.load(Ordering::SeqCst) != 0)
+                .count();
+            assert!(ejected <= 1, "{ejected} ejected");
+            assert_eq!(h.ejected.load(Ordering::SeqCst), ejected);
+        }
     }
 
     #[test]

@@ -120,18 +120,29 @@ impl Upstream {
             settings.balance,
             settings.outlier.clone(),
         ));
-        let pool = Arc::new(Pool::new(
+        let connect_timeout = settings
+            .timeout
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+            .min(DEFAULT_CONNECT_TIMEOUT);
+        let connector = |h2| {
             crate::tls::connector(
-                tls,
-                Some(
-                    settings
-                        .timeout
-                        .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
-                        .min(DEFAULT_CONNECT_TIMEOUT),
-                ),
+                tls.clone(),
+                Some(connect_timeout),
                 Some(Duration::from_secs(60)),
-                settings.protocol == Protocol::H2,
-            ),
+                h2,
+            )
+        };
+        let main = connector(settings.protocol == Protocol::H2);
+        // WebSocket handshakes are HTTP/1.1: over TLS they must not negotiate h2.
+        let upgrades = if settings.protocol == Protocol::H2 {
+            connector(false)
+        } else {
+            main.clone()
+        };
+        let pool = Arc::new(Pool::new(
+            main,
+            upgrades,
+            connect_timeout,
             bases,
             workers,
             settings.protocol,

@@ -52,8 +52,8 @@ static H2_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(
 /// HTTP/2 pings on a connection with calls in flight, and how long one may go
 /// unanswered before the connection is taken for dead (its calls fail, the next
 /// call opens a new one).
-const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
-const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+const H2_PING_INTERVAL: Duration = Duration::from_secs(10);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where a call goes: one of an upstream's `urls`.
 #[derive(Debug)]
@@ -158,6 +158,11 @@ enum H2Slot {
 
 pub struct Pool {
     connector: HttpsConnector<HttpConnector>,
+    /// HTTP/1.1 only (ALPN `http/1.1`): WebSocket handshakes, whatever `protocol` says.
+    upgrade_connector: HttpsConnector<HttpConnector>,
+    /// Bounds making an HTTP/2 connection whole (connect, TLS, preface): calls waiting
+    /// for a host that accepts and then stalls are not held past it.
+    connect_bound: Duration,
     /// The upstream's `urls`, in order; a connection goes to one of them.
     bases: Vec<Base>,
     /// One list per worker loop.
@@ -212,12 +217,16 @@ impl Drop for Lease {
 impl Pool {
     pub fn new(
         connector: HttpsConnector<HttpConnector>,
+        upgrade_connector: HttpsConnector<HttpConnector>,
+        connect_bound: Duration,
         bases: Vec<Base>,
         workers: usize,
         protocol: Protocol,
     ) -> Self {
         Pool {
             connector,
+            upgrade_connector,
+            connect_bound,
             fallback: bases.iter().map(|_| AtomicBool::new(false)).collect(),
             bases,
             idle: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
@@ -290,7 +299,7 @@ impl Pool {
             req.headers_mut()
                 .insert(header::AUTHORIZATION, auth.clone());
         }
-        let mut connector = self.connector.clone();
+        let mut connector = self.upgrade_connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
         let io = connector.call(to.origin.clone()).await?;
         let (mut sender, conn) = http1::Builder::new().handshake(io).await?;
@@ -431,7 +440,22 @@ impl Pool {
                 H2Slot::Ready(id, s) if !s.is_closed() => return Ok((*id, s.clone())),
                 H2Slot::Connecting(f) => f.clone(),
                 _ => {
-                    let f = self.clone().connect_h2(base).boxed().shared();
+                    let bound = self.connect_bound;
+                    let connect = self.clone().connect_h2(base);
+                    let f = async move {
+                        match tokio::time::timeout(bound, connect).await {
+                            Ok(r) => r,
+                            Err(_) => Err(SharedError(Arc::new(
+                                format!(
+                                    "no HTTP/2 connection within {}",
+                                    humantime::format_duration(bound)
+                                )
+                                .into(),
+                            ))),
+                        }
+                    }
+                    .boxed()
+                    .shared();
                     list.h2[base] = H2Slot::Connecting(f.clone());
                     f
                 }
@@ -569,7 +593,10 @@ fn replayable(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
 }
 
 /// The upstream did not process the stream (RFC 9113 §6.8, §8.7): it was above the
-/// last stream id of a GOAWAY, or refused with REFUSED_STREAM.
+/// last stream id of a GOAWAY, or refused with REFUSED_STREAM. h2 fails a stream with
+/// the remote GOAWAY's error only when it was above that id, or opened after the
+/// GOAWAY came (so above it too); streams the upstream took and lost later fail with
+/// the connection's I/O error instead, and are never sent again here.
 fn not_processed(e: &hyper::Error) -> bool {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

@@ -39,9 +39,10 @@ impl RetryBudget {
     }
 
     fn with_slot<R>(&self, f: impl FnOnce(&mut [Slot; SLOTS], usize, u64) -> R) -> R {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        // Read under the lock: no slot is ever stamped with a later second than this.
         let second = self.epoch.elapsed().as_secs();
         let i = (second % SLOTS as u64) as usize;
-        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         if slots[i].second != second {
             slots[i] = Slot {
                 second,
@@ -63,7 +64,7 @@ impl RetryBudget {
         self.with_slot(|slots, i, second| {
             let (first, extra) = slots
                 .iter()
-                .filter(|s| second - s.second < SLOTS as u64 && s.second <= second)
+                .filter(|s| s.second <= second && second - s.second < SLOTS as u64)
                 .fold((0, 0), |(f, e), s| (f + s.first, e + s.extra));
             let allowed = MIN_PER_WINDOW.max((ratio * first as f64 + 1e-9).floor() as u64);
             if extra < allowed {

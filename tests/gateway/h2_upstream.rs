@@ -351,3 +351,70 @@ async fn protocol_must_match_the_url_scheme() {
     assert!(d.contains("protocol `h2c` needs http:// urls"), "{d}");
     assert!(d.contains("unknown protocol `spdy`"), "{d}");
 }
+
+#[tokio::test]
+async fn a_host_that_accepts_and_stalls_the_handshake_does_not_hold_later_calls() {
+    // The first connection is accepted and its TLS handshake never answered; later
+    // ones are served (TLS, h2). The stalled connection is given up after the
+    // upstream's timeout, and the next call makes a new one. (Real time: the TLS
+    // server side does not get along with a paused clock.)
+    let (config, ca) = tls_config(&[b"h2"]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            if count.fetch_add(1, Ordering::SeqCst) == 0 {
+                held.push(stream);
+                continue;
+            }
+            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let svc = service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, Infallible>(crate::support::json(200, json!({"ok": true})))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, &ca).unwrap();
+    let gw = Gateway::start(&format!(
+        "[upstreams.svc]
+urls = [\"https://127.0.0.1:{}\"]
+protocol = \"h2\"
+ca_file = \"{}\"
+timeout = \"1s\"
+
+[[routes]]
+path = \"/r/{{id}}\"
+timeout = \"5s\"
+  [[routes.backends]]
+  upstream = \"svc\"
+  path = \"/x/{{id}}\"
+",
+        addr.port(),
+        ca_path.display()
+    ))
+    .await;
+    let first = gw.get("/r/1").await;
+    // The connect bound and the attempt's timeout are both the upstream's 1 s.
+    assert!(matches!(first.status, 502 | 504), "{:?}", first.body);
+    assert!(
+        first.elapsed < Duration::from_secs(3),
+        "{:?}",
+        first.elapsed
+    );
+    let second = gw.get("/r/2").await;
+    assert_eq!(second.status, 200, "{:?}", second.body);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}

@@ -243,6 +243,25 @@ async fn messages_go_both_ways_unchanged_and_the_handshake_follows_the_header_ru
 }
 
 #[tokio::test]
+async fn forwarding_every_header_sends_each_handshake_header_once() {
+    let echo = Echo::start(None).await;
+    let gw = Gateway::start(&config(&echo, "forward_headers = [\"*\"]", "")).await;
+    let (mut ws, _) = connect(&gw, "/ws/a", &[("origin", "https://app.test")])
+        .await
+        .expect("the upgrade goes through");
+    echo_round(&mut ws, Message::text("once")).await;
+    let (_, h) = echo.last();
+    for name in [
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-protocol",
+        "origin",
+    ] {
+        assert_eq!(h.get_all(name).iter().count(), 1, "{name}: {h:?}");
+    }
+}
+
+#[tokio::test]
 async fn a_plain_request_is_proxied_and_a_refused_upgrade_is_passed_on() {
     let echo = Echo::start(None).await;
     let gw = Gateway::start(&config(&echo, "", "")).await;
