@@ -37,6 +37,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
@@ -62,6 +63,9 @@ pub struct Limits {
     pub per_connection: u64,
     pub max_header_size: usize,
     pub budget: Arc<Budget>,
+    /// Some route takes WebSocket upgrades: connections are served with hyper's
+    /// upgrade support (which costs every request a little, so only then).
+    pub upgrades: bool,
 }
 
 impl Limits {
@@ -73,6 +77,7 @@ impl Limits {
             per_connection: server.buffer_per_connection,
             max_header_size: usize::try_from(server.max_header_size).unwrap_or(usize::MAX),
             budget,
+            upgrades: false,
         }
     }
 }
@@ -728,7 +733,16 @@ async fn run<I, F, Fut, S>(
     };
     // Boxed: made only once a head is in, so a connection that never sends one costs
     // a small task, not hyper's connection state.
-    let mut conn = Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+    let upgrades = limits.upgrades;
+    let mut conn = if upgrades {
+        Served::Upgradeable(Box::pin(
+            builder.serve_connection_with_upgrades(TokioIo::new(io), service),
+        ))
+    } else {
+        Served::Plain(Box::pin(
+            builder.serve_connection(TokioIo::new(io), service),
+        ))
+    };
     let mut dog = Watchdog {
         limits,
         activity: activity.clone(),
@@ -747,7 +761,7 @@ async fn run<I, F, Fut, S>(
             Check,
         }
         let step = poll_fn(|cx| {
-            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+            if let Poll::Ready(r) = conn.poll(cx) {
                 return Poll::Ready(Step::Done(r));
             }
             if !draining && stopping.as_mut().poll(cx).is_ready() {
@@ -776,7 +790,7 @@ async fn run<I, F, Fut, S>(
             }
             Step::Drain => {
                 draining = true;
-                conn.as_mut().graceful_shutdown();
+                conn.graceful_shutdown();
             }
             Step::Check => {
                 let now = activity.now_ms();
@@ -796,7 +810,7 @@ async fn run<I, F, Fut, S>(
                     }
                     Verdict::Idle => {
                         metrics.closed(Verdict::Idle.reason());
-                        conn.as_mut().graceful_shutdown();
+                        conn.graceful_shutdown();
                         let by = now.saturating_add(ms(dog.limits.send));
                         closing_by = Some(by);
                         sleep.as_mut().reset(activity.at(by));
@@ -808,6 +822,32 @@ async fn run<I, F, Fut, S>(
                     }
                 }
             }
+        }
+    }
+}
+
+/// hyper's connection, with upgrade support or without.
+enum Served<P, U> {
+    Plain(Pin<Box<P>>),
+    Upgradeable(Pin<Box<U>>),
+}
+
+impl<P, U> Served<P, U>
+where
+    P: GracefulConnection<Error = BoxError>,
+    U: GracefulConnection<Error = BoxError>,
+{
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            Served::Plain(c) => c.as_mut().poll(cx),
+            Served::Upgradeable(c) => c.as_mut().poll(cx),
+        }
+    }
+
+    fn graceful_shutdown(&mut self) {
+        match self {
+            Served::Plain(c) => c.as_mut().graceful_shutdown(),
+            Served::Upgradeable(c) => c.as_mut().graceful_shutdown(),
         }
     }
 }

@@ -370,7 +370,8 @@ where
                         (limits.clone(), builder.clone())
                     }
                     _ => {
-                        let limits = Limits::new(server, gateway.budget.clone());
+                        let mut limits = Limits::new(server, gateway.budget.clone());
+                        limits.upgrades = gateway.routes.iter().any(|r| r.websocket.is_some());
                         let builder = Arc::new(connection::builder(&limits));
                         current = Some((gateway.clone(), limits.clone(), builder.clone()));
                         (limits, builder)

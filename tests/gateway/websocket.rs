@@ -423,6 +423,23 @@ async fn drain_closes_tunnels_when_the_grace_ends_without_failing_the_drain() {
 }
 
 #[tokio::test]
+async fn a_reload_that_adds_a_websocket_route_takes_upgrades_on_new_connections() {
+    let echo = Echo::start(None).await;
+    let plain = config(&echo, "", "").replace("websocket = true\n", "");
+    let gw = Gateway::start(&plain).await;
+    let (status, _) = refused(connect(&gw, "/ws/a", &[]).await);
+    assert_eq!(status, 400);
+    let with_ws = manifold::config::parse(
+        "test.toml",
+        &format!("{}{}", crate::support::SERVER, config(&echo, "", "")),
+    )
+    .unwrap();
+    gw.server.reload(with_ws).unwrap();
+    let (mut ws, _) = connect(&gw, "/ws/a", &[]).await.expect("upgraded after the reload");
+    echo_round(&mut ws, Message::text("reloaded")).await;
+}
+
+#[tokio::test]
 async fn upgrade_requests_need_websocket_and_passthrough_in_config() {
     let bad = "[upstreams.u]\nurls = [\"http://127.0.0.1:1\"]\n[[routes]]\npath = \"/a\"\nwebsocket = true\n  [[routes.backends]]\n  upstream = \"u\"\n  path = \"/\"\n[[routes]]\npath = \"/b\"\nidle_timeout = \"1m\"\npassthrough = true\n  [[routes.backends]]\n  upstream = \"u\"\n  path = \"/\"\n";
     let d = manifold::config::parse("ws.toml", bad)
