@@ -435,7 +435,9 @@ async fn a_reload_that_adds_a_websocket_route_takes_upgrades_on_new_connections(
     )
     .unwrap();
     gw.server.reload(with_ws).unwrap();
-    let (mut ws, _) = connect(&gw, "/ws/a", &[]).await.expect("upgraded after the reload");
+    let (mut ws, _) = connect(&gw, "/ws/a", &[])
+        .await
+        .expect("upgraded after the reload");
     echo_round(&mut ws, Message::text("reloaded")).await;
 }
 
