@@ -431,6 +431,22 @@ impl Pool {
 
     /// This loop's HTTP/2 connection to `base`, made if there is none (or it closed).
     async fn h2_sender(self: &Arc<Self>, base: usize) -> Result<(u64, H2Sender), SharedError> {
+        // A call that only joined another's connect, and saw it fail, makes one of its
+        // own: the failure may be older than the call (a connect that stalled).
+        match self.h2_sender_once(base).await {
+            Err((_, true)) => self.h2_sender_once(base).await.map_err(|(e, _)| e),
+            Err((e, false)) => Err(e),
+            Ok(conn) => Ok(conn),
+        }
+    }
+
+    /// One try at [`Pool::h2_sender`]; a failure says whether the call joined a
+    /// connect another call had started.
+    async fn h2_sender_once(
+        self: &Arc<Self>,
+        base: usize,
+    ) -> Result<(u64, H2Sender), (SharedError, bool)> {
+        let mut joined = false;
         let connecting = {
             let mut list = self.list().1.lock().unwrap_or_else(PoisonError::into_inner);
             if list.h2.len() < self.bases.len() {
@@ -438,7 +454,10 @@ impl Pool {
             }
             match &list.h2[base] {
                 H2Slot::Ready(id, s) if !s.is_closed() => return Ok((*id, s.clone())),
-                H2Slot::Connecting(f) => f.clone(),
+                H2Slot::Connecting(f) => {
+                    joined = true;
+                    f.clone()
+                }
                 _ => {
                     let bound = self.connect_bound;
                     let connect = self.clone().connect_h2(base);
@@ -471,7 +490,7 @@ impl Pool {
                 Err(_) => H2Slot::Empty,
             };
         }
-        result
+        result.map_err(|e| (e, joined))
     }
 
     /// Drops this loop's HTTP/2 connection `id` to `base` (a call on it failed): the

@@ -136,8 +136,8 @@ async fn reloads_under_load_fail_no_request_and_keep_breaker_state() {
 #[tokio::test]
 async fn the_binary_reloads_on_sighup_and_on_file_change() {
     let steady = Upstream::json(json!({"ok": true})).await;
-    let port = crate::support::dead_addr().await.port();
-    let admin_port = crate::support::dead_addr().await.port();
+    let port = crate::support::free_port().await;
+    let admin_port = crate::support::free_port().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("routes.toml");
     let server = format!(
@@ -343,8 +343,8 @@ async fn the_binary_reloads_on_sighup_and_on_file_change() {
 #[tokio::test]
 async fn the_watcher_waits_for_a_file_being_written() {
     let steady = Upstream::json(json!({"ok": true})).await;
-    let port = crate::support::dead_addr().await.port();
-    let admin_port = crate::support::dead_addr().await.port();
+    let port = crate::support::free_port().await;
+    let admin_port = crate::support::free_port().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("routes.toml");
     let server = format!(

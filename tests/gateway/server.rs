@@ -166,8 +166,8 @@ async fn drain_reports_requests_cut_by_the_grace() {
 #[tokio::test]
 async fn binary_exits_zero_on_sigterm() {
     let up = Upstream::json(json!({"ok": true})).await;
-    let port = crate::support::dead_addr().await.port();
-    let admin_port = crate::support::dead_addr().await.port();
+    let port = crate::support::free_port().await;
+    let admin_port = crate::support::free_port().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("routes.toml");
     std::fs::write(

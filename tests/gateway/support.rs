@@ -153,10 +153,21 @@ pub fn raw(status: u16, content_type: &str, body: impl Into<Bytes>) -> Reply {
     r
 }
 
-/// An address nothing listens on (bound, then released).
-pub async fn dead_addr() -> SocketAddr {
+/// A port free now (bound, then released), for a process the test starts to listen on.
+pub async fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+    l.local_addr().unwrap().port()
+}
+
+/// An address nothing listens on: bound and never listening, and kept bound for the
+/// rest of the test binary, so no other test's listener can take the port meanwhile
+/// (connecting gets a refusal).
+pub async fn dead_addr() -> SocketAddr {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::mem::forget(socket);
+    addr
 }
 
 /// A gateway serving a config, with its access log captured.
