@@ -1,0 +1,41 @@
+#!/bin/bash
+# Instructions per request under callgrind, which repeat exactly where wall-clock
+# figures on a 2-core box do not: compare two builds of the request path.
+#
+#   apt-get install -y valgrind nghttp2-client
+#   bash benches/callgrind.sh BIN PATH [N]
+#
+# PATH is a route of ../shared/bench/routes.bench.toml (`/api/users/1`: pass-through),
+# or `distinct` for the fan-out over 500 different ids. One worker; the upstream is
+# benches/abuse.py's; N (2,000) h2c requests (h2load, 4 connections × 10 streams) after
+# a warm-up of 200, counted from zeroed counters.
+set -euo pipefail
+BIN=$(realpath "$1"); URLPATH=$2; N=${3:-2000}
+HERE=$(cd "$(dirname "$0")" && pwd)
+WORK=$(mktemp -d /tmp/manifold-callgrind-XXXXXX)
+cd "$WORK"
+python3 "$HERE/abuse.py" upstream > up.port 2>/dev/null &
+UP=$!
+trap 'kill $UP 2>/dev/null; rm -rf "$WORK"' EXIT
+for _ in $(seq 1 50); do [ -s up.port ] && break; sleep 0.1; done
+PORT=$(head -1 up.port)
+sed "s#http://127.0.0.1:7001#http://127.0.0.1:$PORT#; s#^listen = .*#listen = \"127.0.0.1:7203\"\nworkers = 1#; s#^admin_listen = .*#admin_listen = \"127.0.0.1:7213\"#" \
+  "$HERE/../../shared/bench/routes.bench.toml" > routes.toml
+valgrind --tool=callgrind --callgrind-out-file=callgrind.out.run "$BIN" serve --config routes.toml > gw.log 2>&1 &
+GW=$!
+for _ in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:7213/health && break; sleep 0.3; done
+h2load -n 200 -c 4 -m 10 http://127.0.0.1:7203/api/users/1 > /dev/null 2>&1
+callgrind_control -z $GW > /dev/null 2>&1
+if [ "$URLPATH" = distinct ]; then
+  URIS=$(for i in $(seq 1 500); do echo -n "http://127.0.0.1:7203/api/dashboard/$i "; done)
+else
+  URIS=http://127.0.0.1:7203$URLPATH
+fi
+# shellcheck disable=SC2086
+h2load -n "$N" -c 4 -m 10 $URIS > h2.log 2>&1
+callgrind_control -d $GW > /dev/null 2>&1
+sleep 1
+kill $GW; wait $GW 2>/dev/null || true
+TOTAL=$(for f in callgrind.out.run.*; do callgrind_annotate "$f" 2>/dev/null | grep -m1 'PROGRAM TOTALS' | awk '{gsub(",","",$1); print $1}'; done | sort -n | tail -1)
+OK=$(grep -o '[0-9]* succeeded' h2.log | head -1)
+echo "$BIN $URLPATH total=$TOTAL ($OK) per_req=$((TOTAL / N))"
