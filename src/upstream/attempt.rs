@@ -56,6 +56,30 @@ pub(super) struct Try<'a> {
     pub hedge: bool,
 }
 
+impl<'a> Try<'a> {
+    /// A call's one attempt (passthrough, WebSocket handshake): no cache, no retry,
+    /// its own timer.
+    pub fn once(
+        base: usize,
+        parent: &'a Span,
+        span_name: &'a Arc<str>,
+        route_deadline: Instant,
+        client: Option<&'a BodyWatch>,
+    ) -> Self {
+        Try {
+            base,
+            n: 1,
+            parent,
+            span_name,
+            cache_miss: false,
+            route_deadline,
+            bounded: false,
+            client,
+            hedge: false,
+        }
+    }
+}
+
 /// How an attempt ended.
 pub struct Tried<T> {
     /// What the caller gets: the answer, when there is one to use (a streamed 503 is an

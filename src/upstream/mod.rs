@@ -279,17 +279,7 @@ impl Upstream {
         if let Some(b) = &self.retry_budget {
             b.first();
         }
-        let t = Try {
-            base,
-            n: 1,
-            parent: span,
-            span_name,
-            cache_miss: false,
-            route_deadline,
-            bounded: false,
-            client,
-            hedge: false,
-        };
+        let t = Try::once(base, span, span_name, route_deadline, client);
         self.attempt(req, t, Mode::Streamed, |resp, held| {
             std::future::ready(Ok((resp, held)))
         })
@@ -306,17 +296,7 @@ impl Upstream {
         span: &Span,
         span_name: &Arc<str>,
     ) -> Tried<(Response<Incoming>, Held)> {
-        let t = Try {
-            base,
-            n: 1,
-            parent: span,
-            span_name,
-            cache_miss: false,
-            route_deadline,
-            bounded: false,
-            client: None,
-            hedge: false,
-        };
+        let t = Try::once(base, span, span_name, route_deadline, None);
         self.attempt(req, t, Mode::Upgrade, |resp, held| {
             std::future::ready(Ok((resp, held)))
         })

@@ -101,6 +101,24 @@ impl Base {
         format!("{}:{port}", self.origin.host().unwrap_or_default())
     }
 
+    /// Addresses `req` to this host: `host` (HTTP/1.1) or an absolute target whose
+    /// authority HTTP/2 sends as `:authority`, and the URL's credentials if any.
+    fn address(&self, req: &mut Request<RequestBody>, h2: bool) -> Result<(), BoxError> {
+        if h2 {
+            let mut parts = self.origin.clone().into_parts();
+            parts.path_and_query = req.uri().path_and_query().cloned();
+            *req.uri_mut() = Uri::from_parts(parts)?;
+            req.headers_mut().remove(header::HOST);
+        } else {
+            req.headers_mut().insert(header::HOST, self.host.clone());
+        }
+        if let Some(auth) = &self.auth {
+            req.headers_mut()
+                .insert(header::AUTHORIZATION, auth.clone());
+        }
+        Ok(())
+    }
+
     /// The request target for a rendered path and query (`/users/42?x=1`).
     pub fn target(&self, path_and_query: String) -> Option<Uri> {
         if self.prefix.is_empty() {
@@ -257,11 +275,7 @@ impl Pool {
             return Box::pin(self.send_h2(base, req)).await;
         }
         let to = &self.bases[base];
-        req.headers_mut().insert(header::HOST, to.host.clone());
-        if let Some(auth) = &to.auth {
-            req.headers_mut()
-                .insert(header::AUTHORIZATION, auth.clone());
-        }
+        to.address(&mut req, false)?;
         let lease = |sender| Lease {
             pool: self.clone(),
             base,
@@ -294,14 +308,8 @@ impl Pool {
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Lease), BoxError> {
         let to = &self.bases[base];
-        req.headers_mut().insert(header::HOST, to.host.clone());
-        if let Some(auth) = &to.auth {
-            req.headers_mut()
-                .insert(header::AUTHORIZATION, auth.clone());
-        }
-        let mut connector = self.upgrade_connector.clone();
-        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
-        let io = connector.call(to.origin.clone()).await?;
+        to.address(&mut req, false)?;
+        let io = dial(&self.upgrade_connector, &to.origin).await?;
         let (mut sender, conn) = http1::Builder::new().handshake(io).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
@@ -328,22 +336,14 @@ impl Pool {
         mut req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, BoxError> {
         let to = &self.bases[base];
-        if let Some(auth) = &to.auth {
-            req.headers_mut()
-                .insert(header::AUTHORIZATION, auth.clone());
-        }
-        let mut connector = self.connector.clone();
-        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
-        let io = connector.call(to.origin.clone()).await?;
+        let io = dial(&self.connector, &to.origin).await?;
         let h2 = match self.protocol {
             Protocol::Http1 => false,
             Protocol::H2c => true,
             Protocol::H2 => io.connected().is_negotiated_h2(),
         };
+        to.address(&mut req, h2)?;
         if h2 {
-            let mut parts = to.origin.clone().into_parts();
-            parts.path_and_query = req.uri().path_and_query().cloned();
-            *req.uri_mut() = Uri::from_parts(parts)?;
             let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .handshake(io)
                 .await?;
@@ -352,7 +352,6 @@ impl Pool {
             });
             return Ok(sender.send_request(req).await?);
         }
-        req.headers_mut().insert(header::HOST, to.host.clone());
         req.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         let (mut sender, conn) = http1::Builder::new().handshake(io).await?;
@@ -372,16 +371,7 @@ impl Pool {
         base: usize,
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Lease), BoxError> {
-        let to = &self.bases[base];
-        // HTTP/2 names the host in `:authority`, from an absolute target.
-        let mut parts = to.origin.clone().into_parts();
-        parts.path_and_query = req.uri().path_and_query().cloned();
-        *req.uri_mut() = Uri::from_parts(parts)?;
-        req.headers_mut().remove(header::HOST);
-        if let Some(auth) = &to.auth {
-            req.headers_mut()
-                .insert(header::AUTHORIZATION, auth.clone());
-        }
+        self.bases[base].address(&mut req, true)?;
         let mut spare = replayable(&req);
         let mut again = true;
         loop {
@@ -509,12 +499,9 @@ impl Pool {
     /// this connection goes to the idle list and the caller is told [`FELL_BACK`].
     async fn connect_h2(self: Arc<Self>, base: usize) -> Result<(u64, H2Sender), SharedError> {
         let shared = |e: BoxError| SharedError(Arc::new(e));
-        let origin = self.bases[base].origin.clone();
-        let mut connector = self.connector.clone();
-        std::future::poll_fn(|cx| connector.poll_ready(cx))
+        let io = dial(&self.connector, &self.bases[base].origin)
             .await
             .map_err(shared)?;
-        let io = connector.call(origin).await.map_err(shared)?;
         if self.protocol == Protocol::H2 && !io.connected().is_negotiated_h2() {
             if !self.fallback[base].swap(true, Ordering::Relaxed) {
                 tracing::warn!(
@@ -585,9 +572,7 @@ impl Pool {
     }
 
     async fn connect(&self, origin: &Uri) -> Result<Sender, BoxError> {
-        let mut connector = self.connector.clone();
-        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
-        let io = connector.call(origin.clone()).await?;
+        let io = dial(&self.connector, origin).await?;
         let (sender, conn) = http1::Builder::new().handshake(io).await?;
         // The connection's I/O runs on this loop, next to the calls that use it.
         tokio::spawn(async move {
@@ -597,6 +582,17 @@ impl Pool {
         });
         Ok(sender)
     }
+}
+
+/// Opens a connection to `origin` (TCP, and TLS for https) with `connector`.
+async fn dial(
+    connector: &HttpsConnector<HttpConnector>,
+    origin: &Uri,
+) -> Result<hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>, BoxError>
+{
+    let mut connector = connector.clone();
+    std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
+    connector.call(origin.clone()).await
 }
 
 /// A copy of a request whose body is whole (or absent), to send again.

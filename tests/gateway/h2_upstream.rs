@@ -222,12 +222,16 @@ async fn http1_opens_a_connection_per_concurrent_call() {
     assert!(listener_upstream.connections() >= 10);
 }
 
-#[tokio::test]
-async fn h2_is_negotiated_by_alpn_and_falls_back_to_http1() {
-    let (config, ca) = tls_config(&[b"h2", b"http/1.1"]);
-    let (addr, counts) = h2_upstream(Some((config,)), Duration::from_millis(20), None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca_path = dir.path().join("ca.pem");
+/// A TLS upstream offering `alpn`, and a gateway calling it with `protocol = "h2"`
+/// (its CA in a file under `dir`).
+async fn h2_over_tls(
+    alpn: &[&[u8]],
+    delay: Duration,
+    dir: &std::path::Path,
+) -> (Gateway, std::net::SocketAddr, Arc<Counts>) {
+    let (config, ca) = tls_config(alpn);
+    let (addr, counts) = h2_upstream(Some((config,)), delay, None).await;
+    let ca_path = dir.join(format!("ca-{}.pem", addr.port()));
     std::fs::write(&ca_path, &ca).unwrap();
     let extra = format!("protocol = \"h2\"\nca_file = \"{}\"", ca_path.display());
     let gw = Gateway::start(&routes(
@@ -235,21 +239,20 @@ async fn h2_is_negotiated_by_alpn_and_falls_back_to_http1() {
         &extra,
     ))
     .await;
+    (gw, addr, counts)
+}
+
+#[tokio::test]
+async fn h2_is_negotiated_by_alpn_and_falls_back_to_http1() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gw, _, counts) =
+        h2_over_tls(&[b"h2", b"http/1.1"], Duration::from_millis(20), dir.path()).await;
     burst(&gw, 20).await;
     assert_eq!(counts.h2_requests.load(Ordering::SeqCst), 60);
     assert_eq!(counts.connections.load(Ordering::SeqCst), 1);
 
     // A host whose TLS offers only http/1.1: called over HTTP/1.1, said once.
-    let (config, ca) = tls_config(&[b"http/1.1"]);
-    let (addr, counts) = h2_upstream(Some((config,)), Duration::ZERO, None).await;
-    let ca_path = dir.path().join("ca1.pem");
-    std::fs::write(&ca_path, &ca).unwrap();
-    let extra = format!("protocol = \"h2\"\nca_file = \"{}\"", ca_path.display());
-    let gw = Gateway::start(&routes(
-        &format!("https://127.0.0.1:{}", addr.port()),
-        &extra,
-    ))
-    .await;
+    let (gw, addr, counts) = h2_over_tls(&[b"http/1.1"], Duration::ZERO, dir.path()).await;
     for i in 0..5 {
         let r = gw.get(&format!("/f/{i}")).await;
         assert_eq!(r.status, 200, "{:?}", r.body);

@@ -236,14 +236,17 @@ async fn a_retry_goes_to_another_host_than_the_one_that_failed() {
     drop(bad);
 }
 
-#[tokio::test(start_paused = true)]
-async fn max_ejected_bounds_ejections_and_with_every_host_out_all_are_used() {
+/// Two always-failing hosts, ejected after one failure with `max_ejected`, after ten
+/// calls: their states and the calls each got.
+async fn two_failing_hosts(name: &str, max_ejected: &str) -> ([String; 2], (usize, usize)) {
     let (a, _) = switchable("a", true).await;
     let (b, _) = switchable("b", true).await;
     let gw = Gateway::start(&config(
-        "maxej1",
+        name,
         &[&a, &b],
-        "outlier = { consecutive_failures = 1, eject_for = \"30s\", max_ejected = \"50%\" }",
+        &format!(
+            "outlier = {{ consecutive_failures = 1, eject_for = \"30s\", max_ejected = \"{max_ejected}\" }}"
+        ),
     ))
     .await;
     for _ in 0..10 {
@@ -251,36 +254,26 @@ async fn max_ejected_bounds_ejections_and_with_every_host_out_all_are_used() {
     }
     let routes = gw.routes().await;
     let states = [
-        host_state(&routes, "maxej1", &a),
-        host_state(&routes, "maxej1", &b),
+        host_state(&routes, name, &a).to_string(),
+        host_state(&routes, name, &b).to_string(),
     ];
+    (states, (a.hits(), b.hits()))
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_ejected_bounds_ejections_and_with_every_host_out_all_are_used() {
+    let (states, (a, b)) = two_failing_hosts("maxej1", "50%").await;
     assert_eq!(
-        states.iter().filter(|s| **s == "ejected").count(),
+        states.iter().filter(|s| *s == "ejected").count(),
         1,
         "50 % of two hosts: one at most: {states:?}"
     );
-    assert_eq!(a.hits() + b.hits(), 10);
+    assert_eq!(a + b, 10);
 
     // Every host may go: when all are out, all are still used.
-    let (c, _) = switchable("c", true).await;
-    let (d, _) = switchable("d", true).await;
-    let gw = Gateway::start(&config(
-        "maxej2",
-        &[&c, &d],
-        "outlier = { consecutive_failures = 1, eject_for = \"30s\", max_ejected = \"100%\" }",
-    ))
-    .await;
-    for _ in 0..10 {
-        call(&gw).await.error(502, "UPSTREAM_ERROR");
-    }
-    let routes = gw.routes().await;
-    assert_eq!(host_state(&routes, "maxej2", &c), "ejected");
-    assert_eq!(host_state(&routes, "maxej2", &d), "ejected");
-    assert_eq!(
-        (c.hits(), d.hits()),
-        (5, 5),
-        "bookkeeping never refuses a call"
-    );
+    let (states, hits) = two_failing_hosts("maxej2", "100%").await;
+    assert_eq!(states, ["ejected", "ejected"]);
+    assert_eq!(hits, (5, 5), "bookkeeping never refuses a call");
 }
 
 #[tokio::test(start_paused = true)]
