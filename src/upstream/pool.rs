@@ -101,17 +101,23 @@ impl Base {
         format!("{}:{port}", self.origin.host().unwrap_or_default())
     }
 
-    /// Addresses `req` to this host: `host` (HTTP/1.1) or an absolute target whose
-    /// authority HTTP/2 sends as `:authority`, and the URL's credentials if any.
-    fn address(&self, req: &mut Request<RequestBody>, h2: bool) -> Result<(), BoxError> {
-        if h2 {
-            let mut parts = self.origin.clone().into_parts();
-            parts.path_and_query = req.uri().path_and_query().cloned();
-            *req.uri_mut() = Uri::from_parts(parts)?;
-            req.headers_mut().remove(header::HOST);
-        } else {
-            req.headers_mut().insert(header::HOST, self.host.clone());
+    /// Addresses an HTTP/1.1 request to this host: `host`, and the URL's credentials
+    /// if any.
+    #[inline]
+    fn address(&self, headers: &mut http::HeaderMap) {
+        headers.insert(header::HOST, self.host.clone());
+        if let Some(auth) = &self.auth {
+            headers.insert(header::AUTHORIZATION, auth.clone());
         }
+    }
+
+    /// Addresses an HTTP/2 request to this host: an absolute target, whose authority
+    /// goes as `:authority`, and the URL's credentials if any.
+    fn address_h2(&self, req: &mut Request<RequestBody>) -> Result<(), BoxError> {
+        let mut parts = self.origin.clone().into_parts();
+        parts.path_and_query = req.uri().path_and_query().cloned();
+        *req.uri_mut() = Uri::from_parts(parts)?;
+        req.headers_mut().remove(header::HOST);
         if let Some(auth) = &self.auth {
             req.headers_mut()
                 .insert(header::AUTHORIZATION, auth.clone());
@@ -275,7 +281,7 @@ impl Pool {
             return Box::pin(self.send_h2(base, req)).await;
         }
         let to = &self.bases[base];
-        to.address(&mut req, false)?;
+        to.address(req.headers_mut());
         let lease = |sender| Lease {
             pool: self.clone(),
             base,
@@ -308,7 +314,7 @@ impl Pool {
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Lease), BoxError> {
         let to = &self.bases[base];
-        to.address(&mut req, false)?;
+        to.address(req.headers_mut());
         let io = dial(&self.upgrade_connector, &to.origin).await?;
         let (mut sender, conn) = http1::Builder::new().handshake(io).await?;
         tokio::spawn(async move {
@@ -342,8 +348,8 @@ impl Pool {
             Protocol::H2c => true,
             Protocol::H2 => io.connected().is_negotiated_h2(),
         };
-        to.address(&mut req, h2)?;
         if h2 {
+            to.address_h2(&mut req)?;
             let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .handshake(io)
                 .await?;
@@ -352,6 +358,7 @@ impl Pool {
             });
             return Ok(sender.send_request(req).await?);
         }
+        to.address(req.headers_mut());
         req.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         let (mut sender, conn) = http1::Builder::new().handshake(io).await?;
@@ -371,7 +378,7 @@ impl Pool {
         base: usize,
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Lease), BoxError> {
-        self.bases[base].address(&mut req, true)?;
+        self.bases[base].address_h2(&mut req)?;
         let mut spare = replayable(&req);
         let mut again = true;
         loop {
