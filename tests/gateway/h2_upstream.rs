@@ -31,7 +31,7 @@ struct Counts {
 /// else h2c with prior knowledge. `per_connection`: requests served on a connection
 /// before the server closes it gracefully (GOAWAY).
 async fn h2_upstream(
-    tls: Option<(Arc<rustls::ServerConfig>,)>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     delay: Duration,
     per_connection: Option<usize>,
 ) -> (std::net::SocketAddr, Arc<Counts>) {
@@ -88,7 +88,7 @@ async fn h2_upstream(
                             }
                         }
                     }
-                    Some((config,)) => {
+                    Some(config) => {
                         let acceptor = tokio_rustls::TlsAcceptor::from(config);
                         let Ok(tls) = acceptor.accept(stream).await else {
                             return;
@@ -230,7 +230,7 @@ async fn h2_over_tls(
     dir: &std::path::Path,
 ) -> (Gateway, std::net::SocketAddr, Arc<Counts>) {
     let (config, ca) = tls_config(alpn);
-    let (addr, counts) = h2_upstream(Some((config,)), delay, None).await;
+    let (addr, counts) = h2_upstream(Some(config), delay, None).await;
     let ca_path = dir.join(format!("ca-{}.pem", addr.port()));
     std::fs::write(&ca_path, &ca).unwrap();
     let extra = format!("protocol = \"h2\"\nca_file = \"{}\"", ca_path.display());

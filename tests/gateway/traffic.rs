@@ -422,26 +422,31 @@ async fn a_hedge_races_a_slow_host_and_the_loser_is_cancelled() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn hedges_only_for_retryable_calls_with_an_attempt_and_time_to_spare() {
-    // POST without idempotency-key: never hedged.
-    let (a, b) = slow_and_quick(Duration::from_millis(300)).await;
-    let gw = Gateway::start(&format!(
+/// Upstream `svc` over `a` and `b`, hedged after 50 ms with two attempts, and one route
+/// `/r` with `route_line` on it.
+fn hedged_route(a: &Upstream, b: &Upstream, route_line: &str) -> String {
+    format!(
         "{}
 [[routes]]
 path = \"/r\"
-method = \"POST\"
+{route_line}
   [[routes.backends]]
   upstream = \"svc\"
   path = \"/x\"
 ",
         hosts(
             "svc",
-            &[&a, &b],
+            &[a, b],
             "hedge = { after = \"50ms\" }\nretry = { attempts = 2 }"
         )
-    ))
-    .await;
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedges_only_for_retryable_calls_with_an_attempt_and_time_to_spare() {
+    // POST without idempotency-key: never hedged.
+    let (a, b) = slow_and_quick(Duration::from_millis(300)).await;
+    let gw = Gateway::start(&hedged_route(&a, &b, "method = \"POST\"")).await;
     let r = gw
         .send(gw.client.post(format!("{}/r", gw.base)).body("{}"))
         .await;
@@ -477,22 +482,7 @@ method = \"POST\"
 
     // Never past the route deadline: a 40 ms route never waits 50 ms to hedge.
     let (a, b) = slow_and_quick(Duration::from_millis(300)).await;
-    let gw = Gateway::start(&format!(
-        "{}
-[[routes]]
-path = \"/r\"
-timeout = \"40ms\"
-  [[routes.backends]]
-  upstream = \"svc\"
-  path = \"/x\"
-",
-        hosts(
-            "svc",
-            &[&a, &b],
-            "hedge = { after = \"50ms\" }\nretry = { attempts = 2 }"
-        )
-    ))
-    .await;
+    let gw = Gateway::start(&hedged_route(&a, &b, "timeout = \"40ms\"")).await;
     gw.get("/r").await.error(504, "UPSTREAM_TIMEOUT");
     assert_eq!(b.hits(), 0);
 }
