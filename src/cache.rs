@@ -258,14 +258,16 @@ impl Hints {
 }
 
 /// The part of a cache key that comes from the client's headers: `accept` and every
-/// forwarded header's values, in a fixed order.
+/// forwarded header's values, in a fixed order. Values are written byte for byte
+/// ([`push_lossless`]): two credentials that differ only in bytes that are not UTF-8
+/// must never share an entry.
 pub fn vary(client: &HeaderMap, forward: &Forward<HeaderName>) -> String {
     let mut out = String::new();
     let mut push = |name: &str, value: &[u8]| {
         out.push('\n');
         out.push_str(name);
         out.push(':');
-        out.push_str(&String::from_utf8_lossy(value));
+        push_lossless(&mut out, value);
     };
     for v in client.get_all(header::ACCEPT) {
         push("accept", v.as_bytes());
@@ -293,6 +295,24 @@ pub fn vary(client: &HeaderMap, forward: &Forward<HeaderName>) -> String {
         }
     }
     out
+}
+
+/// Appends header value bytes so that different bytes always read differently: valid
+/// UTF-8 as it is, with `\` doubled, and every other byte as `\xNN`. (A value holds
+/// no newline, so the newline-separated parts of a key stay apart too.)
+pub fn push_lossless(out: &mut String, value: &[u8]) {
+    use std::fmt::Write;
+    for chunk in value.utf8_chunks() {
+        let valid = chunk.valid();
+        if valid.contains('\\') {
+            out.push_str(&valid.replace('\\', "\\\\"));
+        } else {
+            out.push_str(valid);
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
 }
 
 /// Identical concurrent calls share one: the first caller (the leader) makes it, the
@@ -491,6 +511,43 @@ mod tests {
         assert!(matches!(c.lookup("k").await, Lookup::Stale(_)));
         tokio::time::advance(Duration::from_secs(60)).await;
         assert!(matches!(c.lookup("k").await, Lookup::Miss));
+    }
+
+    proptest::proptest! {
+        /// Different forwarded header values never make the same key part, whatever
+        /// their bytes (`X-Api-Key: k-\xff\xff` and `k-\xe4\xf6` once did, decoded
+        /// lossily to the same text).
+        #[test]
+        fn different_header_bytes_never_share_a_key(
+            a in proptest::collection::vec(proptest::num::u8::ANY, 0..12),
+            b in proptest::collection::vec(proptest::num::u8::ANY, 0..12),
+        ) {
+            let name = HeaderName::from_static("x-api-key");
+            let forward = Forward::Only(vec![name.clone()]);
+            let (Ok(va), Ok(vb)) = (HeaderValue::from_bytes(&a), HeaderValue::from_bytes(&b)) else {
+                return Ok(());
+            };
+            let key = |v: HeaderValue| {
+                let mut h = HeaderMap::new();
+                h.insert(name.clone(), v);
+                vary(&h, &forward)
+            };
+            proptest::prop_assert_eq!(va == vb, key(va) == key(vb));
+        }
+    }
+
+    #[test]
+    fn values_are_kept_byte_for_byte() {
+        let mut out = String::new();
+        push_lossless(&mut out, b"k-\xff\xff");
+        assert_eq!(out, "k-\\xff\\xff");
+        out.clear();
+        // The text `\xff` is not the byte 0xff.
+        push_lossless(&mut out, b"k-\\xff\\xff");
+        assert_eq!(out, "k-\\\\xff\\\\xff");
+        out.clear();
+        push_lossless(&mut out, "né".as_bytes());
+        assert_eq!(out, "né");
     }
 
     #[tokio::test]

@@ -255,13 +255,17 @@ impl RouteLimiter {
     }
 }
 
-/// A key value as every replica hashes it (the per-process seeded hash would not
-/// agree): the raw value never lands in Redis.
+/// A key value as every replica hashes it: SHA-256 (a specified hash, so replicas
+/// built by different toolchains agree; std's `DefaultHasher` may change between Rust
+/// releases), of the raw bytes, cut to 128 bits. The raw value never lands in Redis.
 fn stable_hash(value: &[u8]) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::hash::DefaultHasher::new();
-    value.hash(&mut h);
-    format!("{:016x}", h.finish())
+    use std::fmt::Write;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value);
+    let mut out = String::with_capacity(32);
+    for b in &digest.as_ref()[..16] {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 /// The client's address for rate limiting (see the module docs).
@@ -298,6 +302,14 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    /// Shared limit keys are the same on every replica, whatever built it: a fixed
+    /// vector of SHA-256 (the first 128 bits of SHA-256("abc")), raw bytes in.
+    #[test]
+    fn shared_key_hash_is_specified() {
+        assert_eq!(stable_hash(b"abc"), "ba7816bf8f01cfea414140de5dae2223");
+        assert_ne!(stable_hash(b"k-\xff\xff"), stable_hash(b"k-\xe4\xf6"));
+    }
 
     fn rate(per_second: f64, burst: u32) -> RateConfig {
         RateConfig { per_second, burst }
