@@ -168,8 +168,8 @@ const MAX_JWKS: usize = 1 << 20;
 #[derive(Clone)]
 struct Verified {
     claims: Arc<Map<String, Value>>,
-    exp: u64,
-    nbf: Option<u64>,
+    exp: f64,
+    nbf: Option<f64>,
     generation: u64,
 }
 
@@ -224,9 +224,11 @@ impl Validator {
         let mut validations = Vec::with_capacity(config.algorithms.len());
         for &alg in &config.algorithms {
             let mut v = Validation::new(alg);
-            v.leeway = config.leeway.as_secs();
-            v.validate_nbf = true;
-            v.set_required_spec_claims(&["exp"]);
+            // The times are checked here ([`times`]): jsonwebtoken reads them as whole
+            // seconds, so a fractional NumericDate (RFC 7519 §2) would fail.
+            v.validate_exp = false;
+            v.validate_nbf = false;
+            v.required_spec_claims.clear();
             match &config.issuer {
                 Some(iss) => v.set_issuer(&[iss]),
                 None => v.iss = None,
@@ -428,8 +430,8 @@ impl Validator {
         self: &Arc<Self>,
         token: &str,
     ) -> Result<Arc<Map<String, Value>>, AuthFailure> {
-        let now = jsonwebtoken::get_current_timestamp();
-        let leeway = self.config.leeway.as_secs();
+        let now = unix_now();
+        let leeway = self.config.leeway.as_secs_f64();
         let generation = self.keys.load().generation;
         if let Some(hit) = self
             .verified
@@ -439,10 +441,10 @@ impl Validator {
             .cloned()
             && hit.generation == generation
         {
-            if hit.exp.saturating_add(leeway) < now {
+            if now >= hit.exp + leeway {
                 return Err(AuthFailure::Invalid("the token has expired"));
             }
-            if hit.nbf.is_none_or(|nbf| nbf <= now.saturating_add(leeway)) {
+            if hit.nbf.is_none_or(|nbf| nbf <= now + leeway) {
                 return Ok(hit.claims);
             }
         }
@@ -479,21 +481,8 @@ impl Validator {
             }
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
                 Ok(data) => {
-                    // jsonwebtoken leaves `iat` alone; a token issued in the future
-                    // (past the leeway) is as wrong as one not valid yet.
-                    if data
-                        .claims
-                        .get("iat")
-                        .and_then(Value::as_u64)
-                        .is_some_and(|iat| iat > now.saturating_add(leeway))
-                    {
-                        return Err(AuthFailure::Invalid(
-                            "the token was issued in the future (iat)",
-                        ));
-                    }
+                    let (exp, nbf) = times(&data.claims, now, leeway)?;
                     let claims = Arc::new(data.claims);
-                    let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
-                    let nbf = claims.get("nbf").and_then(Value::as_u64);
                     if token.len() > MAX_REMEMBERED {
                         return Ok(claims);
                     }
@@ -518,6 +507,52 @@ impl Validator {
     }
 }
 
+/// Seconds since the Unix epoch, with the fraction: tokens' times are compared to it.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Checks a verified token's times at `now` (RFC 7519 §4.1.4–6: NumericDates, which may
+/// be fractional): `exp` is required and the token is not accepted on or after it;
+/// not before `nbf`; `iat` not in the future. Each with `leeway` seconds of skew.
+/// Returns `exp` and `nbf` for the remembered token.
+fn times(
+    claims: &Map<String, Value>,
+    now: f64,
+    leeway: f64,
+) -> Result<(f64, Option<f64>), AuthFailure> {
+    let date = |name: &str| -> Result<Option<f64>, AuthFailure> {
+        match claims.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .filter(|t| t.is_finite())
+                .map(Some)
+                .ok_or(AuthFailure::Invalid(
+                    "a claim of the token has the wrong type",
+                )),
+        }
+    };
+    let Some(exp) = date("exp")? else {
+        return Err(AuthFailure::Invalid("the token has no exp claim"));
+    };
+    if now >= exp + leeway {
+        return Err(AuthFailure::Invalid("the token has expired"));
+    }
+    let nbf = date("nbf")?;
+    if nbf.is_some_and(|nbf| nbf > now + leeway) {
+        return Err(AuthFailure::Invalid("the token is not valid yet (nbf)"));
+    }
+    if date("iat")?.is_some_and(|iat| iat > now + leeway) {
+        return Err(AuthFailure::Invalid(
+            "the token was issued in the future (iat)",
+        ));
+    }
+    Ok((exp, nbf))
+}
+
 /// A transport error by its innermost cause ("Connection refused (os error 111)").
 fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     let mut inner = e;
@@ -531,11 +566,8 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
 fn why(kind: &jsonwebtoken::errors::ErrorKind) -> &'static str {
     use jsonwebtoken::errors::ErrorKind as K;
     match kind {
-        K::ExpiredSignature => "the token has expired",
-        K::ImmatureSignature => "the token is not valid yet (nbf)",
         K::InvalidIssuer => "the token's issuer is not accepted",
         K::InvalidAudience => "the token's audience is not accepted",
-        K::MissingRequiredClaim(_) => "the token has no exp claim",
         K::InvalidClaimFormat(_) => "a claim of the token has the wrong type",
         K::InvalidSignature => "the token's signature does not verify",
         K::InvalidAlgorithm => "the token's algorithm is not its key's",
@@ -606,7 +638,7 @@ impl Auth {
         }
         for (claim, _) in &self.claims_to_headers {
             if let Some(v) = claim_text(&claims, claim)
-                && HeaderValue::from_str(&v).is_err()
+                && (!is_plain_text(&v) || HeaderValue::from_str(&v).is_err())
             {
                 return Err(AuthFailure::Invalid(
                     "a claim this route sends cannot be a header value",
@@ -618,9 +650,32 @@ impl Auth {
 }
 
 /// A claim value that may fill a path segment: not empty, not `.` or `..` (which an
-/// upstream would resolve to another resource), no control characters.
+/// upstream would resolve to another resource), plain text.
 fn is_segment(v: &str) -> bool {
-    !v.is_empty() && v != "." && v != ".." && !v.chars().any(char::is_control)
+    !v.is_empty() && v != "." && v != ".." && is_plain_text(v)
+}
+
+/// Text with nothing a reader cannot see: no control characters (C0, DEL, C1), and no
+/// invisible format characters — bidi overrides and isolates (U+202E turns `nimda` into
+/// what reads as `admin` in a log or an admin UI), zero-width characters, the BOM, line
+/// and paragraph separators, interlinear annotation and tag characters. Claims that
+/// reach an upstream must be plain text, as they must be free of CRLF.
+pub fn is_plain_text(v: &str) -> bool {
+    !v.chars().any(|c| {
+        c.is_control()
+            || matches!(
+                c,
+                '\u{00AD}'
+                    | '\u{061C}'
+                    | '\u{180E}'
+                    | '\u{200B}'..='\u{200F}'
+                    | '\u{2028}'..='\u{202E}'
+                    | '\u{2060}'..='\u{206F}'
+                    | '\u{FEFF}'
+                    | '\u{FFF9}'..='\u{FFFB}'
+                    | '\u{E0000}'..='\u{E007F}'
+            )
+    })
 }
 
 /// The token of an `authorization: Bearer …` header; any other scheme is no token.
@@ -654,5 +709,55 @@ pub fn claim_text<'c>(
         Value::Number(n) => Some(n.as_str().into()),
         Value::Bool(b) => Some(if *b { "true" } else { "false" }.into()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn claims(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    /// RFC 7519 §4.1.4: not accepted on or after `exp`; NumericDates may be fractional.
+    #[test]
+    fn times_are_numeric_dates_and_exp_is_exclusive() {
+        let at = |c: Value, now: f64, leeway: f64| times(&claims(c), now, leeway).map(|t| t.0);
+        assert_eq!(at(json!({"exp": 100.5}), 100.25, 0.0), Ok(100.5));
+        assert!(at(json!({"exp": 100}), 100.0, 0.0).is_err(), "on exp");
+        assert!(at(json!({"exp": 100}), 100.0, 1.0).is_ok(), "within leeway");
+        assert!(
+            at(json!({"exp": 100}), 101.0, 1.0).is_err(),
+            "at exp + leeway"
+        );
+        assert!(at(json!({"exp": "100"}), 1.0, 0.0).is_err(), "not a number");
+        assert!(at(json!({}), 1.0, 0.0).is_err(), "exp is required");
+        assert!(at(json!({"exp": 100, "nbf": 50.5}), 50.25, 0.0).is_err());
+        assert!(
+            at(json!({"exp": 100, "nbf": 50.5}), 50.5, 0.0).is_ok(),
+            "from nbf on"
+        );
+        assert!(at(json!({"exp": 100, "iat": 60.0}), 50.0, 0.0).is_err());
+    }
+
+    #[test]
+    fn plain_text_has_no_invisible_characters() {
+        assert!(is_plain_text("zoë-42"));
+        for bad in [
+            "a\u{202e}b",
+            "a\u{2066}b",
+            "a\u{200b}b",
+            "a\u{feff}",
+            "a\u{85}b",
+            "a\rb",
+            "\u{e0041}",
+        ] {
+            assert!(!is_plain_text(bad), "{bad:?}");
+        }
     }
 }

@@ -625,6 +625,21 @@ async fn authorize(
     by: Instant,
     record: &mut AccessRecord,
 ) -> Result<crate::auth::Claims, GatewayError> {
+    // One token, or none: with two `authorization` headers the first would be verified
+    // and both forwarded, so an upstream could act on the unverified one (see
+    // docs/configuration.md, "auth").
+    if headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        auth.metrics.count("invalid");
+        record.auth = Some("invalid");
+        return Err(GatewayError::BadRequest {
+            reason: "a request may carry one authorization header",
+        });
+    }
     // Out of time means waiting for a key fetch: with keys held, the token named an
     // unknown one (401); with none, there is nothing to check with (503).
     let checked = tokio::time::timeout_at(by, auth.check(headers))

@@ -100,3 +100,169 @@ async fn credentials_that_differ_in_non_utf8_bytes_never_share_an_answer() {
     assert_eq!(b.json()["key"], "6b2de4f6");
     assert_eq!(calls.load(Ordering::SeqCst) - before, 2, "one call each");
 }
+
+// === Tokens ===
+
+const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes-for-tests";
+
+fn hs256(claims: &serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// A validator `hs` (leeway `leeway`), a merged route `/m` and a passthrough `/p`, both
+/// with `auth`, forwarding `authorization`, sending `sub` as `x-user`.
+fn token_routes(url: &str, leeway: &str) -> String {
+    format!(
+        "[auth.jwt.hs]
+secret = \"{SECRET}\"
+algorithms = [\"HS256\"]
+leeway = \"{leeway}\"
+
+{}
+[[routes]]
+name = \"merged\"
+path = \"/m\"
+forward_headers = [\"authorization\"]
+auth = {{ jwt = \"hs\", claims_to_headers = {{ sub = \"x-user\" }} }}
+  [[routes.backends]]
+  upstream = \"svc\"
+  path = \"/m\"
+
+[[routes]]
+name = \"streamed\"
+path = \"/p\"
+passthrough = true
+forward_headers = [\"authorization\"]
+auth = {{ jwt = \"hs\" }}
+  [[routes.backends]]
+  upstream = \"svc\"
+  path = \"/p\"
+
+[[routes]]
+name = \"by-path\"
+path = \"/u\"
+auth = {{ jwt = \"hs\" }}
+  [[routes.backends]]
+  upstream = \"svc\"
+  path = \"/users/{{jwt.sub}}\"
+",
+        upstream("svc", url, "")
+    )
+}
+
+/// A request with two `authorization` headers on an `auth` route is refused (400), on
+/// HTTP/1.1 and h2, merged and passthrough: neither the verified token nor the one
+/// beside it reaches the upstream.
+#[tokio::test]
+async fn two_authorization_headers_are_refused() {
+    let up = Upstream::json(json!({"ok": true})).await;
+    let gw = Gateway::start(&token_routes(&up.url(), "30s")).await;
+    let valid = hs256(&json!({"sub": "alice", "exp": now_secs() as u64 + 600}));
+    let forged = format!("{}.forged", hs256(&json!({"sub": "admin", "exp": 1})));
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for (client, version) in [(&gw.client, "HTTP/1.1"), (&h2, "h2")] {
+        for path in ["/m", "/p"] {
+            let one = gw
+                .send(
+                    client
+                        .get(format!("{}{path}", gw.base))
+                        .header("authorization", format!("Bearer {valid}")),
+                )
+                .await;
+            assert_eq!(one.status, 200, "{version} {path}: one token passes");
+            let hits = up.hits();
+            let mut req = client.get(format!("{}{path}", gw.base));
+            req = req.header("authorization", format!("Bearer {valid}"));
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.append("authorization", format!("Bearer {valid}").parse().unwrap());
+            headers.append("authorization", format!("Bearer {forged}").parse().unwrap());
+            req = req.headers(headers);
+            let two = gw.send(req).await;
+            two.error(400, "BAD_REQUEST");
+            assert_eq!(up.hits(), hits, "{version} {path}: no upstream call");
+        }
+    }
+}
+
+/// RFC 7519's NumericDate may be fractional; a token is not accepted on or after its
+/// `exp` (leeway 0).
+#[tokio::test]
+async fn token_times_are_numeric_dates() {
+    let up = Upstream::json(json!({"ok": true})).await;
+    let gw = Gateway::start(&token_routes(&up.url(), "0s")).await;
+    let ask = |token: String| {
+        gw.send(
+            gw.client
+                .get(format!("{}/m", gw.base))
+                .header("authorization", format!("Bearer {token}")),
+        )
+    };
+    let now = now_secs();
+    let fractional =
+        hs256(&json!({"sub": "a", "exp": now + 600.5, "nbf": now - 10.25, "iat": now - 10.5}));
+    let ok = ask(fractional).await;
+    assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
+    // Not yet valid, fractionally.
+    let early = ask(hs256(
+        &json!({"sub": "a", "exp": now + 600.0, "nbf": now + 60.5}),
+    ))
+    .await;
+    early.error(401, "INVALID_TOKEN");
+    // exp is the current second (or earlier): expired, with no leeway.
+    let at_exp = ask(hs256(&json!({"sub": "a", "exp": now.floor() as u64}))).await;
+    at_exp.error(401, "INVALID_TOKEN");
+    let past = ask(hs256(&json!({"sub": "a", "exp": now - 0.5}))).await;
+    past.error(401, "INVALID_TOKEN");
+    // Not a number at all is no exp.
+    let text = ask(hs256(&json!({"sub": "a", "exp": "tomorrow"}))).await;
+    text.error(401, "INVALID_TOKEN");
+}
+
+/// A claim with a bidi override or another invisible format character never reaches an
+/// upstream's header or path: the token is refused like one with CRLF.
+#[tokio::test]
+async fn claims_with_bidi_controls_are_refused() {
+    let up = Upstream::json(json!({"ok": true})).await;
+    let gw = Gateway::start(&token_routes(&up.url(), "30s")).await;
+    let exp = now_secs() as u64 + 600;
+    for path in ["/m", "/u"] {
+        for sub in [
+            "admin\u{202e}nimda",
+            "a\u{2066}b",
+            "zero\u{200b}width",
+            "x\u{7f}",
+        ] {
+            let hits = up.hits();
+            let r = gw
+                .send(gw.client.get(format!("{}{path}", gw.base)).header(
+                    "authorization",
+                    format!("Bearer {}", hs256(&json!({"sub": sub, "exp": exp}))),
+                ))
+                .await;
+            r.error(401, "INVALID_TOKEN");
+            assert_eq!(up.hits(), hits, "{path} {sub:?}");
+        }
+        let plain = gw
+            .send(gw.client.get(format!("{}{path}", gw.base)).header(
+                "authorization",
+                format!("Bearer {}", hs256(&json!({"sub": "zoë", "exp": exp}))),
+            ))
+            .await;
+        assert_eq!(plain.status, 200, "{path}: other non-ASCII letters pass");
+    }
+}
