@@ -179,17 +179,36 @@ fn preflight(
     };
     record.route_index = Some(route);
     record.route = Some(r.name.clone());
-    let methods = gateway.router.methods_at(path);
-    match methods {
-        Some(methods) if served && cors.allows(origin) => {
-            let mut resp = Response::new(Body::empty());
-            *resp.status_mut() = StatusCode::NO_CONTENT;
-            cors.preflight(origin, methods, resp.headers_mut());
-            resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
-            Ok(Some(resp))
-        }
-        _ => Err(GatewayError::CorsRejected),
+    if !served || !cors.allows(origin) {
+        return Err(GatewayError::CorsRejected);
     }
+    let methods = allowed_methods(gateway, path, origin).ok_or(GatewayError::CorsRejected)?;
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    cors.preflight(origin, &methods, resp.headers_mut());
+    resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+    Ok(Some(resp))
+}
+
+/// `access-control-allow-methods` for `origin` at `path`: the methods whose own route
+/// allows that origin (HEAD where GET is). A browser caches a preflight's answer per
+/// listed method, so a method whose route refuses the origin must not be listed: its
+/// request would later go out without a preflight of its own.
+fn allowed_methods(gateway: &Gateway, path: &str, origin: &HeaderValue) -> Option<HeaderValue> {
+    let mut listed: Vec<&str> = Vec::new();
+    for (method, route) in gateway.router.routes_at(path) {
+        if gateway.routes[*route]
+            .cors
+            .as_deref()
+            .is_some_and(|c| c.allows(origin))
+        {
+            listed.push(method.as_str());
+        }
+    }
+    if listed.contains(&"GET") && !listed.contains(&"HEAD") {
+        listed.push("HEAD");
+    }
+    HeaderValue::from_str(&listed.join(", ")).ok()
 }
 
 /// Bytes of a buffered answer (0 for a streamed one).

@@ -63,11 +63,13 @@ impl Router {
         Ok(Router { paths, entries })
     }
 
-    /// The methods some route serves at `path` (with HEAD where GET is served), for a
-    /// CORS preflight's `access-control-allow-methods`.
-    pub fn methods_at(&self, path: &str) -> Option<&HeaderValue> {
-        let m = self.paths.at(path).ok()?;
-        Some(&self.entries[*m.value].allow)
+    /// The methods served at `path` and the route serving each, in declaration order
+    /// (a CORS preflight lists those whose route allows the origin).
+    pub fn routes_at(&self, path: &str) -> &[(Method, usize)] {
+        match self.paths.at(path) {
+            Ok(m) => &self.entries[*m.value].methods,
+            Err(_) => &[],
+        }
     }
 
     /// The route for `method` at `path`. A HEAD request finds the GET route when no
