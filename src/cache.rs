@@ -54,9 +54,20 @@ pub struct SharedCache {
     pub max_entry: u64,
 }
 
-struct Lifetime;
+/// The longest an entry may be kept, from the route's or backend's own settings: an
+/// entry read from Redis is believed no further (a writer to Redis could have given it
+/// any lifetime).
+#[derive(Clone, Copy, Debug)]
+pub struct Longest {
+    /// `ttl` (route) or `cache_ttl` (backend).
+    pub fresh: Duration,
+    /// `stale_if_error`, or zero.
+    pub stale: Duration,
+}
 
-impl moka::Expiry<String, Entry> for Lifetime {
+struct Expiry;
+
+impl moka::Expiry<String, Entry> for Expiry {
     fn expire_after_create(
         &self,
         _: &String,
@@ -75,7 +86,7 @@ impl Cache {
             .weigher(|k: &String, e: &Entry| {
                 u32::try_from(k.len() + e.body.len() + 64).unwrap_or(u32::MAX)
             })
-            .expire_after(Lifetime)
+            .expire_after(Expiry)
             .build();
         Cache {
             inner,
@@ -97,25 +108,30 @@ impl Cache {
     }
 
     /// This replica's entry, else (with `[shared]`, Redis up) the replicas' one, which
-    /// is then kept here too with the expiry it was stored with.
-    pub async fn lookup(&self, key: &str) -> Lookup {
-        self.lookup_with(key, None).await
+    /// is then kept here too with the expiry it was stored with, within `longest`.
+    pub async fn lookup(&self, key: &str, longest: Longest) -> Lookup {
+        self.lookup_with(key, None, longest).await
     }
 
     /// As [`Cache::lookup`], with Redis's answer for `key` already fetched (`Some`:
     /// read together with the route's rate limit, in one round trip).
-    pub async fn lookup_with(&self, key: &str, fetched: Option<Option<Vec<u8>>>) -> Lookup {
+    pub async fn lookup_with(
+        &self,
+        key: &str,
+        fetched: Option<Option<Vec<u8>>>,
+        longest: Longest,
+    ) -> Lookup {
         let found = match self.inner.get(key).await {
             Some(e) => Some(e),
             None => match fetched {
-                Some(bytes) => match bytes.as_deref().and_then(decode) {
+                Some(bytes) => match bytes.and_then(|b| self.decode_shared(&b, longest)) {
                     Some(entry) => {
                         self.inner.insert(key.to_string(), entry.clone()).await;
                         Some(entry)
                     }
                     None => None,
                 },
-                None => self.lookup_shared(key).await,
+                None => self.lookup_shared(key, longest).await,
             },
         };
         match found {
@@ -125,15 +141,29 @@ impl Cache {
         }
     }
 
-    async fn lookup_shared(&self, key: &str) -> Option<Entry> {
+    async fn lookup_shared(&self, key: &str, longest: Longest) -> Option<Entry> {
         let tier = self.shared.load_full()?;
         if !tier.shared.is_up() {
             return None;
         }
         let bytes = tier.shared.cache_get(key).await??;
-        let entry = decode(&bytes)?;
+        let entry = self.decode_shared(&bytes, longest)?;
         self.inner.insert(key.to_string(), entry.clone()).await;
         Some(entry)
+    }
+
+    /// An entry read from Redis, within `longest`; one stored in the future is counted
+    /// and dropped.
+    fn decode_shared(&self, bytes: &[u8], longest: Longest) -> Option<Entry> {
+        match decode(bytes, longest) {
+            Ok(entry) => Some(entry),
+            Err(why) => {
+                if let (Some(why), Some(tier)) = (why, self.shared.load_full()) {
+                    tier.shared.dropped(why);
+                }
+                None
+            }
+        }
     }
 
     pub async fn store(&self, key: String, body: Bytes, fresh_for: Duration, stale_for: Duration) {
@@ -179,25 +209,33 @@ fn encode(body: &[u8], fresh_for: Duration, stale_for: Duration) -> Vec<u8> {
     out
 }
 
-/// The entry [`encode`] wrote, aged by this replica's clock; `None` when it is not one.
-fn decode(bytes: &[u8]) -> Option<Entry> {
+/// How far in the future an entry's store time may be (replicas' clocks differ).
+const CLOCK_SKEW: Duration = Duration::from_secs(5);
+
+/// The entry [`encode`] wrote, aged by this replica's clock, its times no longer than
+/// `longest`. `Err(None)`: not an entry; `Err(Some(why))`: one not to use.
+fn decode(bytes: &[u8], longest: Longest) -> Result<Entry, Option<crate::metrics::Dropped>> {
     let word = |i: usize| -> Option<u64> {
         Some(u64::from_be_bytes(bytes.get(i..i + 8)?.try_into().ok()?))
     };
-    let (stored, fresh, stale) = (word(0)?, word(8)?, word(16)?);
-    let now = u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()?
-            .as_millis(),
-    )
-    .ok()?;
-    let age = Duration::from_millis(now.saturating_sub(stored));
-    Some(Entry {
-        body: Bytes::copy_from_slice(bytes.get(24..)?),
-        stored: Instant::now().checked_sub(age)?,
-        fresh_for: Duration::from_millis(fresh),
-        stale_for: Duration::from_millis(stale),
+    let (Some(stored), Some(fresh), Some(stale), Some(body)) =
+        (word(0), word(8), word(16), bytes.get(24..))
+    else {
+        return Err(None);
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| None)?;
+    let stored = Duration::from_millis(stored);
+    if stored > now + CLOCK_SKEW {
+        return Err(Some(crate::metrics::Dropped::Implausible));
+    }
+    let age = now.saturating_sub(stored);
+    Ok(Entry {
+        body: Bytes::copy_from_slice(body),
+        stored: Instant::now().checked_sub(age).ok_or(None)?,
+        fresh_for: Duration::from_millis(fresh).min(longest.fresh),
+        stale_for: Duration::from_millis(stale).min(longest.stale),
     })
 }
 
@@ -406,6 +444,12 @@ impl<T: Clone> Coalescer<T> {
 mod tests {
     use super::*;
 
+    /// Long enough not to cut any test entry short.
+    const ANY: Longest = Longest {
+        fresh: Duration::from_secs(3600),
+        stale: Duration::from_secs(3600),
+    };
+
     /// A copy read from Redis keeps the expiry it was stored with, aged by the time
     /// since it was stored (by wall clock: replicas share no monotonic one).
     /// An entry read with the route's rate limit is used as read: no second look.
@@ -413,14 +457,14 @@ mod tests {
     async fn a_prefetched_entry_is_used_as_read() {
         let c = Cache::new(1 << 20);
         let bytes = encode(b"{\"a\":1}", Duration::from_secs(60), Duration::ZERO);
-        match c.lookup_with("k", Some(Some(bytes))).await {
+        match c.lookup_with("k", Some(Some(bytes)), ANY).await {
             Lookup::Fresh(e) => assert_eq!(&e.body[..], b"{\"a\":1}"),
             _ => panic!("the prefetched entry is served"),
         }
         // And it is kept here now.
-        assert!(matches!(c.lookup("k").await, Lookup::Fresh(_)));
+        assert!(matches!(c.lookup("k", ANY).await, Lookup::Fresh(_)));
         assert!(matches!(
-            c.lookup_with("other", Some(None)).await,
+            c.lookup_with("other", Some(None), ANY).await,
             Lookup::Miss
         ));
     }
@@ -440,7 +484,7 @@ mod tests {
             b.extend_from_slice(&(fresh * 1000).to_be_bytes());
             b.extend_from_slice(&(stale * 1000).to_be_bytes());
             b.extend_from_slice(b"{}");
-            decode(&b).unwrap()
+            decode(&b, ANY).unwrap()
         };
         let e = stored_ago(30, 60, 0);
         let left = e.fresh_for.saturating_sub(e.stored.elapsed());
@@ -452,17 +496,40 @@ mod tests {
         let old = stored_ago(90, 60, 60);
         assert!(old.stored.elapsed() > old.fresh_for, "stale by now");
         assert!(old.stored.elapsed() < old.fresh_for + old.stale_for);
-        let round = decode(&encode(
-            b"abc",
-            Duration::from_secs(5),
-            Duration::from_secs(7),
-        ))
+        let round = decode(
+            &encode(b"abc", Duration::from_secs(5), Duration::from_secs(7)),
+            ANY,
+        )
         .unwrap();
         assert_eq!(
             (&round.body[..], round.fresh_for, round.stale_for),
             (&b"abc"[..], Duration::from_secs(5), Duration::from_secs(7))
         );
-        assert!(decode(b"short").is_none());
+        assert!(decode(b"short", ANY).is_err());
+        // A writer to Redis may give an entry any lifetime: it lives no longer than
+        // the route's own, and one stored in the future is not believed.
+        let forever = decode(
+            &encode(
+                b"{}",
+                Duration::from_millis(u64::MAX),
+                Duration::from_millis(u64::MAX),
+            ),
+            Longest {
+                fresh: Duration::from_secs(2),
+                stale: Duration::ZERO,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (forever.fresh_for, forever.stale_for),
+            (Duration::from_secs(2), Duration::ZERO)
+        );
+        let mut future = encode(b"{}", Duration::from_secs(1), Duration::ZERO);
+        future[..8].copy_from_slice(&(now_ms + 3_600_000).to_be_bytes());
+        assert!(matches!(
+            decode(&future, ANY),
+            Err(Some(crate::metrics::Dropped::Implausible))
+        ));
     }
     use http::HeaderValue;
     use std::sync::Arc;
@@ -506,11 +573,11 @@ mod tests {
             Duration::from_secs(60),
         )
         .await;
-        assert!(matches!(c.lookup("k").await, Lookup::Fresh(_)));
+        assert!(matches!(c.lookup("k", ANY).await, Lookup::Fresh(_)));
         tokio::time::advance(Duration::from_secs(6)).await;
-        assert!(matches!(c.lookup("k").await, Lookup::Stale(_)));
+        assert!(matches!(c.lookup("k", ANY).await, Lookup::Stale(_)));
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert!(matches!(c.lookup("k").await, Lookup::Miss));
+        assert!(matches!(c.lookup("k", ANY).await, Lookup::Miss));
     }
 
     proptest::proptest! {

@@ -182,8 +182,17 @@ async fn call_backend(
     // GETs are cached (with `cache_ttl`) and coalesced under one key.
     let key = (b.method == Method::GET)
         .then(|| format!("{}GET {path}{}", b.upstream.cache_prefix, call.vary));
-    if let (Some(_), Some(key)) = (b.cache_ttl, &key)
-        && let Lookup::Fresh(entry) = call.cache.lookup(key).await
+    if let (Some(ttl), Some(key)) = (b.cache_ttl, &key)
+        && let Lookup::Fresh(entry) = call
+            .cache
+            .lookup(
+                key,
+                crate::cache::Longest {
+                    fresh: ttl,
+                    stale: Duration::ZERO,
+                },
+            )
+            .await
     {
         let result = merge::decode(&b.plan, &entry.body);
         METRICS.cache_result("backend", "hit");

@@ -518,7 +518,11 @@ async fn aggregate(
     // The route cache: complete answers only; a stale one stands in when a fresh
     // attempt fails, within `stale_if_error`.
     let key = route_cache_key(route, parts.uri.path(), query.as_deref(), &vary);
-    let stale = match gateway.cache.lookup_with(&key, prefetched).await {
+    let longest = cache::Longest {
+        fresh: cache_config.ttl,
+        stale: cache_config.stale_if_error.unwrap_or_default(),
+    };
+    let stale = match gateway.cache.lookup_with(&key, prefetched, longest).await {
         Lookup::Fresh(entry) => {
             record.cache = Some("hit");
             METRICS.cache_result("route", "hit");

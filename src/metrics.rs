@@ -78,6 +78,11 @@ struct OpResult {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: String,
 }
@@ -121,6 +126,7 @@ pub struct Metrics {
     jwks: Family<ValidatorResult, Counter>,
     shared_up: Gauge,
     shared_ops: Family<OpResult, Counter>,
+    shared_dropped: Family<ReasonLabel, Counter>,
     trace_spans: Family<ResultLabel, Counter>,
     connections: Family<ListenerLabel, Gauge>,
     connections_refused: Family<ListenerLabel, Counter>,
@@ -218,6 +224,39 @@ pub struct JwksMetrics {
 pub struct SharedMetrics {
     pub up: Gauge,
     ops: Family<OpResult, Counter>,
+    dropped: [Counter; Dropped::ALL.len()],
+}
+
+/// Why an entry read from Redis was not used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dropped {
+    /// Larger than `max_entry`: refused without reading it whole.
+    TooLarge,
+    /// With `[shared] secret`: no signature.
+    Unsigned,
+    /// With `[shared] secret`: a signature that does not verify (a forged entry, or
+    /// one moved from another key), or a signed entry read without a secret.
+    Forged,
+    /// Stored in the future.
+    Implausible,
+}
+
+impl Dropped {
+    pub const ALL: [Dropped; 4] = [
+        Dropped::TooLarge,
+        Dropped::Unsigned,
+        Dropped::Forged,
+        Dropped::Implausible,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dropped::TooLarge => "too_large",
+            Dropped::Unsigned => "unsigned",
+            Dropped::Forged => "forged",
+            Dropped::Implausible => "implausible",
+        }
+    }
 }
 
 impl SharedMetrics {
@@ -229,6 +268,10 @@ impl SharedMetrics {
                 result: result.to_string(),
             })
             .inc();
+    }
+
+    pub fn dropped(&self, why: Dropped) {
+        self.dropped[why as usize].inc();
     }
 }
 
@@ -281,6 +324,12 @@ impl Metrics {
         let jwks = Family::<ValidatorResult, Counter>::default();
         let shared_up = Gauge::default();
         let shared_ops = Family::<OpResult, Counter>::default();
+        let shared_dropped = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "manifold_shared_entries_dropped",
+            "Cache entries read from Redis and not used, by reason (too_large: over max_entry, not read whole; unsigned or forged: with [shared] secret, no valid signature; implausible: stored in the future)",
+            shared_dropped.clone(),
+        );
         registry.register(
             "manifold_shared_up",
             "1 while the [shared] Redis answers, 0 while each replica decides alone",
@@ -466,6 +515,7 @@ impl Metrics {
             jwks,
             shared_up,
             shared_ops,
+            shared_dropped,
             trace_spans,
         }
     }
@@ -502,6 +552,13 @@ impl Metrics {
         SharedMetrics {
             up: self.shared_up.clone(),
             ops: self.shared_ops.clone(),
+            dropped: Dropped::ALL.map(|why| {
+                self.shared_dropped
+                    .get_or_create(&ReasonLabel {
+                        reason: why.as_str(),
+                    })
+                    .clone()
+            }),
         }
     }
 

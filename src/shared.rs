@@ -16,7 +16,8 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
 
-use crate::metrics::{METRICS, SharedMetrics};
+use crate::auth::Secret;
+use crate::metrics::{Dropped, METRICS, SharedMetrics};
 
 /// `[shared]`.
 #[derive(Clone, PartialEq)]
@@ -28,6 +29,8 @@ pub struct SharedConfig {
     pub max_entry: u64,
     /// For `rediss://`: CA certificates (PEM) trusted besides the system's roots.
     pub ca_file: Option<std::path::PathBuf>,
+    /// Signs cache entries (HMAC-SHA256) so replicas drop unsigned or forged ones.
+    pub secret: Option<Secret>,
 }
 
 impl std::fmt::Debug for SharedConfig {
@@ -38,6 +41,7 @@ impl std::fmt::Debug for SharedConfig {
             .field("timeout", &self.timeout)
             .field("max_entry", &self.max_entry)
             .field("ca_file", &self.ca_file)
+            .field("secret", &self.secret)
             .finish()
     }
 }
@@ -96,7 +100,18 @@ pub struct Shared {
     /// Where reconnects run: the loop the gateway was built on (a connection's driver
     /// task lives there, and worker loops send to it).
     runtime: tokio::runtime::Handle,
+    /// With `secret`: the key cache entries are signed with.
+    signing: Option<aws_lc_rs::hmac::Key>,
 }
+
+/// The first byte of a signed entry; an unsigned one starts with its store time's
+/// most significant byte, 0 for the next few million years.
+const SIGNED: u8 = 0xFF;
+/// HMAC-SHA256's output.
+const TAG: usize = 32;
+/// What an entry holds besides its body: the signature, and the three times of
+/// `cache::encode`.
+const ENTRY_OVERHEAD: u64 = 1 + TAG as u64 + 24;
 
 tokio::task_local! {
     /// When the request running on this task must stop waiting on Redis: set at its
@@ -175,6 +190,10 @@ impl Shared {
             script: redis::Script::new(GCRA),
             metrics: METRICS.shared(),
             runtime,
+            signing: config
+                .secret
+                .as_ref()
+                .map(|s| aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, s.0.as_bytes())),
             config,
         });
         shared.metrics.up.set(0);
@@ -337,8 +356,7 @@ impl Shared {
             })
             .await;
         match decided {
-            Op::Ok(0) => Some(Ok(())),
-            Op::Ok(wait) => Some(Err(Duration::from_micros(wait))),
+            Op::Ok(wait) => Some(waited(wait, interval_us)),
             Op::Unavailable => None,
         }
     }
@@ -362,25 +380,24 @@ impl Shared {
             .max(1);
         let tolerance_us = u64::try_from(tolerance.as_micros()).unwrap_or(u64::MAX);
         let script = &self.script;
+        let most = self.most_read();
+        let range = cached.clone();
         let answered = self
             .run("rate_limit", |mut conn| async move {
                 redis::pipe()
                     .invoke_script(script.key(full).arg(interval_us).arg(tolerance_us))
-                    .cmd("GET")
-                    .arg(cached)
-                    .query_async::<(u64, Option<Vec<u8>>)>(&mut conn)
+                    .cmd("GETRANGE")
+                    .arg(range)
+                    .arg(0)
+                    .arg(most)
+                    .query_async::<(u64, Vec<u8>)>(&mut conn)
                     .await
             })
             .await;
         match answered {
             Op::Ok((wait, entry)) => {
                 self.metrics.count("cache_get", "ok");
-                let decided = if wait == 0 {
-                    Ok(())
-                } else {
-                    Err(Duration::from_micros(wait))
-                };
-                Some((decided, entry))
+                Some((waited(wait, interval_us), self.open(&cached, entry)))
             }
             Op::Unavailable => None,
         }
@@ -400,21 +417,91 @@ impl Shared {
         out
     }
 
-    /// A cached value: `None` when Redis cannot answer now, `Some(None)` on a miss.
+    /// A cached value: `None` when Redis cannot answer now, `Some(None)` on a miss
+    /// (or an entry this replica will not use: too large, unsigned, forged).
     pub async fn cache_get(self: &Arc<Self>, key: &str) -> Option<Option<Vec<u8>>> {
         let full = self.cache_key(key);
+        let most = self.most_read();
+        let range = full.clone();
         match self
             .run("cache_get", |mut conn| async move {
-                redis::cmd("GET")
-                    .arg(full)
-                    .query_async::<Option<Vec<u8>>>(&mut conn)
+                redis::cmd("GETRANGE")
+                    .arg(range)
+                    .arg(0)
+                    .arg(most)
+                    .query_async::<Vec<u8>>(&mut conn)
                     .await
             })
             .await
         {
-            Op::Ok(v) => Some(v),
+            Op::Ok(v) => Some(self.open(&full, v)),
             Op::Unavailable => None,
         }
+    }
+
+    /// The last byte index read of an entry: one past the largest this replica stores,
+    /// so a larger value shows itself without being read whole (`GETRANGE` answers at
+    /// most `most + 1` bytes, and an empty string for a missing key).
+    fn most_read(&self) -> u64 {
+        self.config.max_entry.saturating_add(ENTRY_OVERHEAD)
+    }
+
+    /// The entry Redis holds at `key` (read by [`Shared::most_read`]), if this replica
+    /// will use it: not larger than `max_entry`, and with a secret, signed for this
+    /// very key. The signature is taken off.
+    fn open(&self, key: &str, mut stored: Vec<u8>) -> Option<Vec<u8>> {
+        if stored.is_empty() {
+            return None;
+        }
+        if stored.len() as u64 > self.most_read() {
+            self.metrics.dropped(Dropped::TooLarge);
+            return None;
+        }
+        let signed = stored[0] == SIGNED;
+        match (&self.signing, signed) {
+            (None, false) => Some(stored),
+            (Some(_), false) => {
+                self.metrics.dropped(Dropped::Unsigned);
+                None
+            }
+            (None, true) => {
+                self.metrics.dropped(Dropped::Forged);
+                None
+            }
+            (Some(signing), true) => {
+                let body = stored.get(1 + TAG..)?;
+                let tag = sign(signing, key, body);
+                if aws_lc_rs::constant_time::verify_slices_are_equal(
+                    tag.as_ref(),
+                    &stored[1..1 + TAG],
+                )
+                .is_err()
+                {
+                    self.metrics.dropped(Dropped::Forged);
+                    return None;
+                }
+                stored.drain(..1 + TAG);
+                Some(stored)
+            }
+        }
+    }
+
+    /// An entry as Redis is to hold it at `key`: signed when there is a secret.
+    fn seal(&self, key: &str, entry: Vec<u8>) -> Vec<u8> {
+        let Some(signing) = &self.signing else {
+            return entry;
+        };
+        let tag = sign(signing, key, &entry);
+        let mut out = Vec::with_capacity(1 + TAG + entry.len());
+        out.push(SIGNED);
+        out.extend_from_slice(tag.as_ref());
+        out.extend_from_slice(&entry);
+        out
+    }
+
+    /// Counts an entry from Redis that the cache would not use.
+    pub fn dropped(&self, why: Dropped) {
+        self.metrics.dropped(why);
     }
 
     /// Stores a value for `ttl`, in the background: the answer does not wait for it.
@@ -423,6 +510,7 @@ impl Shared {
             return;
         }
         let full = self.cache_key(key);
+        let value = self.seal(&full, value);
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let shared = self.clone();
         tokio::spawn(async move {
@@ -441,9 +529,36 @@ impl Shared {
     }
 }
 
+/// The HMAC of an entry for its Redis key: an entry moved to another key (another
+/// identity's) does not verify there.
+fn sign(signing: &aws_lc_rs::hmac::Key, key: &str, entry: &[u8]) -> aws_lc_rs::hmac::Tag {
+    let mut ctx = aws_lc_rs::hmac::Context::with_key(signing);
+    ctx.update(&(key.len() as u64).to_be_bytes());
+    ctx.update(key.as_bytes());
+    ctx.update(entry);
+    ctx.sign()
+}
+
+/// A GCRA answer from Redis as a decision: 0 admits; a wait is at most the limit's
+/// interval (what GCRA can ask for), whatever a value rewritten in Redis says.
+fn waited(wait_us: u64, interval_us: u64) -> Result<(), Duration> {
+    if wait_us == 0 {
+        Ok(())
+    } else {
+        Err(Duration::from_micros(wait_us.min(interval_us)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wait_from_redis_is_at_most_the_interval() {
+        assert_eq!(waited(0, 1_000_000), Ok(()));
+        assert_eq!(waited(250, 1_000_000), Err(Duration::from_micros(250)));
+        assert_eq!(waited(u64::MAX, 1_000_000), Err(Duration::from_secs(1)));
+    }
 
     /// All of a request's Redis operations together wait at most `timeout`.
     #[tokio::test(start_paused = true)]

@@ -1307,6 +1307,26 @@ fn read_shared(t: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Option<
                 }
             }
         });
+    let secret = t
+        .string(
+            errs,
+            key(
+                "secret",
+                "Signs shared cache entries (HMAC-SHA256), so replicas drop entries a writer to Redis forged or moved; at least 32 bytes, usually \"${ENV}\"; never shown. Every replica needs the same one.",
+            ),
+        )
+        .and_then(|(s, span)| {
+            if s.len() < 32 {
+                errs.push(
+                    Diagnostic::new(span, "the secret is shorter than 32 bytes")
+                        .label("too short to resist guessing")
+                        .note("use at least 256 bits of random data, e.g. `openssl rand -base64 32`"),
+                );
+                None
+            } else {
+                Some(crate::auth::Secret(s))
+            }
+        });
     let (url, span) = redis?;
     match Url::parse(&url) {
         Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host_str().is_some() => {}
@@ -1327,6 +1347,7 @@ fn read_shared(t: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Option<
         timeout,
         max_entry,
         ca_file,
+        secret,
     })
 }
 

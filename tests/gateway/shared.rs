@@ -701,3 +701,250 @@ async fn redis_failing_under_load_fails_no_request() {
     );
     assert!(served.load(Ordering::Relaxed) > 100);
 }
+
+// === A neighbour that can write to Redis (docs/operations.md "Abuse and limits") ===
+
+/// Replicas with a route cache of a 2 s ttl (`/t/{id}`) and a limited route
+/// (`/limited`, one a second), sharing `redis_url`; `secret`: the `[shared] secret`.
+fn trusting(redis_url: &str, upstream: &str, prefix: &str, secret: Option<&str>) -> String {
+    let secret = secret.map_or(String::new(), |s| format!("secret = \"{s}\"\n"));
+    format!(
+        r#"{SERVER}
+[shared]
+redis = "{redis_url}"
+key_prefix = "{prefix}"
+timeout = "2s"
+{secret}
+[upstreams.u]
+urls = ["{upstream}"]
+
+[[routes]]
+name = "trusting"
+path = "/t/{{id}}"
+cache = {{ ttl = "2s" }}
+  [[routes.backends]]
+  upstream = "u"
+  path = "/things/{{id}}"
+
+[[routes]]
+name = "limited"
+path = "/limited"
+rate_limit = {{ per_second = 1, burst = 1, key = "global" }}
+  [[routes.backends]]
+  upstream = "u"
+  path = "/x"
+"#
+    )
+}
+
+/// A connection to the test's Redis, as a neighbour would have.
+async fn neighbour(redis: &Redis) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn keys(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Vec<String> {
+    redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async::<Vec<String>>(conn)
+        .await
+        .unwrap()
+}
+
+async fn set(conn: &mut redis::aio::MultiplexedConnection, key: &str, value: &[u8]) {
+    redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query_async::<()>(conn)
+        .await
+        .unwrap();
+}
+
+/// An entry as manifold writes it without a secret: stored (Unix ms), fresh and stale
+/// (ms), then the body.
+fn forged_entry(fresh_ms: u64, body: &[u8]) -> Vec<u8> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut v = Vec::new();
+    v.extend_from_slice(&now.to_be_bytes());
+    v.extend_from_slice(&fresh_ms.to_be_bytes());
+    v.extend_from_slice(&0u64.to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+/// An upstream that counts its answers: `{"n": 0}`, `{"n": 1}`...
+async fn counting() -> Upstream {
+    let n = Arc::new(AtomicUsize::new(0));
+    Upstream::start(move |_| {
+        let i = n.fetch_add(1, Ordering::SeqCst);
+        async move { crate::support::json(200, json!({ "n": i })) }
+    })
+    .await
+}
+
+/// An entry rewritten in Redis with an endless lifetime is kept no longer than the
+/// route's own ttl by the replica that reads it.
+#[tokio::test]
+async fn an_entry_from_redis_lives_no_longer_than_the_routes_ttl() {
+    let redis = Redis::start(free_port(), None);
+    let up = counting().await;
+    let prefix = format!("life-{}:", free_port());
+    let text = trusting(&redis.url(), &up.url(), &prefix, None);
+    let (a, b) = (Gateway::start(&text).await, Gateway::start(&text).await);
+    for gw in [&a, &b] {
+        until_state(gw, "up").await;
+    }
+    assert_eq!(a.get("/t/1").await.json(), json!({"n": 0}));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut conn = neighbour(&redis).await;
+    let entries = keys(&mut conn, &format!("{prefix}c:*")).await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    set(
+        &mut conn,
+        &entries[0],
+        &forged_entry(u64::MAX, b"{\"forged\":true}"),
+    )
+    .await;
+    // Within the ttl a writer to Redis can still be believed (without a secret)...
+    assert_eq!(b.get("/t/1").await.json(), json!({"forged": true}));
+    // ...but past it, the entry is gone from this replica and not believed again.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let later = b.get("/t/1").await;
+    assert_eq!(later.header("x-manifold-cache"), Some("miss"));
+    assert_eq!(later.json(), json!({"n": 1}), "the upstream's answer");
+}
+
+/// With `[shared] secret`, replicas sign their entries: an unsigned entry, a forged
+/// one and one moved from another key (another identity's) are dropped.
+#[tokio::test]
+async fn with_a_secret_forged_and_moved_entries_are_dropped() {
+    let redis = Redis::start(free_port(), None);
+    let up = counting().await;
+    let prefix = format!("signed-{}:", free_port());
+    let text = trusting(
+        &redis.url(),
+        &up.url(),
+        &prefix,
+        Some("a-shared-secret-of-at-least-32-bytes!"),
+    );
+    let (a, b) = (Gateway::start(&text).await, Gateway::start(&text).await);
+    for gw in [&a, &b] {
+        until_state(gw, "up").await;
+    }
+    let mut conn = neighbour(&redis).await;
+    let pattern = format!("{prefix}c:*");
+    assert_eq!(a.get("/t/1").await.json(), json!({"n": 0}));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let first = keys(&mut conn, &pattern).await;
+    // A signed entry is believed by the other replica.
+    let hit = b.get("/t/1").await;
+    assert_eq!(hit.header("x-manifold-cache"), Some("hit"));
+    assert_eq!(hit.json(), json!({"n": 0}));
+    assert_eq!(a.get("/t/2").await.json(), json!({"n": 1}));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second: Vec<String> = keys(&mut conn, &pattern)
+        .await
+        .into_iter()
+        .filter(|k| !first.contains(k))
+        .collect();
+    assert_eq!((first.len(), second.len()), (1, 1));
+    let signed_1: Vec<u8> = redis::cmd("GET")
+        .arg(&first[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // /t/1's signed entry put at /t/2's key; an unsigned forged one at a third.
+    set(&mut conn, &second[0], &signed_1).await;
+    let c = Gateway::start(&text).await;
+    until_state(&c, "up").await;
+    let moved = c.get("/t/2").await;
+    assert_eq!(moved.header("x-manifold-cache"), Some("miss"));
+    assert_eq!(moved.json(), json!({"n": 2}), "not /t/1's answer");
+    assert_eq!(c.get("/t/3").await.json(), json!({"n": 3}));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let third: Vec<String> = keys(&mut conn, &pattern)
+        .await
+        .into_iter()
+        .filter(|k| !first.contains(k) && !second.contains(k))
+        .collect();
+    assert_eq!(third.len(), 1);
+    set(
+        &mut conn,
+        &third[0],
+        &forged_entry(60_000, b"{\"forged\":true}"),
+    )
+    .await;
+    let d = Gateway::start(&text).await;
+    until_state(&d, "up").await;
+    let unsigned = d.get("/t/3").await;
+    assert_eq!(unsigned.header("x-manifold-cache"), Some("miss"));
+    assert_eq!(unsigned.json(), json!({"n": 4}));
+    let m = d.metrics().await;
+    for reason in ["forged", "unsigned"] {
+        let counted = format!("manifold_shared_entries_dropped_total{{reason=\"{reason}\"}}");
+        assert!(series(&m, &counted) >= 1.0, "{counted}");
+    }
+    // The secret is shown nowhere.
+    let routes = d.routes_text().await;
+    assert!(!routes.contains("a-shared-secret"), "{routes}");
+}
+
+/// A value at a cache key far over `max_entry` is refused without being read whole:
+/// the replica answers from the upstream and Redis stays up.
+#[tokio::test]
+async fn a_huge_value_at_a_cache_key_is_not_read() {
+    let redis = Redis::start(free_port(), None);
+    let up = counting().await;
+    let prefix = format!("huge-{}:", free_port());
+    let text = trusting(&redis.url(), &up.url(), &prefix, None).replace("\"2s\"", "\"200ms\"");
+    let (a, b) = (Gateway::start(&text).await, Gateway::start(&text).await);
+    for gw in [&a, &b] {
+        until_state(gw, "up").await;
+    }
+    assert_eq!(a.get("/t/1").await.json(), json!({"n": 0}));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut conn = neighbour(&redis).await;
+    let entries = keys(&mut conn, &format!("{prefix}c:*")).await;
+    let mut body = b"{\"pad\":\"".to_vec();
+    body.resize(64 << 20, b'x');
+    body.extend_from_slice(b"\"}");
+    set(&mut conn, &entries[0], &forged_entry(60_000, &body)).await;
+    let answer = b.get("/t/1").await;
+    assert_eq!(answer.json(), json!({"n": 1}), "the upstream's answer");
+    assert_eq!(redis_state(&b).await, "up");
+    assert!(
+        series(
+            &b.metrics().await,
+            r#"manifold_shared_entries_dropped_total{reason="too_large"}"#
+        ) >= 1.0
+    );
+}
+
+/// A rate-limit state rewritten to a wait of 2^63 µs gives what the limit can mean:
+/// `retry-after` of at most its interval, not 9223372036855 s.
+#[tokio::test]
+async fn a_forged_rate_limit_wait_is_clamped() {
+    let redis = Redis::start(free_port(), None);
+    let up = counting().await;
+    let prefix = format!("rl-{}:", free_port());
+    let gw = Gateway::start(&trusting(&redis.url(), &up.url(), &prefix, None)).await;
+    until_state(&gw, "up").await;
+    assert_eq!(gw.get("/limited").await.status, 200);
+    let mut conn = neighbour(&redis).await;
+    let limits: Vec<String> = keys(&mut conn, &format!("{prefix}*"))
+        .await
+        .into_iter()
+        .filter(|k| !k.starts_with(&format!("{prefix}c:")))
+        .collect();
+    assert_eq!(limits.len(), 1, "{limits:?}");
+    set(&mut conn, &limits[0], b"9223372036854775807").await;
+    let refused = gw.get("/limited").await;
+    refused.error(429, "RATE_LIMITED");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+}
