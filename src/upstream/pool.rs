@@ -379,7 +379,11 @@ impl Pool {
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Lease), BoxError> {
         self.bases[base].address_h2(&mut req)?;
-        let mut spare = replayable(&req);
+        // A refused stream's body may have been read (and acted on) by an upstream
+        // that lies or fails in between: only a call that may be repeated is kept to
+        // send again. One hyper never sent at all comes back whatever it is.
+        let repeatable = may_repeat(&req);
+        let mut spare = if repeatable { replayable(&req) } else { None };
         let mut again = true;
         loop {
             let (id, mut sender) = match self.h2_sender(base).await {
@@ -416,7 +420,7 @@ impl Pool {
                         Some(r) if again => {
                             tracing::debug!(error = %e.error(), "HTTP/2 call not taken; sending it on a new connection");
                             again = false;
-                            spare = replayable(&r);
+                            spare = if repeatable { replayable(&r) } else { None };
                             req = r;
                         }
                         _ => return Err(e.into_error().into()),
@@ -600,6 +604,16 @@ async fn dial(
     let mut connector = connector.clone();
     std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
     connector.call(origin.clone()).await
+}
+
+/// Sending the request twice is harmless (RFC 9110 §9.2.2): an idempotent method, or a
+/// request the client marked with `idempotency-key` (docs/configuration.md, `retry`).
+fn may_repeat(req: &Request<RequestBody>) -> bool {
+    use http::Method;
+    matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
+    ) || req.headers().contains_key(crate::forward::IDEMPOTENCY_KEY)
 }
 
 /// A copy of a request whose body is whole (or absent), to send again.

@@ -421,3 +421,94 @@ timeout = \"5s\"
     assert_eq!(second.status, 200, "{:?}", second.body);
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
+
+/// An h2c upstream that reads each request's whole body, counts it, and then — on its
+/// first connection — refuses the stream as unprocessed (REFUSED_STREAM), as a lying or
+/// buggy upstream may after it already acted on the body. Later connections answer.
+async fn reads_then_refuses() -> (std::net::SocketAddr, Arc<Counts>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counts = Arc::new(Counts::default());
+    let c = counts.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let first_connection = c.connections.fetch_add(1, Ordering::SeqCst) == 0;
+            let c = c.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let c = c.clone();
+                    tokio::spawn(async move {
+                        let mut body = req.into_body();
+                        while let Some(Ok(chunk)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                        }
+                        c.requests.fetch_add(1, Ordering::SeqCst);
+                        if first_connection {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            return;
+                        }
+                        let resp = Response::builder()
+                            .header("content-type", "application/json")
+                            .body(())
+                            .unwrap();
+                        if let Ok(mut send) = respond.send_response(resp, false) {
+                            let _ = send.send_data(Bytes::from_static(b"{\"paid\":true}"), true);
+                        }
+                    });
+                }
+            });
+        }
+    });
+    (addr, counts)
+}
+
+/// A POST is sent again after a refusal only when it may be repeated (it carries an
+/// `idempotency-key`): an upstream that read the body may have acted on it, whatever
+/// its REFUSED_STREAM or GOAWAY says.
+#[tokio::test]
+async fn a_post_the_upstream_may_have_read_is_not_sent_again() {
+    let (addr, counts) = reads_then_refuses().await;
+    let gw = Gateway::start(&format!(
+        "[upstreams.pay]
+urls = [\"http://{addr}\"]
+protocol = \"h2c\"
+
+[[routes]]
+method = \"POST\"
+path = \"/pay\"
+  [[routes.backends]]
+  upstream = \"pay\"
+  path = \"/charge\"
+"
+    ))
+    .await;
+    let once = gw
+        .send(
+            gw.client
+                .post(format!("{}/pay", gw.base))
+                .body("{\"amount\":5}"),
+        )
+        .await;
+    once.error(502, "UPSTREAM_ERROR");
+    assert_eq!(
+        counts.requests.load(Ordering::SeqCst),
+        1,
+        "the upstream read the payment once"
+    );
+    // With an idempotency key the client says it may be repeated: sent again, on a new
+    // connection (the refusing one is dropped).
+    let again = gw
+        .send(
+            gw.client
+                .post(format!("{}/pay", gw.base))
+                .header("idempotency-key", "pay-1")
+                .body("{\"amount\":5}"),
+        )
+        .await;
+    assert_eq!(again.status, 200, "{:?}", again.body);
+    assert_eq!(again.json(), json!({"paid": true}));
+}
