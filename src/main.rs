@@ -262,7 +262,7 @@ fn serve(
                         // write, then rename): read the file once it has settled.
                         settled(path, &mut reloads.events).await;
                         tracing::info!(trigger = why, "reloading the config");
-                        let _ = server.reload_file(path);
+                        let _ = server.reload_file(path).await;
                     }
                 }
             }

@@ -229,9 +229,13 @@ impl Server {
 
     /// Reads, checks and swaps in the config at `path`, counting the result. An invalid
     /// file is refused with `check`'s diagnostics (one log line each) and the current
-    /// config keeps serving.
-    pub fn reload_file(&self, path: &std::path::Path) -> Result<(), String> {
-        let result = match Config::load(path) {
+    /// config keeps serving. The files are read off the event loop.
+    pub async fn reload_file(&self, path: &std::path::Path) -> Result<(), String> {
+        let owned = path.to_path_buf();
+        let loaded = tokio::task::spawn_blocking(move || Config::load(&owned))
+            .await
+            .map_err(|e| format!("reading {} failed: {e}", path.display()))?;
+        let result = match loaded {
             Ok(config) => self.reload(config),
             Err(diagnostics) => {
                 for line in diagnostics.one_line_each() {

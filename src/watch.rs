@@ -41,9 +41,9 @@ fn place(path: &Path) -> Option<(PathBuf, OsString)> {
 }
 
 impl FileWatch {
-    /// Calls `on_change` (on the current runtime) after any of `paths` changed and
-    /// settled. `what` names the files in the warning when they cannot be watched.
-    /// `None` when no watch could be set up (logged).
+    /// Calls `on_change` (on a blocking thread of the current runtime) after any of
+    /// `paths` changed and settled. `what` names the files in the warning when they
+    /// cannot be watched. `None` when no watch could be set up (logged).
     pub fn start(
         paths: &[PathBuf],
         what: &'static str,
@@ -79,10 +79,14 @@ impl FileWatch {
                 return None;
             }
         }
+        let on_change = std::sync::Arc::new(on_change);
         let task = tokio::spawn(async move {
             while events.recv().await.is_some() {
                 settle(&mut events).await;
-                on_change();
+                // Off the event loop: a read that blocks (a file on a stalled network
+                // mount) must hold no request, probe or reload.
+                let f = on_change.clone();
+                let _ = tokio::task::spawn_blocking(move || f()).await;
             }
         });
         Some(FileWatch {
@@ -108,14 +112,22 @@ async fn settle(events: &mut mpsc::Receiver<()>) {
 }
 
 /// Reads a file the config names (the config itself, a certificate, a key, a JWKS,
-/// CA certificates), at most `limit` bytes: `/dev/zero` named by mistake must give an
-/// error, not an out-of-memory.
+/// CA certificates), at most `limit` bytes, and only a regular file: `/dev/zero` named
+/// by mistake must give an error, not an out-of-memory, and a FIFO put where a watched
+/// key was must give one, not block the event loop until a writer comes. (It is opened
+/// without blocking, then checked: opening a FIFO for reading waits for a writer.)
 pub fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
     let mut out = Vec::new();
-    std::fs::File::open(path)?
-        .take(limit + 1)
-        .read_to_end(&mut out)?;
+    file.take(limit + 1).read_to_end(&mut out)?;
     if out.len() as u64 > limit {
         return Err(std::io::Error::other(format!("larger than {limit} bytes")));
     }

@@ -266,3 +266,128 @@ async fn claims_with_bidi_controls_are_refused() {
         assert_eq!(plain.status, 200, "{path}: other non-ASCII letters pass");
     }
 }
+
+// === Files ===
+
+/// A JWKS with one EC key (what a `jwks_file` holds).
+fn jwks() -> String {
+    let pair = rcgen::KeyPair::generate().unwrap();
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+    let mut jwk = serde_json::to_value(
+        jsonwebtoken::jwk::Jwk::from_encoding_key(&key, jsonwebtoken::Algorithm::ES256).unwrap(),
+    )
+    .unwrap();
+    jwk["kid"] = json!("k1");
+    json!({ "keys": [jwk] }).to_string()
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let _ = std::fs::remove_file(path);
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A watched TLS key and `jwks_file` replaced by FIFOs (which block whoever opens them
+/// for reading until a writer comes): the admin listener keeps answering, a reload is
+/// refused at once with the reason, and public traffic flows.
+#[tokio::test]
+async fn files_replaced_by_fifos_block_nothing() {
+    let up = Upstream::json(json!({"ok": true})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::support::Pki::new();
+    let pair = pki.pair();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let keys = dir.path().join("jwks.json");
+    std::fs::write(&cert, &pair.cert).unwrap();
+    std::fs::write(&key, &pair.key).unwrap();
+    std::fs::write(&keys, jwks()).unwrap();
+    let config = dir.path().join("routes.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]
+listen = \"127.0.0.1:0\"
+admin_listen = \"127.0.0.1:0\"
+workers = 1
+tls = {{ cert = \"cert.pem\", key = \"key.pem\" }}
+
+[auth.jwt.files]
+jwks_file = \"jwks.json\"
+algorithms = [\"ES256\"]
+
+{}
+[[routes]]
+path = \"/open\"
+  [[routes.backends]]
+  upstream = \"svc\"
+  path = \"/open\"
+",
+            upstream("svc", &up.url(), "")
+        ),
+    )
+    .unwrap();
+    let gw = crate::support::Process::start(&config, None).await;
+    assert_eq!(
+        gw.admin_get("/health", Duration::from_secs(5))
+            .await
+            .map(|a| a.0),
+        Some(200)
+    );
+    mkfifo(&key);
+    mkfifo(&keys);
+    // Past the watch's settling time (300 ms): both files were looked at.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        gw.admin_get("/health", Duration::from_secs(2))
+            .await
+            .map(|a| a.0),
+        Some(200),
+        "the admin listener answers:\n{}",
+        gw.log()
+    );
+    gw.signal("-HUP");
+    let mut refused = false;
+    for _ in 0..100 {
+        if gw.log().contains("not a regular file") && gw.log().contains("config reload refused") {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused, "the reload is refused, saying why:\n{}", gw.log());
+    assert_eq!(
+        gw.admin_get("/health", Duration::from_secs(2))
+            .await
+            .map(|a| a.0),
+        Some(200)
+    );
+    // The certificate in memory keeps serving.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.root.clone()).unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .no_proxy()
+        .build()
+        .unwrap();
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        client
+            .get(format!("https://localhost:{}/open", gw.addr.port()))
+            .send(),
+    )
+    .await
+    .expect("answered in time")
+    .unwrap();
+    assert_eq!(r.status(), 200);
+}

@@ -92,7 +92,7 @@ async fn reloads_under_load_fail_no_request_and_keep_breaker_state() {
             std::fs::write(&tmp, &text).unwrap();
             std::fs::rename(&tmp, &path).unwrap(); // as editors and ConfigMaps do
         }
-        let result = gw.server.reload_file(&path);
+        let result = gw.server.reload_file(&path).await;
         assert_eq!(result.is_ok(), valid, "round {round}: {result:?}");
         if valid {
             let r = gw.get(&format!("/new/{}", routes - 1)).await;

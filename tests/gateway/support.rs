@@ -517,3 +517,110 @@ impl Pki {
         }
     }
 }
+
+/// The manifold binary serving a config file in a process of its own (for what only a
+/// process shows: its descriptor limit, signals, a blocked event loop). Both listeners
+/// may be on port 0: the addresses are read from its "manifold is serving" log line.
+pub struct Process {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    /// Its log lines (stdout, JSON) so far.
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Process {
+    /// Starts `manifold serve --config path`; `nofile`: its descriptor limit (soft and
+    /// hard), as `ulimit -n` would set it.
+    pub async fn start(path: &std::path::Path, nofile: Option<u64>) -> Process {
+        use tokio::io::AsyncBufReadExt;
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_manifold"));
+        cmd.args(["serve", "--config"])
+            .arg(path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(n) = nofile {
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+            unsafe {
+                cmd.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, n, n));
+            }
+        }
+        let mut child = cmd.spawn().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for out in [
+            child
+                .stdout
+                .take()
+                .map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            child
+                .stderr
+                .take()
+                .map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let lines = lines.clone();
+            tokio::spawn(async move {
+                let mut reader = tokio::io::BufReader::new(out).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        let started = Instant::now();
+        loop {
+            let serving = lines.lock().unwrap().iter().find_map(|l| {
+                let v: Value = serde_json::from_str(l).ok()?;
+                (v["message"] == "manifold is serving").then(|| {
+                    (
+                        v["addr"].as_str().unwrap().parse().unwrap(),
+                        v["admin"].as_str().unwrap().parse().unwrap(),
+                    )
+                })
+            });
+            if let Some((addr, admin)) = serving {
+                return Process {
+                    child,
+                    addr,
+                    admin,
+                    lines,
+                };
+            }
+            if started.elapsed() > Duration::from_secs(20) || child.try_wait().unwrap().is_some() {
+                panic!(
+                    "manifold did not start:\n{}",
+                    lines.lock().unwrap().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `GET path` on the admin listener within `within`: the status, or `None`.
+    pub async fn admin_get(&self, path: &str, within: Duration) -> Option<(u16, String)> {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let url = format!("http://{}{path}", self.admin);
+        let resp = tokio::time::timeout(within, client.get(url).send())
+            .await
+            .ok()?
+            .ok()?;
+        let status = resp.status().as_u16();
+        let text = tokio::time::timeout(within, resp.text()).await.ok()?.ok()?;
+        Some((status, text))
+    }
+
+    /// Sends a signal (`-HUP`, `-TERM`) to the process.
+    pub fn signal(&self, sig: &str) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}

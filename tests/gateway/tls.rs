@@ -282,9 +282,13 @@ fn unusable_certificates_and_keys_are_config_errors_at_their_place() {
     let key_body: String = b.key.lines().nth(1).unwrap().to_string();
     assert!(!mismatch.contains(&key_body));
 
-    // A device named by mistake is an error, not a hang or an out-of-memory.
+    // A device named by mistake is an error, not a hang or an out-of-memory; so is a
+    // regular file too large to be a certificate.
     let endless = tls_errors(dir.path(), "/dev/zero", "a.key");
-    assert!(endless.contains("larger than 1048576 bytes"), "{endless}");
+    assert!(endless.contains("not a regular file"), "{endless}");
+    std::fs::write(dir.path().join("huge.crt"), vec![b'x'; (1 << 20) + 1]).unwrap();
+    let huge = tls_errors(dir.path(), "huge.crt", "a.key");
+    assert!(huge.contains("larger than 1048576 bytes"), "{huge}");
 
     let half = tls_errors(dir.path(), "a.crt", "");
     assert!(half.contains("cannot read private key"), "{half}");
@@ -397,7 +401,7 @@ async fn a_reload_rereads_the_pair_and_refuses_an_unusable_one() {
         "routes.toml",
         &config(&bad_cert, &wrong_key, &up.url()),
     );
-    assert!(gw.server.reload_file(&file).is_err());
+    assert!(gw.server.reload_file(&file).await.is_err());
     assert_eq!(served(&gw, &pki).await, first.der);
 
     // Naming a good pair at new paths serves it at once, and watches the new files.
@@ -407,9 +411,56 @@ async fn a_reload_rereads_the_pair_and_refuses_an_unusable_one() {
         "routes.toml",
         &config(&bad_cert, &good_key, &up.url()),
     );
-    gw.server.reload_file(&file).unwrap();
+    gw.server.reload_file(&file).await.unwrap();
     assert_eq!(served(&gw, &pki).await, second.der);
     std::fs::write(&good_key, &other.key).unwrap();
     std::fs::write(&bad_cert, &other.cert).unwrap();
     until_served(&gw, &pki, &other.der, "after a reload moved the files").await;
+}
+
+/// ALPN decides the protocol (RFC 7301): a client offering only `http/1.0` or a
+/// protocol manifold does not speak is served HTTP/1.1 without ALPN rather than
+/// refused; a connection that negotiated `h2` and then speaks HTTP/1.1 is not served.
+#[tokio::test]
+async fn the_negotiated_protocol_is_the_one_spoken() {
+    let up = Upstream::json(json!({"ok": 1})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let pair = pki.pair();
+    let cert = write(dir.path(), "cert.pem", &pair.cert);
+    let key = write(dir.path(), "key.pem", &pair.key);
+    let gw = Gateway::start(&config(&cert, &key, &up.url())).await;
+    for offered in [&[&b"http/1.0"[..]][..], &[b"spdy/3", b"foo"]] {
+        let tls = connect(&gw, &pki.client(offered, BOTH)).await;
+        assert_eq!(tls.get_ref().1.alpn_protocol(), None, "{offered:?}");
+        assert_eq!(
+            get(tls, "/a").await.0,
+            200,
+            "{offered:?}: served as HTTP/1.1"
+        );
+    }
+    // h2 negotiated, HTTP/1.1 spoken: the connection is closed without an answer.
+    let mut tls = connect(&gw, &pki.client(&[b"h2"], BOTH)).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls.write_all(b"GET /a HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        !text.contains("HTTP/1.1 200"),
+        "served HTTP/1.1 over h2: {text}"
+    );
+    // And http/1.1 negotiated, the h2 preface spoken: not served as h2 either.
+    let mut tls = connect(&gw, &pki.client(&[b"http/1.1"], BOTH)).await;
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    assert!(
+        !out.starts_with(&[0, 0]) || out.len() < 9 || out[3] != 4,
+        "answered with h2 SETTINGS over http/1.1: {out:?}"
+    );
 }
