@@ -612,7 +612,7 @@ pub async fn serve<F, Fut, S>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     place: Admitted,
     mut stop: watch::Receiver<bool>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<crate::tls::Handshakes>>,
     handler: F,
 ) where
     F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + 'static,
@@ -665,9 +665,27 @@ pub async fn serve<F, Fut, S>(
             }
         };
         peer.tls = true;
+        // The protocol ALPN chose is the one to speak: h2 negotiated and HTTP/1.1 sent
+        // (or the reverse) is not served.
+        let mut session = session;
+        let h2 = session.get_ref().1.alpn_protocol() == Some(b"h2");
+        let first = match first_bytes(&mut session, deadline, &mut stop).await {
+            Ok(first) => first,
+            Err(timed_out) => {
+                if timed_out {
+                    metrics.closed(Verdict::HeaderTimeout.reason());
+                }
+                return;
+            }
+        };
+        if first.starts_with(H2_PREFACE) != h2 {
+            metrics.closed(REASON_ALPN);
+            tracing::debug!(peer = %addr, alpn_h2 = h2, "a TLS connection spoke another protocol than it negotiated");
+            return;
+        }
         let io = Watched {
             io: session,
-            first: Bytes::new(),
+            first,
             activity: activity.clone(),
         };
         run(io, activity, peer, limits, builder, place, stop, handler).await;
@@ -677,6 +695,33 @@ pub async fn serve<F, Fut, S>(
 
 /// Why a connection closed when its TLS handshake failed.
 const REASON_TLS: &str = "tls_handshake";
+/// Why a TLS connection closed that spoke another protocol than ALPN chose.
+const REASON_ALPN: &str = "alpn_mismatch";
+
+/// What an h2 connection sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads a TLS connection's first bytes, until they are the whole h2 preface or
+/// cannot be (HTTP/1). `Err(true)`: not enough by `deadline`.
+async fn first_bytes<I: AsyncRead + Unpin>(
+    io: &mut I,
+    deadline: Instant,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Bytes, bool> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
+    while buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf) {
+        tokio::select! {
+            read = io.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) => return Err(false),
+                Ok(_) => {}
+            },
+            () = tokio::time::sleep_until(deadline) => return Err(true),
+            _ = stop.changed() => return Err(false),
+        }
+    }
+    Ok(buf.freeze())
+}
 
 /// Serves the connection once it is readable as HTTP (plain, or TLS once shaken hands).
 #[allow(clippy::too_many_arguments)]

@@ -83,8 +83,8 @@ impl Server {
         let tls_files = config.server.tls.clone();
         let certs = tls_files.as_ref().map(|t| Certs::new(t.pair.clone()));
         let acceptor = match &certs {
-            Some(c) => Some(tokio_rustls::TlsAcceptor::from(
-                crate::tls::server_config(c.clone()).map_err(StartError::Compile)?,
+            Some(c) => Some(Arc::new(
+                crate::tls::Handshakes::new(c.clone()).map_err(StartError::Compile)?,
             )),
             None => None,
         };
@@ -339,7 +339,7 @@ async fn accept_loop<F, Fut, S>(
     shared: Arc<Live>,
     conns: Arc<Connections>,
     max: Option<usize>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<crate::tls::Handshakes>>,
     handler: F,
 ) -> bool
 where

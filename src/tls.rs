@@ -157,3 +157,43 @@ pub fn server_config(certs: Arc<Certs>) -> Result<Arc<rustls::ServerConfig>, Str
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
     Ok(Arc::new(config))
 }
+
+/// The public listener's handshakes. ALPN decides the protocol spoken (RFC 7301): `h2`
+/// or `http/1.1` when the client offers one; a client that offers ALPN but neither
+/// (only `http/1.0`, or protocols manifold does not speak) is answered without ALPN
+/// and served HTTP/1.1, as nginx does, rather than refused with
+/// `no_application_protocol`.
+pub struct Handshakes {
+    /// ALPN `h2`, `http/1.1`.
+    offered: Arc<rustls::ServerConfig>,
+    /// The same, without ALPN (sessions and tickets shared with `offered`).
+    plain: Arc<rustls::ServerConfig>,
+}
+
+impl Handshakes {
+    pub fn new(certs: Arc<Certs>) -> Result<Self, String> {
+        let offered = server_config(certs)?;
+        let mut plain = (*offered).clone();
+        plain.alpn_protocols.clear();
+        Ok(Handshakes {
+            offered,
+            plain: Arc::new(plain),
+        })
+    }
+
+    /// Shakes hands on `stream` with the config the client's hello calls for.
+    pub async fn accept(
+        &self,
+        stream: tokio::net::TcpStream,
+    ) -> std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+        let start =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+                .await?;
+        let ours = start
+            .client_hello()
+            .alpn()
+            .is_none_or(|mut offered| offered.any(|p| p == b"h2" || p == b"http/1.1"));
+        let config = if ours { &self.offered } else { &self.plain };
+        start.into_stream(config.clone()).await
+    }
+}
