@@ -80,6 +80,9 @@ pub struct Route {
     pub websocket: Option<prometheus_client::metrics::gauge::Gauge>,
     /// How long a tunnel may carry no bytes either way.
     pub tunnel_idle: Duration,
+    /// `websocket.allow_origins`: who may open a tunnel (else the route's CORS origins,
+    /// else only its own origin).
+    pub tunnel_origins: Option<Cors>,
     pub max_request_body: u64,
     /// Some backend calls with a method that carries the client's body.
     pub wants_body: bool,
@@ -331,6 +334,15 @@ fn compile_route(
         passthrough: r.passthrough,
         websocket: r.websocket.then(|| METRICS.websocket_tunnels(&r.name)),
         tunnel_idle: r.idle_timeout,
+        tunnel_origins: r.websocket_origins.as_ref().map(|origins| {
+            Cors::new(&crate::cors::CorsConfig {
+                allow_origins: origins.clone(),
+                allow_headers: Vec::new(),
+                expose_headers: Vec::new(),
+                allow_credentials: false,
+                max_age: None,
+            })
+        }),
         max_request_body: config.server.max_request_body,
         wants_body: backends.iter().any(|b| carries_body(&b.method)),
         cache_prefix: format!(

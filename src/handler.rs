@@ -148,6 +148,25 @@ pub async fn handle(
     response
 }
 
+/// Whether a page of `origin` may open a tunnel on `route`: the origins of its
+/// `websocket.allow_origins`, else of its CORS; without either, only its own origin,
+/// told by the `host` the request was sent to, as most WebSocket servers check it (a
+/// TLS-terminating proxy in front changes the scheme, not the host).
+fn tunnel_origin_allowed(route: &Route, origin: &HeaderValue, headers: &HeaderMap) -> bool {
+    if let Some(listed) = route.tunnel_origins.as_ref().or(route.cors.as_deref()) {
+        return listed.allows(origin);
+    }
+    let Some(host) = headers.get(header::HOST) else {
+        return false;
+    };
+    let authority = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest.trim_end_matches('/'));
+    authority.is_some_and(|a| a.as_bytes().eq_ignore_ascii_case(host.as_bytes()))
+}
+
 /// A CORS preflight (CONTRACT §7), answered here: it reaches no upstream, needs no
 /// token and is not rate limited. `None` when the request is not one, or the route it
 /// asks about has no CORS (then the OPTIONS request is routed like any other).
@@ -407,10 +426,11 @@ async fn serve(
     let deadline = *started + route.deadline;
 
     if upgrade {
-        // A browser does not apply CORS to WebSockets: an origin the route's CORS does
-        // not allow is refused here.
-        if let (Some(cors), Some(origin)) = (&route.cors, parts.headers.get(header::ORIGIN))
-            && !cors.allows(origin)
+        // A browser applies no CORS to WebSockets and sends its cookies with any page's
+        // upgrade: the route says which origins may open one (cross-site WebSocket
+        // hijacking otherwise).
+        if let Some(origin) = parts.headers.get(header::ORIGIN)
+            && !tunnel_origin_allowed(route, origin, &parts.headers)
         {
             return Err(GatewayError::CorsRejected);
         }

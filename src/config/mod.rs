@@ -1091,14 +1091,25 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
         .unwrap_or(false);
     const WEBSOCKET: Key = key(
         "websocket",
-        "Carry `upgrade: websocket` requests to the upstream and splice both ways after its 101 (passthrough routes).",
+        "Carry `upgrade: websocket` requests to the upstream and splice both ways after its 101 (passthrough routes): true, or { allow_origins = [...] } naming the origins whose pages may open one.",
     );
     const IDLE_TIMEOUT: Key = key(
         "idle_timeout",
         "A WebSocket tunnel with no bytes either way for this long is closed. Default 5m.",
     );
     let websocket_span = t.get(WEBSOCKET).map(|v| v.span());
-    let websocket = t.bool(errs, WEBSOCKET).unwrap_or(false);
+    let (websocket, websocket_origins) = match t.get(WEBSOCKET).map(|v| v.get_ref()) {
+        None => (false, None),
+        Some(toml::de::DeValue::Table(_)) => match t.table(errs, WEBSOCKET) {
+            Some(mut w) => {
+                let origins = read_websocket(&mut w, errs);
+                w.finish(errs);
+                (true, origins)
+            }
+            None => (false, None),
+        },
+        Some(_) => (t.bool(errs, WEBSOCKET).unwrap_or(false), None),
+    };
     let idle_span = t.get(IDLE_TIMEOUT).map(|v| v.span());
     let idle_timeout = positive_duration(t, errs, IDLE_TIMEOUT).flatten();
     if let Some(span) = idle_span.filter(|_| !websocket) {
@@ -1235,6 +1246,7 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
         rate_limit,
         passthrough,
         websocket,
+        websocket_origins,
         idle_timeout: idle_timeout.unwrap_or(DEFAULT_TUNNEL_IDLE),
         cors,
         auth,
@@ -1545,6 +1557,34 @@ fn read_jwt(
 }
 
 /// A `[cors]` table or a route's own `cors` table.
+/// A route's `websocket = { allow_origins = [...] }`: the origins whose pages may open a
+/// tunnel (patterns as CORS's).
+fn read_websocket(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Vec<String>> {
+    const ORIGINS: Key = key(
+        "allow_origins",
+        "Origins whose pages may open a tunnel: exact, one leading *. label, or [\"*\"] for any. Default: the route's CORS origins; without CORS, only the route's own origin (and clients that send no origin).",
+    );
+    t.require(ORIGINS);
+    let Some(origins) = t.string_list(errs, ORIGINS) else {
+        t.missing(errs, "allow_origins");
+        return None;
+    };
+    let mut ok = true;
+    for (o, span) in &origins {
+        if let Err(why) = crate::cors::check_origin(o) {
+            errs.push(
+                Diagnostic::new(
+                    span.clone(),
+                    format!("`{o}` is not an origin pattern: {why}"),
+                )
+                .label("expected e.g. \"https://app.example.com\" or \"https://*.example.com\""),
+            );
+            ok = false;
+        }
+    }
+    ok.then(|| origins.into_iter().map(|(o, _)| o).collect())
+}
+
 fn read_cors(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<CorsConfig> {
     const ORIGINS: Key = key(
         "allow_origins",

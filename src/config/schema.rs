@@ -48,7 +48,7 @@ rate_limit = { per_second = 1 }
 [[routes]]
 path = "/w"
 passthrough = true
-websocket = true
+websocket = { allow_origins = ["https://a.test"] }
 idle_timeout = "5m"
   [[routes.backends]]
   upstream = "u"
@@ -205,6 +205,8 @@ fn refine(path: &str) -> Option<Value> {
         "/routes/[]/backends" => json!({"minItems": 1}),
         // A table of its own, or `false` for no CORS on the route.
         "/routes/[]/cors" => json!({"type": ["object", "boolean"]}),
+        // `true`, or a table naming the origins that may open a tunnel.
+        "/routes/[]/websocket" => json!({"type": ["object", "boolean"]}),
         _ => return None,
     };
     Some(v)

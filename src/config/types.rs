@@ -256,8 +256,10 @@ pub struct RouteConfig {
     pub cache: Option<CacheConfig>,
     pub rate_limit: Option<RouteRateLimit>,
     pub passthrough: bool,
-    /// `websocket = true`: upgrade requests are tunnelled (passthrough routes).
+    /// `websocket = true` (or a table): upgrade requests are tunnelled (passthrough routes).
     pub websocket: bool,
+    /// `websocket = { allow_origins }`: the origins a tunnel may be opened from.
+    pub websocket_origins: Option<Vec<String>>,
     /// How long a tunnel may carry no bytes either way.
     pub idle_timeout: Duration,
     /// The route's own `cors` table, `cors = false`, or `[cors]` (when unset).

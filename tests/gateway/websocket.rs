@@ -114,7 +114,14 @@ impl Echo {
     }
 }
 
+/// A `websocket = true` route `/ws/{room}` to the echo upstream; a `route_extra` that
+/// sets `websocket` itself replaces that line.
 fn config(echo: &Echo, route_extra: &str, extra: &str) -> String {
+    let websocket = if route_extra.starts_with("websocket =") {
+        ""
+    } else {
+        "websocket = true"
+    };
     format!(
         "{extra}
 [upstreams.notify]
@@ -123,7 +130,7 @@ urls = [\"{}\"]
 [[routes]]
 path = \"/ws/{{room}}\"
 passthrough = true
-websocket = true
+{websocket}
 {route_extra}
   [[routes.backends]]
   upstream = \"notify\"
@@ -139,7 +146,10 @@ type Handshake =
 
 /// Opens a WebSocket to the gateway at `path` with extra request headers.
 async fn connect(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Handshake {
-    let addr = gw.server.addr;
+    connect_to(gw.server.addr, path, headers).await
+}
+
+async fn connect_to(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> Handshake {
     let mut req = http::Request::builder()
         .uri(format!("ws://{addr}{path}"))
         .header("host", addr.to_string())
@@ -192,7 +202,12 @@ fn tunnels(metrics: &str, route: &str) -> f64 {
 #[tokio::test]
 async fn messages_go_both_ways_unchanged_and_the_handshake_follows_the_header_rules() {
     let echo = Echo::start(None).await;
-    let gw = Gateway::start(&config(&echo, "name = \"ws-echo\"", "")).await;
+    let gw = Gateway::start(&config(
+        &echo,
+        "websocket = { allow_origins = [\"https://app.test\"] }\nname = \"ws-echo\"",
+        "",
+    ))
+    .await;
     let (mut ws, resp) = connect(
         &gw,
         "/ws/lobby",
@@ -245,7 +260,12 @@ async fn messages_go_both_ways_unchanged_and_the_handshake_follows_the_header_ru
 #[tokio::test]
 async fn forwarding_every_header_sends_each_handshake_header_once() {
     let echo = Echo::start(None).await;
-    let gw = Gateway::start(&config(&echo, "forward_headers = [\"*\"]", "")).await;
+    let gw = Gateway::start(&config(
+        &echo,
+        "websocket = { allow_origins = [\"https://app.test\"] }\nforward_headers = [\"*\"]",
+        "",
+    ))
+    .await;
     let (mut ws, _) = connect(&gw, "/ws/a", &[("origin", "https://app.test")])
         .await
         .expect("the upgrade goes through");
@@ -456,4 +476,61 @@ async fn upgrade_requests_need_websocket_and_passthrough_in_config() {
         "{d}"
     );
     let _ = Upstream::json(json!({})).await;
+}
+
+/// Cross-site WebSocket hijacking: a browser sends its cookies with any page's upgrade,
+/// so a route takes upgrades only from the origins it names (`websocket.allow_origins`,
+/// else its CORS origins), and without either only from its own origin or from
+/// clients that send no `origin` (not browsers).
+#[tokio::test]
+async fn upgrades_come_only_from_allowed_origins() {
+    let echo = Echo::start(None).await;
+    let gw = Gateway::start(&config(&echo, "", "")).await;
+    let own = format!("http://{}", gw.server.addr);
+    for headers in [vec![], vec![("origin", own.as_str())]] {
+        let (mut ws, _) = connect(&gw, "/ws/a", &headers)
+            .await
+            .expect("no origin, or the route's own, passes");
+        echo_round(&mut ws, Message::text("same site")).await;
+    }
+    let seen = echo.seen.lock().unwrap().len();
+    for evil in ["https://evil.test", "null", "http://127.0.0.1:1"] {
+        let (status, body) = refused(connect(&gw, "/ws/a", &[("origin", evil)]).await);
+        assert_eq!(status, 403, "{evil}");
+        assert_eq!(body["error"]["code"], "CORS_REJECTED");
+    }
+    assert_eq!(echo.seen.lock().unwrap().len(), seen, "no upstream call");
+
+    let gw = Gateway::start(&config(
+        &echo,
+        "websocket = { allow_origins = [\"https://chat.test\", \"https://*.chat.test\"] }",
+        "",
+    ))
+    .await;
+    for ok in ["https://chat.test", "https://eu.chat.test"] {
+        let (mut ws, _) = connect(&gw, "/ws/a", &[("origin", ok)])
+            .await
+            .expect("a listed origin passes");
+        echo_round(&mut ws, Message::text(ok)).await;
+    }
+    let own = format!("http://{}", gw.server.addr);
+    for evil in ["https://evil.test", own.as_str()] {
+        let (status, _) = refused(connect(&gw, "/ws/a", &[("origin", evil)]).await);
+        assert_eq!(status, 403, "{evil}: only the listed origins");
+    }
+    let gw = Gateway::start(&config(
+        &echo,
+        "websocket = { allow_origins = [\"*\"] }",
+        "",
+    ))
+    .await;
+    let (mut ws, _) = connect(&gw, "/ws/a", &[("origin", "https://anywhere.test")])
+        .await
+        .expect("[\"*\"] allows every origin");
+    echo_round(&mut ws, Message::text("any")).await;
+    let bad = config(&echo, "websocket = { allow_origins = [\"app.test\"] }", "");
+    let d = manifold::config::parse("ws.toml", &bad)
+        .unwrap_err()
+        .render();
+    assert!(d.contains("`app.test` is not an origin pattern"), "{d}");
 }
