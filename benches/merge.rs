@@ -110,7 +110,11 @@ fn route_cache_hit(c: &mut Criterion) {
     c.bench_function("route_cache_hit", |b| {
         b.iter(|| {
             let k = key(black_box(&headers));
-            match rt.block_on(cache.lookup(&k)) {
+            let longest = manifold::cache::Longest {
+                fresh: std::time::Duration::from_secs(60),
+                stale: std::time::Duration::ZERO,
+            };
+            match rt.block_on(cache.lookup(&k, longest)) {
                 Lookup::Fresh(entry) => black_box(entry.body),
                 _ => panic!("expected a hit"),
             }

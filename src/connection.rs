@@ -46,6 +46,7 @@ use tokio::time::Instant;
 use crate::body::{Body, BoxError};
 use crate::budget::{Budget, Charge, Share};
 use crate::config::ServerConfig;
+use crate::descriptors::{Descriptors, Holder, Permit};
 use crate::forward::Peer;
 use crate::metrics::{ConnectionMetrics, METRICS};
 
@@ -119,26 +120,39 @@ pub struct Connections {
 }
 
 /// In the extensions of an HTTP/1 request that asks for an upgrade: where a tunnel
-/// made of its connection is counted, and told to close.
+/// made of its connection is counted, and told to close, and the descriptor budget its
+/// upstream side must fit in.
 #[derive(Clone)]
-pub struct TunnelHome(pub Arc<Connections>);
+pub struct TunnelHome {
+    pub conns: Arc<Connections>,
+    pub descriptors: Option<Arc<Descriptors>>,
+}
 
 /// A tunnel's place among its listener's connections (the connection it came from
-/// gives its own back once hyper lets go of it), and its drain signal.
+/// gives its own back once hyper lets go of it), its descriptors, and its drain signal.
 pub struct TunnelPlace {
     conns: Arc<Connections>,
     pub cut: watch::Receiver<bool>,
+    /// The client side (taken over from its connection) and the upstream side.
+    _descriptors: [Option<Permit>; 2],
 }
 
 impl Drop for TunnelPlace {
     fn drop(&mut self) {
         self.conns.tunnels.fetch_sub(1, Ordering::AcqRel);
-        drop(Admitted(self.conns.clone()));
+        drop(Admitted {
+            conns: self.conns.clone(),
+            descriptor: None,
+        });
     }
 }
 
-/// One admitted connection's place; given back when dropped.
-pub struct Admitted(Arc<Connections>);
+/// One admitted connection's place, and on the public listener its descriptor; given
+/// back when dropped.
+pub struct Admitted {
+    conns: Arc<Connections>,
+    descriptor: Option<Permit>,
+}
 
 impl Connections {
     /// `listener` labels the metrics (`public` or `admin`).
@@ -153,14 +167,19 @@ impl Connections {
     }
 
     /// A place for a tunnel made of an admitted connection (not refused: the
-    /// connection had one).
-    pub fn tunnel(self: &Arc<Self>) -> TunnelPlace {
+    /// connection had one), holding `upstream`, its upstream side's descriptor.
+    pub fn tunnel(self: &Arc<Self>, home: &TunnelHome, upstream: Option<Permit>) -> TunnelPlace {
         self.open.fetch_add(1, Ordering::AcqRel);
         self.metrics.open.inc();
         self.tunnels.fetch_add(1, Ordering::AcqRel);
+        let client = home
+            .descriptors
+            .as_ref()
+            .map(|d| d.take_open(Holder::Connection));
         TunnelPlace {
             conns: self.clone(),
             cut: self.cut.subscribe(),
+            _descriptors: [client, upstream],
         }
     }
 
@@ -174,15 +193,32 @@ impl Connections {
         self.cut.send_replace(true);
     }
 
-    /// A place for a new connection, unless `max` are open already.
-    pub fn admit(self: &Arc<Self>, max: usize) -> Option<Admitted> {
+    /// A place for a new connection, unless `max` are open already, or (with a
+    /// budget: the public listener) the client connections' share of the descriptor
+    /// limit is in use.
+    pub fn admit(
+        self: &Arc<Self>,
+        max: usize,
+        descriptors: Option<&Arc<Descriptors>>,
+    ) -> Option<Admitted> {
         if self.open.fetch_add(1, Ordering::AcqRel) >= max {
             self.open.fetch_sub(1, Ordering::AcqRel);
             self.metrics.refused.inc();
             return None;
         }
+        let descriptor = match descriptors.map(|d| d.take(Holder::Connection)) {
+            Some(None) => {
+                self.open.fetch_sub(1, Ordering::AcqRel);
+                return None;
+            }
+            Some(permit) => permit,
+            None => None,
+        };
         self.metrics.open.inc();
-        Some(Admitted(self.clone()))
+        Some(Admitted {
+            conns: self.clone(),
+            descriptor,
+        })
     }
 
     pub fn open(&self) -> usize {
@@ -203,9 +239,9 @@ impl Connections {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.0.metrics.open.dec();
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.drained.notify_waiters();
+        self.conns.metrics.open.dec();
+        if self.conns.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.conns.drained.notify_waiters();
         }
     }
 }
@@ -621,7 +657,7 @@ pub async fn serve<F, Fut, S>(
     S::Error: Into<BoxError>,
 {
     let activity = Activity::new();
-    let metrics = &place.0.metrics;
+    let metrics = &place.conns.metrics;
     let deadline = activity.accepted + limits.header_read;
     let Some(acceptor) = tls else {
         let first = match first_head(&stream, limits.max_header_size * 2, deadline, &mut stop).await
@@ -645,7 +681,7 @@ pub async fn serve<F, Fut, S>(
     // room for it (nor for the TLS variant of `run`).
     Box::pin(async move {
         let addr = peer.addr;
-        let metrics = &place.0.metrics;
+        let metrics = &place.conns.metrics;
         let handshake = tokio::select! {
             r = acceptor.accept(stream) => r,
             () = tokio::time::sleep_until(deadline) => {
@@ -741,10 +777,13 @@ async fn run<I, F, Fut, S>(
     S: HttpBody<Data = Bytes> + Send + Unpin + 'static,
     S::Error: Into<BoxError>,
 {
-    let metrics = &place.0.metrics;
+    let metrics = &place.conns.metrics;
     let addr = peer.addr;
     let service = {
-        let home = TunnelHome(place.0.clone());
+        let home = TunnelHome {
+            conns: place.conns.clone(),
+            descriptors: place.descriptor.as_ref().map(Permit::budget),
+        };
         let activity = activity.clone();
         let budget = limits.budget.clone();
         let share = Share::new(limits.per_connection);

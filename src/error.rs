@@ -78,6 +78,8 @@ pub enum Failure {
     Overloaded,
     /// The gateway holds as many answers as `buffer_capacity` allows.
     BufferFull,
+    /// A new connection was needed and the descriptor budget has none for it.
+    NoDescriptor,
     /// Could not connect, or the connection broke: the transport's own words, for
     /// the log (never the client's answer).
     Connect(Arc<str>),
@@ -121,7 +123,9 @@ impl Failure {
         match self {
             Failure::Timeout => Outcome::Timeout,
             Failure::CircuitOpen { .. } => Outcome::CircuitOpen,
-            Failure::Overloaded | Failure::BufferFull => Outcome::Overloaded,
+            Failure::Overloaded | Failure::BufferFull | Failure::NoDescriptor => {
+                Outcome::Overloaded
+            }
             Failure::Connect(_)
             | Failure::ServerError(_)
             | Failure::BadResponse(_)
@@ -141,6 +145,7 @@ impl Failure {
             Failure::CircuitOpen { .. } => "circuit breaker open".into(),
             Failure::Overloaded => "at its concurrency or rate limit".into(),
             Failure::BufferFull => "buffer_capacity reached: no room for its answer".into(),
+            Failure::NoDescriptor => "no file descriptor left for a new upstream connection".into(),
             Failure::Connect(cause) => {
                 format!("could not connect, or the connection broke: {cause}")
             }
@@ -218,6 +223,8 @@ pub enum GatewayError {
     Crowded,
     /// No room left in `buffer_capacity` for the merged answer.
     BufferFull,
+    /// A WebSocket tunnel would pass its share of the descriptor limit.
+    NoDescriptor,
     /// The route's token check failed.
     Auth(AuthFailure),
     Backend(BackendError),
@@ -301,7 +308,9 @@ impl GatewayError {
             GatewayError::BadParameter { .. } => StatusCode::BAD_REQUEST,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::CorsRejected => StatusCode::FORBIDDEN,
-            GatewayError::Crowded | GatewayError::BufferFull => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Crowded | GatewayError::BufferFull | GatewayError::NoDescriptor => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::Auth(a) => match a {
                 AuthFailure::Missing | AuthFailure::Invalid(_) => StatusCode::UNAUTHORIZED,
                 AuthFailure::Forbidden => StatusCode::FORBIDDEN,
@@ -324,7 +333,9 @@ impl GatewayError {
             GatewayError::BadParameter { .. } => "BAD_PARAMETER",
             GatewayError::RateLimited { .. } => "RATE_LIMITED",
             GatewayError::CorsRejected => "CORS_REJECTED",
-            GatewayError::Crowded | GatewayError::BufferFull => "OVERLOADED",
+            GatewayError::Crowded | GatewayError::BufferFull | GatewayError::NoDescriptor => {
+                "OVERLOADED"
+            }
             GatewayError::Auth(a) => match a {
                 AuthFailure::Missing => "UNAUTHORIZED",
                 AuthFailure::Invalid(_) => "INVALID_TOKEN",
@@ -375,6 +386,9 @@ impl GatewayError {
             }
             GatewayError::BufferFull => {
                 "the gateway holds as many answers as it may; try again shortly".into()
+            }
+            GatewayError::NoDescriptor => {
+                "the gateway holds as many WebSocket tunnels as its descriptor limit allows; try again shortly".into()
             }
             GatewayError::Auth(a) => match a {
                 AuthFailure::Missing => "this route needs a bearer token".into(),
@@ -462,9 +476,10 @@ fn root_cause(f: &Failure) -> &Failure {
 fn failure_status(f: &Failure) -> StatusCode {
     match root_cause(f) {
         Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
-        Failure::CircuitOpen { .. } | Failure::Overloaded | Failure::BufferFull => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        Failure::CircuitOpen { .. }
+        | Failure::Overloaded
+        | Failure::BufferFull
+        | Failure::NoDescriptor => StatusCode::SERVICE_UNAVAILABLE,
         Failure::Connect(_) | Failure::ServerError(_) => StatusCode::BAD_GATEWAY,
         Failure::BadResponse(_) | Failure::NotJson(_) | Failure::MissingField { .. } => {
             StatusCode::BAD_GATEWAY
@@ -480,7 +495,7 @@ fn failure_code(f: &Failure) -> &'static str {
     match root_cause(f) {
         Failure::Timeout => "UPSTREAM_TIMEOUT",
         Failure::CircuitOpen { .. } => "CIRCUIT_OPEN",
-        Failure::Overloaded | Failure::BufferFull => "OVERLOADED",
+        Failure::Overloaded | Failure::BufferFull | Failure::NoDescriptor => "OVERLOADED",
         Failure::Connect(_) | Failure::ServerError(_) | Failure::Dependency { .. } => {
             "UPSTREAM_ERROR"
         }
@@ -501,6 +516,9 @@ fn backend_message(e: &BackendError) -> String {
         Failure::Overloaded => format!("{who} is at its concurrency or rate limit"),
         Failure::BufferFull => {
             format!("{who} was not called: the gateway is holding as many answers as it may")
+        }
+        Failure::NoDescriptor => {
+            format!("{who} was not called: the gateway is at its connection limit")
         }
         Failure::Connect(_) => format!("{who} could not be reached"),
         Failure::ServerError(s) => format!("{who} answered {}", s.as_u16()),

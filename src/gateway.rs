@@ -19,6 +19,7 @@ use crate::budget::Budget;
 use crate::cache::Cache;
 use crate::config::{BackendConfig, CacheConfig, Config, RouteConfig, RouteCors};
 use crate::cors::Cors;
+use crate::descriptors::Descriptors;
 use crate::forward::Forward;
 use crate::merge::{Decode, Plan, Shape};
 use crate::metrics::{METRICS, RouteMetrics};
@@ -42,6 +43,9 @@ pub struct Gateway {
     /// `buffer_capacity`: bytes of answers held at once. One for the server's life; a
     /// reload sets its limit.
     pub budget: Arc<Budget>,
+    /// The descriptor limit, budgeted (client connections, tunnels, upstream
+    /// connections). One for the server's life.
+    pub descriptors: Arc<Descriptors>,
     /// Some route has CORS: only then does a request's `origin` get looked at.
     pub any_cors: bool,
     /// `[auth.jwt.*]`, kept (keys, verified tokens, refresh task) by a reload that
@@ -152,6 +156,10 @@ impl Gateway {
             Some(p) => p.budget.clone(),
             None => Budget::new(config.server.buffer_capacity),
         };
+        let descriptors = match previous {
+            Some(p) => p.descriptors.clone(),
+            None => Descriptors::of_process(),
+        };
         // One Redis client for the server's life while `[shared]` is unchanged.
         let shared = match (&config.shared, previous.and_then(|p| p.shared.as_ref())) {
             (None, _) => None,
@@ -177,6 +185,7 @@ impl Gateway {
                     &u.settings,
                     workers,
                     &budget,
+                    &descriptors,
                     shared.as_ref(),
                 )?),
             };
@@ -238,6 +247,7 @@ impl Gateway {
             validators,
             any_cors,
             budget,
+            descriptors,
             tracing,
             router,
             routes,

@@ -17,6 +17,7 @@ pub mod config;
 pub mod connection;
 pub mod cors;
 pub mod demo;
+pub mod descriptors;
 pub mod error;
 pub mod fanout;
 pub mod forward;

@@ -78,6 +78,11 @@ struct OpResult {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HolderLabel {
+    holder: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
@@ -127,6 +132,9 @@ pub struct Metrics {
     shared_up: Gauge,
     shared_ops: Family<OpResult, Counter>,
     shared_dropped: Family<ReasonLabel, Counter>,
+    descriptors: Family<HolderLabel, Gauge>,
+    descriptors_max: Family<HolderLabel, Gauge>,
+    descriptors_refused: Family<HolderLabel, Counter>,
     trace_spans: Family<ResultLabel, Counter>,
     connections: Family<ListenerLabel, Gauge>,
     connections_refused: Family<ListenerLabel, Counter>,
@@ -227,6 +235,13 @@ pub struct SharedMetrics {
     dropped: [Counter; Dropped::ALL.len()],
 }
 
+/// The descriptor budget's series, by holder index.
+pub struct DescriptorMetrics {
+    pub open: [Gauge; 3],
+    pub max: [Gauge; 3],
+    pub refused: [Counter; 3],
+}
+
 /// Why an entry read from Redis was not used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dropped {
@@ -325,6 +340,24 @@ impl Metrics {
         let shared_up = Gauge::default();
         let shared_ops = Family::<OpResult, Counter>::default();
         let shared_dropped = Family::<ReasonLabel, Counter>::default();
+        let descriptors = Family::<HolderLabel, Gauge>::default();
+        let descriptors_max = Family::<HolderLabel, Gauge>::default();
+        let descriptors_refused = Family::<HolderLabel, Counter>::default();
+        registry.register(
+            "manifold_descriptors",
+            "File descriptors held now, by holder (connection: client connections; tunnel: WebSocket tunnels' upstream sides; upstream: upstream connections)",
+            descriptors.clone(),
+        );
+        registry.register(
+            "manifold_descriptors_max",
+            "The most each holder may hold (the descriptor limit less a reserve; see docs/operations.md)",
+            descriptors_max.clone(),
+        );
+        registry.register(
+            "manifold_descriptors_refused",
+            "Connections, tunnels and upstream connections refused because their share of the descriptor limit was in use",
+            descriptors_refused.clone(),
+        );
         registry.register(
             "manifold_shared_entries_dropped",
             "Cache entries read from Redis and not used, by reason (too_large: over max_entry, not read whole; unsigned or forged: with [shared] secret, no valid signature; implausible: stored in the future)",
@@ -516,6 +549,9 @@ impl Metrics {
             shared_up,
             shared_ops,
             shared_dropped,
+            descriptors,
+            descriptors_max,
+            descriptors_refused,
             trace_spans,
         }
     }
@@ -546,6 +582,17 @@ impl Metrics {
                 .clone()
         });
         AuthMetrics { by_result }
+    }
+
+    /// The descriptor budget's series, one per holder (named by `holders`, in the
+    /// order the budget indexes them).
+    pub fn descriptors(&self, holders: [&'static str; 3]) -> DescriptorMetrics {
+        let label = |holder: &'static str| HolderLabel { holder };
+        DescriptorMetrics {
+            open: holders.map(|h| self.descriptors.get_or_create(&label(h)).clone()),
+            max: holders.map(|h| self.descriptors_max.get_or_create(&label(h)).clone()),
+            refused: holders.map(|h| self.descriptors_refused.get_or_create(&label(h)).clone()),
+        }
     }
 
     pub fn shared(&self) -> SharedMetrics {

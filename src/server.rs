@@ -117,7 +117,7 @@ impl Server {
                     grace,
                     shared.clone(),
                     Connections::new("admin"),
-                    Some(ADMIN_MAX_CONNECTIONS),
+                    Some(crate::descriptors::ADMIN_CONNECTIONS),
                     // The admin listener stays cleartext: probes and scrapes come from
                     // inside the cluster.
                     None,
@@ -325,12 +325,10 @@ fn watch_certs(
     )
 }
 
-/// Admin connections open at once: probes and scrapes need few, and the admin
-/// listener must keep answering while the public one is saturated.
-const ADMIN_MAX_CONNECTIONS: usize = 256;
-
 /// Accepts connections until `stop`, each served under the bounds of the config live
 /// when it was accepted; then waits (up to `grace`) for the open ones to finish.
+/// `max`: the admin listener's fixed bound; `None` for the public listener, bound by
+/// `max_connections` and its share of the descriptor limit.
 #[allow(clippy::too_many_arguments)]
 async fn accept_loop<F, Fut, S>(
     listener: TcpListener,
@@ -367,8 +365,11 @@ where
                 let limit = max.unwrap_or_else(|| {
                     server.max_connections.unwrap_or(shared.default_max_connections)
                 });
-                // Refused as cheaply as it can be: closed before any buffer is made.
-                let Some(place) = conns.admit(limit) else { continue };
+                // Refused as cheaply as it can be: closed before any buffer is made. The
+                // public listener's connections count against the descriptor budget;
+                // the admin listener's come out of its reserve.
+                let budget = max.is_none().then_some(&gateway.descriptors);
+                let Some(place) = conns.admit(limit, budget) else { continue };
                 let (limits, builder) = match &current {
                     Some((g, limits, builder)) if Arc::ptr_eq(g, &gateway) => {
                         (limits.clone(), builder.clone())

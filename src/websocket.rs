@@ -29,6 +29,7 @@ use crate::access_log::AccessRecord;
 use crate::backend;
 use crate::body::{Body, RequestBody};
 use crate::connection::{TunnelHome, TunnelPlace};
+use crate::descriptors::Holder;
 use crate::error::GatewayError;
 use crate::forward::X_REQUEST_ID;
 use crate::gateway::Route;
@@ -92,6 +93,13 @@ pub async fn tunnel(
             reason: "this connection cannot be upgraded",
         });
     };
+    // A tunnel holds a second descriptor, its upstream side, for as long as it lasts:
+    // past the tunnels' share of the descriptor limit it is refused here, before
+    // any call.
+    let upstream_descriptor = match &home.descriptors {
+        Some(d) => Some(d.take(Holder::Tunnel).ok_or(GatewayError::NoDescriptor)?),
+        None => None,
+    };
     let backend = &route.backends[0];
     let upstream = &backend.upstream;
     let mut span = Pending::new(backend::span(span, backend), deadline);
@@ -146,7 +154,7 @@ pub async fn tunnel(
         };
         // Counted as a tunnel from here (its connection's own place goes as hyper lets
         // go of it): a drain ending now cuts a tunnel, not a request.
-        let place = home.0.tunnel();
+        let place = home.conns.tunnel(&home, upstream_descriptor);
         if let Some(g) = &gauge {
             g.inc();
         }

@@ -210,6 +210,10 @@ impl Upstream {
         };
         let (answer, verdict) = match head {
             Err(_) => (None, Err(Failure::Timeout)),
+            // Out of descriptors is the gateway's own limit, not the upstream's fault.
+            Ok(Err(e)) if crate::descriptors::is_exhausted(&*e) => {
+                (None, Err(Failure::NoDescriptor))
+            }
             Ok(Err(e)) => (None, Err(Failure::connect(&*e))),
             Ok(Ok((resp, lease))) => match classify(resp.status(), mode) {
                 // Nothing to read: the lease goes back now (a short error body is

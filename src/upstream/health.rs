@@ -42,7 +42,10 @@ pub(super) fn spawn(hosts: Weak<Hosts>, pool: Arc<Pool>, check: HealthCheckConfi
                 let s = &mut streak[i];
                 match result {
                     Ok(()) => *s = if *s > 0 { *s + 1 } else { 1 },
-                    Err(cause) => {
+                    // No descriptor for it: the host was not asked, so it is judged
+                    // neither way.
+                    Err(None) => continue,
+                    Err(Some(cause)) => {
                         *s = if *s < 0 { *s - 1 } else { -1 };
                         tracing::debug!(upstream = hosts.upstream(), host = hosts.label(i), %cause, "health probe failed");
                         if -*s == i64::from(check.unhealthy) {
@@ -66,10 +69,15 @@ pub(super) fn spawn(hosts: Weak<Hosts>, pool: Arc<Pool>, check: HealthCheckConfi
     });
 }
 
-/// One probe of host `i`: a 2xx within `timeout`, or why not.
-async fn probe(pool: &Arc<Pool>, i: usize, check: &HealthCheckConfig) -> Result<(), String> {
+/// One probe of host `i`: a 2xx within `timeout`, or why not (`None`: no probe was
+/// made, the descriptor budget had no room for its connection).
+async fn probe(
+    pool: &Arc<Pool>,
+    i: usize,
+    check: &HealthCheckConfig,
+) -> Result<(), Option<String>> {
     let Some(uri) = pool.bases()[i].target(check.path.clone()) else {
-        return Err("the path is not a valid request target".into());
+        return Err(Some("the path is not a valid request target".into()));
     };
     let mut req = Request::new(RequestBody::Full(None));
     *req.method_mut() = Method::GET;
@@ -77,7 +85,10 @@ async fn probe(pool: &Arc<Pool>, i: usize, check: &HealthCheckConfig) -> Result<
     req.headers_mut()
         .insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
     let call = async {
-        let resp = pool.send_once(i, req).await.map_err(|e| e.to_string())?;
+        let resp = pool
+            .send_once(i, req)
+            .await
+            .map_err(|e| (!crate::descriptors::is_exhausted(&*e)).then(|| e.to_string()))?;
         let status = resp.status();
         // Read (at most 64 KiB of it, within the timeout) so the upstream sees the
         // answer taken; the connection closes after it either way.
@@ -92,14 +103,14 @@ async fn probe(pool: &Arc<Pool>, i: usize, check: &HealthCheckConfig) -> Result<
         if status.is_success() {
             Ok(())
         } else {
-            Err(format!("status {}", status.as_u16()))
+            Err(Some(format!("status {}", status.as_u16())))
         }
     };
     match tokio::time::timeout(check.timeout, call).await {
         Ok(r) => r,
-        Err(_) => Err(format!(
+        Err(_) => Err(Some(format!(
             "no answer within {}",
             humantime::format_duration(check.timeout)
-        )),
+        ))),
     }
 }

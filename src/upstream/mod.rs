@@ -104,6 +104,7 @@ impl Upstream {
         settings: &UpstreamSettings,
         workers: usize,
         budget: &Arc<Budget>,
+        descriptors: &Arc<crate::descriptors::Descriptors>,
         shared: Option<&Arc<Shared>>,
     ) -> Result<Self, String> {
         let tls = crate::tls::client_config(settings.ca_file.as_deref())
@@ -146,6 +147,7 @@ impl Upstream {
             bases,
             workers,
             settings.protocol,
+            descriptors.clone(),
         ));
         if let Some(check) = &settings.health_check {
             health::spawn(Arc::downgrade(&hosts), pool.clone(), check.clone());

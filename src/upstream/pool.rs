@@ -34,6 +34,7 @@ use tower_service::Service;
 
 use crate::body::{Body, BoxError, RequestBody};
 use crate::config::Protocol;
+use crate::descriptors::{Descriptors, Exhausted, Holder, Permit};
 
 /// How long an unused connection stays open (give or take a tenth).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -194,6 +195,9 @@ pub struct Pool {
     protocol: Protocol,
     /// Per base: `h2` was answered with ALPN `http/1.1`, so calls there use HTTP/1.1.
     fallback: Vec<AtomicBool>,
+    /// Each connection opened holds one of these for its life (a WebSocket
+    /// handshake's is the tunnel's).
+    descriptors: Arc<Descriptors>,
 }
 
 /// A connect failure every caller waiting on one HTTP/2 connection gets.
@@ -246,8 +250,10 @@ impl Pool {
         bases: Vec<Base>,
         workers: usize,
         protocol: Protocol,
+        descriptors: Arc<Descriptors>,
     ) -> Self {
         Pool {
+            descriptors,
             connector,
             upgrade_connector,
             connect_bound,
@@ -342,6 +348,7 @@ impl Pool {
         mut req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, BoxError> {
         let to = &self.bases[base];
+        let permit = self.permit()?;
         let io = dial(&self.connector, &to.origin).await?;
         let h2 = match self.protocol {
             Protocol::Http1 => false,
@@ -354,6 +361,7 @@ impl Pool {
                 .handshake(io)
                 .await?;
             tokio::spawn(async move {
+                let _permit = permit;
                 let _ = conn.await;
             });
             return Ok(sender.send_request(req).await?);
@@ -363,6 +371,7 @@ impl Pool {
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         let (mut sender, conn) = http1::Builder::new().handshake(io).await?;
         tokio::spawn(async move {
+            let _permit = permit;
             let _ = conn.await;
         });
         Ok(sender.send_request(req).await?)
@@ -510,6 +519,7 @@ impl Pool {
     /// this connection goes to the idle list and the caller is told [`FELL_BACK`].
     async fn connect_h2(self: Arc<Self>, base: usize) -> Result<(u64, H2Sender), SharedError> {
         let shared = |e: BoxError| SharedError(Arc::new(e));
+        let permit = self.permit().map_err(shared)?;
         let io = dial(&self.connector, &self.bases[base].origin)
             .await
             .map_err(shared)?;
@@ -525,6 +535,7 @@ impl Pool {
                 .await
                 .map_err(|e| shared(e.into()))?;
             tokio::spawn(async move {
+                let _permit = permit;
                 let _ = conn.await;
             });
             self.put(base, sender);
@@ -538,6 +549,7 @@ impl Pool {
             .await
             .map_err(|e| shared(e.into()))?;
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
             }
@@ -583,15 +595,27 @@ impl Pool {
     }
 
     async fn connect(&self, origin: &Uri) -> Result<Sender, BoxError> {
+        let permit = self.permit()?;
         let io = dial(&self.connector, origin).await?;
         let (sender, conn) = http1::Builder::new().handshake(io).await?;
-        // The connection's I/O runs on this loop, next to the calls that use it.
+        // The connection's I/O runs on this loop, next to the calls that use it; its
+        // descriptor is given back when it ends.
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream connection ended");
             }
         });
         Ok(sender)
+    }
+}
+
+impl Pool {
+    /// A descriptor for a new upstream connection, or [`Exhausted`].
+    fn permit(&self) -> Result<Permit, BoxError> {
+        self.descriptors
+            .take(Holder::Upstream)
+            .ok_or_else(|| Box::new(Exhausted) as BoxError)
     }
 }
 

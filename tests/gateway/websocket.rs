@@ -534,3 +534,125 @@ async fn upgrades_come_only_from_allowed_origins() {
         .render();
     assert!(d.contains("`app.test` is not an origin pattern"), "{d}");
 }
+
+/// A tunnel holds two descriptors. Under a low descriptor limit, tunnels past their
+/// share are refused with 503 (counted), while the admin listener, new client
+/// connections and upstream calls keep working, and the process never runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_and_connections_never_exhaust_descriptors() {
+    let echo = Echo::start(None).await;
+    let plain = Upstream::json(json!({"ok": true})).await;
+    let fresh = Upstream::json(json!({"fresh": true})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]
+listen = \"127.0.0.1:0\"
+admin_listen = \"127.0.0.1:0\"
+workers = 1
+{}
+{}
+[[routes]]
+path = \"/plain\"
+  [[routes.backends]]
+  upstream = \"plain\"
+  path = \"/p\"
+
+[[routes]]
+path = \"/fresh\"
+  [[routes.backends]]
+  upstream = \"fresh\"
+  path = \"/f\"
+",
+            config(&echo, "", ""),
+            crate::support::upstream("plain", &plain.url(), "")
+                + &crate::support::upstream("fresh", &fresh.url(), ""),
+        ),
+    )
+    .unwrap();
+    let gw = crate::support::Process::start(&path, Some(256)).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let get = |p: &str| {
+        let url = format!("http://{}{p}", gw.addr);
+        let http = http.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(5), http.get(url).send())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|r| r.status().as_u16())
+        }
+    };
+    assert_eq!(get("/plain").await, Some(200));
+    // Tunnels until they are refused.
+    let mut open = Vec::new();
+    let mut refusals = 0;
+    for _ in 0..150 {
+        match tokio::time::timeout(Duration::from_secs(5), connect_to(gw.addr, "/ws/a", &[])).await
+        {
+            Ok(Ok((ws, _))) => open.push(ws),
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
+                assert_eq!(resp.status(), 503);
+                let body: serde_json::Value =
+                    serde_json::from_slice(&resp.body().clone().unwrap_or_default()).unwrap();
+                assert_eq!(body["error"]["code"], "OVERLOADED");
+                refusals += 1;
+            }
+            other => panic!(
+                "neither a tunnel nor a refusal: {:?}\n{}",
+                other.map(|r| r.map(|_| ())),
+                gw.log()
+            ),
+        }
+    }
+    eprintln!("{} tunnels open, {refusals} refused", open.len());
+    assert!(open.len() >= 10, "some tunnels open: {}", open.len());
+    assert!(refusals > 0, "tunnels past their share are refused");
+    // Everything else still works: the admin listener, a new client connection, and a
+    // call to an upstream that needs a new connection.
+    let (status, metrics) = gw
+        .admin_get("/metrics", Duration::from_secs(2))
+        .await
+        .expect("the admin listener answers");
+    assert_eq!(status, 200);
+    assert!(
+        series(
+            &metrics,
+            r#"manifold_descriptors_refused_total{holder="tunnel"}"#
+        ) >= refusals as f64,
+        "{metrics}"
+    );
+    assert_eq!(get("/plain").await, Some(200));
+    assert_eq!(get("/fresh").await, Some(200));
+    // The tunnels still carry messages.
+    echo_round(&mut open[0], Message::text("still here")).await;
+    // Idle connections past the budget are closed at accept, counted; the rest works.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        if let Ok(s) = TcpStream::connect(gw.addr).await {
+            idle.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, metrics) = gw
+        .admin_get("/metrics", Duration::from_secs(2))
+        .await
+        .expect("the admin listener answers under a connection flood");
+    assert!(
+        series(
+            &metrics,
+            r#"manifold_descriptors_refused_total{holder="connection"}"#
+        ) > 0.0,
+        "{metrics}"
+    );
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get("/plain").await, Some(200));
+    assert!(
+        !gw.log().contains("Too many open files"),
+        "the process ran out of descriptors:\n{}",
+        gw.log()
+    );
+}
