@@ -745,6 +745,19 @@ mod tests {
         assert!(at(json!({"exp": 100, "iat": 60.0}), 50.0, 0.0).is_err());
     }
 
+    proptest::proptest! {
+        /// Whatever the NumericDates (whole or fractional), a token is accepted exactly
+        /// while `now < exp + leeway` and `nbf <= now + leeway`.
+        #[test]
+        fn a_token_is_valid_exactly_within_its_times(
+            exp in 0.0f64..2e9, nbf in 0.0f64..2e9, now in 0.0f64..2e9, leeway in 0u32..120,
+        ) {
+            let leeway = f64::from(leeway);
+            let ok = times(&claims(json!({"exp": exp, "nbf": nbf})), now, leeway).is_ok();
+            proptest::prop_assert_eq!(ok, now < exp + leeway && nbf <= now + leeway);
+        }
+    }
+
     #[test]
     fn plain_text_has_no_invisible_characters() {
         assert!(is_plain_text("zoë-42"));

@@ -1,5 +1,7 @@
 //! Header forwarding: whatever a client sends, only what the route lists reaches an
-//! upstream, never a hop-by-hop header or one the client's `connection` names.
+//! upstream, never a hop-by-hop header or one the client's `connection` names. And the
+//! cache-key part made of those headers is byte-exact: a value changed in any byte
+//! (UTF-8 or not) changes the key.
 #![no_main]
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
@@ -32,6 +34,24 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let named: Vec<HeaderName> = connection_named(&client).collect();
+    for forward in [Forward::All, Forward::Only(listed.clone())] {
+        let key = manifold::cache::vary(&client, &forward);
+        for (name, value) in client.iter() {
+            let mut bytes = value.as_bytes().to_vec();
+            let Some(last) = bytes.last_mut() else { continue };
+            *last ^= 0x80;
+            let Ok(changed) = HeaderValue::from_bytes(&bytes) else { continue };
+            let mut other = client.clone();
+            other.insert(name.clone(), changed);
+            let forwarded = match &forward {
+                Forward::All => manifold::forward::is_forwarded_by_star(name),
+                Forward::Only(list) => list.contains(name),
+            };
+            if forwarded && client.get_all(name).iter().count() == 1 {
+                assert_ne!(key, manifold::cache::vary(&other, &forward), "{name}");
+            }
+        }
+    }
     let peer = Peer::new("192.0.2.1:1000".parse().unwrap());
     let id = HeaderValue::from_static("id");
     for forward in [Forward::All, Forward::Only(listed.clone())] {
