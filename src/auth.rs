@@ -655,22 +655,26 @@ fn is_segment(v: &str) -> bool {
     !v.is_empty() && v != "." && v != ".." && is_plain_text(v)
 }
 
-/// Text with nothing a reader cannot see: no control characters (C0, DEL, C1), and no
-/// invisible format characters — bidi overrides and isolates (U+202E turns `nimda` into
-/// what reads as `admin` in a log or an admin UI), zero-width characters, the BOM, line
-/// and paragraph separators, interlinear annotation and tag characters. Claims that
-/// reach an upstream must be plain text, as they must be free of CRLF.
+/// Text with nothing that hides or reorders what a reader sees: no control characters
+/// (C0, DEL, C1), no bidi marks, embeddings, overrides or isolates (U+202E turns
+/// `nimda` into what reads as `admin` in a log or an admin UI), no zero-width space,
+/// word joiner or invisible operators, no BOM, line or paragraph separator,
+/// interlinear annotation or tag characters. The zero-width joiner and non-joiner stay
+/// allowed: Persian, Indic scripts and emoji sequences need them. Claims that reach an
+/// upstream must be plain text, as they must be free of CRLF.
 pub fn is_plain_text(v: &str) -> bool {
     !v.chars().any(|c| {
         c.is_control()
             || matches!(
                 c,
-                '\u{00AD}'
-                    | '\u{061C}'
+                '\u{061C}'
                     | '\u{180E}'
-                    | '\u{200B}'..='\u{200F}'
+                    | '\u{200B}'
+                    | '\u{200E}'
+                    | '\u{200F}'
                     | '\u{2028}'..='\u{202E}'
-                    | '\u{2060}'..='\u{206F}'
+                    | '\u{2060}'..='\u{2064}'
+                    | '\u{2066}'..='\u{206F}'
                     | '\u{FEFF}'
                     | '\u{FFF9}'..='\u{FFFB}'
                     | '\u{E0000}'..='\u{E007F}'
@@ -761,6 +765,9 @@ mod tests {
     #[test]
     fn plain_text_has_no_invisible_characters() {
         assert!(is_plain_text("zoë-42"));
+        // ZWNJ in Persian, ZWJ in an emoji sequence.
+        assert!(is_plain_text("می\u{200c}خواهم"));
+        assert!(is_plain_text("👩\u{200d}💻"));
         for bad in [
             "a\u{202e}b",
             "a\u{2066}b",

@@ -130,6 +130,7 @@ fn log_failure(b: &Backend, request_id: &HeaderValue, f: &Failure, r: &Report) {
         | Failure::CircuitOpen { .. }
         | Failure::Overloaded
         | Failure::BufferFull
+        | Failure::NoDescriptor
         | Failure::Client(_) => tracing::Level::INFO,
         _ if b.optional => tracing::Level::INFO,
         _ => tracing::Level::WARN,

@@ -167,19 +167,15 @@ impl Connections {
     }
 
     /// A place for a tunnel made of an admitted connection (not refused: the
-    /// connection had one), holding `upstream`, its upstream side's descriptor.
-    pub fn tunnel(self: &Arc<Self>, home: &TunnelHome, upstream: Option<Permit>) -> TunnelPlace {
+    /// connection had one), holding its two sides' descriptors.
+    pub fn tunnel(self: &Arc<Self>, descriptors: [Option<Permit>; 2]) -> TunnelPlace {
         self.open.fetch_add(1, Ordering::AcqRel);
         self.metrics.open.inc();
         self.tunnels.fetch_add(1, Ordering::AcqRel);
-        let client = home
-            .descriptors
-            .as_ref()
-            .map(|d| d.take_open(Holder::Connection));
         TunnelPlace {
             conns: self.clone(),
             cut: self.cut.subscribe(),
-            _descriptors: [client, upstream],
+            _descriptors: descriptors,
         }
     }
 

@@ -5,10 +5,11 @@
 //! config file a reload reads. So what clients can make the gateway open is counted
 //! here, each against a ceiling that leaves the rest working:
 //!
-//! - **Reserve** (never counted, never handed out): what was open when serving began
-//!   (listeners, event loops, log pipes) plus a fixed margin for the admin listener,
-//!   Redis, JWKS fetches, the trace exporter, file watches and reads, and the socket an
-//!   `accept` takes before a refused connection is closed.
+//! - **Reserve** (never counted, never handed out): what was open when the gateway was
+//!   built (event loops, log pipes), each worker's listener and Redis connection, and
+//!   a fixed margin for the admin listener, JWKS fetches, the trace exporter, file
+//!   watches and reads, and the socket an `accept` takes before a refused connection
+//!   is closed.
 //! - **Upstream** connections (pooled calls, health probes) may use everything else.
 //! - **Client-facing** descriptors — client connections, and the upstream side of each
 //!   WebSocket tunnel (a tunnel holds two) — stop an eighth short of that, so calls to
@@ -53,6 +54,9 @@ impl Holder {
 /// Descriptors never handed out beyond what was open at start: admin connections
 /// ([`ADMIN_CONNECTIONS`]), Redis, JWKS, the exporter, watches and file reads.
 const MARGIN: usize = 64;
+/// Opened per worker loop after the budget is made: its listener and its Redis
+/// connection.
+const PER_WORKER: usize = 2;
 
 /// Admin connections open at once: probes and scrapes need few, and they come out of
 /// the reserve, so the admin listener answers while the public one is saturated.
@@ -105,12 +109,11 @@ pub fn is_exhausted(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 impl Descriptors {
-    /// The budget for `limit` descriptors, `open` of which are taken already.
-    pub fn new(limit: usize, open: usize) -> Arc<Self> {
-        let reserve = open.min(limit / 4) + MARGIN + ADMIN_CONNECTIONS;
+    /// The budget for `limit` descriptors, `reserve` of which are never handed out.
+    pub fn new(limit: usize, reserve: usize) -> Arc<Self> {
         let counted = limit.saturating_sub(reserve);
         let facing = counted - (counted / 8).max(8).min(counted);
-        let tunnels = facing * 3 / 8;
+        let tunnels = facing / 8 * 3 + facing % 8 * 3 / 8;
         let metrics = METRICS.descriptors(Holder::ALL.map(Holder::as_str));
         for (holder, ceiling) in [
             (Holder::Connection, facing),
@@ -131,12 +134,14 @@ impl Descriptors {
         })
     }
 
-    /// The budget of this process: its soft `RLIMIT_NOFILE` and the descriptors open
-    /// now.
-    pub fn of_process() -> Arc<Self> {
+    /// The budget of this process: its soft `RLIMIT_NOFILE`, less what is open now
+    /// (at most a quarter of it) and what `workers` loops and the rest will open.
+    pub fn of_process(workers: usize) -> Arc<Self> {
         let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         let open = std::fs::read_dir("/proc/self/fd").map_or(64, |d| d.count());
-        Self::new(usize::try_from(limit).unwrap_or(usize::MAX), open)
+        let reserve = open.min(limit / 4) + MARGIN + ADMIN_CONNECTIONS + PER_WORKER * workers;
+        Self::new(limit, reserve)
     }
 
     pub fn limit(&self) -> usize {
@@ -219,9 +224,8 @@ mod tests {
 
     #[test]
     fn each_holder_stops_at_its_ceiling_and_leaves_room_for_the_next() {
-        // 512 descriptors, 20 open at start: 116 reserved, 396 counted, 347 for
-        // clients, 130 tunnels.
-        let d = Descriptors::new(512, 20);
+        // 512 descriptors, 116 reserved: 396 counted, 347 for clients, 130 tunnels.
+        let d = Descriptors::new(512, 116);
         assert_eq!((d.counted, d.facing, d.tunnels), (396, 347, 130));
         let tunnels: Vec<Permit> = std::iter::from_fn(|| d.take(Holder::Tunnel)).collect();
         assert_eq!(tunnels.len(), 130);
@@ -236,7 +240,7 @@ mod tests {
         assert_eq!(d.in_use.load(Ordering::Acquire), 0);
         assert_eq!(d.facing_in_use.load(Ordering::Acquire), 0);
         // A tiny limit hands out nothing rather than overflowing.
-        let none = Descriptors::new(50, 40);
+        let none = Descriptors::new(50, 108);
         assert!(none.take(Holder::Connection).is_none());
         assert!(none.take(Holder::Upstream).is_none());
     }

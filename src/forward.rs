@@ -12,6 +12,7 @@ use crate::budget::Share;
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_MANIFOLD_COMPLETED: HeaderName = HeaderName::from_static("x-manifold-completed");
 pub const X_MANIFOLD_CACHE: HeaderName = HeaderName::from_static("x-manifold-cache");
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");

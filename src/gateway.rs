@@ -158,7 +158,7 @@ impl Gateway {
         };
         let descriptors = match previous {
             Some(p) => p.descriptors.clone(),
-            None => Descriptors::of_process(),
+            None => Descriptors::of_process(workers),
         };
         // One Redis client for the server's life while `[shared]` is unchanged.
         let shared = match (&config.shared, previous.and_then(|p| p.shared.as_ref())) {

@@ -150,21 +150,37 @@ pub async fn handle(
 
 /// Whether a page of `origin` may open a tunnel on `route`: the origins of its
 /// `websocket.allow_origins`, else of its CORS; without either, only its own origin,
-/// told by the `host` the request was sent to, as most WebSocket servers check it (a
-/// TLS-terminating proxy in front changes the scheme, not the host).
-fn tunnel_origin_allowed(route: &Route, origin: &HeaderValue, headers: &HeaderMap) -> bool {
+/// told by the `host` the request was sent to (or, from a trusted proxy, the
+/// `x-forwarded-host` it names), as most WebSocket servers check it. A proxy that
+/// terminates TLS changes the scheme, not the host, so the scheme is not compared.
+fn tunnel_origin_allowed(
+    route: &Route,
+    origin: &HeaderValue,
+    headers: &HeaderMap,
+    via_proxy: bool,
+) -> bool {
     if let Some(listed) = route.tunnel_origins.as_ref().or(route.cors.as_deref()) {
         return listed.allows(origin);
     }
-    let Some(host) = headers.get(header::HOST) else {
-        return false;
-    };
-    let authority = origin
+    let Some(authority) = origin
         .to_str()
         .ok()
         .and_then(|o| o.split_once("://"))
-        .map(|(_, rest)| rest.trim_end_matches('/'));
-    authority.is_some_and(|a| a.as_bytes().eq_ignore_ascii_case(host.as_bytes()))
+        .map(|(_, rest)| rest.trim_end_matches('/'))
+    else {
+        return false;
+    };
+    let same = |host: &[u8]| authority.as_bytes().eq_ignore_ascii_case(host);
+    let forwarded = via_proxy
+        .then(|| headers.get(forward::X_FORWARDED_HOST))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim);
+    headers
+        .get(header::HOST)
+        .is_some_and(|h| same(h.as_bytes()))
+        || forwarded.is_some_and(|h| same(h.as_bytes()))
 }
 
 /// A CORS preflight (CONTRACT §7), answered here: it reaches no upstream, needs no
@@ -214,8 +230,9 @@ fn preflight(
 /// listed method, so a method whose route refuses the origin must not be listed: its
 /// request would later go out without a preflight of its own.
 fn allowed_methods(gateway: &Gateway, path: &str, origin: &HeaderValue) -> Option<HeaderValue> {
+    let routes = gateway.router.routes_at(path);
     let mut listed: Vec<&str> = Vec::new();
-    for (method, route) in gateway.router.routes_at(path) {
+    for (method, route) in routes {
         if gateway.routes[*route]
             .cors
             .as_deref()
@@ -224,7 +241,9 @@ fn allowed_methods(gateway: &Gateway, path: &str, origin: &HeaderValue) -> Optio
             listed.push(method.as_str());
         }
     }
-    if listed.contains(&"GET") && !listed.contains(&"HEAD") {
+    // HEAD is answered by the GET route unless a route serves HEAD itself (and then
+    // that route's CORS decided above).
+    if listed.contains(&"GET") && !routes.iter().any(|(m, _)| m == Method::HEAD) {
         listed.push("HEAD");
     }
     HeaderValue::from_str(&listed.join(", ")).ok()
@@ -429,10 +448,17 @@ async fn serve(
         // A browser applies no CORS to WebSockets and sends its cookies with any page's
         // upgrade: the route says which origins may open one (cross-site WebSocket
         // hijacking otherwise).
-        if let Some(origin) = parts.headers.get(header::ORIGIN)
-            && !tunnel_origin_allowed(route, origin, &parts.headers)
-        {
-            return Err(GatewayError::CorsRejected);
+        if let Some(origin) = parts.headers.get(header::ORIGIN) {
+            let peer_ip = peer.addr.ip().to_canonical();
+            let via_proxy = gateway
+                .config
+                .server
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains(&peer_ip));
+            if !tunnel_origin_allowed(route, origin, &parts.headers, via_proxy) {
+                return Err(GatewayError::CorsRejected);
+            }
         }
         let query = query.map(|q| q.into_owned());
         return Box::pin(crate::websocket::tunnel(

@@ -404,12 +404,14 @@ impl Shared {
     }
 
     /// The Redis key of a cache key: hashed, because a cache key holds forwarded header
-    /// values (an `authorization`, say) that must not be readable in Redis.
+    /// values (an `authorization`, say) that must not be readable in Redis. Signed
+    /// entries live apart (`cs:`), so a replica of an older build, which cannot read
+    /// them, never meets one.
     fn cache_key(&self, key: &str) -> String {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
-        let mut out = String::with_capacity(self.config.key_prefix.len() + 2 + 64);
+        let mut out = String::with_capacity(self.config.key_prefix.len() + 3 + 64);
         out.push_str(&self.config.key_prefix);
-        out.push_str("c:");
+        out.push_str(if self.signing.is_some() { "cs:" } else { "c:" });
         for b in digest.as_ref() {
             use std::fmt::Write;
             let _ = write!(out, "{b:02x}");

@@ -41,9 +41,9 @@ fn place(path: &Path) -> Option<(PathBuf, OsString)> {
 }
 
 impl FileWatch {
-    /// Calls `on_change` (on a blocking thread of the current runtime) after any of
-    /// `paths` changed and settled. `what` names the files in the warning when they
-    /// cannot be watched. `None` when no watch could be set up (logged).
+    /// Calls `on_change` (on the current runtime) after any of `paths` changed and
+    /// settled. `what` names the files in the warning when they cannot be watched.
+    /// `None` when no watch could be set up (logged).
     pub fn start(
         paths: &[PathBuf],
         what: &'static str,
@@ -79,14 +79,12 @@ impl FileWatch {
                 return None;
             }
         }
-        let on_change = std::sync::Arc::new(on_change);
+        // On the loop, in order with reloads (which replace the watch and its files):
+        // a read that could block is refused by [`read_bounded`] instead.
         let task = tokio::spawn(async move {
             while events.recv().await.is_some() {
                 settle(&mut events).await;
-                // Off the event loop: a read that blocks (a file on a stalled network
-                // mount) must hold no request, probe or reload.
-                let f = on_change.clone();
-                let _ = tokio::task::spawn_blocking(move || f()).await;
+                on_change();
             }
         });
         Some(FileWatch {

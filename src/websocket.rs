@@ -131,6 +131,12 @@ pub async fn tunnel(
     out.headers_mut()
         .insert(X_REQUEST_ID, record.request_id.clone());
     let upstream_side = hyper::upgrade::on(&mut resp);
+    // The client's socket outlives its connection's place once hyper hands it over:
+    // counted from now (for a moment twice, never not at all).
+    let client_descriptor = home
+        .descriptors
+        .as_ref()
+        .map(|d| d.take_open(Holder::Connection));
     let gauge = route.websocket.clone();
     let idle = route.tunnel_idle;
     let name = route.name.clone();
@@ -154,7 +160,7 @@ pub async fn tunnel(
         };
         // Counted as a tunnel from here (its connection's own place goes as hyper lets
         // go of it): a drain ending now cuts a tunnel, not a request.
-        let place = home.conns.tunnel(&home, upstream_descriptor);
+        let place = home.conns.tunnel([client_descriptor, upstream_descriptor]);
         if let Some(g) = &gauge {
             g.inc();
         }

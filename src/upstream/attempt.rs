@@ -208,13 +208,21 @@ impl Upstream {
         } else {
             tokio::time::timeout_at(deadline, self.pool.send(base, req)).await
         };
+        // Whether the upstream is to be judged by this attempt: not when the gateway's
+        // own descriptor limit stopped it before it was sent, nor when the upstream
+        // refused it unprocessed and it may not be sent again (an h2 GOAWAY is how an
+        // upstream restarts gracefully; the call failed for its method, not for it).
+        let mut judged = true;
         let (answer, verdict) = match head {
             Err(_) => (None, Err(Failure::Timeout)),
-            // Out of descriptors is the gateway's own limit, not the upstream's fault.
             Ok(Err(e)) if crate::descriptors::is_exhausted(&*e) => {
+                judged = false;
                 (None, Err(Failure::NoDescriptor))
             }
-            Ok(Err(e)) => (None, Err(Failure::connect(&*e))),
+            Ok(Err(e)) => {
+                judged = !super::pool::is_unprocessed(&*e);
+                (None, Err(Failure::connect(&*e)))
+            }
             Ok(Ok((resp, lease))) => match classify(resp.status(), mode) {
                 // Nothing to read: the lease goes back now (a short error body is
                 // usually in with the head, so the connection stays usable).
@@ -260,6 +268,13 @@ impl Upstream {
             // the upstream's metrics never see it.
             drop(permit);
             span.client_fault(*fault);
+        } else if !judged {
+            // Neither a success nor a fault for the breaker and the host; counted and
+            // traced as what it was.
+            drop(permit);
+            self.metrics
+                .observe(Outcome::of(&verdict), elapsed.as_secs_f64());
+            span.finish(verdict.as_ref().copied());
         } else {
             let fault = matches!(&verdict, Err(f) if f.is_upstream_fault());
             if let Some(p) = permit {
@@ -272,8 +287,9 @@ impl Upstream {
         }
         Tried {
             answer,
+            // A call the descriptor limit stopped never left: like a guard's refusal.
+            sent: verdict != Err(Failure::NoDescriptor),
             verdict,
-            sent: true,
             elapsed,
         }
     }

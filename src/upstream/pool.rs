@@ -425,6 +425,9 @@ impl Pool {
                     if unsent.is_some() || sender.is_closed() {
                         self.forget_h2(base, id);
                     }
+                    if unsent.is_none() && !repeatable && not_processed(e.error()) {
+                        return Err(Box::new(Unprocessed(e.into_error())));
+                    }
                     match unsent {
                         Some(r) if again => {
                             tracing::debug!(error = %e.error(), "HTTP/2 call not taken; sending it on a new connection");
@@ -631,13 +634,44 @@ async fn dial(
 }
 
 /// Sending the request twice is harmless (RFC 9110 §9.2.2): an idempotent method, or a
-/// request the client marked with `idempotency-key` (docs/configuration.md, `retry`).
+/// POST the client marked with `idempotency-key`, as for retries (docs/configuration.md,
+/// `retry`).
 fn may_repeat(req: &Request<RequestBody>) -> bool {
     use http::Method;
-    matches!(
-        *req.method(),
-        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
-    ) || req.headers().contains_key(crate::forward::IDEMPOTENCY_KEY)
+    match *req.method() {
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS => true,
+        Method::POST => req.headers().contains_key(crate::forward::IDEMPOTENCY_KEY),
+        _ => false,
+    }
+}
+
+/// A call the upstream refused unprocessed (GOAWAY, REFUSED_STREAM) that is not sent
+/// again because it may not be repeated.
+#[derive(Debug)]
+struct Unprocessed(hyper::Error);
+
+impl std::fmt::Display for Unprocessed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the upstream refused the call unprocessed, and it may not be repeated")
+    }
+}
+
+impl std::error::Error for Unprocessed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// The error, or one of its sources, is a refused call not sent again.
+pub(super) fn is_unprocessed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.is::<Unprocessed>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// A copy of a request whose body is whole (or absent), to send again.

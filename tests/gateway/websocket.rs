@@ -528,6 +528,30 @@ async fn upgrades_come_only_from_allowed_origins() {
         .await
         .expect("[\"*\"] allows every origin");
     echo_round(&mut ws, Message::text("any")).await;
+    // Behind a trusted proxy that rewrites `host`, the page's host is the proxy's
+    // `x-forwarded-host`; from anyone else that header means nothing.
+    let proxied = |trusted: &str| {
+        config(
+            &echo,
+            "",
+            &format!(
+                "{}trusted_proxies = [\"{trusted}\"]\n",
+                crate::support::SERVER
+            ),
+        )
+    };
+    let behind = Gateway::start(&proxied("127.0.0.1")).await;
+    let via = [
+        ("origin", "https://app.test"),
+        ("x-forwarded-host", "app.test"),
+    ];
+    let (mut ws, _) = connect(&behind, "/ws/a", &via)
+        .await
+        .expect("the proxy's x-forwarded-host is the page's host");
+    echo_round(&mut ws, Message::text("proxied")).await;
+    let direct = Gateway::start(&proxied("10.9.9.9")).await;
+    let (status, _) = refused(connect(&direct, "/ws/a", &via).await);
+    assert_eq!(status, 403, "x-forwarded-host from an untrusted peer");
     let bad = config(&echo, "websocket = { allow_origins = [\"app.test\"] }", "");
     let d = manifold::config::parse("ws.toml", &bad)
         .unwrap_err()
