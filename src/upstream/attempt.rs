@@ -22,6 +22,12 @@ use crate::budget::{Budget, Charge, Share};
 use crate::error::{Failure, Outcome};
 use crate::trace::Span;
 
+/// The cause of an h2 call the upstream refused unprocessed and that may not be sent
+/// again (see `pool::Unprocessed`): told apart from other connection failures, because
+/// it is not held against the upstream.
+const UNPROCESSED: &str =
+    "the upstream refused the call unprocessed (GOAWAY or REFUSED_STREAM); it may not be repeated";
+
 /// Whether the caller takes the answer as it streams or reads it whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -208,21 +214,15 @@ impl Upstream {
         } else {
             tokio::time::timeout_at(deadline, self.pool.send(base, req)).await
         };
-        // Whether the upstream is to be judged by this attempt: not when the gateway's
-        // own descriptor limit stopped it before it was sent, nor when the upstream
-        // refused it unprocessed and it may not be sent again (an h2 GOAWAY is how an
-        // upstream restarts gracefully; the call failed for its method, not for it).
-        let mut judged = true;
         let (answer, verdict) = match head {
             Err(_) => (None, Err(Failure::Timeout)),
             Ok(Err(e)) if crate::descriptors::is_exhausted(&*e) => {
-                judged = false;
                 (None, Err(Failure::NoDescriptor))
             }
-            Ok(Err(e)) => {
-                judged = !super::pool::is_unprocessed(&*e);
-                (None, Err(Failure::connect(&*e)))
+            Ok(Err(e)) if super::pool::is_unprocessed(&*e) => {
+                (None, Err(Failure::Connect(Arc::from(UNPROCESSED))))
             }
+            Ok(Err(e)) => (None, Err(Failure::connect(&*e))),
             Ok(Ok((resp, lease))) => match classify(resp.status(), mode) {
                 // Nothing to read: the lease goes back now (a short error body is
                 // usually in with the head, so the connection stays usable).
@@ -268,7 +268,13 @@ impl Upstream {
             // the upstream's metrics never see it.
             drop(permit);
             span.client_fault(*fault);
-        } else if !judged {
+        } else if matches!(&verdict, Err(Failure::NoDescriptor))
+            || matches!(&verdict, Err(Failure::Connect(c)) if &**c == UNPROCESSED)
+        {
+            // Not held against the upstream: the gateway's own descriptor limit stopped
+            // the call before it was sent, or the upstream refused it unprocessed and
+            // it may not be sent again (an h2 GOAWAY is how an upstream restarts
+            // gracefully; the call failed for its method, not for the upstream).
             // Neither a success nor a fault for the breaker and the host; counted and
             // traced as what it was.
             drop(permit);
