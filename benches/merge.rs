@@ -6,7 +6,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use manifold::gateway::Gateway;
+use manifold::request::gateway::Gateway;
 
 const CONFIG: &str = r#"
 [upstreams.svc]
@@ -59,10 +59,13 @@ fn merge(c: &mut Criterion) {
                 .iter()
                 .zip(&bodies)
                 .map(|(backend, body)| {
-                    Some(manifold::merge::decode(&backend.plan, black_box(body)))
+                    Some(manifold::request::merge::decode(
+                        &backend.plan,
+                        black_box(body),
+                    ))
                 })
                 .collect();
-            black_box(manifold::merge::assemble(route.plans(), results).expect("merges"))
+            black_box(manifold::request::merge::assemble(route.plans(), results).expect("merges"))
         })
     });
     group.finish();
@@ -71,8 +74,8 @@ fn merge(c: &mut Criterion) {
 /// A route-cache hit: the key from the request (path, query, client headers that
 /// reach upstreams), the lookup, and the stored body handed back.
 fn route_cache_hit(c: &mut Criterion) {
-    use manifold::cache::{Cache, Lookup};
-    use manifold::forward::Forward;
+    use manifold::base::forward::Forward;
+    use manifold::state::cache::{Cache, Lookup};
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -97,7 +100,7 @@ fn route_cache_hit(c: &mut Criterion) {
     let key = |h: &http::HeaderMap| {
         format!(
             "r|dashboard|/api/dashboard/42?lang=de{}",
-            manifold::cache::vary(h, &forward)
+            manifold::state::cache::vary(h, &forward)
         )
     };
     rt.block_on(cache.store(
@@ -110,7 +113,7 @@ fn route_cache_hit(c: &mut Criterion) {
     c.bench_function("route_cache_hit", |b| {
         b.iter(|| {
             let k = key(black_box(&headers));
-            let longest = manifold::cache::Longest {
+            let longest = manifold::state::cache::Longest {
                 fresh: std::time::Duration::from_secs(60),
                 stale: std::time::Duration::ZERO,
             };

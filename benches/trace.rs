@@ -10,7 +10,7 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, Method};
 use manifold::config::{LogFormat, TelemetryConfig};
-use manifold::trace::{TraceSettings, Tracing};
+use manifold::telemetry::trace::{TraceSettings, Tracing};
 use opentelemetry::trace::SpanKind;
 
 fn one_request(tracing: &Arc<Tracing>, route: &Arc<str>, names: &[(Arc<str>, Arc<str>)]) {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use manifold::config::{Config, LogFormat};
-use manifold::server::Server;
+use manifold::listener::Server;
 
 // glibc malloc showed up as ~18% of CPU under fan-out load (many small JSON values
 // and headers per request); mimalloc's thread-local free lists cut that sharply.
@@ -71,7 +71,7 @@ fn main() -> ExitCode {
             api_version,
         } => openapi(
             &file.unwrap_or(cli.config),
-            &manifold::openapi::Info {
+            &manifold::config::openapi::Info {
                 title,
                 version: api_version,
             },
@@ -129,7 +129,7 @@ enum StartError {
     #[error("cannot start the demo upstreams: {0}")]
     Demo(String),
     #[error(transparent)]
-    Server(#[from] manifold::server::StartError),
+    Server(#[from] manifold::listener::StartError),
 }
 
 fn load(path: &Path) -> Result<Config, StartError> {
@@ -170,10 +170,10 @@ fn routes(path: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn openapi(path: &Path, info: &manifold::openapi::Info) -> ExitCode {
+fn openapi(path: &Path, info: &manifold::config::openapi::Info) -> ExitCode {
     match Config::load(path) {
         Ok(c) => {
-            let doc = manifold::openapi::document_with(&c, info);
+            let doc = manifold::config::openapi::document_with(&c, info);
             println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
             ExitCode::SUCCESS
         }
@@ -210,7 +210,7 @@ fn serve(
         .server
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let loops = manifold::worker::spawn(workers).map_err(StartError::Workers)?;
+    let loops = manifold::base::worker::spawn(workers).map_err(StartError::Workers)?;
     // This loop runs signals, the admin listener and the demo services.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -314,7 +314,7 @@ async fn settled(path: &Path, events: &mut tokio::sync::mpsc::Receiver<&'static 
 /// long as this value.
 struct Reloads {
     events: tokio::sync::mpsc::Receiver<&'static str>,
-    _watcher: Option<manifold::watch::FileWatch>,
+    _watcher: Option<manifold::base::files::FileWatch>,
 }
 
 fn reload_triggers(path: Option<&Path>) -> Reloads {
@@ -332,7 +332,7 @@ fn reload_triggers(path: Option<&Path>) -> Reloads {
     });
     // A watch that cannot be set up is logged; SIGHUP still reloads.
     let watcher = path.and_then(|p| {
-        manifold::watch::FileWatch::start(&[p.to_path_buf()], "config file", move || {
+        manifold::base::files::FileWatch::start(&[p.to_path_buf()], "config file", move || {
             let _ = tx.try_send("file changed");
         })
     });

@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(config) => {
             // A config that loads also prints as a route table and an OpenAPI document.
             let _ = manifold::admin::route_table(&config);
-            let _ = manifold::openapi::document(&config);
+            let _ = manifold::config::openapi::document(&config);
         }
         Err(d) => {
             assert!(!d.items.is_empty());

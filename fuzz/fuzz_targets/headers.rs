@@ -6,7 +6,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use libfuzzer_sys::fuzz_target;
-use manifold::forward::{
+use manifold::base::forward::{
     Forward, Peer, connection_named, is_gateway_owned, is_hop_by_hop, upstream_headers,
 };
 
@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let named: Vec<HeaderName> = connection_named(&client).collect();
     for forward in [Forward::All, Forward::Only(listed.clone())] {
-        let key = manifold::cache::vary(&client, &forward);
+        let key = manifold::state::cache::vary(&client, &forward);
         for (name, value) in client.iter() {
             let mut bytes = value.as_bytes().to_vec();
             let Some(last) = bytes.last_mut() else { continue };
@@ -44,11 +44,11 @@ fuzz_target!(|data: &[u8]| {
             let mut other = client.clone();
             other.insert(name.clone(), changed);
             let forwarded = match &forward {
-                Forward::All => manifold::forward::is_forwarded_by_star(name),
+                Forward::All => manifold::base::forward::is_forwarded_by_star(name),
                 Forward::Only(list) => list.contains(name),
             };
             if forwarded && client.get_all(name).iter().count() == 1 {
-                assert_ne!(key, manifold::cache::vary(&other, &forward), "{name}");
+                assert_ne!(key, manifold::state::cache::vary(&other, &forward), "{name}");
             }
         }
     }

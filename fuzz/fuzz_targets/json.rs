@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use manifold::gateway::Gateway;
+use manifold::request::gateway::Gateway;
 use serde_json::Value;
 
 const CONFIG: &str = r#"
@@ -97,7 +97,7 @@ impl<'de> serde::Deserialize<'de> for Finite {
                     // How `arbitrary_precision` hands over a number: its text.
                     if key == "$serde_json::private::Number" {
                         let text: String = m.next_value()?;
-                        return Ok(Finite(manifold::json::finite(&text)));
+                        return Ok(Finite(manifold::base::json::finite(&text)));
                     }
                     let Finite(f) = m.next_value()?;
                     all &= f;
@@ -118,7 +118,7 @@ fuzz_target!(|data: &[u8]| {
     if text.contains("$serde_json::private::") {
         return;
     }
-    let ours = manifold::json::validate(data).is_ok();
+    let ours = manifold::base::json::validate(data).is_ok();
     let theirs = serde_json::from_str::<Finite>(text).is_ok_and(|Finite(f)| f);
     assert_eq!(ours, theirs, "validator and serde_json disagree");
 
@@ -126,7 +126,7 @@ fuzz_target!(|data: &[u8]| {
     let body = Bytes::copy_from_slice(data);
     // The targeted backend's answer, found in the text, is what a parsed tree holds
     // at `a.b` (the last of repeated keys, as a map keeps).
-    if let Ok(manifold::merge::Answer::Raw(raw)) = manifold::merge::decode(&route.backends[1].plan, &body)
+    if let Ok(manifold::request::merge::Answer::Raw(raw)) = manifold::request::merge::decode(&route.backends[1].plan, &body)
     {
         let whole: Value = serde_json::from_str(text).expect("validated");
         let at = whole.get("a").and_then(|a| a.get("b")).expect("found");
@@ -136,9 +136,9 @@ fuzz_target!(|data: &[u8]| {
     let results = route
         .backends
         .iter()
-        .map(|b| Some(manifold::merge::decode(&b.plan, &body)))
+        .map(|b| Some(manifold::request::merge::decode(&b.plan, &body)))
         .collect();
-    if let Some((merged, _)) = manifold::merge::assemble(route.plans(), results) {
+    if let Some((merged, _)) = manifold::request::merge::assemble(route.plans(), results) {
         serde_json::from_slice::<Value>(&merged).expect("a merged body is JSON");
     }
 });

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use manifold::template::{Template, push_encoded, route_params};
+use manifold::base::template::{Template, push_encoded, route_params};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -32,10 +32,10 @@ impl Diagnostic {
         }
     }
 
-    /// Masks URL credentials in every text of the diagnostic (see [`crate::redact`]).
+    /// Masks URL credentials in every text of the diagnostic (see [`crate::base::redact`]).
     pub fn redact(&mut self) {
         let mask = |s: &mut String| {
-            if let std::borrow::Cow::Owned(masked) = crate::redact::in_text(s) {
+            if let std::borrow::Cow::Owned(masked) = crate::base::redact::in_text(s) {
                 *s = masked;
             }
         };

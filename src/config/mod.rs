@@ -6,9 +6,13 @@
 //! placeholders, cycles, duplicates, missing `${ENV}` variables) so an operator fixes the
 //! file in one pass. See `docs/configuration.md` for every key.
 
+pub mod auth;
+pub mod cors;
 pub mod diag;
+pub mod openapi;
 pub mod reader;
 pub mod schema;
+pub mod shared;
 mod types;
 mod validate;
 
@@ -24,15 +28,16 @@ pub use diag::{Diagnostic, Diagnostics, SourceSpan};
 use reader::{Errors, Key, Table, key};
 pub use types::*;
 
-use crate::template::Template;
+use crate::base::template::Template;
 
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, Diagnostics> {
         let display = path.display().to_string();
-        let bytes = crate::watch::read_bounded(path, crate::watch::MAX_CONFIG).map_err(|e| {
-            Diagnostics::whole_file(&display, format!("cannot read {display}: {e}"))
-        })?;
+        let bytes = crate::base::files::read_bounded(path, crate::base::files::MAX_CONFIG)
+            .map_err(|e| {
+                Diagnostics::whole_file(&display, format!("cannot read {display}: {e}"))
+            })?;
         let text = match String::from_utf8(bytes) {
             Ok(text) => text,
             // Pointed at: the first byte that is not UTF-8, in the text up to there.
@@ -41,7 +46,7 @@ impl Config {
                 let source = String::from_utf8_lossy(e.as_bytes()).into_owned();
                 return Err(Diagnostics {
                     file: display,
-                    source: crate::redact::in_text(&source).into_owned(),
+                    source: crate::base::redact::in_text(&source).into_owned(),
                     items: vec![
                         Diagnostic::new(at..at + 1, "the file is not UTF-8 text")
                             .label("this byte")
@@ -99,7 +104,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
             }
             Err(Diagnostics {
                 file: file.to_string(),
-                source: crate::redact::in_text(text).into_owned(),
+                source: crate::base::redact::in_text(text).into_owned(),
                 items: errs,
             })
         }
@@ -413,7 +418,7 @@ fn read_tls(t: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Option<Tls
     );
     let ((cert, cert_span), (key_file, key_span)) = (cert?, key_file?);
     let (cert, key_file) = (base.join(cert), base.join(key_file));
-    match crate::tls::load_pair(&cert, &key_file) {
+    match crate::base::tls::load_pair(&cert, &key_file) {
         Ok(pair) => Some(TlsFiles {
             cert,
             key: key_file,
@@ -421,8 +426,8 @@ fn read_tls(t: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Option<Tls
         }),
         Err((file, e)) => {
             let span = match file {
-                crate::tls::PairFile::Cert => cert_span,
-                crate::tls::PairFile::Key => key_span,
+                crate::base::tls::PairFile::Cert => cert_span,
+                crate::base::tls::PairFile::Key => key_span,
             };
             errs.push(Diagnostic::new(span, e).label("unusable"));
             None
@@ -627,7 +632,7 @@ fn read_upstream(
             ),
         )
         .and_then(|(s, span)| {
-            match crate::watch::read_bounded(&base.join(&s), crate::watch::MAX_FILE)
+            match crate::base::files::read_bounded(&base.join(&s), crate::base::files::MAX_FILE)
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
             {
                 Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(base.join(s)),
@@ -823,7 +828,7 @@ fn read_upstream(
                                 span,
                                 format!(
                                     "protocol `{s}` needs {want}:// urls, and `{}` is not one",
-                                    crate::redact::url(u.as_str())
+                                    crate::base::redact::url(u.as_str())
                                 ),
                             )
                             .label(why),
@@ -1000,7 +1005,7 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
                 Diagnostic::new(span.clone(), format!("`{h}` is not a header name"))
                     .label("bad header name"),
             ),
-            Ok(name) if crate::forward::is_gateway_owned(&name) => errs.push(
+            Ok(name) if crate::base::forward::is_gateway_owned(&name) => errs.push(
                 Diagnostic::new(span.clone(), format!("`{h}` is set by the gateway and cannot be forwarded"))
                     .label("gateway-owned header")
                     .note("host, content-length, x-request-id, x-forwarded-for, x-forwarded-proto and hop-by-hop headers are always the gateway's own"),
@@ -1170,7 +1175,7 @@ fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
             let mut claims_to_headers = Vec::with_capacity(pairs.len());
             for (claim, h) in pairs {
                 match http::HeaderName::from_bytes(h.as_bytes()) {
-                    Ok(name) if !crate::forward::is_gateway_owned(&name) && name != http::header::AUTHORIZATION => {
+                    Ok(name) if !crate::base::forward::is_gateway_owned(&name) && name != http::header::AUTHORIZATION => {
                         claims_to_headers.push((claim, name));
                     }
                     Ok(_) => errs.push(
@@ -1306,7 +1311,7 @@ fn read_shared(t: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Option<
         )
         .and_then(|(s, span)| {
             let path = base.join(&s);
-            match crate::watch::read_bounded(&path, crate::watch::MAX_FILE) {
+            match crate::base::files::read_bounded(&path, crate::base::files::MAX_FILE) {
                 Ok(b) if String::from_utf8_lossy(&b).contains("-----BEGIN CERTIFICATE-----") => {
                     Some(path)
                 }
@@ -1336,7 +1341,7 @@ fn read_shared(t: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Option<
                 );
                 None
             } else {
-                Some(crate::auth::Secret(s))
+                Some(auth::Secret(s))
             }
         });
     let (url, span) = redis?;
@@ -1346,7 +1351,7 @@ fn read_shared(t: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Option<
             errs.push(
                 Diagnostic::new(
                     span,
-                    format!("`{}` is not a redis:// URL", crate::redact::url(&url)),
+                    format!("`{}` is not a redis:// URL", crate::base::redact::url(&url)),
                 )
                 .label("expected redis:// or rediss://[:password@]host:port/db"),
             );
@@ -1410,7 +1415,7 @@ fn read_jwt(
                     span,
                     format!(
                         "jwks_url `{}` is not an http(s) URL",
-                        crate::redact::url(&u)
+                        crate::base::redact::url(&u)
                     ),
                 )
                 .label("not a URL"),
@@ -1419,9 +1424,9 @@ fn read_jwt(
     }
     if let Some((f, span)) = file {
         let path = base.join(&f);
-        match crate::watch::read_bounded(&path, crate::watch::MAX_FILE)
+        match crate::base::files::read_bounded(&path, crate::base::files::MAX_FILE)
             .map_err(|e| e.to_string())
-            .and_then(|t| crate::auth::parse_jwks(&t))
+            .and_then(|t| auth::parse_jwks(&t).map(|k| k.len()))
         {
             Ok(_) => source = Some(KeySource::File(path)),
             Err(e) => errs.push(
@@ -1459,7 +1464,7 @@ fn read_jwt(
     for (a, span) in listed.unwrap_or_default() {
         match a.parse::<jsonwebtoken::Algorithm>() {
             Ok(alg) => {
-                let hmac = crate::auth::family(alg) == jsonwebtoken::AlgorithmFamily::Hmac;
+                let hmac = auth::family(alg) == jsonwebtoken::AlgorithmFamily::Hmac;
                 match &source {
                     Some(KeySource::Secret(_)) if !hmac => errs.push(Diagnostic::new(span, format!("{a} needs a public key; a secret only checks HS256/384/512")).label("not an HMAC algorithm")),
                     Some(KeySource::Url(_) | KeySource::File(_)) if hmac => errs.push(
@@ -1527,7 +1532,7 @@ fn read_jwt(
             ),
         )
         .and_then(|(s, span)| {
-            match crate::watch::read_bounded(&base.join(&s), crate::watch::MAX_FILE)
+            match crate::base::files::read_bounded(&base.join(&s), crate::base::files::MAX_FILE)
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
             {
                 Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(base.join(s)),
@@ -1571,7 +1576,7 @@ fn read_websocket(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Vec<String
     };
     let mut ok = true;
     for (o, span) in &origins {
-        if let Err(why) = crate::cors::check_origin(o) {
+        if let Err(why) = cors::check_origin(o) {
             errs.push(
                 Diagnostic::new(
                     span.clone(),
@@ -1632,7 +1637,7 @@ fn read_cors(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<CorsConfig> {
     };
     let mut ok = true;
     for (o, span) in &origins {
-        if let Err(why) = crate::cors::check_origin(o) {
+        if let Err(why) = cors::check_origin(o) {
             errs.push(
                 Diagnostic::new(
                     span.clone(),

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use url::Url;
 
 use super::diag::SourceSpan;
-use crate::template::{Placeholder, Template};
+use crate::base::template::{Placeholder, Template};
 
 /// A whole, validated config file.
 #[derive(Debug, Clone)]
@@ -272,9 +272,9 @@ pub struct RouteConfig {
     pub backends: Vec<BackendConfig>,
 }
 
-pub use crate::auth::{JwtConfig, KeySource, RouteAuth, Secret};
-pub use crate::cors::CorsConfig;
-pub use crate::shared::SharedConfig;
+pub use super::auth::{JwtConfig, KeySource, RouteAuth, Secret};
+pub use super::cors::CorsConfig;
+pub use super::shared::SharedConfig;
 
 /// What a route says about CORS.
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::diag::{Diagnostic, SourceSpan};
 use super::reader::Errors;
 use super::{BackendConfig, Config, RouteConfig};
-use crate::template::route_params;
+use crate::base::template::route_params;
 
 /// The span of `len` bytes at `offset` inside a string value whose span (quotes
 /// included) is `span`. Falls back to the whole value when the source text differs
@@ -262,7 +262,7 @@ fn check_route(
             .parts
             .iter()
             .map(|p| match p {
-                crate::template::Part::Lit(l) => l.as_str(),
+                crate::base::template::Part::Lit(l) => l.as_str(),
                 _ => "x",
             })
             .collect();

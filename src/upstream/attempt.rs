@@ -17,10 +17,10 @@ use super::Upstream;
 use super::breaker::BreakerState;
 use super::span::ClientSpan;
 use super::stream::Held;
-use crate::body::{BodyWatch, RequestBody};
-use crate::budget::{Budget, Charge, Share};
-use crate::error::{Failure, Outcome};
-use crate::trace::Span;
+use crate::base::body::{BodyWatch, RequestBody};
+use crate::base::error::{Failure, Outcome};
+use crate::state::buffers::{Budget, Charge, Share};
+use crate::telemetry::trace::Span;
 
 /// The cause of an h2 call the upstream refused unprocessed and that may not be sent
 /// again (see `pool::Unprocessed`): told apart from other connection failures, because
@@ -216,7 +216,7 @@ impl Upstream {
         };
         let (answer, verdict) = match head {
             Err(_) => (None, Err(Failure::Timeout)),
-            Ok(Err(e)) if crate::descriptors::is_exhausted(&*e) => {
+            Ok(Err(e)) if crate::state::descriptors::is_exhausted(&*e) => {
                 (None, Err(Failure::NoDescriptor))
             }
             Ok(Err(e)) if super::pool::is_unprocessed(&*e) => {

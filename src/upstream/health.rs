@@ -14,7 +14,7 @@ use http::{HeaderValue, Method, Request, header};
 
 use super::hosts::Hosts;
 use super::pool::Pool;
-use crate::body::RequestBody;
+use crate::base::body::RequestBody;
 use crate::config::HealthCheckConfig;
 
 const USER_AGENT: &str = "manifold-health-check";
@@ -88,7 +88,7 @@ async fn probe(
         let resp = pool
             .send_once(i, req)
             .await
-            .map_err(|e| (!crate::descriptors::is_exhausted(&*e)).then(|| e.to_string()))?;
+            .map_err(|e| (!crate::state::descriptors::is_exhausted(&*e)).then(|| e.to_string()))?;
         let status = resp.status();
         // Read (at most 64 KiB of it, within the timeout) so the upstream sees the
         // answer taken; the connection closes after it either way.

@@ -28,15 +28,16 @@ mod stream;
 pub use attempt::Tried;
 pub use stream::{Held, Streamed};
 
-use crate::body::{BodyWatch, RequestBody};
-use crate::budget::{Budget, Charge, Share};
-use crate::cache::{Coalescer, Hints};
+use crate::base::body::{BodyWatch, RequestBody};
+use crate::base::cache_control::Hints;
+use crate::base::error::Failure;
 use crate::config::{DEFAULT_MAX_CONCURRENCY, Protocol, UpstreamSettings};
-use crate::error::Failure;
-use crate::metrics::{METRICS, UpstreamMetrics};
-use crate::ratelimit::Bucket;
-use crate::shared::Shared;
-use crate::trace::Span;
+use crate::state::bucket::Bucket;
+use crate::state::buffers::{Budget, Charge, Share};
+use crate::state::cache::Coalescer;
+use crate::state::redis::Shared;
+use crate::telemetry::metrics::{METRICS, UpstreamMetrics};
+use crate::telemetry::trace::Span;
 use attempt::{Mode, Try, read_limited};
 use breaker::{Breaker, BreakerState, Permit};
 use hosts::Hosts;
@@ -104,10 +105,10 @@ impl Upstream {
         settings: &UpstreamSettings,
         workers: usize,
         budget: &Arc<Budget>,
-        descriptors: &Arc<crate::descriptors::Descriptors>,
+        descriptors: &Arc<crate::state::descriptors::Descriptors>,
         shared: Option<&Arc<Shared>>,
     ) -> Result<Self, String> {
-        let tls = crate::tls::client_config(settings.ca_file.as_deref())
+        let tls = crate::base::tls::client_config(settings.ca_file.as_deref())
             .map_err(|e| format!("upstream {name}: {e}"))?;
         let bases: Vec<Base> = settings
             .urls
@@ -126,7 +127,7 @@ impl Upstream {
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
             .min(DEFAULT_CONNECT_TIMEOUT);
         let connector = |h2| {
-            crate::tls::connector(
+            crate::base::tls::connector(
                 tls.clone(),
                 Some(connect_timeout),
                 Some(Duration::from_secs(60)),
@@ -167,7 +168,7 @@ impl Upstream {
             rate: settings.rate_limit.as_ref().map(Bucket::new),
             shared_rate: match (shared, &settings.rate_limit) {
                 (Some(shared), Some(rate)) => {
-                    let (interval, tolerance) = crate::ratelimit::gcra_params(rate);
+                    let (interval, tolerance) = crate::state::bucket::gcra_params(rate);
                     let fp = crate::config::fingerprint(&format!("{rate:?}"));
                     Some(SharedRate {
                         shared: shared.clone(),

@@ -32,9 +32,9 @@ use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service;
 
-use crate::body::{Body, BoxError, RequestBody};
+use crate::base::body::{Body, BoxError, RequestBody};
 use crate::config::Protocol;
-use crate::descriptors::{Descriptors, Exhausted, Holder, Permit};
+use crate::state::descriptors::{Descriptors, Exhausted, Holder, Permit};
 
 /// How long an unused connection stays open (give or take a tenth).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -72,7 +72,7 @@ pub struct Base {
 
 impl Base {
     pub fn new(url: &url::Url) -> Result<Self, String> {
-        let shown = crate::redact::url(url.as_str());
+        let shown = crate::base::redact::url(url.as_str());
         let text = shown.trim_end_matches('/');
         let host = match (url.host_str(), url.port()) {
             (Some(h), Some(p)) => format!("{h}:{p}"),
@@ -269,7 +269,7 @@ impl Pool {
     }
 
     fn list(&self) -> (usize, &Mutex<List>) {
-        let slot = crate::worker::index() % self.idle.len();
+        let slot = crate::base::worker::index() % self.idle.len();
         (slot, &self.idle[slot])
     }
 
@@ -640,7 +640,9 @@ fn may_repeat(req: &Request<RequestBody>) -> bool {
     use http::Method;
     match *req.method() {
         Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS => true,
-        Method::POST => req.headers().contains_key(crate::forward::IDEMPOTENCY_KEY),
+        Method::POST => req
+            .headers()
+            .contains_key(crate::base::forward::IDEMPOTENCY_KEY),
         _ => false,
     }
 }

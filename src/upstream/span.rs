@@ -9,9 +9,9 @@ use tokio::time::Instant;
 use super::Upstream;
 use super::breaker::BreakerState;
 use super::pool::Base;
-use crate::body::ClientFault;
-use crate::error::Failure;
-use crate::trace::{Pending, Span};
+use crate::base::body::ClientFault;
+use crate::base::error::Failure;
+use crate::telemetry::trace::{Pending, Span};
 
 /// An attempt's span, marked as cut short if the attempt is dropped before it ends.
 pub(super) struct ClientSpan(Pending);

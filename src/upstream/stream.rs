@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use super::hosts::Load;
 use super::limit::Ticket;
 use super::pool::Lease;
-use crate::body::{BoxError, IdleTimeout};
+use crate::base::body::{BoxError, IdleTimeout};
 
 /// What a streamed answer holds until its body ends: its place under
 /// `max_concurrency`, and its connection.

@@ -27,7 +27,7 @@ async fn every_printed_curl_line_answers() {
     }
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.server.admin_listen = Some("127.0.0.1:0".parse().unwrap());
-    let server = manifold::server::Server::start(config, std::sync::Arc::new(|_: &[u8]| {}))
+    let server = manifold::listener::Server::start(config, std::sync::Arc::new(|_: &[u8]| {}))
         .await
         .unwrap();
 

@@ -14,8 +14,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use manifold::access_log::LogSink;
-use manifold::server::Server;
+use manifold::listener::Server;
+use manifold::telemetry::access_log::LogSink;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -261,7 +261,7 @@ impl Gateway {
     /// As [`Gateway::start`], the public listener served by `n` worker loops of their
     /// own (real time), the rest (admin, probes, background tasks) on the test's.
     pub async fn start_with_workers(config: &str, n: usize) -> Gateway {
-        let workers = manifold::worker::spawn(n).unwrap();
+        let workers = manifold::base::worker::spawn(n).unwrap();
         Self::start_on(config, &workers).await
     }
 

@@ -1,0 +1,232 @@
+//! The admin listener: `/health`, `/ready`, `/routes`, `/metrics`. Never on the public
+//! port.
+
+use std::sync::atomic::Ordering;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde_json::{Map, Value, json};
+
+use crate::base::body::{Body, Never};
+use crate::base::error::GatewayError;
+use crate::base::forward;
+use crate::base::redact;
+use crate::request::gateway::{Gateway, Live};
+use crate::telemetry::metrics::METRICS;
+use crate::upstream::breaker::BreakerState;
+
+pub fn handle(shared: &Live, req: Request<Incoming>) -> Response<Body<Never>> {
+    match req.uri().path() {
+        "/health" => plain(StatusCode::OK, r#"{"status":"ok"}"#),
+        "/ready" if shared.ready.load(Ordering::SeqCst) => {
+            plain(StatusCode::OK, r#"{"status":"ready"}"#)
+        }
+        "/ready" => plain(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not_ready"}"#),
+        "/routes" => json_response(&routes(&shared.gateway.load())),
+        "/metrics" => metrics(&shared.gateway.load()),
+        // The contract's error body, with the request id like every other error.
+        _ => GatewayError::RouteNotFound.into_response(&forward::request_id(req.headers())),
+    }
+}
+
+/// Prometheus text (OpenMetrics); breaker gauges are read at scrape time.
+fn metrics(gw: &Gateway) -> Response<Body<Never>> {
+    METRICS.sample_process();
+    METRICS.buffers(gw.budget.used(), gw.budget.limit());
+    for r in &gw.routes {
+        if let Some(l) = &r.limiter {
+            METRICS.rate_limit_keys(&r.name, l.keys());
+        }
+    }
+    for u in &gw.upstreams {
+        let state = match u.breaker_state() {
+            Some(BreakerState::Open) => 1,
+            Some(BreakerState::HalfOpen) => 2,
+            _ => 0,
+        };
+        METRICS.breaker_state(&u.name, state);
+        for i in 0..u.hosts.count() {
+            METRICS.host_state(&u.name, u.hosts.label(i), u.hosts.state(i).gauge());
+        }
+    }
+    let mut r = Response::new(Body::from(METRICS.encode().into_bytes()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
+}
+
+fn json_response(v: &Value) -> Response<Body<Never>> {
+    let mut r = Response::new(Body::from(serde_json::to_vec_pretty(v).unwrap_or_default()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// The compiled route table and upstream state, as `/routes` shows it.
+pub fn routes(gw: &Gateway) -> Value {
+    let routes: Vec<Value> = gw
+        .config
+        .routes
+        .iter()
+        .zip(&gw.routes)
+        .map(|(rc, r)| {
+            json!({
+                "name": &*r.name,
+                "method": r.method.as_str(),
+                "path": r.path,
+                "timeout_ms": r.deadline.as_millis() as u64,
+                "passthrough": r.passthrough,
+                "websocket": r.websocket.is_some(),
+                "cache": rc.cache.as_ref().map(|c| json!({"ttl_ms": c.ttl.as_millis() as u64})),
+                "auth": rc.auth.as_ref().map(|a| json!({
+                    "jwt": a.jwt,
+                    "scopes": a.scopes,
+                    "optional": a.optional,
+                    "claims_to_headers": a.claims_to_headers.iter().map(|(c, h)| (c.clone(), Value::from(h.as_str()))).collect::<Map<_, _>>(),
+                })),
+                "backends": rc.backends.iter().map(|b| json!({
+                    "name": b.name,
+                    "upstream": b.upstream,
+                    "method": b.method.as_ref().unwrap_or(&r.method).as_str(),
+                    // As written: a `${SECRET}` filled in at load is not shown.
+                    "path": b.path_as_written,
+                    "optional": b.optional,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let mut upstreams = Map::new();
+    for u in &gw.upstreams {
+        upstreams.insert(
+            u.name.to_string(),
+            json!({
+                "urls": u.settings.urls.iter().map(|x| redact::url(x.as_str())).collect::<Vec<_>>(),
+                "timeout_ms": u.settings.timeout.map(|t| t.as_millis() as u64),
+                "max_concurrency": u.max_concurrency(),
+                // An upstream without a breaker never opens: it reads as closed.
+                "breaker": u.breaker_state().map_or("closed", |s| s.as_str()),
+                "balance": u.hosts.balance().as_str(),
+                "protocol": u.settings.protocol.as_str(),
+                "hosts": (0..u.hosts.count()).map(|i| json!({
+                    "host": u.hosts.label(i),
+                    "state": u.hosts.state(i).as_str(),
+                })).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    let mut validators = Map::new();
+    for v in &gw.validators {
+        let c = &v.config;
+        let (source, at) = match &c.source {
+            crate::config::KeySource::Url(u) => {
+                ("jwks_url", Some(redact::url(u.as_str()).into_owned()))
+            }
+            crate::config::KeySource::File(p) => ("jwks_file", Some(p.display().to_string())),
+            // Never the secret itself.
+            crate::config::KeySource::Secret(_) => ("secret", None),
+        };
+        validators.insert(
+            c.name.clone(),
+            json!({
+                "source": source,
+                "at": at,
+                "algorithms": c.algorithms.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>(),
+                "issuer": c.issuer,
+                "audience": c.audience,
+                "keys": v.keys_held(),
+            }),
+        );
+    }
+    let tls = gw
+        .config
+        .server
+        .tls
+        .as_ref()
+        .map(|t| json!({"cert": t.cert.display().to_string()}));
+    let mut out = json!({
+        "config": {"fingerprint": gw.config.version()},
+        "tls": tls,
+        "auth": {"jwt": validators},
+        "routes": routes,
+        "upstreams": upstreams,
+    });
+    // Only with `[shared]`; never the Redis URL's password.
+    if let Some(s) = &gw.shared {
+        out["shared"] = json!({"redis": if s.is_up() { "up" } else { "down" }});
+    }
+    out
+}
+
+/// `manifold routes`: the compiled route table, one block per route.
+pub fn route_table(config: &crate::config::Config) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for r in &config.routes {
+        let deadline = config.route_deadline(r);
+        let _ = write!(
+            out,
+            "{:<7} {}  [{}]  deadline {}",
+            r.method.as_str(),
+            r.path,
+            r.name,
+            humantime::format_duration(deadline)
+        );
+        if r.passthrough {
+            out.push_str("  passthrough");
+        }
+        if let Some(c) = &r.cache {
+            let _ = write!(out, "  cache {}", humantime::format_duration(c.ttl));
+        }
+        if let Some(l) = &r.rate_limit {
+            let _ = write!(
+                out,
+                "  limit {}/s burst {}",
+                l.rate.per_second, l.rate.burst
+            );
+        }
+        if let Some(a) = &r.auth {
+            let _ = write!(out, "  auth {}", a.jwt);
+            if !a.scopes.is_empty() {
+                let _ = write!(out, " [{}]", a.scopes.join(" "));
+            }
+            if a.optional {
+                out.push_str(" (optional)");
+            }
+        }
+        out.push('\n');
+        for b in &r.backends {
+            let method = b.method.as_ref().unwrap_or(&r.method);
+            let _ = write!(
+                out,
+                "  ├─ {:<16} {} {} (upstream {})",
+                b.name,
+                method.as_str(),
+                b.path_as_written,
+                b.upstream
+            );
+            if let Some(g) = &b.group {
+                let _ = write!(out, "  → {g}");
+            }
+            if b.optional {
+                out.push_str("  (optional)");
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// A fixed JSON answer.
+fn plain(status: StatusCode, body: &'static str) -> Response<Body<Never>> {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}

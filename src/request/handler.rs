@@ -1,0 +1,889 @@
+//! The request handler: one client request through a route — match, check, fan out
+//! (or stream), merge, answer.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::base::body::Body;
+use crate::base::body::ClientFault;
+use crate::base::cache_control::Hints;
+use crate::base::error::{BackendError, CLIENT_CLOSED_REQUEST, Failure, GatewayError};
+use crate::base::forward::{self, Peer, X_MANIFOLD_CACHE, X_MANIFOLD_COMPLETED, X_REQUEST_ID};
+use crate::request::fanout::{self, Call};
+use crate::request::gateway::{Gateway, Live, Route};
+use crate::request::router::Match;
+use crate::state::buffers::{Charge, Share};
+use crate::state::cache::{self, Lookup};
+use crate::telemetry::access_log::{self, AccessRecord, Report};
+use crate::telemetry::metrics::METRICS;
+use crate::telemetry::trace::{self, Span};
+use crate::upstream::Streamed;
+use crate::{request::merge, request::passthrough};
+
+/// A marker in the request's extensions: its connection holds more than its share of
+/// `buffer_capacity`, so the request is refused (503) before it costs more.
+#[derive(Clone, Copy, Debug)]
+pub struct Crowded;
+
+/// Serves one request on the public listener. Never fails: errors become responses.
+/// `share`: on h2, the connection's part of `buffer_capacity` (see
+/// [`crate::state::buffers`]), which what its requests buffer counts against.
+pub async fn handle(
+    shared: Arc<Live>,
+    req: Request<Incoming>,
+    peer: Peer,
+    share: Option<Arc<Share>>,
+) -> Response<Body<Streamed>> {
+    let gateway = shared.gateway.load_full();
+    let request_id = forward::request_id(req.headers());
+    let mut span = match &gateway.tracing {
+        Some(t) => t.server_span(req.method(), req.headers()),
+        None => Span::none(),
+    };
+    if span.is_on() {
+        let version = match req.version() {
+            http::Version::HTTP_2 => "2",
+            http::Version::HTTP_10 => "1.0",
+            _ => "1.1",
+        };
+        // An address fits in 45 bytes; formatted on the stack.
+        let mut ip = [0u8; 48];
+        let ip_len = {
+            use std::io::Write;
+            let mut w = &mut ip[..];
+            let _ = write!(w, "{}", peer.addr.ip());
+            48 - w.len()
+        };
+        let client = std::str::from_utf8(&ip[..ip_len]).unwrap_or_default();
+        span.record(|a| {
+            a.str("url.path", req.uri().path());
+            a.str("url.scheme", if peer.tls { "https" } else { "http" });
+            a.str("network.protocol.version", version);
+            a.str("client.address", client);
+            a.str(
+                "manifold.request_id",
+                request_id.to_str().unwrap_or_default(),
+            );
+        });
+    }
+    let access_log = gateway.config.telemetry.access_log;
+    let trace_id = match span.trace_id() {
+        Some(id) => Some(id),
+        // Tracing off: the client's trace id still ties the line to its trace.
+        None if access_log => trace::client_trace_id(req.headers()),
+        None => None,
+    };
+    let record = AccessRecord {
+        method: req.method().clone(),
+        // Only paid for when the line is written.
+        path: if access_log {
+            req.uri().path().to_string()
+        } else {
+            String::new()
+        },
+        route: None,
+        route_index: None,
+        status: 0,
+        duration: Default::default(),
+        request_id: request_id.clone(),
+        trace_id,
+        error: None,
+        partial: false,
+        cache: None,
+        auth: None,
+        backends: Vec::new(),
+    };
+    let head = req.method() == Method::HEAD;
+    // Looked at only when some route has CORS: a gateway without it pays nothing.
+    let (origin, preflight) = if gateway.any_cors {
+        let h = req.headers();
+        let preflight = req.method() == Method::OPTIONS
+            && h.contains_key(header::ORIGIN)
+            && h.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        (h.get(header::ORIGIN).cloned(), preflight)
+    } else {
+        (None, false)
+    };
+    let mut done = Finish::new(shared, gateway.clone(), record, span);
+    let served = if gateway.shared.is_some() {
+        crate::state::redis::with_budget(serve(
+            &gateway,
+            req,
+            peer,
+            share.as_ref(),
+            &request_id,
+            &mut done,
+        ))
+        .await
+    } else {
+        serve(&gateway, req, peer, share.as_ref(), &request_id, &mut done).await
+    };
+    let mut response = match served {
+        // An h2 connection whose client leaves its answers unread gets no more than its
+        // share pinned: an answer that would pass it is let go, and 503 sent instead.
+        Ok(r)
+            if share
+                .as_ref()
+                .is_some_and(|s| s.would_pass(buffered_len(&r))) =>
+        {
+            let e = GatewayError::Crowded;
+            done.record.error = Some(e.code());
+            e.into_response(&request_id)
+        }
+        Ok(r) => r,
+        Err(e) => {
+            done.record.error = Some(e.code());
+            e.into_response(&request_id)
+        }
+    };
+    done.record.status = response.status().as_u16();
+    // Every answer of a route with CORS, errors included, except a preflight's own 204.
+    if gateway.any_cors
+        && let Some(cors) = done
+            .record
+            .route_index
+            .and_then(|i| gateway.routes[i].cors.as_deref())
+        && !(preflight && response.status() == StatusCode::NO_CONTENT)
+    {
+        cors.decorate(origin.as_ref(), response.headers_mut());
+    }
+    if head {
+        // The GET answer's headers, with the length it would have, and no body.
+        if let Body::Full(Some(bytes)) = response.body() {
+            let len = HeaderValue::from(bytes.len());
+            response.headers_mut().insert(header::CONTENT_LENGTH, len);
+            *response.body_mut() = Body::empty();
+        }
+    }
+    response
+}
+
+/// Whether a page of `origin` may open a tunnel on `route`: the origins of its
+/// `websocket.allow_origins`, else of its CORS; without either, only its own origin,
+/// told by the `host` the request was sent to (or, from a trusted proxy, the
+/// `x-forwarded-host` it names), as most WebSocket servers check it. A proxy that
+/// terminates TLS changes the scheme, not the host, so the scheme is not compared.
+fn tunnel_origin_allowed(
+    route: &Route,
+    origin: &HeaderValue,
+    headers: &HeaderMap,
+    via_proxy: bool,
+) -> bool {
+    if let Some(listed) = route.tunnel_origins.as_ref().or(route.cors.as_deref()) {
+        return listed.allows(origin);
+    }
+    let Some(authority) = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest.trim_end_matches('/'))
+    else {
+        return false;
+    };
+    let same = |host: &[u8]| authority.as_bytes().eq_ignore_ascii_case(host);
+    let forwarded = via_proxy
+        .then(|| headers.get(forward::X_FORWARDED_HOST))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim);
+    headers
+        .get(header::HOST)
+        .is_some_and(|h| same(h.as_bytes()))
+        || forwarded.is_some_and(|h| same(h.as_bytes()))
+}
+
+/// A CORS preflight (CONTRACT §7), answered here: it reaches no upstream, needs no
+/// token and is not rate limited. `None` when the request is not one, or the route it
+/// asks about has no CORS (then the OPTIONS request is routed like any other).
+fn preflight(
+    gateway: &Gateway,
+    parts: &http::request::Parts,
+    request_id: &HeaderValue,
+    record: &mut AccessRecord,
+) -> Result<Option<Response<Body<Streamed>>>, GatewayError> {
+    let h = &parts.headers;
+    let (Some(origin), Some(wanted)) = (
+        h.get(header::ORIGIN),
+        h.get(header::ACCESS_CONTROL_REQUEST_METHOD),
+    ) else {
+        return Ok(None);
+    };
+    let path = parts.uri.path();
+    let Ok(wanted) = Method::from_bytes(wanted.as_bytes()) else {
+        return Err(GatewayError::CorsRejected);
+    };
+    let (route, served) = match gateway.router.find(&wanted, path) {
+        Match::NotFound => return Err(GatewayError::RouteNotFound),
+        Match::Found { route, .. } => (route, true),
+        Match::MethodNotAllowed { route, .. } => (route, false),
+    };
+    let r = &gateway.routes[route];
+    let Some(cors) = &r.cors else {
+        return Ok(None);
+    };
+    record.route_index = Some(route);
+    record.route = Some(r.name.clone());
+    if !served || !cors.allows(origin) {
+        return Err(GatewayError::CorsRejected);
+    }
+    let methods = allowed_methods(gateway, path, origin).ok_or(GatewayError::CorsRejected)?;
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    cors.preflight(origin, &methods, resp.headers_mut());
+    resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+    Ok(Some(resp))
+}
+
+/// `access-control-allow-methods` for `origin` at `path`: the methods whose own route
+/// allows that origin (HEAD where GET is). A browser caches a preflight's answer per
+/// listed method, so a method whose route refuses the origin must not be listed: its
+/// request would later go out without a preflight of its own.
+fn allowed_methods(gateway: &Gateway, path: &str, origin: &HeaderValue) -> Option<HeaderValue> {
+    let routes = gateway.router.routes_at(path);
+    let mut listed: Vec<&str> = Vec::new();
+    for (method, route) in routes {
+        if gateway.routes[*route]
+            .cors
+            .as_deref()
+            .is_some_and(|c| c.allows(origin))
+        {
+            listed.push(method.as_str());
+        }
+    }
+    // HEAD is answered by the GET route unless a route serves HEAD itself (and then
+    // that route's CORS decided above).
+    if listed.contains(&"GET") && !routes.iter().any(|(m, _)| m == Method::HEAD) {
+        listed.push("HEAD");
+    }
+    HeaderValue::from_str(&listed.join(", ")).ok()
+}
+
+/// Bytes of a buffered answer (0 for a streamed one).
+fn buffered_len(r: &Response<Body<Streamed>>) -> u64 {
+    match r.body() {
+        Body::Full(Some(b)) => b.len() as u64,
+        _ => 0,
+    }
+}
+
+/// Counts, measures and logs a request however it ends: answered, or dropped midway
+/// (client gone, HTTP/2 stream reset, drain cut short) — then with status 499, as
+/// nginx logs a client that closed the request.
+pub struct Finish {
+    shared: Arc<Live>,
+    gateway: Arc<Gateway>,
+    pub record: AccessRecord,
+    /// The server span; it ends with the request.
+    pub span: Span,
+    /// When the request came in: the route deadline counts from here.
+    pub started: Instant,
+}
+
+impl Finish {
+    fn new(shared: Arc<Live>, gateway: Arc<Gateway>, record: AccessRecord, span: Span) -> Self {
+        METRICS.inflight.inc();
+        Finish {
+            shared,
+            gateway,
+            record,
+            span,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        METRICS.inflight.dec();
+        if self.record.status == 0 {
+            self.record.status = CLIENT_CLOSED_REQUEST.as_u16();
+        }
+        let elapsed = self.started.elapsed();
+        let status = self.record.status;
+        if self.span.is_on() {
+            self.span
+                .record(|a| a.int("http.response.status_code", i64::from(status)));
+            if status >= 500 {
+                // A passthrough route streams the upstream's own 5xx: no error code of
+                // ours, so the status names the error (the semantic conventions' rule).
+                let status_text = status.to_string();
+                let code = self.record.error.unwrap_or(&status_text);
+                self.span.fail(code, || format!("answered {status} {code}"));
+            } else if status == CLIENT_CLOSED_REQUEST.as_u16() {
+                self.span.fail("cancelled", || {
+                    "the client went away before the answer".to_owned()
+                });
+            }
+            let (cache, partial, auth) = (self.record.cache, self.record.partial, self.record.auth);
+            self.span.record(|a| {
+                if let Some(c) = cache {
+                    a.str("manifold.cache", c);
+                }
+                if let Some(r) = auth {
+                    a.str("manifold.auth", r);
+                }
+                if partial {
+                    a.bool("manifold.partial", true);
+                }
+            });
+            self.span.end();
+        }
+        let secs = elapsed.as_secs_f64();
+        match self.record.route_index.map(|i| &self.gateway.routes[i]) {
+            Some(route) if route.method == self.record.method => {
+                route.metrics.observe(status, secs);
+            }
+            // A 405, or HEAD on a GET route: rare, so a labelled lookup is fine.
+            Some(route) => METRICS.request(&route.name, &self.record.method, status, secs),
+            None => METRICS.request("unmatched", &self.record.method, status, secs),
+        }
+        let telemetry = &self.gateway.config.telemetry;
+        if telemetry.access_log {
+            self.record.duration = elapsed;
+            access_log::write(&self.shared.log_sink, telemetry.log_format, &self.record);
+        }
+    }
+}
+
+async fn serve(
+    gateway: &Gateway,
+    req: Request<Incoming>,
+    peer: Peer,
+    share: Option<&Arc<Share>>,
+    request_id: &HeaderValue,
+    done: &mut Finish,
+) -> Result<Response<Body<Streamed>>, GatewayError> {
+    let Finish {
+        record,
+        span,
+        started,
+        ..
+    } = done;
+    let (mut parts, body) = req.into_parts();
+    check_head(&parts, gateway.config.server.max_header_size)?;
+    if parts.extensions.get::<Crowded>().is_some() {
+        return Err(GatewayError::Crowded);
+    }
+    if gateway.any_cors
+        && parts.method == Method::OPTIONS
+        && let Some(answer) = preflight(gateway, &parts, request_id, record)?
+    {
+        return Ok(answer);
+    }
+    let (route, raw_params) = match gateway.router.find(&parts.method, parts.uri.path()) {
+        Match::Found { route, params } => {
+            record.route_index = Some(route);
+            (&gateway.routes[route], params)
+        }
+        Match::NotFound => return Err(GatewayError::RouteNotFound),
+        Match::MethodNotAllowed { allow, route } => {
+            record.route_index = Some(route);
+            record.route = Some(gateway.routes[route].name.clone());
+            return Err(GatewayError::MethodNotAllowed { allow });
+        }
+    };
+    record.route = Some(route.name.clone());
+    span.rename(&route.span_name);
+    span.record(|a| a.str("http.route", &route.template));
+    // Only HTTP/1.1 requests with an `upgrade` header carry the mark looked at here.
+    let upgrade = crate::request::websocket::is_upgrade(&parts);
+    if upgrade && route.websocket.is_none() {
+        return Err(GatewayError::BadRequest {
+            reason: "this route does not accept WebSocket upgrades",
+        });
+    }
+    // With `[shared]`, a limited route's cache entry is read in the limit's round
+    // trip (when its key is known now: no token's claims in it).
+    let mut prefetched = None;
+    if let Some(limiter) = &route.limiter {
+        let trusted = &gateway.config.server.trusted_proxies;
+        let decided = if limiter.is_shared() {
+            let cache_key = (route.cache.is_some()
+                && route.auth.is_none()
+                && !route.passthrough
+                && parts.method == Method::GET
+                && gateway.cache.shared_up())
+            .then(|| {
+                let query = forward::forwarded_query(parts.uri.query(), &route.forward_query);
+                let vary = cache::vary(&parts.headers, &route.forward_headers);
+                route_cache_key(route, parts.uri.path(), query.as_deref(), &vary)
+            });
+            // Boxed: only routes whose limit lives in Redis carry that future.
+            let (decided, entry) = Box::pin(limiter.check_shared(
+                &parts.headers,
+                peer.addr.ip(),
+                trusted,
+                cache_key.as_deref(),
+            ))
+            .await;
+            prefetched = entry;
+            decided
+        } else {
+            limiter.check(&parts.headers, peer.addr.ip(), trusted)
+        };
+        decided.map_err(|retry_after| {
+            route.metrics.rate_limited();
+            GatewayError::RateLimited { retry_after }
+        })?;
+    }
+    // The token, after the rate limit (a flood of bad tokens is limited) and before
+    // the cache (a cached answer never reaches a client whose token failed). Boxed:
+    // a key fetch may be awaited in there, and a route without auth must not carry
+    // (and copy) that future's room.
+    let claims = match &route.auth {
+        None => None,
+        Some(auth) => {
+            let by = *started + route.deadline;
+            Box::pin(authorize(route, auth, &parts.headers, by, record)).await?
+        }
+    };
+    let mut params = decode_params(raw_params.iter())?;
+    let declared = forward::content_length(&parts.headers);
+    if declared.is_some_and(|n| n > route.max_request_body) {
+        return Err(GatewayError::PayloadTooLarge {
+            limit: route.max_request_body,
+        });
+    }
+    let mut headers =
+        forward::upstream_headers(&parts.headers, &route.forward_headers, request_id, &peer);
+    let identity = match &route.auth {
+        None => String::new(),
+        Some(auth) => apply_claims(auth, claims.as_deref(), &mut params, &mut headers),
+    };
+    drop(claims);
+    let query = forward::forwarded_query(parts.uri.query(), &route.forward_query);
+    let deadline = *started + route.deadline;
+
+    if upgrade {
+        // A browser applies no CORS to WebSockets and sends its cookies with any page's
+        // upgrade: the route says which origins may open one (cross-site WebSocket
+        // hijacking otherwise).
+        if let Some(origin) = parts.headers.get(header::ORIGIN) {
+            let peer_ip = peer.addr.ip().to_canonical();
+            let via_proxy = gateway
+                .config
+                .server
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains(&peer_ip));
+            if !tunnel_origin_allowed(route, origin, &parts.headers, via_proxy) {
+                return Err(GatewayError::CorsRejected);
+            }
+        }
+        let query = query.map(|q| q.into_owned());
+        return Box::pin(crate::request::websocket::tunnel(
+            route,
+            &mut parts,
+            headers,
+            query.as_deref(),
+            &params,
+            deadline,
+            record,
+            span,
+        ))
+        .await;
+    }
+    if route.passthrough {
+        return passthrough::forward(
+            route,
+            &parts,
+            body,
+            headers,
+            query.as_deref(),
+            &params,
+            deadline,
+            record,
+            span,
+        )
+        .await;
+    }
+    // Boxed: this future is kilobytes, and without the box every level above it (and
+    // so every pass-through request, which never gets here) would carry and copy it.
+    Box::pin(aggregate(
+        gateway,
+        route,
+        &parts,
+        body,
+        headers,
+        query,
+        (params, identity, prefetched),
+        deadline,
+        request_id,
+        record,
+        span,
+        share,
+    ))
+    .await
+}
+
+/// A fan-out route: reads the client's body, fans out, merges, through the route cache.
+#[allow(clippy::too_many_arguments)]
+async fn aggregate(
+    gateway: &Gateway,
+    route: &Route,
+    parts: &http::request::Parts,
+    body: Incoming,
+    headers: HeaderMap,
+    query: Option<std::borrow::Cow<'_, str>>,
+    (params, identity, prefetched): (Vec<String>, String, Option<Option<Vec<u8>>>),
+    deadline: Instant,
+    request_id: &HeaderValue,
+    record: &mut AccessRecord,
+    span: &mut Span,
+    share: Option<&Arc<Share>>,
+) -> Result<Response<Body<Streamed>>, GatewayError> {
+    // A client trickling its body must not hold the answer past the deadline either.
+    // (Made inside the call that awaits it: bound to a local first, it would be
+    // stored twice in this future.)
+    let client_body = tokio::time::timeout_at(deadline, async {
+        if route.wants_body {
+            read_body(&parts.headers, body, route.max_request_body).await
+        } else if !http_body::Body::is_end_stream(&body) {
+            // No backend takes it, but an oversized (chunked) body is still refused.
+            read_body(&parts.headers, body, route.max_request_body)
+                .await
+                .map(|_| None)
+        } else {
+            Ok(None)
+        }
+    })
+    .await
+    .map_err(|_| GatewayError::RequestTimeout)??;
+    let mut vary = cache::vary(&parts.headers, &route.forward_headers);
+    // Claims that reach upstreams are part of every cache key, like forwarded headers.
+    vary.push_str(&identity);
+    let call = Call {
+        headers: &headers,
+        query: query.as_deref(),
+        body: client_body,
+        params: &params,
+        deadline,
+        idempotency_key: parts.headers.contains_key(forward::IDEMPOTENCY_KEY),
+        vary: &vary,
+        cache: &gateway.cache,
+        span,
+        budget: &gateway.budget,
+        share,
+        request_id,
+    };
+    let Some(cache_config) = &route.cache else {
+        let (bytes, completed, _) = merged(route, &call, record).await?;
+        return Ok(json_response(bytes, completed, request_id, None));
+    };
+
+    // The route cache: complete answers only; a stale one stands in when a fresh
+    // attempt fails, within `stale_if_error`.
+    let key = route_cache_key(route, parts.uri.path(), query.as_deref(), &vary);
+    let longest = cache::Longest {
+        fresh: cache_config.ttl,
+        stale: cache_config.stale_if_error.unwrap_or_default(),
+    };
+    let stale = match gateway.cache.lookup_with(&key, prefetched, longest).await {
+        Lookup::Fresh(entry) => {
+            record.cache = Some("hit");
+            METRICS.cache_result("route", "hit");
+            return Ok(json_response(entry.body, true, request_id, Some("hit")));
+        }
+        Lookup::Stale(entry) => Some(entry),
+        Lookup::Miss => None,
+    };
+    match merged(route, &call, record).await {
+        Ok((bytes, completed, hints)) => {
+            if completed {
+                let ttl = hints.ttl(cache_config.ttl);
+                let stale_for = cache_config.stale_if_error.unwrap_or_default();
+                gateway
+                    .cache
+                    .store(key, bytes.clone(), ttl, stale_for)
+                    .await;
+            }
+            record.cache = Some("miss");
+            METRICS.cache_result("route", "miss");
+            Ok(json_response(bytes, completed, request_id, Some("miss")))
+        }
+        Err(e) => match stale {
+            Some(entry) => {
+                tracing::warn!(route = %route.name, error = e.code(), "serving a stale answer");
+                record.cache = Some("stale");
+                METRICS.cache_result("route", "stale");
+                Ok(json_response(entry.body, true, request_id, Some("stale")))
+            }
+            None => {
+                record.cache = Some("miss");
+                record.error = Some(e.code());
+                METRICS.cache_result("route", "miss");
+                let mut resp = e.into_response(request_id);
+                resp.headers_mut()
+                    .insert(X_MANIFOLD_CACHE, HeaderValue::from_static("miss"));
+                Ok(resp)
+            }
+        },
+    }
+}
+
+/// Fans out and merges: the body, whether it is complete, and what the answers'
+/// `cache-control` allows.
+async fn merged(
+    route: &Route,
+    call: &Call<'_>,
+    record: &mut AccessRecord,
+) -> Result<(Bytes, bool, Hints), GatewayError> {
+    let fan = fanout::run(route, call).await;
+    let hints = fan
+        .reports
+        .iter()
+        .flatten()
+        .fold(Hints::default(), |acc, r| acc.join(r.hints));
+    record.backends = reports(route, fan.reports);
+    let first_failure = match fan.results.first() {
+        Some(Some(Err(f))) => f.clone(),
+        _ => Failure::Timeout,
+    };
+    if let Some(e) = fan.required_failure {
+        return Err(GatewayError::Backend(e));
+    }
+    // The merged body is about as large as the answers it is made of: room for it
+    // first, while the answers are still held, or 503 instead of growing memory.
+    let size: u64 = fan.charges.iter().map(Charge::bytes).sum();
+    let room = call.budget.start(call.share);
+    if !room.grow(size) {
+        return Err(GatewayError::BufferFull);
+    }
+    // None answered: the route fails as if its first backend were required.
+    let Some((bytes, completed)) = merge::assemble(route.plans(), fan.results) else {
+        let first = &route.backends[0];
+        return Err(GatewayError::Backend(BackendError {
+            backend: first.plan.name.clone(),
+            upstream: first.upstream.name.clone(),
+            failure: first_failure,
+        }));
+    };
+    record.partial = !completed;
+    Ok((Bytes::from(bytes), completed, hints))
+}
+
+fn json_response(
+    body: Bytes,
+    completed: bool,
+    request_id: &HeaderValue,
+    cache: Option<&'static str>,
+) -> Response<Body<Streamed>> {
+    let mut resp = Response::new(Body::from(body));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(X_REQUEST_ID, request_id.clone());
+    h.insert(
+        X_MANIFOLD_COMPLETED,
+        HeaderValue::from_static(if completed { "true" } else { "false" }),
+    );
+    if let Some(c) = cache {
+        h.insert(X_MANIFOLD_CACHE, HeaderValue::from_static(c));
+    }
+    resp
+}
+
+fn reports(route: &Route, reports: Vec<Option<Report>>) -> Vec<(Arc<str>, Report)> {
+    route
+        .backends
+        .iter()
+        .zip(reports)
+        .filter_map(|(b, r)| r.map(|r| (b.plan.name.clone(), r)))
+        .collect()
+}
+
+/// The route's token check within its deadline (a JWKS fetch it waits for is bounded
+/// by it too: no key in time is `AUTH_UNAVAILABLE`), counted and noted for the access
+/// line; then a rate limit keyed on a claim, which needs the token.
+async fn authorize(
+    route: &Route,
+    auth: &crate::edge::auth::Auth,
+    headers: &http::HeaderMap,
+    by: Instant,
+    record: &mut AccessRecord,
+) -> Result<crate::edge::auth::Claims, GatewayError> {
+    // One token, or none: with two `authorization` headers the first would be verified
+    // and both forwarded, so an upstream could act on the unverified one (see
+    // docs/configuration.md, "auth").
+    if headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        auth.metrics.count("invalid");
+        record.auth = Some("invalid");
+        return Err(GatewayError::BadRequest {
+            reason: "a request may carry one authorization header",
+        });
+    }
+    // Out of time means waiting for a key fetch: with keys held, the token named an
+    // unknown one (401); with none, there is nothing to check with (503).
+    let checked = tokio::time::timeout_at(by, auth.check(headers))
+        .await
+        .unwrap_or_else(|_| {
+            Err(if auth.validator.keys_held() > 0 {
+                crate::base::error::AuthFailure::Invalid("the token's key (kid) is unknown")
+            } else {
+                crate::base::error::AuthFailure::Unavailable
+            })
+        });
+    let result = match &checked {
+        Ok(Some(_)) => "ok",
+        Ok(None) => "missing",
+        Err(e) => e.result(),
+    };
+    auth.metrics.count(result);
+    record.auth = Some(result);
+    let claims = checked.map_err(GatewayError::Auth)?;
+    if let Some(limiter) = &route.limiter
+        && let Some(claim) = limiter.claim()
+    {
+        let value = claims
+            .as_deref()
+            .and_then(|c| crate::edge::auth::claim_text(c, claim));
+        let decided = if limiter.is_shared() {
+            limiter.check_claim_shared(value.as_deref()).await
+        } else {
+            limiter.check_claim(value.as_deref())
+        };
+        decided.map_err(|retry_after| {
+            route.metrics.rate_limited();
+            GatewayError::RateLimited { retry_after }
+        })?;
+    }
+    Ok(claims)
+}
+
+/// What of the token reaches upstreams: the claims the backends' paths read, appended
+/// to `params` after the route's own, and `claims_to_headers` (only the token's word:
+/// a client's own header of that name never passes). [`crate::edge::auth::Auth::check`]
+/// made sure each is sendable. Returns those claims as a cache-key part, like
+/// forwarded headers; each value length-prefixed, so no two claim sets read alike.
+fn apply_claims(
+    auth: &crate::edge::auth::Auth,
+    claims: Option<&serde_json::Map<String, serde_json::Value>>,
+    params: &mut Vec<String>,
+    headers: &mut http::HeaderMap,
+) -> String {
+    use std::fmt::Write;
+    for (_, name) in &auth.claims_to_headers {
+        headers.remove(name);
+    }
+    let mut identity = String::new();
+    let Some(claims) = claims else {
+        return identity;
+    };
+    for claim in &auth.path_claims {
+        let value = crate::edge::auth::claim_text(claims, claim).unwrap_or_default();
+        let _ = write!(identity, "\njwt.{claim}:{}:{value}", value.len());
+        params.push(value.into_owned());
+    }
+    for (claim, name) in &auth.claims_to_headers {
+        let value = crate::edge::auth::claim_text(claims, claim);
+        let v = value.as_deref().unwrap_or("");
+        let _ = write!(identity, "\njwt.{claim}:{}:{v}", v.len());
+        if let Some(v) = value.and_then(|v| http::HeaderValue::from_str(&v).ok()) {
+            headers.insert(name.clone(), v);
+        }
+    }
+    identity
+}
+
+/// A route cache entry's key: the route (name and definition's fingerprint), the path,
+/// the forwarded query, and `vary`: the values that reach upstreams (forwarded headers,
+/// then the token's claims).
+fn route_cache_key(route: &Route, path: &str, query: Option<&str>, vary: &str) -> String {
+    format!("{}{path}?{}{vary}", route.cache_prefix, query.unwrap_or(""))
+}
+
+/// What every request head must be before it is routed: one `host` for HTTP/1.1
+/// (RFC 9112 §3.2; HTTP/2 carries `:authority` instead), and no larger than
+/// `max_header_size`, counted as the path and query plus each header's name and value,
+/// the same for HTTP/1.1 and h2. (The parsers refuse heads of twice that before they
+/// get here, with a bare 431.)
+fn check_head(parts: &http::request::Parts, limit: u64) -> Result<(), GatewayError> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let (first, second) = (hosts.next(), hosts.next());
+    if second.is_some() || (first.is_none() && parts.version == http::Version::HTTP_11) {
+        return Err(GatewayError::BadRequest {
+            reason: "an HTTP/1.1 request needs exactly one host header",
+        });
+    }
+    let target = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target > limit {
+        return Err(GatewayError::UriTooLong { limit });
+    }
+    let size = parts.headers.iter().fold(target, |n, (name, value)| {
+        n + name.as_str().len() + value.len()
+    });
+    if size > limit {
+        return Err(GatewayError::HeadersTooLarge { limit });
+    }
+    Ok(())
+}
+
+/// Percent-decodes path parameters and refuses `.`, `..`, control characters and bad UTF-8.
+pub fn decode_params<'a>(
+    raw: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Result<Vec<String>, GatewayError> {
+    let mut out = Vec::new();
+    for (name, value) in raw {
+        let bad = |reason| GatewayError::BadParameter {
+            name: name.to_string(),
+            reason,
+        };
+        let decoded = percent_encoding::percent_decode_str(value)
+            .decode_utf8()
+            .map_err(|_| bad("is not valid UTF-8"))?;
+        if decoded == "." || decoded == ".." {
+            return Err(bad("may not be `.` or `..`"));
+        }
+        if decoded.chars().any(char::is_control) {
+            return Err(bad("holds a control character"));
+        }
+        out.push(decoded.into_owned());
+    }
+    Ok(out)
+}
+
+/// The client's body, with its content-type, for backends that carry it; 413 past the limit.
+async fn read_body(
+    h: &HeaderMap,
+    body: Incoming,
+    limit: u64,
+) -> Result<Option<(Bytes, HeaderValue)>, GatewayError> {
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+    let collected = Limited::new(body, limit_usize)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                GatewayError::PayloadTooLarge { limit }
+            } else {
+                // Malformed chunked encoding, or the client gave up mid-body.
+                let fault = e
+                    .downcast_ref::<hyper::Error>()
+                    .map_or(ClientFault::Malformed, ClientFault::of);
+                GatewayError::client(fault, limit)
+            }
+        })?
+        .to_bytes();
+    if collected.is_empty() {
+        return Ok(None);
+    }
+    let content_type = h
+        .get(header::CONTENT_TYPE)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    Ok(Some((collected, content_type)))
+}

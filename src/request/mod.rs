@@ -1,0 +1,13 @@
+//! One request through a route: the handler runs its steps in order (the route, CORS
+//! preflight, rate limit, token, parameters and body, route cache), then fans out
+//! to the backends and merges their answers, streams one (passthrough) or tunnels a
+//! WebSocket. [`gateway`] is the config compiled for serving, which every step reads.
+
+pub mod backend;
+pub mod fanout;
+pub mod gateway;
+pub mod handler;
+pub mod merge;
+pub mod passthrough;
+pub mod router;
+pub mod websocket;
