@@ -1,9 +1,14 @@
 //! `[auth.jwt.NAME]` and a route's `auth`: the token validators' settings, and how a
 //! JWKS document is read (at load, to check a `jwks_file`, and by the validators).
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+use url::Url;
+
+use super::diag::Diagnostic;
+use super::positive_duration;
+use super::reader::{Errors, Key, Table, key};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use serde_json::Value;
 
@@ -117,4 +122,201 @@ pub fn parse_jwks(text: &[u8]) -> Result<Vec<Jwk>, String> {
         return Err("the JWKS holds no usable signing key".into());
     }
     Ok(keys)
+}
+
+/// Clock skew allowed on a token's exp, nbf and iat.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(600);
+pub const DEFAULT_JWKS_COOLDOWN: Duration = Duration::from_secs(30);
+/// `[auth.jwt.NAME]`: exactly one key source; algorithms that fit it.
+pub(super) fn read_jwt(
+    name: String,
+    t: &mut Table<'_, '_>,
+    errs: &mut Errors,
+    base: &Path,
+) -> Option<JwtConfig> {
+    let url = t.string(errs, key("jwks_url", "Where the JWKS is (http:// or https://): fetched at start, every refresh, and on an unknown kid."));
+    let file = t.string(errs, key("jwks_file", "A JWKS file, read at load and again when it changes; relative to the config file's directory."));
+    let secret = t.string(
+        errs,
+        key(
+            "secret",
+            "An HMAC secret for HS256/384/512, usually \"${ENV}\"; never shown.",
+        ),
+    );
+    let given = [url.is_some(), file.is_some(), secret.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if given != 1 {
+        errs.push(
+            Diagnostic::new(
+                t.span(),
+                format!(
+                    "{} needs exactly one of jwks_url, jwks_file and secret",
+                    t.name
+                ),
+            )
+            .label(if given == 0 {
+                "no key source"
+            } else {
+                "more than one key source"
+            }),
+        );
+    }
+    let mut source = None;
+    if let Some((u, span)) = url {
+        match Url::parse(&u) {
+            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
+                source = Some(KeySource::Url(parsed))
+            }
+            _ => errs.push(
+                Diagnostic::new(
+                    span,
+                    format!(
+                        "jwks_url `{}` is not an http(s) URL",
+                        crate::base::redact::url(&u)
+                    ),
+                )
+                .label("not a URL"),
+            ),
+        }
+    }
+    if let Some((f, span)) = file {
+        let path = base.join(&f);
+        match crate::base::files::read_bounded(&path, crate::base::files::MAX_FILE)
+            .map_err(|e| e.to_string())
+            .and_then(|t| parse_jwks(&t).map(|k| k.len()))
+        {
+            Ok(_) => source = Some(KeySource::File(path)),
+            Err(e) => errs.push(
+                Diagnostic::new(span, format!("jwks_file `{f}` cannot be used: {e}"))
+                    .label("unusable"),
+            ),
+        }
+    }
+    if let Some((s, span)) = secret {
+        if s.len() < 32 {
+            errs.push(
+                Diagnostic::new(span, "the secret is shorter than 32 bytes")
+                    .label("too short to resist guessing")
+                    .note("an HS256 secret should be at least 256 bits of random data"),
+            );
+        } else {
+            source = Some(KeySource::Secret(Secret(s)));
+        }
+    }
+    const ALGORITHMS: Key = key(
+        "algorithms",
+        "Algorithms accepted (required): a token's alg must be listed and be its key's. HS* only with secret; RS*, PS*, ES256/384, EdDSA only with a JWKS.",
+    );
+    t.require(ALGORITHMS);
+    let listed = t.string_list(errs, ALGORITHMS);
+    let mut algorithms = Vec::new();
+    match &listed {
+        None if t.get(ALGORITHMS).is_none() => t.missing(errs, "algorithms"),
+        Some(list) if list.is_empty() => errs.push(
+            Diagnostic::new(t.span(), "algorithms is empty")
+                .label("list the algorithms your tokens use"),
+        ),
+        _ => {}
+    }
+    for (a, span) in listed.unwrap_or_default() {
+        match a.parse::<jsonwebtoken::Algorithm>() {
+            Ok(alg) => {
+                let hmac = family(alg) == jsonwebtoken::AlgorithmFamily::Hmac;
+                match &source {
+                    Some(KeySource::Secret(_)) if !hmac => errs.push(Diagnostic::new(span, format!("{a} needs a public key; a secret only checks HS256/384/512")).label("not an HMAC algorithm")),
+                    Some(KeySource::Url(_) | KeySource::File(_)) if hmac => errs.push(
+                        Diagnostic::new(span, format!("{a} is checked with a secret, not a JWKS"))
+                            .label("HMAC with a public key set")
+                            .note("listing HS* next to public keys is how alg-confusion attacks work; use `secret` for HMAC tokens"),
+                    ),
+                    _ => algorithms.push(alg),
+                }
+            }
+            Err(_) => errs.push(
+                Diagnostic::new(span, format!("unknown algorithm `{a}`"))
+                    .label("not a JWS algorithm")
+                    .note("HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA (`none` never)"),
+            ),
+        }
+    }
+    let issuer = t
+        .string(errs, key("issuer", "The token's iss must equal it."))
+        .map(|(s, _)| s);
+    let audience = t
+        .string_list(
+            errs,
+            key("audience", "The token's aud must hold one of them."),
+        )
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    let leeway = t
+        .duration(
+            errs,
+            key(
+                "leeway",
+                "Clock skew allowed on exp, nbf and iat. Default 30s.",
+            ),
+        )
+        .map_or(DEFAULT_LEEWAY, |(d, _)| d);
+    let refresh = positive_duration(
+        t,
+        errs,
+        key(
+            "refresh",
+            "How often the JWKS URL is fetched again. Default 10m.",
+        ),
+    )
+    .flatten()
+    .unwrap_or(DEFAULT_JWKS_REFRESH);
+    let refresh_cooldown = positive_duration(
+        t,
+        errs,
+        key(
+            "refresh_cooldown",
+            "An unknown kid fetches the JWKS again at most once per this. Default 30s.",
+        ),
+    )
+    .flatten()
+    .unwrap_or(DEFAULT_JWKS_COOLDOWN);
+    let ca_file = t
+        .string(
+            errs,
+            key(
+                "ca_file",
+                "Extra CA certificates (PEM) trusted for an https jwks_url.",
+            ),
+        )
+        .and_then(|(s, span)| {
+            match crate::base::files::read_bounded(&base.join(&s), crate::base::files::MAX_FILE)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+            {
+                Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(base.join(s)),
+                _ => {
+                    errs.push(
+                        Diagnostic::new(span, format!("ca_file `{s}` is not a readable PEM file"))
+                            .label("unusable"),
+                    );
+                    None
+                }
+            }
+        });
+    if algorithms.is_empty() {
+        return None;
+    }
+    Some(JwtConfig {
+        name,
+        source: source?,
+        issuer,
+        audience,
+        algorithms,
+        leeway,
+        refresh,
+        refresh_cooldown,
+        ca_file,
+    })
 }

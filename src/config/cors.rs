@@ -1,6 +1,8 @@
 //! `[cors]` and a route's own `cors` table: which origins, headers and credentials a
 //! browser on another origin is allowed, and how an origin pattern is read.
 
+use super::diag::Diagnostic;
+use super::reader::{Errors, Key, Table, key};
 use std::time::Duration;
 
 /// `[cors]` or a route's own `cors` table, as loaded (CONTRACT §7).
@@ -88,4 +90,105 @@ impl Pattern {
             origin.host == self.host
         }
     }
+}
+
+pub(super) fn read_cors(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<CorsConfig> {
+    const ORIGINS: Key = key(
+        "allow_origins",
+        "Origins allowed: exact (https://app.example.com), one leading *. label (https://*.example.com), or [\"*\"].",
+    );
+    t.require(ORIGINS);
+    let origins = t.string_list(errs, ORIGINS);
+    let allow_headers = t
+        .string_list(
+            errs,
+            key(
+                "allow_headers",
+                "Request headers a preflight allows (access-control-allow-headers).",
+            ),
+        )
+        .unwrap_or_default();
+    let expose_headers = t
+        .string_list(
+            errs,
+            key(
+                "expose_headers",
+                "Answer headers a browser's script may read (access-control-expose-headers).",
+            ),
+        )
+        .unwrap_or_default();
+    let credentials = t.bool(
+        errs,
+        key(
+            "allow_credentials",
+            "Allow cookies and authorization with the request (access-control-allow-credentials). Default false; never with [\"*\"].",
+        ),
+    );
+    let max_age = t
+        .duration(
+            errs,
+            key(
+                "max_age",
+                "How long a browser may keep a preflight's answer (access-control-max-age).",
+            ),
+        )
+        .map(|(d, _)| d);
+    let Some(origins) = origins else {
+        t.missing(errs, "allow_origins");
+        return None;
+    };
+    let mut ok = true;
+    for (o, span) in &origins {
+        if let Err(why) = check_origin(o) {
+            errs.push(
+                Diagnostic::new(
+                    span.clone(),
+                    format!("`{o}` is not an origin pattern: {why}"),
+                )
+                .label("expected e.g. \"https://app.example.com\" or \"https://*.example.com\""),
+            );
+            ok = false;
+        }
+    }
+    let any = origins.iter().any(|(o, _)| o == "*");
+    if any && origins.len() > 1 {
+        errs.push(
+            Diagnostic::new(
+                t.span(),
+                format!("\"*\" in allow_origins of {} stands alone", t.name),
+            )
+            .label("[\"*\"] allows every origin; list origins or \"*\", not both"),
+        );
+        ok = false;
+    }
+    if any && credentials == Some(true) {
+        errs.push(
+            Diagnostic::new(t.span(), format!("{} allows credentials from every origin", t.name))
+                .label("allow_credentials with allow_origins = [\"*\"]")
+                .note("browsers refuse credentials with a wildcard origin, and any site could act as its user: list the origins"),
+        );
+        ok = false;
+    }
+    for (h, span) in allow_headers.iter().chain(&expose_headers) {
+        if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            errs.push(
+                Diagnostic::new(span.clone(), format!("`{h}` is not a header name"))
+                    .label("bad header name"),
+            );
+            ok = false;
+        }
+    }
+    ok.then(|| CorsConfig {
+        allow_origins: origins.into_iter().map(|(o, _)| o).collect(),
+        allow_headers: allow_headers
+            .into_iter()
+            .map(|(h, _)| h.to_ascii_lowercase())
+            .collect(),
+        expose_headers: expose_headers
+            .into_iter()
+            .map(|(h, _)| h.to_ascii_lowercase())
+            .collect(),
+        allow_credentials: credentials.unwrap_or(false),
+        max_age,
+    })
 }

@@ -69,14 +69,67 @@ pub enum Kind {
 }
 
 /// A key as the loader reads it: its name, what it means (the schema's description,
-/// written where the loader reads the key) and the bounds the loader holds it to (the
-/// schema's `minimum` and `maximum`), so the schema cannot say what `check` does not.
+/// written where the loader reads the key), the bounds the loader holds it to (the
+/// schema's `minimum` and `maximum`), its default, the values it may take, and whether
+/// a list of it may be empty — so the schema cannot say what `check` does not, and the
+/// docs' key tables are held to the same facts (`tests/docs_keys.rs`).
 #[derive(Debug, Clone, Copy)]
 pub struct Key {
     pub name: &'static str,
     pub about: &'static str,
     pub min: Option<f64>,
     pub max: Option<f64>,
+    pub default: KeyDefault,
+    /// The values a string key may take (an enum in the schema).
+    pub choices: &'static [&'static str],
+    /// A list or table array that must hold at least one item.
+    pub non_empty: bool,
+}
+
+/// A key's default, typed as the key is: what the loader uses when the key is absent,
+/// what `manifold schema` publishes, and what docs/configuration.md's table says.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KeyDefault {
+    /// No default: the key is required, or its absence means "off".
+    None,
+    Duration(Duration),
+    Size(u64),
+    Count(u64),
+    Number(f64),
+    Str(&'static str),
+    Bool(bool),
+    /// Worked out when the gateway starts (such as "one per CPU"): said, not a value.
+    Computed(&'static str),
+}
+
+impl KeyDefault {
+    /// The default as a file would write it: `2s`, `1MiB`, `1024`, `"round_robin"`.
+    pub fn text(&self) -> Option<String> {
+        Some(match self {
+            KeyDefault::None => return None,
+            KeyDefault::Duration(d) => humantime::format_duration(*d).to_string(),
+            KeyDefault::Size(n) => show_size(*n as f64),
+            KeyDefault::Count(n) => n.to_string(),
+            KeyDefault::Number(n) => n.to_string(),
+            KeyDefault::Str(s) => format!("\"{s}\""),
+            KeyDefault::Bool(b) => b.to_string(),
+            KeyDefault::Computed(said) => (*said).to_string(),
+        })
+    }
+
+    /// The default as the schema's `default` (none for a computed one).
+    pub fn json(&self) -> Option<serde_json::Value> {
+        use serde_json::Value;
+        Some(match self {
+            KeyDefault::None | KeyDefault::Computed(_) => return None,
+            KeyDefault::Duration(d) => Value::String(humantime::format_duration(*d).to_string()),
+            KeyDefault::Size(n) => Value::String(show_size(*n as f64)),
+            KeyDefault::Count(n) => Value::from(*n),
+            KeyDefault::Number(n) => Value::from(*n),
+            KeyDefault::Str(s) => Value::String((*s).to_string()),
+            KeyDefault::Bool(b) => Value::Bool(*b),
+        })
+    }
 }
 
 /// `key("timeout", "Deadline for the whole request.")`.
@@ -86,10 +139,76 @@ pub const fn key(name: &'static str, about: &'static str) -> Key {
         about,
         min: None,
         max: None,
+        default: KeyDefault::None,
+        choices: &[],
+        non_empty: false,
     }
 }
 
 impl Key {
+    /// Used when the key is absent.
+    pub const fn default(mut self, d: KeyDefault) -> Key {
+        self.default = d;
+        self
+    }
+
+    /// The only values the key may take.
+    pub const fn choices(mut self, choices: &'static [&'static str]) -> Key {
+        self.choices = choices;
+        self
+    }
+
+    /// A list that must hold at least one item.
+    pub const fn non_empty(mut self) -> Key {
+        self.non_empty = true;
+        self
+    }
+
+    /// The default of a duration key (zero if it has none: a bug the tests catch).
+    pub fn default_duration(&self) -> Duration {
+        match self.default {
+            KeyDefault::Duration(d) => d,
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The default of a size key.
+    pub fn default_size(&self) -> u64 {
+        match self.default {
+            KeyDefault::Size(n) => n,
+            _ => 0,
+        }
+    }
+
+    /// The default of a count key.
+    pub fn default_count(&self) -> u64 {
+        match self.default {
+            KeyDefault::Count(n) => n,
+            _ => 0,
+        }
+    }
+
+    /// The default of a number key.
+    pub fn default_number(&self) -> f64 {
+        match self.default {
+            KeyDefault::Number(n) => n,
+            _ => 0.0,
+        }
+    }
+
+    /// The default of a string key.
+    pub fn default_str(&self) -> &'static str {
+        match self.default {
+            KeyDefault::Str(s) => s,
+            _ => "",
+        }
+    }
+
+    /// The default of a bool key.
+    pub fn default_bool(&self) -> bool {
+        matches!(self.default, KeyDefault::Bool(true))
+    }
+
     /// Values below `min` are refused (counts, sizes and numbers).
     pub const fn at_least(mut self, min: f64) -> Key {
         self.min = Some(min);
@@ -114,6 +233,9 @@ pub struct Field {
     pub max: Option<f64>,
     pub kind: Kind,
     pub required: bool,
+    pub default: KeyDefault,
+    pub choices: &'static [&'static str],
+    pub non_empty: bool,
 }
 
 thread_local! {
@@ -158,6 +280,9 @@ impl<'a, 'i> Table<'a, 'i> {
                     max: k.max,
                     kind,
                     required,
+                    default: k.default,
+                    choices: k.choices,
+                    non_empty: k.non_empty,
                 });
             }
         });

@@ -1,0 +1,289 @@
+//! `[server]`: the listeners, their connection bounds and buffers, TLS.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::diag::{Diagnostic, SourceSpan};
+use super::reader::{Errors, Table, key};
+use super::*;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub default_timeout: Duration,
+    pub max_request_body: u64,
+    pub trusted_proxies: Vec<IpNet>,
+    pub shutdown_grace: Duration,
+    /// Event loops (threads), each with its own listener socket and upstream pools.
+    /// `None`: one per CPU.
+    pub workers: Option<usize>,
+    /// Bytes the response cache (route and backend answers) may hold.
+    pub cache_capacity: u64,
+    /// How long a client may take from connecting (or from the end of its previous
+    /// request) to sending a whole request head.
+    pub header_read_timeout: Duration,
+    /// How long a kept-alive HTTP/1 connection, or an h2 connection with no open
+    /// stream, may sit idle before it is closed (h2: GOAWAY).
+    pub idle_timeout: Duration,
+    /// How long an answer may wait for the client to take any of it before the
+    /// connection is closed.
+    pub send_timeout: Duration,
+    /// Open client connections past which new ones are closed at once. `None`: half
+    /// the descriptor limit (see [`default_max_connections`]).
+    pub max_connections: Option<usize>,
+    /// Bytes of a request head (path, query, header names and values): 414/431 past it.
+    pub max_header_size: u64,
+    /// Bytes of upstream answers held in memory at once, across all requests; past it
+    /// a new upstream call fails at once (OVERLOADED).
+    pub buffer_capacity: u64,
+    /// Of those, what one h2 connection's requests may hold.
+    pub buffer_per_connection: u64,
+    /// `tls`: the public listener speaks TLS with this certificate.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The listener's certificate and key: where they are (relative paths already made
+/// relative to the config file's directory) and the pair as loaded and checked.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub pair: std::sync::Arc<rustls::sign::CertifiedKey>,
+}
+
+/// Two configs name the same TLS when they name the same files and those held the
+/// same certificate when each was loaded.
+impl PartialEq for TlsFiles {
+    fn eq(&self, other: &Self) -> bool {
+        self.cert == other.cert && self.key == other.key && self.pair.cert == other.pair.cert
+    }
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_MAX_REQUEST_BODY: u64 = 1 << 20;
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_CACHE_CAPACITY: u64 = 64 << 20;
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_HEADER_SIZE: u64 = 32 << 10;
+pub const DEFAULT_BUFFER_CAPACITY: u64 = 256 << 20;
+pub const DEFAULT_BUFFER_PER_CONNECTION: u64 = 16 << 20;
+pub(super) fn socket_addr(
+    errs: &mut Errors,
+    value: Option<(String, SourceSpan)>,
+    key: &str,
+) -> Option<Option<SocketAddr>> {
+    let Some((s, span)) = value else {
+        return Some(None);
+    };
+    match s.parse::<SocketAddr>() {
+        Ok(a) => Some(Some(a)),
+        Err(_) => {
+            errs.push(
+                Diagnostic::new(
+                    span,
+                    format!("`{key}` must be an address like \"127.0.0.1:8080\" or \"[::]:8080\""),
+                )
+                .label("not an ip:port"),
+            );
+            None
+        }
+    }
+}
+
+pub(super) fn read_server(
+    t: &mut Table<'_, '_>,
+    errs: &mut Errors,
+    base: &Path,
+) -> Option<ServerConfig> {
+    let listen = t.string(
+        errs,
+        key(
+            "listen",
+            "Public listener, ip:port (HTTP/1.1 and h2c). Default 127.0.0.1:8080.",
+        ),
+    );
+    let listen = socket_addr(errs, listen, "listen");
+    let admin = t.string(errs, key("admin_listen", "Admin listener for /health, /ready, /routes and /metrics. Default 127.0.0.1:9901; never the public port."));
+    let admin = socket_addr(errs, admin, "admin_listen");
+    let default_timeout = positive_duration(
+        t,
+        errs,
+        key(
+            "default_timeout",
+            "Route deadline when a route sets none. Default 2s.",
+        ),
+    );
+    let max_request_body = t
+        .size(
+            errs,
+            key(
+                "max_request_body",
+                "Larger request bodies get 413. Default 1MiB.",
+            ),
+        )
+        .map(|(n, _)| n);
+    let shutdown_grace = t
+        .duration(
+            errs,
+            key(
+                "shutdown_grace",
+                "How long a drain waits for in-flight requests. Default 10s.",
+            ),
+        )
+        .map(|(d, _)| d);
+    let cache_capacity = t
+        .size(
+            errs,
+            key(
+                "cache_capacity",
+                "Bytes the route and backend caches may hold together. Default 64MiB.",
+            ),
+        )
+        .map(|(n, _)| n);
+    let header_read_timeout = positive_duration(
+        t,
+        errs,
+        key(
+            "header_read_timeout",
+            "Time a client has, from connecting or from the first byte of its next request, to send a whole request head. Default 10s.",
+        ),
+    );
+    let idle_timeout = positive_duration(
+        t,
+        errs,
+        key(
+            "idle_timeout",
+            "A kept-alive HTTP/1.1 connection with no request, or an h2 connection with no open stream, is closed after this long (h2: GOAWAY). Default 60s.",
+        ),
+    );
+    let send_timeout = positive_duration(
+        t,
+        errs,
+        key(
+            "send_timeout",
+            "A connection whose client takes none of an answer for this long is closed. Default 30s.",
+        ),
+    );
+    let max_connections = t
+        .count(errs, key("max_connections", "Open client connections; past it new ones are closed at once. Default: half the descriptor limit.").at_least(1.0))
+        .map(|(n, _)| usize::try_from(n).unwrap_or(usize::MAX));
+    let max_header_size = t.size(errs, key("max_header_size", "Bytes of a request head (path, query, header names and values), HTTP/1.1 and h2 alike: 414 or 431 past it. Default 32KiB.").between(1024.0, 1048576.0)).map(|(n, _)| n);
+    // Below 64 KiB every buffered answer but the smallest would be refused.
+    let buffer_capacity = t.size(errs, key("buffer_capacity", "Bytes of upstream answers held in memory at once, across all requests; past it new upstream calls fail at once (OVERLOADED). Default 256MiB.").at_least(65536.0)).map(|(n, _)| n);
+    let buffer_per_connection = t.size(errs, key("buffer_per_connection", "Of buffer_capacity, what one h2 connection's requests may hold (answers being read and answers its client has not taken); past it its new requests get 503. Default 16MiB.").at_least(65536.0));
+    if let Some((n, span)) = &buffer_per_connection
+        && *n > buffer_capacity.unwrap_or(DEFAULT_BUFFER_CAPACITY)
+    {
+        errs.push(
+            Diagnostic::new(
+                span.clone(),
+                "buffer_per_connection is larger than buffer_capacity",
+            )
+            .label("a connection's share cannot pass the whole"),
+        );
+    }
+    let buffer_per_connection = buffer_per_connection.map(|(n, _)| n);
+    let workers = t.count(errs, key("workers", "Event loops (threads), each with its own listening socket and upstream pools. Default: one per CPU.").between(1.0, 1024.0)).map(|(n, _)| n as usize);
+    let mut trusted = Vec::new();
+    for (s, span) in t.string_list(errs, key("trusted_proxies", "Peers (IPs or CIDR ranges) whose x-forwarded-for is believed when finding the client_ip of a rate limit.")).unwrap_or_default() {
+        let parsed = s
+            .parse::<IpNet>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => trusted.push(net),
+            Err(_) => errs.push(
+                Diagnostic::new(span, format!("`{s}` is not an IP address or CIDR range"))
+                    .label("expected e.g. \"10.0.0.0/8\" or \"192.0.2.7\""),
+            ),
+        }
+    }
+    if let (Some(Some(l)), Some(Some(a))) = (&listen, &admin)
+        && l == a
+        && l.port() != 0
+    {
+        errs.push(
+            Diagnostic::new(t.span(), format!("admin_listen and listen are both {l}"))
+                .label("the admin listener is never on the public port")
+                .note("give admin_listen its own port, e.g. \"127.0.0.1:9901\""),
+        );
+    }
+    let tls = t
+        .table(
+            errs,
+            key(
+                "tls",
+                "The public listener speaks TLS 1.2/1.3 (ALPN h2, http/1.1) with this certificate and key; both re-read when they change.",
+            ),
+        )
+        .and_then(|mut tt| {
+            let tls = read_tls(&mut tt, errs, base);
+            tt.finish(errs);
+            tls
+        });
+    let default_listen = DEFAULT_LISTEN.parse().ok()?;
+    let default_admin = DEFAULT_ADMIN_LISTEN.parse().ok()?;
+    Some(ServerConfig {
+        listen: listen.flatten().unwrap_or(default_listen),
+        admin_listen: Some(admin.flatten().unwrap_or(default_admin)),
+        default_timeout: default_timeout.flatten().unwrap_or(DEFAULT_TIMEOUT),
+        max_request_body: max_request_body.unwrap_or(DEFAULT_MAX_REQUEST_BODY),
+        trusted_proxies: trusted,
+        shutdown_grace: shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+        workers,
+        cache_capacity: cache_capacity.unwrap_or(DEFAULT_CACHE_CAPACITY),
+        header_read_timeout: header_read_timeout
+            .flatten()
+            .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
+        idle_timeout: idle_timeout.flatten().unwrap_or(DEFAULT_IDLE_TIMEOUT),
+        send_timeout: send_timeout.flatten().unwrap_or(DEFAULT_SEND_TIMEOUT),
+        max_connections,
+        max_header_size: max_header_size.unwrap_or(DEFAULT_MAX_HEADER_SIZE),
+        buffer_capacity: buffer_capacity.unwrap_or(DEFAULT_BUFFER_CAPACITY),
+        buffer_per_connection: buffer_per_connection.unwrap_or(DEFAULT_BUFFER_PER_CONNECTION),
+        tls,
+    })
+}
+
+/// `tls = { cert, key }`: both files read and checked to belong together now, so a
+/// pair that could not serve is a load error (and a refused reload).
+pub(super) fn read_tls(t: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Option<TlsFiles> {
+    let cert = t.required_string(
+        errs,
+        key(
+            "cert",
+            "PEM certificate chain, leaf first; relative to the config file's directory.",
+        ),
+    );
+    let key_file = t.required_string(
+        errs,
+        key(
+            "key",
+            "PEM private key (PKCS#8, PKCS#1 or SEC1) of the certificate; relative to the config file's directory.",
+        ),
+    );
+    let ((cert, cert_span), (key_file, key_span)) = (cert?, key_file?);
+    let (cert, key_file) = (base.join(cert), base.join(key_file));
+    match crate::base::tls::load_pair(&cert, &key_file) {
+        Ok(pair) => Some(TlsFiles {
+            cert,
+            key: key_file,
+            pair,
+        }),
+        Err((file, e)) => {
+            let span = match file {
+                crate::base::tls::PairFile::Cert => cert_span,
+                crate::base::tls::PairFile::Key => key_span,
+            };
+            errs.push(Diagnostic::new(span, e).label("unusable"));
+            None
+        }
+    }
+}

@@ -1,0 +1,549 @@
+//! `[upstreams.NAME]`: an upstream's hosts, how calls reach them (balance, protocol,
+//! pools), and what protects them (timeouts, limits, breaker, retries, hedging,
+//! outlier ejection, health checks).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use url::Url;
+
+use super::diag::{Diagnostic, SourceSpan};
+use super::reader::{Errors, Key, Table, key};
+use super::*;
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub name_span: SourceSpan,
+    pub settings: UpstreamSettings,
+}
+
+/// Everything that defines an upstream's client state. Reload keeps an upstream's
+/// breaker, pool and limiter when these compare equal (spans excluded on purpose).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamSettings {
+    pub urls: Vec<Url>,
+    /// Per attempt; `None` leaves only the route deadline.
+    pub timeout: Option<Duration>,
+    pub max_concurrency: Option<u32>,
+    pub circuit_breaker: Option<BreakerConfig>,
+    pub retry: Option<RetryConfig>,
+    pub rate_limit: Option<RateConfig>,
+    pub ca_file: Option<PathBuf>,
+    pub max_response_body: u64,
+    pub balance: Balance,
+    pub outlier: Option<OutlierConfig>,
+    pub health_check: Option<HealthCheckConfig>,
+    pub hedge: Option<HedgeConfig>,
+    pub protocol: Protocol,
+}
+
+/// How calls to an upstream's hosts are carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// HTTP/1.1, one call per connection at a time (a pool of them).
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS, negotiated by ALPN (HTTP/1.1 if the host offers only that).
+    H2,
+    /// HTTP/2 over cleartext with prior knowledge.
+    H2c,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2 => "h2",
+            Protocol::H2c => "h2c",
+        }
+    }
+}
+
+/// How a call picks one of an upstream's hosts (CONTRACT §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    /// Of two hosts drawn at random, the one with fewer calls in flight.
+    LeastRequest,
+}
+
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastRequest => "least_request",
+        }
+    }
+}
+
+/// Passive outlier ejection: hosts whose calls keep failing leave the rotation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierConfig {
+    pub consecutive_failures: u32,
+    pub eject_for: Duration,
+    /// Share of the hosts (0..=1) that may be ejected at once, rounded down.
+    pub max_ejected: f64,
+}
+
+/// Active health checks: `GET path` to every host every `interval`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy: u32,
+    pub healthy: u32,
+}
+
+/// One more attempt on another host when the first has not answered after `after`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HedgeConfig {
+    pub after: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    pub consecutive_failures: u32,
+    pub open_for: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    pub attempts: u32,
+    pub backoff: Duration,
+    /// Retries plus hedges allowed per upstream and 10 s, as a share of first
+    /// attempts (at least 3); `None`: unbudgeted.
+    pub budget: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateConfig {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+pub const DEFAULT_MAX_RESPONSE_BODY: u64 = 16 << 20;
+/// Calls in flight to one upstream when it sets no `max_concurrency` (Envoy's default).
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 1024;
+pub(super) fn read_upstream(
+    t: &mut Table<'_, '_>,
+    errs: &mut Errors,
+    base: &Path,
+) -> Option<UpstreamSettings> {
+    const URLS: Key = key(
+        "urls",
+        "One or more http(s) base URLs, called round-robin. user:password@ in a URL is sent as basic auth.",
+    );
+    const CONSECUTIVE_FAILURES: Key = key(
+        "consecutive_failures",
+        "Faults in a row that open the breaker.",
+    )
+    .at_least(1.0);
+    const OPEN_FOR: Key = key(
+        "open_for",
+        "How long the breaker stays open before its probe.",
+    );
+    const ATTEMPTS: Key = key("attempts", "Total attempts, the first one included.").at_least(1.0);
+    let mut urls = Vec::new();
+    t.require(URLS);
+    match t.string_list(errs, URLS) {
+        Some(list) if list.is_empty() => errs.push(
+            Diagnostic::new(t.span(), format!("{} needs at least one url", t.name))
+                .label("empty `urls`"),
+        ),
+        Some(list) => {
+            for (s, span) in list {
+                match Url::parse(&s) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                        if u.query().is_some() || u.fragment().is_some() {
+                            errs.push(
+                                Diagnostic::new(
+                                    span,
+                                    format!("upstream url `{s}` must not have a query or fragment"),
+                                )
+                                .label("remove the part after `?` or `#`"),
+                            );
+                        } else {
+                            urls.push(u);
+                        }
+                    }
+                    _ => errs.push(
+                        Diagnostic::new(span, format!("`{s}` is not an http:// or https:// URL"))
+                            .label("expected e.g. \"http://127.0.0.1:7001\""),
+                    ),
+                }
+            }
+        }
+        None if t.get(URLS).is_none() => t.missing(errs, "urls"),
+        None => {}
+    }
+    let timeout = positive_duration(
+        t,
+        errs,
+        key(
+            "timeout",
+            "Bound of each attempt (connect, head and body); the route deadline still applies.",
+        ),
+    )
+    .flatten();
+    let max_concurrency = t
+        .count(errs, key("max_concurrency", "Calls in flight to this upstream at once; past it a call fails at once (OVERLOADED). Default 1024.").at_least(1.0))
+        .map(|(n, _)| n.min(u32::MAX as u64) as u32);
+    let circuit_breaker = t.table(errs, key("circuit_breaker", "Opens after consecutive faults (connect error, timeout, 5xx); after open_for one probe decides.")).and_then(|mut b| {
+        let failures = b.count(errs, CONSECUTIVE_FAILURES);
+        let open_for = b.duration(errs, OPEN_FOR);
+        let out = match (failures, open_for) {
+            (Some((n, _)), Some((d, _))) => Some(BreakerConfig {
+                consecutive_failures: n.min(u32::MAX as u64) as u32,
+                open_for: d,
+            }),
+            (f, o) => {
+                if f.is_none() && b.get(CONSECUTIVE_FAILURES).is_none() {
+                    b.missing(errs, "consecutive_failures");
+                }
+                if o.is_none() && b.get(OPEN_FOR).is_none() {
+                    b.missing(errs, "open_for");
+                }
+                None
+            }
+        };
+        b.finish(errs);
+        out
+    });
+    let retry = t.table(errs, key("retry", "Attempts for idempotent calls (and POST with idempotency-key) after a connect error, a timeout or a 502/503/504.")).and_then(|mut r| {
+        let attempts = r.count(errs, ATTEMPTS);
+        let backoff = r.duration(errs, key("backoff", "Wait between attempts. Default 0.")).map(|(d, _)| d);
+        let budget = percent(&mut r, errs, key("budget", "Retries plus hedges per 10 s, as a share of first attempts (\"20%\"); at least 3 per window. Default: unbudgeted.")).map(|(f, _)| f);
+        let out = match attempts {
+            Some((n, _)) => Some(RetryConfig {
+                attempts: n.min(16) as u32,
+                backoff: backoff.unwrap_or(Duration::ZERO),
+                budget,
+            }),
+            None => {
+                if r.get(ATTEMPTS).is_none() {
+                    r.missing(errs, "attempts");
+                }
+                None
+            }
+        };
+        r.finish(errs);
+        out
+    });
+    let rate_limit = t
+        .table(
+            errs,
+            key(
+                "rate_limit",
+                "Limit of calls to this upstream, shared by every route (OVERLOADED past it).",
+            ),
+        )
+        .and_then(|mut r| {
+            let rate = read_rate(&mut r, errs);
+            r.finish(errs);
+            rate
+        });
+    let ca_file = t
+        .string(
+            errs,
+            key(
+                "ca_file",
+                "Extra CA certificates (PEM) trusted for https urls.",
+            ),
+        )
+        .and_then(|(s, span)| {
+            match crate::base::files::read_bounded(&base.join(&s), crate::base::files::MAX_FILE)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+            {
+                Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(base.join(s)),
+                Ok(_) => {
+                    errs.push(
+                        Diagnostic::new(span, format!("ca_file `{s}` holds no PEM certificate"))
+                            .label("not a PEM file"),
+                    );
+                    None
+                }
+                Err(e) => {
+                    errs.push(
+                        Diagnostic::new(span, format!("cannot read ca_file `{s}`: {e}"))
+                            .label("unreadable"),
+                    );
+                    None
+                }
+            }
+        });
+    let max_response_body = t
+        .size(
+            errs,
+            key(
+                "max_response_body",
+                "Larger answers fail the backend (502) before they are buffered. Default 16MiB.",
+            ),
+        )
+        .map(|(n, _)| n);
+    let balance = match t.string(
+        errs,
+        key(
+            "balance",
+            "round_robin (default) or least_request: of two hosts drawn at random, the one with fewer calls in flight.",
+        ),
+    ) {
+        None => Balance::RoundRobin,
+        Some((s, _)) if s == "round_robin" => Balance::RoundRobin,
+        Some((s, _)) if s == "least_request" => Balance::LeastRequest,
+        Some((s, span)) => {
+            errs.push(
+                Diagnostic::new(span, format!("unknown balance `{s}`"))
+                    .label("expected \"round_robin\" or \"least_request\""),
+            );
+            Balance::RoundRobin
+        }
+    };
+    let outlier = t
+        .table(
+            errs,
+            key(
+                "outlier",
+                "Passive ejection: a host failing (connect error, timeout, 5xx) consecutive_failures times in a row leaves the rotation for eject_for.",
+            ),
+        )
+        .map(|mut o| {
+            let consecutive_failures = o
+                .count(
+                    errs,
+                    key("consecutive_failures", "Failures in a row that eject a host. Default 5.")
+                        .at_least(1.0),
+                )
+                .map_or(5, |(n, _)| n.min(u32::MAX as u64) as u32);
+            let eject_for = positive_duration(
+                &mut o,
+                errs,
+                key(
+                    "eject_for",
+                    "First ejection; then probation as long, a failure in it ejects for twice the last (at most 10x). Default 30s.",
+                ),
+            )
+            .flatten()
+            .unwrap_or(Duration::from_secs(30));
+            let max_ejected = percent(
+                &mut o,
+                errs,
+                key(
+                    "max_ejected",
+                    "Share of the hosts ejected at once at most, rounded down (\"50%\"). Default 50%.",
+                ),
+            )
+            .map_or(0.5, |(f, _)| f);
+            o.finish(errs);
+            OutlierConfig {
+                consecutive_failures,
+                eject_for,
+                max_ejected,
+            }
+        });
+    let health_check = t
+        .table(
+            errs,
+            key(
+                "health_check",
+                "Active checks: GET path on every host every interval, from each replica; 2xx within timeout is healthy.",
+            ),
+        )
+        .and_then(|mut h| {
+            const PATH: Key = key("path", "Path probed on every host, e.g. \"/healthz\".");
+            h.require(PATH);
+            let path = h.string(errs, PATH);
+            let interval = positive_duration(&mut h, errs, key("interval", "Time between probes of a host. Default 5s."))
+                .flatten()
+                .unwrap_or(Duration::from_secs(5));
+            let timeout = positive_duration(&mut h, errs, key("timeout", "Bound of one probe. Default 1s."))
+                .flatten()
+                .unwrap_or(Duration::from_secs(1));
+            let unhealthy = h
+                .count(errs, key("unhealthy", "Failed probes in a row that take a host out. Default 3.").at_least(1.0))
+                .map_or(3, |(n, _)| n.min(u32::MAX as u64) as u32);
+            let healthy = h
+                .count(errs, key("healthy", "Good probes in a row that bring it back. Default 2.").at_least(1.0))
+                .map_or(2, |(n, _)| n.min(u32::MAX as u64) as u32);
+            let path = match path {
+                Some((p, span)) if !p.starts_with('/') || http::uri::PathAndQuery::try_from(p.as_str()).is_err() => {
+                    errs.push(
+                        Diagnostic::new(span, format!("health_check path `{p}` is not a path"))
+                            .label("expected e.g. \"/healthz\""),
+                    );
+                    None
+                }
+                Some((p, _)) => Some(p),
+                None => {
+                    if h.get(PATH).is_none() {
+                        h.missing(errs, "path");
+                    }
+                    None
+                }
+            };
+            h.finish(errs);
+            Some(HealthCheckConfig {
+                path: path?,
+                interval,
+                timeout,
+                unhealthy,
+                healthy,
+            })
+        });
+    let hedge = t
+        .table(
+            errs,
+            key(
+                "hedge",
+                "Retryable calls only: no answer after `after` -> one more attempt on another host (uses one of retry.attempts); the first answer wins.",
+            ),
+        )
+        .and_then(|mut h| {
+            const AFTER: Key = key("after", "How long the first attempt has to answer before the hedge goes.");
+            h.require(AFTER);
+            let after = positive_duration(&mut h, errs, AFTER).flatten();
+            if after.is_none() && h.get(AFTER).is_none() {
+                h.missing(errs, "after");
+            }
+            h.finish(errs);
+            after.map(|after| HedgeConfig { after })
+        });
+    let protocol = match t.string(
+        errs,
+        key(
+            "protocol",
+            "http1 (default), h2 (TLS, ALPN; https urls) or h2c (cleartext, prior knowledge; http urls): HTTP/2 calls share one connection per host per worker.",
+        ),
+    ) {
+        None => Protocol::Http1,
+        Some((s, span)) => {
+            let p = match s.as_str() {
+                "http1" => Some(Protocol::Http1),
+                "h2" => Some(Protocol::H2),
+                "h2c" => Some(Protocol::H2c),
+                _ => None,
+            };
+            match p {
+                None => {
+                    errs.push(
+                        Diagnostic::new(span, format!("unknown protocol `{s}`"))
+                            .label("expected \"http1\", \"h2\" or \"h2c\""),
+                    );
+                    Protocol::Http1
+                }
+                Some(p) => {
+                    let wrong = match p {
+                        Protocol::H2 => urls.iter().find(|u| u.scheme() != "https"),
+                        Protocol::H2c => urls.iter().find(|u| u.scheme() != "http"),
+                        Protocol::Http1 => None,
+                    };
+                    if let Some(u) = wrong {
+                        let (want, why) = if p == Protocol::H2 {
+                            ("https", "h2 is negotiated in the TLS handshake (ALPN)")
+                        } else {
+                            ("http", "h2c is HTTP/2 without TLS")
+                        };
+                        errs.push(
+                            Diagnostic::new(
+                                span,
+                                format!(
+                                    "protocol `{s}` needs {want}:// urls, and `{}` is not one",
+                                    crate::base::redact::url(u.as_str())
+                                ),
+                            )
+                            .label(why),
+                        );
+                    }
+                    p
+                }
+            }
+        }
+    };
+    Some(UpstreamSettings {
+        urls,
+        timeout,
+        max_concurrency,
+        circuit_breaker,
+        retry,
+        rate_limit,
+        ca_file,
+        max_response_body: max_response_body.unwrap_or(DEFAULT_MAX_RESPONSE_BODY),
+        balance,
+        outlier,
+        health_check,
+        hedge,
+        protocol,
+    })
+}
+
+/// A share written as a percentage (`"20%"`), as a fraction of one.
+pub(super) fn percent(
+    t: &mut Table<'_, '_>,
+    errs: &mut Errors,
+    k: Key,
+) -> Option<(f64, SourceSpan)> {
+    let (s, span) = t.string(errs, k)?;
+    match s
+        .trim()
+        .strip_suffix('%')
+        .and_then(|n| n.trim().parse::<f64>().ok())
+    {
+        Some(n) if (0.0..=100.0).contains(&n) => Some((n / 100.0, span)),
+        _ => {
+            errs.push(
+                Diagnostic::new(
+                    span,
+                    format!("`{}` must be a percentage from 0% to 100%", k.name),
+                )
+                .label("expected e.g. \"20%\""),
+            );
+            None
+        }
+    }
+}
+
+pub(super) fn read_rate(r: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RateConfig> {
+    const PER_SECOND: Key = key(
+        "per_second",
+        "Requests per second allowed (GCRA); fractions allowed, at least one a day.",
+    )
+    .at_least(1.0 / 86_400.0);
+    let per_second = r.number(errs, PER_SECOND);
+    let burst = r.count(
+        errs,
+        key(
+            "burst",
+            "Requests allowed at once above the steady rate. Default: per_second rounded up.",
+        ),
+    );
+    match per_second {
+        Some((n, span)) => {
+            let burst = burst.map_or((n.ceil() as u32).max(1), |(b, _)| {
+                b.clamp(1, u32::MAX as u64) as u32
+            });
+            // GCRA keeps burst × period in nanoseconds; past a century it overflows.
+            if f64::from(burst) / n > 100.0 * 365.0 * 86_400.0 {
+                errs.push(
+                    Diagnostic::new(
+                        span,
+                        "burst / per_second is more than a century of requests",
+                    )
+                    .label("lower burst or raise per_second"),
+                );
+                return None;
+            }
+            Some(RateConfig {
+                per_second: n,
+                burst,
+            })
+        }
+        None => {
+            if r.get(PER_SECOND).is_none() {
+                r.missing(errs, "per_second");
+            }
+            None
+        }
+    }
+}
