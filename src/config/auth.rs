@@ -7,8 +7,7 @@ use std::time::Duration;
 use url::Url;
 
 use super::diag::Diagnostic;
-use super::positive_duration;
-use super::reader::{Errors, Key, Table, key};
+use super::reader::{Errors, Key, KeyDefault, Table, key};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use serde_json::Value;
 
@@ -124,10 +123,39 @@ pub fn parse_jwks(text: &[u8]) -> Result<Vec<Jwk>, String> {
     Ok(keys)
 }
 
-/// Clock skew allowed on a token's exp, nbf and iat.
-pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
-pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(600);
-pub const DEFAULT_JWKS_COOLDOWN: Duration = Duration::from_secs(30);
+pub const JWKS_URL: Key = key(
+    "jwks_url",
+    "Where the JWKS is (http:// or https://): fetched at start, every refresh, and on an unknown kid.",
+);
+pub const JWKS_FILE: Key = key(
+    "jwks_file",
+    "A JWKS file, read at load and again when it changes; relative to the config file's directory.",
+);
+pub const SECRET: Key = key(
+    "secret",
+    "An HMAC secret for HS256/384/512, at least 32 bytes, usually \"${ENV}\"; never shown.",
+);
+pub const ALGORITHMS: Key = key(
+    "algorithms",
+    "Algorithms accepted (required): a token's alg must be listed and be its key's. HS* only with secret; RS*, PS*, ES256/384, EdDSA only with a JWKS.",
+)
+.non_empty();
+pub const ISSUER: Key = key("issuer", "The token's iss must equal it.");
+pub const AUDIENCE: Key = key("audience", "The token's aud must hold one of them.");
+pub const LEEWAY: Key = key("leeway", "Clock skew allowed on exp, nbf and iat.")
+    .default(KeyDefault::Duration(Duration::from_secs(30)));
+pub const REFRESH: Key = key("refresh", "How often the JWKS URL is fetched again.")
+    .default(KeyDefault::Duration(Duration::from_secs(600)));
+pub const REFRESH_COOLDOWN: Key = key(
+    "refresh_cooldown",
+    "An unknown kid fetches the JWKS again at most once per this.",
+)
+.default(KeyDefault::Duration(Duration::from_secs(30)));
+pub const CA_FILE: Key = key(
+    "ca_file",
+    "Extra CA certificates (PEM) trusted for an https jwks_url; relative to the config file's directory.",
+);
+
 /// `[auth.jwt.NAME]`: exactly one key source; algorithms that fit it.
 pub(super) fn read_jwt(
     name: String,
@@ -135,15 +163,9 @@ pub(super) fn read_jwt(
     errs: &mut Errors,
     base: &Path,
 ) -> Option<JwtConfig> {
-    let url = t.string(errs, key("jwks_url", "Where the JWKS is (http:// or https://): fetched at start, every refresh, and on an unknown kid."));
-    let file = t.string(errs, key("jwks_file", "A JWKS file, read at load and again when it changes; relative to the config file's directory."));
-    let secret = t.string(
-        errs,
-        key(
-            "secret",
-            "An HMAC secret for HS256/384/512, usually \"${ENV}\"; never shown.",
-        ),
-    );
+    let url = t.string(errs, JWKS_URL);
+    let file = t.string(errs, JWKS_FILE);
+    let secret = t.string(errs, SECRET);
     let given = [url.is_some(), file.is_some(), secret.is_some()]
         .iter()
         .filter(|x| **x)
@@ -206,10 +228,6 @@ pub(super) fn read_jwt(
             source = Some(KeySource::Secret(Secret(s)));
         }
     }
-    const ALGORITHMS: Key = key(
-        "algorithms",
-        "Algorithms accepted (required): a token's alg must be listed and be its key's. HS* only with secret; RS*, PS*, ES256/384, EdDSA only with a JWKS.",
-    );
     t.require(ALGORITHMS);
     let listed = t.string_list(errs, ALGORITHMS);
     let mut algorithms = Vec::new();
@@ -242,69 +260,30 @@ pub(super) fn read_jwt(
             ),
         }
     }
-    let issuer = t
-        .string(errs, key("issuer", "The token's iss must equal it."))
-        .map(|(s, _)| s);
+    let issuer = t.string(errs, ISSUER).map(|(s, _)| s);
     let audience = t
-        .string_list(
-            errs,
-            key("audience", "The token's aud must hold one of them."),
-        )
+        .string_list(errs, AUDIENCE)
         .unwrap_or_default()
         .into_iter()
         .map(|(s, _)| s)
         .collect();
-    let leeway = t
-        .duration(
-            errs,
-            key(
-                "leeway",
-                "Clock skew allowed on exp, nbf and iat. Default 30s.",
-            ),
-        )
-        .map_or(DEFAULT_LEEWAY, |(d, _)| d);
-    let refresh = positive_duration(
-        t,
-        errs,
-        key(
-            "refresh",
-            "How often the JWKS URL is fetched again. Default 10m.",
-        ),
-    )
-    .flatten()
-    .unwrap_or(DEFAULT_JWKS_REFRESH);
-    let refresh_cooldown = positive_duration(
-        t,
-        errs,
-        key(
-            "refresh_cooldown",
-            "An unknown kid fetches the JWKS again at most once per this. Default 30s.",
-        ),
-    )
-    .flatten()
-    .unwrap_or(DEFAULT_JWKS_COOLDOWN);
-    let ca_file = t
-        .string(
-            errs,
-            key(
-                "ca_file",
-                "Extra CA certificates (PEM) trusted for an https jwks_url.",
-            ),
-        )
-        .and_then(|(s, span)| {
-            match crate::base::files::read_bounded(&base.join(&s), crate::base::files::MAX_FILE)
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-            {
-                Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(base.join(s)),
-                _ => {
-                    errs.push(
-                        Diagnostic::new(span, format!("ca_file `{s}` is not a readable PEM file"))
-                            .label("unusable"),
-                    );
-                    None
-                }
+    let leeway = t.duration_or(errs, LEEWAY);
+    let refresh = t.positive_duration_or(errs, REFRESH);
+    let refresh_cooldown = t.positive_duration_or(errs, REFRESH_COOLDOWN);
+    let ca_file = t.string(errs, CA_FILE).and_then(|(s, span)| {
+        match crate::base::files::read_bounded(&base.join(&s), crate::base::files::MAX_FILE)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+        {
+            Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(base.join(s)),
+            _ => {
+                errs.push(
+                    Diagnostic::new(span, format!("ca_file `{s}` is not a readable PEM file"))
+                        .label("unusable"),
+                );
+                None
             }
-        });
+        }
+    });
     if algorithms.is_empty() {
         return None;
     }

@@ -5,7 +5,8 @@ use std::time::Duration;
 use http::Method;
 
 use super::diag::{Diagnostic, SourceSpan};
-use super::reader::{Errors, Key, Table, key};
+use super::reader::method_of;
+use super::reader::{Errors, Key, KeyDefault, Table, key};
 use super::*;
 use crate::base::template::{Placeholder, Template};
 
@@ -33,23 +34,44 @@ pub struct BackendConfig {
     pub passthrough: bool,
 }
 
+pub const NAME: Key = key("name", "Unique in the route; labels logs and spans.")
+    .default(KeyDefault::Computed("its group, else its upstream"));
+pub const UPSTREAM: Key = key("upstream", "The [upstreams.NAME] it calls.").required();
+pub const METHOD: Key =
+    key("method", "HTTP method of the call.").default(KeyDefault::Computed("the route's"));
+pub const PATH: Key = key(
+    "path",
+    "Path and query of the call; {param} and {backend.field} are filled in, percent-encoded.",
+)
+.required();
+pub const GROUP: Key = key("group", "Place the answer under this key of the response.");
+pub const TARGET: Key = key("target", "Keep only the value at this dot path.");
+pub const ALLOW: Key = key("allow", "Keep only these fields (dot paths).");
+pub const DENY: Key = key("deny", "Drop these fields (dot paths).");
+pub const RENAME: Key = key("rename", "Rename fields: { from = \"to\" }.");
+pub const OPTIONAL: Key = key(
+    "optional",
+    "Its failure leaves it out and marks the answer partial instead of failing it.",
+)
+.default(KeyDefault::Bool(false));
+pub const DEFAULT: Key = key(
+    "default",
+    "Stands in for the answer when the backend fails (makes it optional).",
+);
+pub const CACHE_TTL: Key = key(
+    "cache_ttl",
+    "Keep the upstream's 2xx answers to GETs this long.",
+);
+pub const PASSTHROUGH: Key = key(
+    "passthrough",
+    "Marks the route as passthrough (as the route's own key does).",
+)
+.default(KeyDefault::Bool(false));
+
 pub(super) fn read_backend(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<BackendConfig> {
-    const PATH: Key = key(
-        "path",
-        "Path and query of the call; {param} and {backend.field} are filled in, percent-encoded.",
-    );
-    let name = t.string(
-        errs,
-        key(
-            "name",
-            "Unique in the route; labels logs and spans. Default: its group, else its upstream.",
-        ),
-    );
-    let upstream = t.required_string(errs, key("upstream", "The [upstreams.NAME] it calls."));
-    let method = t.string(
-        errs,
-        key("method", "HTTP method of the call. Default: the route's."),
-    );
+    let name = t.string(errs, NAME);
+    let upstream = t.required_string(errs, UPSTREAM);
+    let method = t.string(errs, METHOD);
     let method = method_of(errs, method);
     let path = t.required_string(errs, PATH);
     let path_as_written = t.as_written(PATH).unwrap_or_default();
@@ -72,12 +94,7 @@ pub(super) fn read_backend(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<B
             }
         }
     });
-    let group = t
-        .string(
-            errs,
-            key("group", "Place the answer under this key of the response."),
-        )
-        .map(|(s, _)| s);
+    let group = t.string(errs, GROUP).map(|(s, _)| s);
     // Messages name the backend as the rest of the file does: `backend NAME of route R`
     // (its name defaults to its group, else its upstream).
     let shown = name
@@ -89,11 +106,9 @@ pub(super) fn read_backend(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<B
         let route = t.name.split_once(" of ").map_or("", |(_, r)| r).to_string();
         t.name = format!("backend {shown} of {route}");
     }
-    let target = t
-        .string(errs, key("target", "Keep only the value at this dot path."))
-        .map(|(s, _)| s);
-    let allow = t.string_list(errs, key("allow", "Keep only these fields (dot paths)."));
-    let deny = t.string_list(errs, key("deny", "Drop these fields (dot paths)."));
+    let target = t.string(errs, TARGET).map(|(s, _)| s);
+    let allow = t.string_list(errs, ALLOW);
+    let deny = t.string_list(errs, DENY);
     if let (Some(_), Some(d)) = (&allow, &deny) {
         let span = d.first().map(|(_, s)| s.clone()).unwrap_or(t.span());
         errs.push(
@@ -101,42 +116,11 @@ pub(super) fn read_backend(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<B
                 .label("remove one of them"),
         );
     }
-    let rename = t
-        .string_map(errs, key("rename", "Rename fields: { from = \"to\" }."))
-        .unwrap_or_default();
-    let optional = t
-        .bool(
-            errs,
-            key(
-                "optional",
-                "Its failure leaves it out and marks the answer partial instead of failing it.",
-            ),
-        )
-        .unwrap_or(false);
-    let default = t
-        .get(key(
-            "default",
-            "Stands in for the answer when the backend fails (makes it optional).",
-        ))
-        .map(|v| reader::to_json(v, errs));
-    let cache_ttl = t
-        .duration(
-            errs,
-            key(
-                "cache_ttl",
-                "Keep the upstream's 2xx answers to GETs this long.",
-            ),
-        )
-        .map(|(d, _)| d);
-    let passthrough = t
-        .bool(
-            errs,
-            key(
-                "passthrough",
-                "Marks the route as passthrough (as the route's own key does).",
-            ),
-        )
-        .unwrap_or(false);
+    let rename = t.string_map(errs, RENAME).unwrap_or_default();
+    let optional = t.bool_or(errs, OPTIONAL);
+    let default = t.get(DEFAULT).map(|v| reader::to_json(v, errs));
+    let cache_ttl = t.duration(errs, CACHE_TTL).map(|(d, _)| d);
+    let passthrough = t.bool_or(errs, PASSTHROUGH);
     let (upstream, upstream_span) = upstream?;
     let (path, path_span) = path?;
     let (name, name_span) = match name {

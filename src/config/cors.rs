@@ -2,7 +2,7 @@
 //! browser on another origin is allowed, and how an origin pattern is read.
 
 use super::diag::Diagnostic;
-use super::reader::{Errors, Key, Table, key};
+use super::reader::{Errors, Key, KeyDefault, Table, key};
 use std::time::Duration;
 
 /// `[cors]` or a route's own `cors` table, as loaded (CONTRACT §7).
@@ -92,47 +92,35 @@ impl Pattern {
     }
 }
 
+pub const ALLOW_ORIGINS: Key = key(
+    "allow_origins",
+    "Origins allowed: exact (https://app.example.com), one leading *. label (https://*.example.com), or [\"*\"].",
+)
+.required();
+pub const ALLOW_HEADERS: Key = key(
+    "allow_headers",
+    "Request headers a preflight allows (access-control-allow-headers).",
+);
+pub const EXPOSE_HEADERS: Key = key(
+    "expose_headers",
+    "Answer headers a browser's script may read (access-control-expose-headers).",
+);
+pub const ALLOW_CREDENTIALS: Key = key(
+    "allow_credentials",
+    "Allow cookies and authorization with the request (access-control-allow-credentials); never with [\"*\"].",
+)
+.default(KeyDefault::Bool(false));
+pub const MAX_AGE: Key = key(
+    "max_age",
+    "How long a browser may keep a preflight's answer (access-control-max-age).",
+);
+
 pub(super) fn read_cors(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<CorsConfig> {
-    const ORIGINS: Key = key(
-        "allow_origins",
-        "Origins allowed: exact (https://app.example.com), one leading *. label (https://*.example.com), or [\"*\"].",
-    );
-    t.require(ORIGINS);
-    let origins = t.string_list(errs, ORIGINS);
-    let allow_headers = t
-        .string_list(
-            errs,
-            key(
-                "allow_headers",
-                "Request headers a preflight allows (access-control-allow-headers).",
-            ),
-        )
-        .unwrap_or_default();
-    let expose_headers = t
-        .string_list(
-            errs,
-            key(
-                "expose_headers",
-                "Answer headers a browser's script may read (access-control-expose-headers).",
-            ),
-        )
-        .unwrap_or_default();
-    let credentials = t.bool(
-        errs,
-        key(
-            "allow_credentials",
-            "Allow cookies and authorization with the request (access-control-allow-credentials). Default false; never with [\"*\"].",
-        ),
-    );
-    let max_age = t
-        .duration(
-            errs,
-            key(
-                "max_age",
-                "How long a browser may keep a preflight's answer (access-control-max-age).",
-            ),
-        )
-        .map(|(d, _)| d);
+    let origins = t.string_list(errs, ALLOW_ORIGINS);
+    let allow_headers = t.string_list(errs, ALLOW_HEADERS).unwrap_or_default();
+    let expose_headers = t.string_list(errs, EXPOSE_HEADERS).unwrap_or_default();
+    let credentials = t.bool(errs, ALLOW_CREDENTIALS);
+    let max_age = t.duration(errs, MAX_AGE).map(|(d, _)| d);
     let Some(origins) = origins else {
         t.missing(errs, "allow_origins");
         return None;

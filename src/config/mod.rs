@@ -29,13 +29,24 @@ use std::time::Duration;
 
 use auth::read_jwt;
 pub use auth::{JwtConfig, KeySource, RouteAuth, Secret};
+pub use backend::BackendConfig;
 pub use cors::CorsConfig;
 use cors::read_cors;
 pub use diag::{Diagnostic, Diagnostics, SourceSpan};
 use reader::{Errors, Key, Table, key};
+use route::read_route;
+pub use route::{CacheConfig, LimitKey, RouteConfig, RouteCors, RouteRateLimit};
+use server::read_server;
+pub use server::{ServerConfig, TlsFiles};
 pub use shared::SharedConfig;
 use shared::read_shared;
-pub use {backend::*, route::*, server::*, telemetry::*, upstream::*};
+use telemetry::read_telemetry;
+pub use telemetry::{LogFormat, TelemetryConfig};
+use upstream::read_upstream;
+pub use upstream::{
+    Balance, BreakerConfig, HealthCheckConfig, HedgeConfig, OutlierConfig, Protocol, RateConfig,
+    RetryConfig, UpstreamConfig, UpstreamSettings,
+};
 
 /// A whole, validated config file.
 #[derive(Debug, Clone)]
@@ -147,14 +158,41 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
 
 /// Reads best-effort values: a bad field records a diagnostic and falls back to its
 /// default, so the cross-field checks still run and report their problems too.
+pub const SERVER: Key = key(
+    "server",
+    "Listeners, request limits and the bounds of client connections.",
+);
+pub const TELEMETRY: Key = key("telemetry", "Logs and traces.");
+pub const CORS: Key = key(
+    "cors",
+    "CORS for browsers on other origins, for every route that sets none of its own.",
+);
+pub const SHARED: Key = key(
+    "shared",
+    "Rate limits and caches shared by every replica through Redis.",
+);
+pub const AUTH: Key = key(
+    "auth",
+    "Token validation: validators routes refer to by name.",
+);
+pub const AUTH_JWT: Key = key(
+    "jwt",
+    "JWT validators by name: where their keys are and what a token must hold.",
+);
+pub const UPSTREAMS: Key = key(
+    "upstreams",
+    "Upstream services by name: where they are and how to call them.",
+)
+.required();
+pub const ROUTES: Key = key(
+    "routes",
+    "Public routes: a path, its backends and how their answers merge.",
+)
+.required()
+.non_empty();
+
 fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Option<Config> {
-    let server = match root.table(
-        errs,
-        key(
-            "server",
-            "Listeners, request limits and the bounds of client connections.",
-        ),
-    ) {
+    let server = match root.table(errs, SERVER) {
         Some(mut t) => {
             let s = read_server(&mut t, errs, base);
             t.finish(errs);
@@ -162,7 +200,7 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Opti
         }
         None => read_server(&mut Table::empty("[server]"), errs, base),
     };
-    let telemetry = match root.table(errs, key("telemetry", "Logs and traces.")) {
+    let telemetry = match root.table(errs, TELEMETRY) {
         Some(mut t) => {
             let s = read_telemetry(&mut t, errs);
             t.finish(errs);
@@ -170,47 +208,19 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Opti
         }
         None => read_telemetry(&mut Table::empty("[telemetry]"), errs),
     };
-    let cors = root
-        .table(
-            errs,
-            key(
-                "cors",
-                "CORS for browsers on other origins, for every route that sets none of its own.",
-            ),
-        )
-        .and_then(|mut t| {
-            let c = read_cors(&mut t, errs);
-            t.finish(errs);
-            c
-        });
-    let shared = root
-        .table(
-            errs,
-            key(
-                "shared",
-                "Rate limits shared by every replica through Redis.",
-            ),
-        )
-        .and_then(|mut t| {
-            let s = read_shared(&mut t, errs, base);
-            t.finish(errs);
-            s
-        });
+    let cors = root.table(errs, CORS).and_then(|mut t| {
+        let c = read_cors(&mut t, errs);
+        t.finish(errs);
+        c
+    });
+    let shared = root.table(errs, SHARED).and_then(|mut t| {
+        let s = read_shared(&mut t, errs, base);
+        t.finish(errs);
+        s
+    });
     let mut jwt = Vec::new();
-    if let Some(mut auth) = root.table(
-        errs,
-        key(
-            "auth",
-            "Token validation: validators routes refer to by name.",
-        ),
-    ) {
-        for (name, _span, mut t) in auth.named_tables(
-            errs,
-            key(
-                "jwt",
-                "JWT validators by name: where their keys are and what a token must hold.",
-            ),
-        ) {
+    if let Some(mut auth) = root.table(errs, AUTH) {
+        for (name, _span, mut t) in auth.named_tables(errs, AUTH_JWT) {
             if let Some(v) = read_jwt(name, &mut t, errs, base) {
                 jwt.push(v);
             }
@@ -219,13 +229,7 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Opti
         auth.finish(errs);
     }
     let mut upstreams = Vec::new();
-    for (name, name_span, mut t) in root.named_tables(
-        errs,
-        key(
-            "upstreams",
-            "Upstream services by name: where they are and how to call them.",
-        ),
-    ) {
+    for (name, name_span, mut t) in root.named_tables(errs, UPSTREAMS) {
         if let Some(settings) = read_upstream(&mut t, errs, base) {
             upstreams.push(UpstreamConfig {
                 name,
@@ -236,13 +240,7 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Opti
         t.finish(errs);
     }
     let mut routes = Vec::new();
-    for mut t in root.table_array(
-        errs,
-        key(
-            "routes",
-            "Public routes: a path, its backends and how their answers merge.",
-        ),
-    ) {
+    for mut t in root.table_array(errs, ROUTES) {
         if let Some(r) = read_route(&mut t, errs) {
             routes.push(r);
         }
@@ -260,27 +258,6 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Opti
     })
 }
 
-/// `Some(None)` when absent, `None` when present but bad.
-pub(crate) fn positive_duration(
-    t: &mut Table<'_, '_>,
-    errs: &mut Errors,
-    k: Key,
-) -> Option<Option<Duration>> {
-    let present = t.get(k).is_some();
-    match t.duration(errs, k) {
-        Some((d, span)) if d.is_zero() => {
-            errs.push(
-                Diagnostic::new(span, format!("`{}` must be longer than zero", k.name))
-                    .label("zero"),
-            );
-            None
-        }
-        Some((d, _)) => Some(Some(d)),
-        None if present => None,
-        None => Some(None),
-    }
-}
-
 /// The first 8 bytes of the text's SHA-256, as a number (see [`Config::fingerprint`]).
 pub fn file_version(text: &str) -> u64 {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
@@ -289,13 +266,11 @@ pub fn file_version(text: &str) -> u64 {
     u64::from_be_bytes(first)
 }
 
-/// A stable hash of a config section's text, for cache key prefixes.
+/// A stable hash of a config section's text, for cache key prefixes: SHA-256, so
+/// every replica, whatever toolchain built it, agrees (the cache is shared through
+/// Redis; std's `DefaultHasher` may change between Rust releases).
 pub fn fingerprint(text: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    // DefaultHasher::new() has fixed keys: the same text hashes the same in every run.
-    let mut h = std::hash::DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
+    file_version(text)
 }
 
 #[cfg(test)]

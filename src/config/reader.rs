@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use http::Method;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
@@ -84,6 +85,8 @@ pub struct Key {
     pub choices: &'static [&'static str],
     /// A list or table array that must hold at least one item.
     pub non_empty: bool,
+    /// The key must be given (its table's reader reports it missing).
+    pub required: bool,
 }
 
 /// A key's default, typed as the key is: what the loader uses when the key is absent,
@@ -142,6 +145,7 @@ pub const fn key(name: &'static str, about: &'static str) -> Key {
         default: KeyDefault::None,
         choices: &[],
         non_empty: false,
+        required: false,
     }
 }
 
@@ -161,6 +165,12 @@ impl Key {
     /// A list that must hold at least one item.
     pub const fn non_empty(mut self) -> Key {
         self.non_empty = true;
+        self
+    }
+
+    /// The key must be given: the schema says so; the reader reports it missing.
+    pub const fn required(mut self) -> Key {
+        self.required = true;
         self
     }
 
@@ -279,7 +289,7 @@ impl<'a, 'i> Table<'a, 'i> {
                     min: k.min,
                     max: k.max,
                     kind,
-                    required,
+                    required: required || k.required,
                     default: k.default,
                     choices: k.choices,
                     non_empty: k.non_empty,
@@ -515,6 +525,89 @@ impl<'a, 'i> Table<'a, 'i> {
                 None
             }
         }
+    }
+
+    /// A duration longer than zero: `Some(None)` when absent, `None` when present but
+    /// bad (reported).
+    pub fn positive_duration(&mut self, errs: &mut Errors, k: Key) -> Option<Option<Duration>> {
+        let present = self.get(k).is_some();
+        match self.duration(errs, k) {
+            Some((d, span)) if d.is_zero() => {
+                errs.push(
+                    Diagnostic::new(span, format!("`{}` must be longer than zero", k.name))
+                        .label("zero"),
+                );
+                None
+            }
+            Some((d, _)) => Some(Some(d)),
+            None if present => None,
+            None => Some(None),
+        }
+    }
+
+    /// A duration longer than zero, else (absent, or bad and reported) the key's
+    /// default.
+    pub fn positive_duration_or(&mut self, errs: &mut Errors, k: Key) -> Duration {
+        self.positive_duration(errs, k)
+            .flatten()
+            .unwrap_or(k.default_duration())
+    }
+
+    /// A duration, else the key's default.
+    pub fn duration_or(&mut self, errs: &mut Errors, k: Key) -> Duration {
+        self.duration(errs, k)
+            .map_or(k.default_duration(), |(d, _)| d)
+    }
+
+    /// A size, else the key's default.
+    pub fn size_or(&mut self, errs: &mut Errors, k: Key) -> u64 {
+        self.size(errs, k).map_or(k.default_size(), |(n, _)| n)
+    }
+
+    /// A count, else the key's default.
+    pub fn count_or(&mut self, errs: &mut Errors, k: Key) -> u64 {
+        self.count(errs, k).map_or(k.default_count(), |(n, _)| n)
+    }
+
+    /// A number, else the key's default.
+    pub fn number_or(&mut self, errs: &mut Errors, k: Key) -> f64 {
+        self.number(errs, k).map_or(k.default_number(), |(n, _)| n)
+    }
+
+    /// A bool, else the key's default.
+    pub fn bool_or(&mut self, errs: &mut Errors, k: Key) -> bool {
+        self.bool(errs, k).unwrap_or(k.default_bool())
+    }
+
+    /// One of the key's `choices`: `None` when absent, or not one of them (reported,
+    /// with the closest one when it looks like a typo).
+    pub fn choice(&mut self, errs: &mut Errors, k: Key) -> Option<(&'static str, SourceSpan)> {
+        let (s, span) = self.string(errs, k)?;
+        if let Some(c) = k.choices.iter().find(|c| **c == s) {
+            return Some((c, span));
+        }
+        let mut d = Diagnostic::new(span.clone(), format!("unknown {} `{s}`", k.name)).label(
+            match closest(&s, k.choices.iter().copied()) {
+                Some(c) => format!("did you mean `{c}`?"),
+                None => "not one of them".to_string(),
+            },
+        );
+        d.notes.push(format!(
+            "{} is one of: {}",
+            k.name,
+            k.choices
+                .iter()
+                .map(|c| format!("\"{c}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        errs.push(d);
+        None
+    }
+
+    /// One of the key's `choices`, else its default.
+    pub fn choice_or(&mut self, errs: &mut Errors, k: Key) -> &'static str {
+        self.choice(errs, k).map_or(k.default_str(), |(c, _)| c)
     }
 
     /// A size: bytes as an integer, or a string such as `"1MiB"`, `"512KiB"`, `"10MB"`.
@@ -806,6 +899,25 @@ pub fn expand_env(s: &str, span: SourceSpan, errs: &mut Errors) -> Option<String
     }
     out.push_str(rest);
     ok.then_some(out)
+}
+
+/// An HTTP method (any case): `Some(None)` when absent, `None` when not a method
+/// (reported).
+pub fn method_of(errs: &mut Errors, value: Option<(String, SourceSpan)>) -> Option<Option<Method>> {
+    let Some((s, span)) = value else {
+        return Some(None);
+    };
+    let upper = s.to_ascii_uppercase();
+    match Method::from_bytes(upper.as_bytes()) {
+        Ok(m) => Some(Some(m)),
+        Err(_) => {
+            errs.push(
+                Diagnostic::new(span, format!("`{s}` is not an HTTP method"))
+                    .label("expected e.g. \"GET\" or \"POST\""),
+            );
+            None
+        }
+    }
 }
 
 /// Parses `"1MiB"`, `"512 KiB"`, `"10MB"`, `"1024"`.

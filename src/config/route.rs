@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use http::Method;
 
+use super::backend::read_backend;
 use super::cors::read_cors;
 use super::diag::{Diagnostic, SourceSpan};
-use super::reader::{Errors, Key, Table, key};
+use super::reader::{Errors, Key, KeyDefault, Table, key, method_of};
+use super::upstream::read_rate;
 use super::*;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -74,49 +76,108 @@ pub enum RouteCors {
     Own(CorsConfig),
 }
 
+pub const NAME: Key =
+    key("name", "Labels metrics, logs and spans.").default(KeyDefault::Computed("\"METHOD path\""));
+pub const METHOD: Key =
+    key("method", "HTTP method; a GET route also answers HEAD.").default(KeyDefault::Str("GET"));
+pub const PATH: Key = key("path", "Path with {param} segments.").required();
+pub const TIMEOUT: Key = key("timeout", "Deadline for the whole request.")
+    .default(KeyDefault::Computed("server.default_timeout"));
+pub const FORWARD_HEADERS: Key = key(
+    "forward_headers",
+    "Client headers that reach upstreams; [\"*\"] for all but hop-by-hop ones.",
+);
+pub const FORWARD_QUERY: Key = key(
+    "forward_query",
+    "Client query parameters that reach upstreams; [\"*\"] for all.",
+);
+pub const CACHE: Key = key(
+    "cache",
+    "Keep complete 200 answers of this route (GET, merged).",
+);
+pub const TTL: Key = key(
+    "ttl",
+    "How long an answer is fresh (shortened by the upstreams' cache-control).",
+)
+.required();
+pub const STALE_IF_ERROR: Key = key(
+    "stale_if_error",
+    "How long past ttl an answer may stand in when a fresh attempt fails.",
+);
+pub const RATE_LIMIT: Key = key(
+    "rate_limit",
+    "Requests per key: 429 with retry-after past it.",
+);
+pub const LIMIT_KEY: Key = key(
+    "key",
+    "What a budget is kept per: client_ip, global, header:NAME, or claim:NAME (a validated claim of the route's token).",
+)
+.default(KeyDefault::Str("client_ip"));
 /// Rate-limit keys a route remembers when it sets no `max_keys`.
-pub const DEFAULT_MAX_KEYS: u64 = 100_000;
-pub(super) fn method_of(
-    errs: &mut Errors,
-    value: Option<(String, SourceSpan)>,
-) -> Option<Option<Method>> {
-    let Some((s, span)) = value else {
-        return Some(None);
-    };
-    let upper = s.to_ascii_uppercase();
-    match Method::from_bytes(upper.as_bytes()) {
-        Ok(m) => Some(Some(m)),
-        Err(_) => {
-            errs.push(
-                Diagnostic::new(span, format!("`{s}` is not an HTTP method"))
-                    .label("expected e.g. \"GET\" or \"POST\""),
-            );
-            None
-        }
-    }
-}
+pub const MAX_KEYS: Key = key(
+    "max_keys",
+    "Keys remembered at most; the least recently used are forgotten first.",
+)
+.at_least(1.0)
+.default(KeyDefault::Count(100_000));
+pub const PASSTHROUGH: Key = key(
+    "passthrough",
+    "Stream one backend's answer unchanged, bodies both ways.",
+)
+.default(KeyDefault::Bool(false));
+pub const WEBSOCKET: Key = key(
+    "websocket",
+    "Carry `upgrade: websocket` requests to the upstream and splice both ways after its 101 (passthrough routes): true, or { allow_origins = [...] } naming the origins whose pages may open one.",
+)
+.default(KeyDefault::Bool(false));
+pub const IDLE_TIMEOUT: Key = key(
+    "idle_timeout",
+    "A WebSocket tunnel with no bytes either way for this long is closed.",
+)
+.default(KeyDefault::Duration(Duration::from_secs(300)));
+pub const WEBSOCKET_ORIGINS: Key = key(
+    "allow_origins",
+    "Origins whose pages may open a tunnel: exact, one leading *. label, or [\"*\"] for any. Without it: the route's CORS origins; without CORS, only the route's own origin (and clients that send no origin).",
+)
+.required();
+pub const CORS: Key = key(
+    "cors",
+    "This route's own CORS table (replacing [cors] whole), or false for none.",
+);
+pub const AUTH: Key = key(
+    "auth",
+    "This route's token check: { jwt = \"NAME\", scopes, claims_to_headers, optional }.",
+);
+pub const AUTH_JWT: Key = key(
+    "jwt",
+    "The [auth.jwt.NAME] validator that checks the token.",
+)
+.required();
+pub const AUTH_SCOPES: Key = key(
+    "scopes",
+    "Scopes the token must hold, each in its `scope` claim (space-separated) or `scp` array; 403 otherwise.",
+);
+pub const AUTH_CLAIMS_TO_HEADERS: Key = key(
+    "claims_to_headers",
+    "Validated claims sent to every backend as headers: { claim = \"header-name\" }.",
+);
+pub const AUTH_OPTIONAL: Key = key(
+    "optional",
+    "Let a request without a token through (no claims); a bad token still fails.",
+)
+.default(KeyDefault::Bool(false));
+pub const BACKENDS: Key = key(
+    "backends",
+    "Backends, called concurrently (or after the ones they read from).",
+)
+.required()
+.non_empty();
 
 pub(super) fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
-    const TTL: Key = key(
-        "ttl",
-        "How long an answer is fresh (shortened by the upstreams' cache-control).",
-    );
-    let name = t.string(
-        errs,
-        key(
-            "name",
-            "Labels metrics, logs and spans. Default \"METHOD path\".",
-        ),
-    );
-    let method = t.string(
-        errs,
-        key(
-            "method",
-            "HTTP method. Default GET; a GET route also answers HEAD.",
-        ),
-    );
+    let name = t.string(errs, NAME);
+    let method = t.string(errs, METHOD);
     let method = method_of(errs, method);
-    let path = t.required_string(errs, key("path", "Path with {param} segments."));
+    let path = t.required_string(errs, PATH);
     if let Some((p, span)) = &path
         && !p.starts_with('/')
     {
@@ -136,23 +197,8 @@ pub(super) fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Rou
         };
         t.name = format!("route {shown}");
     }
-    let timeout = positive_duration(
-        t,
-        errs,
-        key(
-            "timeout",
-            "Deadline for the whole request. Default: server.default_timeout.",
-        ),
-    );
-    let forward_headers = t
-        .string_list(
-            errs,
-            key(
-                "forward_headers",
-                "Client headers that reach upstreams; [\"*\"] for all but hop-by-hop ones.",
-            ),
-        )
-        .unwrap_or_default();
+    let timeout = t.positive_duration(errs, TIMEOUT);
+    let forward_headers = t.string_list(errs, FORWARD_HEADERS).unwrap_or_default();
     for (h, span) in &forward_headers {
         if h == "*" {
             continue;
@@ -170,52 +216,31 @@ pub(super) fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Rou
             Ok(_) => {}
         }
     }
-    let forward_query = t
-        .string_list(
-            errs,
-            key(
-                "forward_query",
-                "Client query parameters that reach upstreams; [\"*\"] for all.",
-            ),
-        )
-        .unwrap_or_default();
-    let cache = t
-        .table(
-            errs,
-            key(
-                "cache",
-                "Keep complete 200 answers of this route (GET, merged).",
-            ),
-        )
-        .and_then(|mut c| {
-            let ttl = c.duration(errs, TTL);
-            let stale = c
-                .duration(
-                    errs,
-                    key(
-                        "stale_if_error",
-                        "How long past ttl an answer may stand in when a fresh attempt fails.",
-                    ),
-                )
-                .map(|(d, _)| d);
-            if ttl.is_none() && c.get(TTL).is_none() {
-                c.missing(errs, "ttl");
-            }
-            c.finish(errs);
-            ttl.map(|(ttl, _)| CacheConfig {
-                ttl,
-                stale_if_error: stale,
-            })
-        });
-    let rate_limit = t.table(errs, key("rate_limit", "Requests per key: 429 with retry-after past it.")).and_then(|mut r| {
+    let forward_query = t.string_list(errs, FORWARD_QUERY).unwrap_or_default();
+    let cache = t.table(errs, CACHE).and_then(|mut c| {
+        let ttl = c.duration(errs, TTL);
+        let stale = c.duration(errs, STALE_IF_ERROR).map(|(d, _)| d);
+        if ttl.is_none() && c.get(TTL).is_none() {
+            c.missing(errs, TTL.name);
+        }
+        c.finish(errs);
+        ttl.map(|(ttl, _)| CacheConfig {
+            ttl,
+            stale_if_error: stale,
+        })
+    });
+    let rate_limit = t.table(errs, RATE_LIMIT).and_then(|mut r| {
         let rate = read_rate(&mut r, errs);
-        let limit_key = match r.string(errs, key("key", "client_ip (default), global, header:NAME, or claim:NAME (a validated claim of the route's token).")) {
+        let limit_key = match r.string(errs, LIMIT_KEY) {
             None => Some(LimitKey::ClientIp),
             Some((k, _)) if k == "client_ip" => Some(LimitKey::ClientIp),
             Some((k, _)) if k == "global" => Some(LimitKey::Global),
             Some((k, span)) if k.starts_with("claim:") => match k["claim:".len()..].trim() {
                 "" => {
-                    errs.push(Diagnostic::new(span, "`claim:` names no claim").label("e.g. \"claim:sub\""));
+                    errs.push(
+                        Diagnostic::new(span, "`claim:` names no claim")
+                            .label("e.g. \"claim:sub\""),
+                    );
                     None
                 }
                 claim => Some(LimitKey::Claim(claim.to_string())),
@@ -227,14 +252,15 @@ pub(super) fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Rou
                 Some(Ok(h)) => Some(LimitKey::Header(h)),
                 _ => {
                     errs.push(
-                        Diagnostic::new(span, format!("unknown rate limit key `{k}`"))
-                            .label("expected \"client_ip\", \"global\", \"header:NAME\" or \"claim:NAME\""),
+                        Diagnostic::new(span, format!("unknown rate limit key `{k}`")).label(
+                            "expected \"client_ip\", \"global\", \"header:NAME\" or \"claim:NAME\"",
+                        ),
                     );
                     None
                 }
             },
         };
-        let max_keys = r.count(errs, key("max_keys", "Keys remembered at most; the least recently used are forgotten first. Default 100000.").at_least(1.0)).map_or(DEFAULT_MAX_KEYS, |(n, _)| n);
+        let max_keys = r.count_or(errs, MAX_KEYS);
         r.finish(errs);
         Some(RouteRateLimit {
             rate: rate?,
@@ -242,23 +268,7 @@ pub(super) fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Rou
             max_keys,
         })
     });
-    let passthrough = t
-        .bool(
-            errs,
-            key(
-                "passthrough",
-                "Stream one backend's answer unchanged, bodies both ways.",
-            ),
-        )
-        .unwrap_or(false);
-    const WEBSOCKET: Key = key(
-        "websocket",
-        "Carry `upgrade: websocket` requests to the upstream and splice both ways after its 101 (passthrough routes): true, or { allow_origins = [...] } naming the origins whose pages may open one.",
-    );
-    const IDLE_TIMEOUT: Key = key(
-        "idle_timeout",
-        "A WebSocket tunnel with no bytes either way for this long is closed. Default 5m.",
-    );
+    let passthrough = t.bool_or(errs, PASSTHROUGH);
     let websocket_span = t.get(WEBSOCKET).map(|v| v.span());
     let (websocket, websocket_origins) = match t.get(WEBSOCKET).map(|v| v.get_ref()) {
         None => (false, None),
@@ -273,7 +283,7 @@ pub(super) fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Rou
         Some(_) => (t.bool(errs, WEBSOCKET).unwrap_or(false), None),
     };
     let idle_span = t.get(IDLE_TIMEOUT).map(|v| v.span());
-    let idle_timeout = positive_duration(t, errs, IDLE_TIMEOUT).flatten();
+    let idle_timeout = t.positive_duration_or(errs, IDLE_TIMEOUT);
     if let Some(span) = idle_span.filter(|_| !websocket) {
         errs.push(
             Diagnostic::new(
@@ -283,10 +293,6 @@ pub(super) fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Rou
             .label("no tunnels on this route"),
         );
     }
-    const CORS: Key = key(
-        "cors",
-        "This route's own CORS table (replacing [cors] whole), or false for none.",
-    );
     let cors = match t.get(CORS).map(|v| v.get_ref()) {
         None => RouteCors::Inherit,
         Some(toml::de::DeValue::Boolean(false)) => RouteCors::Off,
@@ -312,23 +318,11 @@ pub(super) fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Rou
     };
     let mut auth_span = 0..0;
     let mut auth_jwt_span = 0..0;
-    let auth = t
-        .table(
-            errs,
-            key(
-                "auth",
-                "This route's token check: { jwt = \"NAME\", scopes, claims_to_headers, optional }.",
-            ),
-        )
-        .and_then(|mut a| {
+    let auth = t.table(errs, AUTH).and_then(|mut a| {
             auth_span = a.span();
-            let jwt = a.required_string(errs, key("jwt", "The [auth.jwt.NAME] validator that checks the token."));
-            let scopes = a
-                .string_list(errs, key("scopes", "Scopes the token must hold, each in its `scope` claim (space-separated) or `scp` array; 403 otherwise."))
-                .unwrap_or_default();
-            let pairs = a
-                .string_map(errs, key("claims_to_headers", "Validated claims sent to every backend as headers: { claim = \"header-name\" }."))
-                .unwrap_or_default();
+            let jwt = a.required_string(errs, AUTH_JWT);
+            let scopes = a.string_list(errs, AUTH_SCOPES).unwrap_or_default();
+            let pairs = a.string_map(errs, AUTH_CLAIMS_TO_HEADERS).unwrap_or_default();
             let mut claims_to_headers = Vec::with_capacity(pairs.len());
             for (claim, h) in pairs {
                 match http::HeaderName::from_bytes(h.as_bytes()) {
@@ -346,9 +340,7 @@ pub(super) fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Rou
                     ),
                 }
             }
-            let optional = a
-                .bool(errs, key("optional", "Let a request without a token through (no claims); a bad token still fails. Default false."))
-                .unwrap_or(false);
+            let optional = a.bool_or(errs, AUTH_OPTIONAL);
             a.finish(errs);
             let (jwt, span) = jwt?;
             auth_jwt_span = span;
@@ -361,13 +353,7 @@ pub(super) fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Rou
         });
     let route_method = method.clone().flatten().unwrap_or(Method::GET);
     let mut backends = Vec::new();
-    let tables = t.table_array(
-        errs,
-        key(
-            "backends",
-            "Backends, called concurrently (or after the ones they read from).",
-        ),
-    );
+    let tables = t.table_array(errs, BACKENDS);
     // `backends = []` as much as no key: a route must call something.
     if tables.is_empty() {
         errs.push(
@@ -409,7 +395,7 @@ pub(super) fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Rou
         passthrough,
         websocket,
         websocket_origins,
-        idle_timeout: idle_timeout.unwrap_or(DEFAULT_TUNNEL_IDLE),
+        idle_timeout,
         cors,
         auth,
         auth_span,
@@ -418,19 +404,10 @@ pub(super) fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Rou
     })
 }
 
-/// How long a WebSocket tunnel may stay silent when the route sets no `idle_timeout`.
-pub const DEFAULT_TUNNEL_IDLE: Duration = Duration::from_secs(300);
-
-/// A `[cors]` table or a route's own `cors` table.
 /// A route's `websocket = { allow_origins = [...] }`: the origins whose pages may open a
 /// tunnel (patterns as CORS's).
 pub(super) fn read_websocket(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Vec<String>> {
-    const ORIGINS: Key = key(
-        "allow_origins",
-        "Origins whose pages may open a tunnel: exact, one leading *. label, or [\"*\"] for any. Default: the route's CORS origins; without CORS, only the route's own origin (and clients that send no origin).",
-    );
-    t.require(ORIGINS);
-    let Some(origins) = t.string_list(errs, ORIGINS) else {
+    let Some(origins) = t.string_list(errs, WEBSOCKET_ORIGINS) else {
         t.missing(errs, "allow_origins");
         return None;
     };

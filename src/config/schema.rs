@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use super::reader::{Kind, record};
+use super::reader::{KeyDefault, Kind, record};
 
 /// Every section, so every getter runs once. Values only need to reach the getters.
 const PROBE: &str = r#"
@@ -62,6 +62,9 @@ struct Seen {
     about: &'static str,
     min: Option<f64>,
     max: Option<f64>,
+    default: KeyDefault,
+    choices: &'static [&'static str],
+    non_empty: bool,
 }
 
 type Tables = BTreeMap<String, BTreeMap<&'static str, Seen>>;
@@ -83,11 +86,21 @@ fn fields() -> Tables {
                 about: f.about,
                 min: f.min,
                 max: f.max,
+                default: f.default,
+                choices: f.choices,
+                non_empty: f.non_empty,
             });
         if entry.kind == Kind::Any {
             entry.kind = f.kind;
         }
         entry.required |= f.required;
+        entry.non_empty |= f.non_empty;
+        if entry.default == KeyDefault::None {
+            entry.default = f.default;
+        }
+        if entry.choices.is_empty() {
+            entry.choices = f.choices;
+        }
         entry.min = entry.min.or(f.min);
         entry.max = entry.max.or(f.max);
     }
@@ -140,7 +153,20 @@ fn object(tables: &Tables, path: &str) -> Value {
             };
             bounds(&mut s, seen);
             if let Value::Object(m) = &mut s {
-                m.insert("description".into(), json!(seen.about));
+                let about = match seen.default {
+                    KeyDefault::Computed(said) => format!("{} Default: {said}.", seen.about),
+                    _ => seen.about.to_string(),
+                };
+                m.insert("description".into(), json!(about));
+                if let Some(d) = seen.default.json() {
+                    m.insert("default".into(), d);
+                }
+                if !seen.choices.is_empty() {
+                    m.insert("enum".into(), json!(seen.choices));
+                }
+                if seen.non_empty {
+                    m.insert("minItems".into(), json!(1));
+                }
                 if let Some(Value::Object(extra)) = refine(&child) {
                     m.extend(extra);
                 }
@@ -193,8 +219,6 @@ fn bounds(s: &mut Value, seen: &Seen) {
 /// Structural constraints the types alone do not say, by schema path.
 fn refine(path: &str) -> Option<Value> {
     let v = match path {
-        "/telemetry/log_format" => json!({"enum": ["json", "pretty"]}),
-        "/upstreams/*/urls" => json!({"minItems": 1}),
         "/routes/[]/method" | "/routes/[]/backends/[]/method" => {
             json!({"pattern": "^[A-Za-z]+$"})
         }
@@ -202,7 +226,6 @@ fn refine(path: &str) -> Option<Value> {
         "/routes/[]/rate_limit/key" => {
             json!({"pattern": "^(client_ip|global|header:.+|claim:.+)$"})
         }
-        "/routes/[]/backends" => json!({"minItems": 1}),
         // A table of its own, or `false` for no CORS on the route.
         "/routes/[]/cors" => json!({"type": ["object", "boolean"]}),
         // `true`, or a table naming the origins that may open a tunnel.

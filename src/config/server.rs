@@ -7,8 +7,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::diag::{Diagnostic, SourceSpan};
-use super::reader::{Errors, Table, key};
-use super::*;
+use super::reader::{Errors, Key, KeyDefault, Table, key};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
@@ -63,18 +62,85 @@ impl PartialEq for TlsFiles {
     }
 }
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
-pub const DEFAULT_MAX_REQUEST_BODY: u64 = 1 << 20;
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-pub const DEFAULT_CACHE_CAPACITY: u64 = 64 << 20;
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
-pub const DEFAULT_MAX_HEADER_SIZE: u64 = 32 << 10;
-pub const DEFAULT_BUFFER_CAPACITY: u64 = 256 << 20;
-pub const DEFAULT_BUFFER_PER_CONNECTION: u64 = 16 << 20;
+pub const LISTEN: Key = key(
+    "listen",
+    "Public listener, ip:port (HTTP/1.1 and h2c, or TLS with `tls`).",
+)
+.default(KeyDefault::Str("127.0.0.1:8080"));
+pub const ADMIN_LISTEN: Key = key(
+    "admin_listen",
+    "Admin listener for /health, /ready, /routes and /metrics; never the public port.",
+)
+.default(KeyDefault::Str("127.0.0.1:9901"));
+pub const DEFAULT_TIMEOUT: Key = key("default_timeout", "Route deadline when a route sets none.")
+    .default(KeyDefault::Duration(Duration::from_secs(2)));
+pub const MAX_REQUEST_BODY: Key =
+    key("max_request_body", "Larger request bodies get 413.").default(KeyDefault::Size(1 << 20));
+pub const TRUSTED_PROXIES: Key = key(
+    "trusted_proxies",
+    "Peers (IPs or CIDR ranges) whose x-forwarded-for is believed when finding the client_ip of a rate limit.",
+);
+pub const SHUTDOWN_GRACE: Key = key(
+    "shutdown_grace",
+    "How long a drain waits for in-flight requests.",
+)
+.default(KeyDefault::Duration(Duration::from_secs(10)));
+pub const WORKERS: Key = key(
+    "workers",
+    "Event loops (threads), each with its own listening socket and upstream pools.",
+)
+.between(1.0, 1024.0)
+.default(KeyDefault::Computed("one per CPU"));
+pub const CACHE_CAPACITY: Key = key(
+    "cache_capacity",
+    "Bytes the route and backend caches may hold together.",
+)
+.default(KeyDefault::Size(64 << 20));
+pub const HEADER_READ_TIMEOUT: Key = key(
+    "header_read_timeout",
+    "Time a client has, from connecting or from the first byte of its next request, to send a whole request head.",
+)
+.default(KeyDefault::Duration(Duration::from_secs(10)));
+pub const IDLE_TIMEOUT: Key = key(
+    "idle_timeout",
+    "A kept-alive HTTP/1.1 connection with no request, or an h2 connection with no open stream, is closed after this long (h2: GOAWAY).",
+)
+.default(KeyDefault::Duration(Duration::from_secs(60)));
+pub const SEND_TIMEOUT: Key = key(
+    "send_timeout",
+    "A connection whose client takes none of an answer for this long is closed.",
+)
+.default(KeyDefault::Duration(Duration::from_secs(30)));
+pub const MAX_CONNECTIONS: Key = key(
+    "max_connections",
+    "Open client connections; past it new ones are closed at once.",
+)
+.at_least(1.0)
+.default(KeyDefault::Computed("half the descriptor limit"));
+pub const MAX_HEADER_SIZE: Key = key(
+    "max_header_size",
+    "Bytes of a request head (path, query, header names and values), HTTP/1.1 and h2 alike: 414 or 431 past it.",
+)
+.between(1024.0, 1048576.0)
+.default(KeyDefault::Size(32 << 10));
+// Below 64 KiB every buffered answer but the smallest would be refused.
+pub const BUFFER_CAPACITY: Key = key(
+    "buffer_capacity",
+    "Bytes of upstream answers held in memory at once, across all requests; past it new upstream calls fail at once (OVERLOADED).",
+)
+.at_least(65536.0)
+.default(KeyDefault::Size(256 << 20));
+pub const BUFFER_PER_CONNECTION: Key = key(
+    "buffer_per_connection",
+    "Of buffer_capacity, what one h2 connection's requests may hold (answers being read and answers its client has not taken); past it its new requests get 503.",
+)
+.at_least(65536.0)
+.default(KeyDefault::Size(16 << 20));
+pub const TLS: Key = key(
+    "tls",
+    "The public listener speaks TLS 1.2/1.3 (ALPN h2, http/1.1) with this certificate and key; both re-read when they change.",
+);
+
 pub(super) fn socket_addr(
     errs: &mut Errors,
     value: Option<(String, SourceSpan)>,
@@ -103,84 +169,25 @@ pub(super) fn read_server(
     errs: &mut Errors,
     base: &Path,
 ) -> Option<ServerConfig> {
-    let listen = t.string(
-        errs,
-        key(
-            "listen",
-            "Public listener, ip:port (HTTP/1.1 and h2c). Default 127.0.0.1:8080.",
-        ),
-    );
-    let listen = socket_addr(errs, listen, "listen");
-    let admin = t.string(errs, key("admin_listen", "Admin listener for /health, /ready, /routes and /metrics. Default 127.0.0.1:9901; never the public port."));
-    let admin = socket_addr(errs, admin, "admin_listen");
-    let default_timeout = positive_duration(
-        t,
-        errs,
-        key(
-            "default_timeout",
-            "Route deadline when a route sets none. Default 2s.",
-        ),
-    );
-    let max_request_body = t
-        .size(
-            errs,
-            key(
-                "max_request_body",
-                "Larger request bodies get 413. Default 1MiB.",
-            ),
-        )
-        .map(|(n, _)| n);
-    let shutdown_grace = t
-        .duration(
-            errs,
-            key(
-                "shutdown_grace",
-                "How long a drain waits for in-flight requests. Default 10s.",
-            ),
-        )
-        .map(|(d, _)| d);
-    let cache_capacity = t
-        .size(
-            errs,
-            key(
-                "cache_capacity",
-                "Bytes the route and backend caches may hold together. Default 64MiB.",
-            ),
-        )
-        .map(|(n, _)| n);
-    let header_read_timeout = positive_duration(
-        t,
-        errs,
-        key(
-            "header_read_timeout",
-            "Time a client has, from connecting or from the first byte of its next request, to send a whole request head. Default 10s.",
-        ),
-    );
-    let idle_timeout = positive_duration(
-        t,
-        errs,
-        key(
-            "idle_timeout",
-            "A kept-alive HTTP/1.1 connection with no request, or an h2 connection with no open stream, is closed after this long (h2: GOAWAY). Default 60s.",
-        ),
-    );
-    let send_timeout = positive_duration(
-        t,
-        errs,
-        key(
-            "send_timeout",
-            "A connection whose client takes none of an answer for this long is closed. Default 30s.",
-        ),
-    );
+    let listen = t.string(errs, LISTEN);
+    let listen = socket_addr(errs, listen, LISTEN.name);
+    let admin = t.string(errs, ADMIN_LISTEN);
+    let admin = socket_addr(errs, admin, ADMIN_LISTEN.name);
+    let default_timeout = t.positive_duration_or(errs, DEFAULT_TIMEOUT);
+    let max_request_body = t.size_or(errs, MAX_REQUEST_BODY);
+    let shutdown_grace = t.duration_or(errs, SHUTDOWN_GRACE);
+    let cache_capacity = t.size_or(errs, CACHE_CAPACITY);
+    let header_read_timeout = t.positive_duration_or(errs, HEADER_READ_TIMEOUT);
+    let idle_timeout = t.positive_duration_or(errs, IDLE_TIMEOUT);
+    let send_timeout = t.positive_duration_or(errs, SEND_TIMEOUT);
     let max_connections = t
-        .count(errs, key("max_connections", "Open client connections; past it new ones are closed at once. Default: half the descriptor limit.").at_least(1.0))
+        .count(errs, MAX_CONNECTIONS)
         .map(|(n, _)| usize::try_from(n).unwrap_or(usize::MAX));
-    let max_header_size = t.size(errs, key("max_header_size", "Bytes of a request head (path, query, header names and values), HTTP/1.1 and h2 alike: 414 or 431 past it. Default 32KiB.").between(1024.0, 1048576.0)).map(|(n, _)| n);
-    // Below 64 KiB every buffered answer but the smallest would be refused.
-    let buffer_capacity = t.size(errs, key("buffer_capacity", "Bytes of upstream answers held in memory at once, across all requests; past it new upstream calls fail at once (OVERLOADED). Default 256MiB.").at_least(65536.0)).map(|(n, _)| n);
-    let buffer_per_connection = t.size(errs, key("buffer_per_connection", "Of buffer_capacity, what one h2 connection's requests may hold (answers being read and answers its client has not taken); past it its new requests get 503. Default 16MiB.").at_least(65536.0));
+    let max_header_size = t.size_or(errs, MAX_HEADER_SIZE);
+    let buffer_capacity = t.size_or(errs, BUFFER_CAPACITY);
+    let buffer_per_connection = t.size(errs, BUFFER_PER_CONNECTION);
     if let Some((n, span)) = &buffer_per_connection
-        && *n > buffer_capacity.unwrap_or(DEFAULT_BUFFER_CAPACITY)
+        && *n > buffer_capacity
     {
         errs.push(
             Diagnostic::new(
@@ -190,10 +197,11 @@ pub(super) fn read_server(
             .label("a connection's share cannot pass the whole"),
         );
     }
-    let buffer_per_connection = buffer_per_connection.map(|(n, _)| n);
-    let workers = t.count(errs, key("workers", "Event loops (threads), each with its own listening socket and upstream pools. Default: one per CPU.").between(1.0, 1024.0)).map(|(n, _)| n as usize);
+    let buffer_per_connection =
+        buffer_per_connection.map_or(BUFFER_PER_CONNECTION.default_size(), |(n, _)| n);
+    let workers = t.count(errs, WORKERS).map(|(n, _)| n as usize);
     let mut trusted = Vec::new();
-    for (s, span) in t.string_list(errs, key("trusted_proxies", "Peers (IPs or CIDR ranges) whose x-forwarded-for is believed when finding the client_ip of a rate limit.")).unwrap_or_default() {
+    for (s, span) in t.string_list(errs, TRUSTED_PROXIES).unwrap_or_default() {
         let parsed = s
             .parse::<IpNet>()
             .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from));
@@ -215,39 +223,29 @@ pub(super) fn read_server(
                 .note("give admin_listen its own port, e.g. \"127.0.0.1:9901\""),
         );
     }
-    let tls = t
-        .table(
-            errs,
-            key(
-                "tls",
-                "The public listener speaks TLS 1.2/1.3 (ALPN h2, http/1.1) with this certificate and key; both re-read when they change.",
-            ),
-        )
-        .and_then(|mut tt| {
-            let tls = read_tls(&mut tt, errs, base);
-            tt.finish(errs);
-            tls
-        });
-    let default_listen = DEFAULT_LISTEN.parse().ok()?;
-    let default_admin = DEFAULT_ADMIN_LISTEN.parse().ok()?;
+    let tls = t.table(errs, TLS).and_then(|mut tt| {
+        let tls = read_tls(&mut tt, errs, base);
+        tt.finish(errs);
+        tls
+    });
+    let default_listen = LISTEN.default_str().parse().ok()?;
+    let default_admin = ADMIN_LISTEN.default_str().parse().ok()?;
     Some(ServerConfig {
         listen: listen.flatten().unwrap_or(default_listen),
         admin_listen: Some(admin.flatten().unwrap_or(default_admin)),
-        default_timeout: default_timeout.flatten().unwrap_or(DEFAULT_TIMEOUT),
-        max_request_body: max_request_body.unwrap_or(DEFAULT_MAX_REQUEST_BODY),
+        default_timeout,
+        max_request_body,
         trusted_proxies: trusted,
-        shutdown_grace: shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+        shutdown_grace,
         workers,
-        cache_capacity: cache_capacity.unwrap_or(DEFAULT_CACHE_CAPACITY),
-        header_read_timeout: header_read_timeout
-            .flatten()
-            .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
-        idle_timeout: idle_timeout.flatten().unwrap_or(DEFAULT_IDLE_TIMEOUT),
-        send_timeout: send_timeout.flatten().unwrap_or(DEFAULT_SEND_TIMEOUT),
+        cache_capacity,
+        header_read_timeout,
+        idle_timeout,
+        send_timeout,
         max_connections,
-        max_header_size: max_header_size.unwrap_or(DEFAULT_MAX_HEADER_SIZE),
-        buffer_capacity: buffer_capacity.unwrap_or(DEFAULT_BUFFER_CAPACITY),
-        buffer_per_connection: buffer_per_connection.unwrap_or(DEFAULT_BUFFER_PER_CONNECTION),
+        max_header_size,
+        buffer_capacity,
+        buffer_per_connection,
         tls,
     })
 }

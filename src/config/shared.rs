@@ -7,8 +7,7 @@ use url::Url;
 
 use super::auth::Secret;
 use super::diag::Diagnostic;
-use super::positive_duration;
-use super::reader::{Errors, Table, key};
+use super::reader::{Errors, Key, KeyDefault, Table, key};
 use std::path::Path;
 
 /// `[shared]`.
@@ -38,93 +37,70 @@ impl std::fmt::Debug for SharedConfig {
     }
 }
 
-pub const DEFAULT_SHARED_PREFIX: &str = "manifold:";
-pub const DEFAULT_SHARED_TIMEOUT: Duration = Duration::from_millis(20);
-pub const DEFAULT_SHARED_MAX_ENTRY: u64 = 256 << 10;
+pub const REDIS: Key = key(
+    "redis",
+    "redis://[:password@]host:port/db, or rediss:// for TLS (usually \"${REDIS_URL}\"); the password is never shown.",
+);
+pub const KEY_PREFIX: Key = key(
+    "key_prefix",
+    "Start of every key: replicas with the same Redis and prefix share state.",
+)
+.default(KeyDefault::Str("manifold:"));
+pub const TIMEOUT: Key = key(
+    "timeout",
+    "Per Redis operation; past it the replica decides alone.",
+)
+.default(KeyDefault::Duration(Duration::from_millis(20)));
+pub const MAX_ENTRY: Key =
+    key("max_entry", "Larger cached answers stay local.").default(KeyDefault::Size(256 << 10));
+pub const CA_FILE: Key = key(
+    "ca_file",
+    "For rediss://: CA certificates (PEM) trusted besides the system's; relative to the config file's directory.",
+);
+pub const SECRET: Key = key(
+    "secret",
+    "Signs shared cache entries (HMAC-SHA256), so replicas drop entries a writer to Redis forged or moved; at least 32 bytes, usually \"${ENV}\"; never shown. Every replica needs the same one.",
+);
+
 /// `[shared]`: where the replicas' Redis is.
 pub(super) fn read_shared(
     t: &mut Table<'_, '_>,
     errs: &mut Errors,
     base: &Path,
 ) -> Option<SharedConfig> {
-    let redis = t.required_string(
-        errs,
-        key(
-            "redis",
-            "redis://[:password@]host:port/db (usually \"${REDIS_URL}\"); the password is never shown.",
-        ),
-    );
+    let redis = t.required_string(errs, REDIS);
     let key_prefix = t
-        .string(
-            errs,
-            key(
-                "key_prefix",
-                "Start of every key: replicas with the same Redis and prefix share state. Default \"manifold:\".",
-            ),
-        )
-        .map_or_else(|| DEFAULT_SHARED_PREFIX.to_string(), |(p, _)| p);
-    let timeout = positive_duration(
-        t,
-        errs,
-        key(
-            "timeout",
-            "Per Redis operation; past it the replica decides alone. Default 20ms.",
-        ),
-    )
-    .flatten()
-    .unwrap_or(DEFAULT_SHARED_TIMEOUT);
-    let max_entry = t
-        .size(
-            errs,
-            key(
-                "max_entry",
-                "Larger cached answers stay local. Default 256KiB.",
-            ),
-        )
-        .map_or(DEFAULT_SHARED_MAX_ENTRY, |(n, _)| n);
-    let ca_file = t
-        .string(
-            errs,
-            key(
-                "ca_file",
-                "For rediss://: CA certificates (PEM) trusted besides the system's; relative to the config file's directory.",
-            ),
-        )
-        .and_then(|(s, span)| {
-            let path = base.join(&s);
-            match crate::base::files::read_bounded(&path, crate::base::files::MAX_FILE) {
-                Ok(b) if String::from_utf8_lossy(&b).contains("-----BEGIN CERTIFICATE-----") => {
-                    Some(path)
-                }
-                _ => {
-                    errs.push(
-                        Diagnostic::new(span, format!("ca_file `{s}` is not a readable PEM file"))
-                            .label("unusable"),
-                    );
-                    None
-                }
+        .string(errs, KEY_PREFIX)
+        .map_or_else(|| KEY_PREFIX.default_str().to_string(), |(p, _)| p);
+    let timeout = t.positive_duration_or(errs, TIMEOUT);
+    let max_entry = t.size_or(errs, MAX_ENTRY);
+    let ca_file = t.string(errs, CA_FILE).and_then(|(s, span)| {
+        let path = base.join(&s);
+        match crate::base::files::read_bounded(&path, crate::base::files::MAX_FILE) {
+            Ok(b) if String::from_utf8_lossy(&b).contains("-----BEGIN CERTIFICATE-----") => {
+                Some(path)
             }
-        });
-    let secret = t
-        .string(
-            errs,
-            key(
-                "secret",
-                "Signs shared cache entries (HMAC-SHA256), so replicas drop entries a writer to Redis forged or moved; at least 32 bytes, usually \"${ENV}\"; never shown. Every replica needs the same one.",
-            ),
-        )
-        .and_then(|(s, span)| {
-            if s.len() < 32 {
+            _ => {
                 errs.push(
-                    Diagnostic::new(span, "the secret is shorter than 32 bytes")
-                        .label("too short to resist guessing")
-                        .note("use at least 256 bits of random data, e.g. `openssl rand -base64 32`"),
+                    Diagnostic::new(span, format!("ca_file `{s}` is not a readable PEM file"))
+                        .label("unusable"),
                 );
                 None
-            } else {
-                Some(Secret(s))
             }
-        });
+        }
+    });
+    let secret = t.string(errs, SECRET).and_then(|(s, span)| {
+        if s.len() < 32 {
+            errs.push(
+                Diagnostic::new(span, "the secret is shorter than 32 bytes")
+                    .label("too short to resist guessing")
+                    .note("use at least 256 bits of random data, e.g. `openssl rand -base64 32`"),
+            );
+            None
+        } else {
+            Some(Secret(s))
+        }
+    });
     let (url, span) = redis?;
     match Url::parse(&url) {
         Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host_str().is_some() => {}

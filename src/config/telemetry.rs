@@ -3,7 +3,7 @@
 use url::Url;
 
 use super::diag::Diagnostic;
-use super::reader::{Errors, Table, key};
+use super::reader::{Errors, Key, KeyDefault, Table, key};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -20,35 +20,40 @@ pub struct TelemetryConfig {
     pub sample_ratio: f64,
 }
 
+pub const SERVICE_NAME: Key =
+    key("service_name", "service.name of the spans.").default(KeyDefault::Str("manifold"));
+pub const LOG_FORMAT: Key = key(
+    "log_format",
+    "How log lines are written: JSON objects, or pretty text for a terminal.",
+)
+.choices(&["json", "pretty"])
+.default(KeyDefault::Str("json"));
+pub const ACCESS_LOG: Key =
+    key("access_log", "One line per request.").default(KeyDefault::Bool(true));
+pub const OTLP_ENDPOINT: Key = key(
+    "otlp_endpoint",
+    "OTLP/HTTP collector base URL; spans go to {this}/v1/traces.",
+)
+.default(KeyDefault::Computed(
+    "OTEL_EXPORTER_OTLP_ENDPOINT, else tracing is off",
+));
+pub const SAMPLE_RATIO: Key = key(
+    "sample_ratio",
+    "Share of new traces sampled (parent-based: a client's sampled flag wins).",
+)
+.between(0.0, 1.0)
+.default(KeyDefault::Number(1.0));
+
 pub(super) fn read_telemetry(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<TelemetryConfig> {
     let service_name = t
-        .string(
-            errs,
-            key(
-                "service_name",
-                "service.name of the spans. Default manifold.",
-            ),
-        )
-        .map(|(s, _)| s);
-    let log_format = match t.string(errs, key("log_format", "json (default) or pretty.")) {
-        None => LogFormat::Json,
-        Some((s, _)) if s == "json" => LogFormat::Json,
-        Some((s, _)) if s == "pretty" => LogFormat::Pretty,
-        Some((s, span)) => {
-            errs.push(
-                Diagnostic::new(span, format!("unknown log_format `{s}`"))
-                    .label("expected \"json\" or \"pretty\""),
-            );
-            LogFormat::Json
-        }
+        .string(errs, SERVICE_NAME)
+        .map_or_else(|| SERVICE_NAME.default_str().to_string(), |(s, _)| s);
+    let log_format = match t.choice_or(errs, LOG_FORMAT) {
+        "pretty" => LogFormat::Pretty,
+        _ => LogFormat::Json,
     };
-    let access_log = t
-        .bool(
-            errs,
-            key("access_log", "One line per request. Default true."),
-        )
-        .unwrap_or(true);
-    let otlp_endpoint = match t.string(errs, key("otlp_endpoint", "OTLP/HTTP collector base URL; spans go to {this}/v1/traces. Default: OTEL_EXPORTER_OTLP_ENDPOINT, else tracing is off.")) {
+    let access_log = t.bool_or(errs, ACCESS_LOG);
+    let otlp_endpoint = match t.string(errs, OTLP_ENDPOINT) {
         Some((s, span)) => match Url::parse(&s) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {
                 Some(s.trim_end_matches('/').to_string())
@@ -63,9 +68,9 @@ pub(super) fn read_telemetry(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option
         },
         None => None,
     };
-    let sample_ratio = t.number(errs, key("sample_ratio", "Share of new traces sampled (parent-based: a client's sampled flag wins). Default 1.0.").between(0.0, 1.0)).map_or(1.0, |(r, _)| r);
+    let sample_ratio = t.number_or(errs, SAMPLE_RATIO);
     Some(TelemetryConfig {
-        service_name: service_name.unwrap_or_else(|| "manifold".to_string()),
+        service_name,
         log_format,
         access_log,
         otlp_endpoint,

@@ -8,8 +8,7 @@ use std::time::Duration;
 use url::Url;
 
 use super::diag::{Diagnostic, SourceSpan};
-use super::reader::{Errors, Key, Table, key};
-use super::*;
+use super::reader::{Errors, Key, KeyDefault, Table, key};
 
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
@@ -25,7 +24,7 @@ pub struct UpstreamSettings {
     pub urls: Vec<Url>,
     /// Per attempt; `None` leaves only the route deadline.
     pub timeout: Option<Duration>,
-    pub max_concurrency: Option<u32>,
+    pub max_concurrency: u32,
     pub circuit_breaker: Option<BreakerConfig>,
     pub retry: Option<RetryConfig>,
     pub rate_limit: Option<RateConfig>,
@@ -124,30 +123,155 @@ pub struct RateConfig {
     pub burst: u32,
 }
 
-pub const DEFAULT_MAX_RESPONSE_BODY: u64 = 16 << 20;
-/// Calls in flight to one upstream when it sets no `max_concurrency` (Envoy's default).
-pub const DEFAULT_MAX_CONCURRENCY: u32 = 1024;
+pub const URLS: Key = key(
+    "urls",
+    "One or more http(s) base URLs (the upstream's hosts). user:password@ in a URL is sent as basic auth.",
+)
+.required()
+.non_empty();
+pub const TIMEOUT: Key = key(
+    "timeout",
+    "Bound of each attempt (connect, head and body); the route deadline still applies. Without it, only the route deadline bounds an attempt.",
+);
+/// Envoy's default.
+pub const MAX_CONCURRENCY: Key = key(
+    "max_concurrency",
+    "Calls in flight to this upstream at once; past it a call fails at once (OVERLOADED).",
+)
+.at_least(1.0)
+.default(KeyDefault::Count(1024));
+pub const CIRCUIT_BREAKER: Key = key(
+    "circuit_breaker",
+    "Opens after consecutive faults (connect error, timeout, 5xx); after open_for one probe decides.",
+);
+pub const BREAKER_FAILURES: Key = key(
+    "consecutive_failures",
+    "Faults in a row that open the breaker.",
+)
+.at_least(1.0)
+.required();
+pub const OPEN_FOR: Key = key(
+    "open_for",
+    "How long the breaker stays open before its probe.",
+)
+.required();
+pub const RETRY: Key = key(
+    "retry",
+    "Attempts for idempotent calls (and POST with idempotency-key) after a connect error, a timeout or a 502/503/504.",
+);
+pub const ATTEMPTS: Key = key(
+    "attempts",
+    "Total attempts, the first one included (more than 16 count as 16).",
+)
+.at_least(1.0)
+.required();
+pub const BACKOFF: Key =
+    key("backoff", "Wait between attempts.").default(KeyDefault::Duration(Duration::ZERO));
+pub const BUDGET: Key = key(
+    "budget",
+    "Retries plus hedges per 10 s, as a share of first attempts (\"20%\"); at least 3 per window. Without it, retries are unbudgeted.",
+);
+pub const RATE_LIMIT: Key = key(
+    "rate_limit",
+    "Limit of calls to this upstream, shared by every route (OVERLOADED past it).",
+);
+pub const CA_FILE: Key = key(
+    "ca_file",
+    "Extra CA certificates (PEM) trusted for https urls; relative to the config file's directory.",
+);
+pub const MAX_RESPONSE_BODY: Key = key(
+    "max_response_body",
+    "Larger answers fail the backend (502) before they are buffered.",
+)
+.default(KeyDefault::Size(16 << 20));
+pub const BALANCE: Key = key(
+    "balance",
+    "How a call picks a host: round_robin, or least_request (of two hosts drawn at random, the one with fewer calls in flight).",
+)
+.choices(&["round_robin", "least_request"])
+.default(KeyDefault::Str("round_robin"));
+pub const OUTLIER: Key = key(
+    "outlier",
+    "Passive ejection: a host failing (connect error, timeout, 5xx) consecutive_failures times in a row leaves the rotation for eject_for.",
+);
+pub const OUTLIER_FAILURES: Key = key(
+    "consecutive_failures",
+    "Failures in a row that eject a host.",
+)
+.at_least(1.0)
+.default(KeyDefault::Count(5));
+pub const EJECT_FOR: Key = key(
+    "eject_for",
+    "First ejection; then probation as long, a failure in it ejects for twice the last (at most 10x).",
+)
+.default(KeyDefault::Duration(Duration::from_secs(30)));
+pub const MAX_EJECTED: Key = key(
+    "max_ejected",
+    "Share of the hosts ejected at once at most, rounded down (\"50%\").",
+)
+.default(KeyDefault::Str("50%"));
+pub const HEALTH_CHECK: Key = key(
+    "health_check",
+    "Active checks: GET path on every host every interval, from each replica; 2xx within timeout is healthy.",
+);
+pub const HEALTH_PATH: Key =
+    key("path", "Path probed on every host, e.g. \"/healthz\".").required();
+pub const HEALTH_INTERVAL: Key = key("interval", "Time between probes of a host.")
+    .default(KeyDefault::Duration(Duration::from_secs(5)));
+pub const HEALTH_TIMEOUT: Key =
+    key("timeout", "Bound of one probe.").default(KeyDefault::Duration(Duration::from_secs(1)));
+pub const UNHEALTHY: Key = key("unhealthy", "Failed probes in a row that take a host out.")
+    .at_least(1.0)
+    .default(KeyDefault::Count(3));
+pub const HEALTHY: Key = key("healthy", "Good probes in a row that bring it back.")
+    .at_least(1.0)
+    .default(KeyDefault::Count(2));
+pub const HEDGE: Key = key(
+    "hedge",
+    "Retryable calls only: no answer after `after` -> one more attempt on another host (uses one of retry.attempts); the first answer wins.",
+);
+pub const HEDGE_AFTER: Key = key(
+    "after",
+    "How long the first attempt has to answer before the hedge goes.",
+)
+.required();
+pub const PROTOCOL: Key = key(
+    "protocol",
+    "How calls are carried: http1, h2 (TLS, ALPN; https urls) or h2c (cleartext, prior knowledge; http urls). HTTP/2 calls share one connection per host per worker.",
+)
+.choices(&["http1", "h2", "h2c"])
+.default(KeyDefault::Str("http1"));
+
+impl Balance {
+    fn from_choice(c: &str) -> Balance {
+        match c {
+            "least_request" => Balance::LeastRequest,
+            _ => Balance::RoundRobin,
+        }
+    }
+}
+
+impl Protocol {
+    fn from_choice(c: &str) -> Protocol {
+        match c {
+            "h2" => Protocol::H2,
+            "h2c" => Protocol::H2c,
+            _ => Protocol::Http1,
+        }
+    }
+}
+
+/// A count that fits a `u32`.
+fn count32(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 pub(super) fn read_upstream(
     t: &mut Table<'_, '_>,
     errs: &mut Errors,
     base: &Path,
 ) -> Option<UpstreamSettings> {
-    const URLS: Key = key(
-        "urls",
-        "One or more http(s) base URLs, called round-robin. user:password@ in a URL is sent as basic auth.",
-    );
-    const CONSECUTIVE_FAILURES: Key = key(
-        "consecutive_failures",
-        "Faults in a row that open the breaker.",
-    )
-    .at_least(1.0);
-    const OPEN_FOR: Key = key(
-        "open_for",
-        "How long the breaker stays open before its probe.",
-    );
-    const ATTEMPTS: Key = key("attempts", "Total attempts, the first one included.").at_least(1.0);
     let mut urls = Vec::new();
-    t.require(URLS);
     match t.string_list(errs, URLS) {
         Some(list) if list.is_empty() => errs.push(
             Diagnostic::new(t.span(), format!("{} needs at least one url", t.name))
@@ -176,35 +300,25 @@ pub(super) fn read_upstream(
                 }
             }
         }
-        None if t.get(URLS).is_none() => t.missing(errs, "urls"),
+        None if t.get(URLS).is_none() => t.missing(errs, URLS.name),
         None => {}
     }
-    let timeout = positive_duration(
-        t,
-        errs,
-        key(
-            "timeout",
-            "Bound of each attempt (connect, head and body); the route deadline still applies.",
-        ),
-    )
-    .flatten();
-    let max_concurrency = t
-        .count(errs, key("max_concurrency", "Calls in flight to this upstream at once; past it a call fails at once (OVERLOADED). Default 1024.").at_least(1.0))
-        .map(|(n, _)| n.min(u32::MAX as u64) as u32);
-    let circuit_breaker = t.table(errs, key("circuit_breaker", "Opens after consecutive faults (connect error, timeout, 5xx); after open_for one probe decides.")).and_then(|mut b| {
-        let failures = b.count(errs, CONSECUTIVE_FAILURES);
+    let timeout = t.positive_duration(errs, TIMEOUT).flatten();
+    let max_concurrency = count32(t.count_or(errs, MAX_CONCURRENCY));
+    let circuit_breaker = t.table(errs, CIRCUIT_BREAKER).and_then(|mut b| {
+        let failures = b.count(errs, BREAKER_FAILURES);
         let open_for = b.duration(errs, OPEN_FOR);
         let out = match (failures, open_for) {
             (Some((n, _)), Some((d, _))) => Some(BreakerConfig {
-                consecutive_failures: n.min(u32::MAX as u64) as u32,
+                consecutive_failures: count32(n),
                 open_for: d,
             }),
             (f, o) => {
-                if f.is_none() && b.get(CONSECUTIVE_FAILURES).is_none() {
-                    b.missing(errs, "consecutive_failures");
+                if f.is_none() && b.get(BREAKER_FAILURES).is_none() {
+                    b.missing(errs, BREAKER_FAILURES.name);
                 }
                 if o.is_none() && b.get(OPEN_FOR).is_none() {
-                    b.missing(errs, "open_for");
+                    b.missing(errs, OPEN_FOR.name);
                 }
                 None
             }
@@ -212,19 +326,19 @@ pub(super) fn read_upstream(
         b.finish(errs);
         out
     });
-    let retry = t.table(errs, key("retry", "Attempts for idempotent calls (and POST with idempotency-key) after a connect error, a timeout or a 502/503/504.")).and_then(|mut r| {
+    let retry = t.table(errs, RETRY).and_then(|mut r| {
         let attempts = r.count(errs, ATTEMPTS);
-        let backoff = r.duration(errs, key("backoff", "Wait between attempts. Default 0.")).map(|(d, _)| d);
-        let budget = percent(&mut r, errs, key("budget", "Retries plus hedges per 10 s, as a share of first attempts (\"20%\"); at least 3 per window. Default: unbudgeted.")).map(|(f, _)| f);
+        let backoff = r.duration_or(errs, BACKOFF);
+        let budget = percent(&mut r, errs, BUDGET).map(|(f, _)| f);
         let out = match attempts {
             Some((n, _)) => Some(RetryConfig {
-                attempts: n.min(16) as u32,
-                backoff: backoff.unwrap_or(Duration::ZERO),
+                attempts: count32(n.min(16)),
+                backoff,
                 budget,
             }),
             None => {
                 if r.get(ATTEMPTS).is_none() {
-                    r.missing(errs, "attempts");
+                    r.missing(errs, ATTEMPTS.name);
                 }
                 None
             }
@@ -232,233 +346,117 @@ pub(super) fn read_upstream(
         r.finish(errs);
         out
     });
-    let rate_limit = t
-        .table(
-            errs,
-            key(
-                "rate_limit",
-                "Limit of calls to this upstream, shared by every route (OVERLOADED past it).",
-            ),
-        )
-        .and_then(|mut r| {
-            let rate = read_rate(&mut r, errs);
-            r.finish(errs);
-            rate
-        });
-    let ca_file = t
-        .string(
-            errs,
-            key(
-                "ca_file",
-                "Extra CA certificates (PEM) trusted for https urls.",
-            ),
-        )
-        .and_then(|(s, span)| {
-            match crate::base::files::read_bounded(&base.join(&s), crate::base::files::MAX_FILE)
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-            {
-                Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(base.join(s)),
-                Ok(_) => {
-                    errs.push(
-                        Diagnostic::new(span, format!("ca_file `{s}` holds no PEM certificate"))
-                            .label("not a PEM file"),
-                    );
-                    None
-                }
-                Err(e) => {
-                    errs.push(
-                        Diagnostic::new(span, format!("cannot read ca_file `{s}`: {e}"))
-                            .label("unreadable"),
-                    );
-                    None
-                }
+    let rate_limit = t.table(errs, RATE_LIMIT).and_then(|mut r| {
+        let rate = read_rate(&mut r, errs);
+        r.finish(errs);
+        rate
+    });
+    let ca_file = t.string(errs, CA_FILE).and_then(|(s, span)| {
+        match crate::base::files::read_bounded(&base.join(&s), crate::base::files::MAX_FILE)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+        {
+            Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(base.join(s)),
+            Ok(_) => {
+                errs.push(
+                    Diagnostic::new(span, format!("ca_file `{s}` holds no PEM certificate"))
+                        .label("not a PEM file"),
+                );
+                None
             }
-        });
-    let max_response_body = t
-        .size(
-            errs,
-            key(
-                "max_response_body",
-                "Larger answers fail the backend (502) before they are buffered. Default 16MiB.",
-            ),
-        )
-        .map(|(n, _)| n);
-    let balance = match t.string(
-        errs,
-        key(
-            "balance",
-            "round_robin (default) or least_request: of two hosts drawn at random, the one with fewer calls in flight.",
-        ),
-    ) {
-        None => Balance::RoundRobin,
-        Some((s, _)) if s == "round_robin" => Balance::RoundRobin,
-        Some((s, _)) if s == "least_request" => Balance::LeastRequest,
-        Some((s, span)) => {
-            errs.push(
-                Diagnostic::new(span, format!("unknown balance `{s}`"))
-                    .label("expected \"round_robin\" or \"least_request\""),
-            );
-            Balance::RoundRobin
+            Err(e) => {
+                errs.push(
+                    Diagnostic::new(span, format!("cannot read ca_file `{s}`: {e}"))
+                        .label("unreadable"),
+                );
+                None
+            }
         }
-    };
-    let outlier = t
-        .table(
-            errs,
-            key(
-                "outlier",
-                "Passive ejection: a host failing (connect error, timeout, 5xx) consecutive_failures times in a row leaves the rotation for eject_for.",
-            ),
-        )
-        .map(|mut o| {
-            let consecutive_failures = o
-                .count(
-                    errs,
-                    key("consecutive_failures", "Failures in a row that eject a host. Default 5.")
-                        .at_least(1.0),
-                )
-                .map_or(5, |(n, _)| n.min(u32::MAX as u64) as u32);
-            let eject_for = positive_duration(
-                &mut o,
-                errs,
-                key(
-                    "eject_for",
-                    "First ejection; then probation as long, a failure in it ejects for twice the last (at most 10x). Default 30s.",
-                ),
-            )
-            .flatten()
-            .unwrap_or(Duration::from_secs(30));
-            let max_ejected = percent(
-                &mut o,
-                errs,
-                key(
-                    "max_ejected",
-                    "Share of the hosts ejected at once at most, rounded down (\"50%\"). Default 50%.",
-                ),
-            )
-            .map_or(0.5, |(f, _)| f);
-            o.finish(errs);
-            OutlierConfig {
-                consecutive_failures,
-                eject_for,
-                max_ejected,
+    });
+    let max_response_body = t.size_or(errs, MAX_RESPONSE_BODY);
+    let balance = Balance::from_choice(t.choice_or(errs, BALANCE));
+    let outlier = t.table(errs, OUTLIER).map(|mut o| {
+        let consecutive_failures = count32(o.count_or(errs, OUTLIER_FAILURES));
+        let eject_for = o.positive_duration_or(errs, EJECT_FOR);
+        let max_ejected = percent(&mut o, errs, MAX_EJECTED).map_or_else(
+            || percent_of(MAX_EJECTED.default_str()).unwrap_or(0.5),
+            |(f, _)| f,
+        );
+        o.finish(errs);
+        OutlierConfig {
+            consecutive_failures,
+            eject_for,
+            max_ejected,
+        }
+    });
+    let health_check = t.table(errs, HEALTH_CHECK).and_then(|mut h| {
+        let path = h.string(errs, HEALTH_PATH);
+        let interval = h.positive_duration_or(errs, HEALTH_INTERVAL);
+        let timeout = h.positive_duration_or(errs, HEALTH_TIMEOUT);
+        let unhealthy = count32(h.count_or(errs, UNHEALTHY));
+        let healthy = count32(h.count_or(errs, HEALTHY));
+        let path = match path {
+            Some((p, span))
+                if !p.starts_with('/')
+                    || http::uri::PathAndQuery::try_from(p.as_str()).is_err() =>
+            {
+                errs.push(
+                    Diagnostic::new(span, format!("health_check path `{p}` is not a path"))
+                        .label("expected e.g. \"/healthz\""),
+                );
+                None
             }
-        });
-    let health_check = t
-        .table(
-            errs,
-            key(
-                "health_check",
-                "Active checks: GET path on every host every interval, from each replica; 2xx within timeout is healthy.",
-            ),
-        )
-        .and_then(|mut h| {
-            const PATH: Key = key("path", "Path probed on every host, e.g. \"/healthz\".");
-            h.require(PATH);
-            let path = h.string(errs, PATH);
-            let interval = positive_duration(&mut h, errs, key("interval", "Time between probes of a host. Default 5s."))
-                .flatten()
-                .unwrap_or(Duration::from_secs(5));
-            let timeout = positive_duration(&mut h, errs, key("timeout", "Bound of one probe. Default 1s."))
-                .flatten()
-                .unwrap_or(Duration::from_secs(1));
-            let unhealthy = h
-                .count(errs, key("unhealthy", "Failed probes in a row that take a host out. Default 3.").at_least(1.0))
-                .map_or(3, |(n, _)| n.min(u32::MAX as u64) as u32);
-            let healthy = h
-                .count(errs, key("healthy", "Good probes in a row that bring it back. Default 2.").at_least(1.0))
-                .map_or(2, |(n, _)| n.min(u32::MAX as u64) as u32);
-            let path = match path {
-                Some((p, span)) if !p.starts_with('/') || http::uri::PathAndQuery::try_from(p.as_str()).is_err() => {
-                    errs.push(
-                        Diagnostic::new(span, format!("health_check path `{p}` is not a path"))
-                            .label("expected e.g. \"/healthz\""),
-                    );
-                    None
+            Some((p, _)) => Some(p),
+            None => {
+                if h.get(HEALTH_PATH).is_none() {
+                    h.missing(errs, HEALTH_PATH.name);
                 }
-                Some((p, _)) => Some(p),
-                None => {
-                    if h.get(PATH).is_none() {
-                        h.missing(errs, "path");
-                    }
-                    None
-                }
-            };
-            h.finish(errs);
-            Some(HealthCheckConfig {
-                path: path?,
-                interval,
-                timeout,
-                unhealthy,
-                healthy,
-            })
-        });
-    let hedge = t
-        .table(
-            errs,
-            key(
-                "hedge",
-                "Retryable calls only: no answer after `after` -> one more attempt on another host (uses one of retry.attempts); the first answer wins.",
-            ),
-        )
-        .and_then(|mut h| {
-            const AFTER: Key = key("after", "How long the first attempt has to answer before the hedge goes.");
-            h.require(AFTER);
-            let after = positive_duration(&mut h, errs, AFTER).flatten();
-            if after.is_none() && h.get(AFTER).is_none() {
-                h.missing(errs, "after");
+                None
             }
-            h.finish(errs);
-            after.map(|after| HedgeConfig { after })
-        });
-    let protocol = match t.string(
-        errs,
-        key(
-            "protocol",
-            "http1 (default), h2 (TLS, ALPN; https urls) or h2c (cleartext, prior knowledge; http urls): HTTP/2 calls share one connection per host per worker.",
-        ),
-    ) {
-        None => Protocol::Http1,
+        };
+        h.finish(errs);
+        Some(HealthCheckConfig {
+            path: path?,
+            interval,
+            timeout,
+            unhealthy,
+            healthy,
+        })
+    });
+    let hedge = t.table(errs, HEDGE).and_then(|mut h| {
+        let after = h.positive_duration(errs, HEDGE_AFTER).flatten();
+        if after.is_none() && h.get(HEDGE_AFTER).is_none() {
+            h.missing(errs, HEDGE_AFTER.name);
+        }
+        h.finish(errs);
+        after.map(|after| HedgeConfig { after })
+    });
+    let protocol = match t.choice(errs, PROTOCOL) {
+        None => Protocol::from_choice(PROTOCOL.default_str()),
         Some((s, span)) => {
-            let p = match s.as_str() {
-                "http1" => Some(Protocol::Http1),
-                "h2" => Some(Protocol::H2),
-                "h2c" => Some(Protocol::H2c),
-                _ => None,
+            let p = Protocol::from_choice(s);
+            let wrong = match p {
+                Protocol::H2 => urls.iter().find(|u| u.scheme() != "https"),
+                Protocol::H2c => urls.iter().find(|u| u.scheme() != "http"),
+                Protocol::Http1 => None,
             };
-            match p {
-                None => {
-                    errs.push(
-                        Diagnostic::new(span, format!("unknown protocol `{s}`"))
-                            .label("expected \"http1\", \"h2\" or \"h2c\""),
-                    );
-                    Protocol::Http1
-                }
-                Some(p) => {
-                    let wrong = match p {
-                        Protocol::H2 => urls.iter().find(|u| u.scheme() != "https"),
-                        Protocol::H2c => urls.iter().find(|u| u.scheme() != "http"),
-                        Protocol::Http1 => None,
-                    };
-                    if let Some(u) = wrong {
-                        let (want, why) = if p == Protocol::H2 {
-                            ("https", "h2 is negotiated in the TLS handshake (ALPN)")
-                        } else {
-                            ("http", "h2c is HTTP/2 without TLS")
-                        };
-                        errs.push(
-                            Diagnostic::new(
-                                span,
-                                format!(
-                                    "protocol `{s}` needs {want}:// urls, and `{}` is not one",
-                                    crate::base::redact::url(u.as_str())
-                                ),
-                            )
-                            .label(why),
-                        );
-                    }
-                    p
-                }
+            if let Some(u) = wrong {
+                let (want, why) = if p == Protocol::H2 {
+                    ("https", "h2 is negotiated in the TLS handshake (ALPN)")
+                } else {
+                    ("http", "h2c is HTTP/2 without TLS")
+                };
+                errs.push(
+                    Diagnostic::new(
+                        span,
+                        format!(
+                            "protocol `{s}` needs {want}:// urls, and `{}` is not one",
+                            crate::base::redact::url(u.as_str())
+                        ),
+                    )
+                    .label(why),
+                );
             }
+            p
         }
     };
     Some(UpstreamSettings {
@@ -469,13 +467,19 @@ pub(super) fn read_upstream(
         retry,
         rate_limit,
         ca_file,
-        max_response_body: max_response_body.unwrap_or(DEFAULT_MAX_RESPONSE_BODY),
+        max_response_body,
         balance,
         outlier,
         health_check,
         hedge,
         protocol,
     })
+}
+
+/// `"20%"` as 0.2.
+fn percent_of(s: &str) -> Option<f64> {
+    let n = s.trim().strip_suffix('%')?.trim().parse::<f64>().ok()?;
+    (0.0..=100.0).contains(&n).then_some(n / 100.0)
 }
 
 /// A share written as a percentage (`"20%"`), as a fraction of one.
@@ -485,13 +489,9 @@ pub(super) fn percent(
     k: Key,
 ) -> Option<(f64, SourceSpan)> {
     let (s, span) = t.string(errs, k)?;
-    match s
-        .trim()
-        .strip_suffix('%')
-        .and_then(|n| n.trim().parse::<f64>().ok())
-    {
-        Some(n) if (0.0..=100.0).contains(&n) => Some((n / 100.0, span)),
-        _ => {
+    match percent_of(&s) {
+        Some(f) => Some((f, span)),
+        None => {
             errs.push(
                 Diagnostic::new(
                     span,
@@ -504,20 +504,18 @@ pub(super) fn percent(
     }
 }
 
+pub const PER_SECOND: Key = key(
+    "per_second",
+    "Requests per second allowed (GCRA); fractions allowed, at least one a day.",
+)
+.at_least(1.0 / 86_400.0)
+.required();
+pub const BURST: Key = key("burst", "Requests allowed at once above the steady rate.")
+    .default(KeyDefault::Computed("per_second rounded up"));
+
 pub(super) fn read_rate(r: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RateConfig> {
-    const PER_SECOND: Key = key(
-        "per_second",
-        "Requests per second allowed (GCRA); fractions allowed, at least one a day.",
-    )
-    .at_least(1.0 / 86_400.0);
     let per_second = r.number(errs, PER_SECOND);
-    let burst = r.count(
-        errs,
-        key(
-            "burst",
-            "Requests allowed at once above the steady rate. Default: per_second rounded up.",
-        ),
-    );
+    let burst = r.count(errs, BURST);
     match per_second {
         Some((n, span)) => {
             let burst = burst.map_or((n.ceil() as u32).max(1), |(b, _)| {
@@ -541,7 +539,7 @@ pub(super) fn read_rate(r: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Rate
         }
         None => {
             if r.get(PER_SECOND).is_none() {
-                r.missing(errs, "per_second");
+                r.missing(errs, PER_SECOND.name);
             }
             None
         }

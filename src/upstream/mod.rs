@@ -31,7 +31,7 @@ pub use stream::{Held, Streamed};
 use crate::base::body::{BodyWatch, RequestBody};
 use crate::base::cache_control::Hints;
 use crate::base::error::Failure;
-use crate::config::{DEFAULT_MAX_CONCURRENCY, Protocol, UpstreamSettings};
+use crate::config::{Protocol, UpstreamSettings};
 use crate::state::bucket::Bucket;
 use crate::state::buffers::{Budget, Charge, Share};
 use crate::state::cache::Coalescer;
@@ -162,9 +162,7 @@ impl Upstream {
                 .circuit_breaker
                 .clone()
                 .map(|c| Breaker::new(Arc::from(name), c)),
-            inflight: Some(InFlight::new(
-                settings.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY),
-            )),
+            inflight: Some(InFlight::new(settings.max_concurrency)),
             rate: settings.rate_limit.as_ref().map(Bucket::new),
             shared_rate: match (shared, &settings.rate_limit) {
                 (Some(shared), Some(rate)) => {
