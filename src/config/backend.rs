@@ -35,7 +35,7 @@ pub struct BackendConfig {
 }
 
 pub const NAME: Key = key("name", "Unique in the route; labels logs and spans.")
-    .default(KeyDefault::Computed("its group, else its upstream"));
+    .default(KeyDefault::Computed("group if set, else upstream"));
 pub const UPSTREAM: Key = key("upstream", "The [upstreams.NAME] it calls.").required();
 pub const METHOD: Key =
     key("method", "HTTP method of the call.").default(KeyDefault::Computed("the route's"));

@@ -35,7 +35,7 @@ pub const OTLP_ENDPOINT: Key = key(
     "OTLP/HTTP collector base URL; spans go to {this}/v1/traces.",
 )
 .default(KeyDefault::Computed(
-    "OTEL_EXPORTER_OTLP_ENDPOINT, else tracing is off",
+    "none (no export, unless OTEL_EXPORTER_OTLP_* is set)",
 ));
 pub const SAMPLE_RATIO: Key = key(
     "sample_ratio",
