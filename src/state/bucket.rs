@@ -16,6 +16,8 @@ use crate::config::RateConfig;
 #[derive(Clone, Debug, Default)]
 pub struct TokioClock;
 
+// governor's clock trait speaks std's `Instant`; the value comes from tokio's clock.
+#[allow(clippy::disallowed_types)]
 impl Clock for TokioClock {
     type Instant = std::time::Instant;
 
@@ -24,6 +26,7 @@ impl Clock for TokioClock {
     }
 }
 
+#[allow(clippy::disallowed_types)]
 type Direct = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<std::time::Instant>>;
 
 fn quota(rate: &RateConfig) -> Quota {

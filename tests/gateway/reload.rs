@@ -136,27 +136,18 @@ async fn reloads_under_load_fail_no_request_and_keep_breaker_state() {
 #[tokio::test]
 async fn the_binary_reloads_on_sighup_and_on_file_change() {
     let steady = Upstream::json(json!({"ok": true})).await;
-    let port = crate::support::free_port().await;
-    let admin_port = crate::support::free_port().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("routes.toml");
-    let server = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n"
-    );
     let body = |n: usize| {
-        let mut t = config(&steady.url(), &steady.url(), n).replacen(SERVER, &server, 1);
+        let mut t = config(&steady.url(), &steady.url(), n);
         t.push('\n');
         t
     };
     std::fs::write(&path, body(0)).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_manifold"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    // Both listeners on port 0: the addresses come from its "manifold is serving" line.
+    let gw = crate::support::Process::start(&path, None).await;
+    let (port, admin_port) = (gw.addr.port(), gw.admin.port());
+    let mut child = gw.child;
     let client = reqwest::Client::new();
     let get = |p: String| {
         let client = client.clone();
@@ -343,23 +334,14 @@ async fn the_binary_reloads_on_sighup_and_on_file_change() {
 #[tokio::test]
 async fn the_watcher_waits_for_a_file_being_written() {
     let steady = Upstream::json(json!({"ok": true})).await;
-    let port = crate::support::free_port().await;
-    let admin_port = crate::support::free_port().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("routes.toml");
-    let server = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n"
-    );
-    let body = |n: usize| config(&steady.url(), &steady.url(), n).replacen(SERVER, &server, 1);
+    let body = |n: usize| config(&steady.url(), &steady.url(), n);
     std::fs::write(&path, body(0)).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_manifold"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    // Both listeners on port 0: the addresses come from its "manifold is serving" line.
+    let gw = crate::support::Process::start(&path, None).await;
+    let (port, admin_port) = (gw.addr.port(), gw.admin.port());
+    let mut child = gw.child;
     let client = reqwest::Client::new();
     let status = move |p: &str| {
         let url = format!("http://127.0.0.1:{port}{p}");

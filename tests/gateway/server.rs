@@ -166,22 +166,12 @@ async fn drain_reports_requests_cut_by_the_grace() {
 #[tokio::test]
 async fn binary_exits_zero_on_sigterm() {
     let up = Upstream::json(json!({"ok": true})).await;
-    let port = crate::support::free_port().await;
-    let admin_port = crate::support::free_port().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("routes.toml");
-    std::fs::write(
-        &path,
-        simple(&up.url(), &format!("[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n")),
-    )
-    .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_manifold"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    std::fs::write(&path, simple(&up.url(), crate::support::SERVER)).unwrap();
+    let gw = crate::support::Process::start(&path, None).await;
+    let port = gw.addr.port();
+    let mut child = gw.child;
     let client = reqwest::Client::new();
     let mut ok = false;
     for _ in 0..100 {

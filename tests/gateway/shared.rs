@@ -5,20 +5,29 @@ use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde_json::json;
 
 use crate::support::{Gateway, Pki, SERVER, Upstream, all_events, series};
 
-/// A `redis-server` on a free port of 127.0.0.1, killed when dropped.
+/// A `redis-server` on 127.0.0.1, killed when dropped.
+///
+/// Redis cannot listen on port 0 and say which port it got, as every server of ours
+/// does, so a port is found free for it; if another process takes that port before
+/// redis-server binds it, redis-server exits and another port is tried
+/// ([`Redis::start`]). Only the tests that restart Redis on the port a gateway already
+/// names ask for one port up front ([`Redis::start_on`]).
 struct Redis {
     port: u16,
     child: Option<Child>,
     password: Option<String>,
 }
 
-fn free_port() -> u16 {
+/// A port nothing listens on now (see [`Redis`] for why Redis needs one).
+fn unused_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -26,13 +35,41 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A name no other test of this binary uses (Redis key prefixes).
+fn unique(what: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{what}-{}-{}:",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 impl Redis {
-    fn start(port: u16, password: Option<&str>) -> Redis {
-        Self::start_with(port, password, &[])
+    /// On a port of its own.
+    fn start(password: Option<&str>) -> Redis {
+        Self::start_with(password, &[]).0
     }
 
-    /// `extra`: more redis-server arguments (TLS: then `port` is the TLS port).
-    fn start_with(port: u16, password: Option<&str>, extra: &[&str]) -> Redis {
+    /// On `port` (a Redis restarted where a gateway expects it).
+    fn start_on(port: u16, password: Option<&str>) -> Redis {
+        Self::try_start(port, password, &[])
+            .unwrap_or_else(|| panic!("redis-server did not listen on {port}"))
+    }
+
+    /// `extra`: more redis-server arguments (TLS: then the port is the TLS port).
+    /// Returns the port too.
+    fn start_with(password: Option<&str>, extra: &[&str]) -> (Redis, u16) {
+        for _ in 0..5 {
+            let port = unused_port();
+            if let Some(r) = Self::try_start(port, password, extra) {
+                return (r, port);
+            }
+        }
+        panic!("redis-server did not start on any of five ports");
+    }
+
+    fn try_start(port: u16, password: Option<&str>, extra: &[&str]) -> Option<Redis> {
         let mut cmd = Command::new("redis-server");
         cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
         if extra.is_empty() {
@@ -49,18 +86,26 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed (apt-get install redis-server; .ci/run does it)");
-        let r = Redis {
+        let mut r = Redis {
             port,
             child: Some(child),
             password: password.map(str::to_string),
         };
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return r;
+                return Some(r);
             }
+            // Exited: the port was taken after all.
+            if r.child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+            {
+                return None;
+            }
+            #[allow(clippy::disallowed_methods)] // a plain process wait, no event loop here
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!("redis-server did not listen on {port}");
+        None
     }
 
     fn url(&self) -> String {
@@ -99,7 +144,7 @@ fn config(redis_url: &str, upstream: &str, per_second: u32, burst: u32) -> Strin
         r#"{SERVER}
 [shared]
 redis = "{redis_url}"
-key_prefix = "test-{prefix}:"
+key_prefix = "{prefix}"
 timeout = "50ms"
 
 [upstreams.u]
@@ -113,7 +158,7 @@ rate_limit = {{ per_second = {per_second}, burst = {burst}, key = "global" }}
   upstream = "u"
   path = "/x"
 "#,
-        prefix = free_port()
+        prefix = unique("test")
     )
 }
 
@@ -136,7 +181,7 @@ async fn until_state(gw: &Gateway, want: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_admit_what_one_would() {
-    let redis = Redis::start(free_port(), None);
+    let redis = Redis::start(None);
     let up = Upstream::json(json!({"ok": true})).await;
     // A generous timeout: on a loaded test machine a slow answer must not hand the
     // decisions to each replica (that is another test's subject).
@@ -204,7 +249,7 @@ async fn three_replicas_admit_what_one_would() {
 
 #[tokio::test]
 async fn redis_down_at_start_then_up_then_hung_never_holds_a_request() {
-    let port = free_port();
+    let port = unused_port();
     let up = Upstream::json(json!({"ok": true})).await;
     let gw = Gateway::start(&config(
         &format!("redis://127.0.0.1:{port}/0"),
@@ -227,7 +272,7 @@ async fn redis_down_at_start_then_up_then_hung_never_holds_a_request() {
     );
 
     // Redis comes: the shared budget resumes within 5 s.
-    let redis = Redis::start(port, None);
+    let redis = Redis::start_on(port, None);
     let t0 = Instant::now();
     until_state(&gw, "up").await;
     assert!(
@@ -285,7 +330,7 @@ async fn redis_down_at_start_then_up_then_hung_never_holds_a_request() {
 
 #[tokio::test]
 async fn the_redis_password_is_never_shown() {
-    let redis = Redis::start(free_port(), Some("s3cret-pass-word"));
+    let redis = Redis::start(Some("s3cret-pass-word"));
     let up = Upstream::json(json!({"ok": true})).await;
     let gw = Gateway::start(&config(&redis.url(), &up.url(), 10, 10)).await;
     until_state(&gw, "up").await;
@@ -327,7 +372,7 @@ fn cached(redis_url: &str, upstream: &str, max_entry: &str) -> String {
         r#"{SERVER}
 [shared]
 redis = "{redis_url}"
-key_prefix = "cache-{prefix}:"
+key_prefix = "{prefix}"
 timeout = "2s"
 max_entry = "{max_entry}"
 
@@ -360,13 +405,13 @@ path = "/b/{{id}}"
   path = "/parts/{{id}}"
   cache_ttl = "60s"
 "#,
-        prefix = free_port()
+        prefix = unique("test")
     )
 }
 
 #[tokio::test]
 async fn a_cached_answer_is_served_by_every_replica() {
-    let redis = Redis::start(free_port(), None);
+    let redis = Redis::start(None);
     let up = Upstream::start(|seen| async move {
         let tenant = seen
             .headers
@@ -483,13 +528,13 @@ async fn a_cached_answer_is_served_by_every_replica() {
 
 #[tokio::test]
 async fn an_upstream_limit_is_one_budget_across_replicas() {
-    let redis = Redis::start(free_port(), None);
+    let redis = Redis::start(None);
     let up = Upstream::json(json!({"ok": true})).await;
     let text = format!(
         r#"{SERVER}
 [shared]
 redis = "{}"
-key_prefix = "up-{}:"
+key_prefix = "{}"
 timeout = "2s"
 
 [upstreams.u]
@@ -503,7 +548,7 @@ path = "/x"
   path = "/x"
 "#,
         redis.url(),
-        free_port(),
+        unique("test"),
         up.url()
     );
     let (a, b) = (Gateway::start(&text).await, Gateway::start(&text).await);
@@ -538,10 +583,8 @@ async fn rediss_with_a_ca_file_shares_the_budget() {
     std::fs::write(path("ca.pem"), &pki.root_pem).unwrap();
     std::fs::write(path("cert.pem"), &pair.cert).unwrap();
     std::fs::write(path("key.pem"), &pair.key).unwrap();
-    let port = free_port();
     let (cert, key, ca) = (path("cert.pem"), path("key.pem"), path("ca.pem"));
-    let _redis = Redis::start_with(
-        port,
+    let (_redis, port) = Redis::start_with(
         None,
         &[
             "--tls-cert-file",
@@ -560,7 +603,7 @@ async fn rediss_with_a_ca_file_shares_the_budget() {
 [shared]
 redis = "rediss://127.0.0.1:{port}/0"
 ca_file = "{ca}"
-key_prefix = "tls-{prefix}:"
+key_prefix = "{prefix}"
 timeout = "2s"
 
 [upstreams.u]
@@ -574,7 +617,7 @@ path = "/x"
   path = "/x"
 "#,
         up.url(),
-        prefix = free_port()
+        prefix = unique("test")
     );
     let (a, b) = (Gateway::start(&text).await, Gateway::start(&text).await);
     for gw in [&a, &b] {
@@ -598,7 +641,7 @@ path = "/x"
 
 #[tokio::test]
 async fn stale_if_error_holds_across_replicas() {
-    let redis = Redis::start(free_port(), None);
+    let redis = Redis::start(None);
     let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let f = failing.clone();
     let up = Upstream::start(move |_| {
@@ -616,7 +659,7 @@ async fn stale_if_error_holds_across_replicas() {
         r#"{SERVER}
 [shared]
 redis = "{}"
-key_prefix = "stale-{}:"
+key_prefix = "{}"
 timeout = "2s"
 
 [upstreams.u]
@@ -630,7 +673,7 @@ cache = {{ ttl = "1s", stale_if_error = "60s" }}
   path = "/s"
 "#,
         redis.url(),
-        free_port(),
+        unique("test"),
         up.url()
     );
     let (a, b) = (Gateway::start(&text).await, Gateway::start(&text).await);
@@ -655,8 +698,8 @@ cache = {{ ttl = "1s", stale_if_error = "60s" }}
 /// fails or waits much past `timeout`, and the shared budget comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_failing_under_load_fails_no_request() {
-    let port = free_port();
-    let mut redis = Redis::start(port, None);
+    let port = unused_port();
+    let mut redis = Redis::start_on(port, None);
     let up = Upstream::json(json!({"ok": true})).await;
     let gw = Arc::new(Gateway::start(&config(&redis.url(), &up.url(), 100_000, 100_000)).await);
     until_state(&gw, "up").await;
@@ -686,7 +729,7 @@ async fn redis_failing_under_load_fails_no_request() {
     until_state(&gw, "up").await;
     redis.kill();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _again = Redis::start(port, None);
+    let _again = Redis::start_on(port, None);
     until_state(&gw, "up").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
@@ -792,9 +835,9 @@ async fn counting() -> Upstream {
 /// route's own ttl by the replica that reads it.
 #[tokio::test]
 async fn an_entry_from_redis_lives_no_longer_than_the_routes_ttl() {
-    let redis = Redis::start(free_port(), None);
+    let redis = Redis::start(None);
     let up = counting().await;
-    let prefix = format!("life-{}:", free_port());
+    let prefix = unique("life");
     let text = trusting(&redis.url(), &up.url(), &prefix, None);
     let (a, b) = (Gateway::start(&text).await, Gateway::start(&text).await);
     for gw in [&a, &b] {
@@ -824,9 +867,9 @@ async fn an_entry_from_redis_lives_no_longer_than_the_routes_ttl() {
 /// one and one moved from another key (another identity's) are dropped.
 #[tokio::test]
 async fn with_a_secret_forged_and_moved_entries_are_dropped() {
-    let redis = Redis::start(free_port(), None);
+    let redis = Redis::start(None);
     let up = counting().await;
-    let prefix = format!("signed-{}:", free_port());
+    let prefix = unique("signed");
     let text = trusting(
         &redis.url(),
         &up.url(),
@@ -901,9 +944,9 @@ async fn with_a_secret_forged_and_moved_entries_are_dropped() {
 /// the replica answers from the upstream and Redis stays up.
 #[tokio::test]
 async fn a_huge_value_at_a_cache_key_is_not_read() {
-    let redis = Redis::start(free_port(), None);
+    let redis = Redis::start(None);
     let up = counting().await;
-    let prefix = format!("huge-{}:", free_port());
+    let prefix = unique("huge");
     let text = trusting(&redis.url(), &up.url(), &prefix, None).replace("\"2s\"", "\"200ms\"");
     let (a, b) = (Gateway::start(&text).await, Gateway::start(&text).await);
     for gw in [&a, &b] {
@@ -932,9 +975,9 @@ async fn a_huge_value_at_a_cache_key_is_not_read() {
 /// `retry-after` of at most its interval, not 9223372036855 s.
 #[tokio::test]
 async fn a_forged_rate_limit_wait_is_clamped() {
-    let redis = Redis::start(free_port(), None);
+    let redis = Redis::start(None);
     let up = counting().await;
-    let prefix = format!("rl-{}:", free_port());
+    let prefix = unique("rl");
     let gw = Gateway::start(&trusting(&redis.url(), &up.url(), &prefix, None)).await;
     until_state(&gw, "up").await;
     assert_eq!(gw.get("/limited").await.status, 200);

@@ -153,12 +153,6 @@ pub fn raw(status: u16, content_type: &str, body: impl Into<Bytes>) -> Reply {
     r
 }
 
-/// A port free now (bound, then released), for a process the test starts to listen on.
-pub async fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap().port()
-}
-
 /// An address nothing listens on: bound and never listening, and kept bound for the
 /// rest of the test binary, so no other test's listener can take the port meanwhile
 /// (connecting gets a refusal).

@@ -7,6 +7,10 @@
 //! nobody (a wake-up per request cost more than the spans themselves); it is woken
 //! once a batch's worth (512 spans) is queued, and otherwise looks every second.
 
+// The exporter is an OS thread of its own, off the event loops: it keeps time and
+// sleeps with std, which paused-time tests have no reason to drive.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
