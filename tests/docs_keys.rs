@@ -209,3 +209,91 @@ fn the_table_reader_finds_sections_and_subtables() {
         assert!(paths.contains(p), "{p} in {paths:?}");
     }
 }
+
+/// A heading's anchor as GitHub makes it: lowercase, spaces to hyphens, and nothing
+/// but letters, digits, `-` and `_` kept.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim_start_matches('#')
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Comments and test descriptions point at the docs a reader can open
+/// (`docs/configuration.md#hedge`): every such link names a heading that exists.
+#[test]
+fn every_docs_link_in_the_code_names_a_heading() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut anchors = std::collections::BTreeMap::new();
+    for doc in [
+        "configuration",
+        "operations",
+        "architecture",
+        "getting-started",
+    ] {
+        let text = std::fs::read_to_string(root.join(format!("docs/{doc}.md"))).unwrap();
+        let mut in_code = false;
+        let set: BTreeSet<String> = text
+            .lines()
+            .filter(|l| {
+                if l.starts_with("```") {
+                    in_code = !in_code;
+                }
+                !in_code && l.starts_with('#')
+            })
+            .map(anchor)
+            .collect();
+        anchors.insert(doc.to_string(), set);
+    }
+    let mut files = Vec::new();
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p
+                .extension()
+                .is_some_and(|x| x == "rs" || x == "toml" || x == "md")
+            {
+                out.push(p);
+            }
+        }
+    }
+    walk(&root.join("src"), &mut files);
+    walk(&root.join("tests"), &mut files);
+    let mut links = 0;
+    let mut broken = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (at, _) in text.match_indices("docs/") {
+            let rest = &text[at + "docs/".len()..];
+            let Some((doc, tail)) = rest.split_once(".md#") else {
+                continue;
+            };
+            if !anchors.contains_key(doc) {
+                continue;
+            }
+            let a: String = tail
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '-' || *c == '_')
+                .collect();
+            links += 1;
+            if !anchors[doc].contains(&a) {
+                broken.push(format!("{}: docs/{doc}.md#{a}", f.display()));
+            }
+        }
+    }
+    assert!(links >= 40, "links found: {links}");
+    assert!(
+        broken.is_empty(),
+        "links to no heading:\n{}",
+        broken.join("\n")
+    );
+}

@@ -1,4 +1,5 @@
-//! The one place a failure becomes a status code and a JSON error body (CONTRACT §4).
+//! The one place a failure becomes a status code and a JSON error body
+//! (docs/operations.md#status-codes-a-client-can-get).
 //!
 //! Messages name the backend and upstream, never an address, a stack or a secret:
 //! upstream URLs and transport errors go to the logs, not to the client.
@@ -12,7 +13,7 @@ use serde::Serialize;
 use crate::base::body::{Body, ClientFault};
 
 /// How one backend call went: the `outcome` of metrics, access log lines and spans
-/// (CONTRACT §6). The upstream histogram counts the first six; `dependency_failed`
+/// (docs/operations.md#metrics). The upstream histogram counts the first six; `dependency_failed`
 /// (never called) and `client_error` (the client's own body failed the call) are the
 /// request's, never the upstream's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +30,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The outcomes an upstream's calls end with, in `manifold_upstream_request_duration_seconds` order.
+    /// The outcomes an upstream's calls end with, in
+    /// `manifold_upstream_request_duration_seconds` order.
     pub const UPSTREAM: [Outcome; 6] = [
         Outcome::Ok,
         Outcome::Rejected,
@@ -230,7 +232,7 @@ pub enum GatewayError {
     Backend(BackendError),
 }
 
-/// Why a route's token check failed (CONTRACT §7's table).
+/// Why a route's token check failed (the table in docs/configuration.md#routes, `auth`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthFailure {
     /// No `authorization: Bearer` token.

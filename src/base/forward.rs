@@ -1,4 +1,5 @@
-//! What reaches an upstream (CONTRACT §3): only the listed headers and query params.
+//! What reaches an upstream (docs/configuration.md#what-reaches-an-upstream): only the listed
+//! headers and query params.
 //!
 //! The header set is built once per client request and shared by its backend calls.
 
@@ -14,7 +15,8 @@ pub const X_MANIFOLD_COMPLETED: HeaderName = HeaderName::from_static("x-manifold
 pub const X_MANIFOLD_CACHE: HeaderName = HeaderName::from_static("x-manifold-cache");
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
-/// Forwarded always: it is what makes a POST safe to retry (CONTRACT §5).
+/// Forwarded always: it is what makes a POST safe to retry
+/// (docs/configuration.md#resilience-order-and-state).
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// Which client headers or query params a route forwards.

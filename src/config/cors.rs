@@ -5,7 +5,7 @@ use super::diag::Diagnostic;
 use super::reader::{Errors, Key, KeyDefault, Table, key};
 use std::time::Duration;
 
-/// `[cors]` or a route's own `cors` table, as loaded (CONTRACT §7).
+/// `[cors]` or a route's own `cors` table, as loaded (docs/configuration.md#cors).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CorsConfig {
     /// Exact origins (`https://app.example.com`), one leading `*.` label

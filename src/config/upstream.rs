@@ -59,7 +59,7 @@ impl Protocol {
     }
 }
 
-/// How a call picks one of an upstream's hosts (CONTRACT §9).
+/// How a call picks one of an upstream's hosts (docs/configuration.md#balance).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Balance {
     #[default]

@@ -1,5 +1,5 @@
-//! CORS (CONTRACT §7): which origins a route answers, the preflight's answer, and the
-//! headers every other answer to an allowed origin carries, errors included (a browser
+//! CORS (docs/configuration.md#cors): which origins a route answers, the preflight's answer,
+//! and the headers every other answer to an allowed origin carries, errors included (a browser
 //! cannot read an error body otherwise).
 //!
 //! Compiled once per route at load; a route without CORS has no policy and pays

@@ -1,6 +1,6 @@
-//! Rate limits (CONTRACT §5): GCRA via `governor`, on tokio's clock so tests can pause
-//! time. A route's limit is kept per key (`client_ip`, `header:NAME` or `global`); an
-//! upstream's limit is one bucket shared by every route calling it.
+//! Rate limits (docs/configuration.md#routes, `rate_limit`): GCRA via `governor`, on tokio's
+//! clock so tests can pause time. A route's limit is kept per key (`client_ip`, `header:NAME`
+//! or `global`); an upstream's limit is one bucket shared by every route calling it.
 //!
 //! `client_ip` is the peer address, or, when the peer is a trusted proxy, the nearest
 //! address in `x-forwarded-for` that is not itself trusted. A client that is not a

@@ -283,7 +283,8 @@ impl Server {
         }
     }
 
-    /// Waits for the drain to end, then flushes the spans still queued. True when every in-flight request finished in time.
+    /// Waits for the drain to end, then flushes the spans still queued. True when every
+    /// in-flight request finished in time.
     pub async fn wait(self) -> bool {
         let mut public = true;
         for task in self.public {

@@ -123,8 +123,8 @@ pub struct Backend {
     pub own_query: Vec<String>,
 }
 
-/// Methods a retry may repeat (CONTRACT §5); POST too when the client sent
-/// `idempotency-key`.
+/// Methods a retry may repeat (docs/configuration.md#resilience-order-and-state); POST too
+/// when the client sent `idempotency-key`.
 pub fn is_idempotent(m: &Method) -> bool {
     matches!(
         *m,
@@ -132,7 +132,8 @@ pub fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-/// POST, PUT and PATCH carry the client's body to a backend (CONTRACT §3).
+/// POST, PUT and PATCH carry the client's body to a backend
+/// (docs/configuration.md#what-reaches-an-upstream).
 pub fn carries_body(m: &Method) -> bool {
     matches!(*m, Method::POST | Method::PUT | Method::PATCH)
 }

@@ -198,7 +198,7 @@ fn tunnel_origin_allowed(
         || forwarded.is_some_and(|h| same(h.as_bytes()))
 }
 
-/// A CORS preflight (CONTRACT §7), answered here: it reaches no upstream, needs no
+/// A CORS preflight (docs/configuration.md#cors), answered here: it reaches no upstream, needs no
 /// token and is not rate limited. `None` when the request is not one, or the route it
 /// asks about has no CORS (then the OPTIONS request is routed like any other).
 fn preflight(

@@ -1,5 +1,6 @@
-//! Pure shaping and merging (CONTRACT §3): `target`, then `allow`/`deny`, then `rename`
-//! (each applied to every element where the value is an array), then `group`.
+//! Pure shaping and merging (docs/configuration.md#how-a-merged-response-is-built): `target`,
+//! then `allow`/`deny`, then `rename` (each applied to every element where the value is an
+//! array), then `group`.
 //!
 //! Field lists are compiled into trees once at load, so a request only walks them.
 //!

@@ -1,7 +1,7 @@
-//! `websocket = true` (CONTRACT §9): an HTTP/1.1 `upgrade: websocket` request, once
-//! the route's rate limit, token and CORS origin let it through, goes to the upstream
-//! on a connection of its own; on the upstream's 101 the client gets the 101 and the
-//! two connections are spliced, bytes unchanged both ways, in a task of their own.
+//! `websocket = true` (docs/configuration.md#websocket-routes): an HTTP/1.1 `upgrade:
+//! websocket` request, once the route's rate limit, token and CORS origin let it through, goes
+//! to the upstream on a connection of its own; on the upstream's 101 the client gets the 101
+//! and the two connections are spliced, bytes unchanged both ways, in a task of their own.
 //! Any other answer is passed on as a passthrough answer.
 //!
 //! A tunnel ends when either side closes, when no byte has gone either way for the

@@ -1,4 +1,4 @@
-//! Response caching and request coalescing (CONTRACT §5).
+//! Response caching and request coalescing (docs/configuration.md#caching-and-coalescing).
 //!
 //! One moka cache holds route answers and backend (upstream) answers, bounded by the
 //! bytes it holds (`server.cache_capacity`). Keys hold the method, the final URL, and

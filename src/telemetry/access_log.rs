@@ -1,5 +1,5 @@
-//! One line per request (CONTRACT §6): method, route, status, duration, request id,
-//! partial flag and each backend's outcome.
+//! One line per request (docs/operations.md#the-access-log): method, route, status, duration,
+//! request id, partial flag and each backend's outcome.
 //!
 //! Lines are written whole to a sink (a non-blocking stdout writer in the binary, a
 //! buffer in tests), never through the tracing formatter, so `backends` stays a JSON

@@ -1,5 +1,5 @@
-//! Prometheus metrics on the admin listener's `/metrics` (CONTRACT §6). The names are a
-//! contract: dashboards and alerts depend on them.
+//! Prometheus metrics on the admin listener's `/metrics` (docs/operations.md#metrics). The
+//! names are a contract: dashboards and alerts depend on them.
 //!
 //! One registry for the process. Handles are made when a config is compiled (per route,
 //! per upstream), so the request path only does atomic observes: no label hashing, no
@@ -209,7 +209,7 @@ pub struct AuthMetrics {
 }
 
 /// `manifold_auth_total{result}`: a valid token (or none on an `optional` route with
-/// `missing`), and the failures of CONTRACT §7's table.
+/// `missing`), and the failures of the table in docs/configuration.md#routes (`auth`).
 pub const AUTH_RESULTS: [&str; 5] = ["ok", "missing", "invalid", "forbidden", "unavailable"];
 
 impl AuthMetrics {

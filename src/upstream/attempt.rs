@@ -58,7 +58,7 @@ pub(super) struct Try<'a> {
     pub bounded: bool,
     /// A passthrough client's body streamed along: a call it failed is the client's.
     pub client: Option<&'a BodyWatch>,
-    /// A hedge (CONTRACT §9): its span says so.
+    /// A hedge (docs/configuration.md#hedge): its span says so.
     pub hedge: bool,
 }
 

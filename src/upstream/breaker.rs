@@ -1,4 +1,5 @@
-//! A circuit breaker per upstream (CONTRACT §5), shared by every route that uses it.
+//! A circuit breaker per upstream (docs/configuration.md#resilience-order-and-state), shared
+//! by every route that uses it.
 //!
 //! Closed: calls go through; `consecutive_failures` faults in a row (connect error,
 //! timeout, 5xx) open it. Open: calls fail at once until `open_for` has passed. Then

@@ -1,5 +1,5 @@
-//! Active health checks (CONTRACT §9): one prober per upstream and replica, on the
-//! loop that built the gateway (not one per worker), probing every host with
+//! Active health checks (docs/configuration.md#health_check): one prober per upstream and
+//! replica, on the loop that built the gateway (not one per worker), probing every host with
 //! `GET path` each `interval`.
 //!
 //! A probe goes on a connection of its own, opened for it and closed after it: it

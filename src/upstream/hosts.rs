@@ -1,6 +1,6 @@
-//! An upstream's hosts (CONTRACT §9): which one a call goes to (`balance`), and which
-//! are out of the rotation, ejected after failing calls (`outlier`) or failing the
-//! active probes (`health_check`, see [`super::health`]).
+//! An upstream's hosts (docs/configuration.md#upstreamsname): which one a call goes to
+//! (`balance`), and which are out of the rotation, ejected after failing calls
+//! (`outlier`) or failing the active probes (`health_check`, see [`super::health`]).
 //!
 //! State is per replica and shared by its worker loops: atomics read on every pick,
 //! and a per-host lock taken only to change a host's state (an ejection, its end, a
@@ -38,7 +38,8 @@ impl HostState {
         }
     }
 
-    /// The gauge's value (CONTRACT §9): 0 in rotation, 1 ejected, 2 unhealthy.
+    /// The gauge's value (docs/operations.md#upstream-hosts): 0 in rotation, 1 ejected, 2
+    /// unhealthy.
     pub fn gauge(self) -> i64 {
         match self {
             HostState::Ok => 0,

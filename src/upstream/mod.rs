@@ -61,7 +61,7 @@ pub struct Upstream {
     /// With `[shared]`: the same limit decided for all replicas in Redis (the local
     /// bucket decides while Redis cannot).
     shared_rate: Option<SharedRate>,
-    /// Identical GETs in flight share one call (CONTRACT §5).
+    /// Identical GETs in flight share one call (docs/configuration.md#coalescing).
     pub coalescer: Coalescer<(Reply, u32)>,
     metrics: UpstreamMetrics,
     /// Starts this upstream's cache and coalescing keys: its name and a fingerprint of
@@ -77,7 +77,7 @@ pub struct Upstream {
 /// The body is held against `buffer_capacity` as long as its [`Charge`] lives.
 pub type Reply = Result<(StatusCode, Bytes, Hints, Charge), Failure>;
 
-/// Failures worth another attempt (CONTRACT §5).
+/// Failures worth another attempt (docs/configuration.md#resilience-order-and-state).
 fn retries_on(f: &Failure) -> bool {
     match f {
         Failure::Connect(_) | Failure::Timeout => true,
@@ -286,8 +286,8 @@ impl Upstream {
         })
     }
 
-    /// A WebSocket handshake to `bases[base]` (CONTRACT §9): one attempt on a new
-    /// connection, bounded by the route deadline; a 101's answer can be upgraded
+    /// A WebSocket handshake to `bases[base]` (docs/configuration.md#websocket-routes): one
+    /// attempt on a new connection, bounded by the route deadline; a 101's answer can be upgraded
     /// (`hyper::upgrade::on`), any other is passed on as a passthrough answer.
     pub async fn call_upgrade(
         &self,
@@ -387,7 +387,7 @@ impl Upstream {
         );
     }
 
-    /// A buffered call with hedging (CONTRACT §9). Each round is one attempt (the
+    /// A buffered call with hedging (docs/configuration.md#hedge). Each round is one attempt (the
     /// first, or a retry) and, if it has not answered after `after`, one hedge on
     /// another host: the first good answer wins and the other attempt is dropped
     /// (hyper closes a connection whose answer was left midway, so only one that

@@ -1,7 +1,7 @@
-//! The retry budget (CONTRACT §9): per upstream, over a sliding 10 s window, retries
-//! plus hedges are at most `budget` of first attempts, and at least `MIN_PER_WINDOW`.
-//! A sick upstream then sees at most `1 + budget` times its normal load, not
-//! `attempts` times.
+//! The retry budget (`retry.budget`, docs/configuration.md#upstreamsname): per upstream, over
+//! a sliding 10 s window, retries plus hedges are at most `budget` of first attempts, and at
+//! least `MIN_PER_WINDOW`. A sick upstream then sees at most `1 + budget` times its normal
+//! load, not `attempts` times.
 //!
 //! The window is ten one-second slots; a slot older than the window is reset when its
 //! second comes round again. One short lock per call (only on upstreams that set a

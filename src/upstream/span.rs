@@ -1,4 +1,4 @@
-//! The client span of one attempt (CONTRACT §6).
+//! The client span of one attempt (docs/operations.md#traces).
 
 use std::sync::Arc;
 

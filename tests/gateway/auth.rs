@@ -1,6 +1,6 @@
-//! Bearer tokens (CONTRACT §7): every row of the status table, the JWKS's life (kid
-//! storm, rotation, down at start, file re-read), claims in paths, headers, cache keys
-//! and rate-limit keys, and the order rate limit → token → cache.
+//! Bearer tokens (docs/configuration.md#authjwtname): every row of the status table, the
+//! JWKS's life (kid storm, rotation, down at start, file re-read), claims in paths, headers,
+//! cache keys and rate-limit keys, and the order rate limit → token → cache.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,4 +1,4 @@
-//! Route and backend caches, and coalescing (CONTRACT §5).
+//! Route and backend caches, and coalescing (docs/configuration.md#caching-and-coalescing).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -1,5 +1,5 @@
-//! Failures of CONTRACT §4 that need more than a scenario file can say (large bodies,
-//! slow or cut-off uploads); the rest are in tests/scenarios/failures.
+//! Failures (docs/operations.md#status-codes-a-client-can-get) that need more than a scenario
+//! file can say (large bodies, slow or cut-off uploads); the rest are in tests/scenarios/failures.
 
 use std::time::Duration;
 

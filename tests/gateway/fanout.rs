@@ -1,5 +1,7 @@
-//! Concurrent fan-out, the dependency graph and deadlines (CONTRACT §3–4); shaping and
-//! merging are in tests/scenarios/shaping.
+//! Concurrent fan-out, the dependency graph and deadlines
+//! (docs/configuration.md#how-a-merged-response-is-built,
+//! docs/operations.md#status-codes-a-client-can-get); shaping and merging are in
+//! tests/scenarios/shaping.
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
-//! HTTP/2 to upstreams (CONTRACT §9): `h2c` (prior knowledge) and `h2` (TLS, ALPN),
-//! streams multiplexed on one connection per host per worker, GOAWAY and dead
+//! HTTP/2 to upstreams (docs/configuration.md#protocol): `h2c` (prior knowledge) and `h2`
+//! (TLS, ALPN), streams multiplexed on one connection per host per worker, GOAWAY and dead
 //! connections replaced without failing calls that were not sent.
 
 use std::convert::Infallible;

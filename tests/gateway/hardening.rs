@@ -1,5 +1,5 @@
-//! Hostile clients (CONTRACT §4, §5): what a client does wrong is the client's, never an
-//! upstream's; every connection and every buffer has a bound.
+//! Hostile clients (docs/operations.md#abuse-and-limits): what a client does wrong is the
+//! client's, never an upstream's; every connection and every buffer has a bound.
 
 use std::time::Duration;
 

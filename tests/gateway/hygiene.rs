@@ -1,5 +1,6 @@
-//! What reaches an upstream (CONTRACT §3) where a scenario file cannot say it: repeated
-//! headers, raw paths. The rest is in tests/scenarios/hygiene and tests/scenarios/routing.
+//! What reaches an upstream (docs/configuration.md#what-reaches-an-upstream) where a scenario
+//! file cannot say it: repeated headers, raw paths. The rest is in tests/scenarios/hygiene and
+//! tests/scenarios/routing.
 
 use serde_json::json;
 

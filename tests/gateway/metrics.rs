@@ -1,4 +1,4 @@
-//! `/metrics` after known traffic: names, labels and counts (CONTRACT §6).
+//! `/metrics` after known traffic: names, labels and counts (docs/operations.md#metrics).
 //! The registry is process-wide and tests run in parallel, so this test uses route and
 //! upstream names nobody else does and reads only their series.
 

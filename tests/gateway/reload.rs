@@ -1,5 +1,5 @@
-//! Hot reload (CONTRACT §6): atomic swaps under load, state of unchanged upstreams
-//! kept, invalid files refused while the old config serves.
+//! Hot reload (docs/operations.md#configuration-changes-and-hot-reload): atomic swaps under
+//! load, state of unchanged upstreams kept, invalid files refused while the old config serves.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

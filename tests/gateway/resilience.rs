@@ -1,4 +1,5 @@
-//! Breakers, retries and load shedding (CONTRACT §5) against real upstreams.
+//! Breakers, retries and load shedding (docs/configuration.md#resilience-order-and-state)
+//! against real upstreams.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -1,5 +1,5 @@
-//! `[shared]` (CONTRACT §8), on a real `redis-server` started per test: replicas share
-//! one rate-limit budget; Redis down, hung or refusing never fails a request.
+//! `[shared]` (docs/configuration.md#shared), on a real `redis-server` started per test:
+//! replicas share one rate-limit budget; Redis down, hung or refusing never fails a request.
 
 use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};

@@ -1,5 +1,6 @@
-//! TLS on the public listener (CONTRACT §7): versions and ALPN, resumption, what
-//! upstreams are told, bad files refused with their place, rotation without restart.
+//! TLS on the public listener (docs/configuration.md#server, `tls`): versions and ALPN,
+//! resumption, what upstreams are told, bad files refused with their place, rotation without
+//! restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

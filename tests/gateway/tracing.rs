@@ -1,4 +1,4 @@
-//! OpenTelemetry traces (CONTRACT §6), read back by an in-process OTLP/HTTP receiver
+//! OpenTelemetry traces (docs/operations.md#traces), read back by an in-process OTLP/HTTP receiver
 //! that decodes what the gateway's exporter really sent.
 
 use std::collections::HashMap;

@@ -1,5 +1,5 @@
-//! Upstream traffic (CONTRACT §9): balancing, outlier ejection, health checks, hedging
-//! and the retry budget, against several real upstream hosts with scripted failures
+//! Upstream traffic (docs/configuration.md#upstreamsname): balancing, outlier ejection, health
+//! checks, hedging and the retry budget, against several real upstream hosts with scripted failures
 //! and delays.
 
 use std::sync::Arc;

@@ -1,5 +1,6 @@
-//! WebSockets on `websocket = true` routes (CONTRACT §9): a real echo upstream (hyper
-//! with its upgrade, tungstenite frames) and a real client (tokio-tungstenite).
+//! WebSockets on `websocket = true` routes (docs/configuration.md#websocket-routes): a real
+//! echo upstream (hyper with its upgrade, tungstenite frames) and a real client
+//! (tokio-tungstenite).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,4 +1,4 @@
-//! OpenTelemetry traces (CONTRACT §6): a server span per request, a span per backend
+//! OpenTelemetry traces (docs/operations.md#traces): a server span per request, a span per backend
 //! under it, and a client span per upstream attempt, exported over OTLP/HTTP.
 //!
 //! Spans are recorded by a small recorder of our own rather than the OpenTelemetry
