@@ -228,6 +228,7 @@ async fn call_backend(
         share: call.share,
         request_id: call.request_id,
         backend: &b.plan.name,
+        codec: b.codec,
     };
     let upstream_call = || b.upstream.call_buffered(&spec);
     let ((mut reply, mut attempts), mut made_call) = match &key {

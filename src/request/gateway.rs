@@ -121,6 +121,8 @@ pub struct Backend {
     /// Query parameters the backend's own path sets: a client's forwarded ones of the
     /// same name are not added (the route's word wins, and no name comes twice).
     pub own_query: Vec<String>,
+    /// How its upstream's answers are read into JSON.
+    pub codec: crate::upstream::Codec,
 }
 
 /// Methods a retry may repeat (docs/configuration.md#resilience-order-and-state); POST too
@@ -459,6 +461,8 @@ fn compile_backend(
         optional: b.optional,
         cache_ttl: b.cache_ttl,
         own_query: own_query_names(&b.path),
+        // Every upstream answers JSON today; a gRPC backend will say otherwise here.
+        codec: crate::upstream::Codec::Json,
     })
 }
 

@@ -306,21 +306,20 @@ impl Upstream {
 /// the memory taken, not the bytes read: a buffer that doubles as an unannounced body
 /// arrives holds up to twice them (an announced length is reserved exactly).
 pub(super) async fn read_limited(
-    resp: Response<Incoming>,
+    headers: &http::HeaderMap,
+    mut body: Incoming,
     limit: u64,
     budget: &Arc<Budget>,
     share: Option<&Arc<Share>>,
 ) -> Result<(Bytes, Charge), Failure> {
     const TOO_LARGE: Failure = Failure::BadResponse("the body is larger than max_response_body");
-    let declared = resp
-        .headers()
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit) {
         return Err(TOO_LARGE);
     }
-    let mut body = resp.into_body();
     let charge = budget.start(share);
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();

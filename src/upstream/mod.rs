@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 mod attempt;
 pub mod breaker;
+pub mod codec;
 mod health;
 pub mod hosts;
 pub mod limit;
@@ -26,6 +27,7 @@ mod span;
 mod stream;
 
 pub use attempt::Tried;
+pub use codec::Codec;
 pub use stream::{Held, Streamed};
 
 use crate::base::body::{BodyWatch, RequestBody};
@@ -518,11 +520,13 @@ impl Upstream {
         };
         let limit = self.settings.max_response_body;
         self.attempt(req, t, Mode::Buffered, |resp, held| async move {
-            let status = resp.status();
-            let hints = Hints::from_headers(resp.headers());
-            let (body, charge) = read_limited(resp, limit, &self.budget, spec.share).await?;
+            let (head, incoming) = resp.into_parts();
+            let hints = Hints::from_headers(&head.headers);
+            let (body, charge) =
+                read_limited(&head.headers, incoming, limit, &self.budget, spec.share).await?;
             drop(held);
-            Ok((status, body, hints, charge))
+            let json = spec.codec.read(&head.headers, body)?;
+            Ok((head.status, json, hints, charge))
         })
         .await
     }
@@ -549,4 +553,6 @@ pub struct CallSpec<'a> {
     /// For the log line of a retried attempt.
     pub request_id: &'a HeaderValue,
     pub backend: &'a str,
+    /// How the answer is read into JSON.
+    pub codec: Codec,
 }
