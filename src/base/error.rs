@@ -245,18 +245,6 @@ pub enum AuthFailure {
     Unavailable,
 }
 
-impl AuthFailure {
-    /// The word of `manifold_auth_total{result}` and the access log's `auth`.
-    pub fn result(&self) -> &'static str {
-        match self {
-            AuthFailure::Missing => "missing",
-            AuthFailure::Invalid(_) => "invalid",
-            AuthFailure::Forbidden => "forbidden",
-            AuthFailure::Unavailable => "unavailable",
-        }
-    }
-}
-
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: ErrorFields<'a>,

@@ -49,6 +49,7 @@ use crate::config::ServerConfig;
 use crate::request::handler::Crowded;
 use crate::state::buffers::{Budget, Charge, Share};
 use crate::state::connections::Admitted;
+use crate::telemetry::metrics::labels::CloseReason;
 
 /// h2 streams one connection may have open at once (hyper's default is 200; nginx
 /// allows 128): with `send_timeout`, this bounds what one connection can pin.
@@ -418,10 +419,9 @@ enum Verdict {
     Keep,
     /// Quiet for `idle_timeout`: shut down gracefully.
     Idle,
-    /// No whole request head in time: close.
-    HeaderTimeout,
-    /// An answer untaken for `send_timeout`: close.
-    SendTimeout,
+    /// No whole request head in time ([`CloseReason::HeaderTimeout`]), or an answer
+    /// untaken for `send_timeout` ([`CloseReason::SendTimeout`]): close.
+    Cut(CloseReason),
 }
 
 /// The watchdog's own state, next to the connection's [`Activity`].
@@ -460,7 +460,7 @@ impl Watchdog {
         let a = &self.activity;
         if a.begun.load(Ordering::Relaxed) == 0 {
             return if now >= ms(self.limits.header_read) {
-                Verdict::HeaderTimeout
+                Verdict::Cut(CloseReason::HeaderTimeout)
             } else {
                 Verdict::Keep
             };
@@ -474,7 +474,7 @@ impl Watchdog {
             let epoch = a.epoch.load(Ordering::Relaxed);
             let stale = ((epoch + 1) % 2) as usize;
             if a.waiting[stale].load(Ordering::Relaxed) > 0 {
-                return Verdict::SendTimeout;
+                return Verdict::Cut(CloseReason::SendTimeout);
             }
             a.epoch.store(epoch.wrapping_add(1), Ordering::Relaxed);
             self.last_tick = now;
@@ -482,7 +482,7 @@ impl Watchdog {
         }
         let head = a.head_since.load(Ordering::Relaxed);
         if head != 0 && now >= head - 1 + ms(self.limits.header_read) {
-            return Verdict::HeaderTimeout;
+            return Verdict::Cut(CloseReason::HeaderTimeout);
         }
         if now >= a.quiet_since.load(Ordering::Relaxed) + ms(self.limits.idle) {
             return Verdict::Idle;
@@ -519,7 +519,7 @@ pub async fn serve<F, Fut, S>(
             Ok(head) => head,
             Err(timed_out) => {
                 if timed_out {
-                    metrics.closed(Verdict::HeaderTimeout.reason());
+                    metrics.closed(CloseReason::HeaderTimeout);
                 }
                 return;
             }
@@ -539,7 +539,7 @@ pub async fn serve<F, Fut, S>(
         let handshake = tokio::select! {
             r = acceptor.accept(stream) => r,
             () = tokio::time::sleep_until(deadline) => {
-                metrics.closed(Verdict::HeaderTimeout.reason());
+                metrics.closed(CloseReason::HeaderTimeout);
                 return;
             }
             _ = stop.changed() => return,
@@ -549,7 +549,7 @@ pub async fn serve<F, Fut, S>(
             Err(e) => {
                 // A scanner, a client that does not trust the certificate, plain HTTP
                 // on the TLS port: the client's problem, counted, not logged above debug.
-                metrics.closed(REASON_TLS);
+                metrics.closed(CloseReason::TlsHandshake);
                 tracing::debug!(error = %e, peer = %addr, "TLS handshake failed");
                 return;
             }
@@ -563,13 +563,13 @@ pub async fn serve<F, Fut, S>(
             Ok(first) => first,
             Err(timed_out) => {
                 if timed_out {
-                    metrics.closed(Verdict::HeaderTimeout.reason());
+                    metrics.closed(CloseReason::HeaderTimeout);
                 }
                 return;
             }
         };
         if first.starts_with(H2_PREFACE) != h2 {
-            metrics.closed(REASON_ALPN);
+            metrics.closed(CloseReason::AlpnMismatch);
             tracing::debug!(peer = %addr, alpn_h2 = h2, "a TLS connection spoke another protocol than it negotiated");
             return;
         }
@@ -582,11 +582,6 @@ pub async fn serve<F, Fut, S>(
     })
     .await;
 }
-
-/// Why a connection closed when its TLS handshake failed.
-const REASON_TLS: &str = "tls_handshake";
-/// Why a TLS connection closed that spoke another protocol than ALPN chose.
-const REASON_ALPN: &str = "alpn_mismatch";
 
 /// What an h2 connection sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -741,15 +736,15 @@ async fn run<I, F, Fut, S>(
                         sleep.as_mut().reset(activity.at(armed));
                     }
                     Verdict::Idle => {
-                        metrics.closed(Verdict::Idle.reason());
+                        metrics.closed(CloseReason::Idle);
                         conn.graceful_shutdown();
                         let by = now.saturating_add(ms(dog.limits.send));
                         closing_by = Some(by);
                         sleep.as_mut().reset(activity.at(by));
                     }
-                    cut => {
-                        metrics.closed(cut.reason());
-                        tracing::debug!(reason = cut.reason(), peer = %addr, "closing a client connection");
+                    Verdict::Cut(reason) => {
+                        metrics.closed(reason);
+                        tracing::debug!(reason = reason.as_str(), peer = %addr, "closing a client connection");
                         return;
                     }
                 }
@@ -780,17 +775,6 @@ where
         match self {
             Served::Plain(c) => c.as_mut().graceful_shutdown(),
             Served::Upgradeable(c) => c.as_mut().graceful_shutdown(),
-        }
-    }
-}
-
-impl Verdict {
-    fn reason(self) -> &'static str {
-        match self {
-            Verdict::Keep => "kept",
-            Verdict::Idle => "idle",
-            Verdict::HeaderTimeout => "header_timeout",
-            Verdict::SendTimeout => "send_timeout",
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::state::buffers::{Budget, Charge, Share};
 use crate::state::cache::{Cache, Lookup};
 use crate::telemetry::access_log::Report;
 use crate::telemetry::metrics::METRICS;
+use crate::telemetry::metrics::labels::{CacheKind, CacheResult};
 use crate::telemetry::trace::{Pending, Span};
 use crate::upstream::CallSpec;
 
@@ -196,10 +197,10 @@ async fn call_backend(
             .await
     {
         let result = merge::decode(&b.plan, &entry.body);
-        METRICS.cache_result("backend", "hit");
+        METRICS.cache_result(CacheKind::Backend, CacheResult::Hit);
         span.span.record(|a| a.str("manifold.cache", "hit"));
         let mut report = Report::new(Outcome::of(&result), None, started.elapsed(), 0);
-        report.cache = Some("hit");
+        report.cache = Some(CacheResult::Hit);
         // A route answer built on this one must not outlive it.
         let left = entry.fresh_for.saturating_sub(entry.stored.elapsed());
         report.hints = Hints {
@@ -212,7 +213,7 @@ async fn call_backend(
     }
     let cache_miss = b.cache_ttl.is_some() && key.is_some();
     if cache_miss {
-        METRICS.cache_result("backend", "miss");
+        METRICS.cache_result(CacheKind::Backend, CacheResult::Miss);
         span.span.record(|a| a.str("manifold.cache", "miss"));
     }
     let spec = CallSpec {
@@ -272,7 +273,7 @@ async fn call_backend(
         span.span.record(|a| a.bool("manifold.coalesced", true));
     }
     let mut report = Report::new(Outcome::of(&result), status, started.elapsed(), attempts);
-    report.cache = b.cache_ttl.map(|_| "miss");
+    report.cache = b.cache_ttl.map(|_| CacheResult::Miss);
     report.hints = hints;
     let report = backend::end(
         Some(&mut span),

@@ -363,7 +363,7 @@ fn compile_route(
             r.name,
             crate::config::fingerprint(&route_identity(r))
         ),
-        metrics: METRICS.route(&r.name, r.method.as_str()),
+        metrics: METRICS.route(&r.name),
         cors: match &r.cors {
             RouteCors::Off => None,
             RouteCors::Own(c) => Some(Arc::new(Cors::new(c))),

@@ -21,6 +21,7 @@ use crate::state::buffers::{Charge, Share};
 use crate::state::cache::{self, Lookup};
 use crate::telemetry::access_log::{self, AccessRecord, Report};
 use crate::telemetry::metrics::METRICS;
+use crate::telemetry::metrics::labels::{AuthResult, CacheKind, CacheResult};
 use crate::telemetry::trace::{self, Span};
 use crate::upstream::Streamed;
 use crate::{request::merge, request::passthrough};
@@ -323,10 +324,10 @@ impl Drop for Finish {
             let (cache, partial, auth) = (self.record.cache, self.record.partial, self.record.auth);
             self.span.record(|a| {
                 if let Some(c) = cache {
-                    a.str("manifold.cache", c);
+                    a.str("manifold.cache", c.as_str());
                 }
                 if let Some(r) = auth {
-                    a.str("manifold.auth", r);
+                    a.str("manifold.auth", r.as_str());
                 }
                 if partial {
                     a.bool("manifold.partial", true);
@@ -335,14 +336,11 @@ impl Drop for Finish {
             self.span.end();
         }
         let secs = elapsed.as_secs_f64();
-        match self.record.route_index.map(|i| &self.gateway.routes[i]) {
-            Some(route) if route.method == self.record.method => {
-                route.metrics.observe(status, secs);
-            }
-            // A 405, or HEAD on a GET route: rare, so a labelled lookup is fine.
-            Some(route) => METRICS.request(&route.name, &self.record.method, status, secs),
-            None => METRICS.request("unmatched", &self.record.method, status, secs),
-        }
+        let metrics = match self.record.route_index.map(|i| &self.gateway.routes[i]) {
+            Some(route) => &route.metrics,
+            None => METRICS.unmatched(),
+        };
+        metrics.observe(&self.record.method, status, secs);
         let telemetry = &self.gateway.config.telemetry;
         if telemetry.access_log {
             self.record.duration = elapsed;
@@ -586,9 +584,8 @@ async fn aggregate(
     };
     let stale = match gateway.cache.lookup_with(&key, prefetched, longest).await {
         Lookup::Fresh(entry) => {
-            record.cache = Some("hit");
-            METRICS.cache_result("route", "hit");
-            return Ok(json_response(entry.body, true, request_id, Some("hit")));
+            let hit = counted(record, CacheResult::Hit);
+            return Ok(json_response(entry.body, true, request_id, hit));
         }
         Lookup::Stale(entry) => Some(entry),
         Lookup::Miss => None,
@@ -603,24 +600,23 @@ async fn aggregate(
                     .store(key, bytes.clone(), ttl, stale_for)
                     .await;
             }
-            record.cache = Some("miss");
-            METRICS.cache_result("route", "miss");
-            Ok(json_response(bytes, completed, request_id, Some("miss")))
+            let miss = counted(record, CacheResult::Miss);
+            Ok(json_response(bytes, completed, request_id, miss))
         }
         Err(e) => match stale {
             Some(entry) => {
                 tracing::warn!(route = %route.name, error = e.code(), "serving a stale answer");
-                record.cache = Some("stale");
-                METRICS.cache_result("route", "stale");
-                Ok(json_response(entry.body, true, request_id, Some("stale")))
+                let stale = counted(record, CacheResult::Stale);
+                Ok(json_response(entry.body, true, request_id, stale))
             }
             None => {
-                record.cache = Some("miss");
+                counted(record, CacheResult::Miss);
                 record.error = Some(e.code());
-                METRICS.cache_result("route", "miss");
                 let mut resp = e.into_response(request_id);
-                resp.headers_mut()
-                    .insert(X_MANIFOLD_CACHE, HeaderValue::from_static("miss"));
+                resp.headers_mut().insert(
+                    X_MANIFOLD_CACHE,
+                    HeaderValue::from_static(CacheResult::Miss.as_str()),
+                );
                 Ok(resp)
             }
         },
@@ -672,7 +668,7 @@ fn json_response(
     body: Bytes,
     completed: bool,
     request_id: &HeaderValue,
-    cache: Option<&'static str>,
+    cache: Option<CacheResult>,
 ) -> Response<Body<Streamed>> {
     let mut resp = Response::new(Body::from(body));
     let h = resp.headers_mut();
@@ -686,9 +682,16 @@ fn json_response(
         HeaderValue::from_static(if completed { "true" } else { "false" }),
     );
     if let Some(c) = cache {
-        h.insert(X_MANIFOLD_CACHE, HeaderValue::from_static(c));
+        h.insert(X_MANIFOLD_CACHE, HeaderValue::from_static(c.as_str()));
     }
     resp
+}
+
+/// Notes the route cache's verdict for the access line and the metrics.
+fn counted(record: &mut AccessRecord, result: CacheResult) -> Option<CacheResult> {
+    record.cache = Some(result);
+    METRICS.cache_result(CacheKind::Route, result);
+    Some(result)
 }
 
 fn reports(route: &Route, reports: Vec<Option<Report>>) -> Vec<(Arc<str>, Report)> {
@@ -719,8 +722,8 @@ async fn authorize(
         .nth(1)
         .is_some()
     {
-        auth.metrics.count("invalid");
-        record.auth = Some("invalid");
+        auth.metrics.count(AuthResult::Invalid);
+        record.auth = Some(AuthResult::Invalid);
         return Err(GatewayError::BadRequest {
             reason: "a request may carry one authorization header",
         });
@@ -737,9 +740,9 @@ async fn authorize(
             })
         });
     let result = match &checked {
-        Ok(Some(_)) => "ok",
-        Ok(None) => "missing",
-        Err(e) => e.result(),
+        Ok(Some(_)) => AuthResult::Ok,
+        Ok(None) => AuthResult::Missing,
+        Err(e) => AuthResult::from(e),
     };
     auth.metrics.count(result);
     record.auth = Some(result);

@@ -219,7 +219,7 @@ const CLOCK_SKEW: Duration = Duration::from_secs(5);
 fn decode(
     bytes: &[u8],
     longest: Longest,
-) -> Result<Entry, Option<crate::telemetry::metrics::Dropped>> {
+) -> Result<Entry, Option<crate::telemetry::metrics::labels::Dropped>> {
     let word = |i: usize| -> Option<u64> {
         Some(u64::from_be_bytes(bytes.get(i..i + 8)?.try_into().ok()?))
     };
@@ -233,7 +233,9 @@ fn decode(
         .map_err(|_| None)?;
     let stored = Duration::from_millis(stored);
     if stored > now + CLOCK_SKEW {
-        return Err(Some(crate::telemetry::metrics::Dropped::Implausible));
+        return Err(Some(
+            crate::telemetry::metrics::labels::Dropped::Implausible,
+        ));
     }
     let age = now.saturating_sub(stored);
     Ok(Entry {
@@ -477,7 +479,9 @@ mod tests {
         future[..8].copy_from_slice(&(now_ms + 3_600_000).to_be_bytes());
         assert!(matches!(
             decode(&future, ANY),
-            Err(Some(crate::telemetry::metrics::Dropped::Implausible))
+            Err(Some(
+                crate::telemetry::metrics::labels::Dropped::Implausible
+            ))
         ));
     }
     use http::HeaderValue;

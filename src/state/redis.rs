@@ -17,7 +17,8 @@ use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
 
 use crate::config::SharedConfig;
-use crate::telemetry::metrics::{Dropped, METRICS, SharedMetrics};
+use crate::telemetry::metrics::labels::{Dropped, RedisOp, RedisResult};
+use crate::telemetry::metrics::{METRICS, SharedMetrics};
 
 /// GCRA on Redis's own clock (so the replicas' clocks do not matter): the key holds
 /// the theoretical arrival time in µs. Returns 0 when admitted, else the µs to wait.
@@ -269,7 +270,7 @@ impl Shared {
     }
 
     /// Runs one operation within `timeout`, counting it; a failure marks Redis down.
-    async fn run<T, F, Fut>(self: &Arc<Self>, op: &'static str, f: F) -> Op<T>
+    async fn run<T, F, Fut>(self: &Arc<Self>, op: RedisOp, f: F) -> Op<T>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
@@ -284,16 +285,16 @@ impl Shared {
         }
         match tokio::time::timeout_at(until, f((*conn).clone())).await {
             Ok(Ok(v)) => {
-                self.metrics.count(op, "ok");
+                self.metrics.count(op, RedisResult::Ok);
                 Op::Ok(v)
             }
             Ok(Err(e)) => {
-                self.metrics.count(op, "error");
+                self.metrics.count(op, RedisResult::Error);
                 self.went_down(&crate::base::redact::in_text(&e.to_string()));
                 Op::Unavailable
             }
             Err(_) => {
-                self.metrics.count(op, "timeout");
+                self.metrics.count(op, RedisResult::Timeout);
                 // Cut short by the request's budget, Redis was not given its whole
                 // `timeout`: not a reason to call it down.
                 if !budget_bound {
@@ -319,7 +320,7 @@ impl Shared {
         let tolerance_us = u64::try_from(tolerance.as_micros()).unwrap_or(u64::MAX);
         let script = &self.script;
         let decided = self
-            .run("rate_limit", |mut conn| async move {
+            .run(RedisOp::RateLimit, |mut conn| async move {
                 script
                     .key(full)
                     .arg(interval_us)
@@ -356,7 +357,7 @@ impl Shared {
         let most = self.most_read();
         let range = cached.clone();
         let answered = self
-            .run("rate_limit", |mut conn| async move {
+            .run(RedisOp::RateLimit, |mut conn| async move {
                 redis::pipe()
                     .invoke_script(script.key(full).arg(interval_us).arg(tolerance_us))
                     .cmd("GETRANGE")
@@ -369,7 +370,7 @@ impl Shared {
             .await;
         match answered {
             Op::Ok((wait, entry)) => {
-                self.metrics.count("cache_get", "ok");
+                self.metrics.count(RedisOp::CacheGet, RedisResult::Ok);
                 Some((waited(wait, interval_us), self.open(&cached, entry)))
             }
             Op::Unavailable => None,
@@ -399,7 +400,7 @@ impl Shared {
         let most = self.most_read();
         let range = full.clone();
         match self
-            .run("cache_get", |mut conn| async move {
+            .run(RedisOp::CacheGet, |mut conn| async move {
                 redis::cmd("GETRANGE")
                     .arg(range)
                     .arg(0)
@@ -490,7 +491,7 @@ impl Shared {
         let shared = self.clone();
         tokio::spawn(async move {
             let _ = shared
-                .run("cache_set", |mut conn| async move {
+                .run(RedisOp::CacheSet, |mut conn| async move {
                     redis::cmd("SET")
                         .arg(full)
                         .arg(value)

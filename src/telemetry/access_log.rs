@@ -16,6 +16,7 @@ use serde::ser::SerializeMap;
 use crate::base::cache_control::Hints;
 use crate::base::error::Outcome;
 use crate::config::LogFormat;
+use crate::telemetry::metrics::labels::{AuthResult, CacheResult};
 
 /// Where whole log lines go. Each call gets exactly one line, newline included.
 pub type LogSink = Arc<dyn Fn(&[u8]) + Send + Sync>;
@@ -34,11 +35,10 @@ pub struct AccessRecord {
     /// The error code of a refused or failed request.
     pub error: Option<&'static str>,
     pub partial: bool,
-    /// The route cache's verdict (`hit`, `miss`, `stale`) on routes with `cache`.
-    pub cache: Option<&'static str>,
-    /// The token check's result on routes with `auth` (`ok`, `missing`, `invalid`,
-    /// `forbidden`, `unavailable`).
-    pub auth: Option<&'static str>,
+    /// The route cache's verdict on routes with `cache`.
+    pub cache: Option<CacheResult>,
+    /// The token check's result on routes with `auth`.
+    pub auth: Option<AuthResult>,
     pub backends: Vec<(Arc<str>, Report)>,
 }
 
@@ -53,8 +53,8 @@ pub struct Report {
     /// never called out: answered from cache, shared another request's call, or
     /// refused by the breaker or a limit).
     pub attempts: u32,
-    /// For backends with `cache_ttl`: `hit` or `miss`.
-    pub cache: Option<&'static str>,
+    /// For backends with `cache_ttl`: hit or miss.
+    pub cache: Option<CacheResult>,
     /// What the upstream's `cache-control` allows (for the route cache).
     pub hints: Hints,
 }
@@ -120,7 +120,7 @@ impl Serialize for Backends<'_> {
                     status: r.status,
                     duration_ms: ms(r.elapsed),
                     attempts: r.attempts,
-                    cache: r.cache,
+                    cache: r.cache.map(CacheResult::as_str),
                 },
             )?;
         }
@@ -155,8 +155,8 @@ pub fn write(sink: &LogSink, format: LogFormat, r: &AccessRecord) {
                 trace_id: r.trace_id.map(|t| t.to_string()),
                 error: r.error,
                 partial: r.partial,
-                cache: r.cache,
-                auth: r.auth,
+                cache: r.cache.map(CacheResult::as_str),
+                auth: r.auth.map(AuthResult::as_str),
                 backends: Backends(&r.backends),
             };
             match serde_json::to_vec(&line) {

@@ -38,6 +38,7 @@ use crate::state::bucket::Bucket;
 use crate::state::buffers::{Budget, Charge, Share};
 use crate::state::cache::Coalescer;
 use crate::state::redis::Shared;
+use crate::telemetry::metrics::labels::Hedge;
 use crate::telemetry::metrics::{METRICS, UpstreamMetrics};
 use crate::telemetry::trace::Span;
 use attempt::{Mode, Try, read_limited};
@@ -369,7 +370,7 @@ impl Upstream {
     fn spend_budget(&self) -> bool {
         match &self.retry_budget {
             Some(b) if !b.try_spend() => {
-                METRICS.retry_budget_exhausted(&self.name);
+                self.metrics.retry_budget_exhausted();
                 false
             }
             _ => true,
@@ -468,7 +469,8 @@ impl Upstream {
                 let result = tried.into_result();
                 if result.is_ok() {
                     if hedge_sent {
-                        METRICS.hedge(&self.name, is_hedge);
+                        self.metrics
+                            .hedge(if is_hedge { Hedge::Won } else { Hedge::Lost });
                     }
                     // The other attempt, cancelled now, was sent too.
                     return (result, sent + racing.len() as u32);
@@ -476,7 +478,7 @@ impl Upstream {
                 last = Some(result);
             }
             if hedge_sent {
-                METRICS.hedge(&self.name, false);
+                self.metrics.hedge(Hedge::Lost);
             }
             let result = last.unwrap_or(Err(Failure::BadResponse("no answer")));
             let retry = match &result {

@@ -440,7 +440,10 @@ async fn the_negotiated_protocol_is_the_one_spoken() {
             "{offered:?}: served as HTTP/1.1"
         );
     }
-    // h2 negotiated, HTTP/1.1 spoken: the connection is closed without an answer.
+    // h2 negotiated, HTTP/1.1 spoken: the connection is closed without an answer,
+    // and counted (metrics are the process's: other tests may count too).
+    let mismatch = r#"manifold_connections_closed_total{listener="public",reason="alpn_mismatch"}"#;
+    let before = series(&gw.metrics().await, mismatch);
     let mut tls = connect(&gw, &pki.client(&[b"h2"], BOTH)).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     tls.write_all(b"GET /a HTTP/1.1\r\nhost: localhost\r\n\r\n")
@@ -452,6 +455,10 @@ async fn the_negotiated_protocol_is_the_one_spoken() {
     assert!(
         !text.contains("HTTP/1.1 200"),
         "served HTTP/1.1 over h2: {text}"
+    );
+    assert!(
+        series(&gw.metrics().await, mismatch) > before,
+        "{mismatch} not counted"
     );
     // And http/1.1 negotiated, the h2 preface spoken: not served as h2 either.
     let mut tls = connect(&gw, &pki.client(&[b"http/1.1"], BOTH)).await;

@@ -31,6 +31,7 @@ use prost::Message;
 use super::{Chunk, wire};
 use crate::config::TelemetryConfig;
 use crate::telemetry::metrics::METRICS;
+use crate::telemetry::metrics::labels::SpanExport;
 
 /// Requests' span lists waiting for the export thread (about 7 spans each).
 const QUEUE: usize = 16_384;
@@ -174,7 +175,7 @@ impl Exporter {
                     self.thread.unpark();
                 }
             }
-            Err(_) => METRICS.trace_spans("dropped", n as u64),
+            Err(_) => METRICS.trace_spans(SpanExport::Dropped, n as u64),
         }
     }
 
@@ -315,7 +316,7 @@ fn export(rt: &tokio::runtime::Runtime, client: &HttpsClient, post: &mut Post, b
     while groups.peek().is_some() {
         if post.failed_this_round {
             let rest: usize = groups.by_ref().map(|g| g.count).sum();
-            METRICS.trace_spans("failed", rest as u64);
+            METRICS.trace_spans(SpanExport::Failed, rest as u64);
             break;
         }
         let mut chunk = Vec::new();
@@ -357,13 +358,13 @@ fn export(rt: &tokio::runtime::Runtime, client: &HttpsClient, post: &mut Post, b
         });
         match result {
             Ok(()) => {
-                METRICS.trace_spans("exported", n);
+                METRICS.trace_spans(SpanExport::Exported, n);
                 if std::mem::replace(&mut post.failing, false) {
                     tracing::info!("trace export recovered");
                 }
             }
             Err(e) => {
-                METRICS.trace_spans("failed", n);
+                METRICS.trace_spans(SpanExport::Failed, n);
                 post.failed_this_round = true;
                 if !std::mem::replace(&mut post.failing, true) {
                     tracing::warn!(error = %e, endpoint = %crate::base::redact::url(&post.uri.to_string()), "trace export failing; spans are dropped until the collector answers");
