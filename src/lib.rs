@@ -11,8 +11,8 @@
 //! 4. [`edge`]: the checks at the edge — CORS, tokens, rate limits.
 //! 5. [`upstream`]: calling upstreams — hosts, pools, attempts, breakers, retries,
 //!    and the codecs that read their answers.
-//! 6. [`state`]: what outlives a request — caches, the replicas' Redis, budgets of
-//!    buffers and descriptors, the connection counts.
+//! 6. [`state`]: what outlives a request — caches, the replicas' Redis, the
+//!    buffer capacity and descriptor shares, the connection counts.
 //! 7. [`telemetry`]: logs, access lines, metrics and traces.
 //! 8. [`config`]: `routes.toml` read and checked, one file per section.
 //! 9. [`base`]: small things every layer uses — the error→status mapping, JSON, header

@@ -60,7 +60,7 @@ fn count_a_request_worth(
     auth: &manifold::telemetry::metrics::AuthMetrics,
     upstream: &manifold::telemetry::metrics::UpstreamMetrics,
     connections: &manifold::telemetry::metrics::ConnectionMetrics,
-    shared: &manifold::telemetry::metrics::SharedMetrics,
+    redis: &manifold::telemetry::metrics::RedisMetrics,
 ) {
     route.observe(&Method::GET, 200, 0.004);
     route.observe(&Method::GET, 503, 0.2);
@@ -87,11 +87,11 @@ fn count_a_request_worth(
     connections.open.dec();
     for op in RedisOp::ALL {
         for r in RedisResult::ALL {
-            shared.count(*op, *r);
+            redis.count(*op, *r);
         }
     }
     for d in Dropped::ALL {
-        shared.dropped(*d);
+        redis.dropped(*d);
     }
     for s in SpanExport::ALL {
         METRICS.trace_spans(*s, 3);
@@ -107,13 +107,13 @@ fn counting_allocates_nothing_once_the_handles_are_made() {
     let auth = METRICS.auth("alloc-route");
     let upstream = METRICS.upstream("alloc-upstream");
     let connections = METRICS.connections("alloc-listener");
-    let shared = METRICS.shared();
+    let redis = METRICS.redis();
     // …and a route's status codes at their first answer.
-    count_a_request_worth(&route, &auth, &upstream, &connections, &shared);
+    count_a_request_worth(&route, &auth, &upstream, &connections, &redis);
 
     let before = allocations();
     for _ in 0..1000 {
-        count_a_request_worth(&route, &auth, &upstream, &connections, &shared);
+        count_a_request_worth(&route, &auth, &upstream, &connections, &redis);
     }
     let during = allocations() - before;
     assert_eq!(

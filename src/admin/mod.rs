@@ -15,15 +15,15 @@ use crate::request::gateway::{Gateway, Live};
 use crate::telemetry::metrics::METRICS;
 use crate::upstream::breaker::BreakerState;
 
-pub fn handle(shared: &Live, req: Request<Incoming>) -> Response<Body<Never>> {
+pub fn handle(live: &Live, req: Request<Incoming>) -> Response<Body<Never>> {
     match req.uri().path() {
         "/health" => plain(StatusCode::OK, r#"{"status":"ok"}"#),
-        "/ready" if shared.ready.load(Ordering::SeqCst) => {
+        "/ready" if live.ready.load(Ordering::SeqCst) => {
             plain(StatusCode::OK, r#"{"status":"ready"}"#)
         }
         "/ready" => plain(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not_ready"}"#),
-        "/routes" => json_response(&routes(&shared.gateway.load())),
-        "/metrics" => metrics(&shared.gateway.load()),
+        "/routes" => json_response(&routes(&live.gateway.load())),
+        "/metrics" => metrics(&live.gateway.load()),
         // The contract's error body, with the request id like every other error.
         _ => GatewayError::RouteNotFound.into_response(&forward::request_id(req.headers())),
     }
@@ -32,7 +32,7 @@ pub fn handle(shared: &Live, req: Request<Incoming>) -> Response<Body<Never>> {
 /// Prometheus text (OpenMetrics); breaker gauges are read at scrape time.
 fn metrics(gw: &Gateway) -> Response<Body<Never>> {
     METRICS.sample_process();
-    METRICS.buffers(gw.budget.used(), gw.budget.limit());
+    METRICS.buffers(gw.buffers.used(), gw.buffers.limit());
     for r in &gw.routes {
         if let Some(l) = &r.limiter {
             METRICS.rate_limit_keys(&r.name, l.keys());
@@ -155,7 +155,7 @@ pub fn routes(gw: &Gateway) -> Value {
         "upstreams": upstreams,
     });
     // Only with `[shared]`; never the Redis URL's password.
-    if let Some(s) = &gw.shared {
+    if let Some(s) = &gw.redis {
         out["shared"] = json!({"redis": if s.is_up() { "up" } else { "down" }});
     }
     out

@@ -110,7 +110,7 @@ pub const RATE_LIMIT: Key = key(
 );
 pub const LIMIT_KEY: Key = key(
     "key",
-    "What a budget is kept per: client_ip, global, header:NAME, or claim:NAME (a validated claim of the route's token).",
+    "What a bucket is kept per: client_ip, global, header:NAME, or claim:NAME (a validated claim of the route's token).",
 )
 .default(KeyDefault::Str("client_ip"));
 /// Rate-limit keys a route remembers when it sets no `max_keys`.

@@ -18,7 +18,7 @@ use lru::LruCache;
 use crate::base::forward::X_FORWARDED_FOR;
 use crate::config::{LimitKey, RateConfig};
 use crate::state::bucket::Bucket;
-use crate::state::redis::Shared;
+use crate::state::redis::Redis;
 
 /// A route's limit.
 ///
@@ -39,7 +39,7 @@ pub struct RouteLimiter {
     global: Bucket,
     born: tokio::time::Instant,
     /// With `[shared]`: where the replicas decide together, and this limit's keys there.
-    shared: Option<(Arc<Shared>, String)>,
+    redis: Option<(Arc<Redis>, String)>,
 }
 
 const SHARDS: usize = 8;
@@ -60,13 +60,13 @@ fn gcra(tat: &mut Tat, now: u64, interval: u64, tolerance: u64) -> Result<(), Du
 }
 
 impl RouteLimiter {
-    /// `shared`: the replicas' Redis and the start of this limit's keys there (route
+    /// `redis`: the replicas' Redis and the start of this limit's keys there (route
     /// name and a fingerprint of the limit, so a changed limit starts afresh).
     pub fn new(
         rate: &RateConfig,
         key: LimitKey,
         max_keys: u64,
-        shared: Option<(Arc<Shared>, String)>,
+        redis: Option<(Arc<Redis>, String)>,
     ) -> Self {
         let interval = u64::try_from(Duration::from_secs_f64(1.0 / rate.per_second).as_nanos())
             .unwrap_or(u64::MAX)
@@ -86,13 +86,13 @@ impl RouteLimiter {
             tolerance,
             global: Bucket::new(rate),
             born: tokio::time::Instant::now(),
-            shared,
+            redis,
         }
     }
 
     /// Decided in Redis when it answers (then awaited: [`RouteLimiter::check_shared`]).
     pub fn is_shared(&self) -> bool {
-        self.shared.is_some()
+        self.redis.is_some()
     }
 
     /// As [`RouteLimiter::check`], decided for all replicas in Redis; this replica's
@@ -115,13 +115,13 @@ impl RouteLimiter {
             }
             LimitKey::Claim(_) => return (Ok(()), None),
         };
-        let together = match (&self.shared, cache_key) {
-            (Some((shared, base)), Some(ck)) => {
+        let together = match (&self.redis, cache_key) {
+            (Some((redis, base)), Some(ck)) => {
                 let (i, t) = (
                     Duration::from_nanos(self.interval),
                     Duration::from_nanos(self.tolerance),
                 );
-                shared
+                redis
                     .rate_limit_and_get(&format!("{base}{suffix}"), i, t, ck)
                     .await
                     .map(|(decided, entry)| (decided, Some(entry)))
@@ -141,8 +141,8 @@ impl RouteLimiter {
     }
 
     async fn decide_shared(&self, suffix: &str) -> Option<Result<(), Duration>> {
-        let (shared, base) = self.shared.as_ref()?;
-        shared
+        let (redis, base) = self.redis.as_ref()?;
+        redis
             .rate_limit(
                 &format!("{base}{suffix}"),
                 Duration::from_nanos(self.interval),

@@ -16,7 +16,7 @@
 //! - **`buffer_per_connection`**: what an h2 connection's requests buffer — answers
 //!   being read and answers its client has not taken — counts against its own share of
 //!   `buffer_capacity`; past it its new requests get 503 until it takes them, so one
-//!   h2 client cannot pin the whole budget.
+//!   h2 client cannot pin the whole capacity.
 //!
 //! The requests keep a few counters per connection ([`Activity`]); one timer per
 //! connection, in the connection's own task, acts on them. The request path reads no
@@ -47,7 +47,7 @@ use crate::base::body::{Body, BoxError};
 use crate::base::forward::Peer;
 use crate::config::ServerConfig;
 use crate::request::handler::Crowded;
-use crate::state::buffers::{Budget, Charge, Share};
+use crate::state::buffers::{Buffers, Charge, Share};
 use crate::state::connections::Admitted;
 use crate::telemetry::metrics::labels::CloseReason;
 
@@ -64,21 +64,21 @@ pub struct Limits {
     /// Bytes one connection's requests may buffer (see [`crate::state::buffers::Share`]).
     pub per_connection: u64,
     pub max_header_size: usize,
-    pub budget: Arc<Budget>,
+    pub buffers: Arc<Buffers>,
     /// Some route takes WebSocket upgrades: connections are served with hyper's
     /// upgrade support (which costs every request a little, so only then).
     pub upgrades: bool,
 }
 
 impl Limits {
-    pub fn new(server: &ServerConfig, budget: Arc<Budget>) -> Self {
+    pub fn new(server: &ServerConfig, buffers: Arc<Buffers>) -> Self {
         Limits {
             header_read: server.header_read_timeout,
             idle: server.idle_timeout,
             send: server.send_timeout,
             per_connection: server.buffer_per_connection,
             max_header_size: usize::try_from(server.max_header_size).unwrap_or(usize::MAX),
-            budget,
+            buffers,
             upgrades: false,
         }
     }
@@ -222,13 +222,13 @@ where
     fn new(
         body: Body<S>,
         request: RequestGuard,
-        budget: &Arc<Budget>,
+        buffers: &Arc<Buffers>,
         share: &Arc<Share>,
         version: Version,
     ) -> Self {
         let a = &request.0;
         let charge = match &body {
-            Body::Full(Some(bytes)) => Some(budget.charge(bytes.len() as u64, Some(share))),
+            Body::Full(Some(bytes)) => Some(buffers.charge(bytes.len() as u64, Some(share))),
             _ => None,
         };
         // Until hyper first polls it, the answer waits on the client: with an h2
@@ -631,7 +631,7 @@ async fn run<I, F, Fut, S>(
     let service = {
         let home = place.home();
         let activity = activity.clone();
-        let budget = limits.budget.clone();
+        let buffers = limits.buffers.clone();
         let share = Share::new(limits.per_connection);
         service_fn(move |mut req: Request<Incoming>| {
             let version = req.version();
@@ -649,11 +649,11 @@ async fn run<I, F, Fut, S>(
             // Boxed: the request future is kilobytes, and hyper moves what the service
             // returns twice on its way in; a pointer moves for free.
             let answer = Box::pin(handler(req, peer.clone(), own_share));
-            let (budget, share) = (budget.clone(), share.clone());
+            let (buffers, share) = (buffers.clone(), share.clone());
             async move {
                 let resp = answer.await;
                 Ok::<_, std::convert::Infallible>(
-                    resp.map(|body| Tracked::new(body, request, &budget, &share, version)),
+                    resp.map(|body| Tracked::new(body, request, &buffers, &share, version)),
                 )
             }
         })

@@ -54,7 +54,7 @@ pub enum StartError {
 pub struct Server {
     pub addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
-    pub shared: Arc<Live>,
+    pub live: Arc<Live>,
     stop: watch::Sender<bool>,
     /// The admin listener outlives the public drain so `/ready` can say 503 meanwhile.
     stop_admin: watch::Sender<bool>,
@@ -97,7 +97,7 @@ impl Server {
         let gateway =
             Gateway::build(config, None, workers.len().max(1)).map_err(StartError::Compile)?;
         METRICS.config_loaded(&version);
-        let shared = Arc::new(Live {
+        let live = Arc::new(Live {
             gateway: ArcSwap::from_pointee(gateway),
             ready: AtomicBool::new(false),
             log_sink,
@@ -116,12 +116,12 @@ impl Server {
                 };
                 let l = TcpListener::bind(a).await.map_err(failed)?;
                 let admin_addr = l.local_addr().map_err(failed)?;
-                let s = shared.clone();
+                let s = live.clone();
                 let task = tokio::spawn(accept_loop(
                     l,
                     admin_stopped,
                     grace,
-                    shared.clone(),
+                    live.clone(),
                     Connections::new("admin"),
                     Some(crate::state::descriptors::ADMIN_CONNECTIONS),
                     // The admin listener stays cleartext: probes and scrapes come from
@@ -156,12 +156,12 @@ impl Server {
             let listener = bind(addr).map_err(failed)?;
             // With port 0, every loop must share the port the first one was given.
             addr = listener.local_addr().map_err(failed)?;
-            let s = shared.clone();
+            let s = live.clone();
             public.push(handle.spawn(accept_loop(
                 listener,
                 stopped.clone(),
                 grace,
-                shared.clone(),
+                live.clone(),
                 conns.clone(),
                 None,
                 acceptor.clone(),
@@ -173,7 +173,7 @@ impl Server {
             (Some(c), Some(files)) => watch_certs(c.clone(), files),
             _ => None,
         };
-        shared.ready.store(true, Ordering::SeqCst);
+        live.ready.store(true, Ordering::SeqCst);
         tracing::info!(
             %addr,
             tls = certs.is_some(),
@@ -184,7 +184,7 @@ impl Server {
         Ok(Server {
             addr,
             admin_addr: admin.as_ref().map(|a| a.0),
-            shared,
+            live,
             stop,
             stop_admin,
             public,
@@ -199,7 +199,7 @@ impl Server {
     /// breakers, pools, limiter buckets and caches of unchanged upstreams and routes are
     /// kept. Listeners, workers and the drain grace are fixed at start.
     pub fn reload(&self, config: Config) -> Result<(), String> {
-        let current = self.shared.gateway.load_full();
+        let current = self.live.gateway.load_full();
         let old = &current.config.server;
         let new = &config.server;
         let fixed = [
@@ -219,7 +219,7 @@ impl Server {
         let moved =
             tls.as_ref().map(|t| (&t.cert, &t.key)) != old.tls.as_ref().map(|t| (&t.cert, &t.key));
         let gateway = Gateway::build(config, Some(&current), self.workers)?;
-        self.shared.gateway.store(Arc::new(gateway));
+        self.live.gateway.store(Arc::new(gateway));
         // The reload re-read the certificate files (an unusable pair refused it).
         if let (Some(certs), Some(files)) = (&self.certs, tls) {
             if moved && let Ok(mut watch) = self.cert_watch.lock() {
@@ -258,12 +258,12 @@ impl Server {
         match &result {
             Ok(()) => tracing::info!(
                 file = %path.display(),
-                fingerprint = %self.shared.gateway.load().config.version(),
+                fingerprint = %self.live.gateway.load().config.version(),
                 "config reloaded"
             ),
             Err(e) => tracing::error!(
                 error = %e,
-                serving = %self.shared.gateway.load().config.version(),
+                serving = %self.live.gateway.load().config.version(),
                 "config reload refused; the previous config keeps serving"
             ),
         }
@@ -272,13 +272,13 @@ impl Server {
 
     /// Starts the drain: `/ready` turns 503, listeners stop accepting.
     pub fn shutdown(&self) {
-        self.shared.ready.store(false, Ordering::SeqCst);
+        self.live.ready.store(false, Ordering::SeqCst);
         let _ = self.stop.send(true);
     }
 
     /// Exports the spans queued so far; the exporter keeps running.
     pub async fn flush_traces(&self) {
-        if let Some(t) = self.shared.gateway.load().tracing.clone() {
+        if let Some(t) = self.live.gateway.load().tracing.clone() {
             let _ = tokio::task::spawn_blocking(move || t.flush()).await;
         }
     }
@@ -291,7 +291,7 @@ impl Server {
             public &= task.await.unwrap_or(false);
         }
         // Spans of the last requests go out before the process ends (bounded wait).
-        if let Some(t) = self.shared.gateway.load().tracing.clone() {
+        if let Some(t) = self.live.gateway.load().tracing.clone() {
             let _ = tokio::task::spawn_blocking(move || t.flush()).await;
         }
         let _ = self.stop_admin.send(true);
@@ -339,7 +339,7 @@ async fn accept_loop<F, Fut, S>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
-    shared: Arc<Live>,
+    live: Arc<Live>,
     conns: Arc<Connections>,
     max: Option<usize>,
     tls: Option<Arc<crate::listener::handshake::Handshakes>>,
@@ -369,22 +369,22 @@ where
                         continue;
                     }
                 };
-                let gateway = shared.gateway.load_full();
+                let gateway = live.gateway.load_full();
                 let server = &gateway.config.server;
                 let limit = max.unwrap_or_else(|| {
-                    server.max_connections.unwrap_or(shared.default_max_connections)
+                    server.max_connections.unwrap_or(live.default_max_connections)
                 });
                 // Refused as cheaply as it can be: closed before any buffer is made. The
                 // public listener's connections count against the descriptor budget;
                 // the admin listener's come out of its reserve.
-                let budget = max.is_none().then_some(&gateway.descriptors);
-                let Some(place) = conns.admit(limit, budget) else { continue };
+                let shares = max.is_none().then_some(&gateway.descriptors);
+                let Some(place) = conns.admit(limit, shares) else { continue };
                 let (limits, builder) = match &current {
                     Some((g, limits, builder)) if Arc::ptr_eq(g, &gateway) => {
                         (limits.clone(), builder.clone())
                     }
                     _ => {
-                        let mut limits = Limits::new(server, gateway.budget.clone());
+                        let mut limits = Limits::new(server, gateway.buffers.clone());
                         limits.upgrades = gateway.routes.iter().any(|r| r.websocket.is_some());
                         let builder = Arc::new(connection::builder(&limits));
                         current = Some((gateway.clone(), limits.clone(), builder.clone()));

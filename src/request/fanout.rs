@@ -18,7 +18,7 @@ use crate::base::error::{BackendError, Failure, Outcome};
 use crate::request::backend;
 use crate::request::gateway::{Backend, Route, carries_body, is_idempotent};
 use crate::request::merge::{self, Answer, Input};
-use crate::state::buffers::{Budget, Charge, Share};
+use crate::state::buffers::{Buffers, Charge, Share};
 use crate::state::cache::{Cache, Lookup};
 use crate::telemetry::access_log::Report;
 use crate::telemetry::metrics::METRICS;
@@ -45,7 +45,7 @@ pub struct Call<'a> {
     /// The server span: each backend's span goes under it.
     pub span: &'a Span,
     /// `buffer_capacity`, and the client connection's part of it (h2 connections).
-    pub budget: &'a Arc<Budget>,
+    pub buffers: &'a Arc<Buffers>,
     pub share: Option<&'a Arc<Share>>,
     pub request_id: &'a HeaderValue,
 }

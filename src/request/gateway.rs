@@ -21,10 +21,10 @@ use crate::edge::cors::Cors;
 use crate::edge::ratelimit::RouteLimiter;
 use crate::request::merge::{Decode, Plan, Shape};
 use crate::request::router::Router;
-use crate::state::buffers::Budget;
+use crate::state::buffers::Buffers;
 use crate::state::cache::Cache;
 use crate::state::descriptors::Descriptors;
-use crate::state::redis::Shared;
+use crate::state::redis::Redis;
 use crate::telemetry::access_log::LogSink;
 use crate::telemetry::metrics::{METRICS, RouteMetrics};
 use crate::telemetry::trace::{TraceSettings, Tracing};
@@ -42,8 +42,8 @@ pub struct Gateway {
     pub tracing: Option<Arc<Tracing>>,
     /// `buffer_capacity`: bytes of answers held at once. One for the server's life; a
     /// reload sets its limit.
-    pub budget: Arc<Budget>,
-    /// The descriptor limit, budgeted (client connections, tunnels, upstream
+    pub buffers: Arc<Buffers>,
+    /// The descriptor limit, shared out (client connections, tunnels, upstream
     /// connections). One for the server's life.
     pub descriptors: Arc<Descriptors>,
     /// Some route has CORS: only then does a request's `origin` get looked at.
@@ -52,7 +52,7 @@ pub struct Gateway {
     /// leaves a validator's settings unchanged.
     pub validators: Vec<Arc<Validator>>,
     /// `[shared]`: the replicas' Redis.
-    pub shared: Option<Arc<Shared>>,
+    pub redis: Option<Arc<Redis>>,
 }
 
 /// The gateway that serves now (swapped whole on reload), and what every connection
@@ -155,19 +155,19 @@ impl Gateway {
         previous: Option<&Gateway>,
         workers: usize,
     ) -> Result<Gateway, String> {
-        let budget = match previous {
-            Some(p) => p.budget.clone(),
-            None => Budget::new(config.server.buffer_capacity),
+        let buffers = match previous {
+            Some(p) => p.buffers.clone(),
+            None => Buffers::new(config.server.buffer_capacity),
         };
         let descriptors = match previous {
             Some(p) => p.descriptors.clone(),
             None => Descriptors::of_process(workers),
         };
         // One Redis client for the server's life while `[shared]` is unchanged.
-        let shared = match (&config.shared, previous.and_then(|p| p.shared.as_ref())) {
+        let redis = match (&config.shared, previous.and_then(|p| p.redis.as_ref())) {
             (None, _) => None,
             (Some(c), Some(old)) if old.config == *c => Some(old.clone()),
-            (Some(c), _) => Some(Shared::start(c.clone(), workers)?),
+            (Some(c), _) => Some(Redis::start(c.clone(), workers)?),
         };
         let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
         let mut ordered = Vec::with_capacity(config.upstreams.len());
@@ -187,9 +187,9 @@ impl Gateway {
                     &u.name,
                     &u.settings,
                     workers,
-                    &budget,
+                    &buffers,
                     &descriptors,
-                    shared.as_ref(),
+                    redis.as_ref(),
                 )?),
             };
             upstreams.insert(u.name.as_str(), up.clone());
@@ -217,7 +217,7 @@ impl Gateway {
                     previous,
                     cors.as_ref(),
                     &validators,
-                    shared.as_ref(),
+                    redis.as_ref(),
                 )
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -239,17 +239,17 @@ impl Gateway {
                 _ => Some(Arc::new(Tracing::build(settings)?)),
             },
         };
-        cache.share(shared.as_ref().map(|s| crate::state::cache::SharedCache {
-            shared: s.clone(),
+        cache.set_redis(redis.as_ref().map(|s| crate::state::cache::RedisTier {
+            redis: s.clone(),
             max_entry: s.config.max_entry,
         }));
-        budget.set_limit(config.server.buffer_capacity);
+        buffers.set_limit(config.server.buffer_capacity);
         let any_cors = routes.iter().any(|r| r.cors.is_some());
         Ok(Gateway {
-            shared,
+            redis,
             validators,
             any_cors,
-            budget,
+            buffers,
             descriptors,
             tracing,
             router,
@@ -268,7 +268,7 @@ fn compile_route(
     previous: Option<&Gateway>,
     cors: Option<&Arc<Cors>>,
     validators: &[Arc<Validator>],
-    shared: Option<&Arc<Shared>>,
+    redis: Option<&Arc<Redis>>,
 ) -> Result<Route, String> {
     let params = route_params(&r.path);
     // `{jwt.NAME}` placeholders read claims: they are filled like path parameters,
@@ -385,7 +385,7 @@ fn compile_route(
                 .unwrap_or_else(|| {
                     // In Redis: the route and a fingerprint of its limit, so a changed
                     // limit never inherits another's state.
-                    let base = shared.map(|s| {
+                    let base = redis.map(|s| {
                         let limit = format!("{:?}", (&l.rate, &l.key));
                         let fp = crate::config::fingerprint(&limit);
                         (s.clone(), format!("rl:{}:{fp:016x}:", r.name))

@@ -35,12 +35,12 @@ pub struct Crowded;
 /// `share`: on h2, the connection's part of `buffer_capacity` (see
 /// [`crate::state::buffers`]), which what its requests buffer counts against.
 pub async fn handle(
-    shared: Arc<Live>,
+    live: Arc<Live>,
     req: Request<Incoming>,
     peer: Peer,
     share: Option<Arc<Share>>,
 ) -> Response<Body<Streamed>> {
-    let gateway = shared.gateway.load_full();
+    let gateway = live.gateway.load_full();
     let request_id = forward::request_id(req.headers());
     let mut span = match &gateway.tracing {
         Some(t) => t.server_span(req.method(), req.headers()),
@@ -110,9 +110,9 @@ pub async fn handle(
     } else {
         (None, false)
     };
-    let mut done = Finish::new(shared, gateway.clone(), record, span);
-    let served = if gateway.shared.is_some() {
-        crate::state::redis::with_budget(serve(
+    let mut done = Finish::new(live, gateway.clone(), record, span);
+    let served = if gateway.redis.is_some() {
+        crate::state::redis::with_redis_deadline(serve(
             &gateway,
             req,
             peer,
@@ -277,7 +277,7 @@ fn buffered_len(r: &Response<Body<Streamed>>) -> u64 {
 /// (client gone, HTTP/2 stream reset, drain cut short) — then with status 499, as
 /// nginx logs a client that closed the request.
 pub struct Finish {
-    shared: Arc<Live>,
+    live: Arc<Live>,
     gateway: Arc<Gateway>,
     pub record: AccessRecord,
     /// The server span; it ends with the request.
@@ -287,10 +287,10 @@ pub struct Finish {
 }
 
 impl Finish {
-    fn new(shared: Arc<Live>, gateway: Arc<Gateway>, record: AccessRecord, span: Span) -> Self {
+    fn new(live: Arc<Live>, gateway: Arc<Gateway>, record: AccessRecord, span: Span) -> Self {
         METRICS.inflight.inc();
         Finish {
-            shared,
+            live,
             gateway,
             record,
             span,
@@ -344,7 +344,7 @@ impl Drop for Finish {
         let telemetry = &self.gateway.config.telemetry;
         if telemetry.access_log {
             self.record.duration = elapsed;
-            access_log::write(&self.shared.log_sink, telemetry.log_format, &self.record);
+            access_log::write(&self.live.log_sink, telemetry.log_format, &self.record);
         }
     }
 }
@@ -566,7 +566,7 @@ async fn aggregate(
         vary: &vary,
         cache: &gateway.cache,
         span,
-        budget: &gateway.budget,
+        buffers: &gateway.buffers,
         share,
         request_id,
     };
@@ -647,7 +647,7 @@ async fn merged(
     // The merged body is about as large as the answers it is made of: room for it
     // first, while the answers are still held, or 503 instead of growing memory.
     let size: u64 = fan.charges.iter().map(Charge::bytes).sum();
-    let room = call.budget.start(call.share);
+    let room = call.buffers.start(call.share);
     if !room.grow(size) {
         return Err(GatewayError::BufferFull);
     }

@@ -9,7 +9,7 @@
 //! Answers already in memory (a merged body, a cached one) are always charged, so the
 //! count stays true, and they push new calls out rather than being dropped.
 //!
-//! An h2 connection multiplexes many requests, so one client could pin the whole budget
+//! An h2 connection multiplexes many requests, so one client could pin the whole capacity
 //! with answers it never reads. Each connection therefore has a [`Share`] too
 //! (`buffer_per_connection`): the answers of its requests count against both, and
 //! past its share its new requests are refused before they cost anything.
@@ -20,22 +20,23 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub struct Budget {
+/// The bytes of `buffer_capacity`: held now, and the limit.
+pub struct Buffers {
     limit: AtomicU64,
     used: AtomicU64,
 }
 
-/// Bytes held against the budget, given back when the last clone is dropped.
+/// Bytes held against `buffer_capacity`, given back when the last clone is dropped.
 #[derive(Clone)]
 pub struct Charge(Arc<Held>);
 
 struct Held {
-    budget: Arc<Budget>,
+    buffers: Arc<Buffers>,
     share: Option<Arc<Share>>,
     bytes: AtomicU64,
 }
 
-/// One connection's part of the budget.
+/// One connection's part of `buffer_capacity` (`buffer_per_connection`).
 #[derive(Debug)]
 pub struct Share {
     cap: u64,
@@ -61,9 +62,9 @@ impl Share {
     }
 }
 
-impl Budget {
+impl Buffers {
     pub fn new(limit: u64) -> Arc<Self> {
-        Arc::new(Budget {
+        Arc::new(Buffers {
             limit: AtomicU64::new(limit),
             used: AtomicU64::new(0),
         })
@@ -73,7 +74,7 @@ impl Budget {
         self.limit.store(limit, Ordering::Relaxed);
     }
 
-    /// Whether a new call may start: some of the budget is left.
+    /// Whether a new call may start: some of the capacity is left.
     pub fn has_room(&self) -> bool {
         self.used.load(Ordering::Relaxed) < self.limit.load(Ordering::Relaxed)
     }
@@ -90,7 +91,7 @@ impl Budget {
     /// A charge of nothing yet, to grow as a body arrives; against `share` too, if any.
     pub fn start(self: &Arc<Self>, share: Option<&Arc<Share>>) -> Charge {
         Charge(Arc::new(Held {
-            budget: self.clone(),
+            buffers: self.clone(),
             share: share.cloned(),
             bytes: AtomicU64::new(0),
         }))
@@ -103,7 +104,7 @@ impl Budget {
             s.used.fetch_add(bytes, Ordering::Relaxed);
         }
         Charge(Arc::new(Held {
-            budget: self.clone(),
+            buffers: self.clone(),
             share: share.cloned(),
             bytes: AtomicU64::new(bytes),
         }))
@@ -111,22 +112,22 @@ impl Budget {
 }
 
 impl Charge {
-    /// Adds `bytes` if they fit in what is left of the budget and of the share; false
+    /// Adds `bytes` if they fit in what is left of the capacity and of the share; false
     /// (and nothing added) if not.
     pub fn grow(&self, bytes: u64) -> bool {
         let held = &self.0;
-        let budget = &held.budget;
-        let limit = budget.limit.load(Ordering::Relaxed);
-        let before = budget.used.fetch_add(bytes, Ordering::Relaxed);
+        let buffers = &held.buffers;
+        let limit = buffers.limit.load(Ordering::Relaxed);
+        let before = buffers.used.fetch_add(bytes, Ordering::Relaxed);
         if before.saturating_add(bytes) > limit {
-            budget.used.fetch_sub(bytes, Ordering::Relaxed);
+            buffers.used.fetch_sub(bytes, Ordering::Relaxed);
             return false;
         }
         if let Some(share) = &held.share {
             let before = share.used.fetch_add(bytes, Ordering::Relaxed);
             if before.saturating_add(bytes) > share.cap {
                 share.used.fetch_sub(bytes, Ordering::Relaxed);
-                budget.used.fetch_sub(bytes, Ordering::Relaxed);
+                buffers.used.fetch_sub(bytes, Ordering::Relaxed);
                 return false;
             }
         }
@@ -144,7 +145,7 @@ impl Charge {
         let before = held.bytes.load(Ordering::Relaxed);
         let back = before.saturating_sub(bytes);
         held.bytes.fetch_sub(back, Ordering::Relaxed);
-        held.budget.used.fetch_sub(back, Ordering::Relaxed);
+        held.buffers.used.fetch_sub(back, Ordering::Relaxed);
         if let Some(share) = &held.share {
             share.used.fetch_sub(back, Ordering::Relaxed);
         }
@@ -154,7 +155,7 @@ impl Charge {
 impl Drop for Held {
     fn drop(&mut self) {
         let bytes = *self.bytes.get_mut();
-        self.budget.used.fetch_sub(bytes, Ordering::Relaxed);
+        self.buffers.used.fetch_sub(bytes, Ordering::Relaxed);
         if let Some(share) = &self.share {
             share.used.fetch_sub(bytes, Ordering::Relaxed);
         }
@@ -167,7 +168,7 @@ mod tests {
 
     #[test]
     fn charges_fit_the_limit_and_are_given_back_by_the_last_holder() {
-        let b = Budget::new(100);
+        let b = Buffers::new(100);
         let c = b.start(None);
         assert!(c.grow(60));
         assert!(!c.grow(50), "would pass the limit");
@@ -194,8 +195,8 @@ mod tests {
     }
 
     #[test]
-    fn a_share_caps_one_connection_within_the_budget() {
-        let b = Budget::new(1000);
+    fn a_share_caps_one_connection_within_the_capacity() {
+        let b = Buffers::new(1000);
         let share = Share::new(100);
         let c = b.start(Some(&share));
         assert!(c.grow(80));

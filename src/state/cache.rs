@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use arc_swap::ArcSwapOption;
 
 use crate::base::forward::Forward;
-use crate::state::redis::Shared;
+use crate::state::redis::Redis;
 
 #[derive(Clone, Debug)]
 pub struct Entry {
@@ -45,12 +45,12 @@ pub enum Lookup {
 pub struct Cache {
     inner: Moka<String, Entry>,
     /// With `[shared]`: the replicas' Redis, behind this replica's own entries.
-    shared: Arc<ArcSwapOption<SharedCache>>,
+    redis: Arc<ArcSwapOption<RedisTier>>,
 }
 
 /// The shared tier: Redis, and the largest answer stored there.
-pub struct SharedCache {
-    pub shared: Arc<Shared>,
+pub struct RedisTier {
+    pub redis: Arc<Redis>,
     pub max_entry: u64,
 }
 
@@ -92,21 +92,18 @@ impl Cache {
             .build();
         Cache {
             inner,
-            shared: Arc::new(ArcSwapOption::empty()),
+            redis: Arc::new(ArcSwapOption::empty()),
         }
     }
 
     /// Redis stands behind this cache and answers now.
     pub fn shared_up(&self) -> bool {
-        self.shared
-            .load()
-            .as_ref()
-            .is_some_and(|t| t.shared.is_up())
+        self.redis.load().as_ref().is_some_and(|t| t.redis.is_up())
     }
 
     /// Puts Redis behind this cache (or takes it away): set by every config build.
-    pub fn share(&self, shared: Option<SharedCache>) {
-        self.shared.store(shared.map(Arc::new));
+    pub fn set_redis(&self, tier: Option<RedisTier>) {
+        self.redis.store(tier.map(Arc::new));
     }
 
     /// This replica's entry, else (with `[shared]`, Redis up) the replicas' one, which
@@ -144,11 +141,11 @@ impl Cache {
     }
 
     async fn lookup_shared(&self, key: &str, longest: Longest) -> Option<Entry> {
-        let tier = self.shared.load_full()?;
-        if !tier.shared.is_up() {
+        let tier = self.redis.load_full()?;
+        if !tier.redis.is_up() {
             return None;
         }
-        let bytes = tier.shared.cache_get(key).await??;
+        let bytes = tier.redis.cache_get(key).await??;
         let entry = self.decode_shared(&bytes, longest)?;
         self.inner.insert(key.to_string(), entry.clone()).await;
         Some(entry)
@@ -160,8 +157,8 @@ impl Cache {
         match decode(bytes, longest) {
             Ok(entry) => Some(entry),
             Err(why) => {
-                if let (Some(why), Some(tier)) = (why, self.shared.load_full()) {
-                    tier.shared.dropped(why);
+                if let (Some(why), Some(tier)) = (why, self.redis.load_full()) {
+                    tier.redis.dropped(why);
                 }
                 None
             }
@@ -172,10 +169,10 @@ impl Cache {
         if fresh_for.is_zero() {
             return;
         }
-        if let Some(tier) = self.shared.load_full()
+        if let Some(tier) = self.redis.load_full()
             && body.len() as u64 <= tier.max_entry
         {
-            tier.shared.cache_set(
+            tier.redis.cache_set(
                 &key,
                 encode(&body, fresh_for, stale_for),
                 fresh_for + stale_for,

@@ -93,8 +93,8 @@ impl Connections {
         self.cut.send_replace(true);
     }
 
-    /// A place for a new connection, unless `max` are open already, or (with a
-    /// budget: the public listener) the client connections' share of the descriptor
+    /// A place for a new connection, unless `max` are open already, or (with
+    /// descriptor shares: the public listener) the client connections' share of the descriptor
     /// limit is in use.
     pub fn admit(
         self: &Arc<Self>,
@@ -156,7 +156,7 @@ impl Admitted {
     pub fn home(&self) -> TunnelHome {
         TunnelHome {
             conns: self.conns.clone(),
-            descriptors: self.descriptor.as_ref().map(Permit::budget),
+            descriptors: self.descriptor.as_ref().map(Permit::descriptors),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The process's file descriptors, budgeted (docs/operations.md, "Abuse and limits").
+//! The process's file descriptors, shared out between their holders (docs/operations.md,
+//! "Descriptor shares").
 //!
 //! Every socket and file is a descriptor, and past the limit (`RLIMIT_NOFILE`) nothing
 //! opens: not the admin listener's next scrape, not an upstream connection, not the
@@ -54,7 +55,7 @@ impl Holder {
 /// Descriptors never handed out beyond what was open at start: admin connections
 /// ([`ADMIN_CONNECTIONS`]), Redis, JWKS, the exporter, watches and file reads.
 const MARGIN: usize = 64;
-/// Opened per worker loop after the budget is made: its listener and its Redis
+/// Opened per worker loop after the shares are made: its listener and its Redis
 /// connection.
 const PER_WORKER: usize = 2;
 
@@ -62,7 +63,7 @@ const PER_WORKER: usize = 2;
 /// the reserve, so the admin listener answers while the public one is saturated.
 pub const ADMIN_CONNECTIONS: usize = 32;
 
-/// The budget of one running gateway.
+/// The descriptor shares of one running gateway.
 pub struct Descriptors {
     /// `RLIMIT_NOFILE` when serving began.
     limit: usize,
@@ -80,11 +81,11 @@ pub struct Descriptors {
 
 /// One counted descriptor; given back when dropped.
 pub struct Permit {
-    budget: Arc<Descriptors>,
+    descriptors: Arc<Descriptors>,
     holder: Holder,
 }
 
-/// An upstream connection could not be opened: the budget has no descriptor for it.
+/// An upstream connection could not be opened: its share has no descriptor for it.
 #[derive(Debug)]
 pub struct Exhausted;
 
@@ -109,7 +110,7 @@ pub fn is_exhausted(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 impl Descriptors {
-    /// The budget for `limit` descriptors, `reserve` of which are never handed out.
+    /// The shares of `limit` descriptors, `reserve` of which are never handed out.
     pub fn new(limit: usize, reserve: usize) -> Arc<Self> {
         let counted = limit.saturating_sub(reserve);
         let facing = counted - (counted / 8).max(8).min(counted);
@@ -134,7 +135,7 @@ impl Descriptors {
         })
     }
 
-    /// The budget of this process: its soft `RLIMIT_NOFILE`, less what is open now
+    /// The shares of this process: its soft `RLIMIT_NOFILE`, less what is open now
     /// (at most a quarter of it) and what `workers` loops and the rest will open.
     pub fn of_process(workers: usize) -> Arc<Self> {
         let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
@@ -174,7 +175,7 @@ impl Descriptors {
         }
         self.metrics.open[holder as usize].inc();
         Some(Permit {
-            budget: self.clone(),
+            descriptors: self.clone(),
             holder,
         })
     }
@@ -191,22 +192,22 @@ impl Descriptors {
         }
         self.metrics.open[holder as usize].inc();
         Permit {
-            budget: self.clone(),
+            descriptors: self.clone(),
             holder,
         }
     }
 }
 
 impl Permit {
-    /// The budget it was taken from.
-    pub fn budget(&self) -> Arc<Descriptors> {
-        self.budget.clone()
+    /// The shares it was taken from.
+    pub fn descriptors(&self) -> Arc<Descriptors> {
+        self.descriptors.clone()
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let b = &self.budget;
+        let b = &self.descriptors;
         b.in_use.fetch_sub(1, Ordering::AcqRel);
         if self.holder != Holder::Upstream {
             b.facing_in_use.fetch_sub(1, Ordering::AcqRel);

@@ -1,7 +1,7 @@
 //! What outlives a request, shared by the worker loops: rate-limit buckets
 //! ([`bucket`]), the response cache and
-//! coalescing ([`cache`]), the replicas' Redis ([`redis`]), the budgets of buffered
-//! bytes ([`buffers`]) and of file descriptors ([`descriptors`]), and the client
+//! coalescing ([`cache`]), the replicas' Redis ([`redis`]), the capacity for buffered
+//! bytes ([`buffers`]), the shares of file descriptors ([`descriptors`]), and the client
 //! connections open ([`connections`]).
 
 pub mod bucket;

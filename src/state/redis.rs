@@ -18,7 +18,7 @@ use redis::aio::MultiplexedConnection;
 
 use crate::config::SharedConfig;
 use crate::telemetry::metrics::labels::{Dropped, RedisOp, RedisResult};
-use crate::telemetry::metrics::{METRICS, SharedMetrics};
+use crate::telemetry::metrics::{METRICS, RedisMetrics};
 
 /// GCRA on Redis's own clock (so the replicas' clocks do not matter): the key holds
 /// the theoretical arrival time in µs. Returns 0 when admitted, else the µs to wait.
@@ -58,7 +58,7 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// The replicas' Redis, as this replica sees it.
-pub struct Shared {
+pub struct Redis {
     pub config: SharedConfig,
     client: redis::Client,
     /// The connection the reconnect loop made (its driver on the loop the gateway was
@@ -70,7 +70,7 @@ pub struct Shared {
     /// A reconnect loop is running.
     reconnecting: AtomicBool,
     script: redis::Script,
-    metrics: SharedMetrics,
+    metrics: RedisMetrics,
     /// Where reconnects run: the loop the gateway was built on (a connection's driver
     /// task lives there, and worker loops send to it).
     runtime: tokio::runtime::Handle,
@@ -91,19 +91,19 @@ tokio::task_local! {
     /// When the request running on this task must stop waiting on Redis: set at its
     /// first operation, `timeout` later, so all of a request's operations together wait
     /// at most `timeout` (the contract's bound), not `timeout` each.
-    static REQUEST_BUDGET: std::cell::Cell<Option<tokio::time::Instant>>;
+    static REDIS_DEADLINE: std::cell::Cell<Option<tokio::time::Instant>>;
 }
 
-/// Runs a request with its Redis time budget (see [`REQUEST_BUDGET`]).
-pub async fn with_budget<F: std::future::Future>(f: F) -> F::Output {
-    REQUEST_BUDGET.scope(std::cell::Cell::new(None), f).await
+/// Runs a request with its Redis deadline (see [`REDIS_DEADLINE`]).
+pub async fn with_redis_deadline<F: std::future::Future>(f: F) -> F::Output {
+    REDIS_DEADLINE.scope(std::cell::Cell::new(None), f).await
 }
 
-/// This operation's deadline: `timeout` from now, or the request's budget if sooner.
-/// `true` when the request's budget is what bounds it.
+/// This operation's deadline: `timeout` from now, or the request's Redis deadline if
+/// sooner. `true` when the request's deadline is what bounds it.
 fn op_deadline(timeout: Duration) -> (tokio::time::Instant, bool) {
     let own = tokio::time::Instant::now() + timeout;
-    REQUEST_BUDGET
+    REDIS_DEADLINE
         .try_with(|b| {
             let until = *b.get().get_or_insert(own);
             b.set(Some(until));
@@ -119,10 +119,10 @@ enum Op<T> {
     Unavailable,
 }
 
-impl Shared {
+impl Redis {
     /// Starts connecting in the background; until connected, Redis counts as down.
     /// `workers`: the event loops that will call it (one connection each).
-    pub fn start(config: SharedConfig, workers: usize) -> Result<Arc<Shared>, String> {
+    pub fn start(config: SharedConfig, workers: usize) -> Result<Arc<Redis>, String> {
         let failed = |e: String| {
             format!(
                 "[shared] redis {}: {}",
@@ -154,7 +154,7 @@ impl Shared {
         };
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| "[shared] needs a running event loop".to_string())?;
-        let shared = Arc::new(Shared {
+        let redis = Arc::new(Redis {
             client,
             conn: ArcSwapOption::empty(),
             local: (0..workers.max(1))
@@ -162,7 +162,7 @@ impl Shared {
                 .collect(),
             reconnecting: AtomicBool::new(false),
             script: redis::Script::new(GCRA),
-            metrics: METRICS.shared(),
+            metrics: METRICS.redis(),
             runtime,
             signing: config
                 .secret
@@ -170,9 +170,9 @@ impl Shared {
                 .map(|s| aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, s.0.as_bytes())),
             config,
         });
-        shared.metrics.up.set(0);
-        shared.reconnect(true);
-        Ok(shared)
+        redis.metrics.up.set(0);
+        redis.reconnect(true);
+        Ok(redis)
     }
 
     pub fn is_up(&self) -> bool {
@@ -197,12 +197,12 @@ impl Shared {
         if self.reconnecting.swap(true, Ordering::AcqRel) {
             return;
         }
-        let shared = Arc::downgrade(self);
+        let redis = Arc::downgrade(self);
         self.runtime.spawn(async move {
             let mut wait = BACKOFF_MIN;
             let mut first_failure = initial;
             loop {
-                let Some(s) = shared.upgrade() else { return };
+                let Some(s) = redis.upgrade() else { return };
                 let connected = tokio::time::timeout(BACKOFF_MAX, async {
                     let mut conn = s.client.get_multiplexed_async_connection().await?;
                     redis::cmd("PING").query_async::<String>(&mut conn).await?;
@@ -278,8 +278,8 @@ impl Shared {
         let Some(conn) = self.connection() else {
             return Op::Unavailable;
         };
-        let (until, budget_bound) = op_deadline(self.config.timeout);
-        if budget_bound && until <= tokio::time::Instant::now() {
+        let (until, request_bound) = op_deadline(self.config.timeout);
+        if request_bound && until <= tokio::time::Instant::now() {
             // This request has waited on Redis as long as it may: decide locally.
             return Op::Unavailable;
         }
@@ -295,9 +295,9 @@ impl Shared {
             }
             Err(_) => {
                 self.metrics.count(op, RedisResult::Timeout);
-                // Cut short by the request's budget, Redis was not given its whole
+                // Cut short by the request's deadline, Redis was not given its whole
                 // `timeout`: not a reason to call it down.
-                if !budget_bound {
+                if !request_bound {
                     self.went_down(&format!("no answer within {:?}", self.config.timeout));
                 }
                 Op::Unavailable
@@ -336,7 +336,7 @@ impl Shared {
     }
 }
 
-impl Shared {
+impl Redis {
     /// A GCRA decision on `key` and a read of the cache entry `cache_key`, in one round
     /// trip: what a limited route with a shared cache needs before anything else.
     /// `None` when Redis cannot answer now.
@@ -422,7 +422,7 @@ impl Shared {
         self.config.max_entry.saturating_add(ENTRY_OVERHEAD)
     }
 
-    /// The entry Redis holds at `key` (read by [`Shared::most_read`]), if this replica
+    /// The entry Redis holds at `key` (read by [`Redis::most_read`]), if this replica
     /// will use it: not larger than `max_entry`, and with a secret, signed for this
     /// very key. The signature is taken off.
     fn open(&self, key: &str, mut stored: Vec<u8>) -> Option<Vec<u8>> {
@@ -540,7 +540,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_requests_operations_share_one_timeout() {
         let timeout = Duration::from_millis(20);
-        with_budget(async {
+        with_redis_deadline(async {
             let t0 = tokio::time::Instant::now();
             let (first, bound) = op_deadline(timeout);
             assert_eq!((first - t0, bound), (timeout, false));

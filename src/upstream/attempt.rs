@@ -19,7 +19,7 @@ use super::span::ClientSpan;
 use super::stream::Held;
 use crate::base::body::{BodyWatch, RequestBody};
 use crate::base::error::{Failure, Outcome};
-use crate::state::buffers::{Budget, Charge, Share};
+use crate::state::buffers::{Buffers, Charge, Share};
 use crate::telemetry::trace::Span;
 
 /// The cause of an h2 call the upstream refused unprocessed and that may not be sent
@@ -93,7 +93,7 @@ pub struct Tried<T> {
     pub answer: Option<T>,
     /// The verdict the breaker, the metrics and the span heard: the status, or why not.
     pub verdict: Result<StatusCode, Failure>,
-    /// The call went past the guards (the breaker, limits and budget let it through).
+    /// The call went past the guards (the breaker, limits and buffer capacity let it through).
     pub sent: bool,
     pub elapsed: Duration,
 }
@@ -172,7 +172,7 @@ impl Upstream {
         } else {
             None
         };
-        let guards = if mode == Mode::Buffered && !self.budget.has_room() {
+        let guards = if mode == Mode::Buffered && !self.buffers.has_room() {
             Err(Failure::BufferFull)
         } else {
             match shared {
@@ -309,7 +309,7 @@ pub(super) async fn read_limited(
     headers: &http::HeaderMap,
     mut body: Incoming,
     limit: u64,
-    budget: &Arc<Budget>,
+    buffers: &Arc<Buffers>,
     share: Option<&Arc<Share>>,
 ) -> Result<(Bytes, Charge), Failure> {
     const TOO_LARGE: Failure = Failure::BadResponse("the body is larger than max_response_body");
@@ -320,7 +320,7 @@ pub(super) async fn read_limited(
     if declared.is_some_and(|len| len > limit) {
         return Err(TOO_LARGE);
     }
-    let charge = budget.start(share);
+    let charge = buffers.start(share);
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {

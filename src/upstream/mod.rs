@@ -35,9 +35,9 @@ use crate::base::cache_control::Hints;
 use crate::base::error::Failure;
 use crate::config::{Protocol, UpstreamSettings};
 use crate::state::bucket::Bucket;
-use crate::state::buffers::{Budget, Charge, Share};
+use crate::state::buffers::{Buffers, Charge, Share};
 use crate::state::cache::Coalescer;
-use crate::state::redis::Shared;
+use crate::state::redis::Redis;
 use crate::telemetry::metrics::labels::Hedge;
 use crate::telemetry::metrics::{METRICS, UpstreamMetrics};
 use crate::telemetry::trace::Span;
@@ -71,7 +71,7 @@ pub struct Upstream {
     /// its settings, so answers of an upstream that was repointed are not served.
     pub cache_prefix: String,
     /// `buffer_capacity`, which every buffered answer is read against.
-    budget: Arc<Budget>,
+    buffers: Arc<Buffers>,
     /// `retry.budget`: retries and hedges as a share of first attempts.
     retry_budget: Option<RetryBudget>,
 }
@@ -96,7 +96,7 @@ const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An upstream limit decided in Redis: where, and its GCRA parameters.
 struct SharedRate {
-    shared: Arc<Shared>,
+    redis: Arc<Redis>,
     key: String,
     interval: Duration,
     tolerance: Duration,
@@ -107,9 +107,9 @@ impl Upstream {
         name: &str,
         settings: &UpstreamSettings,
         workers: usize,
-        budget: &Arc<Budget>,
+        buffers: &Arc<Buffers>,
         descriptors: &Arc<crate::state::descriptors::Descriptors>,
-        shared: Option<&Arc<Shared>>,
+        redis: Option<&Arc<Redis>>,
     ) -> Result<Self, String> {
         let tls = crate::base::tls::client_config(settings.ca_file.as_deref())
             .map_err(|e| format!("upstream {name}: {e}"))?;
@@ -167,12 +167,12 @@ impl Upstream {
                 .map(|c| Breaker::new(Arc::from(name), c)),
             inflight: Some(InFlight::new(settings.max_concurrency)),
             rate: settings.rate_limit.as_ref().map(Bucket::new),
-            shared_rate: match (shared, &settings.rate_limit) {
-                (Some(shared), Some(rate)) => {
+            shared_rate: match (redis, &settings.rate_limit) {
+                (Some(redis), Some(rate)) => {
                     let (interval, tolerance) = crate::state::bucket::gcra_params(rate);
                     let fp = crate::config::fingerprint(&format!("{rate:?}"));
                     Some(SharedRate {
-                        shared: shared.clone(),
+                        redis: redis.clone(),
                         key: format!("url:{name}:{fp:016x}"),
                         interval,
                         tolerance,
@@ -186,7 +186,7 @@ impl Upstream {
                 "b|{name}|{:016x}|",
                 crate::config::fingerprint(&format!("{settings:?}"))
             ),
-            budget: budget.clone(),
+            buffers: buffers.clone(),
             retry_budget: settings
                 .retry
                 .as_ref()
@@ -249,7 +249,7 @@ impl Upstream {
     /// local bucket will).
     async fn shared_rate(&self) -> Option<Result<(), Failure>> {
         let r = self.shared_rate.as_ref()?;
-        let decided = r.shared.rate_limit(&r.key, r.interval, r.tolerance).await?;
+        let decided = r.redis.rate_limit(&r.key, r.interval, r.tolerance).await?;
         Some(decided.map_err(|_| Failure::Overloaded))
     }
 
@@ -351,7 +351,7 @@ impl Upstream {
     }
 
     /// Whether a failed attempt `n` of `attempts` goes again: a failure worth it, time
-    /// left, and room in the budget (spent here).
+    /// left, and room in the retry budget (spent here).
     fn may_retry(
         &self,
         f: &Failure,
@@ -525,7 +525,7 @@ impl Upstream {
             let (head, incoming) = resp.into_parts();
             let hints = Hints::from_headers(&head.headers);
             let (body, charge) =
-                read_limited(&head.headers, incoming, limit, &self.budget, spec.share).await?;
+                read_limited(&head.headers, incoming, limit, &self.buffers, spec.share).await?;
             drop(held);
             let json = spec.codec.read(&head.headers, body)?;
             Ok((head.status, json, hints, charge))

@@ -555,14 +555,14 @@ impl ConnectionMetrics {
 
 /// `[shared]`: whether Redis is usable now, its operations, the entries not used.
 #[derive(Clone)]
-pub struct SharedMetrics {
+pub struct RedisMetrics {
     pub up: Gauge,
     /// By [`RedisOp`], then [`RedisResult`].
     ops: Arc<Vec<Vec<Counter>>>,
     dropped: Arc<Vec<Counter>>,
 }
 
-impl SharedMetrics {
+impl RedisMetrics {
     pub fn count(&self, op: RedisOp, result: RedisResult) {
         self.ops[op as usize][result as usize].inc();
     }
@@ -613,7 +613,7 @@ impl Metrics {
     }
 
     /// The descriptor budget's series, one per holder (named by `holders`, in the
-    /// order the budget indexes them).
+    /// order the shares index them).
     pub fn descriptors(&self, holders: [&'static str; 3]) -> DescriptorMetrics {
         let label = |holder: &'static str| HolderLabel { holder };
         DescriptorMetrics {
@@ -624,7 +624,7 @@ impl Metrics {
     }
 
     /// Made when `[shared]` starts (its series show from then on).
-    pub fn shared(&self) -> SharedMetrics {
+    pub fn redis(&self) -> RedisMetrics {
         let ops = RedisOp::ALL
             .iter()
             .map(|op| {
@@ -649,7 +649,7 @@ impl Metrics {
                     .clone()
             })
             .collect();
-        SharedMetrics {
+        RedisMetrics {
             up: self.shared_up.clone(),
             ops: Arc::new(ops),
             dropped: Arc::new(dropped),

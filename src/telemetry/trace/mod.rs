@@ -3,7 +3,7 @@
 //!
 //! Spans are recorded by a small recorder of our own rather than the OpenTelemetry
 //! SDK: measured on the fan-out benchmark, the SDK's span objects, per-span channel
-//! and exporter cost 40 % of the gateway's requests/s at ratio 1.0, against a budget
+//! and exporter cost 40 % of the gateway's requests/s at ratio 1.0, against a target
 //! of 15 %. Here a span writes its OTLP protobuf as it goes: attributes are encoded
 //! when set, and the finished span is appended to its trace's buffer, so nothing is
 //! kept as objects, copied, or freed on another thread. When the server span ends,
