@@ -24,8 +24,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use crate::base::error::AuthFailure;
+use crate::base::error::{AuthFailure, GatewayError};
 use crate::config::auth::{Jwk as Key, JwtConfig, KeySource, parse_jwks as parse_keys};
+use crate::telemetry::metrics::labels::AuthResult;
 use crate::telemetry::metrics::{JwksMetrics, METRICS};
 
 // === keys ===
@@ -498,6 +499,83 @@ pub struct Auth {
 pub type Claims = Option<Arc<Map<String, Value>>>;
 
 impl Auth {
+    /// The route's token check within `by` (a key fetch it waits for is bounded by it
+    /// too), counted; the result is for the access line. One token or none: with two
+    /// `authorization` headers the first would be verified and both forwarded, so an
+    /// upstream could act on the unverified one (docs/configuration.md#choices-the-contract-leaves-open).
+    pub async fn authorize(
+        &self,
+        headers: &HeaderMap,
+        by: Instant,
+    ) -> (Result<Claims, GatewayError>, AuthResult) {
+        if headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            self.metrics.count(AuthResult::Invalid);
+            let refused = GatewayError::BadRequest {
+                reason: "a request may carry one authorization header",
+            };
+            return (Err(refused), AuthResult::Invalid);
+        }
+        // Out of time means waiting for a key fetch: with keys held, the token named an
+        // unknown one (401); with none, there is nothing to check with (503).
+        let checked = tokio::time::timeout_at(by, self.check(headers))
+            .await
+            .unwrap_or_else(|_| {
+                Err(if self.validator.keys_held() > 0 {
+                    AuthFailure::Invalid("the token's key (kid) is unknown")
+                } else {
+                    AuthFailure::Unavailable
+                })
+            });
+        let result = match &checked {
+            Ok(Some(_)) => AuthResult::Ok,
+            Ok(None) => AuthResult::Missing,
+            Err(e) => AuthResult::from(e),
+        };
+        self.metrics.count(result);
+        (checked.map_err(GatewayError::Auth), result)
+    }
+
+    /// What of the token reaches upstreams: the claims the backends' paths read,
+    /// appended to `params` after the route's own, and `claims_to_headers` (only the
+    /// token's word: a client's own header of that name never passes).
+    /// [`Auth::check`] made sure each is sendable. Returns those claims as a cache-key
+    /// part, like forwarded headers; each value length-prefixed, so no two claim sets
+    /// read alike.
+    pub fn apply(
+        &self,
+        claims: Option<&Map<String, Value>>,
+        params: &mut Vec<String>,
+        headers: &mut HeaderMap,
+    ) -> String {
+        use std::fmt::Write;
+        for (_, name) in &self.claims_to_headers {
+            headers.remove(name);
+        }
+        let mut identity = String::new();
+        let Some(claims) = claims else {
+            return identity;
+        };
+        for claim in &self.path_claims {
+            let value = claim_text(claims, claim).unwrap_or_default();
+            let _ = write!(identity, "\njwt.{claim}:{}:{value}", value.len());
+            params.push(value.into_owned());
+        }
+        for (claim, name) in &self.claims_to_headers {
+            let value = claim_text(claims, claim);
+            let v = value.as_deref().unwrap_or("");
+            let _ = write!(identity, "\njwt.{claim}:{}:{v}", v.len());
+            if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                headers.insert(name.clone(), v);
+            }
+        }
+        identity
+    }
+
     /// Checks the request's `authorization` header.
     pub async fn check(&self, headers: &HeaderMap) -> Result<Claims, AuthFailure> {
         let Some(token) = bearer(headers) else {

@@ -179,6 +179,23 @@ impl RouteLimiter {
         self.check_hash(self.hasher.hash_one(value.unwrap_or("").as_bytes()))
     }
 
+    /// A limit keyed on a claim (`claim:NAME`), checked once the token gave `claims`
+    /// (decided in Redis when it answers); any other limit was checked before.
+    pub async fn check_claims(
+        &self,
+        claims: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<(), Duration> {
+        let Some(claim) = self.claim() else {
+            return Ok(());
+        };
+        let value = claims.and_then(|c| crate::edge::auth::claim_text(c, claim));
+        if self.is_shared() {
+            self.check_claim_shared(value.as_deref()).await
+        } else {
+            self.check_claim(value.as_deref())
+        }
+    }
+
     /// The claim this limit is keyed on, if it is.
     pub fn claim(&self) -> Option<&str> {
         match &self.key {

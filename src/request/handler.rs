@@ -5,26 +5,25 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::base::body::Body;
-use crate::base::body::ClientFault;
 use crate::base::cache_control::Hints;
 use crate::base::error::{BackendError, CLIENT_CLOSED_REQUEST, Failure, GatewayError};
 use crate::base::forward::{self, Peer, X_MANIFOLD_CACHE, X_MANIFOLD_COMPLETED, X_REQUEST_ID};
 use crate::request::fanout::{self, Call};
 use crate::request::gateway::{Gateway, Live, Route};
-use crate::request::router::Match;
+use crate::request::outbound::{Outbound, decode_params, read_body};
+use crate::request::router::{Match, Params};
+use crate::request::{merge, passthrough, websocket};
 use crate::state::buffers::{Charge, Share};
-use crate::state::cache::{self, Lookup};
+use crate::state::cache::{self, Through};
 use crate::telemetry::access_log::{self, AccessRecord, Report};
 use crate::telemetry::metrics::METRICS;
-use crate::telemetry::metrics::labels::{AuthResult, CacheKind, CacheResult};
+use crate::telemetry::metrics::labels::{CacheKind, CacheResult};
 use crate::telemetry::trace::{self, Span};
 use crate::upstream::Streamed;
-use crate::{request::merge, request::passthrough};
 
 /// A marker in the request's extensions: its connection holds more than its share of
 /// `buffer_capacity`, so the request is refused (503) before it costs more.
@@ -117,12 +116,11 @@ pub async fn handle(
             req,
             peer,
             share.as_ref(),
-            &request_id,
             &mut done,
         ))
         .await
     } else {
-        serve(&gateway, req, peer, share.as_ref(), &request_id, &mut done).await
+        serve(&gateway, req, peer, share.as_ref(), &mut done).await
     };
     let mut response = match served {
         // An h2 connection whose client leaves its answers unread gets no more than its
@@ -164,48 +162,12 @@ pub async fn handle(
     response
 }
 
-/// Whether a page of `origin` may open a tunnel on `route`: the origins of its
-/// `websocket.allow_origins`, else of its CORS; without either, only its own origin,
-/// told by the `host` the request was sent to (or, from a trusted proxy, the
-/// `x-forwarded-host` it names), as most WebSocket servers check it. A proxy that
-/// terminates TLS changes the scheme, not the host, so the scheme is not compared.
-fn tunnel_origin_allowed(
-    route: &Route,
-    origin: &HeaderValue,
-    headers: &HeaderMap,
-    via_proxy: bool,
-) -> bool {
-    if let Some(listed) = route.tunnel_origins.as_ref().or(route.cors.as_deref()) {
-        return listed.allows(origin);
-    }
-    let Some(authority) = origin
-        .to_str()
-        .ok()
-        .and_then(|o| o.split_once("://"))
-        .map(|(_, rest)| rest.trim_end_matches('/'))
-    else {
-        return false;
-    };
-    let same = |host: &[u8]| authority.as_bytes().eq_ignore_ascii_case(host);
-    let forwarded = via_proxy
-        .then(|| headers.get(forward::X_FORWARDED_HOST))
-        .flatten()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(str::trim);
-    headers
-        .get(header::HOST)
-        .is_some_and(|h| same(h.as_bytes()))
-        || forwarded.is_some_and(|h| same(h.as_bytes()))
-}
-
 /// A CORS preflight (docs/configuration.md#cors), answered here: it reaches no upstream, needs no
 /// token and is not rate limited. `None` when the request is not one, or the route it
 /// asks about has no CORS (then the OPTIONS request is routed like any other).
 fn preflight(
     gateway: &Gateway,
     parts: &http::request::Parts,
-    request_id: &HeaderValue,
     record: &mut AccessRecord,
 ) -> Result<Option<Response<Body<Streamed>>>, GatewayError> {
     let h = &parts.headers;
@@ -237,7 +199,8 @@ fn preflight(
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     cors.preflight(origin, &methods, resp.headers_mut());
-    resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+    resp.headers_mut()
+        .insert(X_REQUEST_ID, record.request_id.clone());
     Ok(Some(resp))
 }
 
@@ -349,32 +312,112 @@ impl Drop for Finish {
     }
 }
 
+/// The steps of one request, in the order it meets them; each may end it with an
+/// answer or an error.
 async fn serve(
     gateway: &Gateway,
     req: Request<Incoming>,
     peer: Peer,
     share: Option<&Arc<Share>>,
-    request_id: &HeaderValue,
     done: &mut Finish,
 ) -> Result<Response<Body<Streamed>>, GatewayError> {
-    let Finish {
-        record,
-        span,
-        started,
-        ..
-    } = done;
     let (mut parts, body) = req.into_parts();
+    // 1. The head: well-formed, within bounds, its connection not over its share.
     check_head(&parts, gateway.config.server.max_header_size)?;
     if parts.extensions.get::<Crowded>().is_some() {
         return Err(GatewayError::Crowded);
     }
+    // 2. A CORS preflight, answered here.
     if gateway.any_cors
         && parts.method == Method::OPTIONS
-        && let Some(answer) = preflight(gateway, &parts, request_id, record)?
+        && let Some(answer) = preflight(gateway, &parts, &mut done.record)?
     {
         return Ok(answer);
     }
-    let (route, raw_params) = match gateway.router.find(&parts.method, parts.uri.path()) {
+    // 3. The route.
+    let (route, raw_params) = find_route(gateway, &parts, done)?;
+    // 4. An upgrade only where the route tunnels.
+    let upgrade = websocket::wants_upgrade(route, &parts)?;
+    // 5. The rate limit; with `[shared]`, the route's cache entry is read in its
+    //    round trip.
+    let prefetched = rate_limit(gateway, route, &parts, &peer).await?;
+    // 6. The token, after the rate limit (a flood of bad tokens is limited) and
+    //    before the cache (a cached answer never reaches a client whose token
+    //    failed); then a limit keyed on its claims. Boxed: a key fetch may be
+    //    awaited in there, and a route without auth must not carry (and copy) that
+    //    future's room.
+    let claims = match &route.auth {
+        None => None,
+        Some(auth) => Box::pin(authorize(route, auth, &parts.headers, done)).await?,
+    };
+    // 7. What goes upstream.
+    let mut params = decode_params(raw_params.iter())?;
+    let upgrading = upgrade.then(|| websocket::take_upgrade(&mut parts));
+    if forward::content_length(&parts.headers).is_some_and(|n| n > route.max_request_body) {
+        return Err(GatewayError::PayloadTooLarge {
+            limit: route.max_request_body,
+        });
+    }
+    let mut headers = forward::upstream_headers(
+        &parts.headers,
+        &route.forward_headers,
+        &done.record.request_id,
+        &peer,
+    );
+    let identity = match &route.auth {
+        None => String::new(),
+        Some(auth) => auth.apply(claims.as_deref(), &mut params, &mut headers),
+    };
+    drop(claims);
+    let out = Outbound {
+        route,
+        parts: &parts,
+        headers,
+        query: forward::forwarded_query(parts.uri.query(), &route.forward_query),
+        params,
+        identity,
+        deadline: done.started + route.deadline,
+        share,
+        record: &mut done.record,
+        span: &mut done.span,
+    };
+    // 8. Sent as the route's kind says: a tunnel, one streamed call, or a fan-out.
+    if let Some(upgrading) = upgrading {
+        if let Some(origin) = parts.headers.get(header::ORIGIN) {
+            let peer_ip = peer.addr.ip().to_canonical();
+            let via_proxy = gateway
+                .config
+                .server
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains(&peer_ip));
+            if !websocket::origin_allowed(route, origin, &parts.headers, via_proxy) {
+                return Err(GatewayError::CorsRejected);
+            }
+        }
+        return Box::pin(websocket::tunnel(out, upgrading)).await;
+    }
+    // Each kind's future is boxed: they are kilobytes (the pool checkout, the attempt,
+    // the merge), and inline they would make the request's own future that large,
+    // which hyper copies whole when it boxes it, and every level above copies again.
+    // One allocation is cheaper: boxing the pass-through call took a pass-through
+    // request from 66,350 to 55,899 instructions (benches/callgrind.sh), most of the
+    // difference memcpy.
+    if route.passthrough {
+        return Box::pin(passthrough::forward(out, body)).await;
+    }
+    Box::pin(aggregate(gateway, out, body, prefetched)).await
+}
+
+/// The route the request's method and path name, noted for its access line, span
+/// and metrics; 404 or 405 when there is none.
+fn find_route<'g, 'p>(
+    gateway: &'g Gateway,
+    parts: &'p http::request::Parts,
+    done: &mut Finish,
+) -> Result<(&'g Route, Params<'g, 'p>), GatewayError> {
+    let record = &mut done.record;
+    let (route, params) = match gateway.router.find(&parts.method, parts.uri.path()) {
         Match::Found { route, params } => {
             record.route_index = Some(route);
             (&gateway.routes[route], params)
@@ -387,155 +430,103 @@ async fn serve(
         }
     };
     record.route = Some(route.name.clone());
-    span.rename(&route.span_name);
-    span.record(|a| a.str("http.route", &route.template));
-    // Only HTTP/1.1 requests with an `upgrade` header carry the mark looked at here.
-    let upgrade = crate::request::websocket::is_upgrade(&parts);
-    if upgrade && route.websocket.is_none() {
-        return Err(GatewayError::BadRequest {
-            reason: "this route does not accept WebSocket upgrades",
-        });
-    }
-    // With `[shared]`, a limited route's cache entry is read in the limit's round
-    // trip (when its key is known now: no token's claims in it).
-    let mut prefetched = None;
-    if let Some(limiter) = &route.limiter {
-        let trusted = &gateway.config.server.trusted_proxies;
-        let decided = if limiter.is_shared() {
-            let cache_key = (route.cache.is_some()
-                && route.auth.is_none()
-                && !route.passthrough
-                && parts.method == Method::GET
-                && gateway.cache.shared_up())
-            .then(|| {
-                let query = forward::forwarded_query(parts.uri.query(), &route.forward_query);
-                let vary = cache::vary(&parts.headers, &route.forward_headers);
-                route_cache_key(route, parts.uri.path(), query.as_deref(), &vary)
-            });
-            // Boxed: only routes whose limit lives in Redis carry that future.
-            let (decided, entry) = Box::pin(limiter.check_shared(
-                &parts.headers,
-                peer.addr.ip(),
-                trusted,
-                cache_key.as_deref(),
-            ))
-            .await;
-            prefetched = entry;
-            decided
-        } else {
-            limiter.check(&parts.headers, peer.addr.ip(), trusted)
-        };
-        decided.map_err(|retry_after| {
-            route.metrics.rate_limited();
-            GatewayError::RateLimited { retry_after }
-        })?;
-    }
-    // The token, after the rate limit (a flood of bad tokens is limited) and before
-    // the cache (a cached answer never reaches a client whose token failed). Boxed:
-    // a key fetch may be awaited in there, and a route without auth must not carry
-    // (and copy) that future's room.
-    let claims = match &route.auth {
-        None => None,
-        Some(auth) => {
-            let by = *started + route.deadline;
-            Box::pin(authorize(route, auth, &parts.headers, by, record)).await?
-        }
-    };
-    let mut params = decode_params(raw_params.iter())?;
-    let declared = forward::content_length(&parts.headers);
-    if declared.is_some_and(|n| n > route.max_request_body) {
-        return Err(GatewayError::PayloadTooLarge {
-            limit: route.max_request_body,
-        });
-    }
-    let mut headers =
-        forward::upstream_headers(&parts.headers, &route.forward_headers, request_id, &peer);
-    let identity = match &route.auth {
-        None => String::new(),
-        Some(auth) => apply_claims(auth, claims.as_deref(), &mut params, &mut headers),
-    };
-    drop(claims);
-    let query = forward::forwarded_query(parts.uri.query(), &route.forward_query);
-    let deadline = *started + route.deadline;
-
-    if upgrade {
-        // A browser applies no CORS to WebSockets and sends its cookies with any page's
-        // upgrade: the route says which origins may open one (cross-site WebSocket
-        // hijacking otherwise).
-        if let Some(origin) = parts.headers.get(header::ORIGIN) {
-            let peer_ip = peer.addr.ip().to_canonical();
-            let via_proxy = gateway
-                .config
-                .server
-                .trusted_proxies
-                .iter()
-                .any(|net| net.contains(&peer_ip));
-            if !tunnel_origin_allowed(route, origin, &parts.headers, via_proxy) {
-                return Err(GatewayError::CorsRejected);
-            }
-        }
-        let query = query.map(|q| q.into_owned());
-        return Box::pin(crate::request::websocket::tunnel(
-            route,
-            &mut parts,
-            headers,
-            query.as_deref(),
-            &params,
-            deadline,
-            record,
-            span,
-        ))
-        .await;
-    }
-    if route.passthrough {
-        return passthrough::forward(
-            route,
-            &parts,
-            body,
-            headers,
-            query.as_deref(),
-            &params,
-            deadline,
-            record,
-            span,
-        )
-        .await;
-    }
-    // Boxed: this future is kilobytes, and without the box every level above it (and
-    // so every pass-through request, which never gets here) would carry and copy it.
-    Box::pin(aggregate(
-        gateway,
-        route,
-        &parts,
-        body,
-        headers,
-        query,
-        (params, identity, prefetched),
-        deadline,
-        request_id,
-        record,
-        span,
-        share,
-    ))
-    .await
+    done.span.rename(&route.span_name);
+    done.span.record(|a| a.str("http.route", &route.template));
+    Ok((route, params))
 }
 
-/// A fan-out route: reads the client's body, fans out, merges, through the route cache.
-#[allow(clippy::too_many_arguments)]
-async fn aggregate(
+/// The route's rate limit (429 past it). With `[shared]`, a limited route's cache
+/// entry is read in the limit's round trip when its key is known now (no token's
+/// claims in it): handed back for the route cache.
+async fn rate_limit(
     gateway: &Gateway,
     route: &Route,
     parts: &http::request::Parts,
+    peer: &Peer,
+) -> Result<Option<Option<Vec<u8>>>, GatewayError> {
+    let Some(limiter) = &route.limiter else {
+        return Ok(None);
+    };
+    let trusted = &gateway.config.server.trusted_proxies;
+    let mut prefetched = None;
+    let decided = if limiter.is_shared() {
+        let cache_key = (route.cache.is_some()
+            && route.auth.is_none()
+            && !route.passthrough
+            && parts.method == Method::GET
+            && gateway.cache.shared_up())
+        .then(|| {
+            let query = forward::forwarded_query(parts.uri.query(), &route.forward_query);
+            let vary = cache::vary(&parts.headers, &route.forward_headers);
+            cache::route_key(
+                &route.cache_prefix,
+                parts.uri.path(),
+                query.as_deref(),
+                &vary,
+            )
+        });
+        // Boxed: only routes whose limit lives in Redis carry that future.
+        let (decided, entry) = Box::pin(limiter.check_shared(
+            &parts.headers,
+            peer.addr.ip(),
+            trusted,
+            cache_key.as_deref(),
+        ))
+        .await;
+        prefetched = entry;
+        decided
+    } else {
+        limiter.check(&parts.headers, peer.addr.ip(), trusted)
+    };
+    decided.map_err(|retry_after| {
+        route.metrics.rate_limited();
+        GatewayError::RateLimited { retry_after }
+    })?;
+    Ok(prefetched)
+}
+
+/// The route's token check within its deadline (docs/configuration.md#authjwtname), noted
+/// for the access line; then a rate limit keyed on a claim, which needs the token.
+async fn authorize(
+    route: &Route,
+    auth: &crate::edge::auth::Auth,
+    headers: &HeaderMap,
+    done: &mut Finish,
+) -> Result<crate::edge::auth::Claims, GatewayError> {
+    let (checked, result) = auth.authorize(headers, done.started + route.deadline).await;
+    done.record.auth = Some(result);
+    let claims = checked?;
+    if let Some(limiter) = &route.limiter {
+        limiter
+            .check_claims(claims.as_deref())
+            .await
+            .map_err(|retry_after| {
+                route.metrics.rate_limited();
+                GatewayError::RateLimited { retry_after }
+            })?;
+    }
+    Ok(claims)
+}
+
+/// A fan-out route: reads the client's body, fans out, merges, through the route cache.
+async fn aggregate(
+    gateway: &Gateway,
+    out: Outbound<'_>,
     body: Incoming,
-    headers: HeaderMap,
-    query: Option<std::borrow::Cow<'_, str>>,
-    (params, identity, prefetched): (Vec<String>, String, Option<Option<Vec<u8>>>),
-    deadline: Instant,
-    request_id: &HeaderValue,
-    record: &mut AccessRecord,
-    span: &mut Span,
-    share: Option<&Arc<Share>>,
+    prefetched: Option<Option<Vec<u8>>>,
 ) -> Result<Response<Body<Streamed>>, GatewayError> {
+    let Outbound {
+        route,
+        parts,
+        headers,
+        query,
+        params,
+        identity,
+        deadline,
+        share,
+        record,
+        span,
+    } = out;
     // A client trickling its body must not hold the answer past the deadline either.
     // (Made inside the call that awaits it: bound to a local first, it would be
     // stored twice in this future.)
@@ -556,6 +547,7 @@ async fn aggregate(
     let mut vary = cache::vary(&parts.headers, &route.forward_headers);
     // Claims that reach upstreams are part of every cache key, like forwarded headers.
     vary.push_str(&identity);
+    let request_id = record.request_id.clone();
     let call = Call {
         headers: &headers,
         query: query.as_deref(),
@@ -568,58 +560,41 @@ async fn aggregate(
         span,
         buffers: &gateway.buffers,
         share,
-        request_id,
+        request_id: &request_id,
     };
     let Some(cache_config) = &route.cache else {
         let (bytes, completed, _) = merged(route, &call, record).await?;
-        return Ok(json_response(bytes, completed, request_id, None));
+        return Ok(json_response(bytes, completed, &request_id, None));
     };
-
-    // The route cache: complete answers only; a stale one stands in when a fresh
-    // attempt fails, within `stale_if_error`.
-    let key = route_cache_key(route, parts.uri.path(), query.as_deref(), &vary);
-    let longest = cache::Longest {
-        fresh: cache_config.ttl,
-        stale: cache_config.stale_if_error.unwrap_or_default(),
-    };
-    let stale = match gateway.cache.lookup_with(&key, prefetched, longest).await {
-        Lookup::Fresh(entry) => {
-            let hit = counted(record, CacheResult::Hit);
-            return Ok(json_response(entry.body, true, request_id, hit));
+    let key = cache::route_key(
+        &route.cache_prefix,
+        parts.uri.path(),
+        query.as_deref(),
+        &vary,
+    );
+    let through = gateway
+        .cache
+        .through(key, prefetched, cache_config, merged(route, &call, record))
+        .await;
+    let verdict = through.result();
+    record.cache = Some(verdict);
+    METRICS.cache_result(CacheKind::Route, verdict);
+    match through {
+        Through::Hit(body) => Ok(json_response(body, true, &request_id, Some(verdict))),
+        Through::Miss(body, completed) => {
+            Ok(json_response(body, completed, &request_id, Some(verdict)))
         }
-        Lookup::Stale(entry) => Some(entry),
-        Lookup::Miss => None,
-    };
-    match merged(route, &call, record).await {
-        Ok((bytes, completed, hints)) => {
-            if completed {
-                let ttl = hints.ttl(cache_config.ttl);
-                let stale_for = cache_config.stale_if_error.unwrap_or_default();
-                gateway
-                    .cache
-                    .store(key, bytes.clone(), ttl, stale_for)
-                    .await;
-            }
-            let miss = counted(record, CacheResult::Miss);
-            Ok(json_response(bytes, completed, request_id, miss))
+        Through::Stale(body, e) => {
+            tracing::warn!(route = %route.name, error = e.code(), "serving a stale answer");
+            Ok(json_response(body, true, &request_id, Some(verdict)))
         }
-        Err(e) => match stale {
-            Some(entry) => {
-                tracing::warn!(route = %route.name, error = e.code(), "serving a stale answer");
-                let stale = counted(record, CacheResult::Stale);
-                Ok(json_response(entry.body, true, request_id, stale))
-            }
-            None => {
-                counted(record, CacheResult::Miss);
-                record.error = Some(e.code());
-                let mut resp = e.into_response(request_id);
-                resp.headers_mut().insert(
-                    X_MANIFOLD_CACHE,
-                    HeaderValue::from_static(CacheResult::Miss.as_str()),
-                );
-                Ok(resp)
-            }
-        },
+        Through::Failed(e) => {
+            record.error = Some(e.code());
+            let mut resp = e.into_response(&request_id);
+            resp.headers_mut()
+                .insert(X_MANIFOLD_CACHE, HeaderValue::from_static(verdict.as_str()));
+            Ok(resp)
+        }
     }
 }
 
@@ -629,7 +604,7 @@ async fn merged(
     route: &Route,
     call: &Call<'_>,
     record: &mut AccessRecord,
-) -> Result<(Bytes, bool, Hints), GatewayError> {
+) -> Result<cache::Fetched, GatewayError> {
     let fan = fanout::run(route, call).await;
     let hints = fan
         .reports
@@ -687,13 +662,6 @@ fn json_response(
     resp
 }
 
-/// Notes the route cache's verdict for the access line and the metrics.
-fn counted(record: &mut AccessRecord, result: CacheResult) -> Option<CacheResult> {
-    record.cache = Some(result);
-    METRICS.cache_result(CacheKind::Route, result);
-    Some(result)
-}
-
 fn reports(route: &Route, reports: Vec<Option<Report>>) -> Vec<(Arc<str>, Report)> {
     route
         .backends
@@ -701,111 +669,6 @@ fn reports(route: &Route, reports: Vec<Option<Report>>) -> Vec<(Arc<str>, Report
         .zip(reports)
         .filter_map(|(b, r)| r.map(|r| (b.plan.name.clone(), r)))
         .collect()
-}
-
-/// The route's token check within its deadline (a JWKS fetch it waits for is bounded
-/// by it too: no key in time is `AUTH_UNAVAILABLE`), counted and noted for the access
-/// line; then a rate limit keyed on a claim, which needs the token.
-async fn authorize(
-    route: &Route,
-    auth: &crate::edge::auth::Auth,
-    headers: &http::HeaderMap,
-    by: Instant,
-    record: &mut AccessRecord,
-) -> Result<crate::edge::auth::Claims, GatewayError> {
-    // One token, or none: with two `authorization` headers the first would be verified
-    // and both forwarded, so an upstream could act on the unverified one (see
-    // docs/configuration.md, "auth").
-    if headers
-        .get_all(header::AUTHORIZATION)
-        .iter()
-        .nth(1)
-        .is_some()
-    {
-        auth.metrics.count(AuthResult::Invalid);
-        record.auth = Some(AuthResult::Invalid);
-        return Err(GatewayError::BadRequest {
-            reason: "a request may carry one authorization header",
-        });
-    }
-    // Out of time means waiting for a key fetch: with keys held, the token named an
-    // unknown one (401); with none, there is nothing to check with (503).
-    let checked = tokio::time::timeout_at(by, auth.check(headers))
-        .await
-        .unwrap_or_else(|_| {
-            Err(if auth.validator.keys_held() > 0 {
-                crate::base::error::AuthFailure::Invalid("the token's key (kid) is unknown")
-            } else {
-                crate::base::error::AuthFailure::Unavailable
-            })
-        });
-    let result = match &checked {
-        Ok(Some(_)) => AuthResult::Ok,
-        Ok(None) => AuthResult::Missing,
-        Err(e) => AuthResult::from(e),
-    };
-    auth.metrics.count(result);
-    record.auth = Some(result);
-    let claims = checked.map_err(GatewayError::Auth)?;
-    if let Some(limiter) = &route.limiter
-        && let Some(claim) = limiter.claim()
-    {
-        let value = claims
-            .as_deref()
-            .and_then(|c| crate::edge::auth::claim_text(c, claim));
-        let decided = if limiter.is_shared() {
-            limiter.check_claim_shared(value.as_deref()).await
-        } else {
-            limiter.check_claim(value.as_deref())
-        };
-        decided.map_err(|retry_after| {
-            route.metrics.rate_limited();
-            GatewayError::RateLimited { retry_after }
-        })?;
-    }
-    Ok(claims)
-}
-
-/// What of the token reaches upstreams: the claims the backends' paths read, appended
-/// to `params` after the route's own, and `claims_to_headers` (only the token's word:
-/// a client's own header of that name never passes). [`crate::edge::auth::Auth::check`]
-/// made sure each is sendable. Returns those claims as a cache-key part, like
-/// forwarded headers; each value length-prefixed, so no two claim sets read alike.
-fn apply_claims(
-    auth: &crate::edge::auth::Auth,
-    claims: Option<&serde_json::Map<String, serde_json::Value>>,
-    params: &mut Vec<String>,
-    headers: &mut http::HeaderMap,
-) -> String {
-    use std::fmt::Write;
-    for (_, name) in &auth.claims_to_headers {
-        headers.remove(name);
-    }
-    let mut identity = String::new();
-    let Some(claims) = claims else {
-        return identity;
-    };
-    for claim in &auth.path_claims {
-        let value = crate::edge::auth::claim_text(claims, claim).unwrap_or_default();
-        let _ = write!(identity, "\njwt.{claim}:{}:{value}", value.len());
-        params.push(value.into_owned());
-    }
-    for (claim, name) in &auth.claims_to_headers {
-        let value = crate::edge::auth::claim_text(claims, claim);
-        let v = value.as_deref().unwrap_or("");
-        let _ = write!(identity, "\njwt.{claim}:{}:{v}", v.len());
-        if let Some(v) = value.and_then(|v| http::HeaderValue::from_str(&v).ok()) {
-            headers.insert(name.clone(), v);
-        }
-    }
-    identity
-}
-
-/// A route cache entry's key: the route (name and definition's fingerprint), the path,
-/// the forwarded query, and `vary`: the values that reach upstreams (forwarded headers,
-/// then the token's claims).
-fn route_cache_key(route: &Route, path: &str, query: Option<&str>, vary: &str) -> String {
-    format!("{}{path}?{}{vary}", route.cache_prefix, query.unwrap_or(""))
 }
 
 /// What every request head must be before it is routed: one `host` for HTTP/1.1
@@ -833,60 +696,4 @@ fn check_head(parts: &http::request::Parts, limit: u64) -> Result<(), GatewayErr
         return Err(GatewayError::HeadersTooLarge { limit });
     }
     Ok(())
-}
-
-/// Percent-decodes path parameters and refuses `.`, `..`, control characters and bad UTF-8.
-pub fn decode_params<'a>(
-    raw: impl Iterator<Item = (&'a str, &'a str)>,
-) -> Result<Vec<String>, GatewayError> {
-    let mut out = Vec::new();
-    for (name, value) in raw {
-        let bad = |reason| GatewayError::BadParameter {
-            name: name.to_string(),
-            reason,
-        };
-        let decoded = percent_encoding::percent_decode_str(value)
-            .decode_utf8()
-            .map_err(|_| bad("is not valid UTF-8"))?;
-        if decoded == "." || decoded == ".." {
-            return Err(bad("may not be `.` or `..`"));
-        }
-        if decoded.chars().any(char::is_control) {
-            return Err(bad("holds a control character"));
-        }
-        out.push(decoded.into_owned());
-    }
-    Ok(out)
-}
-
-/// The client's body, with its content-type, for backends that carry it; 413 past the limit.
-async fn read_body(
-    h: &HeaderMap,
-    body: Incoming,
-    limit: u64,
-) -> Result<Option<(Bytes, HeaderValue)>, GatewayError> {
-    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    let collected = Limited::new(body, limit_usize)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                GatewayError::PayloadTooLarge { limit }
-            } else {
-                // Malformed chunked encoding, or the client gave up mid-body.
-                let fault = e
-                    .downcast_ref::<hyper::Error>()
-                    .map_or(ClientFault::Malformed, ClientFault::of);
-                GatewayError::client(fault, limit)
-            }
-        })?
-        .to_bytes();
-    if collected.is_empty() {
-        return Ok(None);
-    }
-    let content_type = h
-        .get(header::CONTENT_TYPE)
-        .cloned()
-        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-    Ok(Some((collected, content_type)))
 }

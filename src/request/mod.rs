@@ -8,6 +8,7 @@ pub mod fanout;
 pub mod gateway;
 pub mod handler;
 pub mod merge;
+pub mod outbound;
 pub mod passthrough;
 pub mod router;
 pub mod websocket;

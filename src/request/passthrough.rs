@@ -5,9 +5,8 @@
 //! route deadline bounds the wait for the response head; after that, the upstream's
 //! `timeout` bounds each idle read, so a stalled upstream cannot pin a connection.
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header, request::Parts};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
 use hyper::body::Incoming;
-use tokio::time::Instant;
 
 use crate::base::body::{Body, ClientBody, IdleTimeout, RequestBody};
 use crate::base::error::{BackendError, Failure, GatewayError, Outcome};
@@ -16,27 +15,33 @@ use crate::base::forward::{
 };
 use crate::request::backend;
 use crate::request::gateway::Route;
+use crate::request::outbound::Outbound;
 use crate::telemetry::access_log::{AccessRecord, Report};
-use crate::telemetry::trace::{Pending, Span};
+use crate::telemetry::trace::Pending;
 use crate::upstream::{Held, Streamed, Tried};
 
-#[allow(clippy::too_many_arguments)]
+/// Sends the request to the route's one upstream, its body streamed; streams the
+/// answer back.
 pub async fn forward(
-    route: &Route,
-    parts: &Parts,
+    out: Outbound<'_>,
     body: Incoming,
-    mut headers: HeaderMap,
-    query: Option<&str>,
-    params: &[String],
-    deadline: Instant,
-    record: &mut AccessRecord,
-    span: &Span,
 ) -> Result<Response<Body<Streamed>>, GatewayError> {
+    let Outbound {
+        route,
+        parts,
+        mut headers,
+        query,
+        params,
+        deadline,
+        record,
+        span,
+        ..
+    } = out;
     let backend = &route.backends[0];
     let upstream = &backend.upstream;
     // Ends when the response head is in (or the call failed): the body streams after.
     let mut span = Pending::new(backend::span(span, backend), deadline);
-    let (base, uri) = target(route, params, query, record, &mut span)?;
+    let (base, uri) = target(route, &params, query.as_deref(), record, &mut span)?;
 
     let mut req = Request::new(RequestBody::Full(None));
     // HEAD on a GET route asks the upstream for the head alone.

@@ -12,11 +12,14 @@ struct PathEntry {
     allow: HeaderValue,
 }
 
-pub enum Match<'p> {
+/// Raw (still percent-encoded) path parameters, in the order the path names them:
+/// their names from the router (`'r`), their values from the request's path (`'p`).
+pub type Params<'r, 'p> = matchit::Params<'r, 'p>;
+
+pub enum Match<'r, 'p> {
     Found {
         route: usize,
-        /// Raw (still percent-encoded) values, in the order the path names them.
-        params: matchit::Params<'p, 'p>,
+        params: Params<'r, 'p>,
     },
     NotFound,
     /// Routes serve the path, but not with this method: `allow` lists theirs, and
@@ -74,7 +77,7 @@ impl Router {
 
     /// The route for `method` at `path`. A HEAD request finds the GET route when no
     /// route serves HEAD itself.
-    pub fn find<'p>(&'p self, method: &Method, path: &'p str) -> Match<'p> {
+    pub fn find<'r, 'p>(&'r self, method: &Method, path: &'p str) -> Match<'r, 'p> {
         let Ok(m) = self.paths.at(path) else {
             return Match::NotFound;
         };

@@ -27,14 +27,14 @@ use tokio::time::Instant;
 
 use crate::base::body::{Body, RequestBody};
 use crate::base::error::GatewayError;
-use crate::base::forward::X_REQUEST_ID;
+use crate::base::forward::{X_FORWARDED_HOST, X_REQUEST_ID};
 use crate::request::backend;
 use crate::request::gateway::Route;
+use crate::request::outbound::Outbound;
 use crate::request::passthrough;
 use crate::state::connections::{TunnelHome, TunnelPlace};
 use crate::state::descriptors::Holder;
-use crate::telemetry::access_log::AccessRecord;
-use crate::telemetry::trace::{Pending, Span};
+use crate::telemetry::trace::Pending;
 use crate::upstream::Streamed;
 
 /// Bytes each direction's copy reads at once: an idle tunnel holds two of these.
@@ -73,22 +73,94 @@ fn handshake_headers(client: &HeaderMap, out: &mut HeaderMap) {
     out.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
 }
 
-/// Carries an upgrade request to the route's upstream; see the module docs.
-#[allow(clippy::too_many_arguments)]
-pub async fn tunnel(
+/// An upgrade request's connection side: the client's socket once hyper hands it over,
+/// and the connection's place among the open ones.
+pub struct Upgrading {
+    client: Option<OnUpgrade>,
+    home: Option<TunnelHome>,
+}
+
+/// Whether the request asks to become a WebSocket; refused when its route does not
+/// tunnel.
+pub fn wants_upgrade(route: &Route, parts: &Parts) -> Result<bool, GatewayError> {
+    // Only HTTP/1.1 requests with an `upgrade` header carry the mark looked at here.
+    let upgrade = is_upgrade(parts);
+    if upgrade && route.websocket.is_none() {
+        return Err(GatewayError::BadRequest {
+            reason: "this route does not accept WebSocket upgrades",
+        });
+    }
+    Ok(upgrade)
+}
+
+/// The request's upgrade, taken out of it for [`tunnel`].
+pub fn take_upgrade(parts: &mut Parts) -> Upgrading {
+    Upgrading {
+        client: parts.extensions.remove::<OnUpgrade>(),
+        home: parts.extensions.remove::<TunnelHome>(),
+    }
+}
+
+/// Whether a page of `origin` may open a tunnel on `route`: the origins of its
+/// `websocket.allow_origins`, else of its CORS; without either, only its own origin,
+/// told by the `host` the request was sent to (or, from a trusted proxy, the
+/// `x-forwarded-host` it names), as most WebSocket servers check it. A proxy that
+/// terminates TLS changes the scheme, not the host, so the scheme is not compared.
+///
+/// A browser applies no CORS to WebSockets and sends its cookies with any page's
+/// upgrade: without this check, any site could open one as its visitor (cross-site
+/// WebSocket hijacking).
+pub fn origin_allowed(
     route: &Route,
-    parts: &mut Parts,
-    mut headers: HeaderMap,
-    query: Option<&str>,
-    params: &[String],
-    deadline: Instant,
-    record: &mut AccessRecord,
-    span: &Span,
+    origin: &HeaderValue,
+    headers: &HeaderMap,
+    via_proxy: bool,
+) -> bool {
+    if let Some(listed) = route.tunnel_origins.as_ref().or(route.cors.as_deref()) {
+        return listed.allows(origin);
+    }
+    let Some(authority) = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest.trim_end_matches('/'))
+    else {
+        return false;
+    };
+    let same = |host: &[u8]| authority.as_bytes().eq_ignore_ascii_case(host);
+    let forwarded = via_proxy
+        .then(|| headers.get(X_FORWARDED_HOST))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim);
+    headers
+        .get(header::HOST)
+        .is_some_and(|h| same(h.as_bytes()))
+        || forwarded.is_some_and(|h| same(h.as_bytes()))
+}
+
+/// Carries an upgrade request to the route's upstream; see the module docs.
+pub async fn tunnel(
+    out: Outbound<'_>,
+    upgrading: Upgrading,
 ) -> Result<Response<Body<Streamed>>, GatewayError> {
-    let (Some(client), Some(home)) = (
-        parts.extensions.remove::<OnUpgrade>(),
-        parts.extensions.remove::<TunnelHome>(),
-    ) else {
+    let Outbound {
+        route,
+        parts,
+        mut headers,
+        query,
+        params,
+        deadline,
+        record,
+        span,
+        ..
+    } = out;
+    let Upgrading {
+        client: Some(client),
+        home: Some(home),
+    } = upgrading
+    else {
         return Err(GatewayError::BadRequest {
             reason: "this connection cannot be upgraded",
         });
@@ -103,7 +175,7 @@ pub async fn tunnel(
     let backend = &route.backends[0];
     let upstream = &backend.upstream;
     let mut span = Pending::new(backend::span(span, backend), deadline);
-    let (base, uri) = passthrough::target(route, params, query, record, &mut span)?;
+    let (base, uri) = passthrough::target(route, &params, query.as_deref(), record, &mut span)?;
     handshake_headers(&parts.headers, &mut headers);
     let mut req = Request::new(RequestBody::Full(None));
     *req.method_mut() = Method::GET;

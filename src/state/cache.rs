@@ -22,8 +22,11 @@ use tokio::time::Instant;
 
 use arc_swap::ArcSwapOption;
 
+use crate::base::cache_control::Hints;
 use crate::base::forward::Forward;
+use crate::config::CacheConfig;
 use crate::state::redis::Redis;
+use crate::telemetry::metrics::labels::CacheResult;
 
 #[derive(Clone, Debug)]
 pub struct Entry {
@@ -190,6 +193,82 @@ impl Cache {
     /// Bytes held (approximate: moka applies writes in batches).
     pub fn weighted_size(&self) -> u64 {
         self.inner.weighted_size()
+    }
+}
+
+// === the route cache's policy ===
+
+/// A route cache entry's key: the route (`prefix`: its name and definition's
+/// fingerprint), the path, the forwarded query, and `vary`: the values that reach
+/// upstreams (forwarded headers, then the token's claims).
+pub fn route_key(prefix: &str, path: &str, query: Option<&str>, vary: &str) -> String {
+    format!("{prefix}{path}?{}{vary}", query.unwrap_or(""))
+}
+
+/// A fetched answer: its body, whether it is complete, what its upstreams'
+/// `cache-control` allows.
+pub type Fetched = (Bytes, bool, Hints);
+
+/// What the route cache made of a request.
+pub enum Through<E> {
+    /// A fresh entry, served without a call.
+    Hit(Bytes),
+    /// Fetched (and stored when complete and storable): the body and whether it is
+    /// complete.
+    Miss(Bytes, bool),
+    /// The fetch failed and an entry within `stale_if_error` stands in for it.
+    Stale(Bytes, E),
+    /// The fetch failed and nothing stands in.
+    Failed(E),
+}
+
+impl<E> Through<E> {
+    /// The verdict (`x-manifold-cache`, the access line, the metrics).
+    pub fn result(&self) -> CacheResult {
+        match self {
+            Through::Hit(_) => CacheResult::Hit,
+            Through::Miss(..) | Through::Failed(_) => CacheResult::Miss,
+            Through::Stale(..) => CacheResult::Stale,
+        }
+    }
+}
+
+impl Cache {
+    /// A route's answer through its cache (docs/configuration.md#the-route-cache):
+    /// a fresh entry is served; else `fetch` runs, and a complete answer is stored for
+    /// `ttl` (shortened by the upstreams' `max-age`, not at all on `no-store`); when it
+    /// fails, an entry past its ttl but within `stale_if_error` stands in. `prefetched`:
+    /// Redis's entry, read already with the route's rate limit.
+    pub async fn through<E>(
+        &self,
+        key: String,
+        prefetched: Option<Option<Vec<u8>>>,
+        config: &CacheConfig,
+        fetch: impl std::future::Future<Output = Result<Fetched, E>>,
+    ) -> Through<E> {
+        let stale_for = config.stale_if_error.unwrap_or_default();
+        let longest = Longest {
+            fresh: config.ttl,
+            stale: stale_for,
+        };
+        let stale = match self.lookup_with(&key, prefetched, longest).await {
+            Lookup::Fresh(entry) => return Through::Hit(entry.body),
+            Lookup::Stale(entry) => Some(entry),
+            Lookup::Miss => None,
+        };
+        match fetch.await {
+            Ok((body, completed, hints)) => {
+                if completed {
+                    self.store(key, body.clone(), hints.ttl(config.ttl), stale_for)
+                        .await;
+                }
+                Through::Miss(body, completed)
+            }
+            Err(e) => match stale {
+                Some(entry) => Through::Stale(entry.body, e),
+                None => Through::Failed(e),
+            },
+        }
     }
 }
 
