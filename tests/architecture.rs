@@ -311,3 +311,26 @@ fn the_check_sees_a_loop() {
         Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
     );
 }
+
+/// A function with more arguments than clippy allows takes a value that names what
+/// they are together (the request's `Outbound`, a listener's `Serving`): clippy's
+/// `too_many_arguments` is never silenced.
+#[test]
+fn no_function_silences_too_many_arguments() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let allowed: Vec<String> = files
+        .iter()
+        .filter(|f| {
+            std::fs::read_to_string(f)
+                .expect("readable")
+                .contains(concat!("clippy::", "too_many_arguments"))
+        })
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(
+        allowed.is_empty(),
+        "too_many_arguments allowed in {allowed:?}"
+    );
+}

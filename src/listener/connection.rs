@@ -491,19 +491,26 @@ impl Watchdog {
     }
 }
 
+/// How a listener serves a connection: the bounds and HTTP settings of the config
+/// live when it was accepted, the drain signal, TLS (the public listener's, if any),
+/// and the handler of its requests.
+#[derive(Clone)]
+pub struct Serving<F> {
+    pub limits: Limits,
+    pub builder: Arc<auto::Builder<TokioExecutor>>,
+    pub stop: watch::Receiver<bool>,
+    pub tls: Option<Arc<crate::listener::handshake::Handshakes>>,
+    pub handler: F,
+}
+
 /// Serves one accepted connection until it ends, is ended by its bounds, or is
-/// drained (`stop`). `handler` answers each request. With `tls`, the handshake comes
-/// first and counts against `header_read_timeout` like the head after it.
-#[allow(clippy::too_many_arguments)]
+/// drained. With TLS, the handshake comes first and counts against
+/// `header_read_timeout` like the head after it.
 pub async fn serve<F, Fut, S>(
     stream: TcpStream,
     mut peer: Peer,
-    limits: Limits,
-    builder: Arc<auto::Builder<TokioExecutor>>,
     place: Admitted,
-    mut stop: watch::Receiver<bool>,
-    tls: Option<Arc<crate::listener::handshake::Handshakes>>,
-    handler: F,
+    mut how: Serving<F>,
 ) where
     F: Fn(Request<Incoming>, Peer, Option<Arc<Share>>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body<S>>> + Send + 'static,
@@ -512,10 +519,10 @@ pub async fn serve<F, Fut, S>(
 {
     let activity = Activity::new();
     let metrics = &place.metrics();
-    let deadline = activity.accepted + limits.header_read;
-    let Some(acceptor) = tls else {
-        let first = match first_head(&stream, limits.max_header_size * 2, deadline, &mut stop).await
-        {
+    let deadline = activity.accepted + how.limits.header_read;
+    let Some(acceptor) = how.tls.take() else {
+        let limit = how.limits.max_header_size * 2;
+        let first = match first_head(&stream, limit, deadline, &mut how.stop).await {
             Ok(head) => head,
             Err(timed_out) => {
                 if timed_out {
@@ -529,7 +536,7 @@ pub async fn serve<F, Fut, S>(
             first,
             activity: activity.clone(),
         };
-        return run(io, activity, peer, limits, builder, place, stop, handler).await;
+        return run(io, activity, peer, place, how).await;
     };
     // Boxed: a TLS session is kilobytes, and a plain connection's task must not carry
     // room for it (nor for the TLS variant of `run`).
@@ -542,7 +549,7 @@ pub async fn serve<F, Fut, S>(
                 metrics.closed(CloseReason::HeaderTimeout);
                 return;
             }
-            _ = stop.changed() => return,
+            _ = how.stop.changed() => return,
         };
         let session = match handshake {
             Ok(session) => session,
@@ -559,7 +566,7 @@ pub async fn serve<F, Fut, S>(
         // (or the reverse) is not served.
         let mut session = session;
         let h2 = session.get_ref().1.alpn_protocol() == Some(b"h2");
-        let first = match first_bytes(&mut session, deadline, &mut stop).await {
+        let first = match first_bytes(&mut session, deadline, &mut how.stop).await {
             Ok(first) => first,
             Err(timed_out) => {
                 if timed_out {
@@ -578,7 +585,7 @@ pub async fn serve<F, Fut, S>(
             first,
             activity: activity.clone(),
         };
-        run(io, activity, peer, limits, builder, place, stop, handler).await;
+        run(io, activity, peer, place, how).await;
     })
     .await;
 }
@@ -609,16 +616,12 @@ async fn first_bytes<I: AsyncRead + Unpin>(
 }
 
 /// Serves the connection once it is readable as HTTP (plain, or TLS once shaken hands).
-#[allow(clippy::too_many_arguments)]
 async fn run<I, F, Fut, S>(
     io: Watched<I>,
     activity: Arc<Activity>,
     peer: Peer,
-    limits: Limits,
-    builder: Arc<auto::Builder<TokioExecutor>>,
     place: Admitted,
-    mut stop: watch::Receiver<bool>,
-    handler: F,
+    how: Serving<F>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>, Peer, Option<Arc<Share>>) -> Fut + Clone + Send + Sync + 'static,
@@ -626,6 +629,13 @@ async fn run<I, F, Fut, S>(
     S: HttpBody<Data = Bytes> + Send + Unpin + 'static,
     S::Error: Into<BoxError>,
 {
+    let Serving {
+        limits,
+        builder,
+        mut stop,
+        handler,
+        ..
+    } = how;
     let metrics = &place.metrics();
     let addr = peer.addr;
     let service = {

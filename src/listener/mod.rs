@@ -119,17 +119,19 @@ impl Server {
                 let s = live.clone();
                 let task = tokio::spawn(accept_loop(
                     l,
-                    admin_stopped,
-                    grace,
-                    live.clone(),
-                    Connections::new("admin"),
-                    Some(crate::state::descriptors::ADMIN_CONNECTIONS),
-                    // The admin listener stays cleartext: probes and scrapes come from
-                    // inside the cluster.
-                    None,
-                    move |req, _peer, _share| {
-                        let s = s.clone();
-                        async move { admin::handle(&s, req) }
+                    Listening {
+                        live: live.clone(),
+                        conns: Connections::new("admin"),
+                        max: Some(crate::state::descriptors::ADMIN_CONNECTIONS),
+                        // The admin listener stays cleartext: probes and scrapes come
+                        // from inside the cluster.
+                        tls: None,
+                        stop: admin_stopped,
+                        grace,
+                        handler: move |req, _peer, _share| {
+                            let s = s.clone();
+                            async move { admin::handle(&s, req) }
+                        },
                     },
                 ));
                 Some((admin_addr, task))
@@ -159,13 +161,15 @@ impl Server {
             let s = live.clone();
             public.push(handle.spawn(accept_loop(
                 listener,
-                stopped.clone(),
-                grace,
-                live.clone(),
-                conns.clone(),
-                None,
-                acceptor.clone(),
-                move |req, peer, share| handler::handle(s.clone(), req, peer, share),
+                Listening {
+                    live: live.clone(),
+                    conns: conns.clone(),
+                    max: None,
+                    tls: acceptor.clone(),
+                    stop: stopped.clone(),
+                    grace,
+                    handler: move |req, peer, share| handler::handle(s.clone(), req, peer, share),
+                },
             )));
         }
 
@@ -330,21 +334,25 @@ fn watch_certs(
     })
 }
 
-/// Accepts connections until `stop`, each served under the bounds of the config live
-/// when it was accepted; then waits (up to `grace`) for the open ones to finish.
-/// `max`: the admin listener's fixed bound; `None` for the public listener, bound by
-/// `max_connections` and its share of the descriptor limit.
-#[allow(clippy::too_many_arguments)]
-async fn accept_loop<F, Fut, S>(
-    listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
-    grace: Duration,
+/// One listener's accept loop and what it serves with.
+struct Listening<F> {
     live: Arc<Live>,
     conns: Arc<Connections>,
+    /// The admin listener's fixed bound; `None` for the public listener, bound by
+    /// `max_connections` and its share of the descriptor limit.
     max: Option<usize>,
     tls: Option<Arc<crate::listener::handshake::Handshakes>>,
+    /// Until it changes to true: then the listener closes and the open connections
+    /// drain.
+    stop: watch::Receiver<bool>,
+    /// How long the drain may take.
+    grace: Duration,
     handler: F,
-) -> bool
+}
+
+/// Accepts connections until `stop`, each served under the bounds of the config live
+/// when it was accepted; then waits (up to `grace`) for the open ones to finish.
+async fn accept_loop<F, Fut, S>(listener: TcpListener, on: Listening<F>) -> bool
 where
     F: Fn(http::Request<hyper::body::Incoming>, Peer, Option<Arc<Share>>) -> Fut
         + Clone
@@ -355,6 +363,15 @@ where
     S: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     S::Error: Into<crate::base::body::BoxError>,
 {
+    let Listening {
+        live,
+        conns,
+        max,
+        tls,
+        mut stop,
+        grace,
+        handler,
+    } = on;
     // The builder follows the config: made again after a reload changed it.
     let mut current: Option<(Arc<Gateway>, Limits, Arc<auto::Builder<TokioExecutor>>)> = None;
     loop {
@@ -393,16 +410,14 @@ where
                 };
                 drop(gateway);
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(connection::serve(
-                    stream,
-                    Peer::new(addr),
+                let how = connection::Serving {
                     limits,
                     builder,
-                    place,
-                    stop.clone(),
-                    tls.clone(),
-                    handler.clone(),
-                ));
+                    stop: stop.clone(),
+                    tls: tls.clone(),
+                    handler: handler.clone(),
+                };
+                tokio::spawn(connection::serve(stream, Peer::new(addr), place, how));
             }
             _ = stop.changed() => break,
         }

@@ -13,14 +13,13 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::Upstream;
 use super::breaker::BreakerState;
 use super::span::ClientSpan;
 use super::stream::Held;
-use crate::base::body::{BodyWatch, RequestBody};
+use super::{Try, Upstream};
+use crate::base::body::RequestBody;
 use crate::base::error::{Failure, Outcome};
 use crate::state::buffers::{Buffers, Charge, Share};
-use crate::telemetry::trace::Span;
 
 /// The cause of an h2 call the upstream refused unprocessed and that may not be sent
 /// again (see `pool::Unprocessed`): told apart from other connection failures, because
@@ -39,51 +38,6 @@ pub enum Mode {
     /// A WebSocket handshake: on a connection of its own, where a 101 is the answer
     /// hoped for (any other is passed on, like a streamed one).
     Upgrade,
-}
-
-/// What one attempt is for.
-pub(super) struct Try<'a> {
-    /// Which of the upstream's `urls`.
-    pub base: usize,
-    /// 1 for the first attempt, 2 for the first retry...
-    pub n: u32,
-    /// The backend span this attempt's client span goes under, and its name.
-    pub parent: &'a Span,
-    pub span_name: &'a Arc<str>,
-    /// The backend's cache was asked and had nothing.
-    pub cache_miss: bool,
-    pub route_deadline: Instant,
-    /// The caller's own timer ends the whole call at the route deadline (a fan-out's),
-    /// so no second timer is needed unless a breaker must hear of a timeout.
-    pub bounded: bool,
-    /// A passthrough client's body streamed along: a call it failed is the client's.
-    pub client: Option<&'a BodyWatch>,
-    /// A hedge (docs/configuration.md#hedge): its span says so.
-    pub hedge: bool,
-}
-
-impl<'a> Try<'a> {
-    /// A call's one attempt (passthrough, WebSocket handshake): no cache, no retry,
-    /// its own timer.
-    pub fn once(
-        base: usize,
-        parent: &'a Span,
-        span_name: &'a Arc<str>,
-        route_deadline: Instant,
-        client: Option<&'a BodyWatch>,
-    ) -> Self {
-        Try {
-            base,
-            n: 1,
-            parent,
-            span_name,
-            cache_miss: false,
-            route_deadline,
-            bounded: false,
-            client,
-            hedge: false,
-        }
-    }
 }
 
 /// How an attempt ended.
@@ -150,17 +104,7 @@ impl Upstream {
     {
         let started = Instant::now();
         let deadline = self.attempt_deadline(started, t.route_deadline);
-        let mut span = ClientSpan::start(
-            self,
-            t.parent,
-            t.span_name,
-            req.method(),
-            &self.pool.bases()[t.base],
-            req.uri(),
-            t.n,
-            t.cache_miss,
-            deadline,
-        );
+        let mut span = ClientSpan::start(self, &t, &req, deadline);
         if t.hedge {
             span.hedge();
         }

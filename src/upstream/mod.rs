@@ -41,7 +41,7 @@ use crate::state::redis::Redis;
 use crate::telemetry::metrics::labels::Hedge;
 use crate::telemetry::metrics::{METRICS, UpstreamMetrics};
 use crate::telemetry::trace::Span;
-use attempt::{Mode, Try, read_limited};
+use attempt::{Mode, read_limited};
 use breaker::{Breaker, BreakerState, Permit};
 use hosts::Hosts;
 use limit::{InFlight, Ticket};
@@ -531,6 +531,51 @@ impl Upstream {
             Ok((head.status, json, hints, charge))
         })
         .await
+    }
+}
+
+/// What one attempt is for.
+pub(crate) struct Try<'a> {
+    /// Which of the upstream's `urls`.
+    pub base: usize,
+    /// 1 for the first attempt, 2 for the first retry...
+    pub n: u32,
+    /// The backend span this attempt's client span goes under, and its name.
+    pub parent: &'a Span,
+    pub span_name: &'a Arc<str>,
+    /// The backend's cache was asked and had nothing.
+    pub cache_miss: bool,
+    pub route_deadline: Instant,
+    /// The caller's own timer ends the whole call at the route deadline (a fan-out's),
+    /// so no second timer is needed unless a breaker must hear of a timeout.
+    pub bounded: bool,
+    /// A passthrough client's body streamed along: a call it failed is the client's.
+    pub client: Option<&'a BodyWatch>,
+    /// A hedge (docs/configuration.md#hedge): its span says so.
+    pub hedge: bool,
+}
+
+impl<'a> Try<'a> {
+    /// A call's one attempt (passthrough, WebSocket handshake): no cache, no retry,
+    /// its own timer.
+    pub(crate) fn once(
+        base: usize,
+        parent: &'a Span,
+        span_name: &'a Arc<str>,
+        route_deadline: Instant,
+        client: Option<&'a BodyWatch>,
+    ) -> Self {
+        Try {
+            base,
+            n: 1,
+            parent,
+            span_name,
+            cache_miss: false,
+            route_deadline,
+            bounded: false,
+            client,
+            hedge: false,
+        }
     }
 }
 

@@ -1,35 +1,30 @@
 //! The client span of one attempt (docs/operations.md#traces).
 
-use std::sync::Arc;
-
-use http::{HeaderMap, Method, StatusCode, Uri};
+use http::{HeaderMap, StatusCode};
 use opentelemetry::trace::SpanKind;
 use tokio::time::Instant;
 
+use super::Try;
 use super::Upstream;
 use super::breaker::BreakerState;
-use super::pool::Base;
 use crate::base::body::ClientFault;
 use crate::base::error::Failure;
-use crate::telemetry::trace::{Pending, Span};
+use crate::telemetry::trace::Pending;
 
 /// An attempt's span, marked as cut short if the attempt is dropped before it ends.
 pub(super) struct ClientSpan(Pending);
 
 impl ClientSpan {
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn start(
+    /// The span of attempt `t` of `req`, to `t.base` of `up`, ending by `deadline`.
+    pub(super) fn start<B>(
         up: &Upstream,
-        parent: &Span,
-        name: &Arc<str>,
-        method: &Method,
-        base: &Base,
-        target: &Uri,
-        attempt: u32,
-        cache_miss: bool,
+        t: &Try<'_>,
+        req: &http::Request<B>,
         deadline: Instant,
     ) -> ClientSpan {
-        let span = parent.child(name, SpanKind::Client, |a| {
+        let (method, target, attempt) = (req.method(), req.uri(), t.n);
+        let base = &up.pool.bases()[t.base];
+        let span = t.parent.child(t.span_name, SpanKind::Client, |a| {
             a.str("http.request.method", method.as_str());
             // Pieces that are strings already, so no formatting here.
             let uri = &base.origin;
@@ -53,7 +48,7 @@ impl ClientSpan {
             if attempt > 1 {
                 a.int("http.request.resend_count", i64::from(attempt - 1));
             }
-            if cache_miss {
+            if t.cache_miss {
                 a.str("manifold.cache", "miss");
             }
         });
