@@ -23,26 +23,21 @@ use crate::upstream::{Held, Streamed, Tried};
 /// Sends the request to the route's one upstream, its body streamed; streams the
 /// answer back.
 pub async fn forward(
-    out: Outbound<'_>,
+    mut out: Outbound<'_>,
     body: Incoming,
 ) -> Result<Response<Body<Streamed>>, GatewayError> {
+    // The body streams after the span ends.
+    let (mut span, base, uri) = begin(&mut out)?;
     let Outbound {
         route,
         parts,
         mut headers,
-        query,
-        params,
         deadline,
         record,
-        span,
         ..
     } = out;
     let backend = &route.backends[0];
     let upstream = &backend.upstream;
-    // Ends when the response head is in (or the call failed): the body streams after.
-    let mut span = Pending::new(backend::span(span, backend), deadline);
-    let (base, uri) = target(route, &params, query.as_deref(), record, &mut span)?;
-
     let mut req = Request::new(RequestBody::Full(None));
     // HEAD on a GET route asks the upstream for the head alone.
     *req.method_mut() = if parts.method == Method::HEAD && backend.method == Method::GET {
@@ -89,23 +84,27 @@ fn blame(route: &Route, failure: Failure) -> GatewayError {
     })
 }
 
-/// Where the route's one backend call goes: its host and request target (a failure
-/// is reported as the backend's).
-pub(crate) fn target(
-    route: &Route,
-    params: &[String],
-    query: Option<&str>,
-    record: &mut AccessRecord,
-    span: &mut Pending,
-) -> Result<(usize, http::Uri), GatewayError> {
+/// The route's one backend call begun: its span, which ends when the answer's head
+/// is in (or the call failed), and where the call goes, its host and request target
+/// (a failure is reported as the backend's).
+pub(crate) fn begin(out: &mut Outbound<'_>) -> Result<(Pending, usize, http::Uri), GatewayError> {
+    let route = out.route;
     let backend = &route.backends[0];
-    match backend::render(route, backend, params, query, &[])
+    let mut span = Pending::new(backend::span(out.span, backend), out.deadline);
+    match backend::render(route, backend, &out.params, out.query.as_deref(), &[])
         .and_then(|path| backend.upstream.target(path, None))
     {
-        Ok(target) => Ok(target),
+        Ok((base, uri)) => Ok((span, base, uri)),
         Err(f) => {
+            let record = &mut *out.record;
             let report = Report::new(f.outcome(), None, std::time::Duration::ZERO, 0);
-            let report = backend::end(Some(span), backend, &record.request_id, Some(&f), report);
+            let report = backend::end(
+                Some(&mut span),
+                backend,
+                &record.request_id,
+                Some(&f),
+                report,
+            );
             record.backends.push((backend.plan.name.clone(), report));
             Err(blame(route, f))
         }

@@ -28,13 +28,11 @@ use tokio::time::Instant;
 use crate::base::body::{Body, RequestBody};
 use crate::base::error::GatewayError;
 use crate::base::forward::{X_FORWARDED_HOST, X_REQUEST_ID};
-use crate::request::backend;
 use crate::request::gateway::Route;
 use crate::request::outbound::Outbound;
 use crate::request::passthrough;
 use crate::state::connections::{TunnelHome, TunnelPlace};
 use crate::state::descriptors::Holder;
-use crate::telemetry::trace::Pending;
 use crate::upstream::Streamed;
 
 /// Bytes each direction's copy reads at once: an idle tunnel holds two of these.
@@ -142,20 +140,9 @@ pub fn origin_allowed(
 
 /// Carries an upgrade request to the route's upstream; see the module docs.
 pub async fn tunnel(
-    out: Outbound<'_>,
+    mut out: Outbound<'_>,
     upgrading: Upgrading,
 ) -> Result<Response<Body<Streamed>>, GatewayError> {
-    let Outbound {
-        route,
-        parts,
-        mut headers,
-        query,
-        params,
-        deadline,
-        record,
-        span,
-        ..
-    } = out;
     let Upgrading {
         client: Some(client),
         home: Some(home),
@@ -172,10 +159,17 @@ pub async fn tunnel(
         Some(d) => Some(d.take(Holder::Tunnel).ok_or(GatewayError::NoDescriptor)?),
         None => None,
     };
+    let (mut span, base, uri) = passthrough::begin(&mut out)?;
+    let Outbound {
+        route,
+        parts,
+        mut headers,
+        deadline,
+        record,
+        ..
+    } = out;
     let backend = &route.backends[0];
     let upstream = &backend.upstream;
-    let mut span = Pending::new(backend::span(span, backend), deadline);
-    let (base, uri) = passthrough::target(route, &params, query.as_deref(), record, &mut span)?;
     handshake_headers(&parts.headers, &mut headers);
     let mut req = Request::new(RequestBody::Full(None));
     *req.method_mut() = Method::GET;
