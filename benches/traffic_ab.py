@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Upstream traffic (issue 14, CONTRACT §9) measured.
+"""Upstream traffic (issue 14: balancing, hedging, h2c upstreams, WebSocket tunnels) measured.
 
     cargo build --release
     apt-get install -y wrk nginx-light golang-go

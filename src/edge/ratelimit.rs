@@ -18,6 +18,7 @@ use lru::LruCache;
 use crate::base::forward::X_FORWARDED_FOR;
 use crate::config::{LimitKey, RateConfig};
 use crate::state::bucket::Bucket;
+use crate::state::cache::Prefetched;
 use crate::state::redis::Redis;
 
 /// A route's limit.
@@ -106,7 +107,7 @@ impl RouteLimiter {
         peer: IpAddr,
         trusted: &[IpNet],
         cache_key: Option<&str>,
-    ) -> (Result<(), Duration>, Option<Option<Vec<u8>>>) {
+    ) -> (Result<(), Duration>, Option<Prefetched>) {
         let suffix = match &self.key {
             LimitKey::Global => "global".to_string(),
             LimitKey::ClientIp => client_ip(headers, peer, trusted).to_string(),
@@ -124,7 +125,7 @@ impl RouteLimiter {
                 redis
                     .rate_limit_and_get(&format!("{base}{suffix}"), i, t, ck)
                     .await
-                    .map(|(decided, entry)| (decided, Some(entry)))
+                    .map(|(decided, entry)| (decided, Some(Prefetched(entry))))
             }
             _ => self.decide_shared(&suffix).await.map(|d| (d, None)),
         };

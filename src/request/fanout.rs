@@ -198,7 +198,8 @@ async fn call_backend(
     {
         let result = merge::decode(&b.plan, &entry.body);
         METRICS.cache_result(CacheKind::Backend, CacheResult::Hit);
-        span.span.record(|a| a.str("manifold.cache", "hit"));
+        span.span
+            .record(|a| a.str("manifold.cache", CacheResult::Hit.as_str()));
         let mut report = Report::new(Outcome::of(&result), None, started.elapsed(), 0);
         report.cache = Some(CacheResult::Hit);
         // A route answer built on this one must not outlive it.
@@ -214,7 +215,8 @@ async fn call_backend(
     let cache_miss = b.cache_ttl.is_some() && key.is_some();
     if cache_miss {
         METRICS.cache_result(CacheKind::Backend, CacheResult::Miss);
-        span.span.record(|a| a.str("manifold.cache", "miss"));
+        span.span
+            .record(|a| a.str("manifold.cache", CacheResult::Miss.as_str()));
     }
     let spec = CallSpec {
         method: &b.method,

@@ -443,7 +443,7 @@ async fn rate_limit(
     route: &Route,
     parts: &http::request::Parts,
     peer: &Peer,
-) -> Result<Option<Option<Vec<u8>>>, GatewayError> {
+) -> Result<Option<cache::Prefetched>, GatewayError> {
     let Some(limiter) = &route.limiter else {
         return Ok(None);
     };
@@ -513,7 +513,7 @@ async fn aggregate(
     gateway: &Gateway,
     out: Outbound<'_>,
     body: Incoming,
-    prefetched: Option<Option<Vec<u8>>>,
+    prefetched: Option<cache::Prefetched>,
 ) -> Result<Response<Body<Streamed>>, GatewayError> {
     let Outbound {
         route,

@@ -52,8 +52,9 @@ pub fn is_upgrade(parts: &Parts) -> bool {
             .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
 }
 
-/// The handshake's headers beyond §3's: the client's `sec-websocket-*` and `origin`,
-/// in place of any copy `forward_headers` already made (a repeated
+/// The handshake's headers beyond what every call forwards
+/// (docs/configuration.md#what-reaches-an-upstream): the client's `sec-websocket-*`
+/// and `origin`, in place of any copy `forward_headers` already made (a repeated
 /// `sec-websocket-key` fails the handshake at most servers).
 fn handshake_headers(client: &HeaderMap, out: &mut HeaderMap) {
     let wanted = |name: &http::HeaderName| {

@@ -44,6 +44,11 @@ pub enum Lookup {
     Miss,
 }
 
+/// Redis's answer for a route-cache key, read in the round trip of the route's rate
+/// limit: the entry, or none there. A lookup without one asks Redis itself.
+#[derive(Debug)]
+pub struct Prefetched(pub Option<Vec<u8>>);
+
 #[derive(Clone)]
 pub struct Cache {
     inner: Moka<String, Entry>,
@@ -120,19 +125,21 @@ impl Cache {
     pub async fn lookup_with(
         &self,
         key: &str,
-        fetched: Option<Option<Vec<u8>>>,
+        fetched: Option<Prefetched>,
         longest: Longest,
     ) -> Lookup {
         let found = match self.inner.get(key).await {
             Some(e) => Some(e),
             None => match fetched {
-                Some(bytes) => match bytes.and_then(|b| self.decode_shared(&b, longest)) {
-                    Some(entry) => {
-                        self.inner.insert(key.to_string(), entry.clone()).await;
-                        Some(entry)
+                Some(Prefetched(bytes)) => {
+                    match bytes.and_then(|b| self.decode_shared(&b, longest)) {
+                        Some(entry) => {
+                            self.inner.insert(key.to_string(), entry.clone()).await;
+                            Some(entry)
+                        }
+                        None => None,
                     }
-                    None => None,
-                },
+                }
                 None => self.lookup_shared(key, longest).await,
             },
         };
@@ -242,7 +249,7 @@ impl Cache {
     pub async fn through<E>(
         &self,
         key: String,
-        prefetched: Option<Option<Vec<u8>>>,
+        prefetched: Option<Prefetched>,
         config: &CacheConfig,
         fetch: impl std::future::Future<Output = Result<Fetched, E>>,
     ) -> Through<E> {
@@ -484,14 +491,14 @@ mod tests {
     async fn a_prefetched_entry_is_used_as_read() {
         let c = Cache::new(1 << 20);
         let bytes = encode(b"{\"a\":1}", Duration::from_secs(60), Duration::ZERO);
-        match c.lookup_with("k", Some(Some(bytes)), ANY).await {
+        match c.lookup_with("k", Some(Prefetched(Some(bytes))), ANY).await {
             Lookup::Fresh(e) => assert_eq!(&e.body[..], b"{\"a\":1}"),
             _ => panic!("the prefetched entry is served"),
         }
         // And it is kept here now.
         assert!(matches!(c.lookup("k", ANY).await, Lookup::Fresh(_)));
         assert!(matches!(
-            c.lookup_with("other", Some(None), ANY).await,
+            c.lookup_with("other", Some(Prefetched(None)), ANY).await,
             Lookup::Miss
         ));
     }

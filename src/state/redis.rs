@@ -65,7 +65,7 @@ pub struct Redis {
     /// built on); `None` while Redis is down.
     conn: ArcSwapOption<MultiplexedConnection>,
     /// One connection per worker loop, made on that loop once Redis is up, so an
-    /// operation never hops threads (through the shared one it costs two wake-ups).
+    /// operation never hops threads (through the common one it costs two wake-ups).
     local: Vec<(ArcSwapOption<MultiplexedConnection>, AtomicBool)>,
     /// A reconnect loop is running.
     reconnecting: AtomicBool,
@@ -243,10 +243,10 @@ impl Redis {
         });
     }
 
-    /// This loop's own connection when it has one; else the shared one (and this
-    /// loop's is made in the background). `None` while Redis is down.
+    /// This loop's own connection when it has one; else the common one the reconnect
+    /// loop made (and this loop's is made in the background). `None` while Redis is down.
     fn connection(self: &Arc<Self>) -> Option<Arc<MultiplexedConnection>> {
-        let shared = self.conn.load_full()?;
+        let common = self.conn.load_full()?;
         let (local, connecting) = &self.local[crate::base::worker::index() % self.local.len()];
         if let Some(c) = local.load_full() {
             return Some(c);
@@ -266,7 +266,7 @@ impl Redis {
                 s.local[slot].1.store(false, Ordering::Release);
             });
         }
-        Some(shared)
+        Some(common)
     }
 
     /// Runs one operation within `timeout`, counting it; a failure marks Redis down.
@@ -488,9 +488,9 @@ impl Redis {
         let full = self.cache_key(key);
         let value = self.seal(&full, value);
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let shared = self.clone();
+        let redis = self.clone();
         tokio::spawn(async move {
-            let _ = shared
+            let _ = redis
                 .run(RedisOp::CacheSet, |mut conn| async move {
                     redis::cmd("SET")
                         .arg(full)

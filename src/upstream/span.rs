@@ -9,6 +9,7 @@ use super::Upstream;
 use super::breaker::BreakerState;
 use crate::base::body::ClientFault;
 use crate::base::error::Failure;
+use crate::telemetry::metrics::labels::CacheResult;
 use crate::telemetry::trace::Pending;
 
 /// An attempt's span, marked as cut short if the attempt is dropped before it ends.
@@ -49,7 +50,7 @@ impl ClientSpan {
                 a.int("http.request.resend_count", i64::from(attempt - 1));
             }
             if t.cache_miss {
-                a.str("manifold.cache", "miss");
+                a.str("manifold.cache", CacheResult::Miss.as_str());
             }
         });
         ClientSpan(Pending::new(span, deadline))

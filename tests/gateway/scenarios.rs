@@ -3,8 +3,8 @@
 //! headers, the contract's error), what each upstream saw and how often, and the
 //! request's access line. The format is documented in `tests/scenarios/README.md`.
 //!
-//! Each family is one test, so families run in parallel; within a family the files run
-//! in name order, and a failure names the file and the request.
+//! One test finds every family on disk and runs them at once; within a family the
+//! files run in name order, and a failure names the file and the request.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

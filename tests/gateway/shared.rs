@@ -92,9 +92,6 @@ impl Redis {
             password: password.map(str::to_string),
         };
         for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(r);
-            }
             // Exited: the port was taken after all.
             if r.child
                 .as_mut()
@@ -102,10 +99,49 @@ impl Redis {
             {
                 return None;
             }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // Whoever answers there must be this child, not another process that
+                // took the port first (this child then exits, seen above).
+                return (!extra.is_empty() || r.is_ours()).then_some(r);
+            }
             #[allow(clippy::disallowed_methods)] // a plain process wait, no event loop here
             std::thread::sleep(Duration::from_millis(10));
         }
         None
+    }
+
+    /// The server on this port is this child: `INFO server` names its pid. (Over TLS
+    /// the test's own client set-up is needed; the child still running is the check.)
+    fn is_ours(&self) -> bool {
+        let Some(pid) = self.child.as_ref().map(Child::id) else {
+            return false;
+        };
+        let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut ask = String::new();
+        if let Some(p) = &self.password {
+            ask.push_str(&format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{p}\r\n", p.len()));
+        }
+        ask.push_str("*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n");
+        use std::io::{Read, Write};
+        if conn.write_all(ask.as_bytes()).is_err() {
+            return false;
+        }
+        let want = format!("process_id:{pid}\r\n");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&got).contains(&want) {
+                return true;
+            }
+        }
+        false
     }
 
     fn url(&self) -> String {
@@ -698,8 +734,7 @@ cache = {{ ttl = "1s", stale_if_error = "60s" }}
 /// fails or waits much past `timeout`, and the shared budget comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_failing_under_load_fails_no_request() {
-    let port = unused_port();
-    let mut redis = Redis::start_on(port, None);
+    let (mut redis, port) = Redis::start_with(None, &[]);
     let up = Upstream::json(json!({"ok": true})).await;
     let gw = Arc::new(Gateway::start(&config(&redis.url(), &up.url(), 100_000, 100_000)).await);
     until_state(&gw, "up").await;
