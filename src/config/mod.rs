@@ -277,6 +277,16 @@ pub fn fingerprint(text: &str) -> u64 {
 mod tests {
     use proptest::prelude::*;
 
+    /// Defaults the reader cannot take from its `Key` (a typed value, not text) are
+    /// the ones the key shows.
+    #[test]
+    fn typed_defaults_are_the_ones_the_keys_show() {
+        assert_eq!(
+            super::route::METHOD.default_str(),
+            http::Method::GET.as_str()
+        );
+    }
+
     #[test]
     fn the_file_version_is_the_start_of_its_sha256() {
         // sha256("abc") = ba7816bf8f01cfea414140de…

@@ -280,7 +280,7 @@ pub(super) fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Rou
             }
             None => (false, None),
         },
-        Some(_) => (t.bool(errs, WEBSOCKET).unwrap_or(false), None),
+        Some(_) => (t.bool_or(errs, WEBSOCKET), None),
     };
     let idle_span = t.get(IDLE_TIMEOUT).map(|v| v.span());
     let idle_timeout = t.positive_duration_or(errs, IDLE_TIMEOUT);
@@ -351,6 +351,7 @@ pub(super) fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Rou
                 optional,
             })
         });
+    // `METHOD`'s default (a test holds the two together).
     let route_method = method.clone().flatten().unwrap_or(Method::GET);
     let mut backends = Vec::new();
     let tables = t.table_array(errs, BACKENDS);
