@@ -1,11 +1,13 @@
 //! The bottom layer: small things every layer uses and that use nothing above them —
-//! the failures and their statuses ([`error`]), `cache-control` ([`cache_control`]), the JSON
+//! the failures and their statuses ([`error`]), `cache-control` ([`cache_control`]), content
+//! codings: negotiation, encoders, bounded decoders ([`coding`]), the JSON
 //! rule ([`json`]), the header rules ([`forward`]), bodies ([`body`]), path templates
 //! ([`template`]), redaction of secrets ([`redact`]), files the config names ([`files`]), TLS
 //! client set-up ([`tls`]) and the worker loops ([`worker`]).
 
 pub mod body;
 pub mod cache_control;
+pub mod coding;
 pub mod error;
 pub mod files;
 pub mod forward;

@@ -1,5 +1,5 @@
 //! `routes.toml`: one file per section — [`server`], [`telemetry`], [`upstream`],
-//! [`route`], [`backend`], [`cors`], [`auth`], [`shared`] — each with its types, its
+//! [`route`], [`backend`], [`cors`], [`auth`], [`shared`], [`compression`] — each with its types, its
 //! reader, and each key's description, bounds and default (a [`reader::Key`]); the
 //! whole file read here, then the cross-field checks ([`validate`]). What the readers
 //! ask for is the JSON Schema ([`schema`]) and the key tables of
@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod backend;
+pub mod compression;
 pub mod cors;
 pub mod diag;
 pub mod openapi;
@@ -30,6 +31,7 @@ use std::time::Duration;
 use auth::read_jwt;
 pub use auth::{JwtConfig, KeySource, RouteAuth, Secret};
 pub use backend::BackendConfig;
+pub use compression::{Compression, RouteCompression};
 pub use cors::CorsConfig;
 use cors::read_cors;
 pub use diag::{Diagnostic, Diagnostics, SourceSpan};

@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::Method;
 
 use super::backend::read_backend;
+use super::compression::{RouteCompression, read_route_compression};
 use super::cors::read_cors;
 use super::diag::{Diagnostic, SourceSpan};
 use super::reader::{Errors, Key, KeyDefault, Table, key, method_of};
@@ -62,6 +63,10 @@ pub struct RouteConfig {
     pub auth_span: SourceSpan,
     pub auth_jwt_span: SourceSpan,
     pub backends: Vec<BackendConfig>,
+    /// `compression`: off, the server's, or its own.
+    pub compression: RouteCompression,
+    /// `cache_control`: sent on complete 200 answers (merged routes).
+    pub cache_control: Option<http::HeaderValue>,
 }
 
 /// What a route says about CORS.
@@ -166,6 +171,11 @@ pub const AUTH_OPTIONAL: Key = key(
     "Let a request without a token through (no claims); a bad token still fails.",
 )
 .default(KeyDefault::Bool(false));
+pub const CACHE_CONTROL: Key = key(
+    "cache_control",
+    "cache-control sent verbatim on complete 200 answers (merged routes); unset: \"private, no-cache\". On a route with auth, public and s-maxage are refused.",
+)
+.default(KeyDefault::Str("private, no-cache"));
 pub const BACKENDS: Key = key(
     "backends",
     "Backends, called concurrently (or after the ones they read from).",
@@ -351,6 +361,8 @@ pub(super) fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Rou
                 optional,
             })
         });
+    let compression = read_route_compression(t, errs);
+    let cache_control = t.string(errs, CACHE_CONTROL);
     // `METHOD`'s default (a test holds the two together).
     let route_method = method.clone().flatten().unwrap_or(Method::GET);
     let mut backends = Vec::new();
@@ -370,6 +382,8 @@ pub(super) fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Rou
     }
     let (path, path_span) = path?;
     let passthrough = passthrough || backends.iter().any(|b| b.passthrough);
+    let cache_control = cache_control
+        .and_then(|(v, span)| read_cache_control(&v, span, passthrough, auth.is_some(), errs));
     if let Some(span) = websocket_span.filter(|_| websocket && !passthrough) {
         errs.push(
             Diagnostic::new(span, "`websocket = true` needs `passthrough = true`")
@@ -402,7 +416,51 @@ pub(super) fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Rou
         auth_span,
         auth_jwt_span,
         backends,
+        compression,
+        cache_control,
     })
+}
+
+/// `cache_control`: a header value; not on a passthrough route (its answers keep the
+/// upstream's), and on a route with `auth` nothing that lets a shared cache keep a
+/// per-user answer.
+fn read_cache_control(
+    value: &str,
+    span: SourceSpan,
+    passthrough: bool,
+    auth: bool,
+    errs: &mut Errors,
+) -> Option<http::HeaderValue> {
+    if passthrough {
+        errs.push(
+            Diagnostic::new(span, "`cache_control` applies only to merged routes")
+                .label("a passthrough answer keeps the upstream's cache-control"),
+        );
+        return None;
+    }
+    let Ok(header) = http::HeaderValue::from_str(value) else {
+        errs.push(
+            Diagnostic::new(span, "`cache_control` is not a valid header value")
+                .label("control characters or non-ASCII text"),
+        );
+        return None;
+    };
+    if auth {
+        let shared = value.split(',').find_map(|d| {
+            let name = d.split('=').next().unwrap_or("").trim();
+            (name.eq_ignore_ascii_case("public") || name.eq_ignore_ascii_case("s-maxage"))
+                .then(|| name.to_ascii_lowercase())
+        });
+        if let Some(directive) = shared {
+            errs.push(
+                Diagnostic::new(span, format!("`{directive}` on a route with `auth`"))
+                    .label("a shared cache (CDN, proxy) could keep one user's answer for another")
+                    .note("use `private, max-age=N` for answers a browser may keep"),
+            );
+            return None;
+        }
+    }
+    Some(header)
 }
 
 /// A route's `websocket = { allow_origins = [...] }`: the origins whose pages may open a

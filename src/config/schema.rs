@@ -17,6 +17,8 @@ use super::reader::{KeyDefault, Kind, record};
 const PROBE: &str = r#"
 [server]
 tls = { cert = "c.pem", key = "k.pem" }
+compression = { algorithms = ["gzip"], min_size = "1KiB" }
+hsts = "max-age=1"
 [telemetry]
 [cors]
 allow_origins = ["https://a.test"]
@@ -38,6 +40,8 @@ rate_limit = { per_second = 1 }
 [[routes]]
 path = "/p"
 cache = { ttl = "1s" }
+compression = { algorithms = ["gzip"] }
+cache_control = "private, max-age=5"
 cors = { allow_origins = ["https://a.test"] }
 auth = { jwt = "p" }
 rate_limit = { per_second = 1 }
@@ -228,6 +232,15 @@ fn refine(path: &str) -> Option<Value> {
         }
         // A table of its own, or `false` for no CORS on the route.
         "/routes/[]/cors" => json!({"type": ["object", "boolean"]}),
+        // A table of its own, or `true` / `false`.
+        "/server/compression" | "/routes/[]/compression" => {
+            json!({"type": ["object", "boolean"]})
+        }
+        "/server/compression/algorithms" | "/routes/[]/compression/algorithms" => {
+            json!({"items": {"enum": ["br", "zstd", "gzip"]}, "uniqueItems": true})
+        }
+        // A strict-transport-security value, or `false` for none.
+        "/server/hsts" => json!({"type": ["string", "boolean"]}),
         // `true`, or a table naming the origins that may open a tunnel.
         "/routes/[]/websocket" => json!({"type": ["object", "boolean"]}),
         _ => return None,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use super::compression::{Compression, read_server_compression};
 use super::diag::{Diagnostic, SourceSpan};
 use super::reader::{Errors, Key, KeyDefault, Table, key};
 
@@ -43,6 +44,11 @@ pub struct ServerConfig {
     pub buffer_per_connection: u64,
     /// `tls`: the public listener speaks TLS with this certificate.
     pub tls: Option<TlsFiles>,
+    /// `compression`: `None` when it is off.
+    pub compression: Option<Compression>,
+    /// `strict-transport-security` on answers of a TLS listener: `None` with
+    /// `hsts = false`.
+    pub hsts: Option<http::HeaderValue>,
 }
 
 /// The listener's certificate and key: where they are (relative paths already made
@@ -141,6 +147,44 @@ pub const TLS: Key = key(
     "The public listener speaks TLS 1.2/1.3 (ALPN h2, http/1.1) with this certificate and key; both re-read when they change.",
 );
 
+pub const HSTS: Key = key(
+    "hsts",
+    "strict-transport-security sent with every answer when `tls` is set: the header's value, or false for none.",
+)
+.default(KeyDefault::Str("max-age=31536000"));
+
+/// `hsts`: a valid header value, or `false`.
+fn read_hsts(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<http::HeaderValue> {
+    let default = http::HeaderValue::from_static(HSTS.default_str());
+    match t.get(HSTS).map(|v| v.get_ref()) {
+        None => Some(default),
+        Some(toml::de::DeValue::Boolean(_)) => match t.bool(errs, HSTS) {
+            Some(false) => None,
+            _ => {
+                errs.push(
+                    Diagnostic::new(t.span(), "`hsts = true` means nothing")
+                        .label("a header value such as \"max-age=31536000\", or false")
+                        .note("leave it out for the default, max-age=31536000"),
+                );
+                Some(default)
+            }
+        },
+        Some(_) => {
+            let (value, span) = t.string(errs, HSTS)?;
+            match http::HeaderValue::from_str(&value) {
+                Ok(v) if value.to_ascii_lowercase().contains("max-age=") => Some(v),
+                _ => {
+                    errs.push(
+                        Diagnostic::new(span, "`hsts` must be a strict-transport-security value")
+                            .label("expected e.g. \"max-age=31536000; includeSubDomains\""),
+                    );
+                    None
+                }
+            }
+        }
+    }
+}
+
 pub(super) fn socket_addr(
     errs: &mut Errors,
     value: Option<(String, SourceSpan)>,
@@ -228,6 +272,8 @@ pub(super) fn read_server(
         tt.finish(errs);
         tls
     });
+    let compression = read_server_compression(t, errs);
+    let hsts = read_hsts(t, errs);
     let default_listen = LISTEN.default_str().parse().ok()?;
     let default_admin = ADMIN_LISTEN.default_str().parse().ok()?;
     Some(ServerConfig {
@@ -247,6 +293,8 @@ pub(super) fn read_server(
         buffer_capacity,
         buffer_per_connection,
         tls,
+        compression,
+        hsts,
     })
 }
 

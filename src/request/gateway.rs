@@ -15,12 +15,15 @@ use http::{HeaderName, Method};
 
 use crate::base::forward::Forward;
 use crate::base::template::{Part, Template, route_params};
-use crate::config::{BackendConfig, CacheConfig, Config, RouteConfig, RouteCors};
+use crate::config::{
+    BackendConfig, CacheConfig, Compression, Config, RouteCompression, RouteConfig, RouteCors,
+};
 use crate::edge::auth::{Auth, Validator};
 use crate::edge::cors::Cors;
 use crate::edge::ratelimit::RouteLimiter;
 use crate::request::merge::{Decode, Plan, Shape};
 use crate::request::router::Router;
+use crate::request::wire::{PRIVATE_NO_CACHE, Wire};
 use crate::state::buffers::Buffers;
 use crate::state::cache::Cache;
 use crate::state::descriptors::Descriptors;
@@ -53,6 +56,8 @@ pub struct Gateway {
     pub validators: Vec<Arc<Validator>>,
     /// `[shared]`: the replicas' Redis.
     pub redis: Option<Arc<Redis>>,
+    /// How answers no route matched go on the wire (the server's compression, HSTS).
+    pub wire: Wire,
 }
 
 /// The gateway that serves now (swapped whole on reload), and what every connection
@@ -102,6 +107,8 @@ pub struct Route {
     /// The route's token check.
     pub auth: Option<Auth>,
     pub backends: Vec<Backend>,
+    /// How its answers go on the wire: compression, cache-control, HSTS.
+    pub wire: Wire,
 }
 
 pub struct Backend {
@@ -245,7 +252,14 @@ impl Gateway {
         }));
         buffers.set_limit(config.server.buffer_capacity);
         let any_cors = routes.iter().any(|r| r.cors.is_some());
+        let wire = Wire {
+            compression: config.server.compression.clone().map(Arc::new),
+            cache_control: PRIVATE_NO_CACHE,
+            hsts: hsts(&config),
+            metrics: Default::default(),
+        };
         Ok(Gateway {
+            wire,
             redis,
             validators,
             any_cors,
@@ -394,7 +408,34 @@ fn compile_route(
                 })
         }),
         backends,
+        wire: compile_wire(config, r),
     })
+}
+
+/// `strict-transport-security`, when the public listener speaks TLS.
+fn hsts(config: &Config) -> Option<http::HeaderValue> {
+    config.server.tls.as_ref().and(config.server.hsts.clone())
+}
+
+/// A route's compression (its own, or the server's), cache-control and HSTS.
+fn compile_wire(config: &Config, r: &RouteConfig) -> Wire {
+    let server = &config.server.compression;
+    let compression = match &r.compression {
+        RouteCompression::Inherit => server.clone(),
+        RouteCompression::Off => None,
+        RouteCompression::On => Some(server.clone().unwrap_or_default()),
+        RouteCompression::Own(c) => Some(c.clone()),
+    };
+    let codings = compression
+        .as_ref()
+        .map_or(&[][..], |c: &Compression| &c.algorithms[..]);
+    let revalidates = !r.passthrough && r.method == Method::GET;
+    Wire {
+        metrics: METRICS.wire(&r.name, codings, revalidates),
+        compression: compression.map(Arc::new),
+        cache_control: r.cache_control.clone().unwrap_or(PRIVATE_NO_CACHE),
+        hsts: hsts(config),
+    }
 }
 
 fn compile_backend(

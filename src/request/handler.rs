@@ -16,6 +16,7 @@ use crate::request::fanout::{self, Call};
 use crate::request::gateway::{Gateway, Live, Route};
 use crate::request::outbound::{Outbound, decode_params, read_body};
 use crate::request::router::{Match, Params};
+use crate::request::wire::{self, Answer, Asked, Made};
 use crate::request::{merge, passthrough, websocket};
 use crate::state::buffers::{Charge, Share};
 use crate::state::cache::{self, Through};
@@ -24,6 +25,8 @@ use crate::telemetry::metrics::METRICS;
 use crate::telemetry::metrics::labels::{CacheKind, CacheResult};
 use crate::telemetry::trace::{self, Span};
 use crate::upstream::Streamed;
+
+const IDENTITY: HeaderValue = HeaderValue::from_static("identity");
 
 /// A marker in the request's extensions: its connection holds more than its share of
 /// `buffer_capacity`, so the request is refused (503) before it costs more.
@@ -38,7 +41,7 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: Peer,
     share: Option<Arc<Share>>,
-) -> Response<Body<Streamed>> {
+) -> Answer {
     let gateway = live.gateway.load_full();
     let request_id = forward::request_id(req.headers());
     let mut span = match &gateway.tracing {
@@ -96,9 +99,11 @@ pub async fn handle(
         partial: false,
         cache: None,
         auth: None,
+        encoding: None,
         backends: Vec::new(),
     };
     let head = req.method() == Method::HEAD;
+    let asked = Asked::of(req.method(), req.headers());
     // Looked at only when some route has CORS: a gateway without it pays nothing.
     let (origin, preflight) = if gateway.any_cors {
         let h = req.headers();
@@ -122,7 +127,7 @@ pub async fn handle(
     } else {
         serve(&gateway, req, peer, share.as_ref(), &mut done).await
     };
-    let mut response = match served {
+    let (response, made) = match served {
         // An h2 connection whose client leaves its answers unread gets no more than its
         // share pinned: an answer that would pass it is let go, and 503 sent instead.
         Ok(r)
@@ -132,14 +137,27 @@ pub async fn handle(
         {
             let e = GatewayError::Crowded;
             done.record.error = Some(e.code());
-            e.into_response(&request_id)
+            (e.into_response(&request_id), Made::Own)
         }
-        Ok(r) => r,
+        Ok(r) => {
+            let made = match done.record.route_index.map(|i| &gateway.routes[i]) {
+                _ if preflight && r.status() == StatusCode::NO_CONTENT => Made::Own,
+                Some(route) if route.passthrough => Made::Upstream,
+                Some(_) => Made::Merged,
+                None => Made::Own,
+            };
+            (r, made)
+        }
         Err(e) => {
             done.record.error = Some(e.code());
-            e.into_response(&request_id)
+            (e.into_response(&request_id), Made::Own)
         }
     };
+    let wire = match done.record.route_index {
+        Some(i) => &gateway.routes[i].wire,
+        None => &gateway.wire,
+    };
+    let mut response = wire::finish(wire, &asked, made, response, &mut done.record);
     done.record.status = response.status().as_u16();
     // Every answer of a route with CORS, errors included, except a preflight's own 204.
     if gateway.any_cors
@@ -518,7 +536,7 @@ async fn aggregate(
     let Outbound {
         route,
         parts,
-        headers,
+        mut headers,
         query,
         params,
         identity,
@@ -544,6 +562,11 @@ async fn aggregate(
     })
     .await
     .map_err(|_| GatewayError::RequestTimeout)??;
+    // An encoded answer would be decoded anyway; asking for none saves the upstream
+    // the work, unless the route forwards the client's own wish.
+    if !headers.contains_key(header::ACCEPT_ENCODING) {
+        headers.insert(header::ACCEPT_ENCODING, IDENTITY);
+    }
     let mut vary = cache::vary(&parts.headers, &route.forward_headers);
     // Claims that reach upstreams are part of every cache key, like forwarded headers.
     vary.push_str(&identity);

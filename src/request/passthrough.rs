@@ -11,7 +11,8 @@ use hyper::body::Incoming;
 use crate::base::body::{Body, ClientBody, IdleTimeout, RequestBody};
 use crate::base::error::{BackendError, Failure, GatewayError, Outcome};
 use crate::base::forward::{
-    HOP_BY_HOP, X_REQUEST_ID, connection_named, content_length, is_hop_by_hop,
+    Forward, HOP_BY_HOP, X_REQUEST_ID, connection_named, content_length, is_forwarded_by_star,
+    is_hop_by_hop,
 };
 use crate::request::backend;
 use crate::request::gateway::Route;
@@ -38,6 +39,14 @@ pub async fn forward(
     } = out;
     let backend = &route.backends[0];
     let upstream = &backend.upstream;
+    // Revalidation, ranges and the client's codings go along whatever
+    // `forward_headers` says: the upstream's validators and encodings pass back
+    // unchanged, so only it can answer them.
+    for (name, value) in &parts.headers {
+        if PASSED_ON.contains(name) && !forwarded(&route.forward_headers, name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
     let mut req = Request::new(RequestBody::Full(None));
     // HEAD on a GET route asks the upstream for the head alone.
     *req.method_mut() = if parts.method == Method::HEAD && backend.method == Method::GET {
@@ -72,6 +81,25 @@ pub async fn forward(
         .await;
     let (resp, held) = report(route, tried, record, &mut span)?;
     Ok(answer(resp, held, route, &record.request_id))
+}
+
+/// The client's headers a passthrough upstream always gets.
+const PASSED_ON: [HeaderName; 7] = [
+    header::ACCEPT_ENCODING,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+    header::RANGE,
+];
+
+/// `forward_headers` sent it already.
+fn forwarded(forward: &Forward<HeaderName>, name: &HeaderName) -> bool {
+    match forward {
+        Forward::All => is_forwarded_by_star(name),
+        Forward::Only(list) => list.contains(name),
+    }
 }
 
 /// The failure of the route's one backend, blamed on it.

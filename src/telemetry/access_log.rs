@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 
 use crate::base::cache_control::Hints;
+use crate::base::coding::Coding;
 use crate::base::error::Outcome;
 use crate::config::LogFormat;
 use crate::telemetry::metrics::labels::{AuthResult, CacheResult};
@@ -39,6 +40,8 @@ pub struct AccessRecord {
     pub cache: Option<CacheResult>,
     /// The token check's result on routes with `auth`.
     pub auth: Option<AuthResult>,
+    /// The answer's `content-encoding`, when manifold compressed it.
+    pub encoding: Option<Coding>,
     pub backends: Vec<(Arc<str>, Report)>,
 }
 
@@ -93,6 +96,8 @@ struct Line<'a> {
     cache: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     auth: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encoding: Option<&'static str>,
     backends: Backends<'a>,
 }
 
@@ -157,6 +162,7 @@ pub fn write(sink: &LogSink, format: LogFormat, r: &AccessRecord) {
                 partial: r.partial,
                 cache: r.cache.map(CacheResult::as_str),
                 auth: r.auth.map(AuthResult::as_str),
+                encoding: r.encoding.map(Coding::as_str),
                 backends: Backends(&r.backends),
             };
             match serde_json::to_vec(&line) {
@@ -174,8 +180,12 @@ pub fn write(sink: &LogSink, format: LogFormat, r: &AccessRecord) {
                 .trace_id
                 .map(|t| format!(" trace={t}"))
                 .unwrap_or_default();
+            let encoding = r
+                .encoding
+                .map(|c| format!(" encoding={}", c.as_str()))
+                .unwrap_or_default();
             format!(
-                "{} access {} {} route={route:?} status={} {:.1}ms id={}{trace} partial={} backends=[{}]",
+                "{} access {} {} route={route:?} status={} {:.1}ms id={}{trace}{encoding} partial={} backends=[{}]",
                 timestamp(SystemTime::now()),
                 r.method,
                 r.path,

@@ -527,6 +527,7 @@ impl Upstream {
             let (body, charge) =
                 read_limited(&head.headers, incoming, limit, &self.buffers, spec.share).await?;
             drop(held);
+            let body = codec::decode(&head.headers, body, limit, &charge)?;
             let json = spec.codec.read(&head.headers, body)?;
             Ok((head.status, json, hints, charge))
         })

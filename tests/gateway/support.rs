@@ -397,6 +397,18 @@ impl Answer {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
+    /// Every line of a header, joined as one list (`vary: a` and `vary: b` read as
+    /// `a, b`).
+    pub fn header_all(&self, name: &str) -> Option<String> {
+        let all: Vec<&str> = self
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        (!all.is_empty()).then(|| all.join(", "))
+    }
+
     /// Asserts the contract's error shape and returns the error object.
     pub fn error(&self, status: u16, code: &str) -> Value {
         assert_eq!(

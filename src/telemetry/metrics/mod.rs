@@ -26,6 +26,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::base::coding::Coding;
 use crate::base::error::Outcome;
 use labels::{
     AuthResult, CacheKind, CacheResult, CloseReason, Dropped, Hedge, METHODS, RedisOp, RedisResult,
@@ -71,6 +72,17 @@ struct CacheLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteName {
     route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteEncoding {
+    route: String,
+    encoding: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -175,6 +187,10 @@ pub struct Metrics {
     rate_limit_keys: Family<RouteName, Gauge>,
     config_info: Family<FingerprintLabel, Gauge>,
     config_reloaded_at: Gauge<f64, AtomicU64>,
+    compressed: Family<RouteEncoding, Counter>,
+    /// Bytes of compressed answers: uncompressed in, compressed out.
+    compression_bytes: [Counter; 2],
+    not_modified: Family<RouteName, Counter>,
     /// The request histograms of requests no route matched.
     unmatched: RouteMetrics,
     process: process::Process,
@@ -399,6 +415,29 @@ impl Metrics {
             "When the config serving now was loaded (Unix time): at start or by the last reload that succeeded",
             config_reloaded_at.clone(),
         );
+        let compressed = Family::<RouteEncoding, Counter>::default();
+        registry.register(
+            "manifold_compressed_responses",
+            "Answers sent compressed, by route and encoding (br, zstd, gzip)",
+            compressed.clone(),
+        );
+        let bytes_family = Family::<DirectionLabel, Counter>::default();
+        registry.register(
+            "manifold_compression_bytes",
+            "Bytes of compressed answers: in, their uncompressed bodies; out, what was sent",
+            bytes_family.clone(),
+        );
+        let compression_bytes = ["in", "out"].map(|direction| {
+            bytes_family
+                .get_or_create(&DirectionLabel { direction })
+                .clone()
+        });
+        let not_modified = Family::<RouteName, Counter>::default();
+        registry.register(
+            "manifold_not_modified",
+            "Requests answered 304 Not Modified (their if-none-match matched the answer's etag), by route",
+            not_modified.clone(),
+        );
         let process = process::Process::register(&mut registry);
         let unmatched = RouteMetrics::new(&requests, "unmatched", Counter::default());
         Metrics {
@@ -432,6 +471,9 @@ impl Metrics {
             rate_limit_keys,
             config_info,
             config_reloaded_at,
+            compressed,
+            compression_bytes,
+            not_modified,
             unmatched,
             process,
         }
@@ -579,7 +621,56 @@ pub struct DescriptorMetrics {
     pub refused: [Counter; 3],
 }
 
+/// A route's answers on the wire: compressed per coding, and 304s.
+#[derive(Clone, Default)]
+pub struct WireMetrics {
+    /// By [`Coding::index`].
+    compressed: [Counter; 3],
+    not_modified: Counter,
+}
+
+impl WireMetrics {
+    pub fn compressed(&self, coding: Coding) {
+        self.compressed[coding.index()].inc();
+    }
+
+    pub fn not_modified(&self) {
+        self.not_modified.inc();
+    }
+}
+
 impl Metrics {
+    /// Made when a route is compiled: a series per coding it may answer with, and
+    /// its 304s where it can send them.
+    pub fn wire(&self, route: &str, codings: &[Coding], revalidates: bool) -> WireMetrics {
+        let mut m = WireMetrics::default();
+        for &c in codings {
+            m.compressed[c.index()] = self
+                .compressed
+                .get_or_create(&RouteEncoding {
+                    route: route.to_string(),
+                    encoding: c.as_str(),
+                })
+                .clone();
+        }
+        if revalidates {
+            m.not_modified = self
+                .not_modified
+                .get_or_create(&RouteName {
+                    route: route.to_string(),
+                })
+                .clone();
+        }
+        m
+    }
+
+    /// Bytes of one compressed answer (or a piece of a streamed one): `input`
+    /// uncompressed, `output` sent.
+    pub fn compression_bytes(&self, input: u64, output: u64) {
+        self.compression_bytes[0].inc_by(input);
+        self.compression_bytes[1].inc_by(output);
+    }
+
     /// Made when a route is compiled.
     pub fn route(&self, route: &str) -> RouteMetrics {
         let rate_limited = self
