@@ -4,8 +4,8 @@
 //!
 //! The levels are fixed (docs/operations.md, "Compression: what it costs" has the
 //! measurements they were picked from): per request, a higher level buys a few
-//! percent of bytes for several times the CPU. The encoders' windows are bounded so
-//! one streamed answer's encoder holds at most 512 KiB (tests below count it).
+//! percent of bytes for several times the CPU. A streamed answer's encoder is bounded
+//! to 512 KiB (`tests/encoder_memory.rs` measures it).
 
 use std::io::{self, Read, Write};
 
@@ -45,18 +45,28 @@ impl Coding {
     }
 }
 
-/// gzip level 4: see the module's note. (zlib's default, 6, costs about twice the CPU
-/// for 2–3 % fewer bytes on JSON.)
-const GZIP_LEVEL: u32 = 4;
-/// Brotli quality 4 with a 256 KiB window: q5 and above grow the encoder's tables
-/// past the per-stream bound, and at q11 a 20 KB answer costs milliseconds.
-const BROTLI_QUALITY: u32 = 4;
+// Levels (docs/operations.md, "Compression: what it costs", from
+// `cargo bench --bench compression`). An answer compressed whole (merged answers,
+// errors) is compressed in one call and its encoder dropped at once, so only CPU
+// counts; a streamed one keeps its encoder for the stream's life, so its memory counts
+// too (at most 512 KiB: `tests/encoder_memory.rs`).
+/// Per 20 KB answer: level 3 67 µs for 18.0 % of the bytes; 1: 31 µs, 25.3 %;
+/// 6 (zlib's default): 107 µs, 16.8 %.
+const GZIP_LEVEL: u32 = 3;
+/// q3 with a 256 KiB window: 107 µs, 16.9 %; q5 216 µs, 15.2 %; q11 24 ms.
+const BROTLI_QUALITY: u32 = 3;
 const BROTLI_WINDOW_LOG: u32 = 18;
-/// zstd level 3 (its default) with the window and tables cut to stay within 512 KiB.
-const ZSTD_LEVEL: i32 = 3;
-const ZSTD_WINDOW_LOG: u32 = 17;
-const ZSTD_HASH_LOG: u32 = 15;
-const ZSTD_CHAIN_LOG: u32 = 15;
+/// Streamed: from q2 up brotli's tables alone pass 512 KiB (q2 830 KiB, q4 1.1 MiB,
+/// measured); q1 holds 180 KiB.
+const BROTLI_STREAM_QUALITY: u32 = 1;
+const BROTLI_STREAM_WINDOW_LOG: u32 = 18;
+/// Level 1: 33 µs, 16.6 % (level 3 compressed these answers less, 42 µs, 16.9 %).
+const ZSTD_LEVEL: i32 = 1;
+/// Streamed: the window and tables cut to 64 KiB / 2^15 entries (the defaults take
+/// several MiB).
+const ZSTD_STREAM_WINDOW_LOG: u32 = 16;
+const ZSTD_STREAM_HASH_LOG: u32 = 15;
+const ZSTD_STREAM_CHAIN_LOG: u32 = 15;
 
 /// The coding to answer with: among `server`'s (in its order of preference) those the
 /// client's `accept-encoding` values accept (RFC 9110 §12.5.3: a coding's own q-value,
@@ -133,7 +143,8 @@ pub enum Encoder {
 }
 
 impl Encoder {
-    pub fn new(coding: Coding) -> io::Result<Encoder> {
+    /// An encoder for a streamed answer: its memory bounded (see the levels above).
+    pub fn streaming(coding: Coding) -> io::Result<Encoder> {
         Ok(match coding {
             Coding::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
                 Vec::new(),
@@ -142,15 +153,15 @@ impl Encoder {
             Coding::Br => Encoder::Br(Box::new(brotli::CompressorWriter::new(
                 Vec::new(),
                 4096,
-                BROTLI_QUALITY,
-                BROTLI_WINDOW_LOG,
+                BROTLI_STREAM_QUALITY,
+                BROTLI_STREAM_WINDOW_LOG,
             ))),
             Coding::Zstd => {
                 use zstd::zstd_safe::CParameter;
                 let mut e = zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL)?;
-                e.window_log(ZSTD_WINDOW_LOG)?;
-                e.set_parameter(CParameter::HashLog(ZSTD_HASH_LOG))?;
-                e.set_parameter(CParameter::ChainLog(ZSTD_CHAIN_LOG))?;
+                e.window_log(ZSTD_STREAM_WINDOW_LOG)?;
+                e.set_parameter(CParameter::HashLog(ZSTD_STREAM_HASH_LOG))?;
+                e.set_parameter(CParameter::ChainLog(ZSTD_STREAM_CHAIN_LOG))?;
                 Encoder::Zstd(e)
             }
         })
@@ -194,11 +205,33 @@ impl Encoder {
     }
 }
 
-/// `body` compressed whole.
+/// `body` compressed whole, in one call: the encoder lives only for it.
 pub fn encode(coding: Coding, body: &[u8]) -> io::Result<Bytes> {
-    let mut e = Encoder::new(coding)?;
-    e.write(body)?;
-    e.finish()
+    let out = match coding {
+        Coding::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(
+                Vec::with_capacity(body.len() / 4),
+                flate2::Compression::new(GZIP_LEVEL),
+            );
+            e.write_all(body)?;
+            e.finish()?
+        }
+        Coding::Br => {
+            let params = brotli::enc::BrotliEncoderParams {
+                quality: BROTLI_QUALITY as i32,
+                lgwin: BROTLI_WINDOW_LOG as i32,
+                // Lets the encoder size its window and tables to the body.
+                size_hint: body.len(),
+                ..Default::default()
+            };
+            let mut out = Vec::with_capacity(body.len() / 4);
+            brotli::BrotliCompress(&mut &body[..], &mut out, &params)?;
+            out
+        }
+        // The body's size is known, so zstd picks a window no larger than it.
+        Coding::Zstd => zstd::bulk::compress(body, ZSTD_LEVEL)?,
+    };
+    Ok(Bytes::from(out))
 }
 
 /// Why an upstream's encoded body could not be read.
@@ -346,7 +379,7 @@ mod tests {
             let back = decode(c.as_str(), whole, 1 << 30).unwrap();
             assert_eq!(&back[..], &body[..], "{c:?}");
             // Streamed: each flush is decodable up to what was written.
-            let mut e = Encoder::new(c).unwrap();
+            let mut e = Encoder::streaming(c).unwrap();
             let mut out = Vec::new();
             for piece in body.chunks(3000) {
                 e.write(piece).unwrap();

@@ -88,7 +88,7 @@ fn read(t: &mut Table<'_, '_>, errs: &mut Errors, k: Key) -> RouteCompression {
                 RouteCompression::Off
             }
         }
-        Some(_) => match t.table(errs, k) {
+        Some(toml::de::DeValue::Table(_)) => match t.table(errs, k) {
             Some(mut c) => {
                 let own = read_table(&mut c, errs);
                 c.finish(errs);
@@ -96,6 +96,21 @@ fn read(t: &mut Table<'_, '_>, errs: &mut Errors, k: Key) -> RouteCompression {
             }
             None => RouteCompression::Inherit,
         },
+        Some(other) => {
+            let span = t.get(k).map_or(t.span(), |v| v.span());
+            errs.push(
+                Diagnostic::new(
+                    span,
+                    format!(
+                        "`compression` in {} must be true, false or a table, found {}",
+                        t.name,
+                        other.type_str()
+                    ),
+                )
+                .label("expected true, false or { algorithms, min_size }"),
+            );
+            RouteCompression::Inherit
+        }
     }
 }
 

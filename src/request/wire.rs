@@ -197,12 +197,11 @@ pub fn finish(
                 return Response::from_parts(parts, Body::Full(Some(bytes)));
             }
             match coding::encode(coding, &bytes) {
-                // Not smaller (a small body of random bytes): sent as it is.
-                Ok(encoded) if encoded.len() < bytes.len() => {
+                Ok(encoded) => {
                     METRICS.compression_bytes(bytes.len() as u64, encoded.len() as u64);
                     Body::Full(Some(encoded))
                 }
-                _ => return Response::from_parts(parts, Body::Full(Some(bytes))),
+                Err(_) => return Response::from_parts(parts, Body::Full(Some(bytes))),
             }
         }
         Body::Stream(Outgoing::Plain(s)) => {
@@ -214,7 +213,7 @@ pub fn finish(
             if declared.is_some_and(|n| n < compression.min_size) {
                 return Response::from_parts(parts, Body::Stream(Outgoing::Plain(s)));
             }
-            let Ok(encoder) = Encoder::new(coding) else {
+            let Ok(encoder) = Encoder::streaming(coding) else {
                 return Response::from_parts(parts, Body::Stream(Outgoing::Plain(s)));
             };
             weaken_etag(&mut parts.headers);

@@ -26,3 +26,4 @@ mod tls;
 mod tracing;
 mod traffic;
 mod websocket;
+mod wire;
