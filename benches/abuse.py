@@ -8,6 +8,7 @@ and open descriptors before, during and after each attack, and what it answered.
     python3 benches/abuse.py h2-zero-window --conns 2 --streams 200
     python3 benches/abuse.py big-answers --n 100 --bytes 16777216
     python3 benches/abuse.py ratelimit-keys --seconds 10
+    python3 benches/abuse.py compressed-streams --n 1000 --accept br
 
 Every subcommand takes --bin PATH (default target/release/manifold) and --extra-server
 'key = value' (repeatable: lines appended to the generated [server] table, to measure
@@ -21,6 +22,7 @@ off, and the attack's own upstream and route. Its upstream is this file run as
 `abuse.py upstream` (asyncio, HTTP/1.1 keep-alive; request bodies are read and dropped):
 
     /big?bytes=N        N bytes of valid JSON (an array of small records), chunked
+    /stream?bytes=N&ms=M  N bytes of text, 16 KiB pieces M ms apart, chunked
     /flaky?p=P          503 with probability P, else small JSON
     /slow?ms=M&p=P      waits M ms first with probability P, then small JSON
     anything else       small JSON (/ok, and the bench's users, orders, recommendations)
@@ -105,7 +107,22 @@ async def upstream_connection(reader, writer):
             await read_body(reader, headers)
             path, _, query = target.partition("?")
             q = dict(urllib.parse.parse_qsl(query))
-            if path == "/big":
+            if path == "/stream":
+                # Text a passthrough route compresses as it streams.
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n"
+                             b"transfer-encoding: chunked\r\n\r\n")
+                left, pause = int(q.get("bytes", "524288")), int(q.get("ms", "100")) / 1000
+                n = 0
+                while left > 0:
+                    part = b"".join(b"line %d of a streamed log, status=ok latency=%dms\n" % (n + i, (n * 7 + i) % 300)
+                                    for i in range(300))[:min(left, 1 << 14)]
+                    n += 300
+                    left -= len(part)
+                    writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+                    await writer.drain()
+                    await asyncio.sleep(pause)
+                writer.write(b"0\r\n\r\n")
+            elif path == "/big":
                 # No content-length: the gateway cannot refuse the body before reading it.
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                              b"transfer-encoding: chunked\r\n\r\n")
@@ -528,6 +545,36 @@ async def big_answers(gw, n, nbytes, out):
                      f"time per answer: min {secs[0]:.1f} s, max {secs[-1]:.1f} s")
 
 
+async def compressed_streams(gw, n, accept, out):
+    """n concurrent passthrough streams, each asking for `accept`, read as they come."""
+    results = []
+
+    async def one(i):
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            ae = f"accept-encoding: {accept}\r\n" if accept != "identity" else ""
+            writer.write(f"GET /abuse/stream/{i} HTTP/1.1\r\nhost: x\r\n{ae}connection: close\r\n\r\n".encode())
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+            status = head.split(" ")[1]
+            coding = "identity"
+            for line in head.split("\r\n"):
+                if line.startswith("content-encoding:"):
+                    coding = line.split(":", 1)[1].strip()
+            size = 0
+            while chunk := await reader.read(1 << 16):
+                size += len(chunk)
+            writer.close()
+        except (OSError, IndexError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
+            status, coding, size = type(e).__name__, "-", 0
+        results.append((status, coding, size))
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    out.lines.append("statuses: " + histogram(collections.Counter(r[0] for r in results)))
+    out.lines.append("encodings: " + histogram(collections.Counter(r[1] for r in results)))
+    sizes = sorted(r[2] for r in results)
+    out.lines.append(f"bytes received per stream: min {sizes[0]}, max {sizes[-1]}")
+
+
 RATELIMIT_LUA = """\
 -- A fresh x-api-key on every request. Each wrk thread has its own Lua state,
 -- so keys carry the thread's number; statuses are counted per thread.
@@ -643,6 +690,11 @@ def main():
     p = command("big-answers", "concurrent requests whose backend answers a big JSON body")
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--bytes", type=int, default=16777216)
+    p = command("compressed-streams", "concurrent passthrough streams compressed as they stream")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--accept", default="br", help="the clients' accept-encoding (identity: none)")
+    p.add_argument("--bytes", type=int, default=524288, help="bytes of each stream")
+    p.add_argument("--ms", type=int, default=100, help="pause between the upstream's 16 KiB pieces")
     p = command("ratelimit-keys", "a fresh rate-limit key on every request")
     p.add_argument("--seconds", type=int, default=10)
     args = ap.parse_args()
@@ -693,6 +745,22 @@ timeout = "60s"
   group = "data"
 """
         run(args, route, lambda gw, s, out: big_answers(gw, args.n, args.bytes, out))
+    elif args.cmd == "compressed-streams":
+        route = f"""
+[upstreams.abuse]
+urls = ["UPSTREAM"]
+timeout = "30s"
+
+[[routes]]
+path = "/abuse/stream/{{n}}"
+timeout = "60s"
+passthrough = true
+
+  [[routes.backends]]
+  upstream = "abuse"
+  path = "/stream?bytes={args.bytes}&ms={args.ms}&n={{n}}"
+"""
+        run(args, route, lambda gw, s, out: compressed_streams(gw, args.n, args.accept, out))
     elif args.cmd == "ratelimit-keys":
         need_tool("wrk", "wrk")
         route = """

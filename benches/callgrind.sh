@@ -8,7 +8,7 @@
 # PATH is a route of ../shared/bench/routes.bench.toml (`/api/users/1`: pass-through),
 # or `distinct` for the fan-out over 500 different ids. One worker; the upstream is
 # benches/abuse.py's; N (2,000) h2c requests (h2load, 4 connections × 10 streams) after
-# a warm-up of 200, counted from zeroed counters.
+# a warm-up of 200, counted from zeroed counters. KEEP=DIR keeps the profiles there.
 set -euo pipefail
 BIN=$(realpath "$1"); URLPATH=$2; N=${3:-2000}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -38,4 +38,6 @@ sleep 1
 kill $GW; wait $GW 2>/dev/null || true
 TOTAL=$(for f in callgrind.out.run.*; do callgrind_annotate "$f" 2>/dev/null | grep -m1 'PROGRAM TOTALS' | awk '{gsub(",","",$1); print $1}'; done | sort -n | tail -1)
 OK=$(grep -o '[0-9]* succeeded' h2.log | head -1)
+# KEEP=DIR keeps the profiles, for callgrind_annotate.
+if [ -n "${KEEP:-}" ]; then cp callgrind.out.run.* "$KEEP"/; fi
 echo "$BIN $URLPATH total=$TOTAL ($OK) per_req=$((TOTAL / N))"

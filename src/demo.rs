@@ -92,6 +92,17 @@ fn answer(service: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "email": format!("user{id}@example.com"),
             "plan": "pro",
             "lang": param("lang").unwrap_or_else(|| "en".into()),
+            "member_since": "2019-04-12",
+            "bio": "Collects fountain pens, writes long letters, and reviews every notebook the shop stocks. Prefers dotted paper and blue-black ink.",
+            "addresses": [
+                {"kind": "home", "line1": format!("{id} Harbour Street"), "city": "Bristol", "postcode": "BS1 4RW", "country": "GB"},
+                {"kind": "work", "line1": "Floor 3, 1 Temple Quay", "city": "Bristol", "postcode": "BS1 6DZ", "country": "GB"}
+            ],
+            "preferences": {"newsletter": true, "currency": "GBP", "units": "metric", "theme": "system",
+                            "notifications": {"email": true, "push": false, "sms": false}},
+            "loyalty": {"tier": "gold", "points": 4210, "next_tier_at": 5000},
+            "saved_searches": ["fountain pens under 50", "dotted notebooks A5", "blue-black ink", "desk lamps warm white"],
+            "recently_viewed": recently_viewed()
         }),
         ("orders", Some(("", "orders"))) => {
             let customer = param("customer").unwrap_or_default();
@@ -100,18 +111,82 @@ fn answer(service: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 .unwrap_or(10)
                 .min(20);
             let items: Vec<Value> = (0..limit)
-                .map(|i| json!({"id": format!("o-{i}"), "customer": customer, "sku": format!("SKU-{}", 1000 + i), "qty": 1 + i % 3, "price_cents": 1999 + 10 * i}))
+                .map(|i| {
+                    const TITLES: [&str; 4] = ["Desk lamp", "Notebook, A5 dotted", "Fountain pen", "Wool blanket"];
+                    const STATUS: [&str; 3] = ["delivered", "shipped", "processing"];
+                    json!({"id": format!("o-{i}"), "customer": customer, "sku": format!("SKU-{}", 1000 + i),
+                           "title": TITLES[i % 4], "qty": 1 + i % 3, "price_cents": 1999 + 10 * i,
+                           "status": STATUS[i % 3], "placed_at": format!("2026-11-{:02}T09:30:00Z", 1 + i),
+                           "image_url": format!("https://img.example/sku/{}.jpg", 1000 + i)})
+                })
                 .collect();
             json!({"total": 12, "items": items})
         }
         ("recommendations", Some(("/recommendations", _))) => json!([
-            {"sku": "SKU-2000", "title": "Lamp", "score": 0.97},
-            {"sku": "SKU-2001", "title": "Desk", "score": 0.91},
-            {"sku": "SKU-2002", "title": "Chair", "score": 0.88}
+            {"sku": "SKU-2000", "title": "Lamp", "score": 0.97, "reason": "bought with your desk", "image_url": "https://img.example/sku/2000.jpg"},
+            {"sku": "SKU-2001", "title": "Desk", "score": 0.91, "reason": "popular in your area", "image_url": "https://img.example/sku/2001.jpg"},
+            {"sku": "SKU-2002", "title": "Chair", "score": 0.88, "reason": "goes with your lamp", "image_url": "https://img.example/sku/2002.jpg"}
         ]),
         _ => return json_response(StatusCode::NOT_FOUND, json!({"error": "not found"})),
     };
-    json_response(StatusCode::OK, body)
+    revalidated(req, Bytes::from(body.to_string()))
+}
+
+/// A user's recently viewed products: part of what makes a real profile a few KB.
+fn recently_viewed() -> Vec<Value> {
+    const TITLES: [&str; 6] = [
+        "Brass pen clip",
+        "Ink converter",
+        "Leather pen case",
+        "Blotting paper",
+        "Nib, fine",
+        "Desk pad",
+    ];
+    TITLES
+        .iter()
+        .enumerate()
+        .map(|(i, title)| {
+            json!({"sku": format!("SKU-{}", 3000 + i), "title": title,
+                   "viewed_at": format!("2026-12-0{}T18:{:02}:00Z", 1 + i, i * 7)})
+        })
+        .collect()
+}
+
+/// What a well-behaved service does: a validator of its answer, `private, no-cache`
+/// (keep it, ask again), and 304 when the client already holds it.
+fn revalidated(req: &Request<Incoming>, body: Bytes) -> Response<Full<Bytes>> {
+    let etag = format!("\"{:016x}\"", xxhash_rust::xxh3::xxh3_64(&body));
+    let etag =
+        http::HeaderValue::from_str(&etag).unwrap_or(http::HeaderValue::from_static("\"0\""));
+    let matched = req
+        .headers()
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .any(|v| {
+            v.as_bytes().split(|b| *b == b',').any(|t| {
+                let t = t.trim_ascii();
+                t == b"*" || t.strip_prefix(b"W/").unwrap_or(t) == etag.as_bytes()
+            })
+        });
+    let mut resp = if matched {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        let mut r = Response::new(Full::new(body));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        r
+    };
+    let h = resp.headers_mut();
+    h.insert(header::ETAG, etag);
+    h.insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("private, no-cache"),
+    );
+    resp
 }
 
 fn json_response(status: StatusCode, v: Value) -> Response<Full<Bytes>> {

@@ -16,6 +16,15 @@ use crate::telemetry::metrics::METRICS;
 use crate::upstream::breaker::BreakerState;
 
 pub fn handle(live: &Live, req: Request<Incoming>) -> Response<Body<Never>> {
+    let mut r = answer(live, &req);
+    r.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+fn answer(live: &Live, req: &Request<Incoming>) -> Response<Body<Never>> {
     match req.uri().path() {
         "/health" => plain(StatusCode::OK, r#"{"status":"ok"}"#),
         "/ready" if live.ready.load(Ordering::SeqCst) => {
@@ -82,6 +91,13 @@ pub fn routes(gw: &Gateway) -> Value {
                 "passthrough": r.passthrough,
                 "websocket": r.websocket.is_some(),
                 "cache": rc.cache.as_ref().map(|c| json!({"ttl_ms": c.ttl.as_millis() as u64})),
+                // What goes on the wire: codings in order (false: off), and the
+                // cache-control of complete answers (merged routes).
+                "compression": r.wire.compression.as_ref().map_or(Value::Bool(false), |c| json!({
+                    "algorithms": c.algorithms.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+                    "min_size": c.min_size,
+                })),
+                "cache_control": (!r.passthrough).then(|| r.wire.cache_control.to_str().unwrap_or_default()),
                 "auth": rc.auth.as_ref().map(|a| json!({
                     "jwt": a.jwt,
                     "scopes": a.scopes,

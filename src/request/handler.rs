@@ -24,7 +24,6 @@ use crate::telemetry::access_log::{self, AccessRecord, Report};
 use crate::telemetry::metrics::METRICS;
 use crate::telemetry::metrics::labels::{CacheKind, CacheResult};
 use crate::telemetry::trace::{self, Span};
-use crate::upstream::Streamed;
 
 const IDENTITY: HeaderValue = HeaderValue::from_static("identity");
 
@@ -187,7 +186,7 @@ fn preflight(
     gateway: &Gateway,
     parts: &http::request::Parts,
     record: &mut AccessRecord,
-) -> Result<Option<Response<Body<Streamed>>>, GatewayError> {
+) -> Result<Option<Answer>, GatewayError> {
     let h = &parts.headers;
     let (Some(origin), Some(wanted)) = (
         h.get(header::ORIGIN),
@@ -247,7 +246,7 @@ fn allowed_methods(gateway: &Gateway, path: &str, origin: &HeaderValue) -> Optio
 }
 
 /// Bytes of a buffered answer (0 for a streamed one).
-fn buffered_len(r: &Response<Body<Streamed>>) -> u64 {
+fn buffered_len(r: &Answer) -> u64 {
     match r.body() {
         Body::Full(Some(b)) => b.len() as u64,
         _ => 0,
@@ -338,7 +337,7 @@ async fn serve(
     peer: Peer,
     share: Option<&Arc<Share>>,
     done: &mut Finish,
-) -> Result<Response<Body<Streamed>>, GatewayError> {
+) -> Result<Answer, GatewayError> {
     let (mut parts, body) = req.into_parts();
     // 1. The head: well-formed, within bounds, its connection not over its share.
     check_head(&parts, gateway.config.server.max_header_size)?;
@@ -532,7 +531,7 @@ async fn aggregate(
     out: Outbound<'_>,
     body: Incoming,
     prefetched: Option<cache::Prefetched>,
-) -> Result<Response<Body<Streamed>>, GatewayError> {
+) -> Result<Answer, GatewayError> {
     let Outbound {
         route,
         parts,
@@ -667,8 +666,11 @@ fn json_response(
     completed: bool,
     request_id: &HeaderValue,
     cache: Option<CacheResult>,
-) -> Response<Body<Streamed>> {
+) -> Answer {
     let mut resp = Response::new(Body::from(body));
+    // Room for what the answer gets on its way out (wire, CORS) without the map
+    // growing and rehashing on the way.
+    *resp.headers_mut() = HeaderMap::with_capacity(12);
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

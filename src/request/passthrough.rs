@@ -17,16 +17,14 @@ use crate::base::forward::{
 use crate::request::backend;
 use crate::request::gateway::Route;
 use crate::request::outbound::Outbound;
+use crate::request::wire::{Answer, Outgoing};
 use crate::telemetry::access_log::{AccessRecord, Report};
 use crate::telemetry::trace::Pending;
 use crate::upstream::{Held, Streamed, Tried};
 
 /// Sends the request to the route's one upstream, its body streamed; streams the
 /// answer back.
-pub async fn forward(
-    mut out: Outbound<'_>,
-    body: Incoming,
-) -> Result<Response<Body<Streamed>>, GatewayError> {
+pub async fn forward(mut out: Outbound<'_>, body: Incoming) -> Result<Answer, GatewayError> {
     // The body streams after the span ends.
     let (mut span, base, uri) = begin(&mut out)?;
     let Outbound {
@@ -178,9 +176,14 @@ pub(crate) fn answer(
     held: Held,
     route: &Route,
     request_id: &HeaderValue,
-) -> Response<Body<Streamed>> {
+) -> Answer {
     let idle = route.backends[0].upstream.idle_timeout();
-    let mut out = resp.map(|b| Body::Stream(Streamed::new(IdleTimeout::new(b, idle), held)));
+    let mut out = resp.map(|b| {
+        Body::Stream(Outgoing::Plain(Streamed::new(
+            IdleTimeout::new(b, idle),
+            held,
+        )))
+    });
     // RFC 9112 §6.3: with `transfer-encoding`, `content-length` is not the length (the
     // chunked body was read as such); passed on, it would cut the body short.
     if out.headers().contains_key(header::TRANSFER_ENCODING) {

@@ -31,9 +31,9 @@ use crate::base::forward::{X_FORWARDED_HOST, X_REQUEST_ID};
 use crate::request::gateway::Route;
 use crate::request::outbound::Outbound;
 use crate::request::passthrough;
+use crate::request::wire::Answer;
 use crate::state::connections::{TunnelHome, TunnelPlace};
 use crate::state::descriptors::Holder;
-use crate::upstream::Streamed;
 
 /// Bytes each direction's copy reads at once: an idle tunnel holds two of these.
 const SPLICE_BUFFER: usize = 4096;
@@ -140,10 +140,7 @@ pub fn origin_allowed(
 }
 
 /// Carries an upgrade request to the route's upstream; see the module docs.
-pub async fn tunnel(
-    mut out: Outbound<'_>,
-    upgrading: Upgrading,
-) -> Result<Response<Body<Streamed>>, GatewayError> {
+pub async fn tunnel(mut out: Outbound<'_>, upgrading: Upgrading) -> Result<Answer, GatewayError> {
     let Upgrading {
         client: Some(client),
         home: Some(home),

@@ -81,6 +81,8 @@ impl Asked {
 /// A header's lines as one value (RFC 9110 §5.3): a list split over several lines
 /// means the same as one line.
 fn joined(headers: &HeaderMap, name: http::HeaderName) -> Option<HeaderValue> {
+    // Absent on most requests: one lookup, nothing else.
+    headers.get(&name)?;
     let mut all = headers.get_all(name).iter();
     let first = all.next()?;
     let Some(second) = all.next() else {
@@ -119,13 +121,9 @@ pub fn finish(
     wire: &Wire,
     asked: &Asked,
     made: Made,
-    response: Response<Body<Streamed>>,
+    mut response: Answer,
     record: &mut AccessRecord,
 ) -> Answer {
-    let mut response = response.map(|b| match b {
-        Body::Full(bytes) => Body::Full(bytes),
-        Body::Stream(s) => Body::Stream(Outgoing::Plain(s)),
-    });
     let status = response.status();
     let headers = response.headers_mut();
     if made != Made::Upstream {
@@ -139,7 +137,10 @@ pub fn finish(
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return response;
     }
-    let qualifies = wire.compression.is_some() && compressible_type(response.headers());
+    // A 304 says what the 200 would have (RFC 9110 §15.4.5): its type is not sent,
+    // so a route that compresses says `vary` on every 304.
+    let qualifies = wire.compression.is_some()
+        && (status == StatusCode::NOT_MODIFIED || compressible_type(response.headers()));
     if made == Made::Merged && status == StatusCode::OK {
         let complete = response
             .headers()
@@ -171,7 +172,8 @@ pub fn finish(
         return response;
     }
     add_vary(response.headers_mut());
-    let Some(compression) = &wire.compression else {
+    // Cheapest first: most requests that ask for nothing end here.
+    let (Some(compression), Some(accept)) = (&wire.compression, &asked.accept_encoding) else {
         return response;
     };
     if asked.head
@@ -181,9 +183,6 @@ pub fn finish(
     {
         return response;
     }
-    let Some(accept) = &asked.accept_encoding else {
-        return response;
-    };
     let Some(coding) =
         coding::negotiate(std::iter::once(accept.as_bytes()), &compression.algorithms)
     else {
@@ -291,6 +290,10 @@ fn not_modified(from: &HeaderMap, etag: HeaderValue, qualifies: bool) -> Answer 
 
 /// `vary: accept-encoding`, once, beside whatever `vary` the answer has.
 fn add_vary(h: &mut HeaderMap) {
+    if !h.contains_key(VARY) {
+        h.insert(VARY, ACCEPT_ENCODING);
+        return;
+    }
     let listed = h.get_all(VARY).iter().any(|v| {
         v.as_bytes().split(|b| *b == b',').any(|t| {
             t.trim_ascii().eq_ignore_ascii_case(b"accept-encoding") || t.trim_ascii() == b"*"
@@ -302,28 +305,34 @@ fn add_vary(h: &mut HeaderMap) {
 }
 
 /// Types worth compressing: JSON, text (but not event streams), JavaScript, XML, SVG.
+/// Runs on every answer of a route with compression: compared in place, no copy.
 fn compressible_type(h: &HeaderMap) -> bool {
     let Some(ct) = h.get(CONTENT_TYPE) else {
         return false;
     };
     let ct = ct.as_bytes();
+    if ct == b"application/json" {
+        return true;
+    }
     let essence = ct.split(|b| *b == b';').next().unwrap_or(ct).trim_ascii();
-    let Ok(essence) = std::str::from_utf8(essence) else {
+    let Some(slash) = essence.iter().position(|b| *b == b'/') else {
         return false;
     };
-    let essence = essence.to_ascii_lowercase();
-    let Some((kind, sub)) = essence.split_once('/') else {
-        return false;
+    let (kind, sub) = (&essence[..slash], &essence[slash + 1..]);
+    let is = |a: &[u8], b: &str| a.eq_ignore_ascii_case(b.as_bytes());
+    let ends = |a: &[u8], b: &str| {
+        a.len() >= b.len() && a[a.len() - b.len()..].eq_ignore_ascii_case(b.as_bytes())
     };
-    match kind {
-        "text" => sub != "event-stream",
-        "application" => {
-            matches!(sub, "json" | "javascript" | "xml")
-                || sub.ends_with("+json")
-                || sub.ends_with("+xml")
-        }
-        "image" => sub == "svg+xml",
-        _ => false,
+    if is(kind, "text") {
+        !is(sub, "event-stream")
+    } else if is(kind, "application") {
+        is(sub, "json")
+            || is(sub, "javascript")
+            || is(sub, "xml")
+            || ends(sub, "+json")
+            || ends(sub, "+xml")
+    } else {
+        is(kind, "image") && is(sub, "svg+xml")
     }
 }
 

@@ -2,34 +2,10 @@
 //! every curl line it prints gives the answer it promises.
 
 use serde_json::Value;
-use url::Url;
 
 #[tokio::test]
 async fn every_printed_curl_line_answers() {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/routes.toml")).unwrap();
-    let mut config =
-        manifold::config::parse("routes.toml", &text).expect("the shipped routes.toml is valid");
-    // Same services, ephemeral ports: tests must not depend on 7001-7003 and 8080 being free.
-    for u in &mut config.upstreams {
-        u.settings.urls = vec![Url::parse("http://127.0.0.1:0").unwrap()];
-    }
-    let addrs = manifold::demo::start(&config)
-        .await
-        .expect("demo services start");
-    for ((name, _), addr) in manifold::demo::SERVICES.iter().zip(&addrs) {
-        let u = config
-            .upstreams
-            .iter_mut()
-            .find(|u| u.name == *name)
-            .unwrap();
-        u.settings.urls = vec![Url::parse(&format!("http://{addr}")).unwrap()];
-    }
-    config.server.listen = "127.0.0.1:0".parse().unwrap();
-    config.server.admin_listen = Some("127.0.0.1:0".parse().unwrap());
-    let server = manifold::listener::Server::start(config, std::sync::Arc::new(|_: &[u8]| {}))
-        .await
-        .unwrap();
+    let server = crate::support::start_demo().await;
 
     let client = reqwest::Client::new();
     let lines = manifold::demo::curl_lines(server.addr);

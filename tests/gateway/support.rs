@@ -630,3 +630,32 @@ impl Process {
         self.lines.lock().unwrap().join("\n")
     }
 }
+
+/// `manifold demo` in-process: the repository's routes.toml with the built-in demo
+/// services, every listener on an ephemeral port (tests must not depend on 7001-7003
+/// and 8080 being free).
+pub async fn start_demo() -> Server {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/routes.toml")).unwrap();
+    let mut config =
+        manifold::config::parse("routes.toml", &text).expect("the shipped routes.toml is valid");
+    for u in &mut config.upstreams {
+        u.settings.urls = vec![url::Url::parse("http://127.0.0.1:0").unwrap()];
+    }
+    let addrs = manifold::demo::start(&config)
+        .await
+        .expect("demo services start");
+    for ((name, _), addr) in manifold::demo::SERVICES.iter().zip(&addrs) {
+        let u = config
+            .upstreams
+            .iter_mut()
+            .find(|u| u.name == *name)
+            .unwrap();
+        u.settings.urls = vec![url::Url::parse(&format!("http://{addr}")).unwrap()];
+    }
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    Server::start(config, Arc::new(|_: &[u8]| {}))
+        .await
+        .unwrap()
+}
