@@ -9,6 +9,10 @@
 
 use manifold::base::coding::{Coding, Encoder};
 
+// The allocator the binary uses: its size classes are part of what an encoder costs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ENCODERS: usize = 100;
 const LIMIT: usize = 512 << 10;
 

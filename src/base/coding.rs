@@ -53,11 +53,14 @@ impl Coding {
 /// Per 20 KB answer: level 3 67 µs for 18.0 % of the bytes; 1: 31 µs, 25.3 %;
 /// 6 (zlib's default): 107 µs, 16.8 %.
 const GZIP_LEVEL: u32 = 3;
+/// Streamed: an 8 KiB window (zlib's default is 32 KiB) takes an encoder from 470
+/// to 410 KiB (measured with mimalloc, the binary's allocator).
+const GZIP_STREAM_WINDOW_BITS: u8 = 13;
 /// q3 with a 256 KiB window: 107 µs, 16.9 %; q5 216 µs, 15.2 %; q11 24 ms.
 const BROTLI_QUALITY: u32 = 3;
 const BROTLI_WINDOW_LOG: u32 = 18;
 /// Streamed: from q2 up brotli's tables alone pass 512 KiB (q2 830 KiB, q4 1.1 MiB,
-/// measured); q1 holds 180 KiB.
+/// measured); q1 holds 250 KiB.
 const BROTLI_STREAM_QUALITY: u32 = 1;
 const BROTLI_STREAM_WINDOW_LOG: u32 = 18;
 /// Level 1: 33 µs, 16.6 % (level 3 compressed these answers less, 42 µs, 16.9 %).
@@ -137,7 +140,8 @@ fn qvalue(s: &str) -> Option<u16> {
 
 /// One answer's encoder: bytes in, compressed bytes out as they are ready.
 pub enum Encoder {
-    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+    /// zlib in gzip mode: its framing (header, CRC trailer) written by zlib itself.
+    Gzip(flate2::write::ZlibEncoder<Vec<u8>>),
     Br(Box<brotli::CompressorWriter<Vec<u8>>>),
     Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
 }
@@ -146,9 +150,12 @@ impl Encoder {
     /// An encoder for a streamed answer: its memory bounded (see the levels above).
     pub fn streaming(coding: Coding) -> io::Result<Encoder> {
         Ok(match coding {
-            Coding::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
+            Coding::Gzip => Encoder::Gzip(flate2::write::ZlibEncoder::new_with_compress(
                 Vec::new(),
-                flate2::Compression::new(GZIP_LEVEL),
+                flate2::Compress::new_gzip(
+                    flate2::Compression::new(GZIP_LEVEL),
+                    GZIP_STREAM_WINDOW_BITS,
+                ),
             )),
             Coding::Br => Encoder::Br(Box::new(brotli::CompressorWriter::new(
                 Vec::new(),
@@ -344,6 +351,33 @@ mod tests {
         // Bytes that are not text are skipped, never a panic.
         let lines: [&[u8]; 2] = [b"\xff\xfe", b"zstd"];
         assert_eq!(negotiate(lines.into_iter(), ALL), Some(Coding::Zstd));
+    }
+
+    proptest::proptest! {
+        /// Whatever a client sends: no panic, and an answer only from the server's list
+        /// that the client did not refuse by name.
+        #[test]
+        fn negotiation_takes_any_header(value in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let server = [Coding::Gzip, Coding::Zstd];
+            if let Some(c) = negotiate(std::iter::once(&value[..]), &server) {
+                proptest::prop_assert!(server.contains(&c));
+                let text = String::from_utf8_lossy(&value).to_ascii_lowercase();
+                let refused = format!("{};q=0", c.as_str());
+                proptest::prop_assert!(!text.replace(' ', "").split(',').any(|i| i == refused));
+            }
+        }
+
+        /// Whatever an upstream sends as an encoded body: no panic, never more than the
+        /// limit.
+        #[test]
+        fn decoding_takes_any_body(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..256),
+            coding in proptest::sample::select(vec!["gzip", "deflate", "br", "zstd", "gzip, br", "x"]),
+        ) {
+            if let Ok(out) = decode(coding, Bytes::from(body), 1024) {
+                proptest::prop_assert!(out.len() <= 1024);
+            }
+        }
     }
 
     #[test]
