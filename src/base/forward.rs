@@ -19,6 +19,23 @@ pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// (docs/configuration.md#resilience-order-and-state).
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
+/// Revalidation and range headers. A merged route answers them itself, with its own
+/// etag (docs/configuration.md#revalidation): they never reach its backends or its
+/// cache keys, whatever `forward_headers` says. A passthrough route always forwards
+/// them.
+pub const CONDITIONAL: [HeaderName; 6] = [
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+    header::RANGE,
+];
+
+pub fn is_conditional(name: &HeaderName) -> bool {
+    CONDITIONAL.contains(name)
+}
+
 /// Which client headers or query params a route forwards.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Forward<T> {

@@ -382,8 +382,19 @@ pub(super) fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Rou
     }
     let (path, path_span) = path?;
     let passthrough = passthrough || backends.iter().any(|b| b.passthrough);
-    let cache_control = cache_control
-        .and_then(|(v, span)| read_cache_control(&v, span, passthrough, auth.is_some(), errs));
+    let cache_control = cache_control.and_then(|(v, span)| {
+        // Whose answer this is: a token's user, or whoever's credentials go upstream.
+        let per_user = if auth.is_some() {
+            Some("a route with `auth`")
+        } else if forward_headers.iter().any(|(h, _)| {
+            h == "*" || h.eq_ignore_ascii_case("authorization") || h.eq_ignore_ascii_case("cookie")
+        }) {
+            Some("a route that forwards authorization or cookie")
+        } else {
+            None
+        };
+        read_cache_control(&v, span, passthrough, per_user, errs)
+    });
     if let Some(span) = websocket_span.filter(|_| websocket && !passthrough) {
         errs.push(
             Diagnostic::new(span, "`websocket = true` needs `passthrough = true`")
@@ -422,13 +433,13 @@ pub(super) fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Rou
 }
 
 /// `cache_control`: a header value; not on a passthrough route (its answers keep the
-/// upstream's), and on a route with `auth` nothing that lets a shared cache keep a
-/// per-user answer.
+/// upstream's), and on a route whose answer is per user (`per_user` says why) nothing
+/// that lets a shared cache keep it.
 fn read_cache_control(
     value: &str,
     span: SourceSpan,
     passthrough: bool,
-    auth: bool,
+    per_user: Option<&str>,
     errs: &mut Errors,
 ) -> Option<http::HeaderValue> {
     if passthrough {
@@ -445,7 +456,7 @@ fn read_cache_control(
         );
         return None;
     };
-    if auth {
+    if let Some(why) = per_user {
         let shared = value.split(',').find_map(|d| {
             let name = d.split('=').next().unwrap_or("").trim();
             (name.eq_ignore_ascii_case("public") || name.eq_ignore_ascii_case("s-maxage"))
@@ -453,7 +464,7 @@ fn read_cache_control(
         });
         if let Some(directive) = shared {
             errs.push(
-                Diagnostic::new(span, format!("`{directive}` on a route with `auth`"))
+                Diagnostic::new(span, format!("`{directive}` on {why}"))
                     .label("a shared cache (CDN, proxy) could keep one user's answer for another")
                     .note("use `private, max-age=N` for answers a browser may keep"),
             );

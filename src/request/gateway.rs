@@ -83,6 +83,9 @@ pub struct Route {
     /// Names of the path parameters, in path order (matchit yields values in this order).
     pub params: Vec<String>,
     pub forward_headers: Forward<HeaderName>,
+    /// `forward_headers` could pass a conditional or range header on: a merged route
+    /// removes them from what its backends get.
+    pub forwards_conditional: bool,
     pub forward_query: Forward<String>,
     pub passthrough: bool,
     /// `websocket = true`: upgrade requests become tunnels, open ones counted here.
@@ -252,11 +255,16 @@ impl Gateway {
         }));
         buffers.set_limit(config.server.buffer_capacity);
         let any_cors = routes.iter().any(|r| r.cors.is_some());
+        let server_codings = config
+            .server
+            .compression
+            .as_ref()
+            .map_or(&[][..], |c| &c.algorithms[..]);
         let wire = Wire {
+            metrics: METRICS.wire("unmatched", server_codings, false),
             compression: config.server.compression.clone().map(Arc::new),
             cache_control: PRIVATE_NO_CACHE,
-            hsts: hsts(&config),
-            metrics: Default::default(),
+            hsts: config.server.hsts.clone(),
         };
         Ok(Gateway {
             wire,
@@ -348,6 +356,10 @@ fn compile_route(
         Forward::All => Forward::All,
         Forward::Only(list) => Forward::Only(list.into_iter().flatten().collect()),
     };
+    let forwards_conditional = match &forward_headers {
+        Forward::All => true,
+        Forward::Only(list) => list.iter().any(crate::base::forward::is_conditional),
+    };
     Ok(Route {
         name: Arc::from(r.name.as_str()),
         method: r.method.clone(),
@@ -357,6 +369,7 @@ fn compile_route(
         deadline: config.route_deadline(r),
         params,
         forward_headers,
+        forwards_conditional,
         forward_query: Forward::from_list(r.forward_query.clone(), |q| q == "*"),
         passthrough: r.passthrough,
         websocket: r.websocket.then(|| METRICS.websocket_tunnels(&r.name)),
@@ -412,11 +425,6 @@ fn compile_route(
     })
 }
 
-/// `strict-transport-security`, when the public listener speaks TLS.
-fn hsts(config: &Config) -> Option<http::HeaderValue> {
-    config.server.tls.as_ref().and(config.server.hsts.clone())
-}
-
 /// A route's compression (its own, or the server's), cache-control and HSTS.
 fn compile_wire(config: &Config, r: &RouteConfig) -> Wire {
     let server = &config.server.compression;
@@ -434,7 +442,7 @@ fn compile_wire(config: &Config, r: &RouteConfig) -> Wire {
         metrics: METRICS.wire(&r.name, codings, revalidates),
         compression: compression.map(Arc::new),
         cache_control: r.cache_control.clone().unwrap_or(PRIVATE_NO_CACHE),
-        hsts: hsts(config),
+        hsts: config.server.hsts.clone(),
     }
 }
 

@@ -11,8 +11,8 @@ use hyper::body::Incoming;
 use crate::base::body::{Body, ClientBody, IdleTimeout, RequestBody};
 use crate::base::error::{BackendError, Failure, GatewayError, Outcome};
 use crate::base::forward::{
-    Forward, HOP_BY_HOP, X_REQUEST_ID, connection_named, content_length, is_forwarded_by_star,
-    is_hop_by_hop,
+    CONDITIONAL, Forward, HOP_BY_HOP, X_REQUEST_ID, connection_named, content_length,
+    is_forwarded_by_star, is_hop_by_hop,
 };
 use crate::request::backend;
 use crate::request::gateway::Route;
@@ -41,8 +41,16 @@ pub async fn forward(mut out: Outbound<'_>, body: Incoming) -> Result<Answer, Ga
     // `forward_headers` says: the upstream's validators and encodings pass back
     // unchanged, so only it can answer them.
     for (name, value) in &parts.headers {
-        if PASSED_ON.contains(name) && !forwarded(&route.forward_headers, name) {
+        if passed_on(name) && !forwarded(&route.forward_headers, name) {
             headers.append(name.clone(), value.clone());
+        }
+        if (name == header::IF_MATCH || name == header::IF_RANGE)
+            && route.wire.compression.is_some()
+            && let Some(strong) = crate::request::wire::strengthened(value)
+        {
+            // The tag manifold weakened, made strong again (wire::strengthened).
+            headers.remove(name);
+            headers.insert(name.clone(), strong);
         }
     }
     let mut req = Request::new(RequestBody::Full(None));
@@ -81,16 +89,11 @@ pub async fn forward(mut out: Outbound<'_>, body: Incoming) -> Result<Answer, Ga
     Ok(answer(resp, held, route, &record.request_id))
 }
 
-/// The client's headers a passthrough upstream always gets.
-const PASSED_ON: [HeaderName; 7] = [
-    header::ACCEPT_ENCODING,
-    header::IF_NONE_MATCH,
-    header::IF_MODIFIED_SINCE,
-    header::IF_MATCH,
-    header::IF_UNMODIFIED_SINCE,
-    header::IF_RANGE,
-    header::RANGE,
-];
+/// The client's headers a passthrough upstream always gets: its codings, and the
+/// conditional and range headers ([`CONDITIONAL`]).
+fn passed_on(name: &HeaderName) -> bool {
+    name == header::ACCEPT_ENCODING || CONDITIONAL.contains(name)
+}
 
 /// `forward_headers` sent it already.
 fn forwarded(forward: &Forward<HeaderName>, name: &HeaderName) -> bool {

@@ -38,7 +38,9 @@ pub struct Wire {
     pub compression: Option<Arc<Compression>>,
     /// On complete merged 200s: the route's `cache_control`, else `private, no-cache`.
     pub cache_control: HeaderValue,
-    /// With TLS on the public listener: `strict-transport-security`'s value.
+    /// `strict-transport-security`'s value, sent on TLS connections (`None`:
+    /// `hsts = false`). Decided by the connection, not the config: `tls` takes effect
+    /// at restart, a reload could say otherwise meanwhile.
     pub hsts: Option<HeaderValue>,
     pub metrics: WireMetrics,
 }
@@ -60,10 +62,12 @@ pub struct Asked {
     /// GET or HEAD: a complete merged answer gets an etag.
     revalidated: bool,
     head: bool,
+    /// The connection is TLS: HSTS is said only there.
+    tls: bool,
 }
 
 impl Asked {
-    pub fn of(method: &Method, headers: &HeaderMap) -> Asked {
+    pub fn of(method: &Method, headers: &HeaderMap, tls: bool) -> Asked {
         let revalidated = *method == Method::GET || *method == Method::HEAD;
         Asked {
             accept_encoding: joined(headers, http::header::ACCEPT_ENCODING),
@@ -74,6 +78,7 @@ impl Asked {
             },
             revalidated,
             head: *method == Method::HEAD,
+            tls,
         }
     }
 }
@@ -129,7 +134,8 @@ pub fn finish(
     if made != Made::Upstream {
         headers.insert(X_CONTENT_TYPE_OPTIONS, NOSNIFF);
     }
-    if let Some(hsts) = &wire.hsts
+    if asked.tls
+        && let Some(hsts) = &wire.hsts
         && (made != Made::Upstream || !headers.contains_key(STRICT_TRANSPORT_SECURITY))
     {
         headers.insert(STRICT_TRANSPORT_SECURITY, hsts.clone());
@@ -170,6 +176,15 @@ pub fn finish(
     }
     if !qualifies {
         return response;
+    }
+    // The 200 this revalidates was sent compressed, its etag weakened: the 304 says
+    // the same validator.
+    if made == Made::Upstream
+        && status == StatusCode::NOT_MODIFIED
+        && let (Some(c), Some(accept)) = (&wire.compression, &asked.accept_encoding)
+        && coding::negotiate(std::iter::once(accept.as_bytes()), &c.algorithms).is_some()
+    {
+        weaken_etag(response.headers_mut());
     }
     add_vary(response.headers_mut());
     // Cheapest first: most requests that ask for nothing end here.
@@ -216,6 +231,15 @@ pub fn finish(
                 return Response::from_parts(parts, Body::Stream(Outgoing::Plain(s)));
             };
             weaken_etag(&mut parts.headers);
+            // Said of the identity bytes: ranges into them, their digests.
+            for name in [
+                http::header::ACCEPT_RANGES,
+                http::HeaderName::from_static("content-md5"),
+                http::HeaderName::from_static("content-digest"),
+                http::HeaderName::from_static("repr-digest"),
+            ] {
+                parts.headers.remove(name);
+            }
             Body::Stream(Outgoing::Encoded(Box::new(Encoding::new(s, encoder))))
         }
         encoded @ Body::Stream(Outgoing::Encoded(_)) => encoded,
@@ -371,6 +395,28 @@ fn weaken_etag(h: &mut HeaderMap) {
             h.insert(ETAG, v);
         }
     }
+}
+
+/// A client's `if-match` or `if-range` sent to a passthrough upstream of a route that
+/// compresses: the weak tags in it made strong again. manifold weakened them (see
+/// [`weaken_etag`]) and those headers compare strongly, so as sent back they could
+/// never match; a range is of the identity bytes the strong tag names.
+pub fn strengthened(value: &HeaderValue) -> Option<HeaderValue> {
+    let v = value.as_bytes();
+    if !v.windows(3).any(|w| w == b"W/\"") {
+        return None;
+    }
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        if v[i..].starts_with(b"W/\"") {
+            i += 2;
+        } else {
+            out.push(v[i]);
+            i += 1;
+        }
+    }
+    HeaderValue::from_bytes(&out).ok()
 }
 
 /// Bytes read from the upstream between two flushes at most: the encoder's output
@@ -575,6 +621,14 @@ mod tests {
         let mut h = map(&[("vary", "Origin, Accept-Encoding")]);
         add_vary(&mut h);
         assert_eq!(h.get_all(VARY).iter().count(), 1);
+    }
+
+    #[test]
+    fn weak_tags_sent_back_are_made_strong() {
+        let v = HeaderValue::from_static("W/\"a\", \"b\", W/\"c\"");
+        assert_eq!(strengthened(&v).unwrap(), "\"a\", \"b\", \"c\"");
+        assert_eq!(strengthened(&HeaderValue::from_static("\"a\"")), None);
+        assert_eq!(strengthened(&HeaderValue::from_static("*")), None);
     }
 
     #[test]

@@ -17,9 +17,9 @@ use crate::base::error::Failure;
 use crate::state::buffers::Charge;
 
 /// The answer's body with its `content-encoding` undone: no larger than `limit`
-/// decoded, and the memory it takes charged to `charge` (503 past
-/// `buffer_capacity`). A body that is not what its coding says, or in a coding this
-/// gateway does not read, is a bad answer (502).
+/// decoded, and the memory it takes charged to `charge` as it grows. A body that
+/// inflates past either, is not what its coding says, or is in a coding this gateway
+/// does not read, is a bad answer (502). An empty body (a 204's) has nothing to undo.
 pub fn decode(
     head: &HeaderMap,
     body: Bytes,
@@ -29,28 +29,40 @@ pub fn decode(
     let Some(encoding) = head.get(header::CONTENT_ENCODING) else {
         return Ok(body);
     };
+    if body.is_empty() {
+        return Ok(body);
+    }
     let Ok(encoding) = encoding.to_str() else {
         return Err(Failure::BadResponse(
             "the answer's content-encoding is not one manifold decodes",
         ));
     };
-    let decoded = coding::decode(encoding, body, limit).map_err(|e| match e {
-        DecodeError::Unknown => {
-            Failure::BadResponse("the answer's content-encoding is not one manifold decodes")
-        }
-        DecodeError::TooLarge => {
-            Failure::BadResponse("the body, decoded, is larger than max_response_body")
-        }
-        DecodeError::Corrupt => {
-            Failure::BadResponse("the body does not decode as its content-encoding says")
-        }
-    })?;
     let encoded = charge.bytes();
-    if !charge.grow(decoded.len() as u64) {
-        return Err(Failure::BufferFull);
-    }
-    // The encoded body is gone once this returns: only the decoded one is held.
-    charge.shrink_to(charge.bytes().saturating_sub(encoded));
+    let decoded =
+        coding::decode(encoding, body, limit, &mut |n| charge.grow(n)).map_err(|e| match e {
+            DecodeError::Unknown => {
+                Failure::BadResponse("the answer's content-encoding is not one manifold decodes")
+            }
+            DecodeError::TooLarge => {
+                Failure::BadResponse("the body, decoded, is larger than max_response_body")
+            }
+            DecodeError::NoRoom => {
+                Failure::BadResponse("the body, decoded, does not fit in buffer_capacity")
+            }
+            DecodeError::Corrupt => {
+                Failure::BadResponse("the body does not decode as its content-encoding says")
+            }
+        });
+    // What the encoded body and the pieces held is given back: the decoded one is
+    // what stays.
+    let decoded = match decoded {
+        Ok(d) => d,
+        Err(f) => {
+            charge.shrink_to(encoded);
+            return Err(f);
+        }
+    };
+    charge.shrink_to(decoded.len() as u64);
     Ok(decoded)
 }
 

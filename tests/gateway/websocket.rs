@@ -216,11 +216,14 @@ async fn messages_go_both_ways_unchanged_and_the_handshake_follows_the_header_ru
             ("origin", "https://app.test"),
             ("cookie", "session=secret"),
             ("x-custom", "no"),
+            // A tunnel is never compressed, whatever the client accepts.
+            ("accept-encoding", "gzip, br"),
         ],
     )
     .await
     .expect("the upgrade goes through");
     assert_eq!(resp.status(), 101);
+    assert!(!resp.headers().contains_key("content-encoding"));
     assert_eq!(resp.headers()["sec-websocket-protocol"], "chat");
     assert!(resp.headers().contains_key("x-request-id"));
     assert_eq!(tunnels(&gw.metrics().await, "ws-echo"), 1.0);

@@ -234,6 +234,13 @@ async fn error_bodies_are_compressed_too() {
     );
     let body: Value = serde_json::from_slice(&decoded("gzip", &r.body)).unwrap();
     assert_eq!(body["error"]["code"], "ROUTE_NOT_FOUND");
+    let m = gw.metrics().await;
+    assert!(
+        series(
+            &m,
+            "manifold_compressed_responses_total{route=\"unmatched\",encoding=\"gzip\"}"
+        ) >= 1.0
+    );
 }
 
 /// An upstream answering every request with `headers` and a body this test sends
@@ -543,9 +550,17 @@ async fn passthrough_passes_an_encoded_answer_and_the_upstreams_validators_on() 
 
 #[tokio::test]
 async fn a_strong_upstream_etag_is_weakened_when_manifold_compresses() {
-    let up = Upstream::start(|_| async {
-        let mut r = raw(200, "application/json", "[1,2,3,4,5,6,7,8,9]".repeat(200));
+    let up = Upstream::start(|seen| async move {
+        let mut r = if seen.headers.get("if-none-match").is_some() {
+            let mut r = raw(304, "application/json", "");
+            r.headers_mut().remove("content-type");
+            r
+        } else {
+            raw(200, "application/json", "[1,2,3,4,5,6,7,8,9]".repeat(200))
+        };
         r.headers_mut().insert("etag", "\"abc\"".parse().unwrap());
+        r.headers_mut()
+            .insert("accept-ranges", "bytes".parse().unwrap());
         r
     })
     .await;
@@ -553,8 +568,29 @@ async fn a_strong_upstream_etag_is_weakened_when_manifold_compresses() {
     let r = get_with(&gw, "/files/a", &[("accept-encoding", "gzip")]).await;
     assert_eq!(r.header("content-encoding"), Some("gzip"));
     assert_eq!(r.header("etag"), Some("W/\"abc\""));
+    assert_eq!(
+        r.header("accept-ranges"),
+        None,
+        "ranges of the identity bytes"
+    );
     let r = gw.get("/files/a").await;
     assert_eq!(r.header("etag"), Some("\"abc\""));
+    assert_eq!(r.header("accept-ranges"), Some("bytes"));
+    // The revalidation of the compressed answer: its 304 says the same weak tag.
+    let r = get_with(
+        &gw,
+        "/files/a",
+        &[("accept-encoding", "gzip"), ("if-none-match", "W/\"abc\"")],
+    )
+    .await;
+    assert_eq!(r.status, 304);
+    assert_eq!(r.header("etag"), Some("W/\"abc\""));
+    assert_eq!(r.header("vary"), Some("accept-encoding"));
+    // Sent back where strong comparison rules, the tag is the upstream's own again.
+    for name in ["if-match", "if-range"] {
+        let _ = get_with(&gw, "/files/a", &[(name, "W/\"abc\"")]).await;
+        assert_eq!(up.last().headers[name], "\"abc\"", "{name}");
+    }
 }
 
 /// An upstream answering `body` with `content-encoding: coding`.
@@ -747,6 +783,33 @@ async fn a_304_from_the_route_cache_calls_no_upstream() {
         gw.access_line(r.header("x-request-id").unwrap()).await["cache"],
         "hit"
     );
+
+    // Forwarding every header: the conditional ones still stay out of the backends'
+    // calls and of the cache key, or each revalidation would miss (and a backend's
+    // own 304 could not be merged).
+    let up = Upstream::json(json!({"v": 2})).await;
+    let gw = Gateway::start(&merged_route(
+        &up.url(),
+        "cache = { ttl = \"60s\" }\nforward_headers = [\"*\"]",
+    ))
+    .await;
+    let etag = gw.get("/home/1").await.header("etag").unwrap().to_string();
+    for inm in [etag.as_str(), "*"] {
+        let r = get_with(
+            &gw,
+            "/home/1",
+            &[("if-none-match", inm), ("range", "bytes=0-1")],
+        )
+        .await;
+        assert_eq!(r.status, 304, "{inm}");
+    }
+    assert_eq!(up.hits(), 1, "one call: the revalidations were cache hits");
+    assert!(up.last().headers.get("if-none-match").is_none());
+    let r = get_with(&gw, "/home/2", &[("if-none-match", "*")]).await;
+    assert_eq!(r.status, 304, "`*` matches whatever the answer is");
+    assert_eq!(up.hits(), 2);
+    assert!(up.last().headers.get("if-none-match").is_none());
+    assert!(up.last().headers.get("range").is_none());
 }
 
 #[tokio::test]
