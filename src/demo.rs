@@ -162,12 +162,7 @@ fn revalidated(req: &Request<Incoming>, body: Bytes) -> Response<Full<Bytes>> {
         .headers()
         .get_all(header::IF_NONE_MATCH)
         .iter()
-        .any(|v| {
-            v.as_bytes().split(|b| *b == b',').any(|t| {
-                let t = t.trim_ascii();
-                t == b"*" || t.strip_prefix(b"W/").unwrap_or(t) == etag.as_bytes()
-            })
-        });
+        .any(|v| crate::request::wire::matches_any(v, &etag));
     let mut resp = if matched {
         let mut r = Response::new(Full::new(Bytes::new()));
         *r.status_mut() = StatusCode::NOT_MODIFIED;

@@ -21,8 +21,8 @@ pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key
 
 /// Revalidation and range headers. A merged route answers them itself, with its own
 /// etag (docs/configuration.md#revalidation): they never reach its backends or its
-/// cache keys, whatever `forward_headers` says. A passthrough route always forwards
-/// them.
+/// cache keys, whatever `forward_headers` says (`"*"` leaves them out, and a route
+/// compiles them out of its list). A passthrough route always forwards them.
 pub const CONDITIONAL: [HeaderName; 6] = [
     header::IF_NONE_MATCH,
     header::IF_MODIFIED_SINCE,
@@ -87,6 +87,7 @@ pub fn connection_named(h: &HeaderMap) -> impl Iterator<Item = HeaderName> + '_ 
 /// Whether `forward_headers = ["*"]` passes this client header on.
 pub fn is_forwarded_by_star(name: &HeaderName) -> bool {
     !is_gateway_owned(name)
+        && !is_conditional(name)
         && name != header::CONTENT_TYPE
         && name != TRACEPARENT
         && name != TRACESTATE

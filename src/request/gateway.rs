@@ -23,7 +23,7 @@ use crate::edge::cors::Cors;
 use crate::edge::ratelimit::RouteLimiter;
 use crate::request::merge::{Decode, Plan, Shape};
 use crate::request::router::Router;
-use crate::request::wire::{PRIVATE_NO_CACHE, Wire};
+use crate::request::wire::Wire;
 use crate::state::buffers::Buffers;
 use crate::state::cache::Cache;
 use crate::state::descriptors::Descriptors;
@@ -83,9 +83,6 @@ pub struct Route {
     /// Names of the path parameters, in path order (matchit yields values in this order).
     pub params: Vec<String>,
     pub forward_headers: Forward<HeaderName>,
-    /// `forward_headers` could pass a conditional or range header on: a merged route
-    /// removes them from what its backends get.
-    pub forwards_conditional: bool,
     pub forward_query: Forward<String>,
     pub passthrough: bool,
     /// `websocket = true`: upgrade requests become tunnels, open ones counted here.
@@ -263,7 +260,7 @@ impl Gateway {
         let wire = Wire {
             metrics: METRICS.wire("unmatched", server_codings, false),
             compression: config.server.compression.clone().map(Arc::new),
-            cache_control: PRIVATE_NO_CACHE,
+            cache_control: default_cache_control(),
             hsts: config.server.hsts.clone(),
         };
         Ok(Gateway {
@@ -354,11 +351,14 @@ fn compile_route(
     );
     let forward_headers = match forward_headers {
         Forward::All => Forward::All,
-        Forward::Only(list) => Forward::Only(list.into_iter().flatten().collect()),
-    };
-    let forwards_conditional = match &forward_headers {
-        Forward::All => true,
-        Forward::Only(list) => list.iter().any(crate::base::forward::is_conditional),
+        // Conditional and range headers are the route's own to answer (merged) or always
+        // forwarded (passthrough): never a listed header's (base::forward::CONDITIONAL).
+        Forward::Only(list) => Forward::Only(
+            list.into_iter()
+                .flatten()
+                .filter(|h| !crate::base::forward::is_conditional(h))
+                .collect(),
+        ),
     };
     Ok(Route {
         name: Arc::from(r.name.as_str()),
@@ -369,7 +369,6 @@ fn compile_route(
         deadline: config.route_deadline(r),
         params,
         forward_headers,
-        forwards_conditional,
         forward_query: Forward::from_list(r.forward_query.clone(), |q| q == "*"),
         passthrough: r.passthrough,
         websocket: r.websocket.then(|| METRICS.websocket_tunnels(&r.name)),
@@ -425,6 +424,12 @@ fn compile_route(
     })
 }
 
+/// The `cache-control` of a complete merged answer when the route sets none: the
+/// key's default, said once at the key (`config::route::CACHE_CONTROL`).
+fn default_cache_control() -> http::HeaderValue {
+    http::HeaderValue::from_static(crate::config::route::CACHE_CONTROL.default_str())
+}
+
 /// A route's compression (its own, or the server's), cache-control and HSTS.
 fn compile_wire(config: &Config, r: &RouteConfig) -> Wire {
     let server = &config.server.compression;
@@ -441,7 +446,10 @@ fn compile_wire(config: &Config, r: &RouteConfig) -> Wire {
     Wire {
         metrics: METRICS.wire(&r.name, codings, revalidates),
         compression: compression.map(Arc::new),
-        cache_control: r.cache_control.clone().unwrap_or(PRIVATE_NO_CACHE),
+        cache_control: r
+            .cache_control
+            .clone()
+            .unwrap_or_else(default_cache_control),
         hsts: config.server.hsts.clone(),
     }
 }

@@ -561,13 +561,6 @@ async fn aggregate(
     })
     .await
     .map_err(|_| GatewayError::RequestTimeout)??;
-    // The route answers revalidations itself (wire.rs): a client's conditional or
-    // range header would make a backend answer 304 or 206, which no merge can use.
-    if route.forwards_conditional {
-        for name in forward::CONDITIONAL {
-            headers.remove(name);
-        }
-    }
     // An encoded answer would be decoded anyway; asking for none saves the upstream
     // the work, unless the route forwards the client's own wish.
     if !headers.contains_key(header::ACCEPT_ENCODING) {

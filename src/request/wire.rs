@@ -45,9 +45,6 @@ pub struct Wire {
     pub metrics: WireMetrics,
 }
 
-/// The default `cache-control` of a complete merged answer: a browser keeps it and
-/// revalidates with its etag; no shared cache keeps a per-user answer by heuristics.
-pub const PRIVATE_NO_CACHE: HeaderValue = HeaderValue::from_static("private, no-cache");
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
 const ACCEPT_ENCODING: HeaderValue = HeaderValue::from_static("accept-encoding");
@@ -271,7 +268,7 @@ pub fn etag_of(body: &[u8]) -> HeaderValue {
 
 /// `if-none-match` against `etag` by weak comparison (RFC 9110 §13.1.2): `*`, or any
 /// listed entity tag whose opaque part equals it, `W/` or not.
-fn matches_any(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
+pub fn matches_any(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
     let ours = opaque(etag.as_bytes());
     let list = if_none_match.as_bytes();
     if list.iter().all(|b| b.is_ascii_whitespace() || *b == b'*') && list.contains(&b'*') {
@@ -318,12 +315,7 @@ fn add_vary(h: &mut HeaderMap) {
         h.insert(VARY, ACCEPT_ENCODING);
         return;
     }
-    let listed = h.get_all(VARY).iter().any(|v| {
-        v.as_bytes().split(|b| *b == b',').any(|t| {
-            t.trim_ascii().eq_ignore_ascii_case(b"accept-encoding") || t.trim_ascii() == b"*"
-        })
-    });
-    if !listed {
+    if !lists(h, VARY, b"accept-encoding") && !lists(h, VARY, b"*") {
         h.append(VARY, ACCEPT_ENCODING);
     }
 }
@@ -376,10 +368,15 @@ fn already_encoded(h: &HeaderMap) -> bool {
 }
 
 fn no_transform(h: &HeaderMap) -> bool {
-    h.get_all(CACHE_CONTROL).iter().any(|v| {
+    lists(h, CACHE_CONTROL, b"no-transform")
+}
+
+/// A comma-separated header names `token` (any case) on any of its lines.
+fn lists(h: &HeaderMap, name: http::HeaderName, token: &[u8]) -> bool {
+    h.get_all(name).iter().any(|v| {
         v.as_bytes()
             .split(|b| *b == b',')
-            .any(|d| d.trim_ascii().eq_ignore_ascii_case(b"no-transform"))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
     })
 }
 

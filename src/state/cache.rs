@@ -350,9 +350,6 @@ pub fn vary(client: &HeaderMap, forward: &Forward<HeaderName>) -> String {
     match forward {
         Forward::Only(names) => {
             for name in names {
-                if crate::base::forward::is_conditional(name) {
-                    continue;
-                }
                 for v in client.get_all(name) {
                     push(name.as_str(), v.as_bytes());
                 }
@@ -361,10 +358,7 @@ pub fn vary(client: &HeaderMap, forward: &Forward<HeaderName>) -> String {
         Forward::All => {
             let mut all: Vec<(&HeaderName, &http::HeaderValue)> = client
                 .iter()
-                .filter(|(n, _)| {
-                    crate::base::forward::is_forwarded_by_star(n)
-                        && !crate::base::forward::is_conditional(n)
-                })
+                .filter(|(n, _)| crate::base::forward::is_forwarded_by_star(n))
                 .collect();
             all.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
             for (name, v) in all {
