@@ -91,8 +91,20 @@ pub enum Failure {
     BadResponse(&'static str),
     /// The body is not JSON: why, and at which byte.
     NotJson(crate::base::json::Invalid),
+    /// The answer does not match the backend's `schema` (`validate_response`): the
+    /// first mismatch's JSON pointer, and what is wrong there.
+    Mismatch {
+        at: Arc<str>,
+        why: Arc<str>,
+    },
     /// The upstream answered 4xx.
     Rejected(StatusCode),
+    /// The upstream answered 4xx with a JSON body, which a `pass_errors` backend hands
+    /// to the client as it is.
+    Passed {
+        status: StatusCode,
+        body: bytes::Bytes,
+    },
     /// `{dep.field}` could not be filled: the dependency failed or lacks the field.
     Dependency {
         dep: Arc<str>,
@@ -132,8 +144,9 @@ impl Failure {
             | Failure::ServerError(_)
             | Failure::BadResponse(_)
             | Failure::NotJson(_)
+            | Failure::Mismatch { .. }
             | Failure::InvalidTarget => Outcome::Error,
-            Failure::Rejected(_) => Outcome::Rejected,
+            Failure::Rejected(_) | Failure::Passed { .. } => Outcome::Rejected,
             Failure::Dependency { .. } | Failure::MissingField { .. } => Outcome::DependencyFailed,
             Failure::Client(_) => Outcome::ClientError,
         }
@@ -157,7 +170,15 @@ impl Failure {
                 "bad response: the body is not JSON: {} at byte {}",
                 e.what, e.at
             ),
+            Failure::Mismatch { at, why } => format!(
+                "bad response: the answer does not match its schema at {}: {why}",
+                if at.is_empty() { "the root" } else { at }
+            ),
             Failure::Rejected(s) => format!("rejected with {}", s.as_u16()),
+            Failure::Passed { status, .. } => format!(
+                "rejected with {} (its JSON error passed to the client)",
+                status.as_u16()
+            ),
             Failure::Dependency { dep, .. } => format!("backend `{dep}` it reads from failed"),
             Failure::MissingField { dep, field } => {
                 format!("backend `{dep}` has no usable field `{field}`")
@@ -229,7 +250,52 @@ pub enum GatewayError {
     NoDescriptor,
     /// The route's token check failed.
     Auth(AuthFailure),
+    /// The request does not match the route's `validate` schemas: every failure found,
+    /// at most [`MAX_DETAILS`], in the order params, query, body.
+    Invalid(Box<[Detail]>),
+    /// A route with a `body` schema got a body that is not JSON (by its content-type,
+    /// or by its bytes).
+    UnsupportedMediaType(String),
     Backend(BackendError),
+}
+
+/// The most failures one `INVALID_REQUEST` answer lists.
+pub const MAX_DETAILS: usize = 20;
+
+/// Which part of a request a schema checked (`error.details[].in`, the `in` label of
+/// `manifold_validation_failures_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Part {
+    Params,
+    Query,
+    Body,
+}
+
+impl Part {
+    /// In the order a request's failures are listed.
+    pub const ALL: [Part; 3] = [Part::Params, Part::Query, Part::Body];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Part::Params => "params",
+            Part::Query => "query",
+            Part::Body => "body",
+        }
+    }
+}
+
+/// One way a request fails its route's schema.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Detail {
+    #[serde(rename = "in", serialize_with = "part_str")]
+    pub part: Part,
+    /// A JSON pointer into the part (`/items/0/qty`; empty for the part itself).
+    pub path: String,
+    pub message: String,
+}
+
+fn part_str<S: serde::Serializer>(p: &Part, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(p.as_str())
 }
 
 /// Why a route's token check failed (the table in docs/configuration.md#routes, `auth`).
@@ -257,6 +323,8 @@ struct ErrorFields<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     backend: Option<&'a str>,
     request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a [Detail]>,
 }
 
 /// Logged and counted for a request whose client went away first (nginx's code); no
@@ -296,6 +364,8 @@ impl GatewayError {
             GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::ClientClosed => CLIENT_CLOSED_REQUEST,
             GatewayError::BadParameter { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::Invalid(_) => StatusCode::BAD_REQUEST,
+            GatewayError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::CorsRejected => StatusCode::FORBIDDEN,
             GatewayError::Crowded | GatewayError::BufferFull | GatewayError::NoDescriptor => {
@@ -321,6 +391,8 @@ impl GatewayError {
             GatewayError::HeadersTooLarge { .. } => "HEADERS_TOO_LARGE",
             GatewayError::ClientClosed => "CLIENT_CLOSED_REQUEST",
             GatewayError::BadParameter { .. } => "BAD_PARAMETER",
+            GatewayError::Invalid(_) => "INVALID_REQUEST",
+            GatewayError::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
             GatewayError::RateLimited { .. } => "RATE_LIMITED",
             GatewayError::CorsRejected => "CORS_REJECTED",
             GatewayError::Crowded | GatewayError::BufferFull | GatewayError::NoDescriptor => {
@@ -362,6 +434,12 @@ impl GatewayError {
             GatewayError::BadParameter { name, reason } => {
                 format!("path parameter `{name}` {reason}")
             }
+            GatewayError::Invalid(details) => match details.first() {
+                Some(d) if d.path.is_empty() => format!("invalid {}: {}", d.part.as_str(), d.message),
+                Some(d) => format!("invalid {} at {}: {}", d.part.as_str(), d.path, d.message),
+                None => "the request does not match the route's schema".into(),
+            },
+            GatewayError::UnsupportedMediaType(why) => why.clone(),
             GatewayError::RateLimited { retry_after } => {
                 format!(
                     "rate limit exceeded; retry in {} s",
@@ -393,10 +471,28 @@ impl GatewayError {
     }
 
     /// The client response: status, JSON error body, and the headers the contract names.
+    /// A `pass_errors` backend's 4xx is its upstream's own body and status.
     pub fn into_response<S>(self, request_id: &HeaderValue) -> Response<Body<S>> {
+        if let GatewayError::Backend(e) = &self
+            && let Failure::Passed { status, body } = root_cause(&e.failure)
+        {
+            let mut resp = Response::new(Body::from(body.clone()));
+            *resp.status_mut() = *status;
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            h.insert(crate::base::forward::X_REQUEST_ID, request_id.clone());
+            return resp;
+        }
         let id = request_id.to_str().unwrap_or("");
         let backend = match &self {
             GatewayError::Backend(e) => Some(blamed(e)),
+            _ => None,
+        };
+        let details = match &self {
+            GatewayError::Invalid(d) => Some(&d[..]),
             _ => None,
         };
         let body = ErrorBody {
@@ -405,6 +501,7 @@ impl GatewayError {
                 message: self.message(),
                 backend,
                 request_id: id,
+                details,
             },
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
@@ -471,10 +568,11 @@ fn failure_status(f: &Failure) -> StatusCode {
         | Failure::BufferFull
         | Failure::NoDescriptor => StatusCode::SERVICE_UNAVAILABLE,
         Failure::Connect(_) | Failure::ServerError(_) => StatusCode::BAD_GATEWAY,
-        Failure::BadResponse(_) | Failure::NotJson(_) | Failure::MissingField { .. } => {
-            StatusCode::BAD_GATEWAY
-        }
-        Failure::Rejected(s) => *s,
+        Failure::BadResponse(_)
+        | Failure::NotJson(_)
+        | Failure::Mismatch { .. }
+        | Failure::MissingField { .. } => StatusCode::BAD_GATEWAY,
+        Failure::Rejected(s) | Failure::Passed { status: s, .. } => *s,
         Failure::Dependency { .. } => StatusCode::BAD_GATEWAY,
         Failure::InvalidTarget => StatusCode::INTERNAL_SERVER_ERROR,
         Failure::Client(fault) => GatewayError::client(*fault, 0).status(),
@@ -489,10 +587,11 @@ fn failure_code(f: &Failure) -> &'static str {
         Failure::Connect(_) | Failure::ServerError(_) | Failure::Dependency { .. } => {
             "UPSTREAM_ERROR"
         }
-        Failure::BadResponse(_) | Failure::NotJson(_) | Failure::MissingField { .. } => {
-            "UPSTREAM_BAD_RESPONSE"
-        }
-        Failure::Rejected(_) => "UPSTREAM_REJECTED",
+        Failure::BadResponse(_)
+        | Failure::NotJson(_)
+        | Failure::Mismatch { .. }
+        | Failure::MissingField { .. } => "UPSTREAM_BAD_RESPONSE",
+        Failure::Rejected(_) | Failure::Passed { .. } => "UPSTREAM_REJECTED",
         Failure::InvalidTarget => "INTERNAL_ERROR",
         Failure::Client(fault) => GatewayError::client(*fault, 0).code(),
     }
@@ -516,11 +615,16 @@ fn backend_message(e: &BackendError) -> String {
         | Failure::NotJson(crate::base::json::Invalid { what: why, .. }) => {
             format!("{who} sent a bad response: {why}")
         }
+        Failure::Mismatch { .. } => {
+            format!("{who} sent a bad response: the answer does not match its schema")
+        }
         Failure::InvalidTarget => {
             format!("{who} was not called: its rendered path is not a valid URL")
         }
         Failure::Client(fault) => fault.describe().into(),
-        Failure::Rejected(s) => format!("{who} rejected the request with {}", s.as_u16()),
+        Failure::Rejected(s) | Failure::Passed { status: s, .. } => {
+            format!("{who} rejected the request with {}", s.as_u16())
+        }
         Failure::Dependency { dep, cause } => format!(
             "{who} could not run: backend `{dep}`, which it depends on, failed ({})",
             root_cause(cause).outcome().as_str().replace('_', " ")

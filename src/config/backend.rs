@@ -32,6 +32,11 @@ pub struct BackendConfig {
     pub default: Option<serde_json::Value>,
     pub cache_ttl: Option<Duration>,
     pub passthrough: bool,
+    /// `schema`: what its answer is (published; checked with `validate_response`).
+    pub schema: Option<super::validation::Schema>,
+    pub validate_response: bool,
+    /// `pass_errors`: an upstream 4xx with a JSON body reaches the client unchanged.
+    pub pass_errors: bool,
 }
 
 pub const NAME: Key = key("name", "Unique in the route; labels logs and spans.")
@@ -68,7 +73,17 @@ pub const PASSTHROUGH: Key = key(
 )
 .default(KeyDefault::Bool(false));
 
-pub(super) fn read_backend(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<BackendConfig> {
+pub const PASS_ERRORS: Key = key(
+    "pass_errors",
+    "An upstream 4xx that fails the request reaches the client as it is, status and JSON body (at most 64 KiB), instead of UPSTREAM_REJECTED.",
+)
+.default(KeyDefault::Bool(false));
+
+pub(super) fn read_backend(
+    t: &mut Table<'_, '_>,
+    errs: &mut Errors,
+    base: &std::path::Path,
+) -> Option<BackendConfig> {
     let name = t.string(errs, NAME);
     let upstream = t.required_string(errs, UPSTREAM);
     let method = t.string(errs, METHOD);
@@ -121,6 +136,23 @@ pub(super) fn read_backend(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<B
     let default = t.get(DEFAULT).map(|v| reader::to_json(v, errs));
     let cache_ttl = t.duration(errs, CACHE_TTL).map(|(d, _)| d);
     let passthrough = t.bool_or(errs, PASSTHROUGH);
+    let schema = t
+        .get(validation::SCHEMA)
+        .and_then(|v| validation::read_schema(v, "schema", base, errs));
+    let response_span = t.get(validation::VALIDATE_RESPONSE).map(|v| v.span());
+    let validate_response = t.bool_or(errs, validation::VALIDATE_RESPONSE);
+    if let Some(span) =
+        response_span.filter(|_| validate_response && t.get(validation::SCHEMA).is_none())
+    {
+        errs.push(
+            Diagnostic::new(
+                span,
+                "`validate_response` needs a `schema` to check answers against",
+            )
+            .label("no schema on this backend"),
+        );
+    }
+    let pass_errors = t.bool_or(errs, PASS_ERRORS);
     let (upstream, upstream_span) = upstream?;
     let (path, path_span) = path?;
     let (name, name_span) = match name {
@@ -154,5 +186,8 @@ pub(super) fn read_backend(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<B
         default,
         cache_ttl,
         passthrough,
+        schema,
+        validate_response,
+        pass_errors,
     })
 }

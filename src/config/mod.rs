@@ -1,5 +1,5 @@
 //! `routes.toml`: one file per section — [`server`], [`telemetry`], [`upstream`],
-//! [`route`], [`backend`], [`cors`], [`auth`], [`shared`], [`compression`] — each with its types, its
+//! [`route`], [`backend`], [`cors`], [`auth`], [`shared`], [`compression`], [`validation`] — each with its types, its
 //! reader, and each key's description, bounds and default (a [`reader::Key`]); the
 //! whole file read here, then the cross-field checks ([`validate`]). What the readers
 //! ask for is the JSON Schema ([`schema`]) and the key tables of
@@ -24,6 +24,7 @@ pub mod shared;
 pub mod telemetry;
 pub mod upstream;
 mod validate;
+pub mod validation;
 
 use std::path::Path;
 use std::time::Duration;
@@ -243,7 +244,7 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Opti
     }
     let mut routes = Vec::new();
     for mut t in root.table_array(errs, ROUTES) {
-        if let Some(r) = read_route(&mut t, errs) {
+        if let Some(r) = read_route(&mut t, errs, base) {
             routes.push(r);
         }
         t.finish(errs);

@@ -11,6 +11,7 @@ use super::cors::read_cors;
 use super::diag::{Diagnostic, SourceSpan};
 use super::reader::{Errors, Key, KeyDefault, Table, key, method_of};
 use super::upstream::read_rate;
+use super::validation::{RouteValidation, read_validate};
 use super::*;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +68,9 @@ pub struct RouteConfig {
     pub compression: RouteCompression,
     /// `cache_control`: sent on complete 200 answers (merged routes).
     pub cache_control: Option<http::HeaderValue>,
+    /// `validate`: the schemas a request must match, compiled.
+    pub validation: Option<RouteValidation>,
+    pub validate_span: SourceSpan,
 }
 
 /// What a route says about CORS.
@@ -183,7 +187,11 @@ pub const BACKENDS: Key = key(
 .required()
 .non_empty();
 
-pub(super) fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<RouteConfig> {
+pub(super) fn read_route(
+    t: &mut Table<'_, '_>,
+    errs: &mut Errors,
+    base: &std::path::Path,
+) -> Option<RouteConfig> {
     let name = t.string(errs, NAME);
     let method = t.string(errs, METHOD);
     let method = method_of(errs, method);
@@ -363,6 +371,10 @@ pub(super) fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Rou
         });
     let compression = read_route_compression(t, errs);
     let cache_control = t.string(errs, CACHE_CONTROL);
+    let validate_span = t
+        .get(super::validation::VALIDATE)
+        .map_or(0..0, |v| v.span());
+    let validation = read_validate(t, errs, base);
     // `METHOD`'s default (a test holds the two together).
     let route_method = method.clone().flatten().unwrap_or(Method::GET);
     let mut backends = Vec::new();
@@ -375,7 +387,7 @@ pub(super) fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Rou
         );
     }
     for mut b in tables {
-        if let Some(backend) = read_backend(&mut b, errs) {
+        if let Some(backend) = read_backend(&mut b, errs, base) {
             backends.push(backend);
         }
         b.finish(errs);
@@ -429,6 +441,8 @@ pub(super) fn read_route(t: &mut Table<'_, '_>, errs: &mut Errors) -> Option<Rou
         backends,
         compression,
         cache_control,
+        validation,
+        validate_span,
     })
 }
 

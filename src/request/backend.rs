@@ -127,6 +127,7 @@ fn log_failure(b: &Backend, request_id: &HeaderValue, f: &Failure, r: &Report) {
     let level = match f {
         Failure::Dependency { .. } => tracing::Level::DEBUG,
         Failure::Rejected(_)
+        | Failure::Passed { .. }
         | Failure::CircuitOpen { .. }
         | Failure::Overloaded
         | Failure::BufferFull

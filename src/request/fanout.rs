@@ -232,6 +232,7 @@ async fn call_backend(
         request_id: call.request_id,
         backend: &b.plan.name,
         codec: b.codec,
+        pass_errors: b.pass_errors,
     };
     let upstream_call = || b.upstream.call_buffered(&spec);
     let ((mut reply, mut attempts), mut made_call) = match &key {
@@ -249,7 +250,10 @@ async fn call_backend(
         Ok((status, body, h, charge)) => {
             held = Some(charge);
             hints = h;
-            let decoded = merge::decode(&b.plan, &body);
+            let decoded = merge::decode(&b.plan, &body).and_then(|answer| match &b.answer_schema {
+                Some(schema) => check_answer(schema, &body).map(|()| answer),
+                None => Ok(answer),
+            });
             // Only answers that decoded are kept: a bad body is not served again.
             if let (Some(ttl), Some(key), true, true) =
                 (b.cache_ttl, key, made_call, decoded.is_ok())
@@ -262,7 +266,9 @@ async fn call_backend(
         }
         Err(f) => {
             let status = match &f {
-                Failure::ServerError(s) | Failure::Rejected(s) => Some(s.as_u16()),
+                Failure::ServerError(s)
+                | Failure::Rejected(s)
+                | Failure::Passed { status: s, .. } => Some(s.as_u16()),
                 _ => None,
             };
             (status, Err(f))
@@ -285,4 +291,18 @@ async fn call_backend(
         report,
     );
     (i, result, report, held)
+}
+
+/// `validate_response`: the upstream's answer, as it came (before shaping), against the
+/// backend's `schema`; the first mismatch fails the backend.
+fn check_answer(schema: &jsonschema::Validator, body: &[u8]) -> Result<(), Failure> {
+    let json: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| Failure::BadResponse("the body is not JSON"))?;
+    match schema.iter_errors(&json).next() {
+        None => Ok(()),
+        Some(e) => Err(Failure::Mismatch {
+            at: Arc::from(e.instance_path().to_string()),
+            why: Arc::from(e.masked().to_string()),
+        }),
+    }
 }

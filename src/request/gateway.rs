@@ -21,6 +21,7 @@ use crate::config::{
 use crate::edge::auth::{Auth, Validator};
 use crate::edge::cors::Cors;
 use crate::edge::ratelimit::RouteLimiter;
+use crate::edge::validation::Validation;
 use crate::request::merge::{Decode, Plan, Shape};
 use crate::request::router::Router;
 use crate::request::wire::Wire;
@@ -106,6 +107,8 @@ pub struct Route {
     pub cors: Option<Arc<Cors>>,
     /// The route's token check.
     pub auth: Option<Auth>,
+    /// `validate`: the schemas its requests must match.
+    pub validation: Option<Validation>,
     pub backends: Vec<Backend>,
     /// How its answers go on the wire: compression, cache-control, HSTS.
     pub wire: Wire,
@@ -130,6 +133,10 @@ pub struct Backend {
     pub own_query: Vec<String>,
     /// How its upstream's answers are read into JSON.
     pub codec: crate::upstream::Codec,
+    /// `pass_errors`: its upstream's 4xx JSON reaches the client unchanged.
+    pub pass_errors: bool,
+    /// `validate_response`: its answers checked against its `schema`.
+    pub answer_schema: Option<Arc<jsonschema::Validator>>,
 }
 
 /// Methods a retry may repeat (docs/configuration.md#resilience-order-and-state); POST too
@@ -360,6 +367,10 @@ fn compile_route(
                 .collect(),
         ),
     };
+    let validation = r
+        .validation
+        .as_ref()
+        .map(|v| Validation::new(&r.name, v, &params));
     Ok(Route {
         name: Arc::from(r.name.as_str()),
         method: r.method.clone(),
@@ -396,6 +407,7 @@ fn compile_route(
             RouteCors::Inherit => cors.cloned(),
         },
         auth,
+        validation,
         cache: r.cache.clone(),
         limiter: r.rate_limit.as_ref().map(|l| {
             previous
@@ -520,6 +532,12 @@ fn compile_backend(
         own_query: own_query_names(&b.path),
         // Every upstream answers JSON today; a gRPC backend will say otherwise here.
         codec: crate::upstream::Codec::Json,
+        pass_errors: b.pass_errors,
+        answer_schema: b
+            .schema
+            .as_ref()
+            .filter(|_| b.validate_response)
+            .map(|s| s.validator.clone()),
     })
 }
 

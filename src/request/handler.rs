@@ -12,9 +12,10 @@ use crate::base::body::Body;
 use crate::base::cache_control::Hints;
 use crate::base::error::{BackendError, CLIENT_CLOSED_REQUEST, Failure, GatewayError};
 use crate::base::forward::{self, Peer, X_MANIFOLD_CACHE, X_MANIFOLD_COMPLETED, X_REQUEST_ID};
+use crate::edge::validation::Validation;
 use crate::request::fanout::{self, Call};
 use crate::request::gateway::{Gateway, Live, Route};
-use crate::request::outbound::{Outbound, decode_params, read_body};
+use crate::request::outbound::{Inbound, Outbound, decode_params, read_body};
 use crate::request::router::{Match, Params};
 use crate::request::wire::{self, Answer, Asked, Made};
 use crate::request::{merge, passthrough, websocket};
@@ -99,6 +100,7 @@ pub async fn handle(
         cache: None,
         auth: None,
         encoding: None,
+        validation_failed: false,
         backends: Vec::new(),
     };
     let head = req.method() == Method::HEAD;
@@ -375,6 +377,16 @@ async fn serve(
             limit: route.max_request_body,
         });
     }
+    // 8. The request against the route's schemas (the token's claims are not in
+    //    `params` yet: only what the client sent is checked). A body schema reads the
+    //    body whole first. Boxed: only routes with `validate` carry that future.
+    let body = match &route.validation {
+        None => Inbound::Arriving(body),
+        Some(v) => {
+            let read = upgrading.is_none() && v.reads_body();
+            Box::pin(validate(v, route, &parts, &params, body, read, done)).await?
+        }
+    };
     let mut headers = forward::upstream_headers(
         &parts.headers,
         &route.forward_headers,
@@ -398,7 +410,7 @@ async fn serve(
         record: &mut done.record,
         span: &mut done.span,
     };
-    // 8. Sent as the route's kind says: a tunnel, one streamed call, or a fan-out.
+    // 9. Sent as the route's kind says: a tunnel, one streamed call, or a fan-out.
     if let Some(upgrading) = upgrading {
         if let Some(origin) = parts.headers.get(header::ORIGIN) {
             let peer_ip = peer.addr.ip().to_canonical();
@@ -525,11 +537,46 @@ async fn authorize(
     Ok(claims)
 }
 
+/// The route's `validate` schemas (docs/configuration.md#request-validation): the
+/// body read whole within the deadline when `read`, then every part checked; a
+/// refusal is noted for the access line.
+async fn validate(
+    v: &Validation,
+    route: &Route,
+    parts: &http::request::Parts,
+    params: &[String],
+    body: Incoming,
+    read: bool,
+    done: &mut Finish,
+) -> Result<Inbound, GatewayError> {
+    let read = if read {
+        let deadline = done.started + route.deadline;
+        let read = tokio::time::timeout_at(
+            deadline,
+            read_body(&parts.headers, body, route.max_request_body),
+        )
+        .await
+        .map_err(|_| GatewayError::RequestTimeout)??;
+        Inbound::Read(read)
+    } else {
+        Inbound::Arriving(body)
+    };
+    let bytes = match &read {
+        Inbound::Read(Some((b, _))) => Some(b),
+        _ => None,
+    };
+    if let Err(e) = v.check(params, parts.uri.query(), &parts.headers, bytes) {
+        done.record.validation_failed = true;
+        return Err(e);
+    }
+    Ok(read)
+}
+
 /// A fan-out route: reads the client's body, fans out, merges, through the route cache.
 async fn aggregate(
     gateway: &Gateway,
     out: Outbound<'_>,
-    body: Incoming,
+    body: Inbound,
     prefetched: Option<cache::Prefetched>,
 ) -> Result<Answer, GatewayError> {
     let Outbound {
@@ -547,7 +594,15 @@ async fn aggregate(
     // A client trickling its body must not hold the answer past the deadline either.
     // (Made inside the call that awaits it: bound to a local first, it would be
     // stored twice in this future.)
+    let body = match body {
+        Inbound::Read(read) => Ok(read.filter(|_| route.wants_body)),
+        Inbound::Arriving(body) => Err(body),
+    };
     let client_body = tokio::time::timeout_at(deadline, async {
+        let body = match body {
+            Ok(read) => return Ok(read),
+            Err(body) => body,
+        };
         if route.wants_body {
             read_body(&parts.headers, body, route.max_request_body).await
         } else if !http_body::Body::is_end_stream(&body) {
@@ -585,8 +640,8 @@ async fn aggregate(
         request_id: &request_id,
     };
     let Some(cache_config) = &route.cache else {
-        let (bytes, completed, _) = merged(route, &call, record).await?;
-        return Ok(json_response(bytes, completed, &request_id, None));
+        let fetched = merged(route, &call, record).await?;
+        return Ok(json_response(fetched, &request_id, None));
     };
     let key = cache::route_key(
         &route.cache_prefix,
@@ -602,13 +657,11 @@ async fn aggregate(
     record.cache = Some(verdict);
     METRICS.cache_result(CacheKind::Route, verdict);
     match through {
-        Through::Hit(body) => Ok(json_response(body, true, &request_id, Some(verdict))),
-        Through::Miss(body, completed) => {
-            Ok(json_response(body, completed, &request_id, Some(verdict)))
-        }
+        Through::Hit(body) => Ok(json_response(cached(body), &request_id, Some(verdict))),
+        Through::Miss(fetched) => Ok(json_response(fetched, &request_id, Some(verdict))),
         Through::Stale(body, e) => {
             tracing::warn!(route = %route.name, error = e.code(), "serving a stale answer");
-            Ok(json_response(body, true, &request_id, Some(verdict)))
+            Ok(json_response(cached(body), &request_id, Some(verdict)))
         }
         Through::Failed(e) => {
             record.error = Some(e.code());
@@ -628,6 +681,17 @@ async fn merged(
     record: &mut AccessRecord,
 ) -> Result<cache::Fetched, GatewayError> {
     let fan = fanout::run(route, call).await;
+    // One backend: its answer is the route's, status included (`201 Created`).
+    let status = match &fan.reports[..] {
+        [
+            Some(Report {
+                status: Some(s @ (201..=203 | 207..=299)),
+                ..
+            }),
+        ] => StatusCode::from_u16(*s).unwrap_or(StatusCode::OK),
+        // (204 and 205 carry no body, 206 a range of one: never a merged answer's.)
+        _ => StatusCode::OK,
+    };
     let hints = fan
         .reports
         .iter()
@@ -658,16 +722,37 @@ async fn merged(
         }));
     };
     record.partial = !completed;
-    Ok((Bytes::from(bytes), completed, hints))
+    Ok(cache::Fetched {
+        body: Bytes::from(bytes),
+        completed,
+        hints,
+        status,
+    })
+}
+
+/// A stored answer: complete, and a 200 (the only kind kept).
+fn cached(body: Bytes) -> cache::Fetched {
+    cache::Fetched {
+        body,
+        completed: true,
+        hints: Hints::default(),
+        status: StatusCode::OK,
+    }
 }
 
 fn json_response(
-    body: Bytes,
-    completed: bool,
+    fetched: cache::Fetched,
     request_id: &HeaderValue,
     cache: Option<CacheResult>,
 ) -> Answer {
+    let cache::Fetched {
+        body,
+        completed,
+        status,
+        ..
+    } = fetched;
     let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
     // Room for what the answer gets on its way out (wire, CORS) without the map
     // growing and rehashing on the way.
     *resp.headers_mut() = HeaderMap::with_capacity(12);

@@ -52,6 +52,13 @@ impl Outbound<'_> {
     }
 }
 
+/// The client's body: still arriving, or read whole already (a route whose `validate`
+/// checks it).
+pub enum Inbound {
+    Arriving(Incoming),
+    Read(Option<(Bytes, HeaderValue)>),
+}
+
 /// Percent-decodes path parameters and refuses `.`, `..`, control characters and bad UTF-8.
 pub fn decode_params<'a>(
     raw: impl Iterator<Item = (&'a str, &'a str)>,

@@ -16,7 +16,7 @@ use crate::base::forward::{
 };
 use crate::request::backend;
 use crate::request::gateway::Route;
-use crate::request::outbound::Outbound;
+use crate::request::outbound::{Inbound, Outbound};
 use crate::request::wire::{Answer, Outgoing};
 use crate::telemetry::access_log::{AccessRecord, Report};
 use crate::telemetry::trace::Pending;
@@ -24,7 +24,7 @@ use crate::upstream::{Held, Streamed, Tried};
 
 /// Sends the request to the route's one upstream, its body streamed; streams the
 /// answer back.
-pub async fn forward(mut out: Outbound<'_>, body: Incoming) -> Result<Answer, GatewayError> {
+pub async fn forward(mut out: Outbound<'_>, body: Inbound) -> Result<Answer, GatewayError> {
     // The body streams after the span ends.
     let (mut span, base, uri) = begin(&mut out)?;
     let Outbound {
@@ -62,16 +62,25 @@ pub async fn forward(mut out: Outbound<'_>, body: Incoming) -> Result<Answer, Ga
     };
     *req.uri_mut() = uri;
     let mut watch = None;
-    if !http_body::Body::is_end_stream(&body) {
-        if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
-            headers.insert(header::CONTENT_TYPE, ct.clone());
+    match body {
+        // Read whole and checked by the route's `validate`: sent on as it came.
+        Inbound::Read(Some((bytes, content_type))) => {
+            headers.insert(header::CONTENT_TYPE, content_type);
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            *req.body_mut() = RequestBody::Full(Some(bytes));
         }
-        if let Some(len) = content_length(&parts.headers) {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        Inbound::Arriving(body) if !http_body::Body::is_end_stream(&body) => {
+            if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+                headers.insert(header::CONTENT_TYPE, ct.clone());
+            }
+            if let Some(len) = content_length(&parts.headers) {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+            let (body, w) = ClientBody::new(body, route.max_request_body);
+            watch = Some(w);
+            *req.body_mut() = RequestBody::Stream(body);
         }
-        let (body, w) = ClientBody::new(body, route.max_request_body);
-        watch = Some(w);
-        *req.body_mut() = RequestBody::Stream(body);
+        Inbound::Read(None) | Inbound::Arriving(_) => {}
     }
     *req.headers_mut() = headers;
 

@@ -212,17 +212,23 @@ pub fn route_key(prefix: &str, path: &str, query: Option<&str>, vary: &str) -> S
     format!("{prefix}{path}?{}{vary}", query.unwrap_or(""))
 }
 
-/// A fetched answer: its body, whether it is complete, what its upstreams'
-/// `cache-control` allows.
-pub type Fetched = (Bytes, bool, Hints);
+/// A fetched answer.
+pub struct Fetched {
+    pub body: Bytes,
+    /// Every backend answered (none left out or defaulted).
+    pub completed: bool,
+    /// What its upstreams' `cache-control` allows.
+    pub hints: Hints,
+    /// 200, or a one-backend route's own 2xx (`201 Created`); only 200s are kept.
+    pub status: http::StatusCode,
+}
 
 /// What the route cache made of a request.
 pub enum Through<E> {
     /// A fresh entry, served without a call.
     Hit(Bytes),
-    /// Fetched (and stored when complete and storable): the body and whether it is
-    /// complete.
-    Miss(Bytes, bool),
+    /// Fetched (and stored when complete, 200 and storable).
+    Miss(Fetched),
     /// The fetch failed and an entry within `stale_if_error` stands in for it.
     Stale(Bytes, E),
     /// The fetch failed and nothing stands in.
@@ -264,12 +270,13 @@ impl Cache {
             Lookup::Miss => None,
         };
         match fetch.await {
-            Ok((body, completed, hints)) => {
-                if completed {
-                    self.store(key, body.clone(), hints.ttl(config.ttl), stale_for)
+            Ok(fetched) => {
+                if fetched.completed && fetched.status == http::StatusCode::OK {
+                    let fresh_for = fetched.hints.ttl(config.ttl);
+                    self.store(key, fetched.body.clone(), fresh_for, stale_for)
                         .await;
                 }
-                Through::Miss(body, completed)
+                Through::Miss(fetched)
             }
             Err(e) => match stale {
                 Some(entry) => Through::Stale(entry.body, e),

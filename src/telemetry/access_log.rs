@@ -42,6 +42,8 @@ pub struct AccessRecord {
     pub auth: Option<AuthResult>,
     /// The answer's `content-encoding`, when manifold compressed it.
     pub encoding: Option<Coding>,
+    /// The route's `validate` schemas refused the request (400, 415).
+    pub validation_failed: bool,
     pub backends: Vec<(Arc<str>, Report)>,
 }
 
@@ -98,6 +100,8 @@ struct Line<'a> {
     auth: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     encoding: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    validation: Option<&'static str>,
     backends: Backends<'a>,
 }
 
@@ -163,6 +167,7 @@ pub fn write(sink: &LogSink, format: LogFormat, r: &AccessRecord) {
                 cache: r.cache.map(CacheResult::as_str),
                 auth: r.auth.map(AuthResult::as_str),
                 encoding: r.encoding.map(Coding::as_str),
+                validation: r.validation_failed.then_some("failed"),
                 backends: Backends(&r.backends),
             };
             match serde_json::to_vec(&line) {
@@ -184,8 +189,13 @@ pub fn write(sink: &LogSink, format: LogFormat, r: &AccessRecord) {
                 .encoding
                 .map(|c| format!(" encoding={}", c.as_str()))
                 .unwrap_or_default();
+            let validation = if r.validation_failed {
+                " validation=failed"
+            } else {
+                ""
+            };
             format!(
-                "{} access {} {} route={route:?} status={} {:.1}ms id={}{trace}{encoding} partial={} backends=[{}]",
+                "{} access {} {} route={route:?} status={} {:.1}ms id={}{trace}{encoding}{validation} partial={} backends=[{}]",
                 timestamp(SystemTime::now()),
                 r.method,
                 r.path,

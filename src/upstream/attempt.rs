@@ -168,6 +168,19 @@ impl Upstream {
             }
             Ok(Err(e)) => (None, Err(Failure::connect(&*e))),
             Ok(Ok((resp, lease))) => match classify(resp.status(), mode) {
+                // `pass_errors`: the 4xx's body is the client's answer, if it is JSON.
+                Err(Failure::Rejected(status)) if mode == Mode::Buffered && t.pass_errors => {
+                    let kept = tokio::time::timeout_at(deadline, passed(resp, &self.buffers))
+                        .await
+                        .ok()
+                        .flatten();
+                    drop(lease);
+                    let f = match kept {
+                        Some(body) => Failure::Passed { status, body },
+                        None => Failure::Rejected(status),
+                    };
+                    (None, Err(f))
+                }
                 // Nothing to read: the lease goes back now (a short error body is
                 // usually in with the head, so the connection stays usable).
                 Err(f) if mode == Mode::Buffered || matches!(f, Failure::BadResponse(_)) => {
@@ -249,6 +262,40 @@ impl Upstream {
 /// and one whose buffer would pass `buffer_capacity` as it grows. What is charged is
 /// the memory taken, not the bytes read: a buffer that doubles as an unannounced body
 /// arrives holds up to twice them (an announced length is reserved exactly).
+/// The most of a 4xx body `pass_errors` passes on; a larger one is a plain
+/// `UPSTREAM_REJECTED` (docs/configuration.md#backends).
+pub const MAX_PASSED: u64 = 64 << 10;
+
+/// A 4xx answer's body for `pass_errors`: JSON by its content-type and its bytes, its
+/// content-encoding undone, within [`MAX_PASSED`]; `None` otherwise.
+async fn passed(resp: Response<Incoming>, buffers: &Arc<Buffers>) -> Option<Bytes> {
+    let (head, incoming) = resp.into_parts();
+    let json = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|essence| {
+            essence == "application/json"
+                || essence.starts_with("application/") && essence.ends_with("+json")
+        });
+    if !json {
+        return None;
+    }
+    let (body, charge) = read_limited(&head.headers, incoming, MAX_PASSED, buffers, None)
+        .await
+        .ok()?;
+    let body = super::codec::decode(&head.headers, body, MAX_PASSED, &charge).ok()?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(&body).ok()?;
+    Some(body)
+}
+
 pub(super) async fn read_limited(
     headers: &http::HeaderMap,
     mut body: Incoming,

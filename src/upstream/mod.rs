@@ -519,6 +519,7 @@ impl Upstream {
             bounded: true,
             client: None,
             hedge,
+            pass_errors: spec.pass_errors,
         };
         let limit = self.settings.max_response_body;
         self.attempt(req, t, Mode::Buffered, |resp, held| async move {
@@ -554,6 +555,8 @@ pub(crate) struct Try<'a> {
     pub client: Option<&'a BodyWatch>,
     /// A hedge (docs/configuration.md#hedge): its span says so.
     pub hedge: bool,
+    /// `pass_errors`: a 4xx's JSON body is read and kept ([`Failure::Passed`]).
+    pub pass_errors: bool,
 }
 
 impl<'a> Try<'a> {
@@ -576,6 +579,7 @@ impl<'a> Try<'a> {
             bounded: false,
             client,
             hedge: false,
+            pass_errors: false,
         }
     }
 }
@@ -603,4 +607,6 @@ pub struct CallSpec<'a> {
     pub backend: &'a str,
     /// How the answer is read into JSON.
     pub codec: Codec,
+    /// `pass_errors`: a 4xx with a JSON body is kept for the client.
+    pub pass_errors: bool,
 }

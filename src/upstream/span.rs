@@ -95,7 +95,10 @@ impl ClientSpan {
                 span.record(|a| a.int("http.response.status_code", i64::from(status.as_u16())));
             }
             Err(f) => {
-                if let Failure::ServerError(s) | Failure::Rejected(s) = f {
+                if let Failure::ServerError(s)
+                | Failure::Rejected(s)
+                | Failure::Passed { status: s, .. } = f
+                {
                     span.record(|a| a.int("http.response.status_code", i64::from(s.as_u16())));
                 }
                 span.fail(f.outcome().as_str(), || f.describe());

@@ -26,5 +26,6 @@ mod shared;
 mod tls;
 mod tracing;
 mod traffic;
+mod validation;
 mod websocket;
 mod wire;

@@ -265,11 +265,26 @@ impl Gateway {
         } else {
             format!("{SERVER}{config}")
         };
-        capture_events();
         let config = match manifold::config::parse("test.toml", &text) {
             Ok(c) => c,
             Err(d) => panic!("test config is invalid:\n{}", d.render()),
         };
+        Self::start_config(config, workers).await
+    }
+
+    /// Starts a gateway on the config file at `path` (relative paths in it are its
+    /// neighbours).
+    pub async fn start_file(path: &std::path::Path) -> Gateway {
+        let config = manifold::config::Config::load(path)
+            .unwrap_or_else(|d| panic!("test config is invalid:\n{}", d.render()));
+        Self::start_config(config, &[]).await
+    }
+
+    async fn start_config(
+        config: manifold::config::Config,
+        workers: &[tokio::runtime::Handle],
+    ) -> Gateway {
+        capture_events();
         let logs = Arc::new(Mutex::new(Vec::new()));
         let sink_logs = logs.clone();
         let sink: LogSink = Arc::new(move |line: &[u8]| {

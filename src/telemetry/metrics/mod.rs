@@ -27,7 +27,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::base::coding::Coding;
-use crate::base::error::Outcome;
+use crate::base::error::{Outcome, Part};
 use labels::{
     AuthResult, CacheKind, CacheResult, CloseReason, Dropped, Hedge, METHODS, RedisOp, RedisResult,
     Reload, SpanExport, method_index,
@@ -83,6 +83,22 @@ struct RouteEncoding {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabel {
     direction: &'static str,
+}
+
+/// `{route, in}`: `in` is a keyword in Rust, so the set is written out.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct RoutePart {
+    route: String,
+    part: Part,
+}
+
+impl prometheus_client::encoding::EncodeLabelSet for RoutePart {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        [("route", self.route.as_str()), ("in", self.part.as_str())].encode(encoder)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -191,6 +207,7 @@ pub struct Metrics {
     /// Bytes of compressed answers: uncompressed in, compressed out.
     compression_bytes: [Counter; 2],
     not_modified: Family<RouteName, Counter>,
+    validation_failures: Family<RoutePart, Counter>,
     /// The request histograms of requests no route matched.
     unmatched: RouteMetrics,
     process: process::Process,
@@ -438,6 +455,12 @@ impl Metrics {
             "Requests answered 304 Not Modified (their if-none-match matched the answer's etag), by route",
             not_modified.clone(),
         );
+        let validation_failures = Family::<RoutePart, Counter>::default();
+        registry.register(
+            "manifold_validation_failures",
+            "Requests refused by a route's `validate` schemas (400 INVALID_REQUEST, 415), by route and the part that failed (params, query, body)",
+            validation_failures.clone(),
+        );
         let process = process::Process::register(&mut registry);
         let unmatched = RouteMetrics::new(&requests, "unmatched", Counter::default());
         Metrics {
@@ -474,6 +497,7 @@ impl Metrics {
             compressed,
             compression_bytes,
             not_modified,
+            validation_failures,
             unmatched,
             process,
         }
@@ -685,6 +709,19 @@ impl Metrics {
     /// The request histograms of requests no route matched (`route="unmatched"`).
     pub fn unmatched(&self) -> &RouteMetrics {
         &self.unmatched
+    }
+
+    /// Made when a route with `validate` is compiled: one counter per part, in
+    /// [`Part::ALL`] order.
+    pub fn validation(&self, route: &str) -> [Counter; 3] {
+        Part::ALL.map(|part| {
+            self.validation_failures
+                .get_or_create(&RoutePart {
+                    route: route.to_string(),
+                    part,
+                })
+                .clone()
+        })
     }
 
     /// Made when a route with `auth` is compiled: every result shows from the start.
