@@ -33,7 +33,7 @@ fn the_schema_refuses_what_check_refuses_structurally() {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
-            manifold::config::parse(&name, &text).is_err(),
+            manifold::config::parse(&format!("tests/configs/bad/{name}"), &text).is_err(),
             "{name}: check refuses it"
         );
         let said = text.lines().next().unwrap_or_default();

@@ -104,6 +104,7 @@ pub enum Failure {
     Passed {
         status: StatusCode,
         body: bytes::Bytes,
+        content_type: HeaderValue,
     },
     /// `{dep.field}` could not be filled: the dependency failed or lacks the field.
     Dependency {
@@ -474,15 +475,16 @@ impl GatewayError {
     /// A `pass_errors` backend's 4xx is its upstream's own body and status.
     pub fn into_response<S>(self, request_id: &HeaderValue) -> Response<Body<S>> {
         if let GatewayError::Backend(e) = &self
-            && let Failure::Passed { status, body } = root_cause(&e.failure)
+            && let Failure::Passed {
+                status,
+                body,
+                content_type,
+            } = root_cause(&e.failure)
         {
             let mut resp = Response::new(Body::from(body.clone()));
             *resp.status_mut() = *status;
             let h = resp.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            h.insert(header::CONTENT_TYPE, content_type.clone());
             h.insert(crate::base::forward::X_REQUEST_ID, request_id.clone());
             return resp;
         }

@@ -138,7 +138,7 @@ pub(super) fn read_backend(
     let passthrough = t.bool_or(errs, PASSTHROUGH);
     let schema = t
         .get(validation::SCHEMA)
-        .and_then(|v| validation::read_schema(v, "schema", base, errs));
+        .and_then(|v| validation::read_schema(v, "backend's `schema`", base, errs));
     let response_span = t.get(validation::VALIDATE_RESPONSE).map(|v| v.span());
     let validate_response = t.bool_or(errs, validation::VALIDATE_RESPONSE);
     if let Some(span) =

@@ -45,10 +45,14 @@ cache_control = "private, max-age=5"
 cors = { allow_origins = ["https://a.test"] }
 auth = { jwt = "p" }
 rate_limit = { per_second = 1 }
+validate = { body = { type = "object" }, query = { type = "object" }, params = { type = "object" } }
   [[routes.backends]]
   upstream = "u"
   path = "/"
   rename = { a = "b" }
+  schema = { type = "object" }
+  validate_response = true
+  pass_errors = true
 [[routes]]
 path = "/w"
 passthrough = true
@@ -243,6 +247,11 @@ fn refine(path: &str) -> Option<Value> {
         "/server/hsts" => json!({"type": ["string", "boolean"]}),
         // `true`, or a table naming the origins that may open a tunnel.
         "/routes/[]/websocket" => json!({"type": ["object", "boolean"]}),
+        // A schema file's name, or the schema itself as a table.
+        "/routes/[]/validate/body"
+        | "/routes/[]/validate/query"
+        | "/routes/[]/validate/params"
+        | "/routes/[]/backends/[]/schema" => json!({"type": ["string", "object"]}),
         _ => return None,
     };
     Some(v)

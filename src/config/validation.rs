@@ -102,7 +102,7 @@ pub(super) fn read_validate(
     let mut v = t.table(errs, VALIDATE)?;
     let mut part = |k: Key, errs: &mut Errors| {
         let value = v.get(k)?;
-        read_schema(value, k.name, base, errs)
+        read_schema(value, &format!("`{}` schema", k.name), base, errs)
     };
     let validation = RouteValidation {
         body: part(BODY, errs),
@@ -136,7 +136,7 @@ pub(super) fn read_schema(
             let path = base.join(name.as_ref());
             match read_json(&path, name) {
                 Ok(json) => (name.to_string(), json, Some(path)),
-                Err(why) => return fail(errs, format!("the `{what}` schema {why}"), "this schema"),
+                Err(why) => return fail(errs, format!("the {what} {why}"), "this schema"),
             }
         }
         DeValue::Table(_) => ("inline".to_string(), to_json(value), None),
@@ -144,7 +144,7 @@ pub(super) fn read_schema(
             return fail(
                 errs,
                 format!(
-                    "`{what}` must be a schema file name or an inline table, found {}",
+                    "the {what} must be a file name or an inline table, found {}",
                     other.type_str()
                 ),
                 "expected a file name or a table",
@@ -157,13 +157,17 @@ pub(super) fn read_schema(
     let Some(base_uri) = file_uri(&own) else {
         return fail(
             errs,
-            format!("the `{what}` schema's place cannot be named as a file URL"),
+            format!("the {what}'s place cannot be named as a file URL"),
             "this schema",
         );
     };
     let files = Arc::new(std::sync::Mutex::new(file.into_iter().collect::<Vec<_>>()));
     let options = || {
+        // `format` is asserted under every draft (2020-12 only annotates by default):
+        // a schema that says `"format": "email"` means it, as gojsonschema and
+        // ajv-formats read it.
         jsonschema::options()
+            .should_validate_formats(true)
             .with_base_uri(base_uri.clone())
             .with_retriever(Files {
                 read: files.clone(),
@@ -172,15 +176,16 @@ pub(super) fn read_schema(
     let validator = match options().build(&json) {
         Ok(v) => v,
         Err(e) => {
-            let d = Diagnostic::new(
+            let mut d = Diagnostic::new(
                 span.clone(),
-                format!("the `{what}` schema ({source}) is not a valid JSON Schema: {e}"),
+                format!("the {what} ({source}) is not a valid JSON Schema: {e}"),
             )
-            .label("this schema")
-            .note(format!(
-                "at {} in the schema",
-                pointer_or_root(&e.schema_path().to_string())
-            ));
+            .label("this schema");
+            // A meta-schema failure: where in the schema it is.
+            let at = e.instance_path().to_string();
+            if !at.is_empty() {
+                d = d.note(format!("at {at} in the schema"));
+            }
             errs.push(d);
             return None;
         }
@@ -194,10 +199,6 @@ pub(super) fn read_schema(
         validator: Arc::new(validator),
         files,
     })
-}
-
-fn pointer_or_root(p: &str) -> &str {
-    if p.is_empty() { "the root" } else { p }
 }
 
 /// A schema file read and parsed; the error says why not, with the file's own

@@ -176,7 +176,11 @@ impl Upstream {
                         .flatten();
                     drop(lease);
                     let f = match kept {
-                        Some(body) => Failure::Passed { status, body },
+                        Some((body, content_type)) => Failure::Passed {
+                            status,
+                            body,
+                            content_type,
+                        },
                         None => Failure::Rejected(status),
                     };
                     (None, Err(f))
@@ -263,17 +267,20 @@ impl Upstream {
 /// the memory taken, not the bytes read: a buffer that doubles as an unannounced body
 /// arrives holds up to twice them (an announced length is reserved exactly).
 /// The most of a 4xx body `pass_errors` passes on; a larger one is a plain
-/// `UPSTREAM_REJECTED` (docs/configuration.md#backends).
+/// `UPSTREAM_REJECTED` (docs/configuration.md#errors-a-form-can-use).
 pub const MAX_PASSED: u64 = 64 << 10;
 
 /// A 4xx answer's body for `pass_errors`: JSON by its content-type and its bytes, its
 /// content-encoding undone, within [`MAX_PASSED`]; `None` otherwise.
-async fn passed(resp: Response<Incoming>, buffers: &Arc<Buffers>) -> Option<Bytes> {
+async fn passed(
+    resp: Response<Incoming>,
+    buffers: &Arc<Buffers>,
+) -> Option<(Bytes, http::HeaderValue)> {
     let (head, incoming) = resp.into_parts();
-    let json = head
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
+    let content_type = head.headers.get(header::CONTENT_TYPE)?.clone();
+    let json = content_type
+        .to_str()
+        .ok()
         .map(|v| {
             v.split(';')
                 .next()
@@ -293,7 +300,7 @@ async fn passed(resp: Response<Incoming>, buffers: &Arc<Buffers>) -> Option<Byte
         .ok()?;
     let body = super::codec::decode(&head.headers, body, MAX_PASSED, &charge).ok()?;
     serde_json::from_slice::<serde::de::IgnoredAny>(&body).ok()?;
-    Some(body)
+    Some((body, content_type))
 }
 
 pub(super) async fn read_limited(
