@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -54,11 +54,18 @@ async fn serve(listener: TcpListener, name: &'static str, delay: Duration) {
             continue;
         };
         tokio::spawn(async move {
-            let service = service_fn(move |req| async move {
+            let service = service_fn(move |req: Request<Incoming>| async move {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                Ok::<_, Infallible>(answer(name, &req))
+                let (parts, body) = req.into_parts();
+                // The gateway bounds what it sends (max_request_body).
+                let body = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                Ok::<_, Infallible>(answer(name, &parts, &body))
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -67,9 +74,12 @@ async fn serve(listener: TcpListener, name: &'static str, delay: Duration) {
     }
 }
 
-fn answer(service: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let path = req.uri().path();
-    let query = req.uri().query().unwrap_or("");
+fn answer(service: &str, req: &http::request::Parts, sent: &Bytes) -> Response<Full<Bytes>> {
+    if service == "orders" && req.method == http::Method::POST && req.uri.path() == "/orders" {
+        return place_order(sent);
+    }
+    let path = req.uri.path();
+    let query = req.uri.query().unwrap_or("");
     let param = |key: &str| {
         query
             .split('&')
@@ -154,12 +164,37 @@ fn recently_viewed() -> Vec<Value> {
 
 /// What a well-behaved service does: a validator of its answer, `private, no-cache`
 /// (keep it, ask again), and 304 when the client already holds it.
-fn revalidated(req: &Request<Incoming>, body: Bytes) -> Response<Full<Bytes>> {
+/// `POST /orders`: 201 with the new order, or the service's own field errors (422) for
+/// a product that is sold out (`SKU-0000`), which the route passes to the form as they
+/// are (`pass_errors`). The gateway checked the body's shape already.
+fn place_order(sent: &Bytes) -> Response<Full<Bytes>> {
+    let order: Value = serde_json::from_slice(sent).unwrap_or(Value::Null);
+    let items = order["items"].as_array().cloned().unwrap_or_default();
+    let sold_out: Vec<Value> = items
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i["sku"] == "SKU-0000")
+        .map(|(n, _)| json!({"field": format!("items/{n}/sku"), "problem": "sold out"}))
+        .collect();
+    if !sold_out.is_empty() {
+        return json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"error": "some items cannot be ordered", "fields": sold_out}),
+        );
+    }
+    json_response(
+        StatusCode::CREATED,
+        json!({"id": "o-1042", "status": "processing", "items": items,
+               "note": order.get("note").cloned().unwrap_or(Value::Null)}),
+    )
+}
+
+fn revalidated(req: &http::request::Parts, body: Bytes) -> Response<Full<Bytes>> {
     let etag = format!("\"{:016x}\"", xxhash_rust::xxh3::xxh3_64(&body));
     let etag =
         http::HeaderValue::from_str(&etag).unwrap_or(http::HeaderValue::from_static("\"0\""));
     let matched = req
-        .headers()
+        .headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
         .any(|v| crate::request::wire::matches_any(v, &etag));
@@ -203,5 +238,14 @@ pub fn curl_lines(public: SocketAddr) -> Vec<String> {
         format!("curl -s -i http://{public}/api/users/42"),
         format!("curl -s -i http://{public}/api/users/404"),
         format!("curl -s -i http://{public}/api/nope"),
+        format!(
+            "curl -s -i -X POST -H 'content-type: application/json' -d '{{\"items\":[{{\"sku\":\"SKU-1001\",\"qty\":2}}]}}' http://{public}/api/orders"
+        ),
+        format!(
+            "curl -s -i -X POST -H 'content-type: application/json' -d '{{\"items\":[{{\"sku\":\"pen\",\"qty\":0}}]}}' http://{public}/api/orders"
+        ),
+        format!(
+            "curl -s -i -X POST -H 'content-type: application/json' -d '{{\"items\":[{{\"sku\":\"SKU-0000\",\"qty\":1}}]}}' http://{public}/api/orders"
+        ),
     ]
 }

@@ -56,8 +56,39 @@ enum Command {
     Schema,
 }
 
-/// The example config, for `manifold demo` run outside the repository.
-const BUNDLED_ROUTES: &str = include_str!("../routes.toml");
+/// The example config and the schemas it names, for `manifold demo` run outside the
+/// repository (written to a directory of their own, so the schemas' paths hold).
+const BUNDLED: [(&str, &str); 7] = [
+    ("routes.toml", include_str!("../routes.toml")),
+    (
+        "schemas/common.json",
+        include_str!("../schemas/common.json"),
+    ),
+    ("schemas/user.json", include_str!("../schemas/user.json")),
+    ("schemas/order.json", include_str!("../schemas/order.json")),
+    (
+        "schemas/orders.json",
+        include_str!("../schemas/orders.json"),
+    ),
+    (
+        "schemas/new-order.json",
+        include_str!("../schemas/new-order.json"),
+    ),
+    (
+        "schemas/recommendations.json",
+        include_str!("../schemas/recommendations.json"),
+    ),
+];
+
+/// The bundled example written out under the temporary directory: its routes.toml.
+fn bundled_config() -> std::io::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("manifold-demo-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("schemas"))?;
+    for (name, text) in BUNDLED {
+        std::fs::write(dir.join(name), text)?;
+    }
+    Ok(dir.join("routes.toml"))
+}
 
 fn main() -> ExitCode {
     transparent_huge_pages();
@@ -89,8 +120,12 @@ fn main() -> ExitCode {
             let config = if cli.config.exists() {
                 load(&cli.config)
             } else {
-                manifold::config::parse("routes.toml (bundled)", BUNDLED_ROUTES)
-                    .map_err(|d| StartError::Config(d.render()))
+                match bundled_config() {
+                    Ok(path) => load(&path),
+                    Err(e) => Err(StartError::Config(format!(
+                        "cannot write the bundled example config: {e}"
+                    ))),
+                }
             };
             run(
                 config,

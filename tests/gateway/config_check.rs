@@ -206,6 +206,96 @@ fn openapi_describes_the_public_routes() {
     assert!(doc["paths"].get("/health").is_none());
 }
 
+/// `validate` and backend `schema`s in the document (docs/configuration.md#typed-answers):
+/// parameters, request bodies and merged answers typed as the gateway enforces them,
+/// shaped as the answers are. (`.ci/run` also runs openapi-typescript and `tsc --strict`
+/// on it: tests/openapi/typed.ts.)
+#[test]
+fn openapi_publishes_the_validation_schemas_and_typed_answers() {
+    let (code, out, err) = manifold(&["openapi", "routes.toml"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        !out.contains("$schema") && !out.contains("\"$ref\": \"common.json"),
+        "resolved, dialect-free"
+    );
+    let dashboard = &doc["paths"]["/api/dashboard/{user_id}"]["get"];
+    let param = |name: &str| {
+        dashboard["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        param("user_id")["schema"],
+        serde_json::json!({"type": "integer", "minimum": 1})
+    );
+    assert_eq!(
+        param("lang")["schema"]["enum"],
+        serde_json::json!(["en", "de", "fr"])
+    );
+    let answer = &dashboard["responses"]["200"]["content"]["application/json"]["schema"];
+    let user = &answer["properties"]["user"];
+    // allow + rename applied to the schema: avatar is avatar_url, email is gone.
+    assert_eq!(user["properties"]["avatar_url"]["format"], "uri");
+    assert!(user["properties"]["email"].is_null() && user["properties"]["avatar"].is_null());
+    assert_eq!(user["additionalProperties"], false);
+    // target + deny: an array of orders without `customer`, the sibling file's sku in place.
+    let orders = &answer["properties"]["orders"];
+    assert_eq!(orders["type"], "array");
+    assert_eq!(orders["items"]["properties"]["qty"]["type"], "integer");
+    assert_eq!(
+        orders["items"]["properties"]["sku"]["pattern"],
+        "^SKU-[0-9]{4}$"
+    );
+    assert!(orders["items"]["properties"]["customer"].is_null());
+    assert_eq!(
+        answer["properties"]["recommendations"]["items"]["properties"]["score"]["type"],
+        "number"
+    );
+    // The checkout form's body, required; 415 and 400 listed; one backend: its 2xx.
+    let place = &doc["paths"]["/api/orders"]["post"];
+    assert_eq!(place["requestBody"]["required"], true);
+    let body = &place["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(
+        body["properties"]["items"]["items"]["properties"]["qty"]["maximum"],
+        10
+    );
+    for status in ["2XX", "400", "415", "4XX"] {
+        assert!(place["responses"][status].is_object(), "{status}");
+    }
+    assert!(
+        doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["details"]
+            .is_object()
+    );
+}
+
+/// Every document `manifold openapi` writes for the shipped configs passes an OpenAPI
+/// 3.1 validator (openapi-spec-validator, installed by `.ci/run`).
+#[test]
+fn openapi_documents_pass_an_openapi_validator() {
+    for config in ["routes.toml", "tests/configs/good/full.toml"] {
+        let (code, out, err) = manifold(&["openapi", config]);
+        assert_eq!(code, 0, "{err}");
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), out).unwrap();
+        let checked = std::process::Command::new("python3")
+            .args(["-m", "openapi_spec_validator"])
+            .arg(file.path())
+            .output()
+            .expect("python3 runs (.ci/run installs openapi-spec-validator)");
+        assert!(
+            checked.status.success(),
+            "{config}: {}{}",
+            String::from_utf8_lossy(&checked.stdout),
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    }
+}
+
 /// The schema is generated from the loader; its snapshot shows every change to the
 /// file format in review.
 #[test]

@@ -16,7 +16,18 @@ async fn every_printed_curl_line_answers() {
             .find(|w| w.trim_matches('\'').starts_with("http://"))
             .unwrap()
             .trim_matches('\'');
-        let mut req = client.get(url);
+        // `-d '...'`: a POST of that JSON.
+        let posted = line
+            .split_once("-d '")
+            .and_then(|(_, rest)| rest.split_once('\''))
+            .map(|(data, _)| data.to_string());
+        let mut req = match &posted {
+            Some(data) => client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(data.clone()),
+            None => client.get(url),
+        };
         if line.contains("accept-language: de") {
             req = req.header("accept-language", "de");
         }
@@ -30,8 +41,27 @@ async fn every_printed_curl_line_answers() {
             .json()
             .await
             .unwrap_or_else(|e| panic!("{line}: not JSON: {e}"));
-        match url.rsplit('/').next().unwrap() {
-            "404" | "nope" => assert_eq!(status, 404, "{line}: {body}"),
+        match (url.rsplit('/').next().unwrap(), posted.as_deref()) {
+            ("404" | "nope", _) => assert_eq!(status, 404, "{line}: {body}"),
+            // The checkout form: created, refused by its schema, or the service's own
+            // field errors passed through.
+            ("orders", Some(data)) if data.contains("SKU-0000") => {
+                assert_eq!(status, 422, "{line}: {body}");
+                assert_eq!(body["fields"][0]["field"], "items/0/sku", "{line}: {body}");
+            }
+            ("orders", Some(data)) if data.contains("\"qty\":0") => {
+                assert_eq!(status, 400, "{line}: {body}");
+                assert_eq!(body["error"]["code"], "INVALID_REQUEST", "{line}: {body}");
+                assert_eq!(
+                    body["error"]["details"].as_array().map(Vec::len),
+                    Some(2),
+                    "{line}: {body}"
+                );
+            }
+            ("orders", Some(_)) => {
+                assert_eq!(status, 201, "{line}: {body}");
+                assert_eq!(body["status"], "processing", "{line}: {body}");
+            }
             _ => assert_eq!(status, 200, "{line}: {body}"),
         }
         if url.contains("/api/dashboard/") {
