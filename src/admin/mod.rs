@@ -104,6 +104,13 @@ pub fn routes(gw: &Gateway) -> Value {
                     "optional": a.optional,
                     "claims_to_headers": a.claims_to_headers.iter().map(|(c, h)| (c.clone(), Value::from(h.as_str()))).collect::<Map<_, _>>(),
                 })),
+                // Which schemas check its requests: a file as the config names it,
+                // or `inline`.
+                "validate": rc.validation.as_ref().map(|v| json!({
+                    "params": v.params.as_ref().map(|s| &s.source),
+                    "query": v.query.as_ref().map(|s| &s.source),
+                    "body": v.body.as_ref().map(|s| &s.source),
+                })),
                 "backends": rc.backends.iter().map(|b| json!({
                     "name": b.name,
                     "upstream": b.upstream,
@@ -111,6 +118,9 @@ pub fn routes(gw: &Gateway) -> Value {
                     // As written: a `${SECRET}` filled in at load is not shown.
                     "path": b.path_as_written,
                     "optional": b.optional,
+                    "schema": b.schema.as_ref().map(|s| &s.source),
+                    "validate_response": b.validate_response,
+                    "pass_errors": b.pass_errors,
                 })).collect::<Vec<_>>(),
             })
         })

@@ -523,6 +523,12 @@ validate = {{ body = \"schemas/order.json\", query = \"schemas/query.json\" }}
     )
     .await;
     assert_eq!(ok.status, 200);
+    // /routes names the schemas as the config does.
+    let routes = gw.routes().await;
+    assert_eq!(
+        routes["routes"][0]["validate"],
+        json!({"body": "schemas/order.json", "query": "schemas/query.json", "params": null})
+    );
     let e = post(
         &gw,
         "/orders?page=0",
