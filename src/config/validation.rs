@@ -20,6 +20,10 @@ use toml::de::DeValue;
 use super::diag::Diagnostic;
 use super::reader::{Errors, Key, KeyDefault, Table, key};
 
+/// Steps a `pattern` with lookaround or backreferences may take on one string; past
+/// it, the value fails the pattern.
+const MAX_BACKTRACK: usize = 100_000;
+
 /// The largest schema file read.
 const MAX_SCHEMA: u64 = crate::base::files::MAX_FILE;
 
@@ -166,7 +170,12 @@ pub(super) fn read_schema(
         // `format` is asserted under every draft (2020-12 only annotates by default):
         // a schema that says `"format": "email"` means it, as gojsonschema and
         // ajv-formats read it.
+        // A pattern with lookaround or backreferences backtracks; a client's string
+        // must not make one run long (plain patterns are linear either way).
         jsonschema::options()
+            .with_pattern_options(
+                jsonschema::PatternOptions::fancy_regex().backtrack_limit(MAX_BACKTRACK),
+            )
             .should_validate_formats(true)
             .with_base_uri(base_uri.clone())
             .with_retriever(Files {

@@ -64,13 +64,14 @@ impl Validation {
 
     /// Checks the request: every failure of its params, query and body (at most
     /// [`MAX_DETAILS`]) in one 400, or a 415 for a body that is not JSON. `params` are
-    /// the route's own, decoded; `body` the bytes read (none when empty).
+    /// the route's own, decoded; `body` the bytes read (`Some(None)` when empty), or
+    /// `None` when there is no body to check (a WebSocket upgrade).
     pub fn check(
         &self,
         params: &[String],
         query: Option<&str>,
         headers: &HeaderMap,
-        body: Option<&Bytes>,
+        body: Option<Option<&Bytes>>,
     ) -> Result<(), GatewayError> {
         let mut details = Vec::new();
         let mut failed = [false; 3];
@@ -88,7 +89,7 @@ impl Validation {
             let object = query_object(query.unwrap_or(""), &q.wants);
             failed[1] = collect(&q.validator, &object, Part::Query, &mut details);
         }
-        if let Some(b) = &self.body {
+        if let (Some(b), Some(body)) = (&self.body, body) {
             match body_json(headers.get(header::CONTENT_TYPE), body) {
                 Ok(json) => failed[2] = collect(b, &json, Part::Body, &mut details),
                 Err(why) => {

@@ -561,9 +561,11 @@ async fn validate(
     } else {
         Inbound::Arriving(body)
     };
+    // A tunnel's upgrade has no body to check.
     let bytes = match &read {
-        Inbound::Read(Some((b, _))) => Some(b),
-        _ => None,
+        Inbound::Read(Some((b, _))) => Some(Some(b)),
+        Inbound::Read(None) => Some(None),
+        Inbound::Arriving(_) => None,
     };
     if let Err(e) = v.check(params, parts.uri.query(), &parts.headers, bytes) {
         done.record.validation_failed = true;

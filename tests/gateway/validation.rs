@@ -780,3 +780,35 @@ async fn validate_response_fails_an_answer_that_does_not_match_and_names_the_poi
     assert_eq!(a.header("x-manifold-completed"), Some("false"));
     assert_eq!(gw.get("/unchecked").await.status, 200);
 }
+
+/// A schema's `pattern` with lookaround backtracks; a client's string cannot make it
+/// run long: past its step limit the value fails the pattern (unbounded, this one
+/// would take 2^40 steps).
+#[tokio::test]
+async fn a_backtracking_pattern_is_bounded() {
+    let up = Upstream::json(json!({"ok": true})).await;
+    let gw = Gateway::start(&format!(
+        "{}
+[[routes]]
+path = \"/search\"
+validate = {{ query = {{ type = \"object\", properties = {{ q = {{ type = \"string\", pattern = \"^(a+)+(?=b)\" }}, mail = {{ type = \"string\", format = \"email\" }} }} }} }}
+  [[routes.backends]]
+  upstream = \"u\"
+  path = \"/x\"
+",
+        upstream("u", &up.url(), "")
+    ))
+    .await;
+    assert_eq!(gw.get("/search?q=aab").await.status, 200);
+    let evil = format!("/search?q={}!", "a".repeat(40));
+    let e = gw.get(&evil).await.error(400, "INVALID_REQUEST");
+    assert_eq!(e["details"][0]["path"], "/q", "{e}");
+    // `format` is asserted, not only annotated (draft 2020-12's default).
+    let e = gw
+        .get("/search?mail=nope")
+        .await
+        .error(400, "INVALID_REQUEST");
+    assert_eq!(e["details"][0]["path"], "/mail", "{e}");
+    assert_eq!(gw.get("/search?mail=a%40example.com").await.status, 200);
+    assert_eq!(up.hits(), 2);
+}
