@@ -8,7 +8,9 @@
 //!     cargo bench --bench validation
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde_json::Value;
 
@@ -58,7 +60,8 @@ fn main() {
     assert!(schemas.validate(&bad, index).is_err());
 
     let budget = Duration::from_secs(2);
-    let rows: [(&str, Box<dyn FnMut() -> bool>); 7] = [
+    type Step<'a> = (&'a str, Box<dyn FnMut() -> bool + 'a>);
+    let rows: [Step; 7] = [
         (
             "parse the 2 KB body (serde_json)",
             Box::new(|| serde_json::from_slice::<Value>(&body).is_ok()),
