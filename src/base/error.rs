@@ -103,8 +103,9 @@ pub enum Failure {
     /// to the client as it is.
     Passed {
         status: StatusCode,
-        body: bytes::Bytes,
-        content_type: HeaderValue,
+        /// Its body and `content-type`; boxed: every `Result` carrying a failure is
+        /// as large as its largest variant, and this one is rare.
+        answer: Box<(bytes::Bytes, HeaderValue)>,
     },
     /// `{dep.field}` could not be filled: the dependency failed or lacks the field.
     Dependency {
@@ -475,12 +476,9 @@ impl GatewayError {
     /// A `pass_errors` backend's 4xx is its upstream's own body and status.
     pub fn into_response<S>(self, request_id: &HeaderValue) -> Response<Body<S>> {
         if let GatewayError::Backend(e) = &self
-            && let Failure::Passed {
-                status,
-                body,
-                content_type,
-            } = root_cause(&e.failure)
+            && let Failure::Passed { status, answer } = root_cause(&e.failure)
         {
+            let (body, content_type) = &**answer;
             let mut resp = Response::new(Body::from(body.clone()));
             *resp.status_mut() = *status;
             let h = resp.headers_mut();

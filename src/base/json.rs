@@ -399,6 +399,14 @@ impl Parser<'_> {
     }
 }
 
+/// serde_json's error message without its " at line L column C" (for saying the
+/// position another way: file:line:col, or a byte).
+pub fn without_position(message: &str) -> &str {
+    message
+        .rsplit_once(" at line ")
+        .map_or(message, |(head, _)| head)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

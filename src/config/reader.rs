@@ -839,9 +839,24 @@ pub fn closest<'c>(name: &str, candidates: impl IntoIterator<Item = &'c str>) ->
 /// Converts a TOML value to JSON (for `default = ...`), filling `${ENV}` in strings.
 /// Datetimes become strings.
 pub fn to_json(v: &Spanned<DeValue<'_>>, errs: &mut Errors) -> serde_json::Value {
+    convert(v, &mut |s, span| {
+        expand_env(s, span, errs).map_or(serde_json::Value::Null, serde_json::Value::String)
+    })
+}
+
+/// Converts a TOML value to JSON with its strings as written (an inline JSON Schema:
+/// a `pattern` may hold `${`, which is no variable there).
+pub fn to_json_as_written(v: &Spanned<DeValue<'_>>) -> serde_json::Value {
+    convert(v, &mut |s, _| serde_json::Value::String(s.to_string()))
+}
+
+fn convert(
+    v: &Spanned<DeValue<'_>>,
+    string: &mut dyn FnMut(&str, SourceSpan) -> serde_json::Value,
+) -> serde_json::Value {
     use serde_json::Value;
     match v.get_ref() {
-        DeValue::String(s) => expand_env(s, v.span(), errs).map_or(Value::Null, Value::String),
+        DeValue::String(s) => string(s, v.span()),
         DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
             .map(Value::from)
             .unwrap_or(Value::Null),
@@ -854,10 +869,10 @@ pub fn to_json(v: &Spanned<DeValue<'_>>, errs: &mut Errors) -> serde_json::Value
             .map_or(Value::Null, Value::Number),
         DeValue::Boolean(b) => Value::Bool(*b),
         DeValue::Datetime(d) => Value::String(d.to_string()),
-        DeValue::Array(items) => Value::Array(items.iter().map(|i| to_json(i, errs)).collect()),
+        DeValue::Array(items) => Value::Array(items.iter().map(|i| convert(i, string)).collect()),
         DeValue::Table(t) => Value::Object(
             t.iter()
-                .map(|(k, v)| (k.get_ref().to_string(), to_json(v, errs)))
+                .map(|(k, v)| (k.get_ref().to_string(), convert(v, string)))
                 .collect(),
         ),
     }

@@ -18,7 +18,7 @@ use toml::Spanned;
 use toml::de::DeValue;
 
 use super::diag::Diagnostic;
-use super::reader::{Errors, Key, KeyDefault, Table, key};
+use super::reader::{Errors, Key, KeyDefault, Table, key, to_json_as_written};
 
 /// Steps a `pattern` with lookaround or backreferences may take on one string; past
 /// it, the value fails the pattern.
@@ -143,7 +143,7 @@ pub(super) fn read_schema(
                 Err(why) => return fail(errs, format!("the {what} {why}"), "this schema"),
             }
         }
-        DeValue::Table(_) => ("inline".to_string(), to_json(value), None),
+        DeValue::Table(_) => ("inline".to_string(), to_json_as_written(value), None),
         other => {
             return fail(
                 errs,
@@ -221,42 +221,9 @@ fn read_json(path: &Path, shown: &str) -> Result<Value, String> {
             e.line(),
             // 0 at a line's very start (the end of a file that stops after a newline).
             e.column().max(1),
-            strip_position(&e.to_string())
+            crate::base::json::without_position(&e.to_string())
         )
     })
-}
-
-/// serde_json's message without its own " at line L column C" (said as file:line:col).
-fn strip_position(message: &str) -> &str {
-    message
-        .rsplit_once(" at line ")
-        .map_or(message, |(head, _)| head)
-}
-
-/// An inline schema as JSON: TOML's values as JSON's, strings as written (a schema's
-/// `pattern` may hold `${`, which is not a variable here).
-fn to_json(v: &Spanned<DeValue<'_>>) -> Value {
-    match v.get_ref() {
-        DeValue::String(s) => Value::String(s.to_string()),
-        DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
-            .map(Value::from)
-            .unwrap_or(Value::Null),
-        DeValue::Float(f) => f
-            .as_str()
-            .replace('_', "")
-            .parse::<f64>()
-            .ok()
-            .and_then(serde_json::Number::from_f64)
-            .map_or(Value::Null, Value::Number),
-        DeValue::Boolean(b) => Value::Bool(*b),
-        DeValue::Datetime(d) => Value::String(d.to_string()),
-        DeValue::Array(items) => Value::Array(items.iter().map(to_json).collect()),
-        DeValue::Table(t) => Value::Object(
-            t.iter()
-                .map(|(k, v)| (k.get_ref().to_string(), to_json(v)))
-                .collect(),
-        ),
-    }
 }
 
 /// `file:///abs/path`, percent-encoded as a URL path.

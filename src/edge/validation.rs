@@ -164,17 +164,11 @@ fn body_json(content_type: Option<&HeaderValue>, body: Option<&Bytes>) -> Result
     serde_json::from_slice(bytes).map_err(|e| {
         format!(
             "the body is not JSON: {} at line {} column {}",
-            strip_position(&e.to_string()),
+            crate::base::json::without_position(&e.to_string()),
             e.line(),
             e.column()
         )
     })
-}
-
-fn strip_position(message: &str) -> &str {
-    message
-        .rsplit_once(" at line ")
-        .map_or(message, |(head, _)| head)
 }
 
 /// `application/json` or `application/*+json`, any parameters after.

@@ -176,10 +176,9 @@ impl Upstream {
                         .flatten();
                     drop(lease);
                     let f = match kept {
-                        Some((body, content_type)) => Failure::Passed {
+                        Some(answer) => Failure::Passed {
                             status,
-                            body,
-                            content_type,
+                            answer: Box::new(answer),
                         },
                         None => Failure::Rejected(status),
                     };
