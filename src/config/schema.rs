@@ -43,9 +43,9 @@ cache = { ttl = "1s" }
 compression = { algorithms = ["gzip"] }
 cache_control = "private, max-age=5"
 cors = { allow_origins = ["https://a.test"] }
+validate = { body = { type = "object" }, query = { type = "object" }, params = { type = "object" } }
 auth = { jwt = "p" }
 rate_limit = { per_second = 1 }
-validate = { body = { type = "object" }, query = { type = "object" }, params = { type = "object" } }
   [[routes.backends]]
   upstream = "u"
   path = "/"

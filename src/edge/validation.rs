@@ -410,6 +410,29 @@ mod tests {
         assert_eq!(shape.get("on").coerce("TRUE"), json!("TRUE"));
     }
 
+    proptest::proptest! {
+        /// Whatever a client puts in a query or a body, checking it answers (a 400, a
+        /// 415 or a pass), never a panic; and a query's object holds each name once.
+        #[test]
+        fn any_query_or_body_gets_an_answer(
+            query in "[a-z=&%0-9+.\\-\\[\\]]{0,64}",
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let shape = Shape::of(&json!({"properties": {
+                "a": {"type": "integer"}, "b": {"type": "array", "items": {"type": "number"}},
+                "c": {"anyOf": [{"type": "boolean"}, {"enum": [1, 2.5]}]}
+            }}));
+            let object = query_object(&query, &shape);
+            let names = object.as_object().map(|m| m.len()).unwrap_or(0);
+            let distinct: std::collections::HashSet<String> = url::form_urlencoded::parse(query.as_bytes())
+                .map(|(n, _)| n.into_owned())
+                .collect();
+            proptest::prop_assert_eq!(names, distinct.len());
+            let ct = HeaderValue::from_static("application/json");
+            let _ = body_json(Some(&ct), Some(&Bytes::from(body)));
+        }
+    }
+
     #[test]
     fn json_content_types() {
         for ok in [

@@ -409,6 +409,7 @@ algorithms = [\"HS256\"]
 [[routes]]
 path = \"/guarded\"
 auth = {{ jwt = \"hs\" }}
+cors = {{ allow_origins = [\"https://app.test\"] }}
 rate_limit = {{ per_second = 1, burst = 2 }}
 validate = {{ query = {{ type = \"object\", required = [\"q\"] }} }}
   [[routes.backends]]
@@ -448,6 +449,16 @@ validate = {{ query = {{ type = \"object\", properties = {{ q = {{ type = \"stri
         .await
         .error(429, "RATE_LIMITED");
     assert_eq!(up.hits(), 0);
+    // A CORS preflight comes before all of them: no token, no schema, no limit.
+    let preflight = gw
+        .send(
+            gw.client
+                .request(reqwest::Method::OPTIONS, format!("{}/guarded", gw.base))
+                .header("origin", "https://app.test")
+                .header("access-control-request-method", "GET"),
+        )
+        .await;
+    assert_eq!(preflight.status, 204);
 
     // A cached answer never stands in for validation.
     assert_eq!(gw.get("/cached?q=abc").await.status, 200);
