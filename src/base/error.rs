@@ -258,7 +258,22 @@ pub enum GatewayError {
     /// A route with a `body` schema got a body that is not JSON (by its content-type,
     /// or by its bytes).
     UnsupportedMediaType(String),
+    /// A route with `idempotency` refused the request's key.
+    Idempotency(IdempotencyRefusal),
     Backend(BackendError),
+}
+
+/// Why a route with `idempotency` refused a request (docs/configuration.md#idempotency-keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdempotencyRefusal {
+    /// No `idempotency-key` where `required = true` (400).
+    Missing,
+    /// Not 1-255 visible ASCII characters, or two of them (400).
+    Invalid,
+    /// A request with the key is in flight (409, `retry-after: 1`).
+    InProgress,
+    /// The key came with another request (another method, path, query or body) (422).
+    Reused,
 }
 
 /// The most failures one `INVALID_REQUEST` answer lists.
@@ -368,6 +383,13 @@ impl GatewayError {
             GatewayError::BadParameter { .. } => StatusCode::BAD_REQUEST,
             GatewayError::Invalid(_) => StatusCode::BAD_REQUEST,
             GatewayError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            GatewayError::Idempotency(r) => match r {
+                IdempotencyRefusal::Missing | IdempotencyRefusal::Invalid => {
+                    StatusCode::BAD_REQUEST
+                }
+                IdempotencyRefusal::InProgress => StatusCode::CONFLICT,
+                IdempotencyRefusal::Reused => StatusCode::UNPROCESSABLE_ENTITY,
+            },
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::CorsRejected => StatusCode::FORBIDDEN,
             GatewayError::Crowded | GatewayError::BufferFull | GatewayError::NoDescriptor => {
@@ -395,6 +417,12 @@ impl GatewayError {
             GatewayError::BadParameter { .. } => "BAD_PARAMETER",
             GatewayError::Invalid(_) => "INVALID_REQUEST",
             GatewayError::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
+            GatewayError::Idempotency(r) => match r {
+                IdempotencyRefusal::Missing => "IDEMPOTENCY_KEY_MISSING",
+                IdempotencyRefusal::Invalid => "IDEMPOTENCY_KEY_INVALID",
+                IdempotencyRefusal::InProgress => "IDEMPOTENCY_IN_PROGRESS",
+                IdempotencyRefusal::Reused => "IDEMPOTENCY_KEY_REUSED",
+            },
             GatewayError::RateLimited { .. } => "RATE_LIMITED",
             GatewayError::CorsRejected => "CORS_REJECTED",
             GatewayError::Crowded | GatewayError::BufferFull | GatewayError::NoDescriptor => {
@@ -442,6 +470,18 @@ impl GatewayError {
                 None => "the request does not match the route's schema".into(),
             },
             GatewayError::UnsupportedMediaType(why) => why.clone(),
+            GatewayError::Idempotency(r) => match r {
+                IdempotencyRefusal::Missing => "this route needs an idempotency-key header".into(),
+                IdempotencyRefusal::Invalid => {
+                    "idempotency-key must be one value of 1 to 255 visible ASCII characters".into()
+                }
+                IdempotencyRefusal::InProgress => {
+                    "a request with this idempotency-key is still being served; retry shortly".into()
+                }
+                IdempotencyRefusal::Reused => {
+                    "this idempotency-key was used with another request (method, path, query or body)".into()
+                }
+            },
             GatewayError::RateLimited { retry_after } => {
                 format!(
                     "rate limit exceeded; retry in {} s",
@@ -515,6 +555,9 @@ impl GatewayError {
         h.insert(crate::base::forward::X_REQUEST_ID, request_id.clone());
         let retry = match &self {
             GatewayError::RateLimited { retry_after } => Some(*retry_after),
+            GatewayError::Idempotency(IdempotencyRefusal::InProgress) => {
+                Some(Duration::from_secs(1))
+            }
             GatewayError::Backend(e) => match root_cause(&e.failure) {
                 Failure::CircuitOpen { retry_after } => Some(*retry_after),
                 _ => None,

@@ -1,5 +1,5 @@
 //! `routes.toml`: one file per section — [`server`], [`telemetry`], [`upstream`],
-//! [`route`], [`backend`], [`cors`], [`auth`], [`shared`], [`compression`], [`validation`] — each with its types, its
+//! [`route`], [`backend`], [`cors`], [`auth`], [`shared`], [`compression`], [`validation`], [`idempotency`] — each with its types, its
 //! reader, and each key's description, bounds and default (a [`reader::Key`]); the
 //! whole file read here, then the cross-field checks ([`validate`]). What the readers
 //! ask for is the JSON Schema ([`schema`]) and the key tables of
@@ -15,6 +15,7 @@ pub mod backend;
 pub mod compression;
 pub mod cors;
 pub mod diag;
+pub mod idempotency;
 pub mod openapi;
 pub mod reader;
 pub mod route;

@@ -70,6 +70,8 @@ pub struct RouteConfig {
     pub cache_control: Option<http::HeaderValue>,
     /// `validate`: the schemas a request must match, compiled.
     pub validation: Option<RouteValidation>,
+    /// `idempotency`: requests with the same key get the first one's final answer.
+    pub idempotency: Option<super::idempotency::IdempotencyConfig>,
     pub validate_span: SourceSpan,
 }
 
@@ -375,6 +377,8 @@ pub(super) fn read_route(
         .get(super::validation::VALIDATE)
         .map_or(0..0, |v| v.span());
     let validation = read_validate(t, errs, base);
+    let idempotency_span = t.get(super::idempotency::IDEMPOTENCY).map(|v| v.span());
+    let idempotency = super::idempotency::read_idempotency(t, errs);
     // `METHOD`'s default (a test holds the two together).
     let route_method = method.clone().flatten().unwrap_or(Method::GET);
     let mut backends = Vec::new();
@@ -407,6 +411,15 @@ pub(super) fn read_route(
         };
         read_cache_control(&v, span, passthrough, per_user, errs)
     });
+    if let Some(span) = idempotency_span.filter(|_| websocket) {
+        errs.push(
+            Diagnostic::new(
+                span,
+                "`idempotency` cannot be on a `websocket = true` route",
+            )
+            .label("a tunnel has no answer to keep"),
+        );
+    }
     if let Some(span) = websocket_span.filter(|_| websocket && !passthrough) {
         errs.push(
             Diagnostic::new(span, "`websocket = true` needs `passthrough = true`")
@@ -443,6 +456,7 @@ pub(super) fn read_route(
         cache_control,
         validation,
         validate_span,
+        idempotency,
     })
 }
 

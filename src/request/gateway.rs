@@ -41,6 +41,8 @@ pub struct Gateway {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Route and backend answers; carried over on reload while its size is unchanged.
     pub cache: Arc<Cache>,
+    /// Idempotency keys of every route: kept across reloads while `[shared]` is.
+    pub idempotency: Arc<crate::state::idempotency::Store>,
     /// The span exporter, when tracing is on; kept by a reload that leaves its
     /// settings unchanged.
     pub tracing: Option<Arc<Tracing>>,
@@ -109,6 +111,8 @@ pub struct Route {
     pub auth: Option<Auth>,
     /// `validate`: the schemas its requests must match.
     pub validation: Option<Validation>,
+    /// `idempotency`: its keys' lookup and settling.
+    pub idempotency: Option<crate::edge::idempotency::Idempotency>,
     pub backends: Vec<Backend>,
     /// How its answers go on the wire: compression, cache-control, HSTS.
     pub wire: Wire,
@@ -253,6 +257,10 @@ impl Gateway {
                 _ => Some(Arc::new(Tracing::build(settings)?)),
             },
         };
+        let idempotency = match previous {
+            Some(p) if p.config.shared == config.shared => p.idempotency.clone(),
+            _ => crate::state::idempotency::Store::new(redis.clone()),
+        };
         cache.set_redis(redis.as_ref().map(|s| crate::state::cache::RedisTier {
             redis: s.clone(),
             max_entry: s.config.max_entry,
@@ -282,6 +290,7 @@ impl Gateway {
             routes,
             upstreams: ordered,
             cache,
+            idempotency,
             config,
         })
     }
@@ -371,6 +380,10 @@ fn compile_route(
         .validation
         .as_ref()
         .map(|v| Validation::new(&r.name, v, &params));
+    let idempotency = r
+        .idempotency
+        .as_ref()
+        .map(|i| crate::edge::idempotency::Idempotency::new(&r.name, i));
     Ok(Route {
         name: Arc::from(r.name.as_str()),
         method: r.method.clone(),
@@ -408,6 +421,7 @@ fn compile_route(
         },
         auth,
         validation,
+        idempotency,
         cache: r.cache.clone(),
         limiter: r.rate_limit.as_ref().map(|l| {
             previous

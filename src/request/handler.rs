@@ -101,6 +101,7 @@ pub async fn handle(
         auth: None,
         encoding: None,
         validation_failed: false,
+        idempotency: None,
         backends: Vec::new(),
     };
     let head = req.method() == Method::HEAD;
@@ -154,6 +155,16 @@ pub async fn handle(
             (e.into_response(&request_id), Made::Own)
         }
     };
+    // The key this request held decides by its answer: kept when final, else freed.
+    if let Some(held) = done.idempotency.take()
+        && let Some(idem) = done
+            .record
+            .route_index
+            .and_then(|i| gateway.routes[i].idempotency.as_ref())
+    {
+        let max = gateway.idempotency.max_entry();
+        done.record.idempotency = Some(idem.settle(held, &response, max));
+    }
     let wire = match done.record.route_index {
         Some(i) => &gateway.routes[i].wire,
         None => &gateway.wire,
@@ -266,6 +277,9 @@ pub struct Finish {
     pub span: Span,
     /// When the request came in: the route deadline counts from here.
     pub started: Instant,
+    /// The idempotency key this request holds in flight, settled with its answer (or
+    /// freed when the request is dropped).
+    idempotency: Option<crate::edge::idempotency::Held>,
 }
 
 impl Finish {
@@ -277,6 +291,7 @@ impl Finish {
             record,
             span,
             started: Instant::now(),
+            idempotency: None,
         }
     }
 }
@@ -380,13 +395,66 @@ async fn serve(
     // 8. The request against the route's schemas (the token's claims are not in
     //    `params` yet: only what the client sent is checked). A body schema reads the
     //    body whole first. Boxed: only routes with `validate` carry that future.
-    let body = match &route.validation {
-        None => Inbound::Arriving(body),
-        Some(v) => {
-            let read = upgrading.is_none() && v.reads_body();
-            Box::pin(validate(v, route, &parts, &params, body, read, done)).await?
+    let body = match (&route.validation, &route.idempotency) {
+        (None, None) => Inbound::Arriving(body),
+        (v, i) => {
+            // Idempotency fingerprints the body: it is read whole first too.
+            let read =
+                upgrading.is_none() && (i.is_some() || v.as_ref().is_some_and(|v| v.reads_body()));
+            Box::pin(validate(
+                v.as_ref(),
+                route,
+                &parts,
+                &params,
+                body,
+                read,
+                done,
+            ))
+            .await?
         }
     };
+    // 9. The idempotency key, after the token and validation: a replay needs both.
+    if let Some(idem) = &route.idempotency
+        && upgrading.is_none()
+    {
+        let identity = match &route.auth {
+            Some(_) => claims
+                .as_deref()
+                .and_then(|c| c.get("sub"))
+                .and_then(|s| s.as_str())
+                .unwrap_or_default()
+                .to_string(),
+            None => cache::vary(&parts.headers, &route.forward_headers),
+        };
+        let bytes = match &body {
+            Inbound::Read(Some((b, _))) => Some(b),
+            _ => None,
+        };
+        let request = crate::edge::idempotency::Request {
+            method: &parts.method,
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            body: bytes,
+        };
+        let begun = Box::pin(idem.begin(
+            &gateway.idempotency,
+            &parts.headers,
+            &identity,
+            request,
+            route.deadline,
+            &mut done.record.idempotency,
+        ))
+        .await?;
+        match begun {
+            crate::edge::idempotency::Begun::Replay(kept) => {
+                return Ok(crate::edge::idempotency::replay(
+                    &kept,
+                    &done.record.request_id,
+                ));
+            }
+            crate::edge::idempotency::Begun::Proceed(held) => done.idempotency = held,
+        }
+    }
     let mut headers = forward::upstream_headers(
         &parts.headers,
         &route.forward_headers,
@@ -410,7 +478,7 @@ async fn serve(
         record: &mut done.record,
         span: &mut done.span,
     };
-    // 9. Sent as the route's kind says: a tunnel, one streamed call, or a fan-out.
+    // 10. Sent as the route's kind says: a tunnel, one streamed call, or a fan-out.
     if let Some(upgrading) = upgrading {
         if let Some(origin) = parts.headers.get(header::ORIGIN) {
             let peer_ip = peer.addr.ip().to_canonical();
@@ -541,7 +609,7 @@ async fn authorize(
 /// body read whole within the deadline when `read`, then every part checked; a
 /// refusal is noted for the access line.
 async fn validate(
-    v: &Validation,
+    v: Option<&Validation>,
     route: &Route,
     parts: &http::request::Parts,
     params: &[String],
@@ -567,7 +635,9 @@ async fn validate(
         Inbound::Read(None) => Some(None),
         Inbound::Arriving(_) => None,
     };
-    if let Err(e) = v.check(params, parts.uri.query(), &parts.headers, bytes) {
+    if let Some(v) = v
+        && let Err(e) = v.check(params, parts.uri.query(), &parts.headers, bytes)
+    {
         done.record.validation_failed = true;
         return Err(e);
     }

@@ -9,4 +9,5 @@ pub mod buffers;
 pub mod cache;
 pub mod connections;
 pub mod descriptors;
+pub mod idempotency;
 pub mod redis;

@@ -113,7 +113,7 @@ fn op_deadline(timeout: Duration) -> (tokio::time::Instant, bool) {
 }
 
 /// What one Redis operation came to.
-enum Op<T> {
+pub(super) enum Op<T> {
     Ok(T),
     /// Down (no attempt made), failed, or timed out: decide locally.
     Unavailable,
@@ -270,7 +270,7 @@ impl Redis {
     }
 
     /// Runs one operation within `timeout`, counting it; a failure marks Redis down.
-    async fn run<T, F, Fut>(self: &Arc<Self>, op: RedisOp, f: F) -> Op<T>
+    pub(super) async fn run<T, F, Fut>(self: &Arc<Self>, op: RedisOp, f: F) -> Op<T>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
@@ -418,14 +418,14 @@ impl Redis {
     /// The last byte index read of an entry: one past the largest this replica stores,
     /// so a larger value shows itself without being read whole (`GETRANGE` answers at
     /// most `most + 1` bytes, and an empty string for a missing key).
-    fn most_read(&self) -> u64 {
+    pub(super) fn most_read(&self) -> u64 {
         self.config.max_entry.saturating_add(ENTRY_OVERHEAD)
     }
 
     /// The entry Redis holds at `key` (read by [`Redis::most_read`]), if this replica
     /// will use it: not larger than `max_entry`, and with a secret, signed for this
     /// very key. The signature is taken off.
-    fn open(&self, key: &str, mut stored: Vec<u8>) -> Option<Vec<u8>> {
+    pub(super) fn open(&self, key: &str, mut stored: Vec<u8>) -> Option<Vec<u8>> {
         if stored.is_empty() {
             return None;
         }
@@ -463,7 +463,7 @@ impl Redis {
     }
 
     /// An entry as Redis is to hold it at `key`: signed when there is a secret.
-    fn seal(&self, key: &str, entry: Vec<u8>) -> Vec<u8> {
+    pub(super) fn seal(&self, key: &str, entry: Vec<u8>) -> Vec<u8> {
         let Some(signing) = &self.signing else {
             return entry;
         };

@@ -17,7 +17,7 @@ use crate::base::cache_control::Hints;
 use crate::base::coding::Coding;
 use crate::base::error::Outcome;
 use crate::config::LogFormat;
-use crate::telemetry::metrics::labels::{AuthResult, CacheResult};
+use crate::telemetry::metrics::labels::{AuthResult, CacheResult, IdempotencyResult};
 
 /// Where whole log lines go. Each call gets exactly one line, newline included.
 pub type LogSink = Arc<dyn Fn(&[u8]) + Send + Sync>;
@@ -44,6 +44,8 @@ pub struct AccessRecord {
     pub encoding: Option<Coding>,
     /// The route's `validate` schemas refused the request (400, 415).
     pub validation_failed: bool,
+    /// What the route's `idempotency` made of it (`replayed`, `stored`, ...).
+    pub idempotency: Option<IdempotencyResult>,
     pub backends: Vec<(Arc<str>, Report)>,
 }
 
@@ -102,6 +104,8 @@ struct Line<'a> {
     encoding: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     validation: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency: Option<&'static str>,
     backends: Backends<'a>,
 }
 
@@ -168,6 +172,7 @@ pub fn write(sink: &LogSink, format: LogFormat, r: &AccessRecord) {
                 auth: r.auth.map(AuthResult::as_str),
                 encoding: r.encoding.map(Coding::as_str),
                 validation: r.validation_failed.then_some("failed"),
+                idempotency: r.idempotency.map(IdempotencyResult::as_str),
                 backends: Backends(&r.backends),
             };
             match serde_json::to_vec(&line) {
@@ -194,8 +199,12 @@ pub fn write(sink: &LogSink, format: LogFormat, r: &AccessRecord) {
             } else {
                 ""
             };
+            let idempotency = r
+                .idempotency
+                .map(|i| format!(" idempotency={}", i.as_str()))
+                .unwrap_or_default();
             format!(
-                "{} access {} {} route={route:?} status={} {:.1}ms id={}{trace}{encoding}{validation} partial={} backends=[{}]",
+                "{} access {} {} route={route:?} status={} {:.1}ms id={}{trace}{encoding}{validation}{idempotency} partial={} backends=[{}]",
                 timestamp(SystemTime::now()),
                 r.method,
                 r.path,

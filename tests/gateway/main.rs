@@ -15,6 +15,7 @@ mod fanout;
 mod h2_upstream;
 mod hardening;
 mod hygiene;
+mod idempotency;
 mod metrics;
 mod passthrough;
 mod pool;

@@ -93,6 +93,33 @@ label!(
         RateLimit => "rate_limit",
         CacheGet => "cache_get",
         CacheSet => "cache_set",
+        IdempotencyBegin => "idempotency_begin",
+        IdempotencyKeep => "idempotency_keep",
+        IdempotencyFree => "idempotency_free",
+    }
+);
+
+label!(
+    /// What a route's idempotency made of a request (`manifold_idempotency_total{result}`,
+    /// the access line's `idempotency`).
+    IdempotencyResult {
+        /// A first request whose final answer was kept.
+        Stored => "stored",
+        /// The kept answer, sent again; no upstream called.
+        Replayed => "replayed",
+        /// 409: a request with the key is in flight.
+        InProgress => "in_progress",
+        /// 422: the key came with another request.
+        Reused => "reused",
+        /// 400: no key where one is required.
+        Missing => "missing",
+        /// 400: not a key (1-255 visible ASCII characters).
+        Invalid => "invalid",
+        /// A final answer too large to keep; the key is free again.
+        TooLarge => "too_large",
+        /// Not final (5xx, timeout, 408/409/425/429, partial, client gone): nothing
+        /// kept, the key free again.
+        NotStored => "not_stored",
     }
 );
 

@@ -29,8 +29,8 @@ use prometheus_client::registry::Registry;
 use crate::base::coding::Coding;
 use crate::base::error::{Outcome, Part};
 use labels::{
-    AuthResult, CacheKind, CacheResult, CloseReason, Dropped, Hedge, METHODS, RedisOp, RedisResult,
-    Reload, SpanExport, method_index,
+    AuthResult, CacheKind, CacheResult, CloseReason, Dropped, Hedge, IdempotencyResult, METHODS,
+    RedisOp, RedisResult, Reload, SpanExport, method_index,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -208,6 +208,7 @@ pub struct Metrics {
     compression_bytes: [Counter; 2],
     not_modified: Family<RouteName, Counter>,
     validation_failures: Family<RoutePart, Counter>,
+    idempotency: Family<RouteResult, Counter>,
     /// The request histograms of requests no route matched.
     unmatched: RouteMetrics,
     process: process::Process,
@@ -461,6 +462,12 @@ impl Metrics {
             "Requests refused by a route's `validate` schemas (400 INVALID_REQUEST, 415), by route and the part that failed (params, query, body)",
             validation_failures.clone(),
         );
+        let idempotency = Family::<RouteResult, Counter>::default();
+        registry.register(
+            "manifold_idempotency",
+            "Requests with an idempotency key (or missing one where required), by route and result (stored, replayed, in_progress, reused, missing, invalid, too_large, not_stored)",
+            idempotency.clone(),
+        );
         let process = process::Process::register(&mut registry);
         let unmatched = RouteMetrics::new(&requests, "unmatched", Counter::default());
         Metrics {
@@ -498,6 +505,7 @@ impl Metrics {
             compression_bytes,
             not_modified,
             validation_failures,
+            idempotency,
             unmatched,
             process,
         }
@@ -722,6 +730,22 @@ impl Metrics {
                 })
                 .clone()
         })
+    }
+
+    /// Made when a route with `idempotency` is compiled: one counter per result, in
+    /// [`IdempotencyResult::ALL`] order, every series from the start.
+    pub fn idempotency(&self, route: &str) -> Vec<Counter> {
+        IdempotencyResult::ALL
+            .iter()
+            .map(|r| {
+                self.idempotency
+                    .get_or_create(&RouteResult {
+                        route: route.to_string(),
+                        result: r.as_str(),
+                    })
+                    .clone()
+            })
+            .collect()
     }
 
     /// Made when a route with `auth` is compiled: every result shows from the start.
