@@ -466,6 +466,10 @@ async fn serve(
         Some(auth) => auth.apply(claims.as_deref(), &mut params, &mut headers),
     };
     drop(claims);
+    let keep_whole = done
+        .idempotency
+        .is_some()
+        .then(|| gateway.idempotency.max_entry());
     let out = Outbound {
         route,
         parts: &parts,
@@ -475,6 +479,7 @@ async fn serve(
         identity,
         deadline: done.started + route.deadline,
         share,
+        keep_whole,
         record: &mut done.record,
         span: &mut done.span,
     };
@@ -662,6 +667,7 @@ async fn aggregate(
         share,
         record,
         span,
+        keep_whole: _,
     } = out;
     // A client trickling its body must not hold the answer past the deadline either.
     // (Made inside the call that awaits it: bound to a local first, it would be

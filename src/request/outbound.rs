@@ -36,6 +36,9 @@ pub struct Outbound<'a> {
     pub deadline: Instant,
     /// On h2, the connection's part of `buffer_capacity`.
     pub share: Option<&'a Arc<Share>>,
+    /// The request holds an idempotency key: a passthrough answer of a declared length
+    /// up to this is read whole, so it can be kept (docs/configuration.md#idempotency-keys).
+    pub keep_whole: Option<u64>,
     pub record: &'a mut AccessRecord,
     /// The server span: each backend's span goes under it.
     pub span: &'a mut Span,

@@ -33,6 +33,7 @@ pub async fn forward(mut out: Outbound<'_>, body: Inbound) -> Result<Answer, Gat
         mut headers,
         deadline,
         record,
+        keep_whole,
         ..
     } = out;
     let backend = &route.backends[0];
@@ -95,7 +96,32 @@ pub async fn forward(mut out: Outbound<'_>, body: Inbound) -> Result<Answer, Gat
         )
         .await;
     let (resp, held) = report(route, tried, record, &mut span)?;
-    Ok(answer(resp, held, route, &record.request_id))
+    let out = answer(resp, held, route, &record.request_id);
+    match keep_whole {
+        Some(most) if keepable(&out, most) => whole(out, most, route).await,
+        _ => Ok(out),
+    }
+}
+
+/// An answer a request holding an idempotency key can keep: its length declared and
+/// within `most`, and not in a content-coding (a replay sends what was kept, whatever
+/// the replaying request accepts).
+fn keepable(out: &Answer, most: u64) -> bool {
+    content_length(out.headers()).is_some_and(|n| n <= most)
+        && !out.headers().contains_key(header::CONTENT_ENCODING)
+}
+
+/// The answer read whole (a declared length, so bounded), to be kept.
+async fn whole(out: Answer, most: u64, route: &Route) -> Result<Answer, GatewayError> {
+    use http_body_util::BodyExt;
+    let (parts, body) = out.into_parts();
+    let limit = usize::try_from(most).unwrap_or(usize::MAX);
+    let bytes = http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|_| blame(route, Failure::BadResponse("the answer broke off")))?
+        .to_bytes();
+    Ok(Response::from_parts(parts, Body::from(bytes)))
 }
 
 /// The client's headers a passthrough upstream always gets: its codings, and the

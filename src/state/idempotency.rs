@@ -186,7 +186,15 @@ impl Store {
             {
                 Some(None) => in_redis = true,
                 Some(Some(held)) => {
-                    return (found_in(&held, fingerprint, redis, &key), None);
+                    let found = found_in(&held, fingerprint, redis, &key);
+                    // This replica kept the answer and Redis has not got it yet (it is
+                    // written after the answer is sent), or could not: the own store's.
+                    if matches!(found, Found::InFlight { .. })
+                        && let Some(done) = self.local_done(&key, fingerprint)
+                    {
+                        return (done, None);
+                    }
+                    return (found, None);
                 }
                 // Redis cannot answer: this replica decides alone.
                 None => {}
@@ -246,6 +254,24 @@ impl Store {
                     settled: false,
                 }),
             ),
+        }
+    }
+}
+
+impl Store {
+    /// A final answer this replica's own store keeps for `key`.
+    fn local_done(&self, key: &str, fingerprint: Fingerprint) -> Option<Found> {
+        let mut local = self.local.lock().ok()?;
+        match local.slots.get(key) {
+            Some(Slot::Done {
+                fingerprint: f,
+                kept,
+                until,
+            }) if *until > Instant::now() => Some(Found::Done {
+                same: *f == fingerprint,
+                kept: kept.clone(),
+            }),
+            _ => None,
         }
     }
 }

@@ -246,3 +246,36 @@ async fn only_final_answers_are_kept_and_identities_never_meet() {
     assert_eq!(count("big", "too_large"), 2.0);
     assert_eq!(count("declined", "stored"), 1.0);
 }
+
+#[tokio::test]
+async fn a_passthrough_answer_of_a_declared_length_is_kept_and_replayed() {
+    let up = Upstream::start(|s| async move {
+        let mut r = crate::support::json(201, json!({"charged": String::from_utf8_lossy(&s.body)}));
+        r.headers_mut().insert("etag", "\"p-1\"".parse().unwrap());
+        r
+    })
+    .await;
+    let gw = Gateway::start(&format!(
+        "{}\n[[routes]]\npath = \"/raw\"\nmethod = \"POST\"\npassthrough = true\nidempotency = {{ ttl = \"10m\" }}\n  [[routes.backends]]\n  upstream = \"pay\"\n  path = \"/charge\"\n",
+        upstream("pay", &up.url(), "")
+    ))
+    .await;
+    let order = json!({"amount": 7});
+    let first = pay(&gw, "/raw", Some("r-1"), &order).await;
+    assert_eq!(first.status, 201);
+    assert_eq!(
+        up.last().body,
+        order.to_string().as_bytes(),
+        "the body sent on as it came"
+    );
+    let again = pay(&gw, "/raw", Some("r-1"), &order).await;
+    assert_eq!(
+        (again.status, again.header("idempotent-replayed")),
+        (201, Some("true"))
+    );
+    assert_eq!(again.body, first.body);
+    assert_eq!(again.header("etag"), Some("\"p-1\""), "its validators kept");
+    assert_eq!(up.hits(), 1);
+    let line = gw.access_line(first.header("x-request-id").unwrap()).await;
+    assert_eq!(line["idempotency"], "stored");
+}

@@ -1028,3 +1028,266 @@ async fn a_forged_rate_limit_wait_is_clamped() {
     refused.error(429, "RATE_LIMITED");
     assert_eq!(refused.header("retry-after"), Some("1"));
 }
+
+// === Idempotency keys across replicas (docs/configuration.md#idempotency-keys) ===
+
+/// Three `manifold` processes sharing `redis`, with `POST /pay` (fast) and `POST /slow`
+/// (its upstream takes 600 ms; route deadline 800 ms), both with `idempotency`.
+async fn idempotent_replicas(
+    redis: &Redis,
+    upstream: &str,
+    dir: &std::path::Path,
+) -> Vec<crate::support::Process> {
+    let text = format!(
+        r#"{SERVER}
+[telemetry]
+access_log = false
+
+[shared]
+redis = "{redis}"
+key_prefix = "{prefix}"
+timeout = "500ms"
+
+[upstreams.pay]
+urls = ["{upstream}"]
+timeout = "2s"
+
+[[routes]]
+path = "/pay"
+method = "POST"
+idempotency = {{ ttl = "1h" }}
+  [[routes.backends]]
+  upstream = "pay"
+  path = "/pay"
+
+[[routes]]
+path = "/slow"
+method = "POST"
+timeout = "800ms"
+idempotency = {{ ttl = "1h" }}
+  [[routes.backends]]
+  upstream = "pay"
+  path = "/slow"
+"#,
+        redis = redis.url(),
+        prefix = unique("idem")
+    );
+    let path = dir.join("routes.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        let p = crate::support::Process::start(&path, None).await;
+        // Each replica has Redis before the test begins.
+        for _ in 0..200 {
+            if p.admin_get("/routes", Duration::from_secs(1))
+                .await
+                .is_some_and(|(_, body)| body.contains("\"redis\": \"up\""))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        out.push(p);
+    }
+    out
+}
+
+async fn post_to(
+    addr: std::net::SocketAddr,
+    path: &str,
+    key: &str,
+    body: &serde_json::Value,
+) -> (u16, Option<String>, String) {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let resp = client
+        .post(format!("http://{addr}{path}"))
+        .header("idempotency-key", key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let replayed = resp
+        .headers()
+        .get("idempotent-replayed")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, replayed, resp.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_hold_across_replicas_and_a_killed_replica_frees_its_key() {
+    let redis = Redis::start(None);
+    let up = Upstream::start(|s| async move {
+        if s.uri.path() == "/slow" {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        crate::support::json(
+            201,
+            json!({"path": s.uri.path(), "body": String::from_utf8_lossy(&s.body)}),
+        )
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut replicas = idempotent_replicas(&redis, &up.url(), dir.path()).await;
+    let order = json!({"amount": 100});
+
+    // Replay on another replica: the payment service is called once.
+    let first = post_to(replicas[0].addr, "/pay", "k-1", &order).await;
+    assert_eq!((first.0, first.1.as_deref()), (201, None));
+    for r in &replicas[1..] {
+        let again = post_to(r.addr, "/pay", "k-1", &order).await;
+        assert_eq!((again.0, again.1.as_deref()), (201, Some("true")));
+        assert_eq!(again.2, first.2, "the first answer, byte for byte");
+    }
+    assert_eq!(up.hits(), 1);
+    let other = post_to(replicas[2].addr, "/pay", "k-1", &json!({"amount": 1})).await;
+    assert_eq!(other.0, 422);
+
+    // In flight on one replica: 409 on the others (422 for another body).
+    let addr = replicas[0].addr;
+    let o = order.clone();
+    let running = tokio::spawn(async move { post_to(addr, "/slow", "s-1", &o).await });
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        post_to(replicas[1].addr, "/slow", "s-1", &order).await.0,
+        409
+    );
+    assert_eq!(
+        post_to(replicas[2].addr, "/slow", "s-1", &json!({"amount": 2}))
+            .await
+            .0,
+        422
+    );
+    assert_eq!(running.await.unwrap().0, 201);
+    assert_eq!(
+        post_to(replicas[1].addr, "/slow", "s-1", &order)
+            .await
+            .1
+            .as_deref(),
+        Some("true")
+    );
+    assert_eq!(up.hits(), 2);
+
+    // The replica holding a mark dies: the key stays held until the route deadline
+    // (800 ms) + 5 s, then another replica may serve it.
+    let addr = replicas[2].addr;
+    let o = order.clone();
+    let doomed = tokio::spawn(async move {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        client
+            .post(format!("http://{addr}/slow"))
+            .header("idempotency-key", "s-2")
+            .json(&o)
+            .send()
+            .await
+            .is_err()
+    });
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let marked_at = Instant::now();
+    replicas[2].child.start_kill().unwrap();
+    let _ = replicas[2].child.wait().await;
+    assert!(
+        doomed.await.unwrap(),
+        "the client lost its answer with the replica"
+    );
+    assert_eq!(
+        post_to(replicas[0].addr, "/slow", "s-2", &order).await.0,
+        409
+    );
+    let freed = loop {
+        let (status, replayed, _) = post_to(replicas[1].addr, "/slow", "s-2", &order).await;
+        if status != 409 {
+            break (status, replayed, marked_at.elapsed());
+        }
+        assert!(
+            marked_at.elapsed() < Duration::from_secs(9),
+            "the mark never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!((freed.0, freed.1.as_deref()), (201, None), "served afresh");
+    assert!(
+        freed.2 >= Duration::from_millis(4500),
+        "held until the deadline + 5 s, not freed early: {:?}",
+        freed.2
+    );
+    drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_and_resumed_under_load_fails_no_keyed_request() {
+    let (redis, _port) = Redis::start_with(None, &[]);
+    let up = Upstream::start(|s| async move {
+        crate::support::json(201, json!({"body": String::from_utf8_lossy(&s.body)}))
+    })
+    .await;
+    let text = format!(
+        r#"{SERVER}
+[shared]
+redis = "{}"
+key_prefix = "{}"
+timeout = "50ms"
+
+[upstreams.pay]
+urls = ["{}"]
+
+[[routes]]
+path = "/pay"
+method = "POST"
+idempotency = {{ ttl = "1h" }}
+  [[routes.backends]]
+  upstream = "pay"
+  path = "/pay"
+"#,
+        redis.url(),
+        unique("idem-load"),
+        up.url()
+    );
+    let gw = Arc::new(Gateway::start(&text).await);
+    until_state(&gw, "up").await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for c in 0..6 {
+        let (gw, stop, sent) = (gw.clone(), stop.clone(), sent.clone());
+        clients.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let key = format!("c{c}-{n}");
+                let body = json!({"n": n});
+                for attempt in 0..2 {
+                    let req = gw
+                        .client
+                        .post(format!("{}/pay", gw.base))
+                        .header("idempotency-key", &key)
+                        .json(&body);
+                    let a = gw.send(req).await;
+                    assert_eq!(a.status, 201, "no keyed request fails because of Redis");
+                    if attempt == 1 {
+                        // The same replica kept it: in Redis or in its own store.
+                        assert_eq!(a.header("idempotent-replayed"), Some("true"), "{key}");
+                    }
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.signal("-STOP");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    redis.signal("-CONT");
+    until_state(&gw, "up").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let payments = sent.load(Ordering::Relaxed);
+    assert!(payments > 50, "{payments}");
+    assert_eq!(
+        up.hits(),
+        payments,
+        "each payment reached the upstream once"
+    );
+}
