@@ -111,6 +111,10 @@ pub fn routes(gw: &Gateway) -> Value {
                     "query": v.query.as_ref().map(|s| &s.source),
                     "body": v.body.as_ref().map(|s| &s.source),
                 })),
+                "idempotency": rc.idempotency.as_ref().map(|i| json!({
+                    "ttl_ms": i.ttl.as_millis() as u64,
+                    "required": i.required,
+                })),
                 "backends": rc.backends.iter().map(|b| json!({
                     "name": b.name,
                     "upstream": b.upstream,

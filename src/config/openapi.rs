@@ -57,7 +57,9 @@ pub fn document_with(config: &Config, info: &Info) -> Value {
                                     "UPSTREAM_BAD_RESPONSE", "UPSTREAM_REJECTED", "RATE_LIMITED",
                                     "ROUTE_NOT_FOUND", "METHOD_NOT_ALLOWED", "PAYLOAD_TOO_LARGE",
                                     "BAD_PARAMETER", "REQUEST_TIMEOUT", "BAD_REQUEST", "CORS_REJECTED",
-                                    "INVALID_REQUEST", "UNSUPPORTED_MEDIA_TYPE"
+                                    "INVALID_REQUEST", "UNSUPPORTED_MEDIA_TYPE",
+                                    "IDEMPOTENCY_KEY_MISSING", "IDEMPOTENCY_KEY_INVALID",
+                                    "IDEMPOTENCY_IN_PROGRESS", "IDEMPOTENCY_KEY_REUSED"
                                 ]},
                                 "message": {"type": "string"},
                                 "backend": {"type": "string", "description": "The backend to blame, when one is."},
@@ -468,6 +470,28 @@ fn operation(config: &Config, r: &RouteConfig) -> Value {
     responses.insert("413".into(), error.clone());
     if validation.is_some_and(|v| v.body.is_some()) {
         responses.insert("415".into(), error.clone());
+    }
+    if let Some(idem) = &r.idempotency {
+        parameters.push(json!({
+            "name": "idempotency-key",
+            "in": "header",
+            "required": idem.required,
+            "description": "1 to 255 visible ASCII characters: a retry with the same key gets the first request's final answer (idempotent-replayed: true).",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"}
+        }));
+        responses.insert("400".into(), error.clone());
+        responses.insert("409".into(), json!({
+            "description": "IDEMPOTENCY_IN_PROGRESS: a request with this key is still being served; retry after retry-after.",
+            "headers": {
+                "x-request-id": {"$ref": "#/components/headers/RequestId"},
+                "retry-after": {"$ref": "#/components/headers/RetryAfter"}
+            },
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        }));
+        responses.insert("422".into(), json!({
+            "description": "IDEMPOTENCY_KEY_REUSED: the key came with another request.",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        }));
     }
     if r.rate_limit.is_some() {
         responses.insert("429".into(), retryable.clone());

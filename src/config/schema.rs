@@ -44,6 +44,7 @@ compression = { algorithms = ["gzip"] }
 cache_control = "private, max-age=5"
 cors = { allow_origins = ["https://a.test"] }
 validate = { body = { type = "object" }, query = { type = "object" }, params = { type = "object" } }
+idempotency = { ttl = "1h", required = true }
 auth = { jwt = "p" }
 rate_limit = { per_second = 1 }
   [[routes.backends]]

@@ -264,9 +264,16 @@ fn openapi_publishes_the_validation_schemas_and_typed_answers() {
         body["properties"]["items"]["items"]["properties"]["qty"]["maximum"],
         10
     );
-    for status in ["2XX", "400", "415", "4XX"] {
+    for status in ["2XX", "400", "409", "415", "422", "4XX"] {
         assert!(place["responses"][status].is_object(), "{status}");
     }
+    let key = place["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "idempotency-key")
+        .expect("the idempotency-key header");
+    assert_eq!((key["in"].clone(), key["required"].clone()), (serde_json::json!("header"), serde_json::json!(false)));
     assert!(
         doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["details"]
             .is_object()

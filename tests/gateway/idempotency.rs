@@ -279,3 +279,82 @@ async fn a_passthrough_answer_of_a_declared_length_is_kept_and_replayed() {
     let line = gw.access_line(first.header("x-request-id").unwrap()).await;
     assert_eq!(line["idempotency"], "stored");
 }
+
+const SECRET: &str = "an-idempotency-test-secret-of-32-bytes-at-least";
+
+fn token(sub: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": sub, "exp": 4_000_000_000u64}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+/// With `auth`, a key is the token's `sub`'s: two tokens of one user share it, two
+/// users never do; a replay needs a valid token and counts against the rate limit.
+#[tokio::test]
+async fn with_auth_a_key_is_the_users_and_a_replay_is_checked_and_limited() {
+    let up = Upstream::start(|s| async move {
+        crate::support::json(201, json!({"for": String::from_utf8_lossy(&s.body)}))
+    })
+    .await;
+    let gw = Gateway::start(&format!(
+        "[auth.jwt.hs]\nsecret = \"{SECRET}\"\nalgorithms = [\"HS256\"]\n{}\n[[routes]]\npath = \"/pay\"\nmethod = \"POST\"\nauth = {{ jwt = \"hs\" }}\nrate_limit = {{ per_second = 1, burst = 4, key = \"global\" }}\nidempotency = {{ ttl = \"1h\" }}\n  [[routes.backends]]\n  upstream = \"pay\"\n  path = \"/pay\"\n",
+        upstream("pay", &up.url(), "")
+    ))
+    .await;
+    let send = |bearer: Option<String>| {
+        let mut req = gw
+            .client
+            .post(format!("{}/pay", gw.base))
+            .header("idempotency-key", "k")
+            .json(&json!({"amount": 1}));
+        if let Some(t) = bearer {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        gw.send(req)
+    };
+    assert_eq!(send(Some(token("ann"))).await.status, 201);
+    // Another token of the same user (another `exp` would do too): the same key.
+    let again = send(Some(token("ann"))).await;
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    let bob = send(Some(token("bob"))).await;
+    assert_eq!((bob.status, bob.header("idempotent-replayed")), (201, None));
+    // No token: 401 before the lookup, nothing replayed.
+    send(None).await.error(401, "UNAUTHORIZED");
+    // The burst of 4 is spent: the replay is limited like any request.
+    send(Some(token("ann"))).await.error(429, "RATE_LIMITED");
+    assert_eq!(up.hits(), 2);
+}
+
+/// A client that goes away frees its key at once: its retry is served, not 409.
+#[tokio::test]
+async fn a_client_that_leaves_frees_its_key() {
+    let (up, gw, _) = payments().await;
+    let short = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(150))
+        .build()
+        .unwrap();
+    let gone = short
+        .post(format!("{}/slow", gw.base))
+        .header("idempotency-key", "gone-1")
+        .json(&json!({"amount": 9}))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client gave up");
+    // The gateway hears of it when it writes, or at once on h2; give it a moment.
+    let mut retried = None;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let a = pay(&gw, "/slow", Some("gone-1"), &json!({"amount": 9})).await;
+        if a.status != 409 {
+            retried = Some(a);
+            break;
+        }
+    }
+    let retried = retried.expect("the key was freed");
+    assert_eq!((retried.status, retried.header("idempotent-replayed")), (201, None));
+    assert_eq!(up.hits(), 2, "the retry reached the upstream");
+}
