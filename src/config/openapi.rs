@@ -488,10 +488,13 @@ fn operation(config: &Config, r: &RouteConfig) -> Value {
             },
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
         }));
-        responses.insert("422".into(), json!({
-            "description": "IDEMPOTENCY_KEY_REUSED: the key came with another request.",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-        }));
+        responses.insert(
+            "422".into(),
+            json!({
+                "description": "IDEMPOTENCY_KEY_REUSED: the key came with another request.",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+            }),
+        );
     }
     if r.rate_limit.is_some() {
         responses.insert("429".into(), retryable.clone());

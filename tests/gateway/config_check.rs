@@ -273,7 +273,10 @@ fn openapi_publishes_the_validation_schemas_and_typed_answers() {
         .iter()
         .find(|p| p["name"] == "idempotency-key")
         .expect("the idempotency-key header");
-    assert_eq!((key["in"].clone(), key["required"].clone()), (serde_json::json!("header"), serde_json::json!(false)));
+    assert_eq!(
+        (key["in"].clone(), key["required"].clone()),
+        (serde_json::json!("header"), serde_json::json!(false))
+    );
     assert!(
         doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["details"]
             .is_object()

@@ -355,6 +355,9 @@ async fn a_client_that_leaves_frees_its_key() {
         }
     }
     let retried = retried.expect("the key was freed");
-    assert_eq!((retried.status, retried.header("idempotent-replayed")), (201, None));
+    assert_eq!(
+        (retried.status, retried.header("idempotent-replayed")),
+        (201, None)
+    );
     assert_eq!(up.hits(), 2, "the retry reached the upstream");
 }
