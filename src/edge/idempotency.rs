@@ -52,6 +52,15 @@ pub struct Held {
     not_stored: Option<Counter>,
 }
 
+impl Held {
+    /// Frees the key now (counted `not_stored` unless counted otherwise already).
+    async fn free(&mut self) {
+        if let Some(mark) = self.mark.take() {
+            mark.free().await;
+        }
+    }
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
         if let Some(c) = self.not_stored.take() {
@@ -152,7 +161,7 @@ impl Idempotency {
     /// The request's answer decides its key: kept when final (2xx, or 4xx but 408, 409,
     /// 425 and 429; complete; held whole and no larger than the store's bound), else
     /// freed. The result is for the access line.
-    pub fn settle<S>(
+    pub async fn settle<S>(
         &self,
         mut held: Held,
         response: &http::Response<Body<S>>,
@@ -167,20 +176,30 @@ impl Idempotency {
             .is_some_and(|v| v == "false");
         let Body::Full(body) = response.body() else {
             // A streamed answer is not held whole: nothing to keep.
+            held.free().await;
             return IdempotencyResult::NotStored;
         };
         if !final_status || partial {
+            held.free().await;
             return IdempotencyResult::NotStored;
         }
         let body = body.clone().unwrap_or_default();
         held.not_stored = None;
-        if body.len() as u64 > max_entry {
-            return self.count(IdempotencyResult::TooLarge);
-        }
-        let headers = KEPT_HEADERS
+        let headers: Vec<(HeaderName, HeaderValue)> = KEPT_HEADERS
             .iter()
             .filter_map(|n| response.headers().get(n).map(|v| (n.clone(), v.clone())))
             .collect();
+        // The whole entry (its status, headers and a few bytes of framing too) must
+        // fit: one a replica would not read back would hold the key until its ttl.
+        let framing = 64
+            + headers
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + 3)
+                .sum::<usize>();
+        if (body.len() + framing) as u64 > max_entry {
+            held.free().await;
+            return self.count(IdempotencyResult::TooLarge);
+        }
         if let Some(mark) = held.mark.take() {
             mark.keep(
                 Kept {
@@ -189,7 +208,8 @@ impl Idempotency {
                     body,
                 },
                 self.config.ttl,
-            );
+            )
+            .await;
         }
         self.count(IdempotencyResult::Stored)
     }

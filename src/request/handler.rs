@@ -163,7 +163,8 @@ pub async fn handle(
             .and_then(|i| gateway.routes[i].idempotency.as_ref())
     {
         let max = gateway.idempotency.max_entry();
-        done.record.idempotency = Some(idem.settle(held, &response, max));
+        // Boxed: only requests that hold a key carry this future.
+        done.record.idempotency = Some(Box::pin(idem.settle(held, &response, max)).await);
     }
     let wire = match done.record.route_index {
         Some(i) => &gateway.routes[i].wire,

@@ -185,17 +185,19 @@ impl Store {
                 .await
             {
                 Some(None) => in_redis = true,
-                Some(Some(held)) => {
-                    let found = found_in(&held, fingerprint, redis, &key);
-                    // This replica kept the answer and Redis has not got it yet (it is
-                    // written after the answer is sent), or could not: the own store's.
-                    if matches!(found, Found::InFlight { .. })
-                        && let Some(done) = self.local_done(&key, fingerprint)
+                Some(Some(held)) => match found_in(&held, fingerprint, redis, &key) {
+                    // This replica kept the answer and could not write it to Redis
+                    // (down, or too slow then): the own store's.
+                    Some(Found::InFlight { .. })
+                        if let Some(done) = self.local_done(&key, fingerprint) =>
                     {
                         return (done, None);
                     }
-                    return (found, None);
-                }
+                    Some(found) => return (found, None),
+                    // An entry this replica cannot use (too large, unsigned, forged,
+                    // not one of ours): decided by the own store, as if Redis were down.
+                    None => {}
+                },
                 // Redis cannot answer: this replica decides alone.
                 None => {}
             }
@@ -316,36 +318,37 @@ fn mark_value(fingerprint: Fingerprint, owner: u64) -> Vec<u8> {
     v
 }
 
-/// What a key held in Redis means for a request with `fingerprint`.
-fn found_in(held: &[u8], fingerprint: Fingerprint, redis: &Redis, key: &str) -> Found {
+/// What a key held in Redis means for a request with `fingerprint`; `None` for a value
+/// this replica cannot use.
+fn found_in(held: &[u8], fingerprint: Fingerprint, redis: &Redis, key: &str) -> Option<Found> {
     match held.first() {
         Some(b'F') => {
             let theirs = held
                 .get(1..17)
                 .and_then(|b| <[u8; 16]>::try_from(b).ok())
                 .map(u128::from_be_bytes);
-            Found::InFlight {
+            Some(Found::InFlight {
                 same: theirs == Some(fingerprint),
-            }
+            })
         }
-        _ => match redis
-            .idempotency_open(key, held)
-            .and_then(|v| Kept::decode(&v))
-        {
-            Some((theirs, kept)) => Found::Done {
+        _ => {
+            let (theirs, kept) = redis
+                .idempotency_open(key, held)
+                .and_then(|v| Kept::decode(&v))?;
+            Some(Found::Done {
                 same: theirs == fingerprint,
                 kept: Arc::new(kept),
-            },
-            // Not an entry this replica wrote or can trust: treated as in flight, so
-            // nothing is sent twice; it expires with its ttl.
-            None => Found::InFlight { same: true },
-        },
+            })
+        }
     }
 }
 
 impl Mark {
     /// Keeps `kept` as the key's final answer for `ttl`.
-    pub fn keep(mut self, kept: Kept, ttl: Duration) {
+    /// Keeps `kept` as the key's final answer for `ttl`: here at once, and in Redis
+    /// before the answer goes out (within `[shared] timeout`), so a retry that reaches
+    /// another replica right after the answer is replayed, not told 409.
+    pub async fn keep(mut self, kept: Kept, ttl: Duration) {
         self.settled = true;
         let kept = Arc::new(kept);
         if let Ok(mut local) = self.store.local.lock() {
@@ -360,12 +363,35 @@ impl Mark {
         }
         if let Some(redis) = &self.store.redis {
             let value = kept.encode(self.fingerprint);
-            redis.idempotency_keep(
-                &self.key,
-                mark_value(self.fingerprint, self.owner),
-                value,
-                ttl,
-            );
+            redis
+                .idempotency_keep(
+                    &self.key,
+                    mark_value(self.fingerprint, self.owner),
+                    value,
+                    ttl,
+                )
+                .await;
+        }
+    }
+
+    /// Frees the key (nothing kept), in Redis before the answer goes out, so the
+    /// client's retry is served wherever it lands.
+    pub async fn free(mut self) {
+        self.settled = true;
+        self.free_local();
+        if self.in_redis
+            && let Some(redis) = &self.store.redis
+        {
+            let mark = mark_value(self.fingerprint, self.owner);
+            redis.idempotency_free_now(&self.key, mark).await;
+        }
+    }
+
+    fn free_local(&self) {
+        if let Ok(mut local) = self.store.local.lock()
+            && matches!(local.slots.peek(&self.key), Some(Slot::InFlight { owner, .. }) if *owner == self.owner)
+        {
+            local.remove(&self.key);
         }
     }
 }
@@ -376,11 +402,7 @@ impl Drop for Mark {
         if self.settled {
             return;
         }
-        if let Ok(mut local) = self.store.local.lock()
-            && matches!(local.slots.peek(&self.key), Some(Slot::InFlight { owner, .. }) if *owner == self.owner)
-        {
-            local.remove(&self.key);
-        }
+        self.free_local();
         if self.in_redis
             && let Some(redis) = &self.store.redis
         {
@@ -464,42 +486,50 @@ impl Redis {
         self.open(&self.idempotency_key(key), held.to_vec())
     }
 
-    /// Stores a final answer in the background.
-    fn idempotency_keep(self: &Arc<Self>, key: &str, mark: Vec<u8>, value: Vec<u8>, ttl: Duration) {
+    /// Stores a final answer (unless Redis cannot answer: the own store has it).
+    async fn idempotency_keep(
+        self: &Arc<Self>,
+        key: &str,
+        mark: Vec<u8>,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) {
         let full = self.idempotency_key(key);
         let value = self.seal(&full, value);
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let redis = self.clone();
-        tokio::spawn(async move {
-            let _ = redis
-                .run(RedisOp::IdempotencyKeep, |mut conn| async move {
-                    SCRIPTS[1]
-                        .key(full)
-                        .arg(mark)
-                        .arg(value)
-                        .arg(ms)
-                        .invoke_async::<i64>(&mut conn)
-                        .await
-                })
-                .await;
-        });
+        let _ = self
+            .run(RedisOp::IdempotencyKeep, |mut conn| async move {
+                SCRIPTS[1]
+                    .key(full)
+                    .arg(mark)
+                    .arg(value)
+                    .arg(ms)
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+            })
+            .await;
     }
 
-    /// Frees a mark in the background.
-    fn idempotency_free(self: &Arc<Self>, key: &str, mark: Vec<u8>) {
+    /// Frees a mark if it is still this request's.
+    async fn idempotency_free_now(self: &Arc<Self>, key: &str, mark: Vec<u8>) {
         let full = self.idempotency_key(key);
+        let _ = self
+            .run(RedisOp::IdempotencyFree, |mut conn| async move {
+                SCRIPTS[2]
+                    .key(full)
+                    .arg(mark)
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+            })
+            .await;
+    }
+
+    /// Frees a mark in the background (a request dropped midway has no answer to
+    /// hold back).
+    fn idempotency_free(self: &Arc<Self>, key: &str, mark: Vec<u8>) {
         let redis = self.clone();
-        tokio::spawn(async move {
-            let _ = redis
-                .run(RedisOp::IdempotencyFree, |mut conn| async move {
-                    SCRIPTS[2]
-                        .key(full)
-                        .arg(mark)
-                        .invoke_async::<i64>(&mut conn)
-                        .await
-                })
-                .await;
-        });
+        let key = key.to_string();
+        tokio::spawn(async move { redis.idempotency_free_now(&key, mark).await });
     }
 }
 
@@ -528,6 +558,34 @@ mod tests {
         assert!(Kept::decode(b"F0123456789abcdef").is_none());
     }
 
+    /// The store holds at most LOCAL_BYTES of answers: the least recently used go first.
+    #[tokio::test(start_paused = true)]
+    async fn the_own_store_is_bounded_in_bytes() {
+        let store = Store::new(None);
+        let body = Bytes::from(vec![b'x'; 1 << 20]);
+        for i in 0..100 {
+            let (found, mark) = store
+                .begin(format!("k{i}"), 1, Duration::from_secs(1))
+                .await;
+            assert_eq!(found, Found::First);
+            let kept = Kept {
+                status: StatusCode::OK,
+                headers: Vec::new(),
+                body: body.clone(),
+            };
+            mark.unwrap().keep(kept, Duration::from_secs(3600)).await;
+        }
+        let local = store.local.lock().unwrap();
+        assert!(local.bytes <= LOCAL_BYTES, "{}", local.bytes);
+        assert!(
+            local.slots.len() < 100 && local.slots.len() >= 60,
+            "{}",
+            local.slots.len()
+        );
+        assert!(local.slots.peek("k0").is_none(), "the oldest went first");
+        assert!(local.slots.peek("k99").is_some());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_key_is_first_then_in_flight_then_done_and_freed_when_dropped() {
         let store = Store::new(None);
@@ -550,7 +608,9 @@ mod tests {
             headers: Vec::new(),
             body: Bytes::from_static(b"{}"),
         };
-        mark.unwrap().keep(kept.clone(), Duration::from_secs(60));
+        mark.unwrap()
+            .keep(kept.clone(), Duration::from_secs(60))
+            .await;
         match store.begin("k".into(), 1, Duration::from_secs(1)).await.0 {
             Found::Done {
                 same: true,

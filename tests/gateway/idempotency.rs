@@ -361,3 +361,24 @@ async fn a_client_that_leaves_frees_its_key() {
     );
     assert_eq!(up.hits(), 2, "the retry reached the upstream");
 }
+
+/// Validation runs before the lookup: a request its schema refuses never takes the key,
+/// so the corrected request with the same key is served, not 422.
+#[tokio::test]
+async fn a_request_refused_by_its_schema_takes_no_key() {
+    let up = Upstream::json(json!({"ok": true})).await;
+    let gw = Gateway::start(&format!(
+        "{}\n[[routes]]\npath = \"/pay\"\nmethod = \"POST\"\nvalidate = {{ body = {{ type = \"object\", required = [\"amount\"] }} }}\nidempotency = {{ ttl = \"1h\" }}\n  [[routes.backends]]\n  upstream = \"pay\"\n  path = \"/pay\"\n",
+        upstream("pay", &up.url(), "")
+    ))
+    .await;
+    pay(&gw, "/pay", Some("v-1"), &json!({"amt": 1}))
+        .await
+        .error(400, "INVALID_REQUEST");
+    let fixed = pay(&gw, "/pay", Some("v-1"), &json!({"amount": 1})).await;
+    assert_eq!(
+        (fixed.status, fixed.header("idempotent-replayed")),
+        (200, None)
+    );
+    assert_eq!(up.hits(), 1);
+}

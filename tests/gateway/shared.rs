@@ -1279,3 +1279,102 @@ async fn redis_stopped_and_resumed_under_load_fails_no_keyed_request() {
         assert!(body.contains("\"redis\": \"up\""), "{body}");
     }
 }
+
+/// An entry at an idempotency key that a replica cannot use (written by someone else,
+/// or too large to read back) never holds the key: the request is decided by the
+/// replica's own store. And an answer whose entry would not fit `max_entry` is not kept.
+#[tokio::test]
+async fn an_unusable_idempotency_entry_holds_no_key() {
+    let redis = Redis::start(None);
+    let up = Upstream::start(|s| async move {
+        let pad = if s.uri.path() == "/big" { 990 } else { 1 };
+        crate::support::json(201, json!({"pad": "x".repeat(pad)}))
+    })
+    .await;
+    let prefix = unique("idem-junk");
+    let text = format!(
+        r#"{SERVER}
+[shared]
+redis = "{}"
+key_prefix = "{prefix}"
+timeout = "2s"
+max_entry = "1KiB"
+
+[upstreams.pay]
+urls = ["{}"]
+
+[[routes]]
+path = "/pay"
+method = "POST"
+idempotency = {{ ttl = "1h" }}
+  [[routes.backends]]
+  upstream = "pay"
+  path = "/pay"
+
+[[routes]]
+name = "big-junk"
+path = "/big"
+method = "POST"
+idempotency = {{ ttl = "1h" }}
+  [[routes.backends]]
+  upstream = "pay"
+  path = "/big"
+"#,
+        redis.url(),
+        up.url()
+    );
+    let a = Gateway::start(&text).await;
+    let b = Gateway::start(&text).await;
+    until_state(&a, "up").await;
+    until_state(&b, "up").await;
+    assert_eq!(send(&a, "/pay").await.status, 201);
+    assert_eq!(
+        send(&b, "/pay").await.header("idempotent-replayed"),
+        Some("true")
+    );
+    let mut conn = neighbour(&redis).await;
+    let stored = keys(&mut conn, &format!("{prefix}i:*")).await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    set(&mut conn, &stored[0], b"Dnot an entry").await;
+    // Replica a still has its own copy; replica b, seeing junk, serves afresh.
+    assert_eq!(
+        send(&a, "/pay").await.header("idempotent-replayed"),
+        Some("true")
+    );
+    let fresh = send(&b, "/pay").await;
+    assert_eq!(
+        (fresh.status, fresh.header("idempotent-replayed")),
+        (201, None)
+    );
+    assert_eq!(up.hits(), 2);
+
+    // A 990-byte body with its headers and framing does not fit 1 KiB: not kept.
+    assert_eq!(send(&a, "/big").await.status, 201);
+    // Its mark was freed in Redis before the answer went out: the other replica
+    // serves the key afresh at once.
+    let again = send(&b, "/big").await;
+    assert_eq!(
+        (again.status, again.header("idempotent-replayed")),
+        (201, None)
+    );
+    assert_eq!(up.hits(), 4);
+    let m = a.metrics().await;
+    assert_eq!(
+        series(
+            &m,
+            r#"manifold_idempotency_total{route="big-junk",result="too_large"}"#
+        ),
+        2.0,
+        "both replicas' answers (the metrics are this test process's)"
+    );
+}
+
+async fn send(gw: &Gateway, path: &str) -> crate::support::Answer {
+    gw.send(
+        gw.client
+            .post(format!("{}{path}", gw.base))
+            .header("idempotency-key", "j-1")
+            .json(&json!({"amount": 1})),
+    )
+    .await
+}
