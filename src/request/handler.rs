@@ -164,7 +164,7 @@ pub async fn handle(
     {
         let max = gateway.idempotency.max_entry();
         // Boxed: only requests that hold a key carry this future.
-        done.record.idempotency = Some(Box::pin(idem.settle(held, &response, max)).await);
+        done.record.idempotency = Some(Box::pin(idem.settle(*held, &response, max)).await);
     }
     let wire = match done.record.route_index {
         Some(i) => &gateway.routes[i].wire,
@@ -279,8 +279,9 @@ pub struct Finish {
     /// When the request came in: the route deadline counts from here.
     pub started: Instant,
     /// The idempotency key this request holds in flight, settled with its answer (or
-    /// freed when the request is dropped).
-    idempotency: Option<crate::edge::idempotency::Held>,
+    /// freed when the request is dropped). Boxed: every request's future holds this
+    /// field, and most never use it.
+    idempotency: Option<Box<crate::edge::idempotency::Held>>,
 }
 
 impl Finish {
@@ -453,7 +454,9 @@ async fn serve(
                     &done.record.request_id,
                 ));
             }
-            crate::edge::idempotency::Begun::Proceed(held) => done.idempotency = held,
+            crate::edge::idempotency::Begun::Proceed(held) => {
+                done.idempotency = held.map(Box::new);
+            }
         }
     }
     let mut headers = forward::upstream_headers(
