@@ -403,7 +403,7 @@ async fn serve(
             // Idempotency fingerprints the body: it is read whole first too.
             let read =
                 upgrading.is_none() && (i.is_some() || v.as_ref().is_some_and(|v| v.reads_body()));
-            Box::pin(validate(
+            Box::pin(read_and_validate(
                 v.as_ref(),
                 route,
                 &parts,
@@ -614,10 +614,10 @@ async fn authorize(
     Ok(claims)
 }
 
-/// The route's `validate` schemas (docs/configuration.md#request-validation): the
-/// body read whole within the deadline when `read`, then every part checked; a
-/// refusal is noted for the access line.
-async fn validate(
+/// The body read whole within the deadline when `read` (a `body` schema or an
+/// idempotency fingerprint needs it), then the route's `validate` schemas, if any
+/// (docs/configuration.md#request-validation); a refusal is noted for the access line.
+async fn read_and_validate(
     v: Option<&Validation>,
     route: &Route,
     parts: &http::request::Parts,
