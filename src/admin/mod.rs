@@ -227,6 +227,25 @@ pub fn route_table(config: &crate::config::Config) -> String {
                 out.push_str(" (optional)");
             }
         }
+        if let Some(v) = &r.validation {
+            let parts: Vec<String> = [
+                ("params", &v.params),
+                ("query", &v.query),
+                ("body", &v.body),
+            ]
+            .iter()
+            .filter_map(|(part, s)| s.as_ref().map(|s| format!("{part}={}", s.source)))
+            .collect();
+            let _ = write!(out, "  validate {}", parts.join(" "));
+        }
+        if let Some(i) = &r.idempotency {
+            let _ = write!(
+                out,
+                "  idempotency {}{}",
+                humantime::format_duration(i.ttl),
+                if i.required { " (required)" } else { "" }
+            );
+        }
         out.push('\n');
         for b in &r.backends {
             let method = b.method.as_ref().unwrap_or(&r.method);
@@ -243,6 +262,15 @@ pub fn route_table(config: &crate::config::Config) -> String {
             }
             if b.optional {
                 out.push_str("  (optional)");
+            }
+            if let Some(s) = &b.schema {
+                let _ = write!(out, "  schema {}", s.source);
+                if b.validate_response {
+                    out.push_str(" (checked)");
+                }
+            }
+            if b.pass_errors {
+                out.push_str("  pass_errors");
             }
             out.push('\n');
         }

@@ -95,6 +95,16 @@ fn routes_prints_the_compiled_table() {
     );
     assert!(out.contains("orders"), "{out}");
     assert!(out.contains("passthrough"), "{out}");
+    // What checks a request and types an answer, as the config names it.
+    assert!(
+        out.contains("POST    /api/orders  [place order]  deadline 2s  validate body=schemas/new-order.json  idempotency 1day"),
+        "{out}"
+    );
+    assert!(
+        out.contains("schema schemas/orders.json (checked)"),
+        "{out}"
+    );
+    assert!(out.contains("(upstream orders)  pass_errors"), "{out}");
 }
 
 #[test]
