@@ -238,6 +238,21 @@ pub fn forwarded_query<'q>(
     }
 }
 
+/// A JSON `content-type`: `application/json` or `application/*+json`, any parameters
+/// after (what a `body` schema takes, and what `pass_errors` passes on).
+pub fn is_json(ct: &HeaderValue) -> bool {
+    let Ok(text) = ct.to_str() else {
+        return false;
+    };
+    let essence = text.split(';').next().unwrap_or("").trim();
+    let Some((kind, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (sub.eq_ignore_ascii_case("json")
+            || sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case("+json"))
+}
+
 /// The request's declared body length, if it declares a valid one.
 pub fn content_length(h: &HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
@@ -246,6 +261,28 @@ pub fn content_length(h: &HeaderMap) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_content_types() {
+        for ok in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON",
+            "application/merge-patch+json",
+            "application/vnd.api+json ;x=1",
+        ] {
+            assert!(is_json(&HeaderValue::from_static(ok)), "{ok}");
+        }
+        for bad in [
+            "text/json",
+            "application/jsonx",
+            "application/+json",
+            "text/plain",
+            "json",
+        ] {
+            assert!(!is_json(&HeaderValue::from_static(bad)), "{bad}");
+        }
+    }
 
     #[test]
     fn query_filter_keeps_listed_params_only() {

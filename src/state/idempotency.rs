@@ -10,7 +10,7 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes};
 use http::{HeaderName, HeaderValue, StatusCode};
 use tokio::time::Instant;
 
@@ -49,8 +49,7 @@ impl Kept {
     }
 
     fn encode(&self, fingerprint: Fingerprint) -> Vec<u8> {
-        let mut out =
-            BytesMut::with_capacity(1 + 16 + 2 + 1 + self.size() + 4 * self.headers.len());
+        let mut out = Vec::with_capacity(1 + 16 + 2 + 1 + self.size() + 4 * self.headers.len());
         out.put_u8(b'D');
         out.put_u128(fingerprint);
         out.put_u16(self.status.as_u16());
@@ -62,7 +61,7 @@ impl Kept {
             out.put_slice(&v.as_bytes()[..v.len().min(65_535)]);
         }
         out.put_slice(&self.body);
-        out.to_vec()
+        out
     }
 
     /// What [`Kept::encode`] wrote; `None` for anything else.

@@ -277,21 +277,7 @@ async fn passed(
 ) -> Option<(Bytes, http::HeaderValue)> {
     let (head, incoming) = resp.into_parts();
     let content_type = head.headers.get(header::CONTENT_TYPE)?.clone();
-    let json = content_type
-        .to_str()
-        .ok()
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .is_some_and(|essence| {
-            essence == "application/json"
-                || essence.starts_with("application/") && essence.ends_with("+json")
-        });
-    if !json {
+    if !crate::base::forward::is_json(&content_type) {
         return None;
     }
     let (body, charge) = read_limited(&head.headers, incoming, MAX_PASSED, buffers, None)
