@@ -121,6 +121,90 @@ pub enum Failure {
     InvalidTarget,
     /// The client's own request body failed the call (see [`ClientFault`]).
     Client(ClientFault),
+    /// A gRPC backend's answer carried a `grpc-status` other than OK: treated as the
+    /// HTTP status of the table in docs/configuration.md#grpc-backends, with the
+    /// upstream's `grpc-message` in the client's error.
+    Grpc(GrpcStatus),
+    /// A gRPC backend's request message could not be made from the request's values
+    /// (a value that does not convert to its field's type): the client's doing, 400
+    /// `BAD_PARAMETER`, no call made. Says which field, never the value.
+    BadMessage(Arc<str>),
+}
+
+/// A gRPC status code (`grpc-status`), as the gRPC specification numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcCode(pub u32);
+
+impl GrpcCode {
+    pub const OK: GrpcCode = GrpcCode(0);
+    pub const INVALID_ARGUMENT: GrpcCode = GrpcCode(3);
+    pub const DEADLINE_EXCEEDED: GrpcCode = GrpcCode(4);
+    pub const NOT_FOUND: GrpcCode = GrpcCode(5);
+    pub const UNIMPLEMENTED: GrpcCode = GrpcCode(12);
+    pub const UNAVAILABLE: GrpcCode = GrpcCode(14);
+
+    /// The specification's name for it; a code outside 0-16 has none.
+    pub const fn name(self) -> &'static str {
+        match self.0 {
+            0 => "OK",
+            1 => "CANCELLED",
+            2 => "UNKNOWN",
+            3 => "INVALID_ARGUMENT",
+            4 => "DEADLINE_EXCEEDED",
+            5 => "NOT_FOUND",
+            6 => "ALREADY_EXISTS",
+            7 => "PERMISSION_DENIED",
+            8 => "RESOURCE_EXHAUSTED",
+            9 => "FAILED_PRECONDITION",
+            10 => "ABORTED",
+            11 => "OUT_OF_RANGE",
+            12 => "UNIMPLEMENTED",
+            13 => "INTERNAL",
+            14 => "UNAVAILABLE",
+            15 => "DATA_LOSS",
+            16 => "UNAUTHENTICATED",
+            _ => "(not a gRPC code)",
+        }
+    }
+
+    /// The HTTP status a gRPC answer with this code stands for
+    /// (docs/configuration.md#grpc-backends): 4xx are the upstream's refusals, passed
+    /// on as UPSTREAM_REJECTED; 5xx (and codes outside 0-16) are its errors; 504
+    /// marks DEADLINE_EXCEEDED, a timeout.
+    pub const fn as_http(self) -> StatusCode {
+        match self.0 {
+            3 | 9 | 11 => StatusCode::BAD_REQUEST,
+            5 => StatusCode::NOT_FOUND,
+            6 | 10 => StatusCode::CONFLICT,
+            7 => StatusCode::FORBIDDEN,
+            16 => StatusCode::UNAUTHORIZED,
+            8 => StatusCode::TOO_MANY_REQUESTS,
+            12 => StatusCode::NOT_IMPLEMENTED,
+            4 => StatusCode::GATEWAY_TIMEOUT,
+            14 => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// A gRPC answer's status other than OK: its code and its `grpc-message`
+/// (percent-decoded, at most [`MAX_GRPC_MESSAGE`] characters).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrpcStatus {
+    pub code: GrpcCode,
+    pub message: Option<Arc<str>>,
+}
+
+/// The most characters of an upstream's `grpc-message` a client's error carries.
+pub const MAX_GRPC_MESSAGE: usize = 200;
+
+impl GrpcStatus {
+    fn describe(&self) -> String {
+        match &self.message {
+            Some(m) => format!("grpc-status {} {}: {m}", self.code.0, self.code.name()),
+            None => format!("grpc-status {} {}", self.code.0, self.code.name()),
+        }
+    }
 }
 
 impl Failure {
@@ -150,7 +234,10 @@ impl Failure {
             | Failure::InvalidTarget => Outcome::Error,
             Failure::Rejected(_) | Failure::Passed { .. } => Outcome::Rejected,
             Failure::Dependency { .. } | Failure::MissingField { .. } => Outcome::DependencyFailed,
-            Failure::Client(_) => Outcome::ClientError,
+            Failure::Client(_) | Failure::BadMessage(_) => Outcome::ClientError,
+            Failure::Grpc(g) if g.code == GrpcCode::DEADLINE_EXCEEDED => Outcome::Timeout,
+            Failure::Grpc(g) if g.code.as_http().is_client_error() => Outcome::Rejected,
+            Failure::Grpc(_) => Outcome::Error,
         }
     }
 
@@ -187,15 +274,19 @@ impl Failure {
             }
             Failure::InvalidTarget => "the rendered backend path is not a valid URL".into(),
             Failure::Client(fault) => fault.describe().into(),
+            Failure::Grpc(g) => g.describe(),
+            Failure::BadMessage(why) => format!("its gRPC request message cannot be made: {why}"),
         }
     }
 
-    /// Failures the circuit breaker counts (connect error, timeout, 5xx).
+    /// Failures the circuit breaker counts (connect error, timeout, 5xx, and the gRPC
+    /// codes that stand for a timeout or a 5xx).
     pub fn is_upstream_fault(&self) -> bool {
-        matches!(
-            self,
-            Failure::Timeout | Failure::Connect(_) | Failure::ServerError(_)
-        )
+        match self {
+            Failure::Timeout | Failure::Connect(_) | Failure::ServerError(_) => true,
+            Failure::Grpc(g) => g.code.as_http().is_server_error(),
+            _ => false,
+        }
     }
 }
 
@@ -619,6 +710,12 @@ fn failure_status(f: &Failure) -> StatusCode {
         Failure::Dependency { .. } => StatusCode::BAD_GATEWAY,
         Failure::InvalidTarget => StatusCode::INTERNAL_SERVER_ERROR,
         Failure::Client(fault) => GatewayError::client(*fault, 0).status(),
+        Failure::BadMessage(_) => StatusCode::BAD_REQUEST,
+        Failure::Grpc(g) => match g.code.as_http() {
+            s if s.is_client_error() => s,
+            StatusCode::GATEWAY_TIMEOUT => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        },
     }
 }
 
@@ -637,6 +734,12 @@ fn failure_code(f: &Failure) -> &'static str {
         Failure::Rejected(_) | Failure::Passed { .. } => "UPSTREAM_REJECTED",
         Failure::InvalidTarget => "INTERNAL_ERROR",
         Failure::Client(fault) => GatewayError::client(*fault, 0).code(),
+        Failure::BadMessage(_) => "BAD_PARAMETER",
+        Failure::Grpc(g) => match g.code.as_http() {
+            s if s.is_client_error() => "UPSTREAM_REJECTED",
+            StatusCode::GATEWAY_TIMEOUT => "UPSTREAM_TIMEOUT",
+            _ => "UPSTREAM_ERROR",
+        },
     }
 }
 
@@ -676,6 +779,23 @@ fn backend_message(e: &BackendError) -> String {
             format!(
                 "{who} could not run: the answer of backend `{dep}` has no usable field `{field}`"
             )
+        }
+        Failure::BadMessage(why) => {
+            format!("{who} was not called: its request message cannot be made: {why}")
+        }
+        Failure::Grpc(g) => {
+            let said = g.code.as_http();
+            let what = if said == StatusCode::GATEWAY_TIMEOUT {
+                "did not answer in time".to_string()
+            } else if said.is_client_error() {
+                format!("rejected the request with {}", said.as_u16())
+            } else {
+                format!("failed ({})", said.as_u16())
+            };
+            match &g.message {
+                Some(m) => format!("{who} {what}: {} {}: {m}", g.code.0, g.code.name()),
+                None => format!("{who} {what}: {} {}", g.code.0, g.code.name()),
+            }
         }
     }
 }

@@ -37,6 +37,25 @@ pub struct BackendConfig {
     pub validate_response: bool,
     /// `pass_errors`: an upstream 4xx with a JSON body reaches the client unchanged.
     pub pass_errors: bool,
+    /// `grpc` and `message`: a unary gRPC call instead of an HTTP one (its `path` is
+    /// the method's, `/package.Service/Method`).
+    pub grpc: Option<super::grpc::GrpcBackend>,
+}
+
+impl BackendConfig {
+    /// Every placeholder that reads a path parameter, a claim or another backend: its
+    /// path's, then its gRPC message's (with the span to point at).
+    pub fn placeholders(&self) -> Vec<(&Placeholder, Option<&SourceSpan>)> {
+        let mut out: Vec<_> = self.template.placeholders().map(|p| (p, None)).collect();
+        if let Some(g) = &self.grpc {
+            out.extend(
+                g.placeholders()
+                    .into_iter()
+                    .map(|p| (p, Some(&g.message_span))),
+            );
+        }
+        out
+    }
 }
 
 pub const NAME: Key = key("name", "Unique in the route; labels logs and spans.")
@@ -46,9 +65,8 @@ pub const METHOD: Key =
     key("method", "HTTP method of the call.").default(KeyDefault::Computed("the route's"));
 pub const PATH: Key = key(
     "path",
-    "Path and query of the call; {param} and {backend.field} are filled in, percent-encoded.",
-)
-.required();
+    "Path and query of the call; {param} and {backend.field} are filled in, percent-encoded. Required unless grpc is set.",
+);
 pub const GROUP: Key = key("group", "Place the answer under this key of the response.");
 pub const TARGET: Key = key("target", "Keep only the value at this dot path.");
 pub const ALLOW: Key = key("allow", "Keep only these fields (dot paths).");
@@ -87,9 +105,35 @@ pub(super) fn read_backend(
     let name = t.string(errs, NAME);
     let upstream = t.required_string(errs, UPSTREAM);
     let method = t.string(errs, METHOD);
+    let method_written = method.clone();
     let method = method_of(errs, method);
-    let path = t.required_string(errs, PATH);
+    let path = t.string(errs, PATH);
     let path_as_written = t.as_written(PATH).unwrap_or_default();
+    let grpc = super::grpc::read_backend(t, errs);
+    // A gRPC call's path is its method's.
+    let path = match (path, &grpc) {
+        (Some((_, span)), Some(_)) => {
+            errs.push(
+                Diagnostic::new(span, "a gRPC backend takes no `path`")
+                    .label("its path is its method's: /package.Service/Method"),
+            );
+            None
+        }
+        (None, Some(g)) => Some((format!("/{}", g.method), g.span.clone())),
+        (None, None) => {
+            if t.get(PATH).is_none() {
+                t.missing(errs, PATH.name);
+            }
+            None
+        }
+        (path, None) => path,
+    };
+    if let (Some(_), Some((_, span))) = (&grpc, &method_written) {
+        errs.push(
+            Diagnostic::new(span.clone(), "a gRPC backend takes no `method`")
+                .label("gRPC calls are POSTs"),
+        );
+    }
     let template = path.as_ref().and_then(|(p, span)| {
         if !p.starts_with('/') {
             errs.push(
@@ -153,6 +197,13 @@ pub(super) fn read_backend(
         );
     }
     let pass_errors = t.bool_or(errs, PASS_ERRORS);
+    if let (Some(g), true) = (&grpc, pass_errors) {
+        errs.push(
+            Diagnostic::new(g.span.clone(), "`pass_errors` is for HTTP backends")
+                .label("a gRPC answer has no JSON error body to pass on")
+                .note("its grpc-message is in the client's error already"),
+        );
+    }
     let (upstream, upstream_span) = upstream?;
     let (path, path_span) = path?;
     let (name, name_span) = match name {
@@ -164,7 +215,6 @@ pub(super) fn read_backend(
         name_span,
         upstream,
         upstream_span,
-        method: method.flatten(),
         path,
         path_as_written,
         path_span,
@@ -189,5 +239,11 @@ pub(super) fn read_backend(
         schema,
         validate_response,
         pass_errors,
+        method: if grpc.is_some() {
+            Some(Method::POST)
+        } else {
+            method.flatten()
+        },
+        grpc,
     })
 }

@@ -1,5 +1,5 @@
 //! `routes.toml`: one file per section — [`server`], [`telemetry`], [`upstream`],
-//! [`route`], [`backend`], [`cors`], [`auth`], [`shared`], [`compression`], [`validation`], [`idempotency`] — each with its types, its
+//! [`route`], [`backend`], [`cors`], [`auth`], [`shared`], [`compression`], [`validation`], [`idempotency`], [`grpc`] — each with its types, its
 //! reader, and each key's description, bounds and default (a [`reader::Key`]); the
 //! whole file read here, then the cross-field checks ([`validate`]). What the readers
 //! ask for is the JSON Schema ([`schema`]) and the key tables of
@@ -15,6 +15,7 @@ pub mod backend;
 pub mod compression;
 pub mod cors;
 pub mod diag;
+pub mod grpc;
 pub mod idempotency;
 pub mod openapi;
 pub mod reader;
@@ -234,11 +235,14 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Opti
     }
     let mut upstreams = Vec::new();
     for (name, name_span, mut t) in root.named_tables(errs, UPSTREAMS) {
-        if let Some(settings) = read_upstream(&mut t, errs, base) {
+        let settings = read_upstream(&mut t, errs, base);
+        let grpc = grpc::read_protos(&mut t, errs, base);
+        if let Some(settings) = settings {
             upstreams.push(UpstreamConfig {
                 name,
                 name_span,
                 settings,
+                grpc,
             });
         }
         t.finish(errs);
@@ -250,6 +254,7 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Opti
         }
         t.finish(errs);
     }
+    grpc::resolve(&upstreams, &mut routes, errs);
     Some(Config {
         server: server?,
         telemetry: telemetry?,

@@ -15,6 +15,9 @@ pub struct UpstreamConfig {
     pub name: String,
     pub name_span: SourceSpan,
     pub settings: UpstreamSettings,
+    /// `grpc`: its `.proto` files, compiled. Outside `settings`: a changed `.proto`
+    /// changes the backends that call it, not the upstream's connections or breaker.
+    pub grpc: Option<std::sync::Arc<super::grpc::Protos>>,
 }
 
 /// Everything that defines an upstream's client state. Reload keeps an upstream's
@@ -86,10 +89,13 @@ pub struct OutlierConfig {
     pub max_ejected: f64,
 }
 
-/// Active health checks: `GET path` to every host every `interval`.
+/// Active health checks: `GET path` to every host every `interval`, or with `grpc`,
+/// `grpc.health.v1.Health/Check` for that service name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheckConfig {
     pub path: String,
+    /// `grpc = true`: the service name asked about (`""`: the server as a whole).
+    pub grpc: Option<String>,
     pub interval: Duration,
     pub timeout: Duration,
     pub unhealthy: u32,
@@ -214,8 +220,20 @@ pub const HEALTH_CHECK: Key = key(
     "health_check",
     "Active checks: GET path on every host every interval, from each replica; 2xx within timeout is healthy.",
 );
-pub const HEALTH_PATH: Key =
-    key("path", "Path probed on every host, e.g. \"/healthz\".").required();
+pub const HEALTH_PATH: Key = key(
+    "path",
+    "Path probed on every host, e.g. \"/healthz\". Required unless grpc = true.",
+);
+pub const HEALTH_GRPC: Key = key(
+    "grpc",
+    "Probe with grpc.health.v1.Health/Check (SERVING is healthy) instead of GET path.",
+)
+.default(KeyDefault::Bool(false));
+pub const HEALTH_SERVICE: Key = key(
+    "service",
+    "With grpc = true: the service name asked about; \"\" asks for the server as a whole.",
+)
+.default(KeyDefault::Str(""));
 pub const HEALTH_INTERVAL: Key = key("interval", "Time between probes of a host.")
     .default(KeyDefault::Duration(Duration::from_secs(5)));
 pub const HEALTH_TIMEOUT: Key =
@@ -260,6 +278,9 @@ impl Protocol {
         }
     }
 }
+
+/// What a gRPC health check calls.
+pub const GRPC_HEALTH_PATH: &str = "/grpc.health.v1.Health/Check";
 
 /// A count that fits a `u32`.
 fn count32(n: u64) -> u32 {
@@ -390,11 +411,27 @@ pub(super) fn read_upstream(
     });
     let health_check = t.table(errs, HEALTH_CHECK).and_then(|mut h| {
         let path = h.string(errs, HEALTH_PATH);
+        let grpc = h.bool_or(errs, HEALTH_GRPC);
+        let service = h.string(errs, HEALTH_SERVICE);
         let interval = h.positive_duration_or(errs, HEALTH_INTERVAL);
         let timeout = h.positive_duration_or(errs, HEALTH_TIMEOUT);
         let unhealthy = count32(h.count_or(errs, UNHEALTHY));
         let healthy = count32(h.count_or(errs, HEALTHY));
+        if let (false, Some((_, span))) = (grpc, &service) {
+            errs.push(
+                Diagnostic::new(span.clone(), "health_check `service` is for grpc = true")
+                    .label("a GET probe names no service"),
+            );
+        }
         let path = match path {
+            Some((_, span)) if grpc => {
+                errs.push(
+                    Diagnostic::new(span, "a gRPC health check takes no `path`")
+                        .label("it calls grpc.health.v1.Health/Check"),
+                );
+                None
+            }
+            None if grpc => Some(GRPC_HEALTH_PATH.to_string()),
             Some((p, span))
                 if !p.starts_with('/')
                     || http::uri::PathAndQuery::try_from(p.as_str()).is_err() =>
@@ -416,6 +453,7 @@ pub(super) fn read_upstream(
         h.finish(errs);
         Some(HealthCheckConfig {
             path: path?,
+            grpc: grpc.then(|| service.map(|(s, _)| s).unwrap_or_default()),
             interval,
             timeout,
             unhealthy,

@@ -82,13 +82,14 @@ fn check_auth(config: &Config, route: &RouteConfig, errs: &mut Errors) {
     };
     if !sure {
         for b in &route.backends {
-            if b.template
+            if let Some((_, at)) = b
                 .placeholders()
-                .any(|p| p.text.starts_with("jwt."))
+                .into_iter()
+                .find(|(p, _)| p.text.starts_with("jwt."))
             {
                 errs.push(
                     Diagnostic::new(
-                        b.path_span.clone(),
+                        at.unwrap_or(&b.path_span).clone(),
                         format!(
                             "backend {} of route {} reads a token claim, but {why}",
                             b.name, route.name
@@ -208,7 +209,21 @@ fn check_route(
 
     for b in &route.backends {
         let method = b.method.as_ref().unwrap_or(&route.method);
-        if b.cache_ttl.is_some() && (route.passthrough || *method != http::Method::GET) {
+        if let (Some(g), true) = (&b.grpc, route.passthrough) {
+            errs.push(
+                Diagnostic::new(
+                    g.span.clone(),
+                    format!("passthrough route {} cannot call gRPC", route.name),
+                )
+                .label("a gRPC answer is turned into JSON, which only merged routes do")
+                .note("remove `passthrough = true`"),
+            );
+        }
+        // A gRPC backend's cache_ttl is checked against its method (config::grpc).
+        if b.cache_ttl.is_some()
+            && b.grpc.is_none()
+            && (route.passthrough || *method != http::Method::GET)
+        {
             errs.push(
                 Diagnostic::new(b.name_span.clone(), format!("backend `{}` of route {} cannot have a `cache_ttl`", b.name, route.name))
                     .label("only GET backends of merged routes are cached")
@@ -278,8 +293,12 @@ fn check_route(
     // Placeholders: a route param, or `backend.field` of another backend in this route.
     let mut deps: Vec<Vec<usize>> = vec![Vec::new(); route.backends.len()];
     for (i, b) in route.backends.iter().enumerate() {
-        for ph in b.template.placeholders() {
-            let span = placeholder_span(text, &b.path_span, &b.path, ph.offset, ph.text.len() + 2);
+        for (ph, at) in b.placeholders() {
+            let span = match at {
+                // A message's placeholders: the message is pointed at.
+                Some(at) => at.clone(),
+                None => placeholder_span(text, &b.path_span, &b.path, ph.offset, ph.text.len() + 2),
+            };
             // `{jwt.NAME}`: a claim of the route's token (see check_auth).
             if ph.text.starts_with("jwt.") {
                 continue;

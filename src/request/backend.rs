@@ -78,6 +78,27 @@ pub fn render(
     Ok(s)
 }
 
+/// A gRPC backend's request message, filled and framed (`None` for an HTTP backend).
+pub fn message(
+    route: &Route,
+    b: &Backend,
+    call: &crate::request::fanout::Call<'_>,
+    results: &[Input],
+) -> Result<Option<(bytes::Bytes, HeaderValue)>, Failure> {
+    let (Some(m), Some(method)) = (&b.message, b.codec.grpc()) else {
+        return Ok(None);
+    };
+    let names = |i: usize| route.backends[i].plan.name.clone();
+    let inputs = crate::request::message::Inputs {
+        values: call.params,
+        query: call.client_query,
+        results,
+        body: call.body.as_ref().map(|(b, _)| b),
+        names: &names,
+    };
+    crate::request::message::render(m, method, &inputs).map(Some)
+}
+
 /// The backend's span, under the request's server span.
 pub fn span(parent: &Span, b: &Backend) -> Span {
     parent.child(&b.backend_span, SpanKind::Internal, |a| {

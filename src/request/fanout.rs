@@ -24,7 +24,7 @@ use crate::telemetry::access_log::Report;
 use crate::telemetry::metrics::METRICS;
 use crate::telemetry::metrics::labels::{CacheKind, CacheResult};
 use crate::telemetry::trace::{Pending, Span};
-use crate::upstream::CallSpec;
+use crate::upstream::{CallSpec, Retry};
 
 /// What a request brings to its backend calls.
 pub struct Call<'a> {
@@ -32,6 +32,8 @@ pub struct Call<'a> {
     pub headers: &'a HeaderMap,
     /// The forwarded part of the client's query string.
     pub query: Option<&'a str>,
+    /// The client's whole query string (`{query.NAME}` in gRPC messages reads it).
+    pub client_query: Option<&'a str>,
     /// The client's body and content-type, for backends whose method carries one.
     pub body: Option<(Bytes, HeaderValue)>,
     /// Decoded path parameters, in the route's order.
@@ -86,8 +88,15 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
                 started[i] = Some(Instant::now());
                 progressed = true;
                 let mut span = Pending::new(backend::span(call.span, b), call.deadline);
-                match backend::render(route, b, call.params, call.query, &out.results) {
-                    Ok(path) => running.push(call_backend(i, b, path, call, span)),
+                let rendered = backend::render(route, b, call.params, call.query, &out.results)
+                    .and_then(|path| {
+                        let message = backend::message(route, b, call, &out.results)?;
+                        Ok((path, message))
+                    });
+                match rendered {
+                    Ok((path, message)) => {
+                        running.push(call_backend(i, b, path, message, call, span));
+                    }
                     Err(failure) => {
                         let report = Report::new(failure.outcome(), None, Duration::ZERO, 0);
                         out.reports[i] = Some(backend::end(
@@ -172,18 +181,38 @@ async fn call_backend(
     i: usize,
     b: &Backend,
     path: String,
+    message: Option<(Bytes, HeaderValue)>,
     call: &Call<'_>,
     mut span: Pending,
 ) -> (usize, Result<Answer, Failure>, Report, Option<Charge>) {
     let started = Instant::now();
-    let body = if carries_body(&b.method) {
-        call.body.as_ref()
-    } else {
-        None
+    let body = match &message {
+        Some(m) => Some(m),
+        None if carries_body(&b.method) => call.body.as_ref(),
+        None => None,
     };
-    // GETs are cached (with `cache_ttl`) and coalesced under one key.
-    let key = (b.method == Method::GET)
-        .then(|| format!("{}GET {path}{}", b.upstream.cache_prefix, call.vary));
+    // GETs, and gRPC methods without side effects (by their message), are cached
+    // (with `cache_ttl`) and coalesced under one key.
+    let grpc = b.codec.grpc();
+    let key = match (grpc, &message) {
+        (Some(g), Some((bytes, _))) if g.side_effect_free => Some(format!(
+            "{}GRPC {path} {:032x}{}",
+            b.upstream.cache_prefix,
+            xxhash_rust::xxh3::xxh3_128(bytes),
+            call.vary
+        )),
+        (Some(_), _) => None,
+        (None, _) => (b.method == Method::GET)
+            .then(|| format!("{}GET {path}{}", b.upstream.cache_prefix, call.vary)),
+    };
+    let retry = match grpc {
+        Some(g) if g.idempotent => Retry::GrpcIdempotent,
+        Some(_) => Retry::Unprocessed,
+        None if is_idempotent(&b.method) || (b.method == Method::POST && call.idempotency_key) => {
+            Retry::Idempotent
+        }
+        None => Retry::Never,
+    };
     if let (Some(ttl), Some(key)) = (b.cache_ttl, &key)
         && let Lookup::Fresh(entry) = call
             .cache
@@ -224,14 +253,14 @@ async fn call_backend(
         headers: call.headers,
         body,
         deadline: call.deadline,
-        retryable: is_idempotent(&b.method) || (b.method == Method::POST && call.idempotency_key),
+        retry,
         span: &span.span,
         span_name: &b.span_name,
         cache_miss,
         share: call.share,
         request_id: call.request_id,
         backend: &b.plan.name,
-        codec: b.codec,
+        codec: &b.codec,
         pass_errors: b.pass_errors,
     };
     let upstream_call = || b.upstream.call_buffered(&spec);

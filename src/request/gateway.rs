@@ -23,6 +23,7 @@ use crate::edge::cors::Cors;
 use crate::edge::ratelimit::RouteLimiter;
 use crate::edge::validation::Validation;
 use crate::request::merge::{Decode, Plan, Shape};
+use crate::request::message;
 use crate::request::router::Router;
 use crate::request::wire::Wire;
 use crate::state::buffers::Buffers;
@@ -33,6 +34,7 @@ use crate::telemetry::access_log::LogSink;
 use crate::telemetry::metrics::{METRICS, RouteMetrics};
 use crate::telemetry::trace::{TraceSettings, Tracing};
 use crate::upstream::Upstream;
+use crate::upstream::grpc::GrpcMethod;
 
 pub struct Gateway {
     pub config: Config,
@@ -96,8 +98,12 @@ pub struct Route {
     /// else only its own origin).
     pub tunnel_origins: Option<Cors>,
     pub max_request_body: u64,
-    /// Some backend calls with a method that carries the client's body.
+    /// Some backend calls with a method that carries the client's body (or sends it
+    /// as its gRPC message).
     pub wants_body: bool,
+    /// Some gRPC message reads `{query.NAME}`: the client's whole query is part of
+    /// the route's cache key, not only its forwarded part.
+    pub reads_query: bool,
     /// Kept across reloads while the route's name and limit are unchanged.
     pub limiter: Option<Arc<RouteLimiter>>,
     pub cache: Option<CacheConfig>,
@@ -137,6 +143,8 @@ pub struct Backend {
     pub own_query: Vec<String>,
     /// How its upstream's answers are read into JSON.
     pub codec: crate::upstream::Codec,
+    /// A gRPC backend's request message.
+    pub message: Option<message::Compiled>,
     /// `pass_errors`: its upstream's 4xx JSON reaches the client unchanged.
     pub pass_errors: bool,
     /// `validate_response`: its answers checked against its `schema`.
@@ -310,7 +318,7 @@ fn compile_route(
     // from the values the handler appends after the route's own.
     let mut path_claims: Vec<String> = Vec::new();
     for b in &r.backends {
-        for ph in b.template.placeholders() {
+        for (ph, _) in b.placeholders() {
             if let Some(claim) = ph.text.strip_prefix("jwt.")
                 && !path_claims.iter().any(|c| c == claim)
             {
@@ -323,7 +331,7 @@ fn compile_route(
     let mut backends = r
         .backends
         .iter()
-        .map(|b| compile_backend(r, b, &values, upstreams))
+        .map(|b| compile_backend(r, b, &params, &values, upstreams))
         .collect::<Result<Vec<_>, String>>()?;
     let auth = match &r.auth {
         None => None,
@@ -407,7 +415,19 @@ fn compile_route(
             })
         }),
         max_request_body: config.server.max_request_body,
-        wants_body: backends.iter().any(|b| carries_body(&b.method)),
+        wants_body: backends.iter().any(|b| match &b.message {
+            Some(m) => matches!(m, message::Compiled::Body),
+            None => carries_body(&b.method),
+        }),
+        reads_query: r.backends.iter().any(|b| {
+            b.grpc.as_ref().is_some_and(|g| match &g.message {
+                crate::config::grpc::Message::Template(s) => s
+                    .placeholders()
+                    .iter()
+                    .any(|p| p.text.starts_with("query.")),
+                _ => false,
+            })
+        }),
         cache_prefix: format!(
             "r|{}|{:016x}|",
             r.name,
@@ -483,6 +503,7 @@ fn compile_wire(config: &Config, r: &RouteConfig) -> Wire {
 fn compile_backend(
     r: &RouteConfig,
     b: &BackendConfig,
+    route_params: &[String],
     params: &[String],
     upstreams: &HashMap<&str, Arc<Upstream>>,
 ) -> Result<Backend, String> {
@@ -525,6 +546,28 @@ fn compile_backend(
             Part::Field { .. } => return Err("template parsed twice".into()),
         });
     }
+    let (codec, message) = match &b.grpc {
+        None => (crate::upstream::Codec::Json, None),
+        Some(g) => {
+            let method = g.resolved.as_ref().ok_or_else(|| {
+                format!("route {}: gRPC method {} not resolved", r.name, g.method)
+            })?;
+            let names: Vec<&str> = r.backends.iter().map(|o| o.name.as_str()).collect();
+            let message = message::compile(
+                &g.message,
+                &method.input(),
+                route_params,
+                params,
+                &names,
+                &mut deps,
+            )
+            .map_err(|e| format!("route {}: {e}", r.name))?;
+            (
+                crate::upstream::Codec::Grpc(Arc::new(GrpcMethod::new(method))),
+                Some(message),
+            )
+        }
+    };
     let method = b.method.clone().unwrap_or_else(|| r.method.clone());
     let template_path = b.path.split('?').next().unwrap_or_default();
     Ok(Backend {
@@ -544,8 +587,8 @@ fn compile_backend(
         optional: b.optional,
         cache_ttl: b.cache_ttl,
         own_query: own_query_names(&b.path),
-        // Every upstream answers JSON today; a gRPC backend will say otherwise here.
-        codec: crate::upstream::Codec::Json,
+        codec,
+        message,
         pass_errors: b.pass_errors,
         answer_schema: b
             .schema
@@ -604,6 +647,9 @@ fn route_identity(r: &RouteConfig) -> String {
             b.cache_ttl,
             b.passthrough
         ));
+        if let Some(g) = &b.grpc {
+            s.push_str(&format!(" {:?}", g.message));
+        }
     }
     s
 }

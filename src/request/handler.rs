@@ -707,9 +707,16 @@ async fn aggregate(
     // Claims that reach upstreams are part of every cache key, like forwarded headers.
     vary.push_str(&identity);
     let request_id = record.request_id.clone();
+    if route.reads_query
+        && let Some(q) = parts.uri.query()
+    {
+        vary.push_str("|q=");
+        vary.push_str(q);
+    }
     let call = Call {
         headers: &headers,
         query: query.as_deref(),
+        client_query: parts.uri.query(),
         body: client_body,
         params: &params,
         deadline,

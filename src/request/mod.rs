@@ -10,6 +10,7 @@ pub mod fanout;
 pub mod gateway;
 pub mod handler;
 pub mod merge;
+pub mod message;
 pub mod outbound;
 pub mod passthrough;
 pub mod router;

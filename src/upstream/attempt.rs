@@ -261,10 +261,6 @@ impl Upstream {
     }
 }
 
-/// Reads a whole body, refusing one larger than `limit` bytes without buffering it all,
-/// and one whose buffer would pass `buffer_capacity` as it grows. What is charged is
-/// the memory taken, not the bytes read: a buffer that doubles as an unannounced body
-/// arrives holds up to twice them (an announced length is reserved exactly).
 /// The most of a 4xx body `pass_errors` passes on; a larger one is a plain
 /// `UPSTREAM_REJECTED` (docs/configuration.md#errors-a-form-can-use).
 pub const MAX_PASSED: u64 = 64 << 10;
@@ -280,7 +276,7 @@ async fn passed(
     if !crate::base::forward::is_json(&content_type) {
         return None;
     }
-    let (body, charge) = read_limited(&head.headers, incoming, MAX_PASSED, buffers, None)
+    let (body, charge, _) = read_limited(&head.headers, incoming, MAX_PASSED, buffers, None)
         .await
         .ok()?;
     let body = super::codec::decode(&head.headers, body, MAX_PASSED, &charge).ok()?;
@@ -288,13 +284,18 @@ async fn passed(
     Some((body, content_type))
 }
 
+/// Reads a whole body (and its trailers, if any), refusing one larger than `limit`
+/// bytes without buffering it all, and one whose buffer would pass `buffer_capacity`
+/// as it grows. What is charged is the memory taken, not the bytes read: a buffer
+/// that doubles as an unannounced body arrives holds up to twice them (an announced
+/// length is reserved exactly).
 pub(super) async fn read_limited(
     headers: &http::HeaderMap,
     mut body: Incoming,
     limit: u64,
     buffers: &Arc<Buffers>,
     share: Option<&Arc<Share>>,
-) -> Result<(Bytes, Charge), Failure> {
+) -> Result<(Bytes, Charge, Option<http::HeaderMap>), Failure> {
     const TOO_LARGE: Failure = Failure::BadResponse("the body is larger than max_response_body");
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -306,10 +307,16 @@ pub(super) async fn read_limited(
     let charge = buffers.start(share);
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
+    // A gRPC answer's status comes in its trailers.
+    let mut trailers = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| Failure::connect(&e))?;
-        let Ok(chunk) = frame.into_data() else {
-            continue;
+        let chunk = match frame.into_data() {
+            Ok(chunk) => chunk,
+            Err(frame) => {
+                trailers = frame.into_trailers().ok();
+                continue;
+            }
         };
         let total = buf.len() + first.as_ref().map_or(0, Bytes::len) + chunk.len();
         if total as u64 > limit {
@@ -349,5 +356,5 @@ pub(super) async fn read_limited(
         }
         None => buf.freeze(),
     };
-    Ok((body, charge))
+    Ok((body, charge, trailers))
 }

@@ -5,7 +5,7 @@
 //!
 //! Before it, an answer's `content-encoding` (gzip, deflate, br, zstd) is undone by
 //! [`decode`], its decoded size held to `max_response_body` and `buffer_capacity`.
-//! A gRPC codec (protobuf messages read by their `.proto` types, `grpc-status`
+//! The gRPC codec (protobuf messages read by their `.proto` types, `grpc-status`
 //! judged) is a variant beside [`Codec::Json`]: nothing above this module changes
 //! for it.
 
@@ -67,30 +67,48 @@ pub fn decode(
 }
 
 /// How one backend's answers are read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub enum Codec {
     /// The answer is JSON already: passed on as it came (the merge judges it).
     #[default]
     Json,
+    /// A unary gRPC method's answer: `grpc-status` judged, its message read into
+    /// JSON by the proto3 mapping (see [`super::grpc`]).
+    Grpc(std::sync::Arc<super::grpc::GrpcMethod>),
 }
 
 impl Codec {
-    /// The answer's body as JSON text, or the failure it is. `head`: the answer's
-    /// headers, which a codec may need (its content type, encoding or status).
+    /// The answer's body as JSON text, or the failure it is. `head` and `trailers`:
+    /// the answer's headers, which a codec may need (its status, content type,
+    /// message encoding); `limit` and `charge` bound what a codec inflates.
     #[inline]
-    pub fn read(self, head: &HeaderMap, body: Bytes) -> Result<Bytes, Failure> {
+    pub fn read(
+        &self,
+        head: &HeaderMap,
+        trailers: Option<&HeaderMap>,
+        body: Bytes,
+        limit: u64,
+        charge: &Charge,
+    ) -> Result<Bytes, Failure> {
         match self {
-            Codec::Json => {
-                let _ = head;
-                Ok(body)
-            }
+            Codec::Json => Ok(body),
+            Codec::Grpc(method) => method.read(head, trailers, body, limit, charge),
+        }
+    }
+
+    /// The gRPC method it reads answers of, if it is one.
+    pub fn grpc(&self) -> Option<&super::grpc::GrpcMethod> {
+        match self {
+            Codec::Grpc(m) => Some(m),
+            Codec::Json => None,
         }
     }
 
     /// `/routes`'s word for it.
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             Codec::Json => "json",
+            Codec::Grpc(_) => "grpc",
         }
     }
 }
@@ -102,6 +120,11 @@ mod tests {
     #[test]
     fn json_answers_pass_as_they_came() {
         let body = Bytes::from_static(b"{\"a\": 1}");
-        assert_eq!(Codec::Json.read(&HeaderMap::new(), body.clone()), Ok(body));
+        let buffers = crate::state::buffers::Buffers::new(1024);
+        let charge = buffers.start(None);
+        assert_eq!(
+            Codec::Json.read(&HeaderMap::new(), None, body.clone(), 1024, &charge),
+            Ok(body)
+        );
     }
 }

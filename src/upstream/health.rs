@@ -1,6 +1,7 @@
 //! Active health checks (docs/configuration.md#health_check): one prober per upstream and
 //! replica, on the loop that built the gateway (not one per worker), probing every host with
-//! `GET path` each `interval`.
+//! `GET path` each `interval` (or, with `grpc = true`, `grpc.health.v1.Health/Check`:
+//! SERVING is healthy).
 //!
 //! A probe goes on a connection of its own, opened for it and closed after it: it
 //! carries nothing of any client's (no forwarded header, no trace context), and it
@@ -12,12 +13,15 @@ use std::sync::{Arc, Weak};
 
 use http::{HeaderValue, Method, Request, header};
 
+use super::grpc;
 use super::hosts::Hosts;
 use super::pool::Pool;
 use crate::base::body::RequestBody;
 use crate::config::HealthCheckConfig;
 
 const USER_AGENT: &str = "manifold-health-check";
+/// The most of a probe's answer read.
+const MAX_READ: usize = 64 * 1024;
 
 /// Starts the prober; it ends once the upstream is dropped (a reload that replaced it).
 pub(super) fn spawn(hosts: Weak<Hosts>, pool: Arc<Pool>, check: HealthCheckConfig) {
@@ -80,30 +84,44 @@ async fn probe(
         return Err(Some("the path is not a valid request target".into()));
     };
     let mut req = Request::new(RequestBody::Full(None));
-    *req.method_mut() = Method::GET;
     *req.uri_mut() = uri;
     req.headers_mut()
         .insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+    if let Some(service) = &check.grpc {
+        // grpc.health.v1.Health/Check, asking about `service`.
+        *req.method_mut() = Method::POST;
+        let h = req.headers_mut();
+        h.insert(header::CONTENT_TYPE, grpc::CONTENT_TYPE);
+        h.insert(header::TE, grpc::TE);
+        h.insert(grpc::GRPC_TIMEOUT, grpc::timeout(check.timeout));
+        *req.body_mut() = RequestBody::Full(Some(grpc::health_request(service)));
+    } else {
+        *req.method_mut() = Method::GET;
+    }
     let call = async {
         let resp = pool
             .send_once(i, req)
             .await
             .map_err(|e| (!crate::state::descriptors::is_exhausted(&*e)).then(|| e.to_string()))?;
-        let status = resp.status();
+        let (head, mut body) = resp.into_parts();
         // Read (at most 64 KiB of it, within the timeout) so the upstream sees the
-        // answer taken; the connection closes after it either way.
-        let mut body = resp.into_body();
-        let mut read = 0;
+        // answer taken; the connection closes after it either way. A gRPC answer's
+        // message and trailers are what it says.
+        let mut read = Vec::new();
+        let mut trailers = None;
         while let Some(Ok(frame)) = http_body_util::BodyExt::frame(&mut body).await {
-            read += frame.data_ref().map_or(0, |d| d.len());
-            if read > 64 * 1024 {
-                break;
+            match frame.into_data() {
+                Ok(d) if read.len() + d.len() <= MAX_READ => read.extend_from_slice(&d),
+                Ok(_) => break,
+                Err(frame) => trailers = frame.into_trailers().ok(),
             }
         }
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(Some(format!("status {}", status.as_u16())))
+        if !head.status.is_success() {
+            return Err(Some(format!("status {}", head.status.as_u16())));
+        }
+        match &check.grpc {
+            Some(_) => grpc::health_serving(&head.headers, trailers.as_ref(), &read).map_err(Some),
+            None => Ok(()),
         }
     };
     match tokio::time::timeout(check.timeout, call).await {

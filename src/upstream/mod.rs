@@ -18,6 +18,7 @@ use tokio::time::Instant;
 mod attempt;
 pub mod breaker;
 pub mod codec;
+pub mod grpc;
 mod health;
 pub mod hosts;
 pub mod limit;
@@ -80,12 +81,49 @@ pub struct Upstream {
 /// The body is held against `buffer_capacity` as long as its [`Charge`] lives.
 pub type Reply = Result<(StatusCode, Bytes, Hints, Charge), Failure>;
 
-/// Failures worth another attempt (docs/configuration.md#resilience-order-and-state).
-fn retries_on(f: &Failure) -> bool {
-    match f {
-        Failure::Connect(_) | Failure::Timeout => true,
-        Failure::ServerError(s) => matches!(s.as_u16(), 502..=504),
-        _ => false,
+/// Which failures a call may be sent again after, and whether it may be hedged
+/// (docs/configuration.md#resilience-order-and-state, #grpc-backends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Never: a POST without `idempotency-key`, and the like.
+    Never,
+    /// An idempotent HTTP call: after a connect error, a timeout, a 502, 503 or 504.
+    Idempotent,
+    /// A gRPC method: after a connect error or UNAVAILABLE (the call was not
+    /// processed; a 502-504 from a proxy in front means the same).
+    Unprocessed,
+    /// A gRPC method marked `NO_SIDE_EFFECTS` or `IDEMPOTENT`: a timeout and
+    /// DEADLINE_EXCEEDED too.
+    GrpcIdempotent,
+}
+
+impl Retry {
+    /// Failures worth another attempt.
+    fn retries_on(self, f: &Failure) -> bool {
+        use crate::base::error::GrpcCode;
+        let gateway_error = matches!(f, Failure::ServerError(s) if matches!(s.as_u16(), 502..=504));
+        match self {
+            Retry::Never => false,
+            Retry::Idempotent => {
+                gateway_error || matches!(f, Failure::Connect(_) | Failure::Timeout)
+            }
+            Retry::Unprocessed => {
+                gateway_error
+                    || matches!(f, Failure::Connect(_))
+                    || matches!(f, Failure::Grpc(g) if g.code == GrpcCode::UNAVAILABLE)
+            }
+            Retry::GrpcIdempotent => {
+                gateway_error
+                    || matches!(f, Failure::Connect(_) | Failure::Timeout)
+                    || matches!(f, Failure::Grpc(g) if matches!(g.code, GrpcCode::UNAVAILABLE | GrpcCode::DEADLINE_EXCEEDED))
+            }
+        }
+    }
+
+    /// A call that may be repeated at all; hedged only when it is safe to have two
+    /// in flight.
+    fn hedges(self) -> bool {
+        matches!(self, Retry::Idempotent | Retry::GrpcIdempotent)
     }
 }
 
@@ -308,20 +346,22 @@ impl Upstream {
     }
 
     /// A call whose answer must be a 2xx, read whole, retried as `retry` allows when
-    /// `retryable` (an idempotent method, or POST with `idempotency-key`): only after
-    /// a connect error, a timeout or a 502/503/504, never past the route deadline, and
-    /// within the retry budget. With `hedge`, see [`Upstream::call_hedged`].
+    /// the call may be (`spec.retry`: an idempotent method, or POST with
+    /// `idempotency-key`: after a connect error, a timeout or a 502/503/504; a gRPC
+    /// method after UNAVAILABLE), never past the route deadline, and within the retry
+    /// budget. With `hedge`, see [`Upstream::call_hedged`].
     /// Returns the result and the number of attempts sent (refused ones are not).
     pub async fn call_buffered(&self, spec: &CallSpec<'_>) -> (Reply, u32) {
-        let (attempts, backoff) = match (&self.settings.retry, spec.retryable) {
-            (Some(r), true) => (r.attempts.max(1), r.backoff),
-            _ => (1, Duration::ZERO),
+        let (attempts, backoff) = match (&self.settings.retry, spec.retry) {
+            (_, Retry::Never) | (None, _) => (1, Duration::ZERO),
+            (Some(r), _) => (r.attempts.max(1), r.backoff),
         };
         if let Some(b) = &self.retry_budget {
             b.first();
         }
         if let Some(h) = &self.settings.hedge
             && attempts > 1
+            && spec.retry.hedges()
         {
             return Box::pin(self.call_hedged(spec, attempts, backoff, h.after)).await;
         }
@@ -361,7 +401,7 @@ impl Upstream {
         spec: &CallSpec<'_>,
     ) -> bool {
         n < attempts
-            && retries_on(f)
+            && spec.retry.retries_on(f)
             && Instant::now() + backoff < spec.deadline
             && self.spend_budget()
     }
@@ -509,6 +549,15 @@ impl Upstream {
                 .insert(header::CONTENT_TYPE, content_type.clone());
             *req.body_mut() = RequestBody::Full(Some(bytes.clone()));
         }
+        let grpc = spec.codec.grpc();
+        if grpc.is_some() {
+            // The time this attempt has left, as the attempt itself will bound it.
+            let now = Instant::now();
+            let left = self.attempt_deadline(now, spec.deadline) - now;
+            let h = req.headers_mut();
+            h.insert(header::TE, grpc::TE);
+            h.insert(grpc::GRPC_TIMEOUT, grpc::timeout(left));
+        }
         let t = Try {
             base,
             n,
@@ -520,16 +569,19 @@ impl Upstream {
             client: None,
             hedge,
             pass_errors: spec.pass_errors,
+            grpc,
         };
         let limit = self.settings.max_response_body;
         self.attempt(req, t, Mode::Buffered, |resp, held| async move {
             let (head, incoming) = resp.into_parts();
             let hints = Hints::from_headers(&head.headers);
-            let (body, charge) =
+            let (body, charge, trailers) =
                 read_limited(&head.headers, incoming, limit, &self.buffers, spec.share).await?;
             drop(held);
             let body = codec::decode(&head.headers, body, limit, &charge)?;
-            let json = spec.codec.read(&head.headers, body)?;
+            let json = spec
+                .codec
+                .read(&head.headers, trailers.as_ref(), body, limit, &charge)?;
             Ok((head.status, json, hints, charge))
         })
         .await
@@ -557,6 +609,8 @@ pub(crate) struct Try<'a> {
     pub hedge: bool,
     /// `pass_errors`: a 4xx's JSON body is read and kept ([`Failure::Passed`]).
     pub pass_errors: bool,
+    /// A gRPC call: its span carries the `rpc.*` attributes.
+    pub grpc: Option<&'a grpc::GrpcMethod>,
 }
 
 impl<'a> Try<'a> {
@@ -580,6 +634,7 @@ impl<'a> Try<'a> {
             client,
             hedge: false,
             pass_errors: false,
+            grpc: None,
         }
     }
 }
@@ -593,8 +648,9 @@ pub struct CallSpec<'a> {
     pub body: Option<&'a (Bytes, HeaderValue)>,
     /// The route deadline.
     pub deadline: Instant,
-    /// An idempotent method, or POST with `idempotency-key`.
-    pub retryable: bool,
+    /// What it may be retried (and hedged) after: an idempotent method, or POST with
+    /// `idempotency-key`; a gRPC method by its idempotency level.
+    pub retry: Retry,
     /// The backend span the attempts' client spans go under, and their name.
     pub span: &'a Span,
     pub span_name: &'a Arc<str>,
@@ -606,7 +662,7 @@ pub struct CallSpec<'a> {
     pub request_id: &'a HeaderValue,
     pub backend: &'a str,
     /// How the answer is read into JSON.
-    pub codec: Codec,
+    pub codec: &'a Codec,
     /// `pass_errors`: a 4xx with a JSON body is kept for the client.
     pub pass_errors: bool,
 }

@@ -12,8 +12,9 @@ use crate::base::error::Failure;
 use crate::telemetry::metrics::labels::CacheResult;
 use crate::telemetry::trace::Pending;
 
-/// An attempt's span, marked as cut short if the attempt is dropped before it ends.
-pub(super) struct ClientSpan(Pending);
+/// An attempt's span, marked as cut short if the attempt is dropped before it ends;
+/// `grpc`: a gRPC call's (its `rpc.grpc.status_code` is recorded at its end).
+pub(super) struct ClientSpan(Pending, bool);
 
 impl ClientSpan {
     /// The span of attempt `t` of `req`, to `t.base` of `up`, ending by `deadline`.
@@ -52,8 +53,13 @@ impl ClientSpan {
             if t.cache_miss {
                 a.str("manifold.cache", CacheResult::Miss.as_str());
             }
+            if let Some(g) = t.grpc {
+                a.str("rpc.system", "grpc");
+                a.str("rpc.service", &g.service);
+                a.str("rpc.method", &g.method);
+            }
         });
-        ClientSpan(Pending::new(span, deadline))
+        ClientSpan(Pending::new(span, deadline), t.grpc.is_some())
     }
 
     /// The breaker's state as this attempt met it: `closed` or `half_open` (the
@@ -89,6 +95,16 @@ impl ClientSpan {
         let span = self.0.finish();
         if !span.is_on() {
             return;
+        }
+        // A gRPC call's code, when the upstream gave one (not for a call that never
+        // got an answer).
+        let code = match (self.1, &result) {
+            (true, Ok(_)) => Some(0),
+            (true, Err(Failure::Grpc(g))) => Some(g.code.0),
+            _ => None,
+        };
+        if let Some(code) = code {
+            span.record(|a| a.int("rpc.grpc.status_code", i64::from(code)));
         }
         match result {
             Ok(status) => {

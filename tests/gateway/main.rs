@@ -12,6 +12,7 @@ mod config_check;
 mod demo;
 mod failures;
 mod fanout;
+mod grpc;
 mod h2_upstream;
 mod hardening;
 mod hygiene;
