@@ -268,6 +268,15 @@ fn compile(
     let mut ok = true;
     for (file, span) in protos {
         let path = base.join(file);
+        if let Err(e) = std::fs::metadata(&path) {
+            errs.push(
+                Diagnostic::new(span.clone(), format!("cannot read `{file}`: {e}"))
+                    .label("this .proto file")
+                    .note("paths in `protos` are relative to the config file"),
+            );
+            ok = false;
+            continue;
+        }
         if let Err(e) = compiler.open_file(&path) {
             errs.push(proto_error(&e, file, span, &includes));
             ok = false;

@@ -579,7 +579,12 @@ fn compile_backend(
             default: b.default.clone(),
         },
         upstream,
-        span_name: Arc::from(format!("{method} {template_path}")),
+        // A gRPC call's span is named as OpenTelemetry names RPC spans:
+        // `package.Service/Method`.
+        span_name: Arc::from(match &b.grpc {
+            Some(g) => g.method.clone(),
+            None => format!("{method} {template_path}"),
+        }),
         backend_span: Arc::from(format!("backend {}", b.name)),
         method,
         template: Template { parts },

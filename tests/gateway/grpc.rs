@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -516,7 +517,11 @@ async fn trailers_compressed_messages_and_broken_answers() {
     };
     let gw = Gateway::start(&format!(
         "{}{}{}{}{}{}{}",
-        grpc_upstream("raw", std::slice::from_ref(&url), "max_response_body = \"1KiB\""),
+        grpc_upstream(
+            "raw",
+            std::slice::from_ref(&url),
+            "max_response_body = \"1KiB\""
+        ),
         grpc_upstream("nostatus", &[no_status], ""),
         route("raw_trailers", "raw", "Fail"),
         route("raw_17", "raw", "Rename"),
@@ -952,4 +957,61 @@ async fn cached_reads_log_lines_and_metrics() {
             n
         );
     }
+}
+
+/// A reload re-reads the `.proto` files: a renamed field shows under its new name;
+/// a `.proto` that no longer compiles refuses the reload, and the gateway keeps
+/// serving with the last good one.
+#[tokio::test]
+async fn a_reload_rereads_the_protos_and_a_broken_one_is_refused() {
+    let grpc = GrpcServer::users().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("protos")).unwrap();
+    for f in ["users.proto", "common.proto"] {
+        std::fs::copy(
+            Path::new("tests/protos").join(f),
+            dir.path().join("protos").join(f),
+        )
+        .unwrap();
+    }
+    let config = dir.path().join("routes.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{SERVER}[upstreams.users]\nurls = [\"{}\"]\nprotocol = \"h2c\"\ngrpc = {{ protos = [\"protos/users.proto\"], import_paths = [\"protos\"] }}\n[[routes]]\nname = \"grpc_reload\"\npath = \"/u/{{id}}\"\n  [[routes.backends]]\n  upstream = \"users\"\n  grpc = \"acme.users.v1.UserService/GetUser\"\n",
+            grpc.url()
+        ),
+    )
+    .unwrap();
+    let gw = Gateway::start_file(&config).await;
+    assert_eq!(gw.get("/u/3").await.json()["displayName"], "user 3");
+    let proto = dir.path().join("protos/users.proto");
+    let text = std::fs::read_to_string(&proto).unwrap();
+    std::fs::write(
+        &proto,
+        text.replace("string display_name = 2;", "string full_name = 2;"),
+    )
+    .unwrap();
+    gw.server
+        .reload_file(&config)
+        .await
+        .expect("the changed .proto loads");
+    let body = gw.get("/u/3").await.json();
+    assert_eq!(body["fullName"], "user 3", "{body}");
+    assert!(body.get("displayName").is_none(), "{body}");
+    std::fs::write(&proto, text.replace("int64 id = 1;", "int64 id = 1")).unwrap();
+    let refused = gw.server.reload_file(&config).await.unwrap_err();
+    assert!(refused.contains("error"), "{refused}");
+    let said = all_events()
+        .into_iter()
+        .filter(|e| e["message"] == "config reload refused")
+        .filter_map(|e| e["error"].as_str().map(str::to_string))
+        .find(|e| e.contains(&*config.to_string_lossy()))
+        .expect("the refusal is logged");
+    assert!(said.contains("protos/users.proto:34:3: expected"), "{said}");
+    assert_eq!(
+        gw.get("/u/4").await.json()["fullName"],
+        "user 4",
+        "the last good protos serve"
+    );
 }

@@ -620,3 +620,49 @@ async fn the_token_checks_result_is_on_the_server_span() {
     assert_eq!(server.attr("http.response.status_code"), "401");
     assert!(!server.error, "a 401 is the client's, not a server error");
 }
+
+/// A gRPC call's client span (docs/operations.md#traces): named `Service/Method`, with
+/// `rpc.system`, `rpc.service`, `rpc.method` and `rpc.grpc.status_code` (an integer);
+/// the call carries the span's `traceparent` as metadata.
+#[tokio::test]
+async fn grpc_calls_have_rpc_spans_and_carry_the_trace() {
+    use crate::grpc::{GrpcServer, grpc_upstream, user};
+    let collector = Collector::start().await;
+    let grpc = GrpcServer::start(std::sync::Arc::new(|method, req| {
+        if req["id"] == "404" {
+            (Duration::ZERO, Err(tonic::Status::not_found("none")))
+        } else {
+            (Duration::ZERO, Ok(user(method, req)))
+        }
+    }))
+    .await;
+    let gw = Gateway::start(&format!(
+        "{}{}[[routes]]\npath = \"/u/{{id}}\"\n  [[routes.backends]]\n  name = \"user\"\n  upstream = \"users\"\n  grpc = \"acme.users.v1.UserService/GetUser\"\n",
+        telemetry(&collector.url, 1.0),
+        grpc_upstream("users", &[grpc.url()], ""),
+    ))
+    .await;
+    assert_eq!(gw.get("/u/1").await.status, 200);
+    let spans = spans_at_least(&gw, &collector, 3).await;
+    let client = one(&spans, "acme.users.v1.UserService/GetUser");
+    assert_eq!(client.kind, SpanKind::Client);
+    assert_eq!(client.attr("rpc.system"), "grpc");
+    assert_eq!(client.attr("rpc.service"), "acme.users.v1.UserService");
+    assert_eq!(client.attr("rpc.method"), "GetUser");
+    assert_eq!(client.attr("rpc.grpc.status_code"), "0");
+    let sent = grpc.calls()[0].metadata["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        sent.contains(&format!("-{}-", client.span_id)),
+        "{sent} names the client span"
+    );
+    assert_eq!(gw.get("/u/404").await.status, 404);
+    let spans = spans_at_least(&gw, &collector, 6).await;
+    let failed = spans
+        .iter()
+        .find(|s| s.name == "acme.users.v1.UserService/GetUser" && s.error)
+        .expect("the failed call's span");
+    assert_eq!(failed.attr("rpc.grpc.status_code"), "5");
+}
