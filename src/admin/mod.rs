@@ -125,6 +125,17 @@ pub fn routes(gw: &Gateway) -> Value {
                     "schema": b.schema.as_ref().map(|s| &s.source),
                     "validate_response": b.validate_response,
                     "pass_errors": b.pass_errors,
+                    // A gRPC call: its method, what its message is made of, and the
+                    // method's idempotency level (what retries and hedges it).
+                    "grpc": b.grpc.as_ref().map(|g| json!({
+                        "method": g.method,
+                        "message": match &g.message {
+                            crate::config::grpc::Message::Default => "default",
+                            crate::config::grpc::Message::Body => "body",
+                            crate::config::grpc::Message::Template(_) => "template",
+                        },
+                        "idempotency_level": g.resolved.as_ref().map(crate::config::grpc::level_name),
+                    })),
                 })).collect::<Vec<_>>(),
             })
         })
@@ -141,6 +152,10 @@ pub fn routes(gw: &Gateway) -> Value {
                 "breaker": u.breaker_state().map_or("closed", |s| s.as_str()),
                 "balance": u.hosts.balance().as_str(),
                 "protocol": u.settings.protocol.as_str(),
+                // The gRPC services its protos define.
+                "grpc_services": gw.config.upstreams.iter().find(|c| *c.name == *u.name)
+                    .and_then(|c| c.grpc.as_ref())
+                    .map(|p| p.pool.services().map(|s| s.full_name().to_string()).collect::<Vec<_>>()),
                 "hosts": (0..u.hosts.count()).map(|i| json!({
                     "host": u.hosts.label(i),
                     "state": u.hosts.state(i).as_str(),
@@ -249,14 +264,25 @@ pub fn route_table(config: &crate::config::Config) -> String {
         out.push('\n');
         for b in &r.backends {
             let method = b.method.as_ref().unwrap_or(&r.method);
-            let _ = write!(
-                out,
-                "  ├─ {:<16} {} {} (upstream {})",
-                b.name,
-                method.as_str(),
-                b.path_as_written,
-                b.upstream
-            );
+            match &b.grpc {
+                Some(g) => {
+                    let _ = write!(
+                        out,
+                        "  ├─ {:<16} gRPC {} (upstream {})",
+                        b.name, g.method, b.upstream
+                    );
+                }
+                None => {
+                    let _ = write!(
+                        out,
+                        "  ├─ {:<16} {} {} (upstream {})",
+                        b.name,
+                        method.as_str(),
+                        b.path_as_written,
+                        b.upstream
+                    );
+                }
+            }
             if let Some(g) = &b.group {
                 let _ = write!(out, "  → {g}");
             }

@@ -146,6 +146,15 @@ fn level(m: &MethodDescriptor) -> Option<i32> {
         .and_then(|o| o.idempotency_level)
 }
 
+/// The method's `idempotency_level` as its `.proto` writes it.
+pub fn level_name(m: &MethodDescriptor) -> &'static str {
+    match level(m) {
+        Some(1) => "NO_SIDE_EFFECTS",
+        Some(2) => "IDEMPOTENT",
+        _ => "IDEMPOTENCY_UNKNOWN",
+    }
+}
+
 /// Marked `NO_SIDE_EFFECTS` or `IDEMPOTENT`: hedged, and retried after a timeout.
 pub fn method_is_idempotent(m: &MethodDescriptor) -> bool {
     matches!(level(m), Some(1 | 2))
@@ -663,4 +672,99 @@ pub fn kind_name(f: &FieldDescriptor) -> String {
     } else {
         base
     }
+}
+
+/// The JSON Schema of a message as the proto3 JSON mapping writes it with defaults
+/// included (`manifold openapi` types a gRPC backend's answer with it): every field
+/// without presence is required; an unset message field may be missing.
+pub fn answer_schema(m: &MessageDescriptor) -> Value {
+    message_schema(m, &mut Vec::new())
+}
+
+fn message_schema(m: &MessageDescriptor, seen: &mut Vec<String>) -> Value {
+    if let Some(s) = well_known_schema(m) {
+        return s;
+    }
+    let name = m.full_name().to_string();
+    if seen.contains(&name) {
+        // A recursive message: its inner copies are left untyped.
+        return serde_json::json!({"type": "object", "description": format!("{name} (recursive)")});
+    }
+    seen.push(name.clone());
+    let mut properties = serde_json::Map::new();
+    let mut required = Vec::new();
+    for f in m.fields() {
+        properties.insert(f.json_name().to_string(), field_schema(&f, seen));
+        if !f.supports_presence() {
+            required.push(Value::from(f.json_name()));
+        }
+    }
+    seen.pop();
+    let mut s = serde_json::json!({
+        "type": "object",
+        "description": name,
+        "properties": properties,
+        "additionalProperties": false,
+    });
+    if !required.is_empty() {
+        s["required"] = Value::Array(required);
+    }
+    s
+}
+
+fn field_schema(f: &FieldDescriptor, seen: &mut Vec<String>) -> Value {
+    if f.is_map()
+        && let Kind::Message(entry) = f.kind()
+    {
+        let value = entry.map_entry_value_field();
+        return serde_json::json!({"type": "object", "additionalProperties": kind_schema(&value.kind(), seen)});
+    }
+    if f.is_list() {
+        return serde_json::json!({"type": "array", "items": kind_schema(&f.kind(), seen)});
+    }
+    kind_schema(&f.kind(), seen)
+}
+
+fn kind_schema(kind: &Kind, seen: &mut Vec<String>) -> Value {
+    use serde_json::json;
+    match kind {
+        Kind::Double | Kind::Float => json!({"type": "number"}),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => json!({"type": "integer", "format": "int32"}),
+        Kind::Uint32 | Kind::Fixed32 => json!({"type": "integer", "minimum": 0}),
+        // 64-bit integers are strings in the JSON mapping (JavaScript numbers lose them).
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+            json!({"type": "string", "pattern": "^-?[0-9]+$", "format": "int64"})
+        }
+        Kind::Uint64 | Kind::Fixed64 => json!({"type": "string", "pattern": "^[0-9]+$"}),
+        Kind::Bool => json!({"type": "boolean"}),
+        Kind::String => json!({"type": "string"}),
+        Kind::Bytes => json!({"type": "string", "contentEncoding": "base64"}),
+        Kind::Enum(e) => json!({
+            "type": "string",
+            "enum": e.values().map(|v| v.name().to_string()).collect::<Vec<_>>(),
+        }),
+        Kind::Message(m) => message_schema(m, seen),
+    }
+}
+
+/// The JSON forms of the `google.protobuf` types.
+fn well_known_schema(m: &MessageDescriptor) -> Option<Value> {
+    use serde_json::json;
+    Some(match m.full_name() {
+        "google.protobuf.Timestamp" => json!({"type": "string", "format": "date-time"}),
+        "google.protobuf.Duration" => json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?s$"}),
+        "google.protobuf.FieldMask" | "google.protobuf.StringValue" => json!({"type": "string"}),
+        "google.protobuf.BytesValue" => json!({"type": "string", "contentEncoding": "base64"}),
+        "google.protobuf.BoolValue" => json!({"type": "boolean"}),
+        "google.protobuf.Int32Value" | "google.protobuf.UInt32Value" => json!({"type": "integer"}),
+        "google.protobuf.Int64Value" | "google.protobuf.UInt64Value" => {
+            json!({"type": "string", "pattern": "^-?[0-9]+$"})
+        }
+        "google.protobuf.DoubleValue" | "google.protobuf.FloatValue" => json!({"type": "number"}),
+        "google.protobuf.Struct" | "google.protobuf.Any" => json!({"type": "object"}),
+        "google.protobuf.ListValue" => json!({"type": "array"}),
+        "google.protobuf.Empty" => json!({"type": "object", "additionalProperties": false}),
+        "google.protobuf.Value" => json!({}),
+        _ => return None,
+    })
 }

@@ -118,10 +118,16 @@ fn merged_schema(r: &RouteConfig) -> Value {
     let mut open = false;
     for b in &r.backends {
         let always_there = !b.optional || b.default.is_some();
+        // A gRPC backend's answer is typed by its method's output message.
         let typed = b
             .schema
             .as_ref()
-            .map(|s| shaped(&publishable(&s.published), b));
+            .map(|s| publishable(&s.published))
+            .or_else(|| {
+                let method = b.grpc.as_ref()?.resolved.as_ref()?;
+                Some(crate::config::grpc::answer_schema(&method.output()))
+            })
+            .map(|s| shaped(&s, b));
         match &b.group {
             Some(g) => {
                 let mut s = match (typed, allowed_fields(b), &b.target) {

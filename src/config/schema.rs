@@ -36,6 +36,7 @@ protocol = "http1"
 outlier = { consecutive_failures = 5 }
 health_check = { path = "/healthz" }
 hedge = { after = "50ms" }
+grpc = { protos = ["p.proto"], import_paths = ["p"] }
 rate_limit = { per_second = 1 }
 [[routes]]
 path = "/p"

@@ -218,7 +218,7 @@ pub const MAX_EJECTED: Key = key(
 .default(KeyDefault::Str("50%"));
 pub const HEALTH_CHECK: Key = key(
     "health_check",
-    "Active checks: GET path on every host every interval, from each replica; 2xx within timeout is healthy.",
+    "Active checks: GET path (with grpc = true: grpc.health.v1.Health/Check) on every host every interval, from each replica; 2xx (SERVING) within timeout is healthy.",
 );
 pub const HEALTH_PATH: Key = key(
     "path",

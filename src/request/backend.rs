@@ -79,10 +79,14 @@ pub fn render(
 }
 
 /// A gRPC backend's request message, filled and framed (`None` for an HTTP backend).
+/// `values`: the path parameters and claims; `query`: the client's whole query;
+/// `body`: the client's body.
 pub fn message(
     route: &Route,
     b: &Backend,
-    call: &crate::request::fanout::Call<'_>,
+    values: &[String],
+    query: Option<&str>,
+    body: Option<&bytes::Bytes>,
     results: &[Input],
 ) -> Result<Option<(bytes::Bytes, HeaderValue)>, Failure> {
     let (Some(m), Some(method)) = (&b.message, b.codec.grpc()) else {
@@ -90,11 +94,12 @@ pub fn message(
     };
     let names = |i: usize| route.backends[i].plan.name.clone();
     let inputs = crate::request::message::Inputs {
-        values: call.params,
-        query: call.client_query,
+        values,
+        query,
         results,
-        body: call.body.as_ref().map(|(b, _)| b),
+        body,
         names: &names,
+        limit: route.max_request_body,
     };
     crate::request::message::render(m, method, &inputs).map(Some)
 }

@@ -90,7 +90,14 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
                 let mut span = Pending::new(backend::span(call.span, b), call.deadline);
                 let rendered = backend::render(route, b, call.params, call.query, &out.results)
                     .and_then(|path| {
-                        let message = backend::message(route, b, call, &out.results)?;
+                        let message = backend::message(
+                            route,
+                            b,
+                            call.params,
+                            call.client_query,
+                            call.body.as_ref().map(|(body, _)| body),
+                            &out.results,
+                        )?;
                         Ok((path, message))
                     });
                 match rendered {

@@ -191,6 +191,8 @@ pub struct Inputs<'a> {
     pub body: Option<&'a Bytes>,
     /// Names backends for a failure: the route's backend names.
     pub names: &'a dyn Fn(usize) -> Arc<str>,
+    /// `max_request_body`: a message larger than this fails as a body that large does.
+    pub limit: u64,
 }
 
 /// The message for one call, framed for the wire, with its content-type.
@@ -208,7 +210,11 @@ pub fn render(
         },
         Compiled::Shape(f) => value(f, inputs)?,
     };
-    Ok((method.encode(&json)?, crate::upstream::grpc::CONTENT_TYPE))
+    let framed = method.encode(&json)?;
+    if framed.len() as u64 - 5 > inputs.limit {
+        return Err(Failure::Client(crate::base::body::ClientFault::TooLarge));
+    }
+    Ok((framed, crate::upstream::grpc::CONTENT_TYPE))
 }
 
 fn value(f: &Fill, inputs: &Inputs<'_>) -> Result<Value, Failure> {

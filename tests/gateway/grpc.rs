@@ -1015,3 +1015,30 @@ async fn a_reload_rereads_the_protos_and_a_broken_one_is_refused() {
         "the last good protos serve"
     );
 }
+
+/// Messages larger than the body limits fail as those limits do: one going out past
+/// `max_request_body` (413, no call), one coming back past `max_response_body` (502).
+#[tokio::test]
+async fn messages_are_bounded_by_the_body_limits() {
+    let grpc = GrpcServer::start(Arc::new(|method, req| {
+        let mut u = user(method, req);
+        if req["id"] == "2" {
+            u["displayName"] = json!("x".repeat(4096));
+        }
+        (Duration::ZERO, Ok(u))
+    }))
+    .await;
+    let big = Upstream::json(json!({"text": "y".repeat(4096)})).await;
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmax_request_body = \"1KiB\"\n{}{}\
+         [[routes]]\nname = \"grpc_limits_out\"\npath = \"/out\"\n  [[routes.backends]]\n  name = \"big\"\n  upstream = \"big\"\n  path = \"/\"\n  group = \"big\"\n  [[routes.backends]]\n  upstream = \"limited\"\n  grpc = \"acme.users.v1.UserService/CreateUser\"\n  message = {{ displayName = \"{{big.text}}\" }}\n\
+         [[routes]]\nname = \"grpc_limits_in\"\npath = \"/in/{{id}}\"\n  [[routes.backends]]\n  upstream = \"limited\"\n  grpc = \"acme.users.v1.UserService/GetUser\"\n",
+        grpc_upstream("limited", &[grpc.url()], "max_response_body = \"2KiB\""),
+        upstream("big", &big.url(), ""),
+    ))
+    .await;
+    gw.get("/out").await.error(413, "PAYLOAD_TOO_LARGE");
+    assert_eq!(grpc.hits(), 0);
+    assert_eq!(gw.get("/in/1").await.status, 200);
+    gw.get("/in/2").await.error(502, "UPSTREAM_BAD_RESPONSE");
+}
