@@ -2,7 +2,8 @@
 //! ports the repository's `routes.toml` names, so the gateway has something to call.
 //!
 //! users (fast), orders (fast, answers by customer id), recommendations (a little slow,
-//! ~120 ms, to show the deadline and optional backends at work).
+//! ~120 ms, to show the deadline and optional backends at work), and profiles, a gRPC
+//! service (protos/profiles.proto) merged with the JSON ones.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -45,7 +46,116 @@ pub async fn start(config: &Config) -> Result<Vec<SocketAddr>, String> {
         addrs.push(listener.local_addr().map_err(|e| e.to_string())?);
         tokio::spawn(serve(listener, name, delay));
     }
+    // The gRPC service, on the address and with the descriptors the config gives it.
+    let profiles = config
+        .upstreams
+        .iter()
+        .find(|u| u.name == GRPC_SERVICE)
+        .ok_or_else(|| {
+            format!("the demo needs an upstream named `{GRPC_SERVICE}` in the config")
+        })?;
+    let profile = profiles
+        .grpc
+        .as_ref()
+        .and_then(|p| p.pool.get_message_by_name("demo.profiles.v1.Profile"))
+        .ok_or_else(|| format!("upstream `{GRPC_SERVICE}` needs protos/profiles.proto"))?;
+    let url = &profiles.settings.urls[0];
+    let host = url.host_str().unwrap_or("127.0.0.1");
+    let port = url.port_or_known_default().unwrap_or(80);
+    let listener = TcpListener::bind((host, port)).await.map_err(|e| {
+        format!("demo service `{GRPC_SERVICE}` cannot listen on {host}:{port}: {e}")
+    })?;
+    addrs.push(listener.local_addr().map_err(|e| e.to_string())?);
+    tokio::spawn(serve_grpc(listener, profile));
     Ok(addrs)
+}
+
+/// The demo's gRPC upstream (protos/profiles.proto).
+pub const GRPC_SERVICE: &str = "profiles";
+
+/// `demo.profiles.v1.ProfileService/GetProfile` over h2c: a few lines of the gRPC
+/// wire format (one length-prefixed message each way, the status in trailers), enough
+/// for a demo; the tests call a real gRPC server (tonic).
+async fn serve_grpc(listener: TcpListener, profile: prost_reflect::MessageDescriptor) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let profile = profile.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let profile = profile.clone();
+                async move { Ok::<_, Infallible>(grpc_answer(req, &profile).await) }
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+type GrpcBody = http_body_util::StreamBody<
+    futures_util::stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, Infallible>>>,
+>;
+
+async fn grpc_answer(
+    req: Request<Incoming>,
+    profile: &prost_reflect::MessageDescriptor,
+) -> Response<GrpcBody> {
+    use prost::Message as _;
+    let path = req.uri().path().to_string();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    // GetProfileRequest { int64 user_id = 1 }: read by hand, one varint field.
+    let user_id = body
+        .get(5..)
+        .and_then(|m| {
+            #[derive(Clone, PartialEq, prost::Message)]
+            struct GetProfileRequest {
+                #[prost(int64, tag = "1")]
+                user_id: i64,
+            }
+            GetProfileRequest::decode(m).ok()
+        })
+        .map_or(0, |r| r.user_id);
+    let (status, message, frames) = if path != "/demo.profiles.v1.ProfileService/GetProfile" {
+        ("12", "unknown method", Vec::new())
+    } else if user_id == 404 {
+        ("5", "no profile for user 404", Vec::new())
+    } else {
+        let json = json!({
+            "userId": user_id.to_string(),
+            "headline": format!("Stationery enthusiast #{user_id}"),
+            "tier": if user_id % 2 == 0 { "PRO" } else { "FREE" },
+            "badges": ["early adopter", "reviewer"],
+            "followers": 128 + user_id % 1000,
+            "memberSince": "2019-04-12T09:00:00Z",
+        });
+        let encoded = prost_reflect::DynamicMessage::deserialize(profile.clone(), &json)
+            .map(|m| m.encode_to_vec())
+            .unwrap_or_default();
+        ("0", "", vec![crate::upstream::grpc::frame(&encoded)])
+    };
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static(status));
+    if !message.is_empty() {
+        trailers.insert("grpc-message", http::HeaderValue::from_static(message));
+    }
+    let mut parts: Vec<Result<http_body::Frame<Bytes>, Infallible>> = frames
+        .into_iter()
+        .map(|f| Ok(http_body::Frame::data(f)))
+        .collect();
+    parts.push(Ok(http_body::Frame::trailers(trailers)));
+    let mut resp = Response::new(http_body_util::StreamBody::new(futures_util::stream::iter(
+        parts,
+    )));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, crate::upstream::grpc::CONTENT_TYPE);
+    resp
 }
 
 async fn serve(listener: TcpListener, name: &'static str, delay: Duration) {
@@ -235,6 +345,7 @@ pub fn curl_lines(public: SocketAddr) -> Vec<String> {
         format!("curl -s http://{public}/api/dashboard/42"),
         format!("curl -s -H 'accept-language: de' 'http://{public}/api/dashboard/42?lang=de'"),
         format!("curl -s -i http://{public}/api/home/42"),
+        format!("curl -s http://{public}/api/profile/42"),
         format!("curl -s -i http://{public}/api/users/42"),
         format!("curl -s -i http://{public}/api/users/404"),
         format!("curl -s -i http://{public}/api/nope"),

@@ -56,9 +56,9 @@ enum Command {
     Schema,
 }
 
-/// The example config and the schemas it names, for `manifold demo` run outside the
-/// repository (written to a directory of their own, so the schemas' paths hold).
-const BUNDLED: [(&str, &str); 7] = [
+/// The example config and the schemas and `.proto` it names, for `manifold demo` run
+/// outside the repository (written to a directory of their own, so their paths hold).
+const BUNDLED: [(&str, &str); 8] = [
     ("routes.toml", include_str!("../routes.toml")),
     (
         "schemas/common.json",
@@ -78,12 +78,17 @@ const BUNDLED: [(&str, &str); 7] = [
         "schemas/recommendations.json",
         include_str!("../schemas/recommendations.json"),
     ),
+    (
+        "protos/profiles.proto",
+        include_str!("../protos/profiles.proto"),
+    ),
 ];
 
 /// The bundled example written out under the temporary directory: its routes.toml.
 fn bundled_config() -> std::io::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("manifold-demo-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("schemas"))?;
+    std::fs::create_dir_all(dir.join("protos"))?;
     for (name, text) in BUNDLED {
         std::fs::write(dir.join(name), text)?;
     }

@@ -729,7 +729,9 @@ fn kind_schema(kind: &Kind, seen: &mut Vec<String>) -> Value {
     use serde_json::json;
     match kind {
         Kind::Double | Kind::Float => json!({"type": "number"}),
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => json!({"type": "integer", "format": "int32"}),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+            json!({"type": "integer", "format": "int32"})
+        }
         Kind::Uint32 | Kind::Fixed32 => json!({"type": "integer", "minimum": 0}),
         // 64-bit integers are strings in the JSON mapping (JavaScript numbers lose them).
         Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
@@ -752,7 +754,9 @@ fn well_known_schema(m: &MessageDescriptor) -> Option<Value> {
     use serde_json::json;
     Some(match m.full_name() {
         "google.protobuf.Timestamp" => json!({"type": "string", "format": "date-time"}),
-        "google.protobuf.Duration" => json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?s$"}),
+        "google.protobuf.Duration" => {
+            json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?s$"})
+        }
         "google.protobuf.FieldMask" | "google.protobuf.StringValue" => json!({"type": "string"}),
         "google.protobuf.BytesValue" => json!({"type": "string", "contentEncoding": "base64"}),
         "google.protobuf.BoolValue" => json!({"type": "boolean"}),

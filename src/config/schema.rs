@@ -370,12 +370,16 @@ mod tests {
             other => panic!("no probe for bounded keys under {other}: add one here"),
         };
         assert!(PROBE.contains(&old), "probe has {old}");
-        // The probe's certificate files do not exist: without them the probe loads.
-        PROBE.replacen(&old, &new, 1).replacen(
-            "tls = { cert = \"c.pem\", key = \"k.pem\" }\n",
-            "",
-            1,
-        )
+        // The probe's certificate and .proto files do not exist: without them the
+        // probe loads.
+        PROBE
+            .replacen(&old, &new, 1)
+            .replacen("tls = { cert = \"c.pem\", key = \"k.pem\" }\n", "", 1)
+            .replacen(
+                "grpc = { protos = [\"p.proto\"], import_paths = [\"p\"] }\n",
+                "",
+                1,
+            )
     }
 
     #[test]

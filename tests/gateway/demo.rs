@@ -64,6 +64,20 @@ async fn every_printed_curl_line_answers() {
             }
             _ => assert_eq!(status, 200, "{line}: {body}"),
         }
+        if url.contains("/api/profile/") {
+            // The gRPC answer, in the proto3 JSON mapping, beside the JSON user.
+            assert_eq!(body["name"], "Demo User 42", "{line}: {body}");
+            assert_eq!(body["profile"]["tier"], "PRO", "{line}: {body}");
+            assert_eq!(
+                body["profile"]["memberSince"], "2019-04-12T09:00:00Z",
+                "{line}: {body}"
+            );
+            assert_eq!(
+                body["profile"]["openReports"], 0,
+                "defaults included: {body}"
+            );
+            assert!(body["profile"].get("userId").is_none(), "denied: {body}");
+        }
         if url.contains("/api/dashboard/") {
             assert_eq!(completed.as_deref(), Some("true"), "{line}");
             assert_eq!(body["user"]["id"], "42", "{line}: {body}");

@@ -668,6 +668,14 @@ pub async fn start_demo() -> Server {
             .unwrap();
         u.settings.urls = vec![url::Url::parse(&format!("http://{addr}")).unwrap()];
     }
+    // The gRPC service is started last.
+    let grpc = addrs[manifold::demo::SERVICES.len()];
+    let u = config
+        .upstreams
+        .iter_mut()
+        .find(|u| u.name == manifold::demo::GRPC_SERVICE)
+        .unwrap();
+    u.settings.urls = vec![url::Url::parse(&format!("http://{grpc}")).unwrap()];
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.server.admin_listen = Some("127.0.0.1:0".parse().unwrap());
     Server::start(config, Arc::new(|_: &[u8]| {}))

@@ -34,4 +34,18 @@ const badOrder: NewOrder = { items: [{ sku: "SKU-1001", qty: "2" }] };
 // @ts-expect-error: the form posts no other field
 const extra: NewOrder = { items: [], coupon: "X" };
 
-export { avatar, name, qty, status, score, plan, params, badLang, order, badOrder, extra };
+// The gRPC backend's part, typed from protos/profiles.proto's Profile message.
+type Profile =
+  paths["/api/profile/{user_id}"]["get"]["responses"][200]["content"]["application/json"];
+declare const profile: Profile;
+const tier: "TIER_UNSPECIFIED" | "FREE" | "PRO" = profile.profile.tier;
+const followers: number = profile.profile.followers;
+const badges: string[] = profile.profile.badges;
+const since: string | undefined = profile.profile.memberSince;
+// @ts-expect-error: `deny = ["userId"]` took it out of the answer
+profile.profile.userId;
+
+export {
+  avatar, name, qty, status, score, plan, params, badLang, order, badOrder, extra,
+  tier, followers, badges, since,
+};
