@@ -1,4 +1,4 @@
-//! `manifold demo`: three small JSON services standing in for real upstreams, on the
+//! `manifold demo`: three small JSON services and a gRPC one standing in for real upstreams, on the
 //! ports the repository's `routes.toml` names, so the gateway has something to call.
 //!
 //! users (fast), orders (fast, answers by customer id), recommendations (a little slow,

@@ -407,6 +407,98 @@ pub fn without_position(message: &str) -> &str {
         .map_or(message, |(head, _)| head)
 }
 
+/// A JSON tree to deserialize from, its numbers handed over as numbers: this build's
+/// serde_json keeps a number's text (`arbitrary_precision`) and hands it to a
+/// deserializer as a map, which a visitor that asks for any value (prost-reflect's
+/// float fields) does not take. Everything else is the tree's own.
+#[derive(Clone, Copy)]
+pub struct Tree<'a>(pub &'a serde_json::Value);
+
+impl<'de> serde::Deserializer<'de> for Tree<'de> {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        use serde::de::Error as _;
+        match self.0 {
+            serde_json::Value::Null => v.visit_unit(),
+            serde_json::Value::Bool(b) => v.visit_bool(*b),
+            serde_json::Value::Number(n) => {
+                if let Some(u) = n.as_u64() {
+                    v.visit_u64(u)
+                } else if let Some(i) = n.as_i64() {
+                    v.visit_i64(i)
+                } else if let Some(f) = n.as_f64() {
+                    v.visit_f64(f)
+                } else {
+                    Err(serde_json::Error::custom("a number out of range"))
+                }
+            }
+            serde_json::Value::String(s) => v.visit_borrowed_str(s),
+            serde_json::Value::Array(items) => v.visit_seq(Items(items.iter())),
+            serde_json::Value::Object(m) => v.visit_map(Fields {
+                iter: m.iter(),
+                value: None,
+            }),
+        }
+    }
+
+    fn deserialize_option<V: serde::de::Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            serde_json::Value::Null => v.visit_none(),
+            _ => v.visit_some(self),
+        }
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf unit unit_struct newtype_struct seq tuple tuple_struct
+        map struct enum identifier ignored_any
+    }
+}
+
+struct Items<'a>(std::slice::Iter<'a, serde_json::Value>);
+
+impl<'de> serde::de::SeqAccess<'de> for Items<'de> {
+    type Error = serde_json::Error;
+    fn next_element_seed<T: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, Self::Error> {
+        self.0.next().map(|v| seed.deserialize(Tree(v))).transpose()
+    }
+}
+
+struct Fields<'a> {
+    iter: serde_json::map::Iter<'a>,
+    value: Option<&'a serde_json::Value>,
+}
+
+impl<'de> serde::de::MapAccess<'de> for Fields<'de> {
+    type Error = serde_json::Error;
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        let Some((k, v)) = self.iter.next() else {
+            return Ok(None);
+        };
+        self.value = Some(v);
+        seed.deserialize(serde::de::value::BorrowedStrDeserializer::new(k))
+            .map(Some)
+    }
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
+        use serde::de::Error as _;
+        let v = self
+            .value
+            .take()
+            .ok_or_else(|| serde_json::Error::custom("a key without its value"))?;
+        seed.deserialize(Tree(v))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -628,7 +628,10 @@ fn check_shape(
                 let alone = Value::Object(
                     std::iter::once((field.json_name().to_string(), v.clone())).collect(),
                 );
-                if let Err(e) = prost_reflect::DynamicMessage::deserialize(m.clone(), &alone) {
+                if let Err(e) = prost_reflect::DynamicMessage::deserialize(
+                    m.clone(),
+                    crate::base::json::Tree(&alone),
+                ) {
                     errs.push(
                         Diagnostic::new(
                             span.clone(),

@@ -18,6 +18,7 @@ use prost_reflect::{DynamicMessage, MessageDescriptor, MethodDescriptor, Seriali
 use serde_json::Value;
 
 use crate::base::error::{Failure, GrpcCode, GrpcStatus, MAX_GRPC_MESSAGE};
+use crate::base::json::Tree;
 use crate::state::buffers::Charge;
 
 pub const CONTENT_TYPE: HeaderValue = HeaderValue::from_static("application/grpc");
@@ -41,6 +42,9 @@ pub struct GrpcMethod {
     pub idempotent: bool,
     /// Marked `NO_SIDE_EFFECTS`: its answers may be cached and identical calls shared.
     pub side_effect_free: bool,
+    /// How its answers are written as JSON straight from their bytes
+    /// (`super::proto_json`); `None`: decoded, then written, by prost-reflect.
+    pub direct: Option<super::proto_json::Plan>,
 }
 
 impl GrpcMethod {
@@ -53,13 +57,14 @@ impl GrpcMethod {
             output: m.output(),
             idempotent: crate::config::grpc::method_is_idempotent(m),
             side_effect_free: crate::config::grpc::method_is_side_effect_free(m),
+            direct: super::proto_json::Plan::new(&m.output()),
         }
     }
 
     /// The request message made from `json` by the proto3 JSON mapping, framed for
     /// the wire. A value that does not convert names its field, never its value.
     pub fn encode(&self, json: &Value) -> Result<Bytes, Failure> {
-        let message = DynamicMessage::deserialize(self.input.clone(), json)
+        let message = DynamicMessage::deserialize(self.input.clone(), Tree(json))
             .map_err(|e| Failure::BadMessage(Arc::from(self.why_not(json, &e))))?;
         Ok(frame(&message.encode_to_vec()))
     }
@@ -72,7 +77,7 @@ impl GrpcMethod {
         };
         for (key, value) in fields {
             let alone = Value::Object(std::iter::once((key.clone(), value.clone())).collect());
-            if let Err(e) = DynamicMessage::deserialize(self.input.clone(), &alone) {
+            if let Err(e) = DynamicMessage::deserialize(self.input.clone(), Tree(&alone)) {
                 return match crate::config::grpc::field_named(&self.input, key) {
                     None => format!("`{key}` is not a field of {name}"),
                     Some(f) => format!(
@@ -111,11 +116,25 @@ impl GrpcMethod {
                 "the answer's content-type is not application/grpc",
             ));
         }
+        const UNDECODABLE: Failure =
+            Failure::BadResponse("the answer's message does not decode as its type");
         let message = unframe(head, body, limit, charge)?;
-        let decoded = DynamicMessage::decode(self.output.clone(), message).map_err(|_| {
-            Failure::BadResponse("the answer's message does not decode as its type")
-        })?;
-        let json = to_json(&decoded)?;
+        // JSON is about twice the protobuf (names, quotes, defaults).
+        let mut out = Vec::with_capacity(message.len() * 2 + 64);
+        let direct = match &self.direct {
+            Some(plan) => plan.write(&message, &mut out),
+            None => Err(super::proto_json::Outcome::Fallback),
+        };
+        let json = match direct {
+            Ok(()) => Bytes::from(out),
+            Err(super::proto_json::Outcome::Invalid) => return Err(UNDECODABLE),
+            Err(super::proto_json::Outcome::Fallback) => {
+                out.clear();
+                let decoded = DynamicMessage::decode(self.output.clone(), message)
+                    .map_err(|_| UNDECODABLE)?;
+                to_json(&decoded, out)?
+            }
+        };
         charge.shrink_to(json.len() as u64);
         Ok(json)
     }
@@ -124,8 +143,8 @@ impl GrpcMethod {
 /// A message as JSON by the proto3 mapping: lowerCamelCase names, fields with
 /// default values included (a frontend reads `0`, `""`, `[]` rather than guessing
 /// from a missing key), enums by name, 64-bit integers as strings.
-pub fn to_json(message: &DynamicMessage) -> Result<Bytes, Failure> {
-    let mut out = serde_json::Serializer::new(Vec::with_capacity(message.encoded_len() * 2 + 16));
+fn to_json(message: &DynamicMessage, into: Vec<u8>) -> Result<Bytes, Failure> {
+    let mut out = serde_json::Serializer::new(into);
     message
         .serialize_with_options(
             &mut out,
@@ -352,6 +371,94 @@ mod tests {
             message(&head, None).map(|m| m.len()),
             Some(MAX_GRPC_MESSAGE)
         );
+    }
+
+    fn get_user() -> GrpcMethod {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/protos");
+        let mut c = protox::Compiler::new([&dir]).unwrap();
+        c.include_imports(true)
+            .open_files([dir.join("users.proto")])
+            .unwrap();
+        let pool = c.descriptor_pool();
+        let m = pool
+            .get_service_by_name("acme.users.v1.UserService")
+            .and_then(|s| s.methods().find(|m| m.name() == "GetUser"))
+            .unwrap();
+        GrpcMethod::new(&m)
+    }
+
+    #[test]
+    fn a_message_made_from_json_reads_back_as_json_with_its_defaults() {
+        let m = get_user();
+        assert!(m.idempotent && m.side_effect_free);
+        assert_eq!(m.path, "/acme.users.v1.UserService/GetUser");
+        let framed = m
+            .encode(&serde_json::json!({"id": "12", "view": "FULL", "active": true}))
+            .unwrap();
+        // id = 1 (varint 12), view = 2 (FULL, 2), active = 3 (true): protobuf's bytes.
+        assert_eq!(&framed[5..], &[0x08, 12, 0x10, 2, 0x18, 1]);
+        let buffers = crate::state::buffers::Buffers::new(1 << 20);
+        let charge = buffers.start(None);
+        let mut head = HeaderMap::new();
+        head.insert(header::CONTENT_TYPE, CONTENT_TYPE);
+        let mut trailers = HeaderMap::new();
+        trailers.insert(GRPC_STATUS, HeaderValue::from_static("0"));
+        let answer = m
+            .read(&head, Some(&trailers), frame(&[0x08, 7]), 1 << 20, &charge)
+            .unwrap();
+        let json: Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(json["id"], "7");
+        assert_eq!(json["displayName"], "");
+        assert_eq!(json["tags"], serde_json::json!([]));
+        assert!(
+            json.get("address").is_none(),
+            "an unset message is left out"
+        );
+        let e = m.encode(&serde_json::json!({"id": "seven"})).unwrap_err();
+        let Failure::BadMessage(why) = e else {
+            panic!("{e:?}")
+        };
+        assert!(why.contains("`id`") && !why.contains("seven"), "{why}");
+    }
+
+    proptest::proptest! {
+        /// Whatever an upstream sends as a body and a status, reading it is an answer
+        /// or a failure: never a panic.
+        #[test]
+        fn any_answer_reads_or_fails_without_panicking(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            status in "[0-9a-z]{0,3}",
+            gzip in proptest::prelude::any::<bool>(),
+        ) {
+            let m = get_user();
+            let buffers = crate::state::buffers::Buffers::new(1 << 20);
+            let charge = buffers.start(None);
+            let mut head = HeaderMap::new();
+            head.insert(header::CONTENT_TYPE, CONTENT_TYPE);
+            if gzip {
+                head.insert(GRPC_ENCODING, HeaderValue::from_static("gzip"));
+            }
+            let mut trailers = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&status) {
+                trailers.insert(GRPC_STATUS, v);
+            }
+            let framed = frame(&body);
+            let _ = m.read(&head, Some(&trailers), Bytes::from(body), 1024, &charge);
+            let _ = m.read(&head, Some(&trailers), framed, 1024, &charge);
+        }
+
+        /// Whatever JSON a client's values make, encoding is a message or a
+        /// BAD_PARAMETER failure, never a panic.
+        #[test]
+        fn any_json_encodes_or_is_refused(key in "[a-zA-Z_]{1,8}", value in ".{0,12}", n in proptest::prelude::any::<i64>()) {
+            let m = get_user();
+            for v in [Value::from(value.clone()), Value::from(n), serde_json::json!([value.clone()]), serde_json::json!({key.clone(): n})] {
+                match m.encode(&serde_json::json!({key.clone(): v})) {
+                    Ok(framed) => proptest::prop_assert!(framed.len() >= 5),
+                    Err(f) => proptest::prop_assert!(matches!(f, Failure::BadMessage(_))),
+                }
+            }
+        }
     }
 
     #[test]

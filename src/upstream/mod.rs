@@ -23,6 +23,7 @@ mod health;
 pub mod hosts;
 pub mod limit;
 pub mod pool;
+pub mod proto_json;
 mod retry_budget;
 mod span;
 mod stream;

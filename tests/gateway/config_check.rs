@@ -293,6 +293,55 @@ fn openapi_publishes_the_validation_schemas_and_typed_answers() {
     );
 }
 
+/// `manifold routes` names a gRPC backend's method where an HTTP one has its path.
+#[test]
+fn routes_names_grpc_methods() {
+    let (code, out, err) = manifold(&["routes", "tests/configs/good/full.toml"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("gRPC acme.users.v1.UserService/GetUser (upstream profiles)"),
+        "{out}"
+    );
+}
+
+/// A gRPC backend's part of the answer is typed from its method's output message, by
+/// the proto3 JSON mapping, then shaped (tests/configs/good/full.toml's profile route).
+#[test]
+fn openapi_types_grpc_answers_from_their_message() {
+    let (code, out, err) = manifold(&["openapi", "tests/configs/good/full.toml"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let answer = &doc["paths"]["/api/profile/{id}"]["get"]["responses"]["200"]["content"]["application/json"]
+        ["schema"];
+    let profile = &answer["properties"]["profile"];
+    let props = &profile["properties"];
+    assert_eq!(
+        props["id"]["type"], "string",
+        "int64 as a string: {profile}"
+    );
+    assert_eq!(
+        props["name"]["type"], "string",
+        "renamed from displayName: {profile}"
+    );
+    assert!(props.get("displayName").is_none(), "{profile}");
+    assert!(props.get("labels").is_none(), "denied: {profile}");
+    assert_eq!(
+        props["view"]["enum"],
+        serde_json::json!(["VIEW_UNSPECIFIED", "BASIC", "FULL"])
+    );
+    assert_eq!(props["created"]["format"], "date-time");
+    assert_eq!(props["address"]["properties"]["city"]["type"], "string");
+    let required = profile["required"].as_array().unwrap();
+    assert!(
+        required.contains(&serde_json::json!("age")),
+        "no presence: always there"
+    );
+    assert!(
+        !required.contains(&serde_json::json!("address")),
+        "a message may be unset"
+    );
+}
+
 /// Every document `manifold openapi` writes for the shipped configs passes an OpenAPI
 /// 3.1 validator (openapi-spec-validator, installed by `.ci/run`).
 #[test]

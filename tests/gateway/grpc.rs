@@ -845,17 +845,16 @@ async fn messages_from_the_body_defaults_other_backends_and_claims() {
     ))
     .await;
     let r = gw
-        .send(
-            gw.client
-                .post(format!("{}/users", gw.base))
-                .json(&json!({"id": "12", "displayName": "Ann", "tags": ["x"]})),
-        )
+        .send(gw.client.post(format!("{}/users", gw.base)).json(
+            &json!({"id": "12", "displayName": "Ann", "tags": ["x"], "score": 1.5, "age": 30}),
+        ))
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.json()["displayName"], "Ann");
     assert_eq!(
         grpc.calls()[0].message,
-        json!({"id": "12", "displayName": "Ann", "tags": ["x"]})
+        json!({"id": "12", "displayName": "Ann", "tags": ["x"], "score": 1.5, "age": 30}),
+        "numbers reach number fields, a double's fraction too"
     );
     let e = gw
         .send(
@@ -944,6 +943,19 @@ async fn cached_reads_log_lines_and_metrics() {
     assert_eq!(
         access["backends"]["grpc_metered"]["outcome"], "rejected",
         "{access}"
+    );
+    // `/routes` says which method, what its message is made of, and its level.
+    let routes = gw.routes().await;
+    let backend = &routes["routes"][0]["backends"][0];
+    assert_eq!(
+        backend["grpc"]["method"],
+        "acme.users.v1.UserService/GetUser"
+    );
+    assert_eq!(backend["grpc"]["message"], "default");
+    assert_eq!(backend["grpc"]["idempotency_level"], "NO_SIDE_EFFECTS");
+    assert_eq!(
+        routes["upstreams"]["grpc_metered"]["grpc_services"],
+        json!(["acme.users.v1.UserService"])
     );
     let metrics = gw.metrics().await;
     for (outcome, n) in [("ok", 2.0), ("rejected", 1.0)] {
@@ -1041,4 +1053,33 @@ async fn messages_are_bounded_by_the_body_limits() {
     assert_eq!(grpc.hits(), 0);
     assert_eq!(gw.get("/in/1").await.status, 200);
     gw.get("/in/2").await.error(502, "UPSTREAM_BAD_RESPONSE");
+}
+
+/// An upstream may name a compiled `FileDescriptorSet` instead of `.proto` files.
+#[tokio::test]
+async fn a_descriptor_set_serves_as_the_protos_do() {
+    let grpc = GrpcServer::users().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = protox::Compiler::new(["tests/protos"]).unwrap();
+    c.include_imports(true)
+        .open_files(["tests/protos/users.proto"])
+        .unwrap();
+    std::fs::write(dir.path().join("users.pb"), c.encode_file_descriptor_set()).unwrap();
+    let config = dir.path().join("routes.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{SERVER}[upstreams.users]\nurls = [\"{}\"]\nprotocol = \"h2c\"\ngrpc = {{ descriptor_set = \"users.pb\" }}\n[[routes]]\nname = \"grpc_set\"\npath = \"/u/{{id}}\"\n  [[routes.backends]]\n  upstream = \"users\"\n  grpc = \"acme.users.v1.UserService/GetUser\"\n",
+            grpc.url()
+        ),
+    )
+    .unwrap();
+    let gw = Gateway::start_file(&config).await;
+    assert_eq!(gw.get("/u/8").await.json()["displayName"], "user 8");
+    // Not a descriptor set: a load error at the key.
+    std::fs::write(dir.path().join("users.pb"), b"not protobuf").unwrap();
+    let err = manifold::config::Config::load(&config)
+        .unwrap_err()
+        .render();
+    assert!(err.contains("is not a usable FileDescriptorSet"), "{err}");
 }
