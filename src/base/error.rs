@@ -804,6 +804,41 @@ fn backend_message(e: &BackendError) -> String {
 mod tests {
     use super::*;
 
+    /// Every `Result` on the request path is as large as its largest failure: a new
+    /// variant boxes what would grow them (docs/operations.md, "Request validation:
+    /// what it costs").
+    #[test]
+    fn failures_stay_small() {
+        assert!(std::mem::size_of::<Failure>() <= 40);
+        assert!(std::mem::size_of::<GatewayError>() <= 72);
+    }
+
+    /// The status table of docs/configuration.md#grpc-backends, row by row.
+    #[test]
+    fn grpc_codes_map_as_the_table_says() {
+        let cases = [
+            (1, 502, "UPSTREAM_ERROR", Outcome::Error),
+            (3, 400, "UPSTREAM_REJECTED", Outcome::Rejected),
+            (4, 504, "UPSTREAM_TIMEOUT", Outcome::Timeout),
+            (5, 404, "UPSTREAM_REJECTED", Outcome::Rejected),
+            (8, 429, "UPSTREAM_REJECTED", Outcome::Rejected),
+            (12, 502, "UPSTREAM_ERROR", Outcome::Error),
+            (14, 502, "UPSTREAM_ERROR", Outcome::Error),
+            (16, 401, "UPSTREAM_REJECTED", Outcome::Rejected),
+            (99, 502, "UPSTREAM_ERROR", Outcome::Error),
+        ];
+        for (code, status, name, outcome) in cases {
+            let f = Failure::Grpc(GrpcStatus {
+                code: GrpcCode(code),
+                message: None,
+            });
+            assert_eq!(failure_status(&f).as_u16(), status, "{code}");
+            assert_eq!(failure_code(&f), name, "{code}");
+            assert_eq!(f.outcome(), outcome, "{code}");
+            assert_eq!(f.is_upstream_fault(), status >= 500, "{code}");
+        }
+    }
+
     #[test]
     fn retry_after_rounds_up_and_is_at_least_one() {
         assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
