@@ -8,10 +8,14 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::Bytes;
 use prost::Message as _;
 use tonic::Status;
-use tonic::codec::{DecodeBuf, EncodeBuf};
+
+// The tests' codec: messages handed over as bytes.
+#[path = "../tests/gateway/bytes_codec.rs"]
+mod bytes_codec;
+use bytes_codec::BytesCodec;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -64,7 +68,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Users {
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         let answer = self.0.clone();
         Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(Raw);
+            let mut grpc = tonic::server::Grpc::new(BytesCodec);
             Ok(grpc.unary(Fixed(answer), req).await)
         })
     }
@@ -78,39 +82,5 @@ impl tonic::server::UnaryService<Bytes> for Fixed {
     fn call(&mut self, _: tonic::Request<Bytes>) -> Self::Future {
         let answer = self.0.clone();
         Box::pin(async move { Ok(tonic::Response::new(answer)) })
-    }
-}
-
-/// Messages as bytes: the answer is encoded once.
-#[derive(Clone, Default)]
-struct Raw;
-
-impl tonic::codec::Codec for Raw {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl tonic::codec::Encoder for Raw {
-    type Item = Bytes;
-    type Error = Status;
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for Raw {
-    type Item = Bytes;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }

@@ -196,22 +196,7 @@ impl Plan {
         let mut oneofs: Vec<(u32, u32)> = Vec::new();
         let mut rest = bytes;
         while !rest.is_empty() {
-            let key = varint(&mut rest)?;
-            let (number, wire) = ((key >> 3) as u32, (key & 7) as u8);
-            if number == 0 || key > u64::from(u32::MAX) {
-                return Err(Outcome::Invalid);
-            }
-            let raw = match wire {
-                0 => Raw::Varint(varint(&mut rest)?),
-                1 => Raw::Fixed64(take(&mut rest, 8)?),
-                2 => {
-                    let len = usize::try_from(varint(&mut rest)?).map_err(|_| Outcome::Invalid)?;
-                    Raw::Bytes(take(&mut rest, len)?)
-                }
-                5 => Raw::Fixed32(take(&mut rest, 4)?),
-                // Groups (3, 4) and anything else: left to prost-reflect, which judges them.
-                _ => return Err(Outcome::Fallback),
-            };
+            let (number, raw) = field(&mut rest)?;
             let Ok(i) = fields.binary_search_by_key(&number, |f| f.number) else {
                 continue; // an unknown field: dropped, as prost-reflect's JSON drops it
             };
@@ -303,21 +288,8 @@ impl Plan {
             };
             let (mut key, mut val) = (None, None);
             while !b.is_empty() {
-                let tag = varint(&mut b)?;
-                if tag >> 3 == 0 || tag > u64::from(u32::MAX) {
-                    return Err(Outcome::Invalid);
-                }
-                let raw = match tag & 7 {
-                    0 => Raw::Varint(varint(&mut b)?),
-                    1 => Raw::Fixed64(take(&mut b, 8)?),
-                    2 => {
-                        let len = usize::try_from(varint(&mut b)?).map_err(|_| Outcome::Invalid)?;
-                        Raw::Bytes(take(&mut b, len)?)
-                    }
-                    5 => Raw::Fixed32(take(&mut b, 4)?),
-                    _ => return Err(Outcome::Fallback),
-                };
-                match tag >> 3 {
+                let (number, raw) = field(&mut b)?;
+                match number {
                     1 => {
                         wire_fits(kt, &raw, false)?;
                         key = Some(raw);
@@ -478,6 +450,26 @@ fn wire_fits(ty: &Ty, raw: &Raw<'_>, repeated: bool) -> Result<(), Outcome> {
         (_, Raw::Fixed64(_)) => packed_width(ty) == Some(8),
     };
     if ok { Ok(()) } else { Err(Outcome::Invalid) }
+}
+
+/// One field of a message: its number and its raw value.
+fn field<'a>(rest: &mut &'a [u8]) -> Result<(u32, Raw<'a>), Outcome> {
+    let key = varint(rest)?;
+    if key >> 3 == 0 || key > u64::from(u32::MAX) {
+        return Err(Outcome::Invalid);
+    }
+    let raw = match key & 7 {
+        0 => Raw::Varint(varint(rest)?),
+        1 => Raw::Fixed64(take(rest, 8)?),
+        2 => {
+            let len = usize::try_from(varint(rest)?).map_err(|_| Outcome::Invalid)?;
+            Raw::Bytes(take(rest, len)?)
+        }
+        5 => Raw::Fixed32(take(rest, 4)?),
+        // Groups (3, 4) and anything else: left to prost-reflect, which judges them.
+        _ => return Err(Outcome::Fallback),
+    };
+    Ok(((key >> 3) as u32, raw))
 }
 
 fn varint(b: &mut &[u8]) -> Result<u64, Outcome> {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::{BufMut, Bytes};
 use http::{HeaderMap, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -22,8 +22,8 @@ use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tonic::Status;
-use tonic::codec::{DecodeBuf, EncodeBuf};
 
+use crate::bytes_codec::BytesCodec;
 use crate::support::*;
 
 pub const SERVICE: &str = "acme.users.v1.UserService";
@@ -207,40 +207,6 @@ impl tonic::server::UnaryService<Bytes> for Unary {
             let out = DynamicMessage::deserialize(output, &answer).expect("a valid answer");
             Ok(tonic::Response::new(Bytes::from(out.encode_to_vec())))
         })
-    }
-}
-
-/// Messages as they are: the test server converts them itself.
-#[derive(Default, Clone)]
-struct BytesCodec;
-
-impl tonic::codec::Codec for BytesCodec {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = BytesCodec;
-    type Decoder = BytesCodec;
-    fn encoder(&mut self) -> BytesCodec {
-        BytesCodec
-    }
-    fn decoder(&mut self) -> BytesCodec {
-        BytesCodec
-    }
-}
-
-impl tonic::codec::Encoder for BytesCodec {
-    type Item = Bytes;
-    type Error = Status;
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for BytesCodec {
-    type Item = Bytes;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
 

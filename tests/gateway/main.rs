@@ -5,6 +5,7 @@ mod support;
 mod attacks;
 mod auth;
 mod browser;
+mod bytes_codec;
 mod caching;
 mod causes;
 mod chaos;
