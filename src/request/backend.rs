@@ -119,6 +119,7 @@ pub fn span(parent: &Span, b: &Backend) -> Span {
 /// the request id), and its report for the access line. `failure` is what failed it,
 /// if anything did (a streamed 5xx is passed on and still a failure).
 pub fn end(
+    route: &str,
     span: Option<&mut Pending>,
     b: &Backend,
     request_id: &HeaderValue,
@@ -139,7 +140,7 @@ pub fn end(
         done.end();
     }
     if let Some(f) = failure {
-        log_failure(b, request_id, f, &report);
+        log_failure(route, b, request_id, f, &report);
     }
     report
 }
@@ -149,7 +150,9 @@ pub fn end(
 /// guard shed the call (an open breaker's refusals would otherwise flood the log: the
 /// breaker logs its own opening at `warn`), `debug` for a backend that could not run
 /// because one it reads from failed (that one's line says why).
-fn log_failure(b: &Backend, request_id: &HeaderValue, f: &Failure, r: &Report) {
+fn log_failure(route: &str, b: &Backend, request_id: &HeaderValue, f: &Failure, r: &Report) {
+    // The `host:port` called, as /routes names it (none when no call was made).
+    let host = r.host.map_or("", |i| b.upstream.hosts.label(i));
     let level = match f {
         Failure::Dependency { .. } => tracing::Level::DEBUG,
         Failure::Rejected(_)
@@ -167,8 +170,10 @@ fn log_failure(b: &Backend, request_id: &HeaderValue, f: &Failure, r: &Report) {
             tracing::event!(
                 $level,
                 request_id = request_id.to_str().unwrap_or_default(),
+                route,
                 backend = &*b.plan.name,
                 upstream = &*b.upstream.name,
+                host,
                 outcome = r.outcome.as_str(),
                 status = r.status,
                 attempts = r.attempts,

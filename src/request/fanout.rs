@@ -24,10 +24,12 @@ use crate::telemetry::access_log::Report;
 use crate::telemetry::metrics::METRICS;
 use crate::telemetry::metrics::labels::{CacheKind, CacheResult};
 use crate::telemetry::trace::{Pending, Span};
-use crate::upstream::{CallSpec, Retry};
+use crate::upstream::{CallSpec, Called, Retry};
 
 /// What a request brings to its backend calls.
 pub struct Call<'a> {
+    /// The route's name, for log lines.
+    pub route: &'a str,
     /// Headers every upstream call carries (already filtered).
     pub headers: &'a HeaderMap,
     /// The forwarded part of the client's query string.
@@ -107,6 +109,7 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
                     Err(failure) => {
                         let report = Report::new(failure.outcome(), None, Duration::ZERO, 0);
                         out.reports[i] = Some(backend::end(
+                            &route.name,
                             Some(&mut span),
                             b,
                             call.request_id,
@@ -148,6 +151,7 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
                         // Its call is cut short with the request (the span says so).
                         let report = Report::new(Outcome::Timeout, None, now - *began, 1);
                         out.reports[i] = Some(backend::end(
+                            &route.name,
                             None,
                             &route.backends[i],
                             call.request_id,
@@ -245,7 +249,14 @@ async fn call_backend(
             max_age: Some(left),
         };
         let failure = result.as_ref().err();
-        let report = backend::end(Some(&mut span), b, call.request_id, failure, report);
+        let report = backend::end(
+            call.route,
+            Some(&mut span),
+            b,
+            call.request_id,
+            failure,
+            report,
+        );
         return (i, result, report, None);
     }
     let cache_miss = b.cache_ttl.is_some() && key.is_some();
@@ -271,15 +282,21 @@ async fn call_backend(
         pass_errors: b.pass_errors,
     };
     let upstream_call = || b.upstream.call_buffered(&spec);
-    let ((mut reply, mut attempts), mut made_call) = match &key {
+    let (mut called, mut made_call) = match &key {
         Some(key) => b.upstream.coalescer.run(key, upstream_call).await,
         None => (upstream_call().await, true),
     };
     // A shared call timed out on its leader's deadline; ours may be later.
-    if !made_call && matches!(reply, Err(Failure::Timeout)) && Instant::now() < call.deadline {
-        (reply, attempts) = upstream_call().await;
+    if !made_call && matches!(called.reply, Err(Failure::Timeout)) && Instant::now() < call.deadline
+    {
+        called = upstream_call().await;
         made_call = true;
     }
+    let Called {
+        reply,
+        attempts,
+        host,
+    } = called;
     let mut hints = Hints::default();
     let mut held = None;
     let (status, result) = match reply {
@@ -319,7 +336,9 @@ async fn call_backend(
     let mut report = Report::new(Outcome::of(&result), status, started.elapsed(), attempts);
     report.cache = b.cache_ttl.map(|_| CacheResult::Miss);
     report.hints = hints;
+    report.host = host;
     let report = backend::end(
+        call.route,
         Some(&mut span),
         b,
         call.request_id,

@@ -714,6 +714,7 @@ async fn aggregate(
         vary.push_str(q);
     }
     let call = Call {
+        route: &route.name,
         headers: &headers,
         query: query.as_deref(),
         client_query: parts.uri.query(),
@@ -749,7 +750,12 @@ async fn aggregate(
         Through::Hit(body) => Ok(json_response(cached(body), &request_id, Some(verdict))),
         Through::Miss(fetched) => Ok(json_response(fetched, &request_id, Some(verdict))),
         Through::Stale(body, e) => {
-            tracing::warn!(route = %route.name, error = e.code(), "serving a stale answer");
+            tracing::warn!(
+                request_id = request_id.to_str().unwrap_or_default(),
+                route = %route.name,
+                error = e.code(),
+                "serving a stale answer"
+            );
             Ok(json_response(cached(body), &request_id, Some(verdict)))
         }
         Through::Failed(e) => {

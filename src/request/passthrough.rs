@@ -95,7 +95,7 @@ pub async fn forward(mut out: Outbound<'_>, body: Inbound) -> Result<Answer, Gat
             watch.as_ref(),
         )
         .await;
-    let (resp, held) = report(route, tried, record, &mut span)?;
+    let (resp, held) = report(route, base, tried, record, &mut span)?;
     let out = answer(resp, held, route, &record.request_id);
     match keep_whole {
         Some(most) if keepable(&out, most) => whole(out, most, route).await,
@@ -163,6 +163,7 @@ pub(crate) fn begin(out: &mut Outbound<'_>) -> Result<(Pending, usize, http::Uri
             let record = &mut *out.record;
             let report = Report::new(f.outcome(), None, std::time::Duration::ZERO, 0);
             let report = backend::end(
+                &route.name,
                 Some(&mut span),
                 backend,
                 &record.request_id,
@@ -179,6 +180,7 @@ pub(crate) fn begin(out: &mut Outbound<'_>) -> Result<(Pending, usize, http::Uri
 /// failure that took its place.
 pub(crate) fn report(
     route: &Route,
+    base: usize,
     tried: Tried<(Response<Incoming>, Held)>,
     record: &mut AccessRecord,
     span: &mut Pending,
@@ -194,8 +196,17 @@ pub(crate) fn report(
         tried.elapsed,
         u32::from(tried.sent),
     );
+    let mut report = report;
+    report.host = Some(base);
     let failure = tried.verdict.as_ref().err();
-    let report = backend::end(Some(span), backend, &record.request_id, failure, report);
+    let report = backend::end(
+        &route.name,
+        Some(span),
+        backend,
+        &record.request_id,
+        failure,
+        report,
+    );
     record.backends.push((backend.plan.name.clone(), report));
     match (tried.answer, tried.verdict) {
         (Some(answer), _) => Ok(answer),

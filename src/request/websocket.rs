@@ -176,7 +176,7 @@ pub async fn tunnel(mut out: Outbound<'_>, upgrading: Upgrading) -> Result<Answe
     let tried = upstream
         .call_upgrade(base, req, deadline, &span.span, &backend.span_name)
         .await;
-    let (mut resp, held) = passthrough::report(route, tried, record, &mut span)?;
+    let (mut resp, held) = passthrough::report(route, base, tried, record, &mut span)?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // Refused: the client hears why, as the upstream said it.
         return Ok(passthrough::answer(resp, held, route, &record.request_id));
@@ -214,11 +214,20 @@ pub async fn tunnel(mut out: Outbound<'_>, upgrading: Upgrading) -> Result<Answe
         let (client, upstream) = match both {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => {
-                tracing::debug!(route = %name, error = %e, "WebSocket handover failed");
+                tracing::debug!(
+                    request_id = request_id.to_str().unwrap_or_default(),
+                    route = %name,
+                    error = %e,
+                    "WebSocket handover failed"
+                );
                 return;
             }
             Err(_) => {
-                tracing::debug!(route = %name, "WebSocket handover timed out");
+                tracing::debug!(
+                    request_id = request_id.to_str().unwrap_or_default(),
+                    route = %name,
+                    "WebSocket handover timed out"
+                );
                 return;
             }
         };

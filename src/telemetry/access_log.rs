@@ -64,6 +64,8 @@ pub struct Report {
     pub cache: Option<CacheResult>,
     /// What the upstream's `cache-control` allows (for the route cache).
     pub hints: Hints,
+    /// Which of the upstream's `urls` the answer (or the last attempt) came from.
+    pub host: Option<usize>,
 }
 
 impl Report {
@@ -75,6 +77,7 @@ impl Report {
             attempts,
             cache: None,
             hints: Hints::default(),
+            host: None,
         }
     }
 }

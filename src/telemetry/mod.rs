@@ -23,6 +23,7 @@ pub fn init(format: LogFormat) -> (LogSink, WorkerGuard) {
     });
     // Colour codes only for a person at a terminal, never into a file or a collector.
     let builder = tracing_subscriber::fmt()
+        .with_timer(Millis)
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_writer(writer.clone());
@@ -35,6 +36,16 @@ pub fn init(format: LogFormat) -> (LogSink, WorkerGuard) {
         LogFormat::Pretty => builder.try_init(),
     };
     (sink(writer), guard)
+}
+
+/// Every line's timestamp as the access line's: RFC 3339, UTC, milliseconds (one
+/// precision in one log, so lines sort and compare as text).
+struct Millis;
+
+impl tracing_subscriber::fmt::time::FormatTime for Millis {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        w.write_str(&access_log::timestamp(std::time::SystemTime::now()))
+    }
 }
 
 fn sink(writer: NonBlocking) -> LogSink {

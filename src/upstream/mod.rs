@@ -67,7 +67,7 @@ pub struct Upstream {
     /// bucket decides while Redis cannot).
     shared_rate: Option<SharedRate>,
     /// Identical GETs in flight share one call (docs/configuration.md#coalescing).
-    pub coalescer: Coalescer<(Reply, u32)>,
+    pub coalescer: Coalescer<Called>,
     metrics: UpstreamMetrics,
     /// Starts this upstream's cache and coalescing keys: its name and a fingerprint of
     /// its settings, so answers of an upstream that was repointed are not served.
@@ -81,6 +81,15 @@ pub struct Upstream {
 /// A 2xx answer (status, body, what its `cache-control` allows), or why not.
 /// The body is held against `buffer_capacity` as long as its [`Charge`] lives.
 pub type Reply = Result<(StatusCode, Bytes, Hints, Charge), Failure>;
+
+/// How a buffered call ended: its answer, the attempts sent (refused ones are not),
+/// and which of the upstream's hosts gave the answer (the last one tried when none did).
+#[derive(Clone)]
+pub struct Called {
+    pub reply: Reply,
+    pub attempts: u32,
+    pub host: Option<usize>,
+}
 
 /// Which failures a call may be sent again after, and whether it may be hedged
 /// (docs/configuration.md#resilience-order-and-state, #grpc-backends).
@@ -351,8 +360,7 @@ impl Upstream {
     /// `idempotency-key`: after a connect error, a timeout or a 502/503/504; a gRPC
     /// method after UNAVAILABLE), never past the route deadline, and within the retry
     /// budget. With `hedge`, see [`Upstream::call_hedged`].
-    /// Returns the result and the number of attempts sent (refused ones are not).
-    pub async fn call_buffered(&self, spec: &CallSpec<'_>) -> (Reply, u32) {
+    pub async fn call_buffered(&self, spec: &CallSpec<'_>) -> Called {
         let (attempts, backoff) = match (&self.settings.retry, spec.retry) {
             (_, Retry::Never) | (None, _) => (1, Duration::ZERO),
             (Some(r), _) => (r.attempts.max(1), r.backoff),
@@ -382,7 +390,13 @@ impl Upstream {
             };
             let retry = match &result {
                 Err(f) if self.may_retry(f, n, attempts, backoff, spec) => f,
-                _ => return (result, sent),
+                _ => {
+                    return Called {
+                        reply: result,
+                        attempts: sent,
+                        host,
+                    };
+                }
             };
             self.log_retry(spec, n, retry);
             if !backoff.is_zero() {
@@ -445,7 +459,7 @@ impl Upstream {
         attempts: u32,
         backoff: Duration,
         after: Duration,
-    ) -> (Reply, u32) {
+    ) -> Called {
         use futures_util::StreamExt;
         use futures_util::stream::FuturesUnordered;
         type Racing<'a> = std::pin::Pin<
@@ -458,7 +472,13 @@ impl Upstream {
             n += 1;
             let (base, uri) = match self.target(spec.path.to_owned(), host) {
                 Ok(t) => t,
-                Err(f) => return (Err(f), sent),
+                Err(f) => {
+                    return Called {
+                        reply: Err(f),
+                        attempts: sent,
+                        host,
+                    };
+                }
             };
             host = Some(base);
             let mut racing: FuturesUnordered<Racing<'_>> = FuturesUnordered::new();
@@ -471,6 +491,7 @@ impl Upstream {
             let hedge_at = Instant::now() + after;
             let mut hedged = false;
             let mut hedge_sent = false;
+            let mut hedge_host = None;
             let mut last = None;
             while !racing.is_empty() {
                 let may_hedge = !hedged && n < attempts && hedge_at < spec.deadline;
@@ -493,6 +514,7 @@ impl Upstream {
                                         "no answer yet; hedging"
                                     );
                                     hedge_sent = true;
+                                    hedge_host = Some(other);
                                     racing.push(Box::pin(async move {
                                         (true, self.buffered_attempt(spec, other, uri, n, true).await)
                                     }));
@@ -514,7 +536,11 @@ impl Upstream {
                             .hedge(if is_hedge { Hedge::Won } else { Hedge::Lost });
                     }
                     // The other attempt, cancelled now, was sent too.
-                    return (result, sent + racing.len() as u32);
+                    return Called {
+                        reply: result,
+                        attempts: sent + racing.len() as u32,
+                        host: if is_hedge { hedge_host } else { Some(base) },
+                    };
                 }
                 last = Some(result);
             }
@@ -524,7 +550,13 @@ impl Upstream {
             let result = last.unwrap_or(Err(Failure::BadResponse("no answer")));
             let retry = match &result {
                 Err(f) if self.may_retry(f, n, attempts, backoff, spec) => f,
-                _ => return (result, sent),
+                _ => {
+                    return Called {
+                        reply: result,
+                        attempts: sent,
+                        host: Some(base),
+                    };
+                }
             };
             self.log_retry(spec, n, retry);
             if !backoff.is_zero() {

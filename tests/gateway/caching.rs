@@ -169,6 +169,15 @@ async fn a_stale_answer_stands_in_when_the_fresh_attempt_fails() {
     assert_eq!(r.header("x-manifold-cache"), Some("stale"));
     assert_eq!(r.json(), json!({"v": "good"}));
     assert_eq!(up.hits(), 2, "a fresh attempt was made first");
+    // Its log line is the request's: it carries the request id.
+    let id = r.header("x-request-id").unwrap();
+    let events = crate::support::events_for(id, 2).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["message"] == "serving a stale answer"),
+        "{events:#?}"
+    );
 
     // Without stale_if_error, the error goes through (and still says miss).
     let gw = Gateway::start(&cached_route(&up.url(), "cache = { ttl = \"150ms\" }")).await;

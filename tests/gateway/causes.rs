@@ -53,6 +53,10 @@ passthrough = true
     first.error(502, "UPSTREAM_ERROR");
     let id = first.header("x-request-id").unwrap();
     assert_eq!(gw.access_line(id).await["backends"]["svc"]["attempts"], 1);
+    // The line names the route and the host:port that was called.
+    let called = failures_of(id, 1).await;
+    assert_eq!(called[0]["route"], "merged");
+    assert_eq!(called[0]["host"], dead.to_string());
 
     for path in ["/m", "/p"] {
         let r = gw.get(path).await;
@@ -65,6 +69,8 @@ passthrough = true
         let logged = failures_of(id, 1).await;
         assert_eq!(logged[0]["level"], "INFO", "a refusal is not a warning");
         assert_eq!(logged[0]["cause"], "circuit breaker open");
+        let route = if path == "/m" { "merged" } else { "streamed" };
+        assert_eq!(logged[0]["route"], route);
     }
 }
 

@@ -623,48 +623,55 @@ async fn only_idempotent_methods_are_hedged() {
             (delay, Ok(user(method, req)))
         })
     };
+    let hedge_upstream = |name: &str, urls: &[String]| {
+        grpc_upstream(
+            name,
+            urls,
+            "timeout = \"2s\"\nretry = { attempts = 2 }\nhedge = { after = \"50ms\" }",
+        )
+    };
+    let hedges = |metrics: &str, upstream: &str, result: &str| {
+        series(
+            metrics,
+            &format!("manifold_hedges_total{{upstream=\"{upstream}\",result=\"{result}\"}}"),
+        )
+    };
     let first = slow_first();
     let a = GrpcServer::start(first.clone()).await;
     let b = GrpcServer::start(first).await;
-    let routes = "[[routes]]\nname = \"grpc_hedge_read\"\npath = \"/read/{id}\"\n  [[routes.backends]]\n  upstream = \"hedged\"\n  grpc = \"acme.users.v1.UserService/GetUser\"\n[[routes]]\nname = \"grpc_hedge_write\"\npath = \"/write/{id}\"\n  [[routes.backends]]\n  upstream = \"hedged\"\n  grpc = \"acme.users.v1.UserService/CreateUser\"\n";
     let gw = Gateway::start(&format!(
-        "{}{routes}",
-        grpc_upstream(
-            "hedged",
-            &[a.url(), b.url()],
-            "timeout = \"2s\"\nretry = { attempts = 2 }\nhedge = { after = \"50ms\" }"
-        ),
+        "{}[[routes]]\nname = \"grpc_hedge_read\"\npath = \"/read/{{id}}\"\n  [[routes.backends]]\n  upstream = \"hedged_read\"\n  grpc = \"acme.users.v1.UserService/GetUser\"\n",
+        hedge_upstream("hedged_read", &[a.url(), b.url()]),
     ))
     .await;
-    let started = tokio::time::Instant::now();
-    let r = gw.get("/read/1").await;
-    assert_eq!(r.status, 200);
-    assert!(
-        started.elapsed() < Duration::from_millis(350),
-        "the hedge answered"
-    );
+    assert_eq!(gw.get("/read/1").await.status, 200);
     assert_eq!(a.hits() + b.hits(), 2, "one attempt and one hedge");
-    // The slow first call is spent: two new servers, slow first again.
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        hedges(&metrics, "hedged_read", "won"),
+        1.0,
+        "the hedge's answer was used"
+    );
+    // Two new servers, slow first again, for a method without a level.
     let first = slow_first();
     let c = GrpcServer::start(first.clone()).await;
     let d = GrpcServer::start(first).await;
     let gw = Gateway::start(&format!(
-        "{}{routes}",
-        grpc_upstream(
-            "hedged",
-            &[c.url(), d.url()],
-            "timeout = \"2s\"\nretry = { attempts = 2 }\nhedge = { after = \"50ms\" }"
-        ),
+        "{}[[routes]]\nname = \"grpc_hedge_write\"\npath = \"/write/{{id}}\"\n  [[routes.backends]]\n  upstream = \"hedged_write\"\n  grpc = \"acme.users.v1.UserService/CreateUser\"\n",
+        hedge_upstream("hedged_write", &[c.url(), d.url()]),
     ))
     .await;
-    let started = tokio::time::Instant::now();
-    let r = gw.get("/write/1").await;
-    assert_eq!(r.status, 200);
-    assert!(
-        started.elapsed() >= Duration::from_millis(350),
-        "no hedge: it waited"
+    assert_eq!(gw.get("/write/1").await.status, 200);
+    assert_eq!(
+        c.hits() + d.hits(),
+        1,
+        "one attempt only: it waited for the slow one"
     );
-    assert_eq!(c.hits() + d.hits(), 1, "one attempt only");
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        hedges(&metrics, "hedged_write", "won") + hedges(&metrics, "hedged_write", "lost"),
+        0.0
+    );
 }
 
 /// UNAVAILABLE counts for the breaker as a 503 does: it opens, and then refuses
@@ -717,7 +724,7 @@ async fn grpc_health_checks_and_outlier_ejection_take_hosts_out() {
         ),
     ))
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    host_state(&gw, "checked", 0, "unhealthy").await;
     for i in 0..6 {
         assert_eq!(gw.get(&format!("/u/{i}")).await.status, 200);
     }
@@ -726,7 +733,7 @@ async fn grpc_health_checks_and_outlier_ejection_take_hosts_out() {
     a.health
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    host_state(&gw, "checked", 0, "ok").await;
     for i in 0..6 {
         assert_eq!(gw.get(&format!("/u/{i}")).await.status, 200);
     }
@@ -762,6 +769,17 @@ async fn grpc_health_checks_and_outlier_ejection_take_hosts_out() {
         after.0 == before.0 || after.1 == before.1,
         "one host is out of the rotation: {before:?} -> {after:?}"
     );
+}
+
+/// Waits (up to 5 s) until `/routes` shows host `i` of `upstream` in `state`.
+async fn host_state(gw: &Gateway, upstream: &str, i: usize, state: &str) {
+    for _ in 0..250 {
+        if gw.routes().await["upstreams"][upstream]["hosts"][i]["state"] == state {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("host {i} of {upstream} never became {state}");
 }
 
 /// A value that does not convert to its field's type is the client's error: 400
@@ -859,6 +877,20 @@ async fn messages_from_the_body_defaults_other_backends_and_claims() {
         json!({"id": "77", "lang": "lang-fr"})
     );
 
+    // Another backend reads a gRPC answer by its JSON names.
+    let gw2 = Gateway::start(&format!(
+        "{}{}[[routes]]\nname = \"grpc_read_by\"\npath = \"/after/{{id}}\"\n  [[routes.backends]]\n  name = \"user\"\n  upstream = \"msgs\"\n  grpc = \"acme.users.v1.UserService/GetUser\"\n  group = \"user\"\n  [[routes.backends]]\n  upstream = \"owners\"\n  path = \"/by-name/{{user.displayName}}?big={{user.big}}\"\n  group = \"owner\"\n",
+        grpc_upstream("msgs", &[grpc.url()], ""),
+        upstream("owners", &owners.url(), ""),
+    ))
+    .await;
+    let r = gw2.get("/after/6").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        owners.last().uri.to_string(),
+        "/by-name/user%206?big=18446744073709551615",
+        "a lowerCamelCase name, a 64-bit string"
+    );
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &json!({"sub": "31", "exp": 4_000_000_000u64}),
@@ -905,6 +937,8 @@ async fn cached_reads_log_lines_and_metrics() {
         .find(|e| e["message"] == "backend failed")
         .expect("a backend failed line");
     assert_eq!(line["cause"], "grpc-status 5 NOT_FOUND: no user 404");
+    assert_eq!(line["route"], "grpc_cached");
+    assert_eq!(line["host"], grpc.addr.to_string());
     let access = gw.access_line(id).await;
     assert_eq!(
         access["backends"]["grpc_metered"]["outcome"], "rejected",

@@ -38,6 +38,48 @@ async fn serves_h2c_with_prior_knowledge() {
     );
 }
 
+/// `/routes` shows every policy a route has, as `manifold routes` does: rate limit,
+/// CORS (its own or `[cors]`'s), forwarded headers and query, the cache with its
+/// `stale_if_error`, auth, validation and idempotency.
+#[tokio::test]
+async fn routes_shows_every_policy_of_a_route() {
+    let up = Upstream::json(json!({})).await;
+    let gw = Gateway::start(&format!(
+        "[cors]\nallow_origins = [\"https://app.test\"]\n[auth.jwt.app]\nsecret = \"a-routes-test-secret-of-32-bytes-at-least\"\nalgorithms = [\"HS256\"]\n{}\
+         [[routes]]\nname = \"policies\"\npath = \"/p/{{id}}\"\nforward_headers = [\"accept-language\"]\nforward_query = [\"lang\"]\n\
+         rate_limit = {{ per_second = 5, burst = 10, key = \"header:x-api-key\" }}\ncache = {{ ttl = \"2s\", stale_if_error = \"1m\" }}\n\
+         auth = {{ jwt = \"app\" }}\nvalidate = {{ params = {{ type = \"object\" }} }}\n\
+           [[routes.backends]]\n  upstream = \"svc\"\n  path = \"/p/{{id}}\"\n\
+         [[routes]]\nname = \"own_cors\"\npath = \"/o\"\nmethod = \"POST\"\ncors = {{ allow_origins = [\"https://other.test\"], allow_credentials = true }}\nidempotency = {{ ttl = \"1h\" }}\n\
+           [[routes.backends]]\n  upstream = \"svc\"\n  path = \"/o\"\n",
+        upstream("svc", &up.url(), ""),
+    ))
+    .await;
+    let routes = gw.routes().await;
+    let p = &routes["routes"][0];
+    assert_eq!(
+        p["rate_limit"],
+        json!({"per_second": 5.0, "burst": 10, "key": "header:x-api-key", "max_keys": p["rate_limit"]["max_keys"]})
+    );
+    assert_eq!(p["cors"]["from"], "[cors]");
+    assert_eq!(p["cors"]["allow_origins"], json!(["https://app.test"]));
+    assert_eq!(p["forward_headers"], json!(["accept-language"]));
+    assert_eq!(p["forward_query"], json!(["lang"]));
+    assert_eq!(
+        p["cache"],
+        json!({"ttl_ms": 2000, "stale_if_error_ms": 60000})
+    );
+    assert_eq!(p["auth"]["jwt"], "app");
+    assert_eq!(p["validate"]["params"], "inline");
+    let o = &routes["routes"][1];
+    assert_eq!(o["cors"]["from"], "route");
+    assert_eq!(o["cors"]["allow_credentials"], true);
+    assert_eq!(o["idempotency"]["ttl_ms"], 3_600_000);
+    assert_eq!(o["rate_limit"], serde_json::Value::Null);
+    // No secret: the validator's secret is nowhere in it.
+    assert!(!routes.to_string().contains("a-routes-test-secret"));
+}
+
 #[tokio::test]
 async fn admin_health_ready_and_routes() {
     let up = Upstream::json(json!({})).await;
@@ -198,6 +240,22 @@ async fn binary_exits_zero_on_sigterm() {
         .expect("exits after SIGTERM")
         .unwrap();
     assert_eq!(status.code(), Some(0));
+    // Every line, the access line and the gateway's own, carries one timestamp form:
+    // RFC 3339, UTC, milliseconds.
+    let lines = gw.lines.lock().unwrap().clone();
+    let stamps: Vec<String> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["timestamp"].as_str().map(str::to_string))
+        .collect();
+    assert!(stamps.len() >= 3, "{lines:?}");
+    for t in &stamps {
+        let b = t.as_bytes();
+        assert!(
+            b.len() == 24 && b[10] == b'T' && b[19] == b'.' && b[23] == b'Z',
+            "{t} in {lines:?}"
+        );
+    }
 }
 
 #[tokio::test]
