@@ -32,14 +32,41 @@ fn answer(live: &Live, req: &Request<Incoming>) -> Response<Body<Never>> {
         }
         "/ready" => plain(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not_ready"}"#),
         "/routes" => json_response(&routes(&live.gateway.load())),
-        "/metrics" => metrics(&live.gateway.load()),
+        "/metrics" => metrics(&live.gateway.load(), wants_openmetrics(req.headers())),
         // The contract's error body, with the request id like every other error.
         _ => GatewayError::RouteNotFound.into_response(&forward::request_id(req.headers())),
     }
 }
 
-/// Prometheus text (OpenMetrics); breaker gauges are read at scrape time.
-fn metrics(gw: &Gateway) -> Response<Body<Never>> {
+/// Whether a scraper asked for OpenMetrics before the Prometheus text format (as
+/// Prometheus does: `application/openmetrics-text;version=1.0.0,...,text/plain;
+/// version=0.0.4;q=0.5`). `text/plain`, `*/*` or no `accept` (curl, promtool, older
+/// scrapers) get the text format 0.0.4 (docs/operations.md#admin-endpoints).
+fn wants_openmetrics(headers: &http::HeaderMap) -> bool {
+    let mut open = 0.0f32;
+    let mut text = 0.0f32;
+    for value in headers.get_all(header::ACCEPT) {
+        let Ok(value) = value.to_str() else { continue };
+        for item in value.split(',') {
+            let mut parts = item.split(';');
+            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            match media.as_str() {
+                "application/openmetrics-text" => open = open.max(q),
+                "text/plain" => text = text.max(q),
+                _ => {}
+            }
+        }
+    }
+    open > 0.0 && open >= text
+}
+
+/// Prometheus metrics, OpenMetrics or the text format 0.0.4 as the scraper asks;
+/// breaker gauges are read at scrape time.
+fn metrics(gw: &Gateway, openmetrics: bool) -> Response<Body<Never>> {
     METRICS.sample_process();
     METRICS.buffers(gw.buffers.used(), gw.buffers.limit());
     for r in &gw.routes {
@@ -58,11 +85,20 @@ fn metrics(gw: &Gateway) -> Response<Body<Never>> {
             METRICS.host_state(&u.name, u.hosts.label(i), u.hosts.state(i).gauge());
         }
     }
-    let mut r = Response::new(Body::from(METRICS.encode().into_bytes()));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
+    let (text, content_type) = if openmetrics {
+        (
+            METRICS.encode(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+    } else {
+        (
+            METRICS.encode_text(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+    };
+    let mut r = Response::new(Body::from(text.into_bytes()));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
@@ -90,7 +126,24 @@ pub fn routes(gw: &Gateway) -> Value {
                 "timeout_ms": r.deadline.as_millis() as u64,
                 "passthrough": r.passthrough,
                 "websocket": r.websocket.is_some(),
-                "cache": rc.cache.as_ref().map(|c| json!({"ttl_ms": c.ttl.as_millis() as u64})),
+                "cache": rc.cache.as_ref().map(|c| json!({
+                    "ttl_ms": c.ttl.as_millis() as u64,
+                    "stale_if_error_ms": c.stale_if_error.map(|d| d.as_millis() as u64),
+                })),
+                // Every policy the route has, as `manifold routes` shows them.
+                "rate_limit": rc.rate_limit.as_ref().map(|l| json!({
+                    "per_second": l.rate.per_second,
+                    "burst": l.rate.burst,
+                    "key": limit_key(&l.key),
+                    "max_keys": l.max_keys,
+                })),
+                "cors": match &rc.cors {
+                    crate::config::RouteCors::Off => json!(false),
+                    crate::config::RouteCors::Own(c) => cors_json(c, "route"),
+                    crate::config::RouteCors::Inherit => gw.config.cors.as_ref().map_or(json!(false), |c| cors_json(c, "[cors]")),
+                },
+                "forward_headers": rc.forward_headers,
+                "forward_query": rc.forward_query,
                 // What goes on the wire: codings in order (false: off), and the
                 // cache-control of complete answers (merged routes).
                 "compression": r.wire.compression.as_ref().map_or(Value::Bool(false), |c| json!({
@@ -304,6 +357,28 @@ pub fn route_table(config: &crate::config::Config) -> String {
     out
 }
 
+/// A rate limit's key as routes.toml writes it.
+fn limit_key(k: &crate::config::LimitKey) -> String {
+    match k {
+        crate::config::LimitKey::ClientIp => "client_ip".into(),
+        crate::config::LimitKey::Global => "global".into(),
+        crate::config::LimitKey::Header(h) => format!("header:{h}"),
+        crate::config::LimitKey::Claim(c) => format!("claim:{c}"),
+    }
+}
+
+/// A CORS policy and where it comes from (`route` or `[cors]`).
+fn cors_json(c: &crate::config::CorsConfig, from: &str) -> Value {
+    json!({
+        "from": from,
+        "allow_origins": c.allow_origins,
+        "allow_headers": c.allow_headers,
+        "expose_headers": c.expose_headers,
+        "allow_credentials": c.allow_credentials,
+        "max_age_s": c.max_age.map(|d| d.as_secs()),
+    })
+}
+
 /// A fixed JSON answer.
 fn plain(status: StatusCode, body: &'static str) -> Response<Body<Never>> {
     let mut r = Response::new(Body::from(body));
@@ -313,4 +388,32 @@ fn plain(status: StatusCode, body: &'static str) -> Response<Body<Never>> {
         HeaderValue::from_static("application/json"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(v: &str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn openmetrics_only_for_scrapers_that_ask_for_it_first() {
+        assert!(wants_openmetrics(&accept(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        )));
+        assert!(wants_openmetrics(&accept("application/openmetrics-text")));
+        assert!(!wants_openmetrics(&accept("text/plain")));
+        assert!(!wants_openmetrics(&accept("*/*")));
+        assert!(!wants_openmetrics(&http::HeaderMap::new()));
+        assert!(!wants_openmetrics(&accept(
+            "text/plain;version=0.0.4,application/openmetrics-text;q=0.5"
+        )));
+        assert!(!wants_openmetrics(&accept(
+            "application/openmetrics-text;q=0"
+        )));
+    }
 }
