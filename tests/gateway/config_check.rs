@@ -599,3 +599,88 @@ cors = true
         "{out}"
     );
 }
+
+/// The SRE kit in deploy/: the alerting rules pass `promtool check rules`, the
+/// PrometheusRule holds the same groups, and every series the rules and the Grafana
+/// dashboard query is one the gateway exports.
+#[test]
+fn deploy_rules_and_dashboard_query_what_the_gateway_exports() {
+    let rules = std::fs::read_to_string("deploy/prometheus/manifold-rules.yaml").unwrap();
+    let checked = std::process::Command::new("promtool")
+        .args(["check", "rules", "deploy/prometheus/manifold-rules.yaml"])
+        .output()
+        .expect("promtool runs (.ci/run installs it: apt-get install prometheus)");
+    assert!(
+        checked.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let operator = std::fs::read_to_string("deploy/kubernetes/prometheusrule.yaml").unwrap();
+    let groups = &rules[rules.find("groups:").unwrap()..];
+    let indented: String = groups
+        .lines()
+        .map(|l| {
+            if l.is_empty() {
+                "\n".to_string()
+            } else {
+                format!("  {l}\n")
+            }
+        })
+        .collect();
+    assert!(
+        operator.ends_with(&format!("spec:\n{indented}")),
+        "prometheusrule.yaml's spec is manifold-rules.yaml's groups"
+    );
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string("deploy/grafana/manifold-dashboard.json").unwrap(),
+    )
+    .unwrap();
+    let mut queries: Vec<String> = rules
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    for p in panels {
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{p}");
+        queries.extend(
+            targets
+                .iter()
+                .map(|t| t["expr"].as_str().unwrap().to_string()),
+        );
+    }
+    // The families the gateway registers (the metrics table's names: a family shows in
+    // /metrics once it has a series), with their samples' suffixes.
+    let table = std::fs::read_to_string("src/telemetry/metrics/mod.rs").unwrap();
+    let families: Vec<&str> = table
+        .split('"')
+        .filter(|w| {
+            (w.starts_with("manifold_") || w.starts_with("http_server_"))
+                && w.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        })
+        .collect();
+    let known = |name: &str| {
+        families.iter().any(|f| {
+            name == *f
+                || ["_total", "_bucket", "_count", "_sum"]
+                    .iter()
+                    .any(|s| name == format!("{f}{s}"))
+        })
+    };
+    let mut seen = 0;
+    for q in &queries {
+        for word in q.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("manifold_") || word.starts_with("http_server_") {
+                assert!(
+                    known(word),
+                    "{word} (in {q}) is not a metric the gateway exports"
+                );
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 30, "{seen} series named");
+}

@@ -14,6 +14,12 @@ use crate::support::{Gateway, Upstream, series, upstream};
 /// `POST /pay` (one backend, `idempotency`), `POST /must` (`required`), `POST /big`,
 /// `POST /flaky` and `POST /slow`; the upstream counts its calls per path.
 async fn payments() -> (Upstream, Gateway, Arc<AtomicUsize>) {
+    payments_named("POST /").await
+}
+
+/// As [`payments`], each route named `{prefix}{path}`: a test that counts a route's
+/// series gives its routes names no other test shares (metrics are per process).
+async fn payments_named(prefix: &str) -> (Upstream, Gateway, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = calls.clone();
     let up = Upstream::start(move |s| {
@@ -37,7 +43,7 @@ async fn payments() -> (Upstream, Gateway, Arc<AtomicUsize>) {
     .await;
     let route = |path: &str, extra: &str| {
         format!(
-            "[[routes]]\npath = \"/{path}\"\nmethod = \"POST\"\nforward_headers = [\"authorization\"]\n{extra}\n  [[routes.backends]]\n  upstream = \"pay\"\n  path = \"/{path}\"\n  pass_errors = true\n"
+            "[[routes]]\nname = \"{prefix}{path}\"\npath = \"/{path}\"\nmethod = \"POST\"\nforward_headers = [\"authorization\"]\n{extra}\n  [[routes.backends]]\n  upstream = \"pay\"\n  path = \"/{path}\"\n  pass_errors = true\n"
         )
     };
     let idem = "idempotency = { ttl = \"1h\" }";
@@ -65,7 +71,7 @@ async fn pay(gw: &Gateway, path: &str, key: Option<&str>, body: &Value) -> crate
 
 #[tokio::test]
 async fn a_payment_sent_twice_is_charged_once() {
-    let (up, gw, _) = payments().await;
+    let (up, gw, _) = payments_named("charged /").await;
     let order = json!({"amount": 1200, "currency": "EUR"});
     let first = pay(&gw, "/pay", Some("k-1"), &order).await;
     assert_eq!(first.status, 201, "{:?}", first.body);
@@ -103,7 +109,7 @@ async fn a_payment_sent_twice_is_charged_once() {
     let count = |result: &str| {
         series(
             &metrics,
-            &format!("manifold_idempotency_total{{route=\"POST /pay\",result=\"{result}\"}}"),
+            &format!("manifold_idempotency_total{{route=\"charged /pay\",result=\"{result}\"}}"),
         )
     };
     assert_eq!(
@@ -146,7 +152,7 @@ async fn a_second_request_while_the_first_runs_gets_409_or_422() {
 
 #[tokio::test]
 async fn keys_are_checked_and_required_where_the_route_says() {
-    let (up, gw, _) = payments().await;
+    let (up, gw, _) = payments_named("keys /").await;
     let order = json!({"amount": 1});
     pay(&gw, "/must", None, &order)
         .await
@@ -178,14 +184,14 @@ async fn keys_are_checked_and_required_where_the_route_says() {
     assert_eq!(
         series(
             &metrics,
-            "manifold_idempotency_total{route=\"POST /must\",result=\"missing\"}"
+            "manifold_idempotency_total{route=\"keys /must\",result=\"missing\"}"
         ),
         1.0
     );
     assert_eq!(
         series(
             &metrics,
-            "manifold_idempotency_total{route=\"POST /pay\",result=\"invalid\"}"
+            "manifold_idempotency_total{route=\"keys /pay\",result=\"invalid\"}"
         ),
         5.0
     );
@@ -193,7 +199,7 @@ async fn keys_are_checked_and_required_where_the_route_says() {
 
 #[tokio::test]
 async fn only_final_answers_are_kept_and_identities_never_meet() {
-    let (up, gw, _) = payments().await;
+    let (up, gw, _) = payments_named("kept /").await;
     let order = json!({"amount": 3});
     // A 5xx is not kept: the retry reaches the upstream, and its answer is kept.
     pay(&gw, "/flaky", Some("f-1"), &order)
@@ -239,7 +245,7 @@ async fn only_final_answers_are_kept_and_identities_never_meet() {
     let count = |route: &str, result: &str| {
         series(
             &metrics,
-            &format!("manifold_idempotency_total{{route=\"POST /{route}\",result=\"{result}\"}}"),
+            &format!("manifold_idempotency_total{{route=\"kept /{route}\",result=\"{result}\"}}"),
         )
     };
     assert_eq!(count("flaky", "not_stored"), 1.0);
@@ -300,7 +306,7 @@ async fn with_auth_a_key_is_the_users_and_a_replay_is_checked_and_limited() {
     })
     .await;
     let gw = Gateway::start(&format!(
-        "[auth.jwt.hs]\nsecret = \"{SECRET}\"\nalgorithms = [\"HS256\"]\n{}\n[[routes]]\npath = \"/pay\"\nmethod = \"POST\"\nauth = {{ jwt = \"hs\" }}\nrate_limit = {{ per_second = 1, burst = 4, key = \"global\" }}\nidempotency = {{ ttl = \"1h\" }}\n  [[routes.backends]]\n  upstream = \"pay\"\n  path = \"/pay\"\n",
+        "[auth.jwt.hs]\nsecret = \"{SECRET}\"\nalgorithms = [\"HS256\"]\n{}\n[[routes]]\nname = \"pay_with_auth\"\npath = \"/pay\"\nmethod = \"POST\"\nauth = {{ jwt = \"hs\" }}\nrate_limit = {{ per_second = 1, burst = 4, key = \"global\" }}\nidempotency = {{ ttl = \"1h\" }}\n  [[routes.backends]]\n  upstream = \"pay\"\n  path = \"/pay\"\n",
         upstream("pay", &up.url(), "")
     ))
     .await;
@@ -368,7 +374,7 @@ async fn a_client_that_leaves_frees_its_key() {
 async fn a_request_refused_by_its_schema_takes_no_key() {
     let up = Upstream::json(json!({"ok": true})).await;
     let gw = Gateway::start(&format!(
-        "{}\n[[routes]]\npath = \"/pay\"\nmethod = \"POST\"\nvalidate = {{ body = {{ type = \"object\", required = [\"amount\"] }} }}\nidempotency = {{ ttl = \"1h\" }}\n  [[routes.backends]]\n  upstream = \"pay\"\n  path = \"/pay\"\n",
+        "{}\n[[routes]]\nname = \"pay_validated\"\npath = \"/pay\"\nmethod = \"POST\"\nvalidate = {{ body = {{ type = \"object\", required = [\"amount\"] }} }}\nidempotency = {{ ttl = \"1h\" }}\n  [[routes.backends]]\n  upstream = \"pay\"\n  path = \"/pay\"\n",
         upstream("pay", &up.url(), "")
     ))
     .await;

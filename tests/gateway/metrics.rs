@@ -67,9 +67,14 @@ cache = {{ ttl = \"30s\" }}
     gw.get("/cached").await;
     gw.get("/no-such-route").await;
 
+    // What Prometheus asks for: OpenMetrics.
     let resp = gw
         .client
         .get(format!("{}/metrics", gw.admin))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        )
         .send()
         .await
         .unwrap();
@@ -81,6 +86,41 @@ cache = {{ ttl = \"30s\" }}
             .starts_with("application/openmetrics-text")
     );
     let text = resp.text().await.unwrap();
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics ends so");
+    // What curl and promtool get: the text format 0.0.4, which promtool's linter passes.
+    for accept in [None, Some("text/plain")] {
+        let mut req = gw.client.get(format!("{}/metrics", gw.admin));
+        if let Some(a) = accept {
+            req = req.header("accept", a);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(
+            resp.headers()["content-type"],
+            "text/plain; version=0.0.4; charset=utf-8",
+            "{accept:?}"
+        );
+        let plain = resp.text().await.unwrap();
+        assert!(!plain.contains("# EOF"));
+        assert!(
+            plain.contains("# TYPE manifold_cache_requests_total counter"),
+            "{plain}"
+        );
+        let mut promtool = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool runs (.ci/run installs it: apt-get install prometheus)");
+        std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), plain.as_bytes()).unwrap();
+        let checked = promtool.wait_with_output().unwrap();
+        assert!(
+            checked.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&checked.stdout),
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    }
 
     let requests = |route: &str, status: &str| {
         value(

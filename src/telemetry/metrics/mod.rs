@@ -974,4 +974,47 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+
+    /// The same families in the Prometheus text format 0.0.4 (what `promtool check
+    /// metrics` and scrapers that do not ask for OpenMetrics read).
+    pub fn encode_text(&self) -> String {
+        text_004(&self.encode())
+    }
+}
+
+/// OpenMetrics text as the Prometheus text format 0.0.4: a counter's `# HELP` and
+/// `# TYPE` name its samples' `_total` name, and there is no `# EOF` (nor `# UNIT`,
+/// which 0.0.4 lacks). Every sample line stays as it is.
+fn text_004(open: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open.len() + 8 * counters.len());
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let (name, tail) = line.strip_prefix(p)?.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_text_format_names_counters_by_their_samples() {
+        let open = "# HELP a_requests Requests.\n# TYPE a_requests counter\na_requests_total 3\n# HELP b Bytes.\n# TYPE b gauge\n# UNIT b bytes\nb 1\n# EOF\n";
+        assert_eq!(
+            super::text_004(open),
+            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total 3\n# HELP b Bytes.\n# TYPE b gauge\nb 1\n"
+        );
+    }
 }
