@@ -103,6 +103,27 @@ pub async fn handle(
         validation_failed: false,
         idempotency: None,
         backends: Vec::new(),
+        // Who asked, read only when a line will say so.
+        client: access_log.then(|| {
+            crate::edge::ratelimit::client_ip(
+                req.headers(),
+                peer.addr.ip(),
+                &gateway.config.server.trusted_proxies,
+            )
+        }),
+        user_agent: req
+            .headers()
+            .get(header::USER_AGENT)
+            .filter(|_| access_log)
+            .map(|ua| {
+                let text = String::from_utf8_lossy(ua.as_bytes());
+                let mut end = text.len().min(access_log::MAX_USER_AGENT);
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text[..end].to_string()
+            }),
+        bytes: None,
     };
     let head = req.method() == Method::HEAD;
     let asked = Asked::of(req.method(), req.headers(), peer.tls);
@@ -190,6 +211,15 @@ pub async fn handle(
             *response.body_mut() = Body::empty();
         }
     }
+    done.record.bytes = match response.body() {
+        Body::Full(body) => Some(body.as_ref().map_or(0, |b| b.len() as u64)),
+        Body::Stream(_) if head => Some(0),
+        Body::Stream(_) => response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()),
+    };
     response
 }
 

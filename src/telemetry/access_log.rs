@@ -47,7 +47,17 @@ pub struct AccessRecord {
     /// What the route's `idempotency` made of it (`replayed`, `stored`, ...).
     pub idempotency: Option<IdempotencyResult>,
     pub backends: Vec<(Arc<str>, Report)>,
+    /// The client's address, after `trusted_proxies` (read only with the access log on).
+    pub client: Option<std::net::IpAddr>,
+    /// Its `user-agent`, at most [`MAX_USER_AGENT`] bytes (with the access log on).
+    pub user_agent: Option<String>,
+    /// The answer's body in bytes as sent (compressed, when it was): its length, or the
+    /// declared `content-length` of a streamed one; `None` for a stream of unknown length.
+    pub bytes: Option<u64>,
 }
+
+/// The most of a client's `user-agent` an access line holds.
+pub const MAX_USER_AGENT: usize = 256;
 
 /// How one backend went: its part of the access line.
 #[derive(Debug, Clone)]
@@ -94,6 +104,12 @@ struct Line<'a> {
     status: u16,
     duration_ms: f64,
     request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_agent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     trace_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -168,6 +184,9 @@ pub fn write(sink: &LogSink, format: LogFormat, r: &AccessRecord) {
                 status: r.status,
                 duration_ms: ms(r.duration),
                 request_id: r.request_id.to_str().unwrap_or(""),
+                client: r.client.map(|c| c.to_string()),
+                user_agent: r.user_agent.as_deref(),
+                bytes: r.bytes,
                 trace_id: r.trace_id.map(|t| t.to_string()),
                 error: r.error,
                 partial: r.partial,
@@ -206,8 +225,10 @@ pub fn write(sink: &LogSink, format: LogFormat, r: &AccessRecord) {
                 .idempotency
                 .map(|i| format!(" idempotency={}", i.as_str()))
                 .unwrap_or_default();
+            let client = r.client.map(|c| format!(" client={c}")).unwrap_or_default();
+            let bytes = r.bytes.map(|b| format!(" bytes={b}")).unwrap_or_default();
             format!(
-                "{} access {} {} route={route:?} status={} {:.1}ms id={}{trace}{encoding}{validation}{idempotency} partial={} backends=[{}]",
+                "{} access {} {} route={route:?} status={} {:.1}ms id={}{client}{bytes}{trace}{encoding}{validation}{idempotency} partial={} backends=[{}]",
                 timestamp(SystemTime::now()),
                 r.method,
                 r.path,

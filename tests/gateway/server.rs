@@ -38,6 +38,46 @@ async fn serves_h2c_with_prior_knowledge() {
     );
 }
 
+/// The access line says who asked (the client's address after `trusted_proxies`, its
+/// `user-agent`, cut at 256 bytes) and how large the answer was.
+#[tokio::test]
+async fn the_access_line_names_the_client_and_the_answers_size() {
+    let up = Upstream::json(json!({"hello": "world"})).await;
+    let gw = Gateway::start(&simple(
+        &up.url(),
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+    ))
+    .await;
+    let r = gw
+        .send(
+            gw.client
+                .get(format!("{}/s/1", gw.base))
+                .header("user-agent", "acme-app/7.1 (iPhone)")
+                .header("x-forwarded-for", "203.0.113.9"),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let line = gw.access_line(r.header("x-request-id").unwrap()).await;
+    assert_eq!(
+        line["client"], "203.0.113.9",
+        "after the trusted proxy: {line}"
+    );
+    assert_eq!(line["user_agent"], "acme-app/7.1 (iPhone)");
+    assert_eq!(line["bytes"], r.body.len(), "{line}");
+    // An error answer's size too; a long user-agent is cut.
+    let r = gw
+        .send(
+            gw.client
+                .get(format!("{}/nope", gw.base))
+                .header("user-agent", "x".repeat(1000)),
+        )
+        .await;
+    let line = gw.access_line(r.header("x-request-id").unwrap()).await;
+    assert_eq!(line["bytes"], r.body.len());
+    assert_eq!(line["user_agent"].as_str().unwrap().len(), 256);
+    assert_eq!(line["client"], "127.0.0.1", "no forwarded-for: the peer");
+}
+
 /// `/routes` shows every policy a route has, as `manifold routes` does: rate limit,
 /// CORS (its own or `[cors]`'s), forwarded headers and query, the cache with its
 /// `stale_if_error`, auth, validation and idempotency.
