@@ -125,10 +125,11 @@ impl GrpcMethod {
             Some(plan) => plan.write(&message, &mut out),
             None => Err(super::proto_json::Outcome::Fallback),
         };
+        // What the direct writer does not write (or finds malformed) is prost-reflect's
+        // to judge: one decoder decides what a valid answer is.
         let json = match direct {
             Ok(()) => Bytes::from(out),
-            Err(super::proto_json::Outcome::Invalid) => return Err(UNDECODABLE),
-            Err(super::proto_json::Outcome::Fallback) => {
+            Err(_) => {
                 out.clear();
                 let decoded = DynamicMessage::decode(self.output.clone(), message)
                     .map_err(|_| UNDECODABLE)?;
