@@ -286,6 +286,12 @@ fn serve(
             }
             if let Some(a) = server.admin_addr {
                 text.push_str(&format!("  curl -s http://{a}/routes\n"));
+                if server.live.gateway.load().console.is_some() {
+                    text.push_str(&format!(
+                        "\nThe console (live figures, the last slow and failed requests): \
+                         http://{a}/\n"
+                    ));
+                }
             }
             eprintln!("{text}");
         }

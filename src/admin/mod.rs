@@ -1,5 +1,7 @@
-//! The admin listener: `/health`, `/ready`, `/routes`, `/metrics`. Never on the public
-//! port.
+//! The admin listener: `/health`, `/ready`, `/routes`, `/metrics`, and the console
+//! (`/`, `/stats`, `/requests`). Never on the public port.
+
+mod console;
 
 use std::sync::atomic::Ordering;
 
@@ -33,10 +35,71 @@ fn answer(live: &Live, req: &Request<Incoming>) -> Response<Body<Never>> {
         "/ready" => plain(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not_ready"}"#),
         "/routes" => json_response(&routes(&live.gateway.load())),
         "/metrics" => metrics(&live.gateway.load(), wants_openmetrics(req.headers())),
-        // The contract's error body, with the request id like every other error.
-        _ => GatewayError::RouteNotFound.into_response(&forward::request_id(req.headers())),
+        path => match live.gateway.load().console.as_deref() {
+            Some(c) => console_answer(live, c, path, req),
+            None => not_found(req),
+        },
     }
 }
+
+/// The contract's error body, with the request id like every other error.
+fn not_found(req: &Request<Incoming>) -> Response<Body<Never>> {
+    GatewayError::RouteNotFound.into_response(&forward::request_id(req.headers()))
+}
+
+/// The console's page and JSON; never cached, the page allowed nothing from elsewhere.
+fn console_answer(
+    live: &Live,
+    c: &crate::telemetry::console::Console,
+    path: &str,
+    req: &Request<Incoming>,
+) -> Response<Body<Never>> {
+    let mut r = match path {
+        "/" => {
+            let mut r = Response::new(Body::from(console::PAGE.as_bytes().to_vec()));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            h.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(PAGE_POLICY),
+            );
+            h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+            h.insert(
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            );
+            r
+        }
+        "/stats" => json_response(&console::stats(live, &live.gateway.load(), c)),
+        "/requests" => match console::requests(c, req.uri().query()) {
+            Some(v) => json_response(&v),
+            None => GatewayError::BadParameter {
+                name: "kind".to_string(),
+                reason: "must be slow or failed",
+            }
+            .into_response(&forward::request_id(req.headers())),
+        },
+        _ => match path
+            .strip_prefix("/requests/")
+            .and_then(|id| console::request(c, id))
+        {
+            Some(v) => json_response(&v),
+            None => return not_found(req),
+        },
+    };
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// The page runs its own inline script and style and reads JSON from where it came
+/// from: nothing else, so it works air-gapped and cannot be made to call out.
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+     style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'";
 
 /// Whether a scraper asked for OpenMetrics before the Prometheus text format (as
 /// Prometheus does: `application/openmetrics-text;version=1.0.0,...,text/plain;

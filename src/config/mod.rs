@@ -10,6 +10,7 @@
 //! placeholders, cycles, duplicates, missing `${ENV}` variables) so an operator fixes the
 //! file in one pass. See `docs/configuration.md` for every key.
 
+pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod compression;
@@ -31,6 +32,7 @@ pub mod validation;
 use std::path::Path;
 use std::time::Duration;
 
+pub use admin::AdminConfig;
 use auth::read_jwt;
 pub use auth::{JwtConfig, KeySource, RouteAuth, Secret};
 pub use backend::BackendConfig;
@@ -58,6 +60,8 @@ pub use upstream::{
 pub struct Config {
     pub server: ServerConfig,
     pub telemetry: TelemetryConfig,
+    /// `[admin]`: the console.
+    pub admin: AdminConfig,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     /// `[cors]`: for every route that does not set its own.
@@ -168,6 +172,7 @@ pub const SERVER: Key = key(
     "Listeners, request limits and the bounds of client connections.",
 );
 pub const TELEMETRY: Key = key("telemetry", "Logs and traces.");
+pub const ADMIN: Key = key("admin", "The admin listener's console.");
 pub const CORS: Key = key(
     "cors",
     "CORS for browsers on other origins, for every route that sets none of its own.",
@@ -212,6 +217,14 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Opti
             s
         }
         None => read_telemetry(&mut Table::empty("[telemetry]"), errs),
+    };
+    let admin = match root.table(errs, ADMIN) {
+        Some(mut t) => {
+            let a = admin::read_admin(&mut t, errs);
+            t.finish(errs);
+            a
+        }
+        None => AdminConfig::default(),
     };
     let cors = root.table(errs, CORS).and_then(|mut t| {
         let c = read_cors(&mut t, errs);
@@ -258,6 +271,7 @@ fn read_config(root: &mut Table<'_, '_>, errs: &mut Errors, base: &Path) -> Opti
     Some(Config {
         server: server?,
         telemetry: telemetry?,
+        admin,
         upstreams,
         routes,
         cors,

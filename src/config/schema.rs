@@ -20,6 +20,7 @@ tls = { cert = "c.pem", key = "k.pem" }
 compression = { algorithms = ["gzip"], min_size = "1KiB" }
 hsts = "max-age=1"
 [telemetry]
+[admin]
 [cors]
 allow_origins = ["https://a.test"]
 [shared]
@@ -335,6 +336,7 @@ mod tests {
         let (old, new) = match path {
             "/server" => ("[server]".to_string(), format!("[server]\n{line}")),
             "/telemetry" => ("[telemetry]".to_string(), format!("[telemetry]\n{line}")),
+            "/admin" => ("[admin]".to_string(), format!("[admin]\n{line}")),
             "/upstreams/*" => (
                 "[upstreams.u]".to_string(),
                 format!("[upstreams.u]\n{line}"),

@@ -36,6 +36,8 @@ use crate::telemetry::metrics::{JwksMetrics, METRICS};
 struct KeySet {
     generation: u64,
     keys: Vec<Key>,
+    /// When they were fetched or read (none yet: a URL's first fetch is pending).
+    at: Option<std::time::SystemTime>,
 }
 
 // === validators ===
@@ -169,6 +171,7 @@ impl Validator {
             Some(set) if !set.keys.is_empty() && matches!(config.source, KeySource::Url(_)) => set,
             _ => Arc::new(KeySet {
                 generation: 1,
+                at: (!keys.is_empty()).then(std::time::SystemTime::now),
                 keys,
             }),
         };
@@ -217,9 +220,18 @@ impl Validator {
         self.keys.load().keys.len()
     }
 
+    /// When the keys held were last fetched or read.
+    pub fn refreshed_at(&self) -> Option<std::time::SystemTime> {
+        self.keys.load().at
+    }
+
     fn take_keys(&self, keys: Vec<Key>) {
         let generation = self.keys.load().generation + 1;
-        self.keys.store(Arc::new(KeySet { generation, keys }));
+        self.keys.store(Arc::new(KeySet {
+            generation,
+            keys,
+            at: Some(std::time::SystemTime::now()),
+        }));
     }
 
     fn reread_file(&self) {

@@ -102,6 +102,7 @@ impl Server {
             ready: AtomicBool::new(false),
             log_sink,
             default_max_connections: connection::default_max_connections(),
+            process: crate::request::gateway::Process::new(workers.len().max(1)),
         });
         let (stop, stopped) = watch::channel(false);
         let (stop_admin, admin_stopped) = watch::channel(false);
@@ -147,6 +148,7 @@ impl Server {
         let mut addr = listen;
         let mut public = Vec::with_capacity(loops.len());
         let conns = Connections::new("public");
+        let _ = live.process.public.set(conns.clone());
         for handle in loops {
             // Registering the socket with a loop's I/O driver needs that loop's context.
             let _entered = handle.enter();
@@ -259,6 +261,7 @@ impl Server {
             }
         };
         METRICS.reload(result.is_ok());
+        self.live.process.reloaded(result.is_ok());
         match &result {
             Ok(()) => tracing::info!(
                 file = %path.display(),

@@ -124,7 +124,7 @@ pub fn end(
     b: &Backend,
     request_id: &HeaderValue,
     failure: Option<&Failure>,
-    report: Report,
+    mut report: Report,
 ) -> Report {
     if let Some(done) = span.map(Pending::finish)
         && done.is_on()
@@ -141,6 +141,7 @@ pub fn end(
     }
     if let Some(f) = failure {
         log_failure(route, b, request_id, f, &report);
+        report.failure = Some(f.clone());
     }
     report
 }

@@ -107,7 +107,8 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
                         running.push(call_backend(i, b, path, message, call, span));
                     }
                     Err(failure) => {
-                        let report = Report::new(failure.outcome(), None, Duration::ZERO, 0);
+                        let mut report = Report::new(failure.outcome(), None, Duration::ZERO, 0);
+                        report.started = started[i];
                         out.reports[i] = Some(backend::end(
                             &route.name,
                             Some(&mut span),
@@ -149,7 +150,8 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
                     }
                     if let (Some(began), None) = (began, &out.reports[i]) {
                         // Its call is cut short with the request (the span says so).
-                        let report = Report::new(Outcome::Timeout, None, now - *began, 1);
+                        let mut report = Report::new(Outcome::Timeout, None, now - *began, 1);
+                        report.started = Some(*began);
                         out.reports[i] = Some(backend::end(
                             &route.name,
                             None,
@@ -242,6 +244,7 @@ async fn call_backend(
             .record(|a| a.str("manifold.cache", CacheResult::Hit.as_str()));
         let mut report = Report::new(Outcome::of(&result), None, started.elapsed(), 0);
         report.cache = Some(CacheResult::Hit);
+        report.started = Some(started);
         // A route answer built on this one must not outlive it.
         let left = entry.fresh_for.saturating_sub(entry.stored.elapsed());
         report.hints = Hints {
@@ -296,6 +299,7 @@ async fn call_backend(
         reply,
         attempts,
         host,
+        trail,
     } = called;
     let mut hints = Hints::default();
     let mut held = None;
@@ -337,6 +341,11 @@ async fn call_backend(
     report.cache = b.cache_ttl.map(|_| CacheResult::Miss);
     report.hints = hints;
     report.host = host;
+    report.started = Some(started);
+    report.coalesced = !made_call;
+    if made_call {
+        report.trail = trail;
+    }
     let report = backend::end(
         call.route,
         Some(&mut span),

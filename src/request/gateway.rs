@@ -31,6 +31,8 @@ use crate::state::cache::Cache;
 use crate::state::descriptors::Descriptors;
 use crate::state::redis::Redis;
 use crate::telemetry::access_log::LogSink;
+use crate::telemetry::console::Console;
+use crate::telemetry::console::window::Window;
 use crate::telemetry::metrics::{METRICS, RouteMetrics};
 use crate::telemetry::trace::{TraceSettings, Tracing};
 use crate::upstream::Upstream;
@@ -63,6 +65,8 @@ pub struct Gateway {
     pub redis: Option<Arc<Redis>>,
     /// How answers no route matched go on the wire (the server's compression, HSTS).
     pub wire: Wire,
+    /// `[admin] console`: the kept requests and failures, across reloads.
+    pub console: Option<Arc<Console>>,
 }
 
 /// The gateway that serves now (swapped whole on reload), and what every connection
@@ -74,6 +78,39 @@ pub struct Live {
     pub log_sink: LogSink,
     /// `max_connections` when the config sets none (from the descriptor limit).
     pub default_max_connections: usize,
+    /// What the console says of the process.
+    pub process: Process,
+}
+
+/// The process as the console shows it: since when, on how many loops, the last
+/// config load, the clients connected.
+pub struct Process {
+    pub started: tokio::time::Instant,
+    pub started_at: std::time::SystemTime,
+    pub workers: usize,
+    /// The last reload's result and time (the start's load until there is one).
+    pub last_reload: std::sync::Mutex<(bool, std::time::SystemTime)>,
+    /// The public listener's connections, once it listens.
+    pub public: std::sync::OnceLock<Arc<crate::state::connections::Connections>>,
+}
+
+impl Process {
+    pub fn new(workers: usize) -> Process {
+        let now = std::time::SystemTime::now();
+        Process {
+            started: tokio::time::Instant::now(),
+            started_at: now,
+            workers,
+            last_reload: std::sync::Mutex::new((true, now)),
+            public: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn reloaded(&self, ok: bool) {
+        if let Ok(mut last) = self.last_reload.lock() {
+            *last = (ok, std::time::SystemTime::now());
+        }
+    }
 }
 
 pub struct Route {
@@ -111,6 +148,8 @@ pub struct Route {
     /// a reload that changes the route never serves answers cached under the old one.
     pub cache_prefix: String,
     pub metrics: RouteMetrics,
+    /// The console's figures (kept by name across reloads; none with the console off).
+    pub console: Option<Arc<Window>>,
     /// `[cors]` or the route's own; `None` with `cors = false` or no CORS at all.
     pub cors: Option<Arc<Cors>>,
     /// The route's token check.
@@ -204,7 +243,11 @@ impl Gateway {
                 .and_then(|p| {
                     p.upstreams
                         .iter()
-                        .find(|old| *old.name == u.name && old.settings == u.settings)
+                        .find(|old| {
+                            *old.name == u.name
+                                && old.settings == u.settings
+                                && old.console.is_some() == config.admin.console
+                        })
                         .cloned()
                 });
             let up = match kept {
@@ -216,6 +259,13 @@ impl Gateway {
                     &buffers,
                     &descriptors,
                     redis.as_ref(),
+                    // The console's figures go on under the same name.
+                    config.admin.console.then(|| {
+                        previous
+                            .and_then(|p| p.upstreams.iter().find(|old| *old.name == u.name))
+                            .and_then(|old| old.console.clone())
+                            .unwrap_or_else(|| Arc::new(Window::new(workers)))
+                    }),
                 )?),
             };
             upstreams.insert(u.name.as_str(), up.clone());
@@ -247,6 +297,16 @@ impl Gateway {
                 )
             })
             .collect::<Result<Vec<_>, String>>()?;
+        let mut routes = routes;
+        // The console's figures go on under the same route name.
+        for r in routes.iter_mut().filter(|_| config.admin.console) {
+            r.console = Some(
+                previous
+                    .and_then(|p| p.routes.iter().find(|old| old.name == r.name))
+                    .and_then(|old| old.console.clone())
+                    .unwrap_or_else(|| Arc::new(Window::new(workers))),
+            );
+        }
         let router = Router::new(
             routes
                 .iter()
@@ -265,6 +325,10 @@ impl Gateway {
                 _ => Some(Arc::new(Tracing::build(settings)?)),
             },
         };
+        let console = config
+            .admin
+            .console
+            .then(|| previous.and_then(|p| p.console.clone()).unwrap_or_default());
         let idempotency = match previous {
             Some(p) if p.config.shared == config.shared => p.idempotency.clone(),
             _ => crate::state::idempotency::Store::new(redis.clone()),
@@ -287,6 +351,7 @@ impl Gateway {
             hsts: config.server.hsts.clone(),
         };
         Ok(Gateway {
+            console,
             wire,
             redis,
             validators,
@@ -434,6 +499,8 @@ fn compile_route(
             crate::config::fingerprint(&route_identity(r))
         ),
         metrics: METRICS.route(&r.name),
+        // Set by `Gateway::build`, which knows the workers.
+        console: None,
         cors: match &r.cors {
             RouteCors::Off => None,
             RouteCors::Own(c) => Some(Arc::new(Cors::new(c))),

@@ -334,7 +334,8 @@ impl Drop for Finish {
         if self.record.status == 0 {
             self.record.status = CLIENT_CLOSED_REQUEST.as_u16();
         }
-        let elapsed = self.started.elapsed();
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.started);
         let status = self.record.status;
         if self.span.is_on() {
             self.span
@@ -365,10 +366,14 @@ impl Drop for Finish {
             self.span.end();
         }
         let secs = elapsed.as_secs_f64();
-        let metrics = match self.record.route_index.map(|i| &self.gateway.routes[i]) {
+        let route = self.record.route_index.map(|i| &self.gateway.routes[i]);
+        let metrics = match route {
             Some(route) => &route.metrics,
             None => METRICS.unmatched(),
         };
+        if let Some(route) = route {
+            crate::request::record::finished(&self.gateway, route, &self.record, self.started, now);
+        }
         metrics.observe(&self.record.method, status, secs);
         let telemetry = &self.gateway.config.telemetry;
         if telemetry.access_log {

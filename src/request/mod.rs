@@ -13,6 +13,7 @@ pub mod merge;
 pub mod message;
 pub mod outbound;
 pub mod passthrough;
+pub mod record;
 pub mod router;
 pub mod websocket;
 pub mod wire;

@@ -198,6 +198,7 @@ pub(crate) fn report(
     );
     let mut report = report;
     report.host = Some(base);
+    report.started = Some(tried.started);
     let failure = tried.verdict.as_ref().err();
     let report = backend::end(
         &route.name,

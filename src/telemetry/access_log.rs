@@ -76,6 +76,14 @@ pub struct Report {
     pub hints: Hints,
     /// Which of the upstream's `urls` the answer (or the last attempt) came from.
     pub host: Option<usize>,
+    /// When the backend began (the console's waterfall).
+    pub started: Option<tokio::time::Instant>,
+    /// Its attempts, for the console's waterfall.
+    pub trail: crate::telemetry::console::trail::Trail,
+    /// What failed it (the console's recent failures).
+    pub failure: Option<crate::base::error::Failure>,
+    /// It shared an identical call another request made.
+    pub coalesced: bool,
 }
 
 impl Report {
@@ -88,6 +96,10 @@ impl Report {
             cache: None,
             hints: Hints::default(),
             host: None,
+            started: None,
+            trail: Default::default(),
+            failure: None,
+            coalesced: false,
         }
     }
 }

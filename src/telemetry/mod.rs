@@ -3,6 +3,7 @@
 //! ([`access_log`]), metrics ([`metrics`]) and traces ([`trace`]).
 
 pub mod access_log;
+pub mod console;
 pub mod metrics;
 pub mod trace;
 

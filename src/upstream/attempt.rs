@@ -49,6 +49,8 @@ pub struct Tried<T> {
     pub verdict: Result<StatusCode, Failure>,
     /// The call went past the guards (the breaker, limits and buffer capacity let it through).
     pub sent: bool,
+    /// When it began, and how long it took.
+    pub started: Instant,
     pub elapsed: Duration,
 }
 
@@ -134,12 +136,13 @@ impl Upstream {
             Ok(g) => g,
             Err(f) => {
                 let elapsed = started.elapsed();
-                self.metrics.observe(f.outcome(), elapsed.as_secs_f64());
+                self.observe(f.outcome(), started, elapsed);
                 span.finish(Err(&f));
                 return Tried {
                     answer: None,
                     verdict: Err(f),
                     sent: false,
+                    started,
                     elapsed,
                 };
             }
@@ -238,8 +241,7 @@ impl Upstream {
             // Neither a success nor a fault for the breaker and the host; counted and
             // traced as what it was.
             drop(permit);
-            self.metrics
-                .observe(Outcome::of(&verdict), elapsed.as_secs_f64());
+            self.observe(Outcome::of(&verdict), started, elapsed);
             span.finish(verdict.as_ref().copied());
         } else {
             let fault = matches!(&verdict, Err(f) if f.is_upstream_fault());
@@ -247,8 +249,7 @@ impl Upstream {
                 p.record(fault);
             }
             self.hosts.record(base, fault);
-            self.metrics
-                .observe(Outcome::of(&verdict), elapsed.as_secs_f64());
+            self.observe(Outcome::of(&verdict), started, elapsed);
             span.finish(verdict.as_ref().copied());
         }
         Tried {
@@ -256,6 +257,7 @@ impl Upstream {
             // A call the descriptor limit stopped never left: like a guard's refusal.
             sent: verdict != Err(Failure::NoDescriptor),
             verdict,
+            started,
             elapsed,
         }
     }

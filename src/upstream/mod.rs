@@ -34,12 +34,14 @@ pub use stream::{Held, Streamed};
 
 use crate::base::body::{BodyWatch, RequestBody};
 use crate::base::cache_control::Hints;
-use crate::base::error::Failure;
+use crate::base::error::{Failure, Outcome};
 use crate::config::{Protocol, UpstreamSettings};
 use crate::state::bucket::Bucket;
 use crate::state::buffers::{Buffers, Charge, Share};
 use crate::state::cache::Coalescer;
 use crate::state::redis::Redis;
+use crate::telemetry::console::trail::{AttemptEnd, Mark, Trail};
+use crate::telemetry::console::window::{Seen, Window};
 use crate::telemetry::metrics::labels::Hedge;
 use crate::telemetry::metrics::{METRICS, UpstreamMetrics};
 use crate::telemetry::trace::Span;
@@ -76,6 +78,8 @@ pub struct Upstream {
     buffers: Arc<Buffers>,
     /// `retry.budget`: retries and hedges as a share of first attempts.
     retry_budget: Option<RetryBudget>,
+    /// The console's figures (kept by name across reloads; none with the console off).
+    pub console: Option<Arc<Window>>,
 }
 
 /// A 2xx answer (status, body, what its `cache-control` allows), or why not.
@@ -89,6 +93,8 @@ pub struct Called {
     pub reply: Reply,
     pub attempts: u32,
     pub host: Option<usize>,
+    /// Each attempt, for the console's waterfall.
+    pub trail: Trail,
 }
 
 /// Which failures a call may be sent again after, and whether it may be hedged
@@ -158,6 +164,7 @@ impl Upstream {
         buffers: &Arc<Buffers>,
         descriptors: &Arc<crate::state::descriptors::Descriptors>,
         redis: Option<&Arc<Redis>>,
+        console: Option<Arc<Window>>,
     ) -> Result<Self, String> {
         let tls = crate::base::tls::client_config(settings.ca_file.as_deref())
             .map_err(|e| format!("upstream {name}: {e}"))?;
@@ -240,7 +247,34 @@ impl Upstream {
                 .as_ref()
                 .and_then(|r| r.budget)
                 .map(RetryBudget::new),
+            console,
         })
+    }
+
+    /// An attempt's end, in the metrics and the console: a failure is one that was
+    /// the upstream's (an error, a timeout) or that its guards shed.
+    fn observe(&self, outcome: Outcome, started: Instant, elapsed: Duration) {
+        self.metrics.observe(outcome, elapsed.as_secs_f64());
+        if let Some(w) = &self.console {
+            let error = !matches!(
+                outcome,
+                Outcome::Ok | Outcome::Rejected | Outcome::ClientError
+            );
+            let seen = Seen {
+                took: elapsed,
+                error,
+                ..Seen::default()
+            };
+            w.record(started + elapsed, seen);
+        }
+    }
+
+    /// Calls in flight now, and counts since start: hedges sent, retries and hedges
+    /// the budget refused.
+    pub fn counts(&self) -> (u32, u64, u64) {
+        let inflight = self.inflight.as_ref().map_or(0, InFlight::current);
+        let (hedges, refused) = self.metrics.counts();
+        (inflight, hedges, refused)
     }
 
     /// Where a rendered path (`/users/42?x=1`) goes: one of `urls` as `balance` picks
@@ -377,6 +411,7 @@ impl Upstream {
         let mut n = 0;
         let mut sent = 0;
         let mut host = None;
+        let mut trail = Trail::default();
         loop {
             n += 1;
             let result = match self.target(spec.path.to_owned(), host) {
@@ -384,6 +419,7 @@ impl Upstream {
                     host = Some(base);
                     let tried = self.buffered_attempt(spec, base, uri, n, false).await;
                     sent += u32::from(tried.sent);
+                    trail.push(mark(base, &tried, false));
                     tried.into_result()
                 }
                 Err(f) => Err(f),
@@ -395,6 +431,7 @@ impl Upstream {
                         reply: result,
                         attempts: sent,
                         host,
+                        trail,
                     };
                 }
             };
@@ -468,6 +505,7 @@ impl Upstream {
         let mut n = 0;
         let mut sent = 0;
         let mut host = None;
+        let mut trail = Trail::default();
         loop {
             n += 1;
             let (base, uri) = match self.target(spec.path.to_owned(), host) {
@@ -477,10 +515,14 @@ impl Upstream {
                         reply: Err(f),
                         attempts: sent,
                         host,
+                        trail,
                     };
                 }
             };
             host = Some(base);
+            // The round's attempts still running: when each began, on which host.
+            let mut first_running = Some(Instant::now());
+            let mut hedge_running = None;
             let mut racing: FuturesUnordered<Racing<'_>> = FuturesUnordered::new();
             racing.push(Box::pin(async move {
                 (
@@ -515,6 +557,7 @@ impl Upstream {
                                     );
                                     hedge_sent = true;
                                     hedge_host = Some(other);
+                                    hedge_running = Some(Instant::now());
                                     racing.push(Box::pin(async move {
                                         (true, self.buffered_attempt(spec, other, uri, n, true).await)
                                     }));
@@ -529,6 +572,13 @@ impl Upstream {
                 };
                 let Some((is_hedge, tried)) = done else { break };
                 sent += u32::from(tried.sent);
+                let on = if is_hedge { hedge_host } else { Some(base) };
+                trail.push(mark(on.unwrap_or(base), &tried, is_hedge));
+                if is_hedge {
+                    hedge_running = None;
+                } else {
+                    first_running = None;
+                }
                 let result = tried.into_result();
                 if result.is_ok() {
                     if hedge_sent {
@@ -536,10 +586,22 @@ impl Upstream {
                             .hedge(if is_hedge { Hedge::Won } else { Hedge::Lost });
                     }
                     // The other attempt, cancelled now, was sent too.
+                    let now = Instant::now();
+                    let cancelled = [
+                        (first_running, Some(base), false),
+                        (hedge_running, hedge_host, true),
+                    ];
+                    for (began, on, hedge) in cancelled {
+                        if let (Some(began), Some(on)) = (began, on) {
+                            let took = now - began;
+                            trail.push(Mark::new(on, began, took, AttemptEnd::Cancelled, hedge));
+                        }
+                    }
                     return Called {
                         reply: result,
                         attempts: sent + racing.len() as u32,
-                        host: if is_hedge { hedge_host } else { Some(base) },
+                        host: on,
+                        trail,
                     };
                 }
                 last = Some(result);
@@ -555,6 +617,7 @@ impl Upstream {
                         reply: result,
                         attempts: sent,
                         host: Some(base),
+                        trail,
                     };
                 }
             };
@@ -619,6 +682,12 @@ impl Upstream {
         })
         .await
     }
+}
+
+/// An attempt as the console's waterfall shows it.
+fn mark<T>(host: usize, tried: &Tried<T>, hedge: bool) -> Mark {
+    let end = AttemptEnd::Done(Outcome::of(&tried.verdict));
+    Mark::new(host, tried.started, tried.elapsed, end, hedge)
 }
 
 /// What one attempt is for.

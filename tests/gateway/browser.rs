@@ -39,16 +39,16 @@ path = \"/api/dashboard/{{id}}\"
 }
 
 /// One DevTools protocol connection to a page.
-struct Page {
+pub struct Page {
     ws: tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
     next: u64,
-    events: Vec<Value>,
+    pub events: Vec<Value>,
 }
 
 impl Page {
-    async fn call(&mut self, method: &str, params: Value) -> Value {
+    pub async fn call(&mut self, method: &str, params: Value) -> Value {
         self.next += 1;
         let id = self.next;
         let msg = json!({"id": id, "method": method, "params": params}).to_string();
@@ -69,7 +69,7 @@ impl Page {
         }
     }
 
-    async fn wait_for(&mut self, event: &str) {
+    pub async fn wait_for(&mut self, event: &str) {
         if let Some(i) = self.events.iter().position(|e| e["method"] == event) {
             self.events.remove(i);
             return;
@@ -89,7 +89,7 @@ impl Page {
     }
 
     /// A script's value, promises awaited.
-    async fn eval(&mut self, script: &str) -> Value {
+    pub async fn eval(&mut self, script: &str) -> Value {
         let r = self
             .call(
                 "Runtime.evaluate",
@@ -102,7 +102,7 @@ impl Page {
 }
 
 /// Headless Chromium with a fresh profile; its first page, connected.
-async fn chromium(profile: &std::path::Path) -> (tokio::process::Child, Page) {
+pub async fn chromium(profile: &std::path::Path) -> (tokio::process::Child, Page) {
     let bin = ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
         .find(|b| which(b))

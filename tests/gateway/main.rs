@@ -10,6 +10,7 @@ mod caching;
 mod causes;
 mod chaos;
 mod config_check;
+mod console;
 mod demo;
 mod failures;
 mod fanout;

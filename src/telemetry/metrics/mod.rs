@@ -563,6 +563,11 @@ impl RouteMetrics {
     pub fn rate_limited(&self) {
         self.rate_limited.inc();
     }
+
+    /// Requests refused by the route's rate limits since start.
+    pub fn rate_limited_count(&self) -> u64 {
+        self.rate_limited.get()
+    }
 }
 
 /// The results of a route's token checks, by [`AuthResult`].
@@ -610,6 +615,14 @@ impl UpstreamMetrics {
     /// A retry or hedge the budget did not allow.
     pub fn retry_budget_exhausted(&self) {
         self.budget_exhausted.inc();
+    }
+
+    /// Since start: hedges sent (won or lost), and retries and hedges refused.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.hedges.iter().map(Counter::get).sum(),
+            self.budget_exhausted.get(),
+        )
     }
 }
 

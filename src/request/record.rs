@@ -1,0 +1,159 @@
+//! A finished request in the console's record (docs/operations.md#the-console): its
+//! route's figures always; its waterfall when it was slow or failed; each failed
+//! backend with its cause. Nothing here runs with `[admin] console = false`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use crate::request::gateway::{Backend, Gateway, Route};
+use crate::telemetry::access_log::{AccessRecord, Report};
+use crate::telemetry::console::trail::{AttemptEnd, Mark};
+use crate::telemetry::console::window::Seen;
+use crate::telemetry::console::{FailedBackend, Kept, KeptAttempt, KeptBackend, SPANS};
+use crate::telemetry::metrics::labels::CacheResult;
+
+/// Records a request that began at `started` and ended at `now`.
+pub fn finished(gw: &Gateway, route: &Route, r: &AccessRecord, started: Instant, now: Instant) {
+    let (Some(window), Some(console)) = (&route.console, &gw.console) else {
+        return;
+    };
+    let took = now.saturating_duration_since(started);
+    // The route cache's verdict; without one, its backends' caches.
+    let (lookups, hits) = match r.cache {
+        Some(c) => (1, u32::from(c != CacheResult::Miss)),
+        None => r
+            .backends
+            .iter()
+            .filter_map(|(_, b)| b.cache)
+            .fold((0, 0), |(l, h), c| {
+                (l + 1, h + u32::from(c == CacheResult::Hit))
+            }),
+    };
+    window.record(
+        now,
+        Seen {
+            took,
+            error: r.status >= 500,
+            lookups,
+            hits,
+        },
+    );
+    let slow = took > gw.config.admin.slow;
+    let failed = r.status >= 500 || r.partial;
+    let any_failure = r.backends.iter().any(|(_, b)| b.failure.is_some());
+    if !(slow || failed || any_failure) {
+        return;
+    }
+    let request_id: Box<str> = String::from_utf8_lossy(r.request_id.as_bytes()).into();
+    let at = SystemTime::now() - took;
+    for (name, report) in &r.backends {
+        if let (Some(f), Some(b)) = (&report.failure, backend(route, name)) {
+            console.failure(FailedBackend {
+                at: at + offset(report, started) + report.elapsed,
+                request_id: request_id.clone(),
+                route: route.name.clone(),
+                backend: name.clone(),
+                upstream: b.upstream.name.clone(),
+                outcome: report.outcome,
+                cause: f.describe(),
+            });
+        }
+    }
+    if slow || failed {
+        console.keep(
+            waterfall(route, r, request_id, at, took, started),
+            slow,
+            failed,
+        );
+    }
+}
+
+fn backend<'r>(route: &'r Route, name: &str) -> Option<&'r Backend> {
+    route.backends.iter().find(|b| &*b.plan.name == name)
+}
+
+fn offset(report: &Report, started: Instant) -> Duration {
+    report
+        .started
+        .map_or(Duration::ZERO, |s| s.saturating_duration_since(started))
+}
+
+/// The request, its backends and their attempts, at most [`SPANS`] rows.
+fn waterfall(
+    route: &Route,
+    r: &AccessRecord,
+    request_id: Box<str>,
+    at: SystemTime,
+    took: Duration,
+    started: Instant,
+) -> Kept {
+    let mut rows = 0;
+    let mut dropped = 0;
+    let mut backends = Vec::with_capacity(r.backends.len());
+    for (name, report) in &r.backends {
+        let Some(b) = backend(route, name) else {
+            continue;
+        };
+        if rows == SPANS {
+            dropped += 1 + report.trail.iter().count();
+            continue;
+        }
+        rows += 1;
+        let host = |i: usize| -> Arc<str> {
+            if i < b.upstream.hosts.count() {
+                Arc::from(b.upstream.hosts.label(i))
+            } else {
+                Arc::from("")
+            }
+        };
+        // A call made of one attempt that left no trail (a passthrough's, or one cut
+        // short by the route deadline) is that attempt.
+        let single = (report.trail.is_empty() && report.attempts > 0).then(|| {
+            Mark::new(
+                report.host.unwrap_or(usize::MAX),
+                report.started.unwrap_or(started),
+                report.elapsed,
+                AttemptEnd::Done(report.outcome),
+                false,
+            )
+        });
+        let mut attempts = Vec::new();
+        for m in report.trail.iter().chain(single.as_ref()) {
+            if rows == SPANS {
+                dropped += 1;
+                continue;
+            }
+            rows += 1;
+            attempts.push(KeptAttempt {
+                host: host(usize::from(m.host)),
+                start_ms: m.start.saturating_duration_since(started),
+                duration_ms: m.took(),
+                outcome: m.end,
+                hedge: m.hedge,
+            });
+        }
+        attempts.sort_by_key(|a| a.start_ms);
+        dropped += usize::from(report.trail.more);
+        backends.push(KeptBackend {
+            name: name.clone(),
+            upstream: b.upstream.name.clone(),
+            start_ms: offset(report, started),
+            duration_ms: report.elapsed,
+            outcome: report.outcome,
+            cache: report.cache.map(CacheResult::as_str),
+            coalesced: report.coalesced,
+            attempts,
+        });
+    }
+    Kept {
+        request_id,
+        at,
+        route: route.name.clone(),
+        status: r.status,
+        duration_ms: took,
+        backends,
+        spans_dropped: dropped,
+    }
+}
