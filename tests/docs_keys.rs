@@ -22,6 +22,7 @@ fn section(heading: &str) -> Option<&'static str> {
     Some(match heading.trim() {
         "## `[server]`" => "/server",
         "## `[telemetry]`" => "/telemetry",
+        "## `[admin]`" => "/admin",
         "## `[cors]`" => "/cors",
         "## `[auth.jwt.NAME]`" => "/auth/jwt/*",
         "## `[shared]`" => "/shared",

@@ -113,6 +113,7 @@ pub fn requests(console: &Console, query: Option<&str>) -> Option<Value> {
             at: k.at,
             route: &k.route,
             status: k.status,
+            partial: k.partial,
             duration_ms: k.duration_ms,
         })
         .collect();

@@ -152,6 +152,7 @@ fn waterfall(
         at,
         route: route.name.clone(),
         status: r.status,
+        partial: r.partial,
         duration_ms: took,
         backends,
         spans_dropped: dropped,

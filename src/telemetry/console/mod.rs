@@ -55,6 +55,9 @@ pub struct Kept {
     #[serde(serialize_with = "text")]
     pub route: Arc<str>,
     pub status: u16,
+    /// An optional backend failed: the answer is partial.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
     #[serde(serialize_with = "ms")]
     pub duration_ms: Duration,
     pub backends: Vec<KeptBackend>,
@@ -122,6 +125,8 @@ pub struct Listed<'a> {
     pub at: SystemTime,
     pub route: &'a str,
     pub status: u16,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
     #[serde(serialize_with = "ms")]
     pub duration_ms: Duration,
 }
@@ -222,6 +227,7 @@ mod tests {
             at: SystemTime::UNIX_EPOCH,
             route: Arc::from("r"),
             status: 502,
+            partial: false,
             duration_ms: Duration::from_micros(1500),
             backends: Vec::new(),
             spans_dropped: 0,
