@@ -141,7 +141,9 @@ pub fn end(
     }
     if let Some(f) = failure {
         log_failure(route, b, request_id, f, &report);
-        report.failure = Some(f.clone());
+        if b.upstream.console.is_some() {
+            report.cause = Some(f.describe().into());
+        }
     }
     report
 }

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use crate::request::gateway::{Backend, Gateway, Route};
 use crate::telemetry::access_log::{AccessRecord, Report};
-use crate::telemetry::console::trail::{AttemptEnd, Mark};
+use crate::telemetry::console::trail::{AttemptEnd, Mark, Trail};
 use crate::telemetry::console::window::Seen;
 use crate::telemetry::console::{FailedBackend, Kept, KeptAttempt, KeptBackend, SPANS};
 use crate::telemetry::metrics::labels::CacheResult;
@@ -42,14 +42,14 @@ pub fn finished(gw: &Gateway, route: &Route, r: &AccessRecord, started: Instant,
     );
     let slow = took > gw.config.admin.slow;
     let failed = r.status >= 500 || r.partial;
-    let any_failure = r.backends.iter().any(|(_, b)| b.failure.is_some());
+    let any_failure = r.backends.iter().any(|(_, b)| b.cause.is_some());
     if !(slow || failed || any_failure) {
         return;
     }
     let request_id: Box<str> = String::from_utf8_lossy(r.request_id.as_bytes()).into();
     let at = SystemTime::now() - took;
     for (name, report) in &r.backends {
-        if let (Some(f), Some(b)) = (&report.failure, backend(route, name)) {
+        if let (Some(cause), Some(b)) = (&report.cause, backend(route, name)) {
             console.failure(FailedBackend {
                 at: at + offset(report, started) + report.elapsed,
                 request_id: request_id.clone(),
@@ -57,7 +57,7 @@ pub fn finished(gw: &Gateway, route: &Route, r: &AccessRecord, started: Instant,
                 backend: name.clone(),
                 upstream: b.upstream.name.clone(),
                 outcome: report.outcome,
-                cause: f.describe(),
+                cause: cause.to_string(),
             });
         }
     }
@@ -96,8 +96,9 @@ fn waterfall(
         let Some(b) = backend(route, name) else {
             continue;
         };
+        let trail = report.trail.as_deref();
         if rows == SPANS {
-            dropped += 1 + report.trail.iter().count();
+            dropped += 1 + trail.map_or(0, Trail::len);
             continue;
         }
         rows += 1;
@@ -108,9 +109,9 @@ fn waterfall(
                 Arc::from("")
             }
         };
-        // A call made of one attempt that left no trail (a passthrough's, or one cut
-        // short by the route deadline) is that attempt.
-        let single = (report.trail.is_empty() && report.attempts > 0).then(|| {
+        // A call that noted no trail is its one attempt (it succeeded at once; or a
+        // passthrough's, or one cut short by the route deadline).
+        let single = (trail.is_none() && report.attempts > 0).then(|| {
             Mark::new(
                 report.host.unwrap_or(usize::MAX),
                 report.started.unwrap_or(started),
@@ -120,22 +121,22 @@ fn waterfall(
             )
         });
         let mut attempts = Vec::new();
-        for m in report.trail.iter().chain(single.as_ref()) {
+        for m in trail.into_iter().flat_map(Trail::iter).chain(single) {
             if rows == SPANS {
                 dropped += 1;
                 continue;
             }
             rows += 1;
             attempts.push(KeptAttempt {
-                host: host(usize::from(m.host)),
+                host: host(m.host),
                 start_ms: m.start.saturating_duration_since(started),
-                duration_ms: m.took(),
+                duration_ms: m.took,
                 outcome: m.end,
                 hedge: m.hedge,
             });
         }
         attempts.sort_by_key(|a| a.start_ms);
-        dropped += usize::from(report.trail.more);
+        dropped += trail.map_or(0, |t| usize::from(t.more));
         backends.push(KeptBackend {
             name: name.clone(),
             upstream: b.upstream.name.clone(),

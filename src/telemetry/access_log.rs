@@ -78,10 +78,11 @@ pub struct Report {
     pub host: Option<usize>,
     /// When the backend began (the console's waterfall).
     pub started: Option<tokio::time::Instant>,
-    /// Its attempts, for the console's waterfall.
-    pub trail: crate::telemetry::console::trail::Trail,
-    /// What failed it (the console's recent failures).
-    pub failure: Option<crate::base::error::Failure>,
+    /// Its attempts, when its call noted them (see `upstream::Called::trail`); else
+    /// the one attempt these figures describe.
+    pub trail: Option<Box<crate::telemetry::console::trail::Trail>>,
+    /// Why it failed, as its log line says (with the console on).
+    pub cause: Option<Box<str>>,
     /// It shared an identical call another request made.
     pub coalesced: bool,
 }
@@ -97,8 +98,8 @@ impl Report {
             hints: Hints::default(),
             host: None,
             started: None,
-            trail: Default::default(),
-            failure: None,
+            trail: None,
+            cause: None,
             coalesced: false,
         }
     }

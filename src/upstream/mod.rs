@@ -93,8 +93,9 @@ pub struct Called {
     pub reply: Reply,
     pub attempts: u32,
     pub host: Option<usize>,
-    /// Each attempt, for the console's waterfall.
-    pub trail: Trail,
+    /// Each attempt, for the console's waterfall, when there is more to say than the
+    /// call's own figures: it failed, or took more than one attempt (console on only).
+    pub trail: Option<Box<Trail>>,
 }
 
 /// Which failures a call may be sent again after, and whether it may be hedged
@@ -411,7 +412,9 @@ impl Upstream {
         let mut n = 0;
         let mut sent = 0;
         let mut host = None;
-        let mut trail = Trail::default();
+        // Noted from the first failed attempt on: a call that succeeds at once is
+        // its backend's figures, and carries nothing more.
+        let mut trail: Option<Box<Trail>> = None;
         loop {
             n += 1;
             let result = match self.target(spec.path.to_owned(), host) {
@@ -419,7 +422,11 @@ impl Upstream {
                     host = Some(base);
                     let tried = self.buffered_attempt(spec, base, uri, n, false).await;
                     sent += u32::from(tried.sent);
-                    trail.push(mark(base, &tried, false));
+                    if self.console.is_some() && (tried.verdict.is_err() || trail.is_some()) {
+                        trail
+                            .get_or_insert_with(Box::default)
+                            .push(mark(base, &tried, false));
+                    }
                     tried.into_result()
                 }
                 Err(f) => Err(f),
@@ -515,13 +522,15 @@ impl Upstream {
                         reply: Err(f),
                         attempts: sent,
                         host,
-                        trail,
+                        trail: self.kept(trail, true),
                     };
                 }
             };
             host = Some(base);
             // The round's attempts still running: when each began, on which host.
-            let mut first_running = Some(Instant::now());
+            let began = Instant::now();
+            trail.begin(began);
+            let mut first_running = Some(began);
             let mut hedge_running = None;
             let mut racing: FuturesUnordered<Racing<'_>> = FuturesUnordered::new();
             racing.push(Box::pin(async move {
@@ -601,7 +610,7 @@ impl Upstream {
                         reply: result,
                         attempts: sent + racing.len() as u32,
                         host: on,
-                        trail,
+                        trail: self.kept(trail, false),
                     };
                 }
                 last = Some(result);
@@ -613,11 +622,12 @@ impl Upstream {
             let retry = match &result {
                 Err(f) if self.may_retry(f, n, attempts, backoff, spec) => f,
                 _ => {
+                    let failed = result.is_err();
                     return Called {
                         reply: result,
                         attempts: sent,
                         host: Some(base),
-                        trail,
+                        trail: self.kept(trail, failed),
                     };
                 }
             };
@@ -681,6 +691,13 @@ impl Upstream {
             Ok((head.status, json, hints, charge))
         })
         .await
+    }
+}
+
+impl Upstream {
+    /// A hedged call's attempts, kept as [`Called::trail`] says.
+    fn kept(&self, trail: Trail, failed: bool) -> Option<Box<Trail>> {
+        (self.console.is_some() && (failed || trail.len() > 1)).then(|| Box::new(trail))
     }
 }
 
