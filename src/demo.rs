@@ -360,3 +360,23 @@ pub fn curl_lines(public: SocketAddr) -> Vec<String> {
         ),
     ]
 }
+
+/// What `manifold demo` prints once it serves: the curl lines, the admin endpoints,
+/// and the console's address when it is on.
+pub fn banner(public: SocketAddr, admin: Option<SocketAddr>, console: bool) -> String {
+    let mut text = String::from("\nmanifold demo is up. Try:\n\n");
+    for line in curl_lines(public) {
+        text.push_str("  ");
+        text.push_str(&line);
+        text.push('\n');
+    }
+    if let Some(a) = admin {
+        text.push_str(&format!("  curl -s http://{a}/routes\n"));
+        if console {
+            text.push_str(&format!(
+                "\nThe console (live figures, the last slow and failed requests): http://{a}/\n"
+            ));
+        }
+    }
+    text
+}

@@ -278,21 +278,8 @@ fn serve(
             .await
             .inspect_err(|e| tracing::error!(error = %e, "cannot start"))?;
         if demo {
-            let mut text = String::from("\nmanifold demo is up. Try:\n\n");
-            for line in manifold::demo::curl_lines(server.addr) {
-                text.push_str("  ");
-                text.push_str(&line);
-                text.push('\n');
-            }
-            if let Some(a) = server.admin_addr {
-                text.push_str(&format!("  curl -s http://{a}/routes\n"));
-                if server.live.gateway.load().console.is_some() {
-                    text.push_str(&format!(
-                        "\nThe console (live figures, the last slow and failed requests): \
-                         http://{a}/\n"
-                    ));
-                }
-            }
+            let console = server.live.gateway.load().console.is_some();
+            let text = manifold::demo::banner(server.addr, server.admin_addr, console);
             eprintln!("{text}");
         }
         if format == LogFormat::Pretty {

@@ -549,3 +549,65 @@ async fn chromium_shows_the_console_live() {
         "the page read /stats"
     );
 }
+
+/// A reload keeps each route's and upstream's figures and the kept requests; the
+/// last reload's result is shown, a refused one as `error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_keep_the_record_and_show_their_result() {
+    let ok = Upstream::json(json!({"id": 1})).await;
+    let broken = Upstream::start(|_| async { crate::support::json(503, json!({})) }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    let text = |timeout: &str| {
+        format!(
+            "{}{}{}\n[[routes]]\nname = \"con-reload\"\npath = \"/reload\"\ntimeout = \"{timeout}\"\n  [[routes.backends]]\n  upstream = \"con_reload\"\n  path = \"/\"\n\n[[routes]]\nname = \"con-reload-broken\"\npath = \"/reload/broken\"\n  [[routes.backends]]\n  upstream = \"con_reload_broken\"\n  path = \"/\"\n",
+            crate::support::SERVER,
+            upstream("con_reload", &ok.url(), ""),
+            upstream("con_reload_broken", &broken.url(), "")
+        )
+    };
+    std::fs::write(&path, text("2s")).unwrap();
+    let gw = Gateway::start_file(&path).await;
+    for _ in 0..10 {
+        assert_eq!(gw.get("/reload").await.status, 200);
+    }
+    let (failed, _) = send(&gw, "/reload/broken").await;
+    let (_, before) = admin_json(&gw, "/stats").await;
+    let started_at = before["process"]["last_reload"]["at"].clone();
+
+    // A changed route and the same upstream: the figures go on under their names.
+    std::fs::write(&path, text("3s")).unwrap();
+    gw.server.reload_file(&path).await.unwrap();
+    let (_, after) = admin_json(&gw, "/stats").await;
+    assert_eq!(after["process"]["last_reload"]["result"], "ok");
+    assert_ne!(after["process"]["last_reload"]["at"], started_at);
+    assert_ne!(
+        after["process"]["fingerprint"],
+        before["process"]["fingerprint"]
+    );
+    assert!(
+        route(&after, "con-reload")["requests_per_s"]
+            .as_f64()
+            .unwrap()
+            > 0.0,
+        "{after}"
+    );
+    assert!(
+        after["upstreams"]["con_reload"]["calls_per_s"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    let (status, _) = admin_json(&gw, &format!("/requests/{failed}")).await;
+    assert_eq!(status, 200, "a kept request outlives the reload");
+
+    // A refused reload: the old config serves, the console says so.
+    std::fs::write(&path, "[[routes]]\npath = 1\n").unwrap();
+    assert!(gw.server.reload_file(&path).await.is_err());
+    let (_, refused) = admin_json(&gw, "/stats").await;
+    assert_eq!(refused["process"]["last_reload"]["result"], "error");
+    assert_eq!(
+        refused["process"]["fingerprint"],
+        after["process"]["fingerprint"]
+    );
+}

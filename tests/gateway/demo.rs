@@ -112,3 +112,27 @@ async fn every_printed_curl_line_answers() {
     server.shutdown();
     assert!(server.wait().await);
 }
+
+/// What `manifold demo` prints names the console, and the console answers there.
+#[tokio::test]
+async fn the_banner_names_the_console_and_it_answers_there() {
+    let server = crate::support::start_demo().await;
+    let admin = server.admin_addr.unwrap();
+    let banner = manifold::demo::banner(server.addr, Some(admin), true);
+    let url = format!("http://{admin}/");
+    let line = banner
+        .lines()
+        .find(|l| l.contains("console"))
+        .unwrap_or_else(|| panic!("no console line in {banner}"));
+    assert!(line.trim_end().ends_with(&url), "{line}");
+    let page = reqwest::get(&url).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(page.text().await.unwrap().contains("manifold console"));
+    assert!(!manifold::demo::banner(server.addr, Some(admin), false).contains("console"));
+}
