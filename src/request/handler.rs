@@ -17,11 +17,11 @@ use crate::request::fanout::{self, Call};
 use crate::request::gateway::{Gateway, Live, Route};
 use crate::request::outbound::{Inbound, Outbound, decode_params, read_body};
 use crate::request::router::{Match, Params};
-use crate::request::wire::{self, Answer, Asked, Made};
+use crate::request::wire::{self, Answer, Asked, Counted, Made, Outgoing};
 use crate::request::{merge, passthrough, websocket};
 use crate::state::buffers::{Charge, Share};
 use crate::state::cache::{self, Through};
-use crate::telemetry::access_log::{self, AccessRecord, Report};
+use crate::telemetry::access_log::{self, AccessRecord, Deferred, Report};
 use crate::telemetry::metrics::METRICS;
 use crate::telemetry::metrics::labels::{CacheKind, CacheResult};
 use crate::telemetry::trace::{self, Span};
@@ -220,6 +220,18 @@ pub async fn handle(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok()),
     };
+    // A stream of no declared length: its line waits for its end, to say its bytes.
+    if done.record.bytes.is_none() && gateway.config.telemetry.access_log {
+        let line = Deferred::new(
+            done.live.log_sink.clone(),
+            gateway.config.telemetry.log_format,
+        );
+        done.deferred = Some(line.clone());
+        response = response.map(|body| match body {
+            Body::Stream(s) => Body::Stream(Outgoing::Counted(Box::new(Counted::new(s, line)))),
+            full => full,
+        });
+    }
     response
 }
 
@@ -312,6 +324,9 @@ pub struct Finish {
     /// freed when the request is dropped). Boxed: every request's future holds this
     /// field, and most never use it.
     idempotency: Option<Box<crate::edge::idempotency::Held>>,
+    /// Where the access line goes when the answer's stream ends (a stream of no
+    /// declared length), instead of now.
+    deferred: Option<Arc<Deferred>>,
 }
 
 impl Finish {
@@ -324,6 +339,7 @@ impl Finish {
             span,
             started: Instant::now(),
             idempotency: None,
+            deferred: None,
         }
     }
 }
@@ -378,7 +394,10 @@ impl Drop for Finish {
         let telemetry = &self.gateway.config.telemetry;
         if telemetry.access_log {
             self.record.duration = elapsed;
-            access_log::write(&self.live.log_sink, telemetry.log_format, &self.record);
+            match self.deferred.take() {
+                Some(line) => line.put(self.record.clone()),
+                None => access_log::write(&self.live.log_sink, telemetry.log_format, &self.record),
+            }
         }
     }
 }

@@ -27,7 +27,7 @@ use crate::base::body::{Body, BoxError};
 use crate::base::coding::{self, Encoder};
 use crate::base::forward::{X_MANIFOLD_COMPLETED, X_REQUEST_ID};
 use crate::config::Compression;
-use crate::telemetry::access_log::AccessRecord;
+use crate::telemetry::access_log::{AccessRecord, Deferred};
 use crate::telemetry::metrics::{METRICS, WireMetrics};
 use crate::upstream::Streamed;
 
@@ -114,6 +114,38 @@ pub enum Made {
 pub enum Outgoing {
     Plain(Streamed),
     Encoded(Box<Encoding>),
+    /// A stream of no declared length, counted: its access line is written at its end.
+    Counted(Box<Counted>),
+}
+
+/// A stream whose bytes the access line reports (docs/operations.md#the-access-log).
+pub struct Counted {
+    inner: Outgoing,
+    sent: u64,
+    line: Option<Arc<Deferred>>,
+}
+
+impl Counted {
+    pub fn new(inner: Outgoing, line: Arc<Deferred>) -> Self {
+        Counted {
+            inner,
+            sent: 0,
+            line: Some(line),
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(line) = self.line.take() {
+            line.write(self.sent);
+        }
+    }
+}
+
+/// The client left, or hyper let the stream go: the line says what was sent.
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.end();
+    }
 }
 
 pub type Answer = Response<Body<Outgoing>>;
@@ -239,7 +271,8 @@ pub fn finish(
             }
             Body::Stream(Outgoing::Encoded(Box::new(Encoding::new(s, encoder))))
         }
-        encoded @ Body::Stream(Outgoing::Encoded(_)) => encoded,
+        // Already on its way (counted streams are wrapped after this step).
+        done @ Body::Stream(Outgoing::Encoded(_) | Outgoing::Counted(_)) => done,
     };
     parts.headers.remove(CONTENT_LENGTH);
     parts
@@ -459,6 +492,17 @@ impl HttpBody for Outgoing {
         match self.get_mut() {
             Outgoing::Plain(s) => Pin::new(s).poll_frame(cx),
             Outgoing::Encoded(e) => Pin::new(&mut **e).poll_frame(cx),
+            Outgoing::Counted(c) => {
+                let polled = Pin::new(&mut c.inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        c.sent += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    }
+                    Poll::Ready(None) => c.end(),
+                    _ => {}
+                }
+                polled
+            }
         }
     }
 
@@ -466,6 +510,7 @@ impl HttpBody for Outgoing {
         match self {
             Outgoing::Plain(s) => s.is_end_stream(),
             Outgoing::Encoded(e) => e.is_end_stream(),
+            Outgoing::Counted(c) => c.inner.is_end_stream(),
         }
     }
 
@@ -473,6 +518,7 @@ impl HttpBody for Outgoing {
         match self {
             Outgoing::Plain(s) => s.size_hint(),
             Outgoing::Encoded(_) => SizeHint::default(),
+            Outgoing::Counted(c) => c.inner.size_hint(),
         }
     }
 }

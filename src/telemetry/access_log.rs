@@ -22,6 +22,7 @@ use crate::telemetry::metrics::labels::{AuthResult, CacheResult, IdempotencyResu
 /// Where whole log lines go. Each call gets exactly one line, newline included.
 pub type LogSink = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
+#[derive(Clone)]
 pub struct AccessRecord {
     pub method: Method,
     pub path: String,
@@ -54,6 +55,41 @@ pub struct AccessRecord {
     /// The answer's body in bytes as sent (compressed, when it was): its length, or the
     /// declared `content-length` of a streamed one; `None` for a stream of unknown length.
     pub bytes: Option<u64>,
+}
+
+/// The line of a request whose answer streams with no declared length: written when
+/// the stream ends (or the client leaves), when its bytes are known. The request
+/// hands its record over as it finishes; the stream writes it.
+pub struct Deferred {
+    record: std::sync::Mutex<Option<AccessRecord>>,
+    sink: LogSink,
+    format: LogFormat,
+}
+
+impl Deferred {
+    pub fn new(sink: LogSink, format: LogFormat) -> Arc<Deferred> {
+        Arc::new(Deferred {
+            record: std::sync::Mutex::new(None),
+            sink,
+            format,
+        })
+    }
+
+    /// The request's record, complete but for the bytes sent.
+    pub fn put(&self, record: AccessRecord) {
+        if let Ok(mut r) = self.record.lock() {
+            *r = Some(record);
+        }
+    }
+
+    /// The stream ended after `bytes`: the line goes out (once).
+    pub fn write(&self, bytes: u64) {
+        let record = self.record.lock().ok().and_then(|mut r| r.take());
+        if let Some(mut record) = record {
+            record.bytes = Some(bytes);
+            write(&self.sink, self.format, &record);
+        }
+    }
 }
 
 /// The most of a client's `user-agent` an access line holds.

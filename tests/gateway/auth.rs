@@ -448,6 +448,27 @@ async fn a_jwks_down_at_start_gives_503_until_it_is_back() {
     let token = key.sign(&claims("a", json!({})));
     let a = bearer(&gw, &token).await;
     a.error(503, "AUTH_UNAVAILABLE");
+    // The console says no keys are held, and none were ever fetched.
+    let stats = |gw: &Gateway| {
+        let url = format!("{}/stats", gw.admin);
+        let client = gw.client.clone();
+        async move {
+            let v: serde_json::Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            v["auth"]["jwt"]
+                .as_object()
+                .unwrap()
+                .values()
+                .next()
+                .unwrap()
+                .clone()
+        }
+    };
+    let held = stats(&gw).await;
+    assert_eq!(
+        (held["keys"].as_u64(), held["refreshed_at"].is_null()),
+        (Some(0), true),
+        "{held}"
+    );
     // The failed fetch is logged with its cause (and the URL it went to).
     let port = idp.server.addr.port().to_string();
     let logged = all_events().into_iter().any(|e| {
@@ -468,6 +489,14 @@ async fn a_jwks_down_at_start_gives_503_until_it_is_back() {
     idp.down.store(false, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(31)).await;
     assert_eq!(bearer(&gw, &token).await.status, 200);
+    let held = stats(&gw).await;
+    assert_eq!(held["keys"], 1, "{held}");
+    assert!(
+        held["refreshed_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{held}"
+    );
     let m = gw.metrics().await;
     assert!(
         series(

@@ -160,6 +160,7 @@ max_request_body = \"64MiB\"
         .expect("response head streamed")
         .unwrap();
     assert_eq!(resp.status(), 200);
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     let mut stream = resp.bytes_stream();
     let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
         .await
@@ -182,10 +183,23 @@ max_request_body = \"64MiB\"
         String::from_utf8_lossy(&rest),
         format!("received={};", 1024 + 8 * (1 << 20))
     );
+    // A stream of no declared length: its access line waits for the end, to say how
+    // many bytes went out.
+    assert!(
+        !gw.access_lines()
+            .iter()
+            .any(|l| l["request_id"] == id.as_str()),
+        "no line before the stream ends"
+    );
     // The upstream's last chunk is held back until now: the gateway streamed the rest already.
     release_tx.send(()).unwrap();
     let end = stream.next().await.unwrap().unwrap();
     assert_eq!(&end[..], b"end");
+    assert!(stream.next().await.is_none());
+    let line = gw.access_line(&id).await;
+    let sent = first.len() + rest.len() + end.len();
+    assert_eq!(line["bytes"], sent, "{line}");
+    assert_eq!(line["status"], 200);
 }
 
 #[tokio::test]

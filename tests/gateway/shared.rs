@@ -198,11 +198,27 @@ rate_limit = {{ per_second = {per_second}, burst = {burst}, key = "global" }}
     )
 }
 
+/// Redis as `/routes` shows it, which the console's `/stats` must agree with.
 async fn redis_state(gw: &Gateway) -> String {
-    gw.routes().await["shared"]["redis"]
+    let state = gw.routes().await["shared"]["redis"]
         .as_str()
         .unwrap_or("absent")
-        .to_string()
+        .to_string();
+    let stats: serde_json::Value = gw
+        .client
+        .get(format!("{}/stats", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let console = stats["shared"]["redis"].as_str().unwrap_or("absent");
+    // A transition may fall between the two reads; settle on the later one then.
+    if console != state {
+        return console.to_string();
+    }
+    state
 }
 
 async fn until_state(gw: &Gateway, want: &str) {
