@@ -40,6 +40,14 @@ path = "/con/ok/{{id}}"
   path = "/users/{{id}}"
 
 [[routes]]
+name = "con-cached"
+path = "/con/cached"
+cache = {{ ttl = "1m" }}
+  [[routes.backends]]
+  upstream = "con_ok"
+  path = "/users/7"
+
+[[routes]]
 name = "con-broken"
 path = "/con/broken"
   [[routes.backends]]
@@ -149,6 +157,12 @@ async fn stats_show_routes_upstreams_and_the_failures_with_their_causes() {
     assert!(!spark.is_empty() && spark.len() <= 30, "{ok}");
     assert!(spark.iter().any(|v| v.as_f64().unwrap() > 0.0), "{ok}");
     assert_eq!(route(&stats, "con-broken")["error_pct"], 100.0);
+    // A miss, then hits: the route cache's share of answers.
+    for _ in 0..4 {
+        assert_eq!(gw.get("/con/cached").await.status, 200);
+    }
+    let (_, stats) = admin_json(&gw, "/stats").await;
+    assert_eq!(route(&stats, "con-cached")["cache_hit_pct"], 75.0);
 
     let up = &stats["upstreams"]["con_broken"];
     assert_eq!(up["breaker"], "closed");
