@@ -38,6 +38,7 @@ pub fn finished(gw: &Gateway, route: &Route, r: &AccessRecord, started: Instant,
             error: r.status >= 500,
             lookups,
             hits,
+            untimed: false,
         },
     );
     let slow = took > gw.config.admin.slow;
@@ -49,6 +50,10 @@ pub fn finished(gw: &Gateway, route: &Route, r: &AccessRecord, started: Instant,
     let request_id: Box<str> = String::from_utf8_lossy(r.request_id.as_bytes()).into();
     let at = SystemTime::now() - took;
     for (name, report) in &r.backends {
+        // A failure shared by coalesced requests is kept once, by the one that called.
+        if report.coalesced {
+            continue;
+        }
         if let (Some(cause), Some(b)) = (&report.cause, backend(route, name)) {
             console.failure(FailedBackend {
                 at: at + offset(report, started) + report.elapsed,
@@ -57,7 +62,7 @@ pub fn finished(gw: &Gateway, route: &Route, r: &AccessRecord, started: Instant,
                 backend: name.clone(),
                 upstream: b.upstream.name.clone(),
                 outcome: report.outcome,
-                cause: cause.to_string(),
+                cause: cut(cause, MAX_CAUSE),
             });
         }
     }
@@ -68,6 +73,21 @@ pub fn finished(gw: &Gateway, route: &Route, r: &AccessRecord, started: Instant,
             failed,
         );
     }
+}
+
+/// The most of a cause kept: a cause can quote what a client sent (a gRPC message's
+/// unknown field name, say), and the list must stay small whatever clients send.
+const MAX_CAUSE: usize = 300;
+
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 fn backend<'r>(route: &'r Route, name: &str) -> Option<&'r Backend> {
@@ -98,7 +118,7 @@ fn waterfall(
         };
         let trail = report.trail.as_deref();
         if rows == SPANS {
-            dropped += 1 + trail.map_or(0, Trail::len);
+            dropped += 1 + trail.map_or(usize::from(report.attempts > 0), Trail::len);
             continue;
         }
         rows += 1;
@@ -157,5 +177,17 @@ fn waterfall(
         duration_ms: took,
         backends,
         spans_dropped: dropped,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_long_cause_is_cut_at_a_character() {
+        assert_eq!(super::cut("short", 300), "short");
+        let long = "é".repeat(400);
+        let cut = super::cut(&long, 301);
+        assert!(cut.len() <= 301 + "…".len(), "{}", cut.len());
+        assert!(cut.ends_with('…'));
     }
 }

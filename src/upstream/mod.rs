@@ -604,6 +604,15 @@ impl Upstream {
                         if let (Some(began), Some(on)) = (began, on) {
                             let took = now - began;
                             trail.push(Mark::new(on, began, took, AttemptEnd::Cancelled, hedge));
+                            // Not an upstream's outcome for the metrics, but a call that
+                            // was out this long: the console's rate and p99 count it.
+                            if let Some(w) = &self.console {
+                                let seen = Seen {
+                                    took,
+                                    ..Seen::default()
+                                };
+                                w.record(now, seen);
+                            }
                         }
                     }
                     return Called {

@@ -524,6 +524,28 @@ async fn chromium_shows_the_console_live() {
         .await;
     assert!(heading.as_str().unwrap().contains(&hedged), "{heading}");
 
+    // A link to a request no longer kept says so, without a failed request.
+    page.call(
+        "Page.navigate",
+        json!({"url": format!("{}/?again#request=not-kept", gw.admin)}),
+    )
+    .await;
+    page.wait_for("Page.loadEventFired").await;
+    let mut said = Value::Null;
+    for _ in 0..30 {
+        said = page
+            .eval("document.querySelector('#waterfall:not([hidden]) .empty')?.textContent ?? null")
+            .await;
+        if said.is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        said.as_str().is_some_and(|t| t.starts_with("not kept")),
+        "{said}"
+    );
+
     // Nothing went wrong, and nothing was asked of anyone but the admin listener.
     let events = std::mem::take(&mut page.events);
     for e in &events {

@@ -8,7 +8,9 @@
 //! may be lost.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -88,6 +90,9 @@ pub struct Seen {
     pub error: bool,
     pub lookups: u32,
     pub hits: u32,
+    /// Counted, but not a latency: a call a guard refused took no time worth showing,
+    /// and would pull the quantiles down just when the upstream is unwell.
+    pub untimed: bool,
 }
 
 /// The figures the console shows of one window, at one moment.
@@ -174,23 +179,27 @@ impl Window {
         let mut bins = [0u64; BINS];
         for slot in self.slots.iter().filter_map(OnceLock::get) {
             for c in &slot.counts {
-                let Some(e) = c.epoch.load(Relaxed).checked_sub(1) else {
+                let Some(e) = c.epoch.load(Acquire).checked_sub(1) else {
                     continue;
                 };
                 if (oldest..=current).contains(&e) {
-                    let b = &mut buckets[(e - oldest) as usize];
-                    for (sum, n) in b.iter_mut().zip(&c.n) {
-                        *sum += u64::from(n.load(Relaxed));
+                    let read: [u64; 4] = std::array::from_fn(|i| u64::from(c.n[i].load(Relaxed)));
+                    // Cleared for a newer bucket meanwhile: not this bucket's counts.
+                    if c.epoch.load(Acquire) == e + 1 {
+                        let b = &mut buckets[(e - oldest) as usize];
+                        b.iter_mut().zip(read).for_each(|(sum, n)| *sum += n);
                     }
                 }
             }
             for l in &slot.latencies {
-                let Some(e) = l.epoch.load(Relaxed).checked_sub(1) else {
+                let Some(e) = l.epoch.load(Acquire).checked_sub(1) else {
                     continue;
                 };
                 if e + MINUTE > current && e <= current {
-                    for (sum, n) in bins.iter_mut().zip(&l.bins) {
-                        *sum += u64::from(n.load(Relaxed));
+                    let read: [u64; BINS] =
+                        std::array::from_fn(|i| u64::from(l.bins[i].load(Relaxed)));
+                    if l.epoch.load(Acquire) == e + 1 {
+                        bins.iter_mut().zip(read).for_each(|(sum, n)| *sum += n);
                     }
                 }
             }
@@ -206,11 +215,19 @@ impl Window {
         let elapsed = age - span_start as f64;
         let per_s = |n: u64, secs: f64| n as f64 / secs.max(1.0);
         let seen = minute[Count::Seen as usize];
-        let sparkline = buckets
+        // The bucket being filled shows once it has a second in it (a rate over less
+        // would dip for no reason).
+        let shown = if into < 1.0 && buckets.len() > 1 {
+            &buckets[..buckets.len() - 1]
+        } else {
+            &buckets[..]
+        };
+        let partial = into >= 1.0 || buckets.len() == 1;
+        let sparkline = shown
             .iter()
             .enumerate()
             .map(|(i, b)| {
-                let secs = if i + 1 == buckets.len() {
+                let secs = if i + 1 == shown.len() && partial {
                     into
                 } else {
                     BUCKET.as_secs_f64()
@@ -231,11 +248,13 @@ impl Window {
     }
 }
 
-/// Clears a bucket when `e` starts it (the first writer of a new bucket does).
+/// Clears a bucket when `e` starts it (the first writer of a new bucket does): marked
+/// as no bucket while it is cleared, so a reader never adds old counts to the new one.
 fn fresh(mark: &AtomicU64, e: u64, clear: impl FnOnce()) {
     let seen = mark.load(Relaxed);
-    if seen != e + 1 && mark.compare_exchange(seen, e + 1, Relaxed, Relaxed).is_ok() {
+    if seen != e + 1 && mark.compare_exchange(seen, 0, Acquire, Relaxed).is_ok() {
         clear();
+        mark.store(e + 1, Release);
     }
 }
 
@@ -301,6 +320,7 @@ mod tests {
                         error: slow,
                         lookups: 1,
                         hits: u32::from(i % 2 == 0),
+                        untimed: false,
                     },
                 );
             }
@@ -323,8 +343,11 @@ mod tests {
                 .all(|v| *v == 10.0),
             "{f:?}"
         );
-        // Ten quiet minutes later: nothing in the minute, the sparkline at its length.
+        // At the start of a bucket, the one being filled is not shown yet.
         tokio::time::advance(Duration::from_secs(600)).await;
+        assert_eq!(w.figures(Instant::now()).sparkline.len(), SPARKLINE - 1);
+        // Ten quiet minutes later: nothing in the minute, the sparkline at its length.
+        tokio::time::advance(Duration::from_secs(5)).await;
         let f = w.figures(Instant::now());
         assert_eq!((f.seen, f.p99_ms, f.cache_hit_pct), (0, None, None));
         assert_eq!(f.sparkline.len(), SPARKLINE);
