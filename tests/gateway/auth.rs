@@ -449,21 +449,17 @@ async fn a_jwks_down_at_start_gives_503_until_it_is_back() {
     let a = bearer(&gw, &token).await;
     a.error(503, "AUTH_UNAVAILABLE");
     // The console says no keys are held, and none were ever fetched.
-    let stats = |gw: &Gateway| {
-        let url = format!("{}/stats", gw.admin);
-        let client = gw.client.clone();
-        async move {
-            let v: serde_json::Value = client.get(url).send().await.unwrap().json().await.unwrap();
-            v["auth"]["jwt"]
-                .as_object()
-                .unwrap()
-                .values()
-                .next()
-                .unwrap()
-                .clone()
-        }
+    let stats = || async {
+        let (_, v) = gw.admin_json("/stats").await;
+        v["auth"]["jwt"]
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()
+            .clone()
     };
-    let held = stats(&gw).await;
+    let held = stats().await;
     assert_eq!(
         (held["keys"].as_u64(), held["refreshed_at"].is_null()),
         (Some(0), true),
@@ -489,7 +485,7 @@ async fn a_jwks_down_at_start_gives_503_until_it_is_back() {
     idp.down.store(false, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(31)).await;
     assert_eq!(bearer(&gw, &token).await.status, 200);
-    let held = stats(&gw).await;
+    let held = stats().await;
     assert_eq!(held["keys"], 1, "{held}");
     assert!(
         held["refreshed_at"]

@@ -97,15 +97,7 @@ path = "/con/hedged"
 }
 
 async fn admin_json(gw: &Gateway, path: &str) -> (u16, Value) {
-    let r = gw
-        .client
-        .get(format!("{}{path}", gw.admin))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    gw.admin_json(path).await
 }
 
 fn route<'v>(stats: &'v Value, name: &str) -> &'v Value {

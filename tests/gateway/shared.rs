@@ -204,15 +204,7 @@ async fn redis_state(gw: &Gateway) -> String {
         .as_str()
         .unwrap_or("absent")
         .to_string();
-    let stats: serde_json::Value = gw
-        .client
-        .get(format!("{}/stats", gw.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, stats) = gw.admin_json("/stats").await;
     let console = stats["shared"]["redis"].as_str().unwrap_or("absent");
     // A transition may fall between the two reads; settle on the later one then.
     if console != state {

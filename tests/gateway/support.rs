@@ -343,6 +343,19 @@ impl Gateway {
             .unwrap()
     }
 
+    /// An admin listener path's status and JSON (`null` when the body is not JSON).
+    pub async fn admin_json(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.admin))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
     /// The admin `/routes` answer.
     pub async fn routes(&self) -> Value {
         serde_json::from_str(&self.routes_text().await).unwrap()
