@@ -9,8 +9,10 @@
 # or `distinct` for the fan-out over 500 different ids. One worker; the upstream is
 # benches/abuse.py's; N (2,000) h2c requests (h2load, 4 connections × 10 streams) after
 # a warm-up of 200, counted from zeroed counters. KEEP=DIR keeps the profiles there.
+# H1=1 sends HTTP/1.1 instead (h2load --h1, 40 connections), as run.py's wrk does.
 set -euo pipefail
 BIN=$(realpath "$1"); URLPATH=$2; N=${3:-2000}
+LOAD=(-c 4 -m 10); if [ -n "${H1:-}" ]; then LOAD=(--h1 -c 40 -m 1); fi
 HERE=$(cd "$(dirname "$0")" && pwd)
 WORK=$(mktemp -d /tmp/manifold-callgrind-XXXXXX)
 cd "$WORK"
@@ -24,7 +26,7 @@ sed "s#http://127.0.0.1:7001#http://127.0.0.1:$PORT#; s#^listen = .*#listen = \"
 valgrind --tool=callgrind --callgrind-out-file=callgrind.out.run "$BIN" serve --config routes.toml > gw.log 2>&1 &
 GW=$!
 for _ in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:7213/health && break; sleep 0.3; done
-h2load -n 200 -c 4 -m 10 http://127.0.0.1:7203/api/users/1 > /dev/null 2>&1
+h2load -n 200 "${LOAD[@]}" http://127.0.0.1:7203/api/users/1 > /dev/null 2>&1
 callgrind_control -z $GW > /dev/null 2>&1
 if [ "$URLPATH" = distinct ]; then
   URIS=$(for i in $(seq 1 500); do echo -n "http://127.0.0.1:7203/api/dashboard/$i "; done)
@@ -32,7 +34,7 @@ else
   URIS=http://127.0.0.1:7203$URLPATH
 fi
 # shellcheck disable=SC2086
-h2load -n "$N" -c 4 -m 10 $URIS > h2.log 2>&1
+h2load -n "$N" "${LOAD[@]}" $URIS > h2.log 2>&1
 callgrind_control -d $GW > /dev/null 2>&1
 sleep 1
 kill $GW; wait $GW 2>/dev/null || true

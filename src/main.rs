@@ -11,7 +11,7 @@ use manifold::listener::Server;
 // glibc malloc showed up as ~18% of CPU under fan-out load (many small JSON values
 // and headers per request); mimalloc's thread-local free lists cut that sharply.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: manifold::base::alloc::Allocator = manifold::base::alloc::Allocator;
 
 #[derive(Parser)]
 #[command(

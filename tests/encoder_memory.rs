@@ -12,7 +12,7 @@ use manifold::base::coding::{Coding, Encoder};
 
 // The allocator the binary uses: its size classes are part of what an encoder costs.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: manifold::base::alloc::Allocator = manifold::base::alloc::Allocator;
 
 const ENCODERS: usize = 100;
 const LIMIT: usize = 512 << 10;

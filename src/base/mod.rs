@@ -3,8 +3,9 @@
 //! codings: negotiation, encoders, bounded decoders ([`coding`]), the JSON
 //! rule ([`json`]), the header rules ([`forward`]), bodies ([`body`]), path templates
 //! ([`template`]), redaction of secrets ([`redact`]), files the config names ([`files`]), TLS
-//! client set-up ([`tls`]) and the worker loops ([`worker`]).
+//! client set-up ([`tls`]), the worker loops ([`worker`]) and the allocator ([`alloc`]).
 
+pub mod alloc;
 pub mod body;
 pub mod cache_control;
 pub mod coding;
