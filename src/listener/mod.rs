@@ -243,6 +243,7 @@ impl Server {
     /// file is refused with `check`'s diagnostics (one log line each) and the current
     /// config keeps serving. The files are read off the event loop.
     pub async fn reload_file(&self, path: &std::path::Path) -> Result<(), String> {
+        let began = tokio::time::Instant::now();
         let owned = path.to_path_buf();
         let loaded = tokio::task::spawn_blocking(move || Config::load(&owned))
             .await
@@ -266,6 +267,8 @@ impl Server {
             Ok(()) => tracing::info!(
                 file = %path.display(),
                 fingerprint = %self.live.gateway.load().config.version(),
+                // Read, check and build: what a config's size costs (operations.md, Sizing).
+                took_ms = began.elapsed().as_millis() as u64,
                 "config reloaded"
             ),
             Err(e) => tracing::error!(
