@@ -67,3 +67,36 @@ def upstream_nginx(work, shared, start):
     p = start(["nginx", "-p", work, "-c", f"{work}/upstream-nginx.conf"])
     wait_port(7001)
     return p
+
+
+def rss_kib(pid):
+    """Resident memory of a process now, in KiB (VmRSS)."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def plot(path, title, xlabel, ylabel, lines, logx=False, note=None):
+    """Draws `lines` ([(label, xs, ys)]) into the PNG at `path`: the sizing curves of
+    docs/operations.md. Needs matplotlib (pip install matplotlib)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+    for (label, xs, ys), marker in zip(lines, "osD^v"):
+        ax.plot(xs, ys, marker=marker, label=label)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_title(title, fontsize=11)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    if len(lines) > 1:
+        ax.legend(fontsize=8)
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=7, color="gray")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
