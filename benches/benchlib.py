@@ -26,6 +26,9 @@ def wrk(url, duration, connections=64, script=None):
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)", out, re.M)
     p99_ms = float(p99.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99.group(2)]
+    failed = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if failed:
+        print(f"# {url}: {failed.group(1)} answers were not 2xx", file=sys.stderr)
     return rps, p99_ms
 
 
@@ -100,3 +103,25 @@ def plot(path, title, xlabel, ylabel, lines, logx=False, note=None):
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def data_upstream(work, start, extra=""):
+    """benches/compare/upstream.nginx.conf (benches/data's answers on :7001, one worker),
+    with `extra` nginx directives added to its server block; started with `start`."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    os.makedirs(f"{work}/tmp", exist_ok=True)
+    text = open(f"{here}/compare/upstream.nginx.conf").read()
+    text = text.replace("__WORK__", work).replace("__DATA__", f"{here}/data")
+    text = text.replace("    location = /status", extra + "    location = /status", 1)
+    open(f"{work}/upstream.conf", "w").write(text)
+    p = start(["nginx", "-p", work, "-c", f"{work}/upstream.conf"])
+    wait_port(7001)
+    return p
+
+
+def hwm_kib(pid):
+    """Peak resident memory of a process so far, in KiB (VmHWM)."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
