@@ -226,17 +226,18 @@ async fn call_backend(
         }
         None => Retry::Never,
     };
+    // The cache's and the upstream's futures are boxed where they are awaited: held
+    // inline they made this future 4.5 KB, which `FuturesUnordered::push` copied three
+    // times per backend before it ever ran (5.6 % of a fan-out's instructions).
     if let (Some(ttl), Some(key)) = (b.cache_ttl, &key)
-        && let Lookup::Fresh(entry) = call
-            .cache
-            .lookup(
-                key,
-                crate::state::cache::Longest {
-                    fresh: ttl,
-                    stale: Duration::ZERO,
-                },
-            )
-            .await
+        && let Lookup::Fresh(entry) = Box::pin(call.cache.lookup(
+            key,
+            crate::state::cache::Longest {
+                fresh: ttl,
+                stale: Duration::ZERO,
+            },
+        ))
+        .await
     {
         let result = merge::decode(&b.plan, &entry.body);
         METRICS.cache_result(CacheKind::Backend, CacheResult::Hit);
@@ -284,7 +285,7 @@ async fn call_backend(
         codec: &b.codec,
         pass_errors: b.pass_errors,
     };
-    let upstream_call = || b.upstream.call_buffered(&spec);
+    let upstream_call = || Box::pin(b.upstream.call_buffered(&spec));
     let (mut called, mut made_call) = match &key {
         Some(key) => b.upstream.coalescer.run(key, upstream_call).await,
         None => (upstream_call().await, true),
@@ -315,9 +316,7 @@ async fn call_backend(
             if let (Some(ttl), Some(key), true, true) =
                 (b.cache_ttl, key, made_call, decoded.is_ok())
             {
-                call.cache
-                    .store(key, body, h.ttl(ttl), Duration::ZERO)
-                    .await;
+                Box::pin(call.cache.store(key, body, h.ttl(ttl), Duration::ZERO)).await;
             }
             (Some(status.as_u16()), decoded)
         }
