@@ -17,7 +17,7 @@ builds with new keys, e.g. --extra-server 'header_read_timeout = "10s"'); every 
 and --max-rss-mb.
 
 Each run starts its own gateway on free 127.0.0.1 ports, with a config written to a
-temp dir: the upstreams and routes of ../shared/bench/routes.bench.toml, the access log
+temp dir: the upstreams and routes of benches/compare/routes.toml, the access log
 off, and the attack's own upstream and route. Its upstream is this file run as
 `abuse.py upstream` (asyncio, HTTP/1.1 keep-alive; request bodies are read and dropped):
 
@@ -53,7 +53,7 @@ import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-BENCH_CONFIG = os.path.join(ROOT, "..", "shared", "bench", "routes.bench.toml")
+BENCH_CONFIG = os.path.join(HERE, "compare", "routes.toml")
 
 
 # ---------------------------------------------------------------------------
@@ -357,10 +357,10 @@ class Sampler(threading.Thread):
 
 
 def bench_routes(upstream):
-    """The upstreams and routes of the shared bench config, every upstream URL replaced by
+    """The upstreams and routes of the benchmark's config, every upstream URL replaced by
     `upstream`. Its [server] and [telemetry] tables are left out: start_gateway writes them."""
     if not os.path.exists(BENCH_CONFIG):
-        sys.exit(f"{BENCH_CONFIG} is missing (the shared bench folder)")
+        sys.exit(f"{BENCH_CONFIG} is missing ")
     text = open(BENCH_CONFIG).read()
     start = re.search(r"^\[\[?(upstreams|routes)\b", text, re.M).start()
     assert set(tomllib.loads(text[:start])) <= {"server", "telemetry"}, "unexpected table in the bench config"

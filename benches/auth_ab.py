@@ -11,7 +11,7 @@ a validator remembers, so every request pays the signature check).
 
 Prints req/s, p99 and manifold's CPU µs per request (user+system over requests served)
 for each case, medians over rounds run in alternating order, and each case against
-`none`. Uses ../shared/bench (upstream nginx on :7001, routes.bench.toml).
+`none`. Uses benches/compare (upstream nginx on :7001, routes.toml).
 """
 import argparse
 import base64
@@ -24,11 +24,11 @@ import sys
 import tempfile
 import time
 
-from benchlib import cpu_seconds, stop_all, upstream_nginx, wait_port, wrk
+from benchlib import cpu_seconds, stop_all, data_upstream, wait_port, wrk
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SHARED = os.path.join(ROOT, "..", "shared", "bench")
+COMPARE = os.path.join(HERE, "compare")  # the benchmark's routes.toml and upstream
 TOKENS = 12_000
 
 
@@ -95,7 +95,7 @@ def main():
         print(f"minting {TOKENS} RS256 tokens ...", flush=True)
         jwks, tokens = mint(TOKENS)
         json.dump(jwks, open(f"{work}/jwks.json", "w"))
-        base = open(f"{SHARED}/routes.bench.toml").read()
+        base = open(f"{COMPARE}/routes.toml").read()
         validator = '[auth.jwt.bench]\njwks_file = "jwks.json"\nissuer = "bench"\nalgorithms = ["RS256"]\n\n'
         authed = base.replace("[upstreams.svc]", validator + "[upstreams.svc]", 1).replace(
             'path = "/api/dashboard/{id}"\n', 'path = "/api/dashboard/{id}"\nauth = { jwt = "bench", scopes = ["read"] }\n', 1)
@@ -105,7 +105,7 @@ def main():
         lua(f"{work}/one.lua", tokens[:1])
         lua(f"{work}/many.lua", tokens)
 
-        upstream_nginx(work, SHARED, start)
+        data_upstream(work, start)
 
         cases = [("none", "plain.toml", "none.lua"),
                  ("rs256-one-token", "auth.toml", "one.lua"),

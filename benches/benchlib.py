@@ -61,17 +61,6 @@ def children(pid):
         return []
 
 
-def upstream_nginx(work, shared, start):
-    """The benchmark's upstream (nginx serving ../shared/bench/upstream on :7001, one
-    worker), started with `start` (which keeps the process for cleanup); returns it."""
-    text = open(f"{shared}/upstream-nginx.conf.tmpl").read()
-    text = text.replace("__DIR__", work).replace("__DATA__", f"{shared}/upstream").replace("__WORKERS__", "1")
-    open(f"{work}/upstream-nginx.conf", "w").write(text)
-    p = start(["nginx", "-p", work, "-c", f"{work}/upstream-nginx.conf"])
-    wait_port(7001)
-    return p
-
-
 def rss_kib(pid):
     """Resident memory of a process now, in KiB (VmRSS)."""
     for line in open(f"/proc/{pid}/status"):

@@ -11,8 +11,8 @@
     cargo build --release && cargo build --release --example bench_grpc_upstream
     python3 benches/grpc_ab.py [--rounds 5] [--duration 5] [--bin target/release/manifold]
 
-Every request asks for another id (../shared/bench/distinct-ids.lua: nothing coalesced).
-Upstreams: nginx on :7001 (../shared/bench), the tonic service on :7005
+Every request asks for another id (benches/distinct-ids.lua: nothing coalesced).
+Upstreams: nginx on :7001 (benches/compare), the tonic service on :7005
 (examples/bench_grpc_upstream.rs). Targets run one at a time, in alternating order each
 round; medians. CPU µs/req is the target's own user+system time per request (Node: its
 one process).
@@ -29,11 +29,11 @@ import tempfile
 import time
 import urllib.request
 
-from benchlib import cpu_seconds, stop_all, upstream_nginx, wait_port, wrk
+from benchlib import cpu_seconds, stop_all, data_upstream, wait_port, wrk
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SHARED = os.path.join(ROOT, "..", "shared", "bench")
+COMPARE = os.path.join(HERE, "compare")  # the benchmark's routes.toml and upstream
 
 
 def main():
@@ -58,7 +58,7 @@ def main():
         return p
 
     try:
-        upstream_nginx(work, SHARED, start)
+        data_upstream(work, start)
         start([args.upstream])
         wait_port(7005)
         node_dir = f"{work}/node"
@@ -68,7 +68,7 @@ def main():
         subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=node_dir, check=True,
                        stdout=subprocess.DEVNULL)
         config = f"{HERE}/grpc/routes.grpc.toml"
-        script = f"{SHARED}/distinct-ids.lua"
+        script = f"{HERE}/distinct-ids.lua"
         targets = [
             ("manifold-grpc", [args.bin, "serve", "--config", config], 7103, "/api/dashboard/"),
             ("manifold-json", [args.bin, "serve", "--config", config], 7103, "/api/dashboard-json/"),

@@ -13,7 +13,8 @@ Each round runs nginx-as-proxy and every manifold binary given (default
 target/release/manifold), in alternating order so machine drift hits all alike; medians.
 CPU µs/req is the proxy's own user+system time (nginx: all its workers) divided by the
 requests served: on a 2-core box, where wrk and the upstream share the cores, it is the
-number a change moves. Uses ../shared/bench (upstream nginx on :7001, routes.bench.toml).
+number a change moves. Uses benches/compare (upstream nginx on :7001, proxy.nginx.conf,
+routes.toml: the same set-up as benches/compare.py).
 """
 import argparse
 import os
@@ -24,11 +25,11 @@ import sys
 import tempfile
 import time
 
-from benchlib import children, cpu_seconds, stop_all, wait_port, wrk
+from benchlib import children, cpu_seconds, data_upstream, stop_all, wait_port, wrk
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SHARED = os.path.join(ROOT, "..", "shared", "bench")
+COMPARE = os.path.join(HERE, "compare")
 
 
 def main():
@@ -53,22 +54,17 @@ def main():
         return p
 
     try:
-        nginx_pids = []
-        for conf, workers in (("upstream-nginx", 1), ("proxy-nginx", 2)):
-            text = open(f"{SHARED}/{conf}.conf.tmpl").read()
-            text = text.replace("__DIR__", work).replace("__DATA__", f"{SHARED}/upstream").replace("__WORKERS__", str(workers))
-            open(f"{work}/{conf}.conf", "w").write(text)
-            p = start(["nginx", "-p", work, "-c", f"{work}/{conf}.conf"])
-            if conf == "proxy-nginx":
-                proxy = p
-        wait_port(7001)
+        data_upstream(work, start)
+        text = open(f"{COMPARE}/proxy.nginx.conf").read().replace("__WORK__", work)
+        open(f"{work}/proxy.nginx.conf", "w").write(text)
+        proxy = start(["nginx", "-p", work, "-c", f"{work}/proxy.nginx.conf"])
         wait_port(7101)
         time.sleep(0.3)
         nginx_pids = [proxy.pid] + children(proxy.pid)
         targets = [] if args.fanout else [("nginx", "http://127.0.0.1:7101/api/users/42", nginx_pids, None)]
-        config = f"{SHARED}/routes.bench.toml"
+        config = f"{COMPARE}/routes.toml"
         url = "http://127.0.0.1:7103/api/dashboard/" if args.fanout else "http://127.0.0.1:7103/api/users/42"
-        script = f"{SHARED}/distinct-ids.lua" if args.fanout else None
+        script = f"{HERE}/distinct-ids.lua" if args.fanout else None
         for i, b in enumerate(bins):
             targets.append((f"manifold{i}" if len(bins) > 1 else "manifold", url, None, b))
         results = {t[0]: [] for t in targets}

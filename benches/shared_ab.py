@@ -14,7 +14,7 @@
    cache that misses (distinct ids), Redis on the same machine. Prints req/s, manifold's
    and Redis's CPU µs per request, and the ratio (issue 13's target: >= 0.8).
 
-Uses ../shared/bench (upstream nginx on :7001, routes.bench.toml).
+Uses benches/compare (upstream nginx on :7001, routes.toml).
 """
 import argparse
 import os
@@ -29,11 +29,11 @@ import threading
 import time
 import urllib.request
 
-from benchlib import cpu_seconds, stop_all, upstream_nginx, wait_port, wrk
+from benchlib import cpu_seconds, stop_all, data_upstream, wait_port, wrk
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SHARED = os.path.join(ROOT, "..", "shared", "bench")
+COMPARE = os.path.join(HERE, "compare")  # the benchmark's routes.toml and upstream
 
 
 def free_port():
@@ -66,8 +66,8 @@ def main():
         rport = free_port()
         redis = start(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         wait_port(rport)
-        upstream_nginx(work, SHARED, start)
-        base = open(f"{SHARED}/routes.bench.toml").read()
+        data_upstream(work, start)
+        base = open(f"{COMPARE}/routes.toml").read()
 
         # 1. Accuracy.
         ports = []
@@ -116,7 +116,7 @@ def main():
         shared = shared.replace('  path = "/users/{id}"\n  group = "user"', '  path = "/users/{id}"\n  group = "user"\n  cache_ttl = "60s"', 1)
         open(f"{work}/plain.toml", "w").write(plain)
         open(f"{work}/shared.toml", "w").write(shared)
-        script = f"{SHARED}/distinct-ids.lua"
+        script = f"{HERE}/distinct-ids.lua"
         results = {"plain": [], "shared": []}
         for rnd in range(args.rounds):
             for name in (["plain", "shared"] if rnd % 2 == 0 else ["shared", "plain"]):

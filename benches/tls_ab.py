@@ -26,11 +26,11 @@ import sys
 import tempfile
 import time
 
-from benchlib import children, cpu_seconds, stop_all, upstream_nginx, wait_port
+from benchlib import children, cpu_seconds, stop_all, data_upstream, wait_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SHARED = os.path.join(ROOT, "..", "shared", "bench")
+COMPARE = os.path.join(HERE, "compare")  # the benchmark's routes.toml and upstream
 
 NGINX_TLS = """worker_processes 2;
 daemon off;
@@ -108,9 +108,9 @@ def main():
                         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
                         "-keyout", f"{work}/key.pem", "-out", f"{work}/cert.pem"],
                        check=True, capture_output=True)
-        upstream_nginx(work, SHARED, start)
+        data_upstream(work, start)
         open(f"{work}/tls-nginx.conf", "w").write(NGINX_TLS.replace("__DIR__", work))
-        routes = open(f"{SHARED}/routes.bench.toml").read().replace(
+        routes = open(f"{COMPARE}/routes.toml").read().replace(
             'admin_listen = "127.0.0.1:7113"',
             'admin_listen = "127.0.0.1:7113"\ntls = { cert = "cert.pem", key = "key.pem" }', 1)
         open(f"{work}/routes.toml", "w").write(routes)

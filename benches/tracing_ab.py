@@ -18,11 +18,11 @@ import sys
 import tempfile
 import time
 
-from benchlib import cpu_seconds, stop_all, upstream_nginx, wait_port, wrk
+from benchlib import cpu_seconds, stop_all, data_upstream, wait_port, wrk
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SHARED = os.path.join(ROOT, "..", "shared", "bench")
+COMPARE = os.path.join(HERE, "compare")  # the benchmark's routes.toml and upstream
 
 
 def main():
@@ -51,11 +51,11 @@ def main():
         procs.remove(p)
 
     try:
-        upstream_nginx(work, SHARED, start)
+        data_upstream(work, start)
         start([sink, "127.0.0.1:4318"])
         wait_port(7001)
         wait_port(4318)
-        config = f"{SHARED}/routes.bench.toml"
+        config = f"{COMPARE}/routes.toml"
         cases = [("identical", "/api/dashboard/42", None),
                  ("distinct", "/api/dashboard/42", os.path.join(HERE, "distinct-ids.lua"))]
         results = {(mode, case): [] for mode in ("off", "on") for case, _, _ in cases}

@@ -35,7 +35,7 @@ from benchlib import cpu_seconds, stop_all, wait_port, wrk
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SHARED = os.path.join(ROOT, "..", "shared", "bench")
+COMPARE = os.path.join(HERE, "compare")  # the benchmark's routes.toml and upstream
 PORTS = ["7201", "7202", "7203"]
 
 
@@ -65,7 +65,7 @@ def wrk_full(url, seconds, connections, script):
 
 
 def config(upstream_extra, urls=None, listen=7103):
-    base = open(f"{SHARED}/routes.bench.toml").read()
+    base = open(f"{COMPARE}/routes.toml").read()
     urls = urls or [f"http://127.0.0.1:{p}" for p in PORTS]
     url_list = ", ".join(f'"{u}"' for u in urls)
     base = base.replace('urls = ["http://127.0.0.1:7001"]', f"urls = [{url_list}]\n{upstream_extra}", 1)
@@ -83,7 +83,7 @@ def main():
     work = tempfile.mkdtemp(prefix="manifold-traffic-ab-")
     os.makedirs(f"{work}/tmp")
     procs = []
-    script = f"{SHARED}/distinct-ids.lua"
+    script = f"{HERE}/distinct-ids.lua"
 
     def start(cmd, **kw):
         p = subprocess.Popen(cmd, stdout=kw.pop("stdout", subprocess.DEVNULL), stderr=subprocess.DEVNULL,
@@ -163,10 +163,10 @@ def main():
                 print(f"equal hosts, {balance:<13} {statistics.median(r[0] for r in rs):>8.0f} req/s  "
                       f"manifold {statistics.median(r[1] for r in rs):6.1f} µs CPU/request")
         elif args.what == "h2c":
-            text = open(f"{SHARED}/upstream-nginx.conf.tmpl").read()
-            text = text.replace("__DIR__", work).replace("__DATA__", f"{SHARED}/upstream").replace("__WORKERS__", "1")
+            text = open(f"{COMPARE}/upstream.nginx.conf").read()
+            text = text.replace("__WORK__", work).replace("__DATA__", f"{HERE}/data")
             h2 = text.replace("listen 127.0.0.1:7001 reuseport backlog=4096;", "listen 127.0.0.1:7001 http2 reuseport backlog=4096;\n    http2_max_concurrent_streams 1000;")
-            h2 = h2.replace("location = /nginx_status { stub_status; }", "")
+            h2 = h2.replace("location = /status { stub_status; }", "")
             status = "\n  server { listen 127.0.0.1:7002; location = /nginx_status { stub_status; } }\n}\n"
             variants = {"http1": (text.rstrip().rstrip("}") + status, ""),
                         "h2c": (h2.rstrip().rstrip("}") + status, 'protocol = "h2c"')}
