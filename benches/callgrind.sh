@@ -3,9 +3,10 @@
 # figures on a 2-core box do not: compare two builds of the request path.
 #
 #   apt-get install -y valgrind nghttp2-client
-#   bash benches/callgrind.sh BIN PATH [N]
+#   cargo build --profile profiling   # the release build with line tables
+#   bash benches/callgrind.sh target/profiling/manifold PATH [N]
 #
-# PATH is a route of ../shared/bench/routes.bench.toml (`/api/users/1`: pass-through),
+# PATH is a route of benches/compare/routes.toml (`/api/users/1`: pass-through),
 # or `distinct` for the fan-out over 500 different ids. One worker; the upstream is
 # benches/abuse.py's; N (2,000) h2c requests (h2load, 4 connections × 10 streams) after
 # a warm-up of 200, counted from zeroed counters. KEEP=DIR keeps the profiles there.
@@ -22,7 +23,7 @@ trap 'kill $UP 2>/dev/null; rm -rf "$WORK"' EXIT
 for _ in $(seq 1 50); do [ -s up.port ] && break; sleep 0.1; done
 PORT=$(head -1 up.port)
 sed "s#http://127.0.0.1:7001#http://127.0.0.1:$PORT#; s#^listen = .*#listen = \"127.0.0.1:7203\"\nworkers = 1#; s#^admin_listen = .*#admin_listen = \"127.0.0.1:7213\"#" \
-  "$HERE/../../shared/bench/routes.bench.toml" > routes.toml
+  "$HERE/compare/routes.toml" > routes.toml
 valgrind --tool=callgrind --callgrind-out-file=callgrind.out.run "$BIN" serve --config routes.toml > gw.log 2>&1 &
 GW=$!
 for _ in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:7213/health && break; sleep 0.3; done
