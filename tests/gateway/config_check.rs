@@ -118,6 +118,42 @@ fn missing_env_variable_is_an_error_and_a_set_one_fills_in() {
     assert!(d.render().contains("env.toml:2:9"), "{}", d.render());
 }
 
+/// The Deployment's memory limit holds what its routes.toml allows, by the arithmetic of
+/// docs/operations.md ("Sizing"): 25 MiB, 2.3 × 11 KiB a route, 20 KiB a connection,
+/// twice `buffer_capacity` and 1.1 × `cache_capacity`.
+#[test]
+fn the_deployment_memory_limit_holds_what_its_config_allows() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let toml = std::fs::read_to_string(root.join("routes.toml")).unwrap();
+    let config = manifold::config::parse("deploy/kubernetes/routes.toml", &toml).unwrap();
+    let server = &config.server;
+    let connections = server
+        .max_connections
+        .expect("the example bounds its connections: the default follows the descriptor limit");
+    const KIB: f64 = 1024.0;
+    let need = 25.0 * KIB * KIB
+        + 2.3 * 11.0 * KIB * config.routes.len() as f64
+        + 20.0 * KIB * connections as f64
+        + 2.0 * server.buffer_capacity as f64
+        + 1.1 * server.cache_capacity as f64;
+    let deployment = std::fs::read_to_string(root.join("deployment.yaml")).unwrap();
+    let limits = &deployment[deployment.find("limits:").expect("resources.limits")..];
+    let memory = limits
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("memory: "))
+        .expect("a memory limit");
+    let mib: f64 = memory
+        .strip_suffix("Mi")
+        .expect("the limit in Mi")
+        .parse()
+        .unwrap();
+    assert!(
+        need <= mib * KIB * KIB,
+        "routes.toml allows {:.0} MiB, the limit is {memory}",
+        need / KIB / KIB
+    );
+}
+
 /// The ConfigMap is made from deploy/kubernetes/routes.toml (one copy, no drift), with
 /// the fixed name the Deployment mounts, and that file is a valid config.
 #[test]
