@@ -114,3 +114,33 @@ def hwm_kib(pid):
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     return 0
+
+
+def session(prefix):
+    """A temporary work directory, the list of processes started, and `start(cmd,
+    stdout=DEVNULL)`, which starts one in its own process group (stderr with stdout when
+    that is a file, else dropped) and keeps it for `stop_all(procs, work)`."""
+    import tempfile
+    work = tempfile.mkdtemp(prefix=prefix)
+    procs = []
+
+    def start(cmd, stdout=subprocess.DEVNULL):
+        stderr = subprocess.STDOUT if hasattr(stdout, "write") else subprocess.DEVNULL
+        p = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, start_new_session=True)
+        procs.append(p)
+        return p
+
+    return work, procs, start
+
+
+def sizing_args(doc, png, **options):
+    """The sizing scripts' arguments: --bin, --png (docs/PNG by default) and `options`
+    (name=default, typed by the default)."""
+    import argparse
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", default=os.path.join(root, "target/release/manifold"))
+    ap.add_argument("--png", default=os.path.join(root, "docs", png))
+    for name, default in options.items():
+        ap.add_argument(f"--{name}", type=type(default), default=default)
+    return ap.parse_args()

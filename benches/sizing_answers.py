@@ -9,25 +9,21 @@
 For each size S (1 KB to 1 MB), one route merges the user (benches/data) with a list of
 S bytes of JSON items from the upstream (nginx serving files this script writes), so
 the answer is about S bytes, parsed, merged and written again. Each size gets a fresh
-gateway: wrk (64 connections, a different id on every request) for CPU µs per request
-and per KB, and the peak resident memory above idle divided by the 64 requests in
-flight, which bounds what one request of that size holds at once.
+gateway: wrk (--connections, 64, a different id on every request) for CPU µs per
+request and per KB, and the peak resident memory above idle divided by the requests in
+flight. Run it at two --connections values to get the marginal memory of one request.
 """
-import argparse
 import json
 import os
 import statistics
-import subprocess
-import tempfile
 import time
 import urllib.request
 
-from benchlib import cpu_seconds, data_upstream, hwm_kib, plot, rss_kib, stop_all, wait_port, wrk
+from benchlib import (cpu_seconds, data_upstream, hwm_kib, plot, rss_kib, session, sizing_args, stop_all,
+                      wait_port, wrk)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 SIZES = (1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20)
-CONNECTIONS = 64
 
 
 def items(size):
@@ -70,22 +66,10 @@ timeout = "5s"
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/manifold"))
-    ap.add_argument("--png", default=os.path.join(ROOT, "docs/sizing-answers.png"))
-    ap.add_argument("--duration", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=2)
-    args = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="manifold-sizing-answers-")
+    args = sizing_args(__doc__, "sizing-answers.png", duration=5, rounds=2, connections=64)
+    work, procs, start = session("manifold-sizing-answers-")
     os.makedirs(f"{work}/lists")
     os.chmod(work, 0o755)  # nginx's worker runs as nobody
-    procs = []
-
-    def start(cmd):
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        procs.append(p)
-        return p
-
     try:
         for size in SIZES:
             open(f"{work}/lists/{size}.json", "w").write(items(size))
@@ -104,9 +88,9 @@ def main():
             runs = []
             for _ in range(args.rounds):
                 c = cpu_seconds([gw.pid])
-                rps, p99 = wrk("http://127.0.0.1:7103/api/list/", args.duration, CONNECTIONS, script)
+                rps, p99 = wrk("http://127.0.0.1:7103/api/list/", args.duration, args.connections, script)
                 runs.append(((cpu_seconds([gw.pid]) - c) * 1e6 / max(1, rps * args.duration), p99, rps))
-            peak = (hwm_kib(gw.pid) - idle) / CONNECTIONS
+            peak = (hwm_kib(gw.pid) - idle) / args.connections
             cpu, p99, rps = (statistics.median(r[i] for r in runs) for i in range(3))
             kb = len(body) / 1024
             rows.append((kb, cpu, p99, rps, peak))
@@ -118,7 +102,7 @@ def main():
         plot(args.png, "Merged answer of S KB: CPU per request", "answer size, KB", "CPU µs per request",
              [("CPU µs per request", kbs, [r[1] for r in rows])], note="benches/sizing_answers.py")
         plot(f"{base}-memory{ext}", "Merged answer of S KB: peak memory per request in flight", "answer size, KB",
-             "KiB per request", [("peak RSS above idle / 64 in flight", kbs, [r[4] for r in rows]),
+             "KiB per request", [(f"peak RSS above idle / {args.connections} in flight", kbs, [r[4] for r in rows]),
                                  ("the answer itself", kbs, kbs)], note="benches/sizing_answers.py")
     finally:
         stop_all(procs, work)

@@ -13,16 +13,12 @@ calls are K upstream requests, not one shared by coalescing. A different id on e
 (benches/distinct-path.lua), so nothing is coalesced; 64 connections, wrk; medians of
 the rounds. Prints and draws the gateway's CPU µs per request and p99 against K.
 """
-import argparse
 import os
 import statistics
-import subprocess
-import tempfile
 
-from benchlib import cpu_seconds, data_upstream, plot, stop_all, wait_port, wrk
+from benchlib import cpu_seconds, data_upstream, plot, session, sizing_args, stop_all, wait_port, wrk
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 WIDTHS = (1, 2, 4, 8, 16)
 
 
@@ -47,19 +43,8 @@ timeout = "1s"
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/manifold"))
-    ap.add_argument("--png", default=os.path.join(ROOT, "docs/sizing-backends.png"))
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=int, default=5)
-    args = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="manifold-sizing-backends-")
-    procs = []
-
-    def start(cmd):
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        procs.append(p)
-        return p
+    args = sizing_args(__doc__, "sizing-backends.png", rounds=3, duration=5)
+    work, procs, start = session("manifold-sizing-backends-")
 
     try:
         data_upstream(work, start)

@@ -15,21 +15,18 @@ and the client). Prints resident memory and bytes per connection; draws the PNG.
 Tunnels stop where the descriptor limit does: each holds two descriptors in the gateway
 and its share is 3/8 of the client-facing ones (operations.md, "Descriptor shares").
 """
-import argparse
 import asyncio
 import os
 import re
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
-from benchlib import plot, rss_kib, stop_all, wait_port
+from benchlib import plot, rss_kib, session, sizing_args, stop_all, wait_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 CONFIG = """
 [server]
 listen = "127.0.0.1:7103"
@@ -89,21 +86,11 @@ def metric(name):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/manifold"))
-    ap.add_argument("--png", default=os.path.join(ROOT, "docs/sizing-connections.png"))
-    ap.add_argument("--counts", default="100,1000,2500,5000,10000")
-    ap.add_argument("--tunnels", default="100,1000,2500,5000")
-    args = ap.parse_args()
+    args = sizing_args(__doc__, "sizing-connections.png", counts="100,1000,2500,5000,10000",
+                       tunnels="100,1000,2500,5000")
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    work = tempfile.mkdtemp(prefix="manifold-sizing-conn-")
-    procs = []
-
-    def start(cmd, **kw):
-        p = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, start_new_session=True, **kw)
-        procs.append(p)
-        return p
+    work, procs, start = session("manifold-sizing-conn-")
 
     try:
         env = {**os.environ, "GO111MODULE": "off", "GOCACHE": f"{work}/go-cache", "GOPATH": f"{work}/go"}

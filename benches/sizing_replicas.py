@@ -16,18 +16,15 @@ On this 2-core machine the replicas, Redis, the upstream and wrk share the cores
 total req/s cannot grow with R here; what the curve shows is that the work per request
 (Redis commands, CPU) stays flat as replicas are added: it scales with machines.
 """
-import argparse
 import os
 import statistics
 import subprocess
-import tempfile
 import threading
 import time
 
-from benchlib import cpu_seconds, data_upstream, plot, stop_all, wait_port, wrk
+from benchlib import cpu_seconds, data_upstream, plot, session, sizing_args, stop_all, wait_port, wrk
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 REDIS = 7379
 
 
@@ -51,19 +48,8 @@ def redis_commands():
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/manifold"))
-    ap.add_argument("--png", default=os.path.join(ROOT, "docs/sizing-replicas.png"))
-    ap.add_argument("--duration", type=int, default=6)
-    ap.add_argument("--rounds", type=int, default=2)
-    args = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="manifold-sizing-replicas-")
-    procs = []
-
-    def start(cmd):
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        procs.append(p)
-        return p
+    args = sizing_args(__doc__, "sizing-replicas.png", duration=6, rounds=2)
+    work, procs, start = session("manifold-sizing-replicas-")
 
     try:
         data_upstream(work, start)

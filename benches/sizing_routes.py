@@ -16,20 +16,17 @@ answered by one nginx serving benches/data), it measures:
 - CPU µs per request of a pass-through request that matches the last route (wrk, 64
   connections; the gateway's user + system time over requests answered).
 """
-import argparse
 import json
 import os
 import signal
 import statistics
 import subprocess
-import tempfile
 import time
 import urllib.request
 
-from benchlib import cpu_seconds, plot, rss_kib, stop_all, wait_port, wrk
+from benchlib import cpu_seconds, data_upstream, plot, rss_kib, session, sizing_args, stop_all, wrk
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 
 def config(n, stamp=""):
@@ -81,27 +78,11 @@ def reload_times(log):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/manifold"))
-    ap.add_argument("--png", default=os.path.join(ROOT, "docs/sizing-routes.png"))
-    ap.add_argument("--counts", default="10,1000,2500,5000,7500,10000")
-    ap.add_argument("--duration", type=int, default=5)
-    args = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="manifold-sizing-routes-")
-    os.makedirs(f"{work}/tmp")
-    procs = []
-
-    def start(cmd, log=subprocess.DEVNULL):
-        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        procs.append(p)
-        return p
+    args = sizing_args(__doc__, "sizing-routes.png", counts="10,1000,2500,5000,7500,10000", duration=5)
+    work, procs, start = session("manifold-sizing-routes-")
 
     try:
-        text = open(os.path.join(HERE, "compare/upstream.nginx.conf")).read()
-        open(f"{work}/upstream.conf", "w").write(
-            text.replace("__WORK__", work).replace("__DATA__", os.path.join(HERE, "data")))
-        start(["nginx", "-p", work, "-c", f"{work}/upstream.conf"])
-        wait_port(7001)
+        data_upstream(work, start)
         rows = []
         print(f"{'routes':>6} {'check ms':>9} {'start ms':>9} {'reload ms':>10} {'RSS MiB':>8} "
               f"{'after reload':>12} {'CPU µs/req':>10}")
@@ -113,9 +94,9 @@ def main():
                 t = time.monotonic()
                 subprocess.run([args.bin, "check", "--config", path], check=True, capture_output=True)
                 checks.append((time.monotonic() - t) * 1e3)
-            starts = []
+            starts, gw = [], None
             for k in range(3):  # the last start is the one measured further
-                if starts:
+                if gw:
                     gw.send_signal(signal.SIGKILL)
                     gw.wait()
                 t = time.monotonic()
