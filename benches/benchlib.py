@@ -144,3 +144,19 @@ def sizing_args(doc, png, **options):
     for name, default in options.items():
         ap.add_argument(f"--{name}", type=type(default), default=default)
     return ap.parse_args()
+
+
+def gateway_config(timeout="1s", upstream_extra=""):
+    """The head of a benchmark gateway's routes.toml: public :7103, admin :7113, no access
+    log, upstream `svc` = the data upstream on :7001. Routes are appended to it."""
+    return f"""[server]
+listen = "127.0.0.1:7103"
+admin_listen = "127.0.0.1:7113"
+
+[telemetry]
+access_log = false
+
+[upstreams.svc]
+urls = ["http://127.0.0.1:7001"]
+timeout = "{timeout}"
+{upstream_extra}"""

@@ -19,7 +19,7 @@ import statistics
 import time
 import urllib.request
 
-from benchlib import (cpu_seconds, data_upstream, hwm_kib, plot, rss_kib, session, sizing_args, stop_all,
+from benchlib import (cpu_seconds, data_upstream, gateway_config, hwm_kib, plot, rss_kib, session, sizing_args, stop_all,
                       wait_port, wrk)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -35,18 +35,7 @@ def items(size):
 
 
 def config(size):
-    return f"""[server]
-listen = "127.0.0.1:7103"
-admin_listen = "127.0.0.1:7113"
-
-[telemetry]
-access_log = false
-
-[upstreams.svc]
-urls = ["http://127.0.0.1:7001"]
-timeout = "2s"
-max_response_body = "8MiB"
-
+    return gateway_config("2s", 'max_response_body = "8MiB"\n') + f"""
 [[routes]]
 path = "/api/list/{{id}}"
 timeout = "5s"

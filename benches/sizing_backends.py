@@ -16,24 +16,14 @@ the rounds. Prints and draws the gateway's CPU µs per request and p99 against K
 import os
 import statistics
 
-from benchlib import cpu_seconds, data_upstream, plot, session, sizing_args, stop_all, wait_port, wrk
+from benchlib import cpu_seconds, data_upstream, gateway_config, plot, session, sizing_args, stop_all, wait_port, wrk
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WIDTHS = (1, 2, 4, 8, 16)
 
 
 def config():
-    text = """[server]
-listen = "127.0.0.1:7103"
-admin_listen = "127.0.0.1:7113"
-
-[telemetry]
-access_log = false
-
-[upstreams.svc]
-urls = ["http://127.0.0.1:7001"]
-timeout = "1s"
-"""
+    text = gateway_config()
     for k in WIDTHS:
         text += f'\n[[routes]]\npath = "/api/fan{k}/{{id}}"\ntimeout = "2s"\n'
         for b in range(k):
