@@ -11,15 +11,25 @@
 # benches/abuse.py's; N (2,000) h2c requests (h2load, 4 connections × 10 streams) after
 # a warm-up of 200, counted from zeroed counters. KEEP=DIR keeps the profiles there.
 # H1=1 sends HTTP/1.1 instead (h2load --h1, 40 connections), as run.py's wrk does.
+# DATA=1 calls nginx serving benches/data's answers on :7001 instead (compare.py's and
+# run.py's upstream: the same answer sizes, 189 B to 1.4 KB), where abuse.py's upstream
+# answers 100 bytes to everything.
 set -euo pipefail
 BIN=$(realpath "$1"); URLPATH=$2; N=${3:-2000}
 LOAD=(-c 4 -m 10); if [ -n "${H1:-}" ]; then LOAD=(--h1 -c 40 -m 1); fi
 HERE=$(cd "$(dirname "$0")" && pwd)
 WORK=$(mktemp -d /tmp/manifold-callgrind-XXXXXX)
 cd "$WORK"
-python3 "$HERE/abuse.py" upstream > up.port 2>/dev/null &
-UP=$!
-trap 'kill $UP 2>/dev/null; rm -rf "$WORK"' EXIT
+if [ -n "${DATA:-}" ]; then
+  python3 -c "import sys, time, subprocess; sys.path.insert(0, '$HERE'); import benchlib
+benchlib.data_upstream('$WORK', lambda cmd: subprocess.Popen(cmd, start_new_session=True)); print(7001, flush=True); time.sleep(1e9)" > up.port 2>/dev/null &
+  UP=$!
+  trap 'kill $UP 2>/dev/null; kill "$(cat "$WORK/upstream.pid" 2>/dev/null)" 2>/dev/null; rm -rf "$WORK"' EXIT
+else
+  python3 "$HERE/abuse.py" upstream > up.port 2>/dev/null &
+  UP=$!
+  trap 'kill $UP 2>/dev/null; rm -rf "$WORK"' EXIT
+fi
 for _ in $(seq 1 50); do [ -s up.port ] && break; sleep 0.1; done
 PORT=$(head -1 up.port)
 sed "s#http://127.0.0.1:7001#http://127.0.0.1:$PORT#; s#^listen = .*#listen = \"127.0.0.1:7203\"\nworkers = 1#; s#^admin_listen = .*#admin_listen = \"127.0.0.1:7213\"#" \

@@ -14,11 +14,18 @@ by hand to do what routes.toml tells manifold to do. Two scenarios:
   target can share upstream calls): the user (four fields, one renamed), the orders'
   items and the recommendations (or [] when they fail), merged into one JSON answer.
 
+With `cargo build --release --example hyper_floor` done, a sixth target, `floor`, is hyper
+alone used as manifold uses it (examples/hyper_floor.rs): the same sockets, none of the
+gateway's work (its fan-out joins the three answers unshaped). Its rows are what the HTTP
+engine costs before manifold does anything of its own.
+
 Before any timing, every target's answers are checked equal. Load is wrk (one thread,
 `--connections`), target after target, the order reversed every round so drift hits all
 alike; medians of the rounds. CPU µs per request is the target's own user + system time
 (all its processes: nginx's and Node's workers) over the requests it answered — on a
-2-core box where wrk and the upstream share the cores, the figure that moves least.
+2-core box where wrk and the upstream share the cores, the figure that moves least —
+and that figure split into user space and the kernel (sockets, scheduling): the kernel's
+part is what any proxy pays for the same sockets, the user part is the program's own.
 The last line, `ratios ...`, is what the README and docs/operations.md quote.
 
 Needs nginx and wrk (Debian `nginx-light`, `wrk`); HAProxy, Go and Node (with npm, to
@@ -42,8 +49,11 @@ ROOT = os.path.dirname(HERE)
 CONF = os.path.join(HERE, "compare")
 DATA = os.path.join(HERE, "data")
 UPSTREAM = "http://127.0.0.1:7001"
-PORTS = {"nginx": 7101, "haproxy": 7106, "manifold": 7103, "go-bff": 7104, "node-bff": 7102}
+PORTS = {"nginx": 7101, "haproxy": 7106, "manifold": 7103, "go-bff": 7104, "node-bff": 7102,
+         "floor": 7107}
 PROXIES = ("nginx", "haproxy")  # pass-through only: they cannot merge
+# Does the sockets' work only: its fan-out joins the answers unshaped (examples/hyper_floor.rs).
+UNSHAPED = ("floor",)
 
 
 def get(url):
@@ -52,16 +62,17 @@ def get(url):
 
 
 def cpu_ticks(pids):
-    """User + system clock ticks of the processes and their children, so far."""
-    total = 0
+    """(user, system) clock ticks of the processes and their children, so far."""
+    user = system = 0
     for pid in pids:
         for p in [pid] + children(pid):
             try:
                 fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            total += int(fields[11]) + int(fields[12])
-    return total
+            user += int(fields[11])
+            system += int(fields[12])
+    return user, system
 
 
 def wrk(url, duration, connections, script):
@@ -95,6 +106,9 @@ def main():
     ap.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--json", help="also write the rows and ratios here")
+    ap.add_argument("--floor", default=os.path.join(ROOT, "target/release/examples/hyper_floor"),
+                    help="hyper alone, no gateway work (skipped if absent: "
+                         "cargo build --release --example hyper_floor)")
     args = ap.parse_args()
     for tool in ("nginx", "wrk"):
         if not shutil.which(tool):
@@ -136,6 +150,8 @@ def main():
             targets["node-bff"] = start("node-bff", ["node", "bff.mjs"], cwd=work,
                                         env={**os.environ, "WORKERS": "2", "PORT": "7102", "UPSTREAM": UPSTREAM})
         targets["manifold"] = start("manifold", [os.path.abspath(args.bin), "serve", "--config", f"{CONF}/routes.toml"])
+        if os.path.exists(args.floor):
+            targets["floor"] = start("floor", [os.path.abspath(args.floor)])
         for name in targets:
             wait_port(PORTS[name])
         time.sleep(0.5)  # nginx's and Node's workers up
@@ -148,7 +164,7 @@ def main():
             status, body = get(base + "/api/users/42")
             if status != 200 or json.loads(body) != json.loads(user):
                 sys.exit(f"{name}: /api/users/42 is not the upstream's /users/42")
-            if name not in PROXIES:
+            if name not in PROXIES + UNSHAPED:
                 answer = json.loads(get(base + "/api/dashboard/42")[1])
                 merged = merged or answer
                 if answer != merged:
@@ -168,19 +184,24 @@ def main():
                 calls, ticks = upstream_served(), cpu_ticks([proc.pid])
                 r = wrk(url, args.duration, args.connections, script)
                 served = max(1.0, r["rps"] * args.duration)
-                r["cpu_us"] = (cpu_ticks([proc.pid]) - ticks) / hz * 1e6 / served
+                after = cpu_ticks([proc.pid])
+                r["user_us"] = (after[0] - ticks[0]) / hz * 1e6 / served
+                r["sys_us"] = (after[1] - ticks[1]) / hz * 1e6 / served
+                r["cpu_us"] = r["user_us"] + r["sys_us"]
                 r["upstream_per_request"] = (upstream_served() - calls - 1) / served
                 runs[(scenario, name)].append(r)
 
         rows = {}
         print(f"{'scenario':<13} {'target':<10} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'non2xx':>7} "
-              f"{'up/req':>6} {'CPU µs/req':>10}")
+              f"{'up/req':>6} {'CPU µs/req':>10} {'user':>6} {'kernel':>6}")
         for (scenario, name), rs in runs.items():
             row = {k: statistics.median(r[k] for r in rs)
-                   for k in ("rps", "p50", "p99", "non2xx", "cpu_us", "upstream_per_request")}
+                   for k in ("rps", "p50", "p99", "non2xx", "cpu_us", "user_us", "sys_us",
+                             "upstream_per_request")}
             rows[f"{scenario}/{name}"] = row
             print(f"{scenario:<13} {name:<10} {row['rps']:>9.0f} {row['p50']:>7.2f} {row['p99']:>7.2f} "
-                  f"{row['non2xx']:>7.0f} {row['upstream_per_request']:>6.2f} {row['cpu_us']:>10.1f}")
+                  f"{row['non2xx']:>7.0f} {row['upstream_per_request']:>6.2f} {row['cpu_us']:>10.1f} "
+                  f"{row['user_us']:>6.1f} {row['sys_us']:>6.1f}")
 
         ratios = {}
 
@@ -196,6 +217,11 @@ def main():
         ratio("cpu_passthrough_vs_haproxy", "pass-through/manifold", "pass-through/haproxy")
         ratio("cpu_fanout_vs_node", "fan-out/manifold", "fan-out/node-bff")
         ratio("rps_passthrough_vs_nginx", "pass-through/manifold", "pass-through/nginx", "rps")
+        # hyper alone: what the HTTP engine costs before any gateway work.
+        ratio("cpu_floor_passthrough_vs_nginx", "pass-through/floor", "pass-through/nginx")
+        ratio("cpu_floor_fanout_vs_nginx_passthrough", "fan-out/floor", "pass-through/nginx")
+        ratio("user_passthrough_vs_floor", "pass-through/manifold", "pass-through/floor", "user_us")
+        ratio("user_fanout_vs_floor", "fan-out/manifold", "fan-out/floor", "user_us")
         print("ratios " + " ".join(f"{k}={v}" for k, v in ratios.items()))
         if args.json:
             json.dump({"rows": rows, "ratios": ratios}, open(args.json, "w"), indent=2)

@@ -125,5 +125,24 @@ fn route_cache_hit(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, merge, route_cache_hit);
+/// The JSON rule every answer is checked by, beside serde_json reading the same text
+/// without building anything (`IgnoredAny`) and building a tree (`Value`).
+fn json_rule(c: &mut Criterion) {
+    let mut group = c.benchmark_group("json");
+    for (name, body) in [("user", USER), ("orders", ORDERS), ("recs", RECS)] {
+        group.throughput(criterion::Throughput::Bytes(body.len() as u64));
+        group.bench_function(format!("validate/{name}"), |b| {
+            b.iter(|| manifold::base::json::validate(black_box(body)))
+        });
+        group.bench_function(format!("serde_ignored/{name}"), |b| {
+            b.iter(|| serde_json::from_slice::<serde::de::IgnoredAny>(black_box(body)).is_ok())
+        });
+        group.bench_function(format!("serde_value/{name}"), |b| {
+            b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(body)).is_ok())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, merge, route_cache_hit, json_rule);
 criterion_main!(benches);
