@@ -110,9 +110,13 @@ async fn dashboard(id: &str) -> Result<Response<Body>, hyper::Error> {
         whole(format!("/recommendations/{id}")),
     )?;
     let mut out = Vec::with_capacity(user.len() + orders.len() + recs.len() + 48);
-    for (i, (key, value)) in [("user", user), ("orders", orders), ("recommendations", recs)]
-        .iter()
-        .enumerate()
+    for (i, (key, value)) in [
+        ("user", user),
+        ("orders", orders),
+        ("recommendations", recs),
+    ]
+    .iter()
+    .enumerate()
     {
         out.extend_from_slice(if i == 0 { b"{\"" } else { b",\"" });
         out.extend_from_slice(key.as_bytes());
