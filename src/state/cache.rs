@@ -398,10 +398,16 @@ pub fn push_lossless(out: &mut String, value: &[u8]) {
 /// others wait for its result. A leader dropped midway (its request was cancelled)
 /// lets the waiters make their own calls rather than wait forever.
 pub struct Coalescer<T: Clone> {
+    /// Calls in flight by key, with their followers' channel once one has joined: the
+    /// channel is made by the first follower, so a call nobody joins (most of them)
+    /// costs one insert and one remove, not a channel whose every waiter list is
+    /// notified when it ends.
     /// foldhash: SipHash on every call's key showed up in profiles; keys here are
     /// not attacker-chosen in a way that matters (the map only holds in-flight calls).
-    inflight: Mutex<HashMap<String, watch::Receiver<Option<T>>, foldhash::fast::RandomState>>,
+    inflight: Mutex<HashMap<String, Followers<T>, foldhash::fast::RandomState>>,
 }
+
+type Followers<T> = Option<watch::Sender<Option<T>>>;
 
 impl<T: Clone> Default for Coalescer<T> {
     fn default() -> Self {
@@ -411,25 +417,38 @@ impl<T: Clone> Default for Coalescer<T> {
     }
 }
 
-/// Removes the leader's entry however its call ends.
+/// The leader's entry: it hands its answer to the followers when done, and is
+/// removed however the call ends (a cancelled leader's followers see the channel
+/// close and make the call themselves).
 struct Leading<'a, T: Clone> {
     coalescer: &'a Coalescer<T>,
     key: &'a str,
+    done: bool,
+}
+
+impl<T: Clone> Leading<'_, T> {
+    fn finish(mut self, result: &T) {
+        self.done = true;
+        // Removed first: a caller from now on makes a call of its own.
+        let followers = self.coalescer.lock().remove(self.key).flatten();
+        if let Some(tx) = followers {
+            let _ = tx.send(Some(result.clone()));
+        }
+    }
 }
 
 impl<T: Clone> Drop for Leading<'_, T> {
     fn drop(&mut self) {
-        self.coalescer.lock().remove(self.key);
+        if !self.done {
+            self.coalescer.lock().remove(self.key);
+        }
     }
 }
 
 impl<T: Clone> Coalescer<T> {
     fn lock(
         &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        HashMap<String, watch::Receiver<Option<T>>, foldhash::fast::RandomState>,
-    > {
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Followers<T>, foldhash::fast::RandomState>> {
         // The map is only inserted into and removed from; a poisoned lock left it whole.
         self.inflight.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -447,31 +466,40 @@ impl<T: Clone> Coalescer<T> {
         Fut: std::future::Future<Output = T>,
     {
         // Look up and register under one lock, so two callers cannot both lead.
-        let (waiting, tx) = {
+        let waiting = {
             let mut map = self.lock();
-            match map.get(key) {
-                Some(rx) => (Some(rx.clone()), None),
-                None => {
+            match map.get_mut(key) {
+                Some(Some(tx)) => Some(tx.subscribe()),
+                Some(slot) => {
                     let (tx, rx) = watch::channel(None);
-                    map.insert(key.to_string(), rx);
-                    (None, Some(tx))
+                    *slot = Some(tx);
+                    Some(rx)
+                }
+                None => {
+                    map.insert(key.to_owned(), None);
+                    None
                 }
             }
         };
-        if let Some(mut rx) = waiting
-            && let Ok(value) = rx.wait_for(Option::is_some).await
-            && let Some(v) = value.clone()
-        {
-            return (v, false);
-        }
-        // Leading, or the leader went away without an answer: make the call ourselves.
-        let _leading = tx.is_some().then_some(Leading {
-            coalescer: self,
-            key,
-        });
+        let leading = match waiting {
+            None => Some(Leading {
+                coalescer: self,
+                key,
+                done: false,
+            }),
+            Some(mut rx) => {
+                if let Ok(value) = rx.wait_for(Option::is_some).await
+                    && let Some(v) = value.clone()
+                {
+                    return (v, false);
+                }
+                // The leader went away without an answer: make the call ourselves.
+                None
+            }
+        };
         let result = call().await;
-        if let Some(tx) = tx {
-            let _ = tx.send(Some(result.clone()));
+        if let Some(leading) = leading {
+            leading.finish(&result);
         }
         (result, true)
     }
