@@ -5,8 +5,9 @@
 //! as the answers that are parsed: what serde_json parses into a value, with every
 //! number finite as an `f64` (`1e999999` is refused; its exact text is kept otherwise,
 //! see `arbitrary_precision`), nesting at most 127 deep, strings without control
-//! characters or lone surrogates. [`validate`] is that rule, in one pass and without
-//! allocating; the tests and the fuzz target hold it to serde_json's own parser.
+//! characters or lone surrogates, and all of it UTF-8. [`validate`] is that rule, in one
+//! pass and without allocating; the tests and the fuzz target hold it to serde_json's
+//! own parser.
 
 /// serde_json's recursion limit: a 128th nested array or object is refused.
 const MAX_DEPTH: usize = 128;
@@ -19,7 +20,8 @@ pub struct Invalid {
 }
 
 /// Checks that `text` is one JSON value (surrounding whitespace allowed) by the rule
-/// above. `text` is valid UTF-8 already.
+/// above. Text that passes is UTF-8: strings are checked as they are read (most are
+/// ASCII and need nothing more), and any other non-ASCII byte is out of the grammar.
 pub fn validate(text: &[u8]) -> Result<(), Invalid> {
     validate_at(text, &[]).map(|_| ())
 }
@@ -87,11 +89,16 @@ pub fn all_finite(v: &serde_json::Value) -> bool {
 
 /// Whether a JSON number's text is a finite `f64` (the grammar is checked already).
 pub fn finite(number: &str) -> bool {
+    finite_bytes(number.as_bytes())
+}
+
+fn finite_bytes(number: &[u8]) -> bool {
     // Below 309 digits and without an exponent, a number cannot overflow an f64.
-    if number.len() < 309 && !number.contains(['e', 'E']) {
+    if number.len() < 309 && !number.iter().any(|&c| c | 0x20 == b'e') {
         return true;
     }
-    number.parse::<f64>().is_ok_and(f64::is_finite)
+    // The grammar let only ASCII through, so this is a str.
+    std::str::from_utf8(number).is_ok_and(|n| n.parse::<f64>().is_ok_and(f64::is_finite))
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
@@ -275,6 +282,10 @@ impl Parser<'_> {
 
     fn string(&mut self) -> Result<(), Invalid> {
         self.at += 1;
+        let start = self.at;
+        // The high bits of the bytes read (and a few past the end): set, the string
+        // may not be ASCII, and its bytes are checked as UTF-8 at the end.
+        let mut wide = 0u64;
         loop {
             // Eight bytes at a time while none is `"`, `\` or a control character: most
             // of an answer is string text (measured: 5x fewer instructions than a byte
@@ -284,6 +295,7 @@ impl Parser<'_> {
                     break;
                 };
                 let x = u64::from_le_bytes(word);
+                wide |= x;
                 let special = below(x, 0x20) | zero(x ^ (ONES * 0x22)) | zero(x ^ (ONES * 0x5c));
                 if special != 0 {
                     self.at += (special.trailing_zeros() / 8) as usize;
@@ -294,6 +306,14 @@ impl Parser<'_> {
             match self.peek() {
                 None => return Err(self.fail("unterminated string")),
                 Some(b'"') => {
+                    if wide & HIGHS != 0
+                        && let Err(e) = std::str::from_utf8(&self.text[start..self.at])
+                    {
+                        return Err(Invalid {
+                            at: start + e.valid_up_to(),
+                            what: "invalid UTF-8",
+                        });
+                    }
                     self.at += 1;
                     return Ok(());
                 }
@@ -324,7 +344,10 @@ impl Parser<'_> {
                     }
                 }
                 Some(c) if c < 0x20 => return Err(self.fail("control character in a string")),
-                Some(_) => self.at += 1,
+                Some(c) => {
+                    wide |= u64::from(c);
+                    self.at += 1;
+                }
             }
         }
     }
@@ -387,9 +410,7 @@ impl Parser<'_> {
                 return Err(self.fail("invalid number"));
             }
         }
-        // ASCII only, so this is a str.
-        let text = std::str::from_utf8(&self.text[start..self.at]).unwrap_or("");
-        if !finite(text) {
+        if !finite_bytes(&self.text[start..self.at]) {
             return Err(Invalid {
                 at: start,
                 what: "a number out of range",
@@ -505,8 +526,8 @@ mod tests {
     use serde_json::Value;
 
     /// The rule, as serde_json and the finite-number check say it.
-    fn reference(text: &str) -> bool {
-        serde_json::from_str::<Value>(text).is_ok_and(|v| all_finite(&v))
+    fn reference(text: &[u8]) -> bool {
+        serde_json::from_slice::<Value>(text).is_ok_and(|v| all_finite(&v))
     }
 
     #[test]
@@ -550,13 +571,18 @@ mod tests {
             &deep(100_000),
         ];
         for c in cases {
-            assert_eq!(validate(c.as_bytes()).is_ok(), reference(c), "{c:.60}");
+            assert_eq!(
+                validate(c.as_bytes()).is_ok(),
+                reference(c.as_bytes()),
+                "{c:.60}"
+            );
         }
     }
 
     /// Text that is JSON or nearly: a random value, written out, then a few bytes
-    /// replaced, inserted or removed by JSON's own characters.
-    fn json_ish() -> impl proptest::strategy::Strategy<Value = String> {
+    /// replaced, inserted or removed by JSON's own characters or bytes that are not
+    /// UTF-8 on their own.
+    fn json_ish() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
         use proptest::prelude::*;
         let leaf = prop_oneof![
             Just("null".to_string()),
@@ -584,7 +610,7 @@ mod tests {
         let edit = (
             any::<usize>(),
             0..3u8,
-            proptest::sample::select(b"{}[],:\"\\ -+.eE0159tnu\x01".to_vec()),
+            proptest::sample::select(b"{}[],:\"\\ -+.eE0159tnu\x01\x80\xc3\xa9\xff".to_vec()),
         );
         (value, proptest::collection::vec(edit, 0..3)).prop_map(|(text, edits)| {
             let mut bytes = text.into_bytes();
@@ -599,8 +625,7 @@ mod tests {
                     _ => {}
                 }
             }
-            // Edits are ASCII, but may split a character: keep whole characters.
-            String::from_utf8_lossy(&bytes).into_owned()
+            bytes
         })
     }
 
@@ -610,7 +635,12 @@ mod tests {
         /// The validator accepts exactly what serde_json parses with finite numbers.
         #[test]
         fn validate_agrees_with_serde_json(text in json_ish()) {
-            proptest::prop_assert_eq!(validate(text.as_bytes()).is_ok(), reference(&text), "{}", text);
+            proptest::prop_assert_eq!(
+                validate(&text).is_ok(),
+                reference(&text),
+                "{}",
+                String::from_utf8_lossy(&text)
+            );
         }
     }
 
@@ -674,6 +704,14 @@ mod tests {
         assert_eq!(
             validate(b"[1e999]").unwrap_err().what,
             "a number out of range"
+        );
+        // A string's bytes are UTF-8, checked where they are read.
+        let e = validate(b"[\"ab\xc3\xa9cd\xffx\"]").unwrap_err();
+        assert_eq!((e.at, e.what), (8, "invalid UTF-8"));
+        assert!(validate("[\"né, 😀 and a long tail of ASCII after them\"]".as_bytes()).is_ok());
+        assert_eq!(
+            validate(b"{\"a\":1}\xff").unwrap_err().what,
+            "trailing characters"
         );
     }
 }
