@@ -327,3 +327,54 @@ async fn a_request_the_client_abandons_is_still_logged() {
     assert_eq!(line["status"], 499);
     assert_eq!(line["route"], "simple");
 }
+
+/// Connections are spread evenly over the worker loops whatever the kernel's
+/// `SO_REUSEPORT` hash says, and stay counted where they are served until they close
+/// (docs/operations.md#worker-loops).
+#[tokio::test]
+async fn connections_are_spread_evenly_over_the_worker_loops() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::json(json!({"ok": 1})).await;
+    let gw = Gateway::start_with_workers(&simple(&up.url(), ""), 2).await;
+    let addr = gw.base.trim_start_matches("http://").to_string();
+    let mut open = Vec::new();
+    for i in 0..21 {
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        // Each answered, so each is being served by the loop it ended up on.
+        let req = format!("GET /s/{i} HTTP/1.1\r\nhost: x\r\n\r\n");
+        c.write_all(req.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        while !got.ends_with(b"{\"ok\":1}") {
+            let mut buf = [0u8; 1024];
+            let n = c.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the gateway closed connection {i}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        open.push(c);
+    }
+    let loads = gw.server.worker_connections();
+    assert_eq!(loads.iter().sum::<usize>(), 21, "{loads:?}");
+    assert!(loads[0].abs_diff(loads[1]) <= 1, "{loads:?}");
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("manifold_worker_connections{worker=\"1\"}"),
+        "{metrics}"
+    );
+
+    // Closed connections leave the count of the loop that served them.
+    open.truncate(5);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while gw.server.worker_connections().iter().sum::<usize>() != 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            gw.server.worker_connections()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
