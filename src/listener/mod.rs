@@ -7,7 +7,6 @@
 //! each accepting on its own `SO_REUSEPORT` socket and calling upstreams through its own
 //! pools, so a request never hops threads. Tests run everything on their own runtime.
 
-pub mod balance;
 pub mod connection;
 pub mod handshake;
 
@@ -32,7 +31,6 @@ use crate::state::connections::Connections;
 use crate::telemetry::access_log::LogSink;
 use crate::telemetry::metrics::METRICS;
 use crate::{admin, request::handler};
-use balance::Balance;
 use connection::Limits;
 use handshake::Certs;
 
@@ -64,8 +62,6 @@ pub struct Server {
     admin: Option<JoinHandle<bool>>,
     /// Event loops serving the public listener (one upstream pool each).
     workers: usize,
-    /// How the public connections are spread over those loops.
-    balance: Arc<Balance>,
     /// The listener's certificate, with `[server] tls`; swapped on reload and when its
     /// files change.
     certs: Option<Arc<Certs>>,
@@ -133,7 +129,6 @@ impl Server {
                         tls: None,
                         stop: admin_stopped,
                         grace,
-                        balance: None,
                         handler: move |req, _peer, _share| {
                             let s = s.clone();
                             async move { admin::handle(&s, req) }
@@ -154,9 +149,7 @@ impl Server {
         let mut public = Vec::with_capacity(loops.len());
         let conns = Connections::new("public");
         let _ = live.process.public.set(conns.clone());
-        let (balance, inboxes) = Balance::new(loops.len());
-        let mut inboxes = inboxes.into_iter();
-        for (me, handle) in loops.iter().enumerate() {
+        for handle in loops {
             // Registering the socket with a loop's I/O driver needs that loop's context.
             let _entered = handle.enter();
             let failed = |source| StartError::Listen {
@@ -178,11 +171,6 @@ impl Server {
                     stop: stopped.clone(),
                     grace,
                     handler: move |req, peer, share| handler::handle(s.clone(), req, peer, share),
-                    balance: inboxes.next().map(|inbox| Balanced {
-                        me,
-                        balance: balance.clone(),
-                        inbox,
-                    }),
                 },
             )));
         }
@@ -208,15 +196,9 @@ impl Server {
             public,
             admin: admin.map(|a| a.1),
             workers: loops.len().max(1),
-            balance,
             certs,
             cert_watch: std::sync::Mutex::new(cert_watch),
         })
-    }
-
-    /// Public connections each worker loop serves now.
-    pub fn worker_connections(&self) -> Vec<usize> {
-        self.balance.open()
     }
 
     /// Swaps in a new config. Requests in flight finish on the one they started with;
@@ -372,52 +354,6 @@ struct Listening<F> {
     /// How long the drain may take.
     grace: Duration,
     handler: F,
-    /// The public listener: this loop's index, the balance over the loops, and the
-    /// connections other loops hand to this one.
-    balance: Option<Balanced>,
-}
-
-struct Balanced {
-    me: usize,
-    balance: Arc<Balance>,
-    inbox: balance::Inbox,
-}
-
-/// Sends an accepted connection to the loop its `load` was placed on; gives it back
-/// to be served here if it cannot go (that loop is shutting down), `None` if the
-/// socket could not be taken off this loop (it is closed).
-fn hand_over(
-    balance: &Balance,
-    stream: tokio::net::TcpStream,
-    addr: SocketAddr,
-    place: crate::state::connections::Admitted,
-    load: balance::Load,
-) -> Option<(
-    tokio::net::TcpStream,
-    crate::state::connections::Admitted,
-    balance::Load,
-)> {
-    let stream = match stream.into_std() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "an accepted connection could not be handed to another loop");
-            return None;
-        }
-    };
-    let moved = balance::Moved {
-        stream,
-        addr,
-        place,
-        load,
-    };
-    let back = balance.hand_over(moved).err()?;
-    match tokio::net::TcpStream::from_std(back.stream) {
-        Ok(stream) => Some((stream, back.place, back.load)),
-        Err(e) => {
-            tracing::warn!(error = %e, "an accepted connection could not be served");
-            None
-        }
-    }
 }
 
 /// Accepts connections until `stop`, each served under the bounds of the config live
@@ -441,16 +377,11 @@ where
         mut stop,
         grace,
         handler,
-        balance,
     } = on;
-    let (balance, mut inbox) = match balance {
-        Some(Balanced { me, balance, inbox }) => (Some((me, balance)), Some(inbox)),
-        None => (None, None),
-    };
     // The builder follows the config: made again after a reload changed it.
     let mut current: Option<(Arc<Gateway>, Limits, Arc<auto::Builder<TokioExecutor>>)> = None;
     loop {
-        let (stream, addr, place, load) = tokio::select! {
+        tokio::select! {
             accepted = listener.accept() => {
                 let (stream, addr) = match accepted {
                     Ok(a) => a,
@@ -461,78 +392,41 @@ where
                         continue;
                     }
                 };
-                let gateway = live.gateway.load();
+                let gateway = live.gateway.load_full();
+                let server = &gateway.config.server;
                 let limit = max.unwrap_or_else(|| {
-                    gateway.config.server.max_connections.unwrap_or(live.default_max_connections)
+                    server.max_connections.unwrap_or(live.default_max_connections)
                 });
                 // Refused as cheaply as it can be: closed before any buffer is made. The
                 // public listener's connections count against the descriptor budget;
                 // the admin listener's come out of its reserve.
                 let shares = max.is_none().then_some(&gateway.descriptors);
                 let Some(place) = conns.admit(limit, shares) else { continue };
+                let (limits, builder) = match &current {
+                    Some((g, limits, builder)) if Arc::ptr_eq(g, &gateway) => {
+                        (limits.clone(), builder.clone())
+                    }
+                    _ => {
+                        let mut limits = Limits::new(server, gateway.buffers.clone());
+                        limits.upgrades = gateway.routes.iter().any(|r| r.websocket.is_some());
+                        let builder = Arc::new(connection::builder(&limits));
+                        current = Some((gateway.clone(), limits.clone(), builder.clone()));
+                        (limits, builder)
+                    }
+                };
                 drop(gateway);
-                match &balance {
-                    None => (stream, addr, place, None),
-                    Some((me, balance)) => {
-                        let load = balance.place(*me);
-                        if load.at() == *me {
-                            (stream, addr, place, Some(load))
-                        } else {
-                            match hand_over(balance, stream, addr, place, load) {
-                                None => continue,
-                                Some((stream, place, load)) => (stream, addr, place, Some(load)),
-                            }
-                        }
-                    }
-                }
-            }
-            Some(moved) = async {
-                match &mut inbox {
-                    Some(inbox) => inbox.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                match tokio::net::TcpStream::from_std(moved.stream) {
-                    Ok(stream) => (stream, moved.addr, moved.place, Some(moved.load)),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "a connection handed over from another loop could not be served");
-                        continue;
-                    }
-                }
+                let _ = stream.set_nodelay(true);
+                let how = connection::Serving {
+                    limits,
+                    builder,
+                    stop: stop.clone(),
+                    tls: tls.clone(),
+                    handler: handler.clone(),
+                };
+                tokio::spawn(connection::serve(stream, Peer::new(addr), place, how));
             }
             _ = stop.changed() => break,
-        };
-        let gateway = live.gateway.load_full();
-        let (limits, builder) = match &current {
-            Some((g, limits, builder)) if Arc::ptr_eq(g, &gateway) => {
-                (limits.clone(), builder.clone())
-            }
-            _ => {
-                let mut limits = Limits::new(&gateway.config.server, gateway.buffers.clone());
-                limits.upgrades = gateway.routes.iter().any(|r| r.websocket.is_some());
-                let builder = Arc::new(connection::builder(&limits));
-                current = Some((gateway.clone(), limits.clone(), builder.clone()));
-                (limits, builder)
-            }
-        };
-        drop(gateway);
-        let _ = stream.set_nodelay(true);
-        let how = connection::Serving {
-            limits,
-            builder,
-            stop: stop.clone(),
-            tls: tls.clone(),
-            handler: handler.clone(),
-        };
-        let serving = connection::serve(stream, Peer::new(addr), place, how);
-        match load {
-            // Counted on this loop for as long as it is open.
-            Some(load) => tokio::spawn(async move {
-                serving.await;
-                drop(load);
-            }),
-            None => tokio::spawn(serving),
-        };
+        }
     }
     drop(listener);
     tokio::select! {

@@ -140,11 +140,6 @@ struct ListenerLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct WorkerLabel {
-    worker: u32,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: String,
 }
@@ -201,8 +196,6 @@ pub struct Metrics {
     /// shows none.
     trace_spans: (Family<ResultLabel, Counter>, OnceLock<Vec<Counter>>),
     connections: Family<ListenerLabel, Gauge>,
-    worker_connections: Family<WorkerLabel, Gauge>,
-    connections_handed_over: Counter,
     connections_refused: Family<ListenerLabel, Counter>,
     connections_closed: Family<ClosedLabels, Counter>,
     buffered: Gauge,
@@ -387,18 +380,6 @@ impl Metrics {
             "Client connections open now, by listener (public, admin)",
             connections.clone(),
         );
-        let worker_connections = Family::<WorkerLabel, Gauge>::default();
-        registry.register(
-            "manifold_worker_connections",
-            "Public client connections each worker loop serves now (kept even at accept: docs/operations.md#worker-loops)",
-            worker_connections.clone(),
-        );
-        let connections_handed_over = Counter::default();
-        registry.register(
-            "manifold_connections_handed_over",
-            "Public client connections a worker loop accepted and handed to a less loaded one before serving them",
-            connections_handed_over.clone(),
-        );
         let connections_refused = Family::<ListenerLabel, Counter>::default();
         registry.register(
             "manifold_connections_refused",
@@ -513,8 +494,6 @@ impl Metrics {
             descriptors_refused,
             trace_spans: (spans_family, OnceLock::new()),
             connections,
-            worker_connections,
-            connections_handed_over,
             connections_refused,
             connections_closed,
             buffered,
@@ -936,20 +915,6 @@ impl Metrics {
                 })
                 .collect(),
         }
-    }
-
-    /// The public connections worker loop `worker` serves.
-    pub fn worker_connections(&self, worker: usize) -> Gauge {
-        self.worker_connections
-            .get_or_create(&WorkerLabel {
-                worker: u32::try_from(worker).unwrap_or(u32::MAX),
-            })
-            .clone()
-    }
-
-    /// A connection moved to a less loaded loop at accept.
-    pub fn connection_handed_over(&self) {
-        self.connections_handed_over.inc();
     }
 
     /// The open-tunnels gauge of a `websocket = true` route (0 from the start).
