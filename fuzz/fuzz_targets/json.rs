@@ -97,7 +97,7 @@ impl<'de> serde::Deserialize<'de> for Finite {
                     // How `arbitrary_precision` hands over a number: its text.
                     if key == "$serde_json::private::Number" {
                         let text: String = m.next_value()?;
-                        return Ok(Finite(manifold::base::json::finite(&text)));
+                        return Ok(Finite(manifold::base::json::finite(text.as_bytes())));
                     }
                     let Finite(f) = m.next_value()?;
                     all &= f;

@@ -80,7 +80,7 @@ struct Frame {
 /// checks (nesting, strings), the same rule as [`validate`] for answers that are parsed.
 pub fn all_finite(v: &serde_json::Value) -> bool {
     match v {
-        serde_json::Value::Number(n) => finite(n.as_str()),
+        serde_json::Value::Number(n) => finite(n.as_str().as_bytes()),
         serde_json::Value::Array(a) => a.iter().all(all_finite),
         serde_json::Value::Object(o) => o.values().all(all_finite),
         _ => true,
@@ -88,11 +88,7 @@ pub fn all_finite(v: &serde_json::Value) -> bool {
 }
 
 /// Whether a JSON number's text is a finite `f64` (the grammar is checked already).
-pub fn finite(number: &str) -> bool {
-    finite_bytes(number.as_bytes())
-}
-
-fn finite_bytes(number: &[u8]) -> bool {
+pub fn finite(number: &[u8]) -> bool {
     // Below 309 digits and without an exponent, a number cannot overflow an f64.
     if number.len() < 309 && !number.iter().any(|&c| c | 0x20 == b'e') {
         return true;
@@ -410,7 +406,7 @@ impl Parser<'_> {
                 return Err(self.fail("invalid number"));
             }
         }
-        if !finite_bytes(&self.text[start..self.at]) {
+        if !finite(&self.text[start..self.at]) {
             return Err(Invalid {
                 at: start,
                 what: "a number out of range",
