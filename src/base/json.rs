@@ -50,6 +50,54 @@ pub fn validate_at(text: &[u8], target: &[String]) -> Result<Target, Invalid> {
     Ok(found)
 }
 
+/// One member of an object's text: its key as written between the quotes (escapes
+/// and all), and its value's text; byte ranges of the object's text.
+pub type Member = (std::ops::Range<usize>, std::ops::Range<usize>);
+
+/// The members of the object `text` holds, in the order written, for text that
+/// [`validate_at`] passed (it is not checked again here). `None` when the text is not
+/// an object.
+pub fn members(text: &[u8]) -> Option<Vec<Member>> {
+    let mut p = Parser { text, at: 0 };
+    p.ws();
+    if p.peek() != Some(b'{') {
+        return None;
+    }
+    p.at += 1;
+    p.ws();
+    let mut out = Vec::new();
+    if p.peek() == Some(b'}') {
+        return Some(out);
+    }
+    loop {
+        if p.peek() != Some(b'"') {
+            return None;
+        }
+        let key = p.at + 1;
+        p.string().ok()?;
+        let key = key..p.at - 1;
+        p.ws();
+        if p.peek() != Some(b':') {
+            return None;
+        }
+        p.at += 1;
+        p.ws();
+        let value = p.at;
+        // One whole value: `value` returns where its containers close.
+        p.value(&[]).ok()?;
+        out.push((key, value..p.at));
+        p.ws();
+        match p.peek() {
+            Some(b',') => {
+                p.at += 1;
+                p.ws();
+            }
+            Some(b'}') => return Some(out),
+            _ => return None,
+        }
+    }
+}
+
 /// Whether an object key's raw text (escapes and all) is `want`.
 fn key_is(raw: &[u8], want: &str) -> bool {
     if !raw.contains(&b'\\') {

@@ -423,16 +423,21 @@ fn compile_route(
             metrics: METRICS.auth(&r.name),
         }),
     };
-    // An answer another backend reads, or that shaping rewrites, needs a JSON tree;
-    // one only placed under its group can stay text (see merge::Decode).
+    // An answer another backend reads needs a JSON tree; one only placed under its
+    // group can stay text, or be shaped as text (see merge::Decode).
     let read_by_others: Vec<usize> = backends
         .iter()
         .flat_map(|b| b.deps.iter().copied())
         .collect();
     for (i, b) in backends.iter_mut().enumerate() {
         let plan = &mut b.plan;
-        if plan.group.is_some() && plan.shape.keeps_text() && !read_by_others.contains(&i) {
+        if plan.group.is_none() || read_by_others.contains(&i) {
+            continue;
+        }
+        if plan.shape.keeps_text() {
             plan.decode = Decode::Raw;
+        } else if plan.shape.shapes_text() {
+            plan.decode = Decode::Text;
         }
     }
     let forward_headers = Forward::from_list(

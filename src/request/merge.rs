@@ -7,7 +7,8 @@
 //! An answer is decoded only as far as its use needs ([`Decode`]): one that is placed
 //! under a `group` unchanged (at most with a `target`) and that no other backend reads
 //! stays JSON text, checked but never built into a tree, and is copied into the
-//! response as is. Either way it is checked by the same rule first ([`crate::base::json`]),
+//! response as is; one whose object is only filtered or renamed at its top level is
+//! shaped as text, to the same bytes the tree would give. Either way it is checked by the same rule first ([`crate::base::json`]),
 //! so an answer is refused or taken alike on every route. Numbers keep their exact
 //! text (serde_json's `arbitrary_precision`). Merged responses have their keys in
 //! sorted order.
@@ -38,8 +39,8 @@ pub type Input = Option<Result<Answer, Failure>>;
 #[derive(Debug, Clone)]
 pub enum Answer {
     Value(Value),
-    /// JSON text as the upstream sent it (validated; `target` already applied): a
-    /// slice of the upstream's body, not a copy.
+    /// JSON text, validated, `target` already applied: a slice of the upstream's
+    /// body, not a copy ([`Decode::Raw`]), or the shaped text ([`Decode::Text`]).
     Raw(Bytes),
 }
 
@@ -51,6 +52,11 @@ pub enum Decode {
     Value,
     /// Keep the text: it is placed under its group unchanged, after `target`.
     Raw,
+    /// Shape the text: `allow`/`deny` of whole top-level fields and `rename` on an
+    /// object, written as the tree would be (keys sorted, values compact), without
+    /// building one for the whole answer ([`Shape::apply_text`]). An answer this does
+    /// not fit (an array, an escaped or repeated key) takes the tree after all.
+    Text,
 }
 
 /// How one backend's answer is shaped before it joins the response.
@@ -130,6 +136,72 @@ impl Shape {
         self.filter.is_none() && self.rename.is_empty()
     }
 
+    /// Whether [`Shape::apply_text`] can do this shape's work: it filters or renames,
+    /// and its filter names whole top-level fields only (`profile`, not `profile.city`).
+    pub fn shapes_text(&self) -> bool {
+        let top_level = match &self.filter {
+            Some(Filter::Allow(f) | Filter::Deny(f)) => f.children.iter().all(|(_, c)| c.whole),
+            None => true,
+        };
+        top_level && !self.keeps_text()
+    }
+
+    /// Filter and rename on the text of an object (the value at `target`, found
+    /// already), written byte for byte as [`Shape::apply`] and the serializer would
+    /// write the tree: keys sorted, escaped by the serializer; values copied where
+    /// their text is what the serializer writes (a number without an exponent:
+    /// `arbitrary_precision` keeps its digits; `true`/`false`/`null`; a string without
+    /// escapes), else parsed and
+    /// written compact. `None` where the tree is needed: not an object, a key with an
+    /// escape, or two fields that end up under one key (the tree keeps one of them).
+    /// Only for a shape that [`Shape::shapes_text`].
+    pub fn apply_text(&self, text: &[u8]) -> Option<Bytes> {
+        let members = json::members(text)?;
+        let mut kept: Vec<(&str, &[u8])> = Vec::with_capacity(members.len());
+        for (key, value) in members {
+            let key = &text[key];
+            if key.contains(&b'\\') {
+                return None;
+            }
+            let key = std::str::from_utf8(key).ok()?;
+            let keep = match &self.filter {
+                Some(Filter::Allow(f)) => f.get(key).is_some(),
+                Some(Filter::Deny(f)) => f.get(key).is_none(),
+                None => true,
+            };
+            if keep {
+                let key = match self.rename.iter().find(|(from, _)| from == key) {
+                    Some((_, to)) => to.as_str(),
+                    None => key,
+                };
+                kept.push((key, &text[value]));
+            }
+        }
+        kept.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        if kept.windows(2).any(|w| w[0].0 == w[1].0) {
+            return None;
+        }
+        let len: usize = kept.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+        let mut out = Vec::with_capacity(len + 2);
+        out.push(b'{');
+        for (i, (key, value)) in kept.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            // Writing into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut out, key);
+            out.push(b':');
+            if written_as_is(value) {
+                out.extend_from_slice(value);
+            } else {
+                let tree: Value = serde_json::from_slice(value).ok()?;
+                let _ = serde_json::to_writer(&mut out, &tree);
+            }
+        }
+        out.push(b'}');
+        Some(Bytes::from(out))
+    }
+
     /// Applies target, allow/deny and rename. A missing target yields `null`.
     pub fn apply(&self, mut value: Value) -> Value {
         if let Some(path) = &self.target {
@@ -144,6 +216,17 @@ impl Shape {
             rename(&mut value, &self.rename);
         }
         value
+    }
+}
+
+/// Whether a (valid) value's text is what the serializer writes for its tree.
+fn written_as_is(value: &[u8]) -> bool {
+    match value.first() {
+        Some(b'"') => !value.contains(&b'\\'),
+        Some(b't' | b'f' | b'n') => true,
+        // An exponent is written `e+`/`e-` whatever its text said.
+        Some(b'-' | b'0'..=b'9') => !value.iter().any(|&c| c | 0x20 == b'e'),
+        _ => false,
     }
 }
 
@@ -226,29 +309,40 @@ pub fn decode(b: &Plan, body: &Bytes) -> Result<Answer, Failure> {
     };
     // The rule checks UTF-8 too, string by string (most are ASCII: nothing to do).
     let bad = Failure::NotJson;
-    if b.decode == Decode::Raw {
-        // Validated and, with a target, found in one pass; kept as a slice of the
-        // body, not a copy.
-        match &b.shape.target {
-            None => {
-                json::validate(body).map_err(bad)?;
-                let end = body.len()
-                    - body
-                        .iter()
-                        .rev()
-                        .take_while(|c| c.is_ascii_whitespace())
-                        .count();
-                return Ok(Answer::Raw(body.slice(start..end)));
-            }
-            Some(path) => match json::validate_at(body, path).map_err(bad)? {
-                json::Target::At(r) => return Ok(Answer::Raw(body.slice(r))),
-                json::Target::Missing => return Ok(Answer::Value(Value::Null)),
-                // The target then applies per element: the general path below.
-                json::Target::ThroughArray => {}
-            },
+    // Validated and, with a target, found in one pass: the value's text, kept as a
+    // slice of the body (Raw), or shaped as text (Text).
+    let text = match (b.decode, &b.shape.target) {
+        (Decode::Value, _) => {
+            json::validate(body).map_err(bad)?;
+            None
         }
-    } else {
-        json::validate(body).map_err(bad)?;
+        (_, None) => {
+            json::validate(body).map_err(bad)?;
+            let end = body.len()
+                - body
+                    .iter()
+                    .rev()
+                    .take_while(|c| c.is_ascii_whitespace())
+                    .count();
+            Some(start..end)
+        }
+        (_, Some(path)) => match json::validate_at(body, path).map_err(bad)? {
+            json::Target::At(r) => Some(r),
+            json::Target::Missing => return Ok(Answer::Value(Value::Null)),
+            // The target then applies per element: the general path below.
+            json::Target::ThroughArray => None,
+        },
+    };
+    if let Some(r) = text {
+        match b.decode {
+            Decode::Raw => return Ok(Answer::Raw(body.slice(r))),
+            Decode::Text => {
+                if let Some(shaped) = b.shape.apply_text(&body[r]) {
+                    return Ok(Answer::Raw(shaped));
+                }
+            }
+            Decode::Value => {}
+        }
     }
     serde_json::from_slice(body)
         .map(Answer::Value)
@@ -462,5 +556,137 @@ mod tests {
         let v = json!({"a": {"b": [10, {"c": "x"}]}});
         assert_eq!(lookup(&v, &s(&["a", "b", "1", "c"])), Some(&json!("x")));
         assert_eq!(lookup(&v, &s(&["a", "zz"])), None);
+    }
+
+    fn plan(shape: Shape, decode: Decode) -> Plan {
+        Plan {
+            name: "b".into(),
+            group: Some("g".into()),
+            shape,
+            decode,
+            default: None,
+        }
+    }
+
+    /// The response a backend's answer gives under a plan, or why it failed.
+    fn served(plan: &Plan, body: &[u8]) -> Result<Vec<u8>, String> {
+        let answer = decode(plan, &Bytes::copy_from_slice(body)).map_err(|e| format!("{e:?}"))?;
+        let (bytes, _) = assemble([plan], vec![Some(Ok(answer))]).ok_or("nothing")?;
+        Ok(bytes)
+    }
+
+    #[test]
+    fn an_object_is_shaped_as_text_to_the_bytes_the_tree_gives() {
+        let shape = Shape::new(
+            None,
+            &s(&["id", "name", "avatar", "customer_id"]),
+            &[],
+            &[("avatar".into(), "avatar_url".into())],
+        );
+        assert!(shape.shapes_text());
+        let body = br#"{"id":"42","name":"Ada \u00e9","avatar" : "https://img.example/42.png",
+            "customer_id": 1.50E+2, "email":"ada@example.com","internal_score":0.93}"#;
+        let text = plan(shape.clone(), Decode::Text);
+        // Shaped as text: the tree's way gives a Value.
+        let Ok(Answer::Raw(raw)) = decode(&text, &Bytes::from_static(body)) else {
+            panic!("not shaped as text");
+        };
+        assert_eq!(
+            std::str::from_utf8(&raw).unwrap(),
+            r#"{"avatar_url":"https://img.example/42.png","customer_id":1.50e+2,"id":"42","name":"Ada é"}"#
+        );
+        assert_eq!(
+            served(&text, body),
+            served(&plan(shape, Decode::Value), body)
+        );
+    }
+
+    #[test]
+    fn text_shaping_leaves_what_it_cannot_match_to_the_tree() {
+        let shape = Shape::new(None, &[], &s(&["x"]), &[("a".into(), "b".into())]);
+        let bodies: [&[u8]; 5] = [
+            br#"{"a":1,"b":2}"#,     // two fields end up under `b`
+            br#"{"c":1,"c":2}"#,     // a repeated key: the tree keeps the last
+            br#"{"\u0063":1}"#,      // an escaped key
+            br#"[{"a":1},{"x":2}]"#, // an array: shaped per element
+            br#""a""#,
+        ];
+        for body in bodies {
+            assert!(
+                shape.apply_text(body).is_none(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert_eq!(
+                served(&plan(shape.clone(), Decode::Text), body),
+                served(&plan(shape.clone(), Decode::Value), body)
+            );
+        }
+        // A nested path in a filter, or a target alone, is not text shaping's.
+        assert!(!Shape::new(None, &s(&["a.b"]), &[], &[]).shapes_text());
+        assert!(!Shape::new(Some("a"), &[], &[], &[]).shapes_text());
+    }
+
+    /// Text that is JSON: objects whose keys repeat and collide under renames, values
+    /// of every kind written with odd spacing, escapes and number forms.
+    fn answer() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let ws = "[ \t\n]{0,2}";
+        let key = prop_oneof![
+            "[abcd]",
+            Just(r"a\u0062".to_string()),
+            Just(r"\n".to_string()),
+            Just("\u{e9}".to_string()),
+        ];
+        let leaf = prop_oneof![
+            Just("null".to_string()),
+            Just("false".to_string()),
+            "-?(0|[1-9][0-9]{0,25})(\\.[0-9]{1,4})?([eE][+-]?[0-9]{1,3})?",
+            r#""([a-z ]|\\[nt"/\\]|\\u00[4-7][0-9a-f]|[\u{80}-\u{10ffff}]){0,6}""#,
+        ];
+        let value = leaf.prop_recursive(3, 24, 4, move |inner| {
+            prop_oneof![
+                proptest::collection::vec((ws, inner.clone()), 0..4).prop_map(|v| {
+                    let items: Vec<String> =
+                        v.into_iter().map(|(w, x)| format!("{w}{x}")).collect();
+                    format!("[{}]", items.join(","))
+                }),
+                proptest::collection::vec(("[abcd]", ws, inner), 0..4).prop_map(|kv| {
+                    let members: Vec<String> = kv
+                        .into_iter()
+                        .map(|(k, w, v)| format!("\"{k}\":{w}{v}"))
+                        .collect();
+                    format!("{{{}}}", members.join(","))
+                }),
+            ]
+        });
+        let object = proptest::collection::vec((key, ws, ws, value.clone()), 0..7).prop_map(|kv| {
+            let members: Vec<String> = kv
+                .into_iter()
+                .map(|(k, w1, w2, v)| format!("{w1}\"{k}\"{w2}:{w1}{v}{w2}"))
+                .collect();
+            format!(" {{{}}} ", members.join(","))
+        });
+        prop_oneof![4 => object, 1 => value]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+        #[test]
+        fn text_shaping_gives_the_bytes_the_tree_gives(
+            body in answer(),
+            allow in proptest::collection::vec("[abcde]", 0..3),
+            deny in proptest::collection::vec("[abcde]", 0..3),
+            rename in proptest::collection::vec(("[abcd]", "[abcdz\"]"), 0..3),
+            target in proptest::prelude::any::<bool>(),
+        ) {
+            let body = if target { format!("{{\"t\": {body}, \"u\": 1}}") } else { body };
+            let shape = Shape::new(target.then_some("t"), &allow, &deny, &rename);
+            proptest::prop_assume!(shape.shapes_text());
+            proptest::prop_assert_eq!(
+                served(&plan(shape.clone(), Decode::Text), body.as_bytes()),
+                served(&plan(shape, Decode::Value), body.as_bytes())
+            );
+        }
     }
 }
