@@ -94,6 +94,16 @@ def main():
             base = base or med[0]
             print(f"{name:<10} {med[0]:>9.0f} {med[1]:>8.2f} {med[2]:>11.1f}  "
                   f"{' '.join(f'{r[0]:.0f}' for r in runs)}  ({med[0] / base:.2f}x {targets[0][0]})")
+        # The box drifts between rounds more than a small change moves the figure; a
+        # round's targets run back to back, so each round's ratio to the first target
+        # cancels most of the drift. Their median, and all of them, say how sure it is.
+        first = targets[0][0]
+        print(f"{'target':<10} CPU µs/req by round; CPU/{first} in the same round (median)")
+        for name, *_ in targets:
+            cpu = [r[2] for r in results[name]]
+            ratios = [c / b[2] for c, b in zip(cpu, results[first])]
+            print(f"{name:<10} {' '.join(f'{c:.1f}' for c in cpu)}  ratios "
+                  f"{' '.join(f'{x:.3f}' for x in ratios)}  median {statistics.median(ratios):.3f}")
     finally:
         stop_all(procs, work)
 
