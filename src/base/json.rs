@@ -50,14 +50,14 @@ pub fn validate_at(text: &[u8], target: &[String]) -> Result<Target, Invalid> {
     Ok(found)
 }
 
-/// One member of an object's text: its key as written between the quotes (escapes
-/// and all), and its value's text; byte ranges of the object's text.
-pub type Member = (std::ops::Range<usize>, std::ops::Range<usize>);
-
-/// The members of the object `text` holds, in the order written, for text that
-/// [`validate_at`] passed (it is not checked again here). `None` when the text is not
-/// an object.
-pub fn members(text: &[u8]) -> Option<Vec<Member>> {
+/// Each member of the object `text` holds, in the order written, for text that
+/// [`validate_at`] passed (it is not checked again here): its key as written between
+/// the quotes (escapes and all), and its value's text. `None` when the text is not an
+/// object, or when `each` says stop.
+pub fn members<'t>(
+    text: &'t [u8],
+    mut each: impl FnMut(&'t [u8], &'t [u8]) -> Option<()>,
+) -> Option<()> {
     let mut p = Parser { text, at: 0 };
     p.ws();
     if p.peek() != Some(b'{') {
@@ -65,9 +65,8 @@ pub fn members(text: &[u8]) -> Option<Vec<Member>> {
     }
     p.at += 1;
     p.ws();
-    let mut out = Vec::new();
     if p.peek() == Some(b'}') {
-        return Some(out);
+        return Some(());
     }
     loop {
         if p.peek() != Some(b'"') {
@@ -75,7 +74,7 @@ pub fn members(text: &[u8]) -> Option<Vec<Member>> {
         }
         let key = p.at + 1;
         p.string().ok()?;
-        let key = key..p.at - 1;
+        let key = &text[key..p.at - 1];
         p.ws();
         if p.peek() != Some(b':') {
             return None;
@@ -85,14 +84,14 @@ pub fn members(text: &[u8]) -> Option<Vec<Member>> {
         let value = p.at;
         // One whole value: `value` returns where its containers close.
         p.value(&[]).ok()?;
-        out.push((key, value..p.at));
+        each(key, &text[value..p.at])?;
         p.ws();
         match p.peek() {
             Some(b',') => {
                 p.at += 1;
                 p.ws();
             }
-            Some(b'}') => return Some(out),
+            Some(b'}') => return Some(()),
             _ => return None,
         }
     }

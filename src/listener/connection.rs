@@ -43,6 +43,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::base::alloc::pin_in_place;
 use crate::base::body::{Body, BoxError};
 use crate::base::forward::Peer;
 use crate::config::ServerConfig;
@@ -658,7 +659,7 @@ async fn run<I, F, Fut, S>(
             let own_share = (version == Version::HTTP_2).then(|| share.clone());
             // Boxed: the request future is kilobytes, and hyper moves what the service
             // returns twice on its way in; a pointer moves for free.
-            let answer = Box::pin(handler(req, peer.clone(), own_share));
+            let answer = pin_in_place(|| handler(req, peer.clone(), own_share));
             let (buffers, share) = (buffers.clone(), share.clone());
             async move {
                 let resp = answer.await;

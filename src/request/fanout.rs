@@ -13,6 +13,7 @@ use futures_util::stream::FuturesUnordered;
 use http::{HeaderMap, HeaderValue, Method};
 use tokio::time::Instant;
 
+use crate::base::alloc::pin_in_place;
 use crate::base::cache_control::Hints;
 use crate::base::error::{BackendError, Failure, Outcome};
 use crate::request::backend;
@@ -296,7 +297,7 @@ async fn call_backend(
         codec: &b.codec,
         pass_errors: b.pass_errors,
     };
-    let upstream_call = || Box::pin(b.upstream.call_buffered(&spec));
+    let upstream_call = || pin_in_place(|| b.upstream.call_buffered(&spec));
     let (mut called, mut made_call) = match &key {
         Some(key) => b.upstream.coalescer.run(key, upstream_call).await,
         None => (upstream_call().await, true),

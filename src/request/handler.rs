@@ -8,6 +8,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::base::alloc::pin_in_place;
 use crate::base::body::Body;
 use crate::base::cache_control::Hints;
 use crate::base::error::{BackendError, CLIENT_CLOSED_REQUEST, Failure, GatewayError};
@@ -142,13 +143,15 @@ pub async fn handle(
         // Boxed: held inline, the deadline's scope around `serve` made every request's
         // future 1.3 KB larger, gateways without Redis included (hyper boxes and
         // copies it whole per request).
-        Box::pin(crate::state::redis::with_redis_deadline(serve(
-            &gateway,
-            req,
-            peer,
-            share.as_ref(),
-            &mut done,
-        )))
+        pin_in_place(|| {
+            crate::state::redis::with_redis_deadline(serve(
+                &gateway,
+                req,
+                peer,
+                share.as_ref(),
+                &mut done,
+            ))
+        })
         .await
     } else {
         serve(&gateway, req, peer, share.as_ref(), &mut done).await
@@ -565,11 +568,11 @@ async fn serve(
     // which hyper copies whole when it boxes it, and every level above copies again.
     // One allocation is cheaper: boxing the pass-through call took a pass-through
     // request from 66,350 to 55,899 instructions (benches/callgrind.sh), most of the
-    // difference memcpy.
+    // difference memcpy. Boxed where made, so not even the box's own fill is a copy.
     if route.passthrough {
-        return Box::pin(passthrough::forward(out, body)).await;
+        return pin_in_place(|| passthrough::forward(out, body)).await;
     }
-    Box::pin(aggregate(gateway, out, body, prefetched)).await
+    pin_in_place(|| aggregate(gateway, out, body, prefetched)).await
 }
 
 /// The route the request's method and path name, noted for its access line, span

@@ -13,6 +13,7 @@
 //! text (serde_json's `arbitrary_precision`). Merged responses have their keys in
 //! sorted order.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
@@ -156,10 +157,8 @@ impl Shape {
     /// escape, or two fields that end up under one key (the tree keeps one of them).
     /// Only for a shape that [`Shape::shapes_text`].
     pub fn apply_text(&self, text: &[u8]) -> Option<Bytes> {
-        let members = json::members(text)?;
-        let mut kept: Vec<(&str, &[u8])> = Vec::with_capacity(members.len());
-        for (key, value) in members {
-            let key = &text[key];
+        let mut kept: Vec<(&str, &[u8])> = Vec::with_capacity(16);
+        json::members(text, |key, value| {
             if key.contains(&b'\\') {
                 return None;
             }
@@ -174,9 +173,10 @@ impl Shape {
                     Some((_, to)) => to.as_str(),
                     None => key,
                 };
-                kept.push((key, &text[value]));
+                kept.push((key, value));
             }
-        }
+            Some(())
+        })?;
         kept.sort_unstable_by(|a, b| a.0.cmp(b.0));
         if kept.windows(2).any(|w| w[0].0 == w[1].0) {
             return None;
@@ -355,10 +355,11 @@ pub fn decode(b: &Plan, body: &Bytes) -> Result<Answer, Failure> {
         })
 }
 
-/// The response object being built: sorted keys, values either trees or kept text.
+/// The response object being built: sorted keys (a backend's group or name borrowed
+/// from its plan), values either trees or kept text.
 #[derive(Default)]
-pub struct Root {
-    entries: BTreeMap<String, Part>,
+pub struct Root<'p> {
+    entries: BTreeMap<Cow<'p, str>, Part>,
     raw_len: usize,
 }
 
@@ -367,29 +368,29 @@ enum Part {
     Raw(Bytes),
 }
 
-impl Root {
+impl<'p> Root<'p> {
     /// Puts one backend's shaped value in: under `group`, merged into the root when it
     /// is an object, else under the backend's `name`. Later backends win clashes.
-    pub fn place(&mut self, name: &str, group: Option<&str>, value: Value) {
+    pub fn place(&mut self, name: &'p str, group: Option<&'p str>, value: Value) {
         match (group, value) {
             (Some(g), v) => {
-                self.entries.insert(g.to_string(), Part::Value(v));
+                self.entries.insert(Cow::Borrowed(g), Part::Value(v));
             }
             (None, Value::Object(m)) => {
                 for (k, v) in m {
-                    self.entries.insert(k, Part::Value(v));
+                    self.entries.insert(Cow::Owned(k), Part::Value(v));
                 }
             }
             (None, v) => {
-                self.entries.insert(name.to_string(), Part::Value(v));
+                self.entries.insert(Cow::Borrowed(name), Part::Value(v));
             }
         }
     }
 
     /// Puts kept text under `key` (a backend's group).
-    pub fn place_raw(&mut self, key: &str, raw: Bytes) {
+    pub fn place_raw(&mut self, key: &'p str, raw: Bytes) {
         self.raw_len += raw.len();
-        self.entries.insert(key.to_string(), Part::Raw(raw));
+        self.entries.insert(Cow::Borrowed(key), Part::Raw(raw));
     }
 
     /// The response body.
