@@ -242,13 +242,15 @@ async fn call_backend(
     // inline they made this future 4.5 KB, which `FuturesUnordered::push` copied three
     // times per backend before it ever ran (5.6 % of a fan-out's instructions).
     if let (Some(ttl), Some(key)) = (b.cache_ttl, &key)
-        && let Lookup::Fresh(entry) = Box::pin(call.cache.lookup(
-            key,
-            crate::state::cache::Longest {
-                fresh: ttl,
-                stale: Duration::ZERO,
-            },
-        ))
+        && let Lookup::Fresh(entry) = pin_in_place(|| {
+            call.cache.lookup(
+                key,
+                crate::state::cache::Longest {
+                    fresh: ttl,
+                    stale: Duration::ZERO,
+                },
+            )
+        })
         .await
     {
         let result = merge::decode(&b.plan, &entry.body);
@@ -328,7 +330,7 @@ async fn call_backend(
             if let (Some(ttl), Some(key), true, true) =
                 (b.cache_ttl, key, made_call, decoded.is_ok())
             {
-                Box::pin(call.cache.store(key, body, h.ttl(ttl), Duration::ZERO)).await;
+                pin_in_place(|| call.cache.store(key, body, h.ttl(ttl), Duration::ZERO)).await;
             }
             (Some(status.as_u16()), decoded)
         }

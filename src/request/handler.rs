@@ -191,7 +191,7 @@ pub async fn handle(
     {
         let max = gateway.idempotency.max_entry();
         // Boxed: only requests that hold a key carry this future.
-        done.record.idempotency = Some(Box::pin(idem.settle(*held, &response, max)).await);
+        done.record.idempotency = Some(pin_in_place(|| idem.settle(*held, &response, max)).await);
     }
     let wire = match done.record.route_index {
         Some(i) => &gateway.routes[i].wire,
@@ -444,7 +444,7 @@ async fn serve(
     //    future's room.
     let claims = match &route.auth {
         None => None,
-        Some(auth) => Box::pin(authorize(route, auth, &parts.headers, done)).await?,
+        Some(auth) => pin_in_place(|| authorize(route, auth, &parts.headers, done)).await?,
     };
     // 7. What goes upstream.
     let mut params = decode_params(raw_params.iter())?;
@@ -463,16 +463,8 @@ async fn serve(
             // Idempotency fingerprints the body: it is read whole first too.
             let read =
                 upgrading.is_none() && (i.is_some() || v.as_ref().is_some_and(|v| v.reads_body()));
-            Box::pin(read_and_validate(
-                v.as_ref(),
-                route,
-                &parts,
-                &params,
-                body,
-                read,
-                done,
-            ))
-            .await?
+            pin_in_place(|| read_and_validate(v.as_ref(), route, &parts, &params, body, read, done))
+                .await?
         }
     };
     // 9. The idempotency key, after the token and validation: a replay needs both.
@@ -498,14 +490,16 @@ async fn serve(
             query: parts.uri.query(),
             body: bytes,
         };
-        let begun = Box::pin(idem.begin(
-            &gateway.idempotency,
-            &parts.headers,
-            &identity,
-            request,
-            route.deadline,
-            &mut done.record.idempotency,
-        ))
+        let begun = pin_in_place(|| {
+            idem.begin(
+                &gateway.idempotency,
+                &parts.headers,
+                &identity,
+                request,
+                route.deadline,
+                &mut done.record.idempotency,
+            )
+        })
         .await?;
         match begun {
             crate::edge::idempotency::Begun::Replay(kept) => {
@@ -632,12 +626,14 @@ async fn rate_limit(
             )
         });
         // Boxed: only routes whose limit lives in Redis carry that future.
-        let (decided, entry) = Box::pin(limiter.check_shared(
-            &parts.headers,
-            peer.addr.ip(),
-            trusted,
-            cache_key.as_deref(),
-        ))
+        let (decided, entry) = pin_in_place(|| {
+            limiter.check_shared(
+                &parts.headers,
+                peer.addr.ip(),
+                trusted,
+                cache_key.as_deref(),
+            )
+        })
         .await;
         prefetched = entry;
         decided
