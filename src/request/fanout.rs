@@ -88,7 +88,8 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
                 if started[i].is_some() || !b.deps.iter().all(|&d| out.results[d].is_some()) {
                     continue;
                 }
-                started[i] = Some(Instant::now());
+                let now = Instant::now();
+                started[i] = Some(now);
                 progressed = true;
                 let mut span = Pending::new(backend::span(call.span, b), call.deadline);
                 let rendered = backend::render(route, b, call.params, call.query, &out.results)
@@ -105,7 +106,7 @@ pub async fn run(route: &Route, call: &Call<'_>) -> Fanout {
                     });
                 match rendered {
                     Ok((path, message)) => {
-                        running.push(call_backend(i, b, path, message, call, span));
+                        running.push(call_backend(i, b, path, message, call, span, now));
                     }
                     Err(failure) => {
                         let mut report = Report::new(failure.outcome(), None, Duration::ZERO, 0);
@@ -207,8 +208,8 @@ async fn call_backend(
     message: Option<(Bytes, HeaderValue)>,
     call: &Call<'_>,
     mut span: Pending,
+    started: Instant,
 ) -> (usize, Result<Answer, Failure>, Report, Option<Charge>) {
-    let started = Instant::now();
     let body = match &message {
         Some(m) => Some(m),
         None if carries_body(&b.method) => call.body.as_ref(),

@@ -466,17 +466,22 @@ impl<T: Clone> Coalescer<T> {
         Fut: std::future::Future<Output = T>,
     {
         // Look up and register under one lock, so two callers cannot both lead.
+        // One lookup: the owned key is needed for the common case, a call nobody
+        // else is making.
         let waiting = {
+            use std::collections::hash_map::Entry;
             let mut map = self.lock();
-            match map.get_mut(key) {
-                Some(Some(tx)) => Some(tx.subscribe()),
-                Some(slot) => {
-                    let (tx, rx) = watch::channel(None);
-                    *slot = Some(tx);
-                    Some(rx)
-                }
-                None => {
-                    map.insert(key.to_owned(), None);
+            match map.entry(key.to_owned()) {
+                Entry::Occupied(mut e) => match e.get_mut() {
+                    Some(tx) => Some(tx.subscribe()),
+                    slot => {
+                        let (tx, rx) = watch::channel(None);
+                        *slot = Some(tx);
+                        Some(rx)
+                    }
+                },
+                Entry::Vacant(e) => {
+                    e.insert(None);
                     None
                 }
             }
