@@ -143,10 +143,13 @@ timeout = \"200ms\"
     let r = gw.get("/not-json").await;
     let e = &failures_of(r.header("x-request-id").unwrap(), 1).await[0];
     assert!(e["cause"].as_str().unwrap().ends_with("at byte 6"), "{e}");
-    // The timeout's line says how long it waited.
+    // The timeout's line says how long it waited: the route's 200 ms, less the moment
+    // between the request's start (its deadline) and the backend's (milliseconds when
+    // the whole suite loads the box).
     let r = gw.get("/slow").await;
     let e = &failures_of(r.header("x-request-id").unwrap(), 1).await[0];
-    assert!(e["elapsed_ms"].as_u64().unwrap() >= 200, "{e}");
+    let waited = e["elapsed_ms"].as_u64().unwrap();
+    assert!((150..1000).contains(&waited), "{e}");
 }
 
 #[tokio::test]
