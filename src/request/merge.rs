@@ -8,10 +8,10 @@
 //! under a `group` unchanged (at most with a `target`) and that no other backend reads
 //! stays JSON text, checked but never built into a tree, and is copied into the
 //! response as is; one whose object is only filtered or renamed at its top level is
-//! shaped as text, to the same bytes the tree would give. Either way it is checked by the same rule first ([`crate::base::json`]),
-//! so an answer is refused or taken alike on every route. Numbers keep their exact
-//! text (serde_json's `arbitrary_precision`). Merged responses have their keys in
-//! sorted order.
+//! shaped as text, to the same bytes the tree would give. Either way it is checked by
+//! the same rule first ([`crate::base::json`]), so an answer is refused or taken alike
+//! on every route. Numbers keep their exact text (serde_json's `arbitrary_precision`).
+//! Merged responses have their keys in sorted order.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -152,10 +152,9 @@ impl Shape {
     /// write the tree: keys sorted, escaped by the serializer; values copied where
     /// their text is what the serializer writes (a number without an exponent:
     /// `arbitrary_precision` keeps its digits; `true`/`false`/`null`; a string without
-    /// escapes), else parsed and
-    /// written compact. `None` where the tree is needed: not an object, a key with an
-    /// escape, or two fields that end up under one key (the tree keeps one of them).
-    /// Only for a shape that [`Shape::shapes_text`].
+    /// escapes), else parsed and written compact. `None` where the tree is needed: not
+    /// an object, a key with an escape, or two fields that end up under one key (the
+    /// tree keeps one of them). Only for a shape that [`Shape::shapes_text`].
     pub fn apply_text(&self, text: &[u8]) -> Option<Bytes> {
         let mut kept: Vec<(&str, &[u8])> = Vec::with_capacity(16);
         json::members(text, |key, value| {
