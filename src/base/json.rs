@@ -134,10 +134,15 @@ pub fn all_finite(v: &serde_json::Value) -> bool {
     }
 }
 
+/// Whether a JSON number's text has an exponent (`e` or `E`).
+pub fn has_exponent(number: &[u8]) -> bool {
+    number.iter().any(|&c| c | 0x20 == b'e')
+}
+
 /// Whether a JSON number's text is a finite `f64` (the grammar is checked already).
 pub fn finite(number: &[u8]) -> bool {
     // Below 309 digits and without an exponent, a number cannot overflow an f64.
-    if number.len() < 309 && !number.iter().any(|&c| c | 0x20 == b'e') {
+    if number.len() < 309 && !has_exponent(number) {
         return true;
     }
     // The grammar let only ASCII through, so this is a str.

@@ -224,7 +224,7 @@ fn written_as_is(value: &[u8]) -> bool {
         Some(b'"') => !value.contains(&b'\\'),
         Some(b't' | b'f' | b'n') => true,
         // An exponent is written `e+`/`e-` whatever its text said.
-        Some(b'-' | b'0'..=b'9') => !value.iter().any(|&c| c | 0x20 == b'e'),
+        Some(b'-' | b'0'..=b'9') => !json::has_exponent(value),
         _ => false,
     }
 }
